@@ -1,0 +1,60 @@
+# Fashion compatibility recommender: the everyday commands. See README.md.
+PY      ?= .venv/bin/python
+LIMIT   ?= 0
+EPOCHS  ?= 30
+ADDR    ?= 127.0.0.1:8000
+export HF_HUB_OFFLINE = 1
+export TRANSFORMERS_OFFLINE = 1
+
+.PHONY: venv demo test test-fast lint format bench worker serve migrate import train stop clean
+
+venv: .venv/.installed
+
+.venv/.installed: requirements.txt
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -r requirements.txt
+	touch $@
+
+## demo: venv, embedded services, migrate, import the H&M sample, train on Celery, embed, serve at http://$(ADDR)
+demo: venv
+	$(PY) manage.py demo --limit $(LIMIT) --epochs $(EPOCHS) --addr $(ADDR)
+
+## test: the whole suite against the real PostgreSQL + pgvector, Redis and a real Celery worker
+test: venv
+	$(PY) -m pytest
+
+test-fast: venv
+	$(PY) -m pytest -m "not e2e and not slow"
+
+lint: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: venv
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+## bench: speed figures written to ml/benchmarks/results/ (see README "Benchmarks")
+bench: venv
+	$(PY) -m ml.benchmarks.bench_towers
+
+migrate: venv
+	$(PY) manage.py migrate
+
+import: venv
+	$(PY) manage.py import_catalog hm ../shared/data/hm $(if $(filter-out 0,$(LIMIT)),--limit $(LIMIT))
+
+worker: venv
+	$(PY) -m celery -A recommender worker -Q embedding,training -c 1 --loglevel INFO
+
+serve: venv
+	$(PY) manage.py runserver $(ADDR)
+
+## stop: stop the demo's worker and the embedded PostgreSQL
+stop:
+	-test -f var/worker.pid && kill -TERM -$$(cat var/worker.pid) 2>/dev/null; rm -f var/worker.pid
+	-$(PY) -c "from pathlib import Path; from recommender.db import stop_embedded; print('stopped embedded PostgreSQL' if stop_embedded(Path('var')) else 'embedded PostgreSQL not running')"
+
+clean: stop
+	rm -rf var

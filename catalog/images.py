@@ -1,0 +1,76 @@
+"""Image validation and normalisation with Pillow: decode-checked, re-encoded, thumbnailed."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Pillow's decompression-bomb guard: refuse images above this many pixels (40 MP).
+Image.MAX_IMAGE_PIXELS = 40_000_000
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+THUMBNAIL_SIZE = (160, 240)  # pixels (w, h), the H&M photos' 2:3 aspect
+
+
+class ImageError(ValueError):
+    """The file is not a usable image; the message says why."""
+
+
+@dataclass(frozen=True)
+class CleanImage:
+    """A validated image re-encoded as JPEG, with its thumbnail and the original bytes' SHA-256."""
+
+    jpeg: bytes
+    thumbnail: bytes
+    width: int
+    height: int
+    sha256: str
+
+
+def clean_image(data: bytes, *, name: str = "image") -> CleanImage:
+    """Decode ``data`` with Pillow, apply EXIF orientation, convert to RGB, re-encode as JPEG.
+
+    Args:
+        data: the raw file bytes (any format Pillow reads).
+        name: shown in error messages (a file name or SKU).
+
+    Returns:
+        :class:`CleanImage` with JPEG bytes (quality 90) and a JPEG thumbnail fitting
+        :data:`THUMBNAIL_SIZE`.
+
+    Raises:
+        ImageError: empty file, larger than :data:`MAX_UPLOAD_BYTES`, not an image, truncated,
+            or above :data:`Image.MAX_IMAGE_PIXELS` (decompression bomb).
+    """
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ImageError(f"{name}: {len(data)} bytes is over the {MAX_UPLOAD_BYTES} byte limit")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.verify()
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA", "P", "PA"):
+                rgba = img.convert("RGBA")
+                bg = Image.new("RGB", rgba.size, (255, 255, 255))
+                bg.paste(rgba, mask=rgba.getchannel("A"))
+                img = bg
+            elif img.mode != "RGB":
+                img = img.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{name}: image too large ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"{name}: not an image file Pillow can read") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{name}: broken or truncated image ({exc})") from exc
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=90)
+    thumb = img.copy()
+    thumb.thumbnail(THUMBNAIL_SIZE, Image.Resampling.LANCZOS)
+    tout = io.BytesIO()
+    thumb.save(tout, format="JPEG", quality=85)
+    return CleanImage(out.getvalue(), tout.getvalue(), img.width, img.height, hashlib.sha256(data).hexdigest())

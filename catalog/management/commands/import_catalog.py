@@ -1,0 +1,34 @@
+"""``python manage.py import_catalog hm ../shared/data/hm [--limit N]``: import the H&M sample."""
+
+from __future__ import annotations
+
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from catalog.services import catalog_import_hm
+
+
+class Command(BaseCommand):
+    help = "Import a catalog (upsert by SKU). Sources: hm (the H&M sample folder)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("source", choices=["hm"], help="dataset format")
+        parser.add_argument("path", help="dataset folder, e.g. ../shared/data/hm")
+        parser.add_argument("--limit", type=int, default=None, help="import at most N articles (whole baskets)")
+        parser.add_argument("--test-fraction", type=float, default=0.15, help="share of outfits held out")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--no-progress", action="store_true")
+
+    def handle(self, *args, **opts):
+        t0 = time.perf_counter()
+        try:
+            summary = catalog_import_hm(
+                root=opts["path"], limit=opts["limit"] or None, test_fraction=opts["test_fraction"],
+                seed=opts["seed"], progress=not opts["no_progress"],
+            )  # fmt: skip
+        except (FileNotFoundError, ValueError) as exc:
+            raise CommandError(str(exc)) from exc
+        for line in summary.lines():
+            self.stdout.write(line)
+        self.stdout.write(self.style.SUCCESS(f"import finished in {time.perf_counter() - t0:.1f} s"))

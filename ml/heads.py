@@ -1,0 +1,111 @@
+"""Trainable heads on top of the (frozen) open_clip towers.
+
+Two spaces, because similar is not compatible (two tops look alike; a top and jeans go together):
+
+* **General space** (``E`` = the model's embed_dim): image and text vectors aligned by the symmetric
+  InfoNCE/CLIP loss, used for similar items and text search. Each head is a linear map initialised
+  to the identity, so an untrained head reproduces the model's own (zero-shot) space.
+* **Type-aware compatibility space** (``C`` = compat_dim), after Vasileva et al. 2018, "Learning
+  Type-Aware Embeddings for Fashion Compatibility" (ECCV): an item vector ``f`` (unit norm) and, for
+  every unordered pair of slots (a, b), a mask ``m_ab`` in [0, 1]^C. The pair score is
+  ``s(i, j) = <f_i ⊙ m_ab, f_j ⊙ m_ab> = <f_i ⊙ m_ab², f_j>``, in [-1, 1].
+
+  Because the score is linear in ``f_j``, the total score of a candidate ``x`` of slot ``t`` with an
+  outfit ``{i}`` is ``Σ_i s(i, x) = <Σ_i f_i ⊙ m_{s_i t}², f_x> = <q_t, f_x>``: complete-the-look is
+  one pgvector inner-product query per missing slot, with the query vector ``q_t`` from
+  :meth:`RecommenderHeads.slot_query`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ml.slots import SLOTS
+
+
+class RecommenderHeads(nn.Module):
+    """General image/text projections and the type-aware compatibility embedding.
+
+    Args:
+        embed_dim: E, dimension of the towers' outputs and of the general space.
+        compat_dim: C, dimension of the compatibility space.
+        num_slots: S, number of outfit slots (``len(ml.slots.SLOTS)``).
+        hidden: width of the compatibility MLP.
+        normalize: L2-normalise outputs onto the unit hypersphere (on by default).
+    """
+
+    def __init__(
+        self, embed_dim: int, compat_dim: int = 128, num_slots: int = len(SLOTS), hidden: int = 512,
+        normalize: bool = True,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.compat_dim = compat_dim
+        self.num_slots = num_slots
+        self.normalize = normalize
+        self.image_proj = nn.Linear(embed_dim, embed_dim)
+        self.text_proj = nn.Linear(embed_dim, embed_dim)
+        for lin in (self.image_proj, self.text_proj):
+            nn.init.eye_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.compat_mlp = nn.Sequential(
+            nn.Linear(2 * embed_dim, hidden), nn.ReLU(), nn.Linear(hidden, compat_dim)
+        )
+        # mask logits for ordered pairs; symmetrised in pair_mask(); sigmoid(2)≈0.88 starts near all-ones
+        self.mask_logits = nn.Parameter(torch.full((num_slots, num_slots, compat_dim), 2.0))
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.normalize else x
+
+    def general(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project tower outputs into the general space.
+
+        Args:
+            image: (N, E) float32 image-tower outputs (unnormalised).
+            text: (N, E) float32 text-tower outputs (unnormalised).
+
+        Returns:
+            ``(image_vec, text_vec)``, each (N, E) float32, unit norm when ``normalize``.
+        """
+        img = self.image_proj(F.normalize(image, dim=-1))  # (N, E)
+        txt = self.text_proj(F.normalize(text, dim=-1))  # (N, E)
+        return self._norm(img), self._norm(txt)
+
+    def compat(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Item vectors in the compatibility space: (N, E), (N, E) float32 → (N, C) float32, unit norm."""
+        x = torch.cat([F.normalize(image, dim=-1), F.normalize(text, dim=-1)], dim=-1)  # (N, 2E)
+        return self._norm(self.compat_mlp(x))  # (N, C)
+
+    def pair_mask(self, slot_a: torch.Tensor, slot_b: torch.Tensor) -> torch.Tensor:
+        """Masks m_ab for slot pairs: (B,) int64, (B,) int64 → (B, C) float32 in [0, 1], symmetric in a, b."""
+        logits = self.mask_logits[slot_a, slot_b] + self.mask_logits[slot_b, slot_a]  # (B, C)
+        return torch.sigmoid(0.5 * logits)
+
+    def pair_score(
+        self, f_a: torch.Tensor, f_b: torch.Tensor, slot_a: torch.Tensor, slot_b: torch.Tensor
+    ) -> torch.Tensor:
+        """Compatibility scores ``<f_a ⊙ m², f_b>``: (B, C), (B, C), (B,), (B,) → (B,) float32 in [-1, 1]."""
+        m2 = self.pair_mask(slot_a, slot_b).pow(2)  # (B, C)
+        return (f_a * m2 * f_b).sum(-1)
+
+    def slot_query(self, f_items: torch.Tensor, item_slots: torch.Tensor, target_slot: int) -> torch.Tensor:
+        """Query vector for complete-the-look in ``target_slot``: ``q_t = Σ_i f_i ⊙ m_{s_i t}²``.
+
+        Args:
+            f_items: (K, C) float32 compatibility vectors of the given items.
+            item_slots: (K,) int64 their slot indices.
+            target_slot: the slot index t to fill.
+
+        Returns:
+            (C,) float32; ``<q_t, f_x>`` is the summed pair score of candidate x with all K items.
+        """
+        t = torch.full_like(item_slots, target_slot)
+        return (f_items * self.pair_mask(item_slots, t).pow(2)).sum(0)
+
+    def mask_table(self) -> torch.Tensor:
+        """All squared pair masks, (S, S, C) float32: what the serving side needs besides item vectors."""
+        s = torch.arange(self.num_slots)
+        a, b = torch.meshgrid(s, s, indexing="ij")
+        return self.pair_mask(a.reshape(-1), b.reshape(-1)).pow(2).reshape(self.num_slots, self.num_slots, -1)

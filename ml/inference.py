@@ -1,0 +1,137 @@
+"""Inference for serving and indexing: tower features → head vectors, in batches. No Django.
+
+An :class:`Embedder` bundles the frozen open_clip model, the feature extractor, the feature cache
+and one model version's trained heads. Workers keep one per process (building the towers takes a
+few seconds), the web process uses one for text and photo queries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ml.config import ModelConfig
+from ml.features import FeatureCache, FeatureExtractor
+from ml.heads import RecommenderHeads
+from ml.model import ClipBundle, build_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ItemVectors:
+    """Vectors of N items, all float32 and unit norm.
+
+    Attributes:
+        image: (N, E) general-space image vectors.
+        text: (N, E) general-space text vectors.
+        fused: (N, E) normalised mean of image and text.
+        compat: (N, C) compatibility-space vectors.
+        failed: ``[(row, reason)]`` items whose photo could not be read (their rows use the text only).
+    """
+
+    image: np.ndarray
+    text: np.ndarray
+    fused: np.ndarray
+    compat: np.ndarray
+    failed: list[tuple[int, str]]
+
+
+_BUNDLES: dict[str, ClipBundle] = {}
+
+
+def get_bundle(cfg: ModelConfig) -> ClipBundle:
+    """Build the open_clip model once per process and configuration (memoised)."""
+    key = repr(sorted(cfg.to_dict().items()))
+    if key not in _BUNDLES:
+        _BUNDLES[key] = build_model(cfg)
+    return _BUNDLES[key]
+
+
+class Embedder:
+    """Frozen towers + trained heads of one model version.
+
+    Args:
+        model_cfg: which open_clip model (must match the one the heads were trained on).
+        heads: the version's heads (or :func:`ml.train.zero_shot_heads`).
+        cache_dir: feature cache folder (``None`` = no cache).
+        batch_size: images per forward pass.
+    """
+
+    def __init__(
+        self, model_cfg: ModelConfig, heads: RecommenderHeads, cache_dir: Path | None = None, batch_size: int = 32
+    ) -> None:
+        self.model_cfg = model_cfg
+        self.bundle = get_bundle(model_cfg)
+        self.heads = heads.eval()
+        if heads.embed_dim != self.bundle.embed_dim:
+            raise ValueError(f"heads expect embed_dim {heads.embed_dim}, model {model_cfg.name} gives "
+                             f"{self.bundle.embed_dim}")  # fmt: skip
+        self.extractor = FeatureExtractor(self.bundle, batch_size=batch_size)
+        self.cache = FeatureCache(cache_dir) if cache_dir is not None else None
+        self._text_lru: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def tower_features(self, image_paths: Sequence[str | Path], texts: Sequence[str], progress: bool = False):
+        """Frozen tower outputs: ``(image (N, E), text (N, E), failed)`` float32, unnormalised."""
+        if self.cache is not None:
+            img, failed = self.cache.get_or_compute_images(
+                self.extractor, list(image_paths), progress=progress, return_failed=True
+            )
+            txt = self.cache.get_or_compute_texts(self.extractor, list(texts))
+        else:
+            img, failed = self.extractor.encode_images(list(image_paths), progress=progress)
+            txt = self.extractor.encode_texts(list(texts))
+        return img, txt, failed
+
+    @torch.no_grad()
+    def vectors_from_features(self, image: np.ndarray, text: np.ndarray, failed=()) -> ItemVectors:
+        """Apply the heads: (N, E), (N, E) float32 tower outputs → :class:`ItemVectors`.
+
+        Items whose photo failed (rows listed in ``failed``) get their text vector as image vector, so
+        they stay searchable.
+        """
+        img_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        txt_t = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32))
+        bad = [r for r, _ in failed]
+        if bad:
+            img_t[bad] = txt_t[bad]
+        img_v, txt_v = self.heads.general(img_t, txt_t)
+        fused = F.normalize(img_v + txt_v, dim=-1)
+        compat = self.heads.compat(img_t, txt_t)
+        return ItemVectors(img_v.numpy(), txt_v.numpy(), fused.numpy(), compat.numpy(), list(failed))
+
+    def embed_items(self, image_paths: Sequence[str | Path], texts: Sequence[str], progress: bool = False):
+        """Photos + texts of N items → :class:`ItemVectors` (batched; cached tower features reused)."""
+        if len(image_paths) != len(texts):
+            raise ValueError(f"{len(image_paths)} image paths but {len(texts)} texts")
+        img, txt, failed = self.tower_features(image_paths, texts, progress=progress)
+        return self.vectors_from_features(img, txt, failed)
+
+    @torch.no_grad()
+    def embed_query_text(self, query: str) -> np.ndarray:
+        """A free-text query → (E,) float32 unit vector in the general (text) space. LRU-cached (1024)."""
+        if query in self._text_lru:
+            self._text_lru.move_to_end(query)
+            return self._text_lru[query]
+        feats = torch.from_numpy(self.extractor.encode_texts([query]))
+        _, txt_v = self.heads.general(feats, feats)
+        vec = txt_v[0].numpy()
+        self._text_lru[query] = vec
+        if len(self._text_lru) > 1024:
+            self._text_lru.popitem(last=False)
+        return vec
+
+    @torch.no_grad()
+    def embed_query_image(self, image: Image.Image) -> np.ndarray:
+        """A shopper's photo → (E,) float32 unit vector in the general (image) space."""
+        feats = torch.from_numpy(self.extractor.encode_pil([image.convert("RGB")]))
+        img_v, _ = self.heads.general(feats, feats)
+        return img_v[0].numpy()

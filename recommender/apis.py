@@ -1,0 +1,204 @@
+"""The JSON API (DRF). Every error answers ``{"error": {"code", "message", "details"}}``.
+
+Views only validate input and call selectors/services; the OpenAPI 3 schema is at ``/api/schema/``
+with Swagger UI at ``/api/docs/``.
+"""
+
+from __future__ import annotations
+
+from django.http import Http404
+from drf_spectacular.utils import extend_schema
+from PIL import Image, UnidentifiedImageError
+from rest_framework import generics, status
+from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from catalog.images import ImageError
+from catalog.models import Product
+from catalog.services import product_create
+from recommender import selectors
+from recommender import serializers as s
+from recommender.models import ModelVersion, TrainingRun
+from recommender.services import training_run_start
+
+
+def exception_handler(exc, context):
+    """DRF exception handler producing the single JSON error format, also for selector errors."""
+    if isinstance(exc, selectors.UnknownProducts):
+        return Response({"error": {"code": "unknown_products", "message": str(exc), "details": {"ids": exc.ids}}},
+                        status=status.HTTP_404_NOT_FOUND)  # fmt: skip
+    if isinstance(exc, selectors.NoActiveModel):
+        return Response({"error": {"code": "no_active_model", "message": str(exc), "details": {}}},
+                        status=status.HTTP_409_CONFLICT)  # fmt: skip
+    if isinstance(exc, (ValueError, ImageError)) and not isinstance(exc, APIException):
+        return Response({"error": {"code": "invalid", "message": str(exc), "details": {}}},
+                        status=status.HTTP_400_BAD_REQUEST)  # fmt: skip
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, ValidationError):
+        details = response.data
+        message = "; ".join(
+            f"{k}: {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in details.items()
+        ) if isinstance(details, dict) else str(details)  # fmt: skip
+        response.data = {"error": {"code": "invalid", "message": message, "details": details}}
+    else:
+        detail = response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
+        code = getattr(exc, "default_code", "error")
+        response.data = {"error": {"code": code, "message": str(detail), "details": {}}}
+    return response
+
+
+def _filters(data: dict) -> selectors.Filters:
+    return selectors.Filters(**{k: data.get(k) for k in ("slot", "product_type", "colour", "audience",
+                                                          "price_min", "price_max")})  # fmt: skip
+
+
+class ProductListApi(generics.ListAPIView):
+    """Products, filterable by ``slot``, ``colour``, ``audience``, ``product_type``. POST (merchandisers,
+    multipart) creates a product from a photo and its details and queues its embedding."""
+
+    serializer_class = s.ProductSerializer
+    parser_classes = [MultiPartParser]
+
+    def get_queryset(self):
+        qs = Product.objects.all()
+        for key in ("slot", "colour", "audience", "product_type"):
+            value = self.request.query_params.get(key)
+            if value:
+                qs = qs.filter(**{f"{key}__iexact": value})
+        return qs
+
+    @extend_schema(request=s.ProductCreateSerializer, responses={201: s.ProductSerializer})
+    def post(self, request: Request) -> Response:
+        ser = s.ProductCreateSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        data = dict(ser.validated_data)
+        image = data.pop("image")
+        product = product_create(image_bytes=image.read(), **data)
+        return Response(s.ProductSerializer(product).data, status=status.HTTP_201_CREATED)
+
+
+class ProductDetailApi(generics.RetrieveAPIView):
+    """One product."""
+
+    queryset = Product.objects.all()
+    serializer_class = s.ProductSerializer
+
+    def get_object(self):
+        try:
+            return Product.objects.get(pk=self.kwargs["pk"])
+        except Product.DoesNotExist as exc:
+            raise selectors.UnknownProducts([self.kwargs["pk"]]) from exc
+
+
+class SimilarApi(APIView):
+    """Items most similar to a product (cosine similarity in the general space)."""
+
+    @extend_schema(parameters=[s.SimilarQuerySerializer], responses=s.HitSerializer(many=True))
+    def get(self, request: Request, pk: int) -> Response:
+        q = s.SimilarQuerySerializer(data=request.query_params)
+        q.is_valid(raise_exception=True)
+        d = q.validated_data
+        hits = selectors.similar_items(product_id=pk, k=d["k"], space=d["space"],
+                                       exclude_variants=d["exclude_variants"], filters=_filters(d))  # fmt: skip
+        return Response(s.HitSerializer(hits, many=True).data)
+
+
+class SearchApi(APIView):
+    """Free-text search ("black leather ankle boots") with optional filters."""
+
+    @extend_schema(parameters=[s.SearchQuerySerializer], responses=s.HitSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        q = s.SearchQuerySerializer(data=request.query_params)
+        q.is_valid(raise_exception=True)
+        d = q.validated_data
+        hits = selectors.text_search(query=d["q"], k=d["k"], filters=_filters(d))
+        return Response(s.HitSerializer(hits, many=True).data)
+
+
+class PhotoSearchApi(APIView):
+    """Search by photo: upload an image (multipart field ``image``), get similar catalog items."""
+
+    parser_classes = [MultiPartParser]
+    public_post = True
+
+    @extend_schema(request={"multipart/form-data": {"type": "object", "properties": {
+        "image": {"type": "string", "format": "binary"}}}}, responses=s.HitSerializer(many=True))  # fmt: skip
+    def post(self, request: Request) -> Response:
+        upload = request.FILES.get("image")
+        if upload is None:
+            raise ValidationError({"image": ["upload a photo in the multipart field 'image'"]})
+        try:
+            img = Image.open(upload)
+            img.load()
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+            raise ValidationError({"image": [f"not a readable image ({exc})"]}) from exc
+        return Response(s.HitSerializer(selectors.photo_search(image=img, k=24), many=True).data)
+
+
+class CompleteTheLookApi(APIView):
+    """Given 1..8 products, the best items for each missing slot (pick + alternates)."""
+
+    public_post = True
+
+    @extend_schema(request=s.ProductIdsSerializer, responses=s.SlotPicksSerializer(many=True))
+    def post(self, request: Request) -> Response:
+        ser = s.ProductIdsSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        picks = selectors.complete_the_look(product_ids=ser.validated_data["product_ids"], k=ser.validated_data["k"])
+        return Response(s.SlotPicksSerializer(picks, many=True).data)
+
+
+class CompatibilityApi(APIView):
+    """Compatibility score in [0, 1] of a set of 2..8 products, with the pairwise matrix and weakest pair."""
+
+    public_post = True
+
+    @extend_schema(request=s.ProductIdsSerializer, responses=s.CompatibilitySerializer)
+    def post(self, request: Request) -> Response:
+        ser = s.ProductIdsSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        result = selectors.outfit_compatibility(product_ids=ser.validated_data["product_ids"])
+        return Response(s.CompatibilitySerializer(result).data)
+
+
+class ModelVersionListApi(generics.ListAPIView):
+    """Model versions with their evaluation metrics; the active one serves."""
+
+    queryset = ModelVersion.objects.all()
+    serializer_class = s.ModelVersionSerializer
+
+
+class TrainingRunListApi(generics.ListAPIView):
+    """Training runs with live progress. POST (merchandisers) starts one."""
+
+    queryset = TrainingRun.objects.all()
+    serializer_class = s.TrainingRunSerializer
+
+    @extend_schema(request=s.TrainingRunCreateSerializer, responses={202: s.TrainingRunSerializer})
+    def post(self, request: Request) -> Response:
+        ser = s.TrainingRunCreateSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        run = training_run_start(params=ser.validated_data, user=request.user)
+        return Response(s.TrainingRunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+class TrainingRunDetailApi(generics.RetrieveAPIView):
+    """One training run (poll it for progress)."""
+
+    queryset = TrainingRun.objects.all()
+    serializer_class = s.TrainingRunSerializer
+
+    def get_object(self):
+        try:
+            return TrainingRun.objects.get(pk=self.kwargs["pk"])
+        except TrainingRun.DoesNotExist as exc:
+            raise Http404(f"no training run {self.kwargs['pk']}") from exc
+
+
+

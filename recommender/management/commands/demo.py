@@ -1,0 +1,102 @@
+"""``python manage.py demo``: the whole path on the real catalog, timed phase by phase.
+
+Starts Redis if none answers, migrates, imports the H&M sample, starts a real Celery worker, trains
+on it (fine-tune → evaluate → embed → activate), prints how long each phase took, then serves the
+site at http://127.0.0.1:8000 (``--no-serve`` to stop before serving).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from recommender import runtime
+
+
+class Command(BaseCommand):
+    help = "Import the H&M sample, train on Celery, embed, and serve (the `make demo` path)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--data", default=str(settings.BASE_DIR.parent / "shared" / "data" / "hm"))
+        parser.add_argument("--limit", type=int, default=0, help="import at most N articles (0 = all)")
+        parser.add_argument("--epochs", type=int, default=30)
+        parser.add_argument("--addr", default="127.0.0.1:8000")
+        parser.add_argument("--no-serve", action="store_true")
+
+    def handle(self, *args, **opts):
+        from ml.tasks import embed_missing  # noqa: F401  (registers the tasks before the worker starts)
+        from recommender.celery import app
+        from recommender.models import TrainingRun
+        from recommender.services import training_run_start
+
+        timings: dict[str, float] = {}
+        var = Path(settings.VAR_DIR)
+
+        def phase(name: str, t0: float) -> None:
+            timings[name] = round(time.perf_counter() - t0, 1)
+            self.stdout.write(self.style.SUCCESS(f"[{name}] {timings[name]:.1f} s"))
+
+        t = time.perf_counter()
+        try:
+            self.stdout.write(runtime.ensure_redis(settings.REDIS_URL, var))
+        except RuntimeError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"PostgreSQL: {settings.DATABASES['default'].get('HOST') or 'DATABASE_URL'}")
+        call_command("migrate", verbosity=0)
+        phase("services+migrate", t)
+
+        t = time.perf_counter()
+        call_command("import_catalog", "hm", opts["data"], limit=opts["limit"] or None)
+        phase("import", t)
+
+        t = time.perf_counter()
+        (var / "logs").mkdir(parents=True, exist_ok=True)
+        worker = runtime.start_worker(queues="embedding,training", concurrency=1, logfile=var / "logs" / "worker.log")
+        (var / "worker.pid").write_text(str(worker.pid))
+        if not runtime.wait_for_worker(app, timeout=90):
+            raise CommandError(f"the Celery worker did not come up; see {var / 'logs' / 'worker.log'}")
+        phase("worker start", t)
+
+        t = time.perf_counter()
+        busy = TrainingRun.objects.filter(status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING])
+        busy.update(status=TrainingRun.Status.FAILED, error="abandoned: a new demo run started")
+        run = training_run_start(params={"epochs": opts["epochs"]})
+        self.stdout.write(f"training run {run.pk} queued on Celery; worker log: {var / 'logs' / 'worker.log'}")
+        bar = tqdm(total=100, desc="train on Celery", unit="%")
+        while True:
+            run.refresh_from_db()
+            bar.n = round(run.progress, 1)
+            bar.set_postfix_str(f"{run.phase} step {run.step} loss {run.loss or 0:.3f}")
+            bar.refresh()
+            if run.status in (TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED):
+                break
+            if worker.poll() is not None:
+                raise CommandError(f"the worker exited (code {worker.returncode}); see {var / 'logs' / 'worker.log'}")
+            time.sleep(1.0)
+        bar.close()
+        if run.status != TrainingRun.Status.SUCCEEDED:
+            raise CommandError(f"training run {run.pk} {run.status}: {run.error[:2000]}")
+        phase("train+evaluate+embed on Celery", t)
+        version = run.model_version
+        for k, v in (version.metrics.get("timings") or {}).items():
+            self.stdout.write(f"    {k}: {v:.1f} s")
+        report = Path(version.artifact_path).parent / "report.md"
+        if report.exists():
+            self.stdout.write(f"evaluation on the held-out split ({report}):")
+            self.stdout.write(report.read_text())
+        (var / "demo_timings.json").write_text(json.dumps({"timings_s": timings, "version": version.pk,
+                                                           "limit": opts["limit"]}, indent=1))  # fmt: skip
+        self.stdout.write(self.style.SUCCESS("phase timings (s): " + json.dumps(timings)))
+        if opts["no_serve"]:
+            return
+        self.stdout.write(self.style.SUCCESS(f"serving at http://{opts['addr']}/  (Ctrl-C stops the server)"))
+        try:
+            call_command("runserver", opts["addr"], use_reloader=False)
+        finally:
+            runtime.stop_worker(worker)

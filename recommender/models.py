@@ -1,0 +1,115 @@
+"""Model registry and vector store: model versions, training runs and per-version product vectors.
+
+Vectors live in PostgreSQL (pgvector) with HNSW indexes. All stored vectors are L2-normalised (unit
+hypersphere), so the inner product equals cosine similarity; the indexes use ``vector_ip_ops`` and the
+queries order by the bare ``<#>`` operator (negative inner product) ascending, which the index serves.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from pgvector.django import HnswIndex, VectorField
+
+from catalog.models import Product
+
+
+class ModelVersion(models.Model):
+    """A trained (or zero-shot) model: its config, artifact, evaluation metrics and lifecycle state.
+
+    Exactly one version is active (a partial unique constraint); the site serves its vectors.
+    """
+
+    class Status(models.TextChoices):
+        TRAINING = "training", "training"
+        EMBEDDING = "embedding", "embedding the catalog"
+        READY = "ready", "ready"
+        FAILED = "failed", "failed"
+        RETIRED = "retired", "retired"
+
+    name = models.CharField(max_length=128)
+    config = models.JSONField(default=dict)
+    artifact_path = models.CharField(max_length=512, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.TRAINING)
+    is_active = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["is_active"], condition=models.Q(is_active=True), name="one_active_model_version"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} (v{self.pk}{', active' if self.is_active else ''})"
+
+
+class TrainingRun(models.Model):
+    """One fine-tuning run, with the progress the UI shows while it runs."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "succeeded"
+        FAILED = "failed", "failed"
+        CANCELLED = "cancelled", "cancelled"
+
+    model_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL)
+    params = models.JSONField(default=dict)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    phase = models.CharField(max_length=64, blank=True)
+    progress = models.FloatField(default=0.0)  # percent, 0..100
+    step = models.IntegerField(default=0)
+    loss = models.FloatField(null=True, blank=True)
+    history = models.JSONField(default=dict, blank=True)
+    log_tail = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    celery_task_id = models.CharField(max_length=64, blank=True)
+    started_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"TrainingRun {self.pk} ({self.status})"
+
+
+class ProductEmbedding(models.Model):
+    """The vectors of one product under one model version (one row per product and version).
+
+    ``image``/``text``: general space (image↔text aligned, similar items and text search), unit norm.
+    ``fused``: normalised mean of image and text, for similar items by look and description.
+    ``compat``: type-aware compatibility space (complete-the-look), unit norm.
+    ``slot`` is copied from the product so filtered index scans need no join.
+    """
+
+    product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="embeddings")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="embeddings")
+    slot = models.CharField(max_length=32, db_index=True)
+    image = VectorField(dimensions=settings.EMBEDDING_DIM)
+    text = VectorField(dimensions=settings.EMBEDDING_DIM)
+    fused = VectorField(dimensions=settings.EMBEDDING_DIM)
+    compat = VectorField(dimensions=settings.COMPAT_DIM)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["product", "model_version"], name="uniq_product_version")
+        ]
+        indexes = [
+            HnswIndex(name="emb_image_hnsw", fields=["image"], m=16, ef_construction=64,
+                      opclasses=["vector_ip_ops"]),
+            HnswIndex(name="emb_text_hnsw", fields=["text"], m=16, ef_construction=64,
+                      opclasses=["vector_ip_ops"]),
+            HnswIndex(name="emb_fused_hnsw", fields=["fused"], m=16, ef_construction=64,
+                      opclasses=["vector_ip_ops"]),
+            HnswIndex(name="emb_compat_hnsw", fields=["compat"], m=16, ef_construction=64,
+                      opclasses=["vector_ip_ops"]),
+        ]

@@ -1,0 +1,97 @@
+"""Local services for the demo and the end-to-end tests: Redis and Celery worker processes.
+
+Nothing here runs in production (docker-compose starts those); it makes ``make demo`` work on a bare
+machine: a Redis at ``REDIS_URL`` is used when one answers, else a ``redis-server`` found on PATH is
+started without root, and workers are real ``celery worker`` processes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+logger = logging.getLogger(__name__)
+
+
+def redis_ping(url: str, timeout: float = 1.0) -> bool:
+    """True when a Redis server answers PING at ``url``."""
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+    except (redis.exceptions.RedisError, OSError):
+        return False
+
+
+def ensure_redis(url: str, var_dir: Path) -> str:
+    """Make sure a Redis answers at ``url``; start a local ``redis-server`` (no root) when none does.
+
+    Returns:
+        A message saying which Redis is used.
+
+    Raises:
+        RuntimeError: nothing answers and no ``redis-server`` binary is on PATH (install Redis or set REDIS_URL).
+    """
+    if redis_ping(url):
+        return f"Redis: using the server at {url}"
+    parsed = urlparse(url)
+    if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
+        raise RuntimeError(f"no Redis answers at {url}, and it is not a local address to start one on")
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError(f"no Redis answers at {url} and no redis-server is on PATH; install Redis or set REDIS_URL")
+    rdir = var_dir / "redis"
+    rdir.mkdir(parents=True, exist_ok=True)
+    port = parsed.port or 6379
+    subprocess.run([binary, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes", "--dir", str(rdir),
+                    "--save", "", "--appendonly", "no", "--logfile", str(rdir / "redis.log"),
+                    "--pidfile", str(rdir / "redis.pid")], check=True)  # fmt: skip
+    for _ in range(50):
+        if redis_ping(url):
+            return f"Redis: none answered at {url}, so started {binary} on port {port} (data in {rdir})"
+        time.sleep(0.1)
+    raise RuntimeError(f"started {binary} but it does not answer at {url}; see {rdir / 'redis.log'}")
+
+
+def start_worker(
+    *, queues: str = "embedding,training", concurrency: int = 1, env: dict[str, str] | None = None,
+    logfile: Path | None = None, name: str = "worker",
+) -> subprocess.Popen:  # fmt: skip
+    """Start a real ``celery worker`` process for this project (returns the Popen; stop with :func:`stop_worker`)."""
+    cmd = [sys.executable, "-m", "celery", "-A", "recommender", "worker", "-Q", queues, "-c", str(concurrency),
+           "--pool", "prefork", "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]  # fmt: skip
+    out = open(logfile, "ab") if logfile else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)  # fmt: skip
+
+
+def stop_worker(proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Stop a worker: SIGTERM (warm shutdown), then SIGKILL after ``timeout`` seconds."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+def wait_for_worker(app, timeout: float = 60.0) -> bool:
+    """Poll ``inspect().ping()`` until a worker answers (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if app.control.inspect(timeout=1.0).ping():
+                return True
+        except Exception:  # broker hiccup while the worker starts
+            pass
+        time.sleep(0.5)
+    return False

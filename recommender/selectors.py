@@ -1,0 +1,304 @@
+"""Recommendation queries (HackSoft "selectors"): every ranking is one pgvector query on an HNSW index.
+
+All stored vectors are unit norm, so ordering by ``<#>`` (negative inner product) ascending ranks by
+cosine similarity and uses the ``vector_ip_ops`` HNSW indexes. Filtered queries run with pgvector 0.8
+iterative index scans (``hnsw.iterative_scan``) set with ``SET LOCAL`` inside a transaction, so a
+filter that matches few rows still returns k of them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import QuerySet
+from pgvector.django import MaxInnerProduct
+
+from catalog.models import Product
+from ml.slots import BOTTOM, ONE_PIECE, OUTFIT_SLOTS, SLOT_INDEX, TOP
+from recommender.models import ModelVersion, ProductEmbedding
+
+SPACES = ("fused", "image", "text")
+MAX_K = 100
+
+
+class NoActiveModel(LookupError):
+    """No model version is active yet (train one first)."""
+
+
+class UnknownProducts(LookupError):
+    """Some product ids do not exist; ``ids`` lists them."""
+
+    def __init__(self, ids: Sequence[int]) -> None:
+        super().__init__(f"unknown product id(s): {list(ids)}")
+        self.ids = list(ids)
+
+
+@dataclass
+class Hit:
+    """A ranked product with its score (cosine similarity, or compatibility in [0, 1])."""
+
+    product: Product
+    score: float
+
+
+@dataclass
+class Filters:
+    """Optional catalog filters applied inside the vector query."""
+
+    slot: str | None = None
+    product_type: str | None = None
+    colour: str | None = None
+    audience: str | None = None
+    price_min: float | None = None
+    price_max: float | None = None
+
+    def apply(self, qs: QuerySet) -> QuerySet:
+        if self.slot:
+            qs = qs.filter(slot=self.slot)
+        if self.product_type:
+            qs = qs.filter(product__product_type__iexact=self.product_type)
+        if self.colour:
+            qs = qs.filter(product__colour__iexact=self.colour)
+        if self.audience:
+            qs = qs.filter(product__audience__iexact=self.audience)
+        if self.price_min is not None:
+            qs = qs.filter(product__price__gte=self.price_min)
+        if self.price_max is not None:
+            qs = qs.filter(product__price__lte=self.price_max)
+        return qs
+
+
+def active_version() -> ModelVersion:
+    """The model version the site serves. Raises :class:`NoActiveModel` when there is none."""
+    version = ModelVersion.objects.filter(is_active=True).first()
+    if version is None:
+        raise NoActiveModel("no model version is active yet: run `make demo` or start a training run")
+    return version
+
+
+_LOCK = threading.Lock()
+_HEADS: dict[int, Any] = {}
+
+
+def heads_for(version: ModelVersion):
+    """The trained heads of a version (cached per process; small, no towers)."""
+    from ml.train import load_heads
+
+    with _LOCK:
+        if version.pk not in _HEADS:
+            _HEADS[version.pk] = load_heads(version.artifact_path)[0]
+        return _HEADS[version.pk]
+
+
+def embedder(version: ModelVersion):
+    """Towers + heads for query embedding (text search, photo search); built once per process."""
+    from ml.tasks import embedder_for
+
+    with _LOCK:
+        return embedder_for(version)
+
+
+def _ranked(qs: QuerySet, column: str, query: np.ndarray, k: int, *, filtered: bool) -> list[tuple[int, float]]:
+    """Run ``ORDER BY column <#> query LIMIT k`` with HNSW settings; returns ``[(product_id, ip)]``."""
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute("SET LOCAL hnsw.ef_search = %s", [max(settings.HNSW_EF_SEARCH, k)])
+        if filtered:
+            cur.execute("SET LOCAL hnsw.iterative_scan = strict_order")
+        rows = qs.annotate(d=MaxInnerProduct(column, query.tolist())).order_by("d").values_list("product_id", "d")[:k]
+        return [(pid, -float(d)) for pid, d in rows]
+
+
+def _hits(pairs: list[tuple[int, float]], transform=lambda s: s) -> list[Hit]:
+    products = Product.objects.in_bulk([pid for pid, _ in pairs])
+    return [Hit(products[pid], transform(s)) for pid, s in pairs if pid in products]
+
+
+def _embedding(version: ModelVersion, product_id: int) -> ProductEmbedding:
+    if not Product.objects.filter(pk=product_id).exists():
+        raise UnknownProducts([product_id])
+    emb = ProductEmbedding.objects.filter(model_version=version, product_id=product_id).first()
+    if emb is None:
+        raise NoActiveModel(f"product {product_id} has no vectors for model version {version.pk} yet")
+    return emb
+
+
+def similar_items(
+    *, product_id: int, k: int = 12, space: str = "fused", exclude_variants: bool = True,
+    filters: Filters | None = None,
+) -> list[Hit]:  # fmt: skip
+    """Items most similar to a product in the general space (cosine similarity, highest first).
+
+    Args:
+        space: ``fused`` (photo + text), ``image`` or ``text``.
+        exclude_variants: drop colour variants of the same product (same ``variant_group``).
+
+    Raises:
+        UnknownProducts, NoActiveModel, ValueError (bad space).
+    """
+    if space not in SPACES:
+        raise ValueError(f"space must be one of {SPACES}")
+    version = active_version()
+    emb = _embedding(version, product_id)
+    product = Product.objects.get(pk=product_id)
+    qs = ProductEmbedding.objects.filter(model_version=version).exclude(product_id=product_id)
+    if exclude_variants and product.variant_group:
+        qs = qs.exclude(product__variant_group=product.variant_group)
+    filters = filters or Filters()
+    qs = filters.apply(qs)
+    filtered = exclude_variants or filters != Filters()
+    return _hits(_ranked(qs, space, np.asarray(getattr(emb, space)), k, filtered=filtered))
+
+
+def text_search(*, query: str, k: int = 24, filters: Filters | None = None) -> list[Hit]:
+    """Free-text search: the query's text vector against the products' fused (photo + text) vectors.
+
+    Raises:
+        ValueError: empty query; NoActiveModel.
+    """
+    query = query.strip()
+    if not query:
+        raise ValueError("query must not be empty")
+    version = active_version()
+    q = embedder(version).embed_query_text(query)
+    filters = filters or Filters()
+    qs = filters.apply(ProductEmbedding.objects.filter(model_version=version))
+    return _hits(_ranked(qs, "fused", q, k, filtered=filters != Filters()))
+
+
+def photo_search(*, image, k: int = 24, filters: Filters | None = None) -> list[Hit]:
+    """Search by a shopper's photo (a PIL image): nearest products by image vector."""
+    version = active_version()
+    q = embedder(version).embed_query_image(image)
+    filters = filters or Filters()
+    qs = filters.apply(ProductEmbedding.objects.filter(model_version=version))
+    return _hits(_ranked(qs, "image", q, k, filtered=filters != Filters()))
+
+
+def _outfit_embeddings(version: ModelVersion, product_ids: Sequence[int]) -> list[ProductEmbedding]:
+    ids = list(dict.fromkeys(int(i) for i in product_ids))
+    found = set(Product.objects.filter(pk__in=ids).values_list("pk", flat=True))
+    unknown = [i for i in ids if i not in found]
+    if unknown:
+        raise UnknownProducts(unknown)
+    embs = {e.product_id: e for e in ProductEmbedding.objects.filter(model_version=version, product_id__in=ids)}
+    missing = [i for i in ids if i not in embs]
+    if missing:
+        raise NoActiveModel(f"product(s) {missing} have no vectors for model version {version.pk} yet")
+    return [embs[i] for i in ids]
+
+
+def missing_slots(given: Sequence[str]) -> list[str]:
+    """Outfit slots still open: a one-piece fills top and bottom, and a top or bottom excludes a one-piece."""
+    have = set(given)
+    out = [s for s in OUTFIT_SLOTS if s not in have]
+    if ONE_PIECE in have:
+        out = [s for s in out if s not in (TOP, BOTTOM)]
+    if have & {TOP, BOTTOM}:
+        out = [s for s in out if s != ONE_PIECE]
+    return out
+
+
+@dataclass
+class SlotPicks:
+    """Complete-the-look answer for one slot: the best pick and its alternates."""
+
+    slot: str
+    hits: list[Hit] = field(default_factory=list)
+
+
+def compat_to_unit(score_sum: float, n: int) -> float:
+    """Mean pair score in [-1, 1] → [0, 1]."""
+    return float(np.clip((score_sum / max(n, 1) + 1) / 2, 0, 1))
+
+
+def complete_the_look(*, product_ids: Sequence[int], k: int = 4, slots: Sequence[str] | None = None) -> list[SlotPicks]:
+    """Best items for each missing slot, ranked by total compatibility with all given items.
+
+    One indexed pgvector query per slot: ``ORDER BY compat <#> q_t`` with ``q_t = Σ_i f_i ⊙ m²`` (see
+    ``ml.heads``) and a slot filter. Items of the given products' variant groups are excluded.
+
+    Returns:
+        One :class:`SlotPicks` per missing slot (k hits each: the pick and k-1 alternates); scores
+        are mean pair compatibilities in [0, 1].
+
+    Raises:
+        ValueError: empty set; UnknownProducts; NoActiveModel.
+    """
+    if not product_ids:
+        raise ValueError("give at least one product id")
+    version = active_version()
+    embs = _outfit_embeddings(version, product_ids)
+    heads = heads_for(version)
+    f = torch.from_numpy(np.stack([np.asarray(e.compat, dtype=np.float32) for e in embs]))  # (K, C)
+    s = torch.as_tensor([SLOT_INDEX[e.slot] for e in embs])
+    targets = list(slots) if slots else missing_slots([e.slot for e in embs])
+    variants = [v for v in Product.objects.filter(pk__in=[e.product_id for e in embs]).values_list(
+        "variant_group", flat=True) if v]  # fmt: skip
+    out = []
+    for slot in targets:
+        with torch.no_grad():
+            q = heads.slot_query(f, s, SLOT_INDEX[slot]).numpy()  # (C,)
+        qs = ProductEmbedding.objects.filter(model_version=version, slot=slot).exclude(
+            product_id__in=[e.product_id for e in embs]).exclude(product__variant_group__in=variants)  # fmt: skip
+        pairs = _ranked(qs, "compat", q, k, filtered=True)
+        out.append(SlotPicks(slot, _hits(pairs, lambda v: compat_to_unit(v, len(embs)))))
+    return out
+
+
+@dataclass
+class Compatibility:
+    """Compatibility of a set: mean pairwise score in [0, 1], the matrix and the weakest pair."""
+
+    products: list[Product]
+    score: float
+    matrix: list[list[float]]
+    weakest: tuple[int, int] | None
+    suggestion: Hit | None = None
+
+
+def outfit_compatibility(*, product_ids: Sequence[int], suggest: bool = True) -> Compatibility:
+    """Score a set of 2..8 products: pair scores ``(1 + <f_i ⊙ m², f_j>) / 2`` and their mean.
+
+    The weakest pair is the lowest off-diagonal entry; the suggested replacement is the best item of
+    that pair's less compatible member's slot given all the others (one indexed query).
+
+    Raises:
+        ValueError: fewer than 2 or more than 8 distinct products; UnknownProducts; NoActiveModel.
+    """
+    ids = list(dict.fromkeys(int(i) for i in product_ids))
+    if not 2 <= len(ids) <= 8:
+        raise ValueError(f"give 2 to 8 distinct product ids (got {len(ids)})")
+    version = active_version()
+    embs = _outfit_embeddings(version, ids)
+    heads = heads_for(version)
+    f = torch.from_numpy(np.stack([np.asarray(e.compat, dtype=np.float32) for e in embs]))
+    s = torch.as_tensor([SLOT_INDEX[e.slot] for e in embs])
+    n = len(ids)
+    mat = np.ones((n, n), dtype=np.float64)
+    pairs = list(itertools.combinations(range(n), 2))
+    with torch.no_grad():
+        a = torch.as_tensor([i for i, _ in pairs])
+        b = torch.as_tensor([j for _, j in pairs])
+        sc = ((heads.pair_score(f[a], f[b], s[a], s[b]) + 1) / 2).clamp(0, 1).numpy()
+    for (i, j), v in zip(pairs, sc, strict=True):
+        mat[i, j] = mat[j, i] = float(v)
+    score = float(np.mean(sc))
+    wi, wj = pairs[int(np.argmin(sc))]
+    products = Product.objects.in_bulk(ids)
+    suggestion = None
+    if suggest:
+        off = mat.copy()
+        np.fill_diagonal(off, np.nan)
+        weaker = wi if np.nanmean(off[wi]) <= np.nanmean(off[wj]) else wj
+        others = [ids[x] for x in range(n) if x != weaker]
+        picks = complete_the_look(product_ids=others, k=1, slots=[embs[weaker].slot])
+        suggestion = picks[0].hits[0] if picks and picks[0].hits else None
+    return Compatibility([products[i] for i in ids], score, mat.round(4).tolist(), (ids[wi], ids[wj]), suggestion)

@@ -1,0 +1,32 @@
+"""URLs: pages at the root, the JSON API under /api/, OpenAPI schema and Swagger UI, admin."""
+
+from django.conf import settings
+from django.conf.urls.static import static
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from recommender import apis
+
+api = [
+    path("products/", apis.ProductListApi.as_view(), name="api-products"),
+    path("products/<int:pk>/", apis.ProductDetailApi.as_view(), name="api-product"),
+    path("products/<int:pk>/similar/", apis.SimilarApi.as_view(), name="api-similar"),
+    path("search/", apis.SearchApi.as_view(), name="api-search"),
+    path("search/photo/", apis.PhotoSearchApi.as_view(), name="api-photo-search"),
+    path("complete-the-look/", apis.CompleteTheLookApi.as_view(), name="api-complete-the-look"),
+    path("compatibility/", apis.CompatibilityApi.as_view(), name="api-compatibility"),
+    path("model-versions/", apis.ModelVersionListApi.as_view(), name="api-model-versions"),
+    path("training-runs/", apis.TrainingRunListApi.as_view(), name="api-training-runs"),
+    path("training-runs/<int:pk>/", apis.TrainingRunDetailApi.as_view(), name="api-training-run"),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+]
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/", include(api)),
+    path("", include("recommender.page_urls")),
+]
+if settings.DEBUG or settings.SERVE_MEDIA:
+    urlpatterns += static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT)

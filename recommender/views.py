@@ -1,0 +1,301 @@
+"""Server-rendered shopper pages: catalog, search, product, outfit builder and the model registry.
+
+Views only parse the request, call selectors (``recommender.selectors``) and shape their answers for
+the templates (percentages, heat-map colours, links). When no model version is active they still
+render, with a notice instead of recommendations.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from PIL import Image
+
+from catalog.images import MAX_UPLOAD_BYTES, ImageError, clean_image
+from catalog.models import Product
+from ml.slots import SLOT_INDEX
+from recommender.models import ModelVersion, TrainingRun
+from recommender.selectors import (
+    Filters,
+    Hit,
+    NoActiveModel,
+    UnknownProducts,
+    active_version,
+    complete_the_look,
+    outfit_compatibility,
+    photo_search,
+    similar_items,
+    text_search,
+)
+
+PAGE_SIZE = 24
+SEARCH_K = 24
+MAX_OUTFIT = 8
+NO_MODEL = "No model is active yet: run make demo"
+NOT_EMBEDDED = "Recommendations for this item are not ready yet: its vectors are still being computed."
+FILTER_FIELDS = ("slot", "colour", "audience", "product_type")
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+
+def _model_notice() -> str:
+    """The notice for a :class:`NoActiveModel`: no version at all, or this item not embedded yet."""
+    try:
+        active_version()
+    except NoActiveModel:
+        return NO_MODEL
+    return NOT_EMBEDDED
+
+
+def _not_found(request: HttpRequest, message: str) -> HttpResponse:
+    return render(request, "recommender/not_found.html", {"message": message}, status=404)
+
+
+def _filters_from(params) -> Filters:
+    return Filters(**{f: (params.get(f) or "").strip() or None for f in FILTER_FIELDS})
+
+
+def _filter_options() -> dict[str, list[str]]:
+    """Distinct non-empty values of each filterable column (slots in their canonical order)."""
+    options = {}
+    for f in FILTER_FIELDS:
+        values = Product.objects.exclude(**{f: ""}).order_by(f).values_list(f, flat=True).distinct()
+        options[f] = list(values)
+    options["slot"].sort(key=lambda s: SLOT_INDEX.get(s, len(SLOT_INDEX)))
+    return options
+
+
+def _pct(score: float) -> int:
+    """A [0, 1] score as a whole percentage, clamped."""
+    return round(100 * min(max(float(score), 0.0), 1.0))
+
+
+def _hue(score: float) -> int:
+    """Red (0) to green (120) HSL hue for a [0, 1] score."""
+    return round(120 * min(max(float(score), 0.0), 1.0))
+
+
+def _scored(hits: Sequence[Hit]) -> list[dict[str, Any]]:
+    return [
+        {"product": h.product, "score": h.score, "pct": _pct(h.score), "hue": _hue(h.score)} for h in hits
+    ]
+
+
+def _parse_ids(raw: str) -> tuple[list[int], list[str]]:
+    """``"1, 2,x,2"`` -> ``([1, 2], ["x"])``: distinct ids in order, and the tokens that are not ids."""
+    ids: list[int] = []
+    bad: list[str] = []
+    for token in (t.strip() for t in raw.split(",")):
+        if not token:
+            continue
+        if token.isdigit():
+            if int(token) not in ids:
+                ids.append(int(token))
+        else:
+            bad.append(token)
+    return ids, bad
+
+
+def _outfit_url(ids: Sequence[int]) -> str:
+    return f"{reverse('outfit')}?ids={','.join(str(i) for i in ids)}"
+
+
+# --- pages ------------------------------------------------------------------------------------------
+
+
+def catalog_page(request: HttpRequest) -> HttpResponse:
+    """``/``: the product grid, filterable by slot, colour, audience and type, 24 per page."""
+    chosen = {f: (request.GET.get(f) or "").strip() for f in FILTER_FIELDS}
+    qs = Product.objects.filter(**{f: v for f, v in chosen.items() if v}).order_by("id")
+    page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "recommender/catalog.html",
+        {"page": page, "options": _filter_options(), "chosen": chosen, "filtered": any(chosen.values())},
+    )
+
+
+def search_page(request: HttpRequest) -> HttpResponse:
+    """``/search?q=...&slot=...``: free-text search over the active model's vectors."""
+    q = (request.GET.get("q") or "").strip()
+    context: dict[str, Any] = {
+        "q": q,
+        "slot": request.GET.get("slot", ""),
+        "slots": _filter_options()["slot"],
+    }
+    if not q:
+        context["message"] = "Type what you are looking for, e.g. “black denim jacket”, or search by photo."
+    else:
+        try:
+            context["results"] = _scored(text_search(query=q, k=SEARCH_K, filters=_filters_from(request.GET)))
+        except NoActiveModel:
+            context["notice"] = NO_MODEL
+    return render(request, "recommender/search.html", context)
+
+
+def photo_search_page(request: HttpRequest) -> HttpResponse:
+    """``POST /search/photo``: search by an uploaded photo; an unreadable file is an inline error."""
+    if request.method != "POST":
+        return redirect("search")
+    context: dict[str, Any] = {"q": "", "slot": "", "slots": _filter_options()["slot"], "photo_mode": True}
+    upload = request.FILES.get("image")
+    try:
+        if upload is None:
+            raise ImageError("choose a photo to upload")
+        if upload.size > MAX_UPLOAD_BYTES:
+            raise ImageError(f"{upload.name}: the file is over the {MAX_UPLOAD_BYTES // 2**20} MB limit")
+        clean = clean_image(upload.read(), name=upload.name)
+    except ImageError as exc:
+        context["photo_error"] = f"That file could not be used as a photo ({exc})."
+        return render(request, "recommender/search.html", context)
+    context["photo_preview"] = "data:image/jpeg;base64," + base64.b64encode(clean.thumbnail).decode()
+    try:
+        hits = photo_search(image=Image.open(io.BytesIO(clean.jpeg)), k=SEARCH_K)
+        context["results"] = _scored(hits)
+    except NoActiveModel:
+        context["notice"] = NO_MODEL
+    return render(request, "recommender/search.html", context)
+
+
+def product_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """``/products/<pk>``: details, similar items and complete-the-look picks for one product."""
+    product = Product.objects.filter(pk=pk).first()
+    if product is None:
+        return _not_found(request, f"There is no product with id {pk}.")
+    outfit_ids, _ = _parse_ids(request.GET.get("outfit", ""))
+    outfit_ids = [i for i in outfit_ids if i != pk][: MAX_OUTFIT - 1]
+    context: dict[str, Any] = {
+        "product": product,
+        "add_url": _outfit_url([*outfit_ids, pk]),
+        "has_outfit": bool(outfit_ids),
+    }
+    try:
+        context["similar"] = _scored(similar_items(product_id=pk, k=8))
+        looks = complete_the_look(product_ids=[pk], k=4)
+    except UnknownProducts as exc:
+        return _not_found(request, f"Unknown product id(s): {', '.join(map(str, exc.ids))}.")
+    except NoActiveModel:
+        context["notice"] = _model_notice()
+    else:
+        context["looks"] = [
+            {"slot": sp.slot, "pick": _scored(sp.hits[:1])[0], "alternates": _scored(sp.hits[1:])}
+            for sp in looks
+            if sp.hits
+        ]
+        context["look_url"] = _outfit_url([pk, *(sp.hits[0].product.pk for sp in looks if sp.hits)])
+    return render(request, "recommender/product.html", context)
+
+
+def _heatmap(ids: list[int], matrix: list[list[float]], weakest: tuple[int, int] | None) -> list[list[dict]]:
+    weak = {weakest, weakest[::-1]} if weakest else set()
+    return [
+        [
+            {"diagonal": i == j, "pct": _pct(v), "hue": _hue(v), "weakest": (ids[i], ids[j]) in weak}
+            for j, v in enumerate(row)
+        ]
+        for i, row in enumerate(matrix)
+    ]
+
+
+def _weaker_of_pair(ids: list[int], matrix: list[list[float]], pair: tuple[int, int]) -> int:
+    """The member of the weakest pair with the lower mean score against the rest (the one to swap)."""
+
+    def mean_row(pid: int) -> float:
+        i = ids.index(pid)
+        others = [v for j, v in enumerate(matrix[i]) if j != i]
+        return sum(others) / len(others)
+
+    a, b = pair
+    return a if mean_row(a) <= mean_row(b) else b
+
+
+def outfit_page(request: HttpRequest) -> HttpResponse:
+    """``/outfit?ids=1,2,3``: the outfit builder; all of its state is in ``?ids=`` (shareable)."""
+    requested, bad_tokens = _parse_ids(request.GET.get("ids", ""))
+    products = Product.objects.in_bulk(requested)
+    unknown = [i for i in requested if i not in products]
+    ids = [i for i in requested if i in products]
+    messages: list[str] = []
+    if bad_tokens:
+        messages.append(f"Ignored {', '.join(repr(t) for t in bad_tokens)}: not product ids.")
+    if unknown:
+        messages.append(f"Unknown product id(s) {', '.join(map(str, unknown))}: ignored.")
+    if len(ids) > MAX_OUTFIT:
+        messages.append(f"An outfit holds at most {MAX_OUTFIT} items; the rest were dropped.")
+        ids = ids[:MAX_OUTFIT]
+    items = [{"product": products[i], "remove_url": _outfit_url([j for j in ids if j != i])} for i in ids]
+    context: dict[str, Any] = {
+        "items": items,
+        "ids": ids,
+        "messages_list": messages,
+        "ids_csv": ",".join(map(str, ids)),
+    }
+    try:
+        if len(ids) >= 2:
+            compat = outfit_compatibility(product_ids=ids)
+            context.update(score=compat.score, pct=_pct(compat.score), hue=_hue(compat.score))
+            context["heatmap"] = list(
+                zip(compat.products, _heatmap(ids, compat.matrix, compat.weakest), strict=True)
+            )
+            context["columns"] = compat.products
+            if compat.weakest:
+                context["weakest"] = [products[i] for i in compat.weakest]
+                out = _weaker_of_pair(ids, compat.matrix, compat.weakest)
+                context["swap_out"] = products[out]
+                new = compat.suggestion.product if compat.suggestion else None
+                if new is not None and new.pk not in ids:
+                    context["swap"] = {
+                        "in": new,
+                        "pct": _pct(compat.suggestion.score),
+                        "url": _outfit_url([new.pk if i == out else i for i in ids]),
+                    }
+        if 1 <= len(ids) < MAX_OUTFIT:
+            context["additions"] = [
+                {
+                    **_scored(sp.hits[:1])[0],
+                    "slot": sp.slot,
+                    "add_url": _outfit_url([*ids, sp.hits[0].product.pk]),
+                }
+                for sp in complete_the_look(product_ids=ids, k=1)
+                if sp.hits
+            ]
+    except UnknownProducts as exc:  # a product deleted between the two queries
+        return _not_found(request, f"Unknown product id(s): {', '.join(map(str, exc.ids))}.")
+    except NoActiveModel:
+        context["notice"] = _model_notice()
+    return render(request, "recommender/outfit.html", context)
+
+
+def _flatten(metrics: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested evaluation metrics -> ``[("fine-tuned › fitb_accuracy", "0.412"), ...]``."""
+    if isinstance(metrics, dict):
+        out: list[tuple[str, str]] = []
+        for key, value in metrics.items():
+            out += _flatten(value, f"{prefix} › {key}" if prefix else str(key))
+        return out
+    if isinstance(metrics, float):
+        return [(prefix, f"{metrics:.3f}")]
+    if isinstance(metrics, list):
+        return [(prefix, ", ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in metrics))]
+    return [(prefix, str(metrics))]
+
+
+def models_page(request: HttpRequest) -> HttpResponse:
+    """``/models``: the model versions with their evaluation metrics, and the last 10 training runs."""
+    versions = [
+        {"version": v, "metrics": _flatten((v.metrics or {}).get("evaluation") or {})}
+        for v in ModelVersion.objects.all()[:50]
+    ]
+    runs = [
+        {"run": r, "pct": round(min(max(r.progress, 0.0), 100.0))}
+        for r in TrainingRun.objects.select_related("model_version")[:10]
+    ]
+    return render(request, "recommender/models.html", {"versions": versions, "runs": runs})

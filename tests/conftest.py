@@ -1,0 +1,40 @@
+"""Shared fixtures: a small slice of the real H&M sample in the real PostgreSQL + pgvector test database."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+HM_ROOT = Path(os.environ.get("HM_DATA_DIR", settings.BASE_DIR.parent / "shared" / "data" / "hm"))
+SLICE = int(os.environ.get("TEST_SLICE", "160"))
+
+
+@pytest.fixture(scope="session")
+def hm_root() -> Path:
+    """The H&M sample folder (``../shared/data/hm``; ``HM_DATA_DIR`` overrides)."""
+    if not (HM_ROOT / "articles.csv").exists():
+        pytest.fail(f"H&M sample not found at {HM_ROOT}; set HM_DATA_DIR")
+    return HM_ROOT
+
+
+@pytest.fixture(scope="session")
+def trained_catalog(django_db_setup, django_db_blocker, hm_root):
+    """Import a slice of the real catalog and train a few epochs (synchronously, no worker).
+
+    Session-scoped and committed, so every test sees the same products, outfits and active version.
+    Returns the active ``ModelVersion``.
+    """
+    from catalog.services import catalog_import_hm
+    from ml.tasks import train_model
+    from recommender.models import ModelVersion, TrainingRun
+
+    with django_db_blocker.unblock():
+        catalog_import_hm(root=hm_root, limit=SLICE, progress=False)
+        run = TrainingRun.objects.create(params={"epochs": 8, "batch_size": 64, "seed": 0, "patience": 0})
+        train_model.apply(kwargs={"run_id": run.pk}, throw=True)
+        run.refresh_from_db()
+        assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+        return ModelVersion.objects.get(is_active=True)

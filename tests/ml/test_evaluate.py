@@ -1,0 +1,169 @@
+"""Held-out evaluation on a 12-item catalog designed so that every number is known by hand.
+
+Catalog: tops 0-3, bottoms 4-7, shoes 8-11; every item its own product type, so a FITB question's
+candidates are the answer and the 3 other items of its slot, whichever item is blanked.
+Held-out outfits O1 = [0, 4, 8], O2 = [1, 5]; held-out products {0, 1, 4, 5, 8}. The random negatives
+are fixed too: N1 = [1, 5, s] with s one of the shoes 9-11 (8 is the only held-out shoe), N2 = [0, 4].
+Features: image[i] = text[i] = 2·e_i, except text[8] = image[5] (a description that fits item 5).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ml.evaluate import (
+    METRICS,
+    cooccurrence_log_prob,
+    evaluate_all,
+    evaluate_baselines,
+    evaluate_heads,
+    main,
+    write_report,
+)
+from ml.train import TrainData, fitb_accuracy_heads, fitb_questions, save_heads, zero_shot_heads
+
+N = 12
+TOP, BOTTOM, SHOES = 0, 1, 4  # slot indices (ml.slots.SLOTS)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_data() -> TrainData:
+    image = 2.0 * np.eye(N, dtype=np.float32)  # (12, 12)
+    text = image.copy()
+    text[8] = image[5]
+    slots = np.array([TOP] * 4 + [BOTTOM] * 4 + [SHOES] * 4, dtype=np.int64)
+    colour = np.array([0, 1, 3, 3, 0, 1, 3, 3, 0, 2, 2, 2], dtype=np.int64)  # O1 colour 0, O2 colour 1
+    train = [[0, 4], [0, 4], [4, 8], [0, 8], [9, 10, 11]]
+    return TrainData(
+        image=image,
+        text=text,
+        slots=slots,
+        types=np.arange(N, dtype=np.int64),
+        outfits=[np.array(o, dtype=np.int64) for o in train],
+        test_outfits=[np.array([0, 4, 8], dtype=np.int64), np.array([1, 5], dtype=np.int64)],
+        attrs={"colour": colour, "section": np.zeros(N, dtype=np.int64)},  # no "department": skipped
+    )
+
+
+def test_text_to_item_retrieval_of_identity_heads() -> None:
+    # Queries 0, 1, 4, 5 rank their own image first; query 8 scores 1 with image 5 and 0 with image 8,
+    # which ties with the other three: rank 5 of 5.
+    m = evaluate_heads(make_data(), zero_shot_heads(N, 16), seed=0)
+    assert set(m) == set(METRICS)
+    assert m["gallery_size"] == 5
+    assert m["recall@1"] == pytest.approx(4 / 5)
+    assert m["recall@5"] == m["recall@10"] == 1.0
+    assert m["mrr"] == pytest.approx((4 + 1 / 5) / 5)
+    assert m["p@10_type"] == 0.0  # every item is its own type
+    assert m["n_fitb"] == 2 and m["n_outfits"] == 2
+    assert 0.0 <= m["fitb"] <= 1.0 and 0.0 <= m["auc"] <= 1.0
+
+
+def test_fitb_of_heads_matches_the_training_loop() -> None:
+    data, heads = make_data(), zero_shot_heads(N, 16, seed=3)
+    q = fitb_questions(data.test_outfits, data.slots, data.types, seed=7)
+    with torch.no_grad():
+        compat = heads.compat(torch.from_numpy(data.image), torch.from_numpy(data.text))
+    expected = fitb_accuracy_heads(heads, compat, torch.from_numpy(data.slots), q)
+    assert evaluate_heads(data, heads, seed=7)["fitb"] == expected
+
+
+def test_similar_item_precision_by_type() -> None:
+    # 4 types of 3 identical items: the 2 other items of the query's type score 1, the rest 0 and
+    # fill the top 10 by index: precision@10 = 2/10 for every query.
+    types = np.arange(N) // 3
+    feats = 2.0 * np.eye(N, dtype=np.float32)[types]
+    data = TrainData(image=feats, text=feats.copy(), slots=np.zeros(N, dtype=np.int64), types=types,
+                     outfits=[np.array([0, 3])], test_outfits=[np.array([0, 4, 8]), np.array([1, 10])])  # fmt: skip
+    assert evaluate_heads(data, zero_shot_heads(N, 8), seed=0)["p@10_type"] == pytest.approx(0.2)
+
+
+def test_cooccurrence_prior_by_hand() -> None:
+    # Pairs counted both ways: c(0,4) = 2, c(0,8) = c(4,8) = 1; T = 12 types.
+    logp = cooccurrence_log_prob(make_data().outfits, np.arange(N), N)
+    assert logp[0, 4] == pytest.approx(math.log(3 / 15))  # (2 + 1) / (3 + 12)
+    assert logp[8, 0] == pytest.approx(math.log(2 / 14))  # (1 + 1) / (2 + 12)
+    assert logp[1, 5] == pytest.approx(math.log(1 / 12))  # unseen type: uniform
+    assert logp[4, 0] == logp[0, 4]
+
+
+def test_baselines_by_hand() -> None:
+    b = evaluate_baselines(make_data(), seed=0)
+    assert list(b) == ["co-occurrence", "attribute-match"]
+    # Co-occurrence. O1: whichever item is blanked, it co-occurred with both question items in training
+    # and the wrong candidates never did -> right. O2: items 1 and 5 were never seen -> a 4-way tie ->
+    # wrong. Outfit scores: O1 = mean(log 3/15 ×2, log 2/15 ×2, log 2/14 ×2) ≈ -1.86, O2 = log 1/12 ≈
+    # -2.48, N2 = log 3/15 ≈ -1.61, N1 ≈ -2.54 (shoe s has 9-11 counts) -> AUC = 2/4.
+    assert b["co-occurrence"]["fitb"] == 0.5
+    assert b["co-occurrence"]["auc"] == 0.5
+    # Attribute match (colour + section). Each answer shares its colour with its question, no wrong
+    # candidate does -> FITB 1. Outfit scores: O1 = O2 = N2 = 2, N1 = [1, 5, s] = (2 + 1 + 1) / 3
+    # -> AUC = (1 + 1/2 + 1 + 1/2) / 4.
+    assert b["attribute-match"]["fitb"] == 1.0
+    assert b["attribute-match"]["auc"] == 0.75
+    assert b["attribute-match"]["n_fitb"] == 2
+
+
+def test_attribute_baseline_needs_an_attribute() -> None:
+    data = make_data()
+    data.attrs = {}
+    assert list(evaluate_baselines(data)) == ["co-occurrence"]
+
+
+def test_evaluate_all_rows_and_determinism() -> None:
+    data = make_data()
+    tuned = zero_shot_heads(N, 16, seed=5)
+    r = evaluate_all(data, {"tuned": tuned}, seed=1)
+    assert list(r) == ["co-occurrence", "attribute-match", "zero-shot", "tuned"]
+    assert all(set(row) == set(METRICS) for row in r.values())
+    assert r["co-occurrence"]["recall@1"] is None and r["attribute-match"]["p@10_type"] is None
+    assert r["zero-shot"]["recall@1"] == pytest.approx(0.8)
+    assert evaluate_all(data, {"tuned": tuned}, seed=1) == r
+
+
+def test_no_test_outfits_is_an_error() -> None:
+    data = make_data()
+    data.test_outfits = []
+    with pytest.raises(ValueError, match="test_outfits"):
+        evaluate_baselines(data)
+
+
+def test_write_report(tmp_path: Path) -> None:
+    data = make_data()
+    results = evaluate_all(data, {}, seed=0)
+    history = {"loss": [1.0, 0.5, 0.25], "val_fitb": [0.2, 0.4, math.nan]}
+    paths = write_report(results, tmp_path, history=history, data=data, heads=zero_shot_heads(N, 16))
+    assert set(paths) == {"metrics.json", "report.md", "metrics.png", "loss.png", "embedding_2d.png"}
+    assert all(p.stat().st_size > 0 for p in paths.values())
+    assert json.loads(paths["metrics.json"].read_text())["co-occurrence"]["recall@1"] is None
+    md = paths["report.md"].read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert [r.split(" | ")[0][2:] for r in rows] == list(results)
+    assert "| co-occurrence | — |" in md and "gallery of 5 held-out products" in md
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_data().save(tmp_path / "f.npz")
+    save_heads(tmp_path / "h.pt", zero_shot_heads(N, 16, seed=2), {"history": {"loss": [2.0, 1.0]}})
+    out = tmp_path / "report"
+    results = main(["--features", str(tmp_path / "f.npz"), "--heads", f"run1={tmp_path / 'h.pt'}",
+                    "--out", str(out), "--seed", "0"])  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "| run1 |" in printed and "| zero-shot |" in printed
+    assert results["attribute-match"]["auc"] == 0.75  # attrs survive save/load
+    assert {p.name for p in out.iterdir()} >= {"metrics.json", "report.md", "metrics.png", "loss.png"}
+
+
+def test_cli_help_without_django() -> None:
+    code = "import sys, ml.evaluate; assert 'django' not in sys.modules; ml.evaluate.main(['--help'])"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "--features" in done.stdout

@@ -1,0 +1,249 @@
+"""The server-rendered shopper pages, against the real PostgreSQL test database and real H&M photos.
+
+Most tests build their own few products (and hide any committed by the session's ``trained_catalog``
+inside their transaction), so they show the pages without an active model. The ``slow`` test renders
+the recommendations of a real trained model.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from pathlib import Path
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import SimpleUploadedFile
+
+from catalog.images import clean_image
+from catalog.models import Product
+from ml.slots import slot_for
+from recommender.models import ModelVersion, TrainingRun
+
+NO_MODEL = "No model is active yet: run make demo"
+
+
+def _hm_rows(root: Path, slots: tuple[str, ...]) -> list[dict[str, str]]:
+    """The first article of each slot in ``articles.csv`` that has a photo, in ``slots`` order."""
+    found: dict[str, dict[str, str]] = {}
+    with (root / "articles.csv").open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            slot = slot_for(row["product_group_name"], row["product_type_name"])
+            image = root / "images" / row["article_id"][:3] / f"{row['article_id']}.jpg"
+            if slot in slots and slot not in found and image.exists():
+                found[slot] = {**row, "slot": slot, "image": str(image)}
+            if len(found) == len(slots):
+                break
+    return [found[s] for s in slots]
+
+
+@pytest.fixture
+def products(hm_root, settings, tmp_path) -> dict[str, Product]:
+    """Three real H&M articles (a top, a bottom, shoes) with their photos, alone in the catalog."""
+    settings.MEDIA_ROOT = tmp_path
+    Product.objects.all().delete()  # rolled back with the test's transaction
+    ModelVersion.objects.update(is_active=False)
+    out = {}
+    for row in _hm_rows(hm_root, ("top", "bottom", "shoes")):
+        img = clean_image(Path(row["image"]).read_bytes(), name=row["article_id"])
+        p = Product(
+            sku=row["article_id"],
+            source=Product.Source.HM,
+            title=row["prod_name"],
+            description=row["detail_desc"],
+            slot=row["slot"],
+            product_type=row["product_type_name"],
+            product_group=row["product_group_name"],
+            colour=row["colour_group_name"],
+            audience=row["index_group_name"],
+            variant_group=row["product_code"],
+            image_sha256=img.sha256,
+        )
+        p.image.save(f"{p.sku}.jpg", ContentFile(img.jpeg), save=False)
+        p.thumbnail.save(f"{p.sku}.jpg", ContentFile(img.thumbnail), save=False)
+        p.save()
+        out[row["slot"]] = p
+    return out
+
+
+def _text(response) -> str:
+    return response.content.decode()
+
+
+@pytest.mark.django_db
+def test_catalog_lists_products_and_filters_by_slot(client, products):
+    top, bottom, shoes = products["top"], products["bottom"], products["shoes"]
+    html = _text(client.get("/"))
+    for p in (top, bottom, shoes):
+        assert p.title in html
+        assert f'src="{p.thumbnail.url}" alt="{p.title}"' in html
+        assert f'href="/products/{p.pk}"' in html
+    assert "3 products" in html
+    assert '<option value="bottom">bottom</option>' in html
+    assert f'<option value="{top.colour}">' in html
+    assert 'action="/search"' in html  # the search box on every page
+
+    html = _text(client.get("/", {"slot": "bottom"}))
+    assert f'href="/products/{bottom.pk}"' in html
+    assert f'href="/products/{top.pk}"' not in html and f'href="/products/{shoes.pk}"' not in html
+    assert '<option value="bottom" selected>' in html
+    assert "1 product match your filters" in html
+
+
+@pytest.mark.django_db
+def test_catalog_paginates_24_per_page_and_keeps_filters(client, products):
+    Product.objects.bulk_create(
+        Product(sku=f"TEST{i:03d}", title=f"Plain tee {i:03d}", slot="top", colour="White") for i in range(30)
+    )
+    page1 = _text(client.get("/", {"slot": "top"}))
+    assert "31 products" in page1 and "Page 1 of 2" in page1
+    assert "Plain tee 022" in page1 and "Plain tee 023" not in page1
+    assert "?slot=top&amp;page=2" in page1
+    page2 = _text(client.get("/", {"slot": "top", "page": 2}))
+    assert "Plain tee 023" in page2 and "Plain tee 029" in page2 and "Plain tee 022" not in page2
+    assert "No photo" in page2  # products without an image still render
+
+
+@pytest.mark.django_db
+def test_product_page_shows_details_and_no_model_notice(client, products):
+    top = products["top"]
+    Product.objects.filter(pk=top.pk).update(price="19.99")
+    response = client.get(f"/products/{top.pk}")
+    assert response.status_code == 200
+    html = _text(response)
+    assert f"<h1>{top.title}</h1>" in html
+    assert f"<dd>{top.sku}</dd>" in html and f"<dd>{top.colour}</dd>" in html
+    assert f"<dd>{top.audience}</dd>" in html and f"<dd>{top.product_type}</dd>" in html
+    assert "19.99" in html
+    assert top.description[:40] in html
+    assert f'src="{top.image.url}" alt="{top.title}"' in html
+    assert NO_MODEL in html
+    assert f'href="/outfit?ids={top.pk}"' in html  # Add to outfit
+
+
+@pytest.mark.django_db
+def test_product_page_appends_to_the_outfit_being_built(client, products):
+    top, bottom = products["top"], products["bottom"]
+    html = _text(client.get(f"/products/{bottom.pk}", {"outfit": f"{top.pk},{bottom.pk}"}))
+    assert f'href="/outfit?ids={top.pk},{bottom.pk}"' in html
+
+
+@pytest.mark.django_db
+def test_missing_product_is_a_404_page(client, products):
+    response = client.get("/products/987654321")
+    assert response.status_code == 404
+    assert "There is no product with id 987654321." in _text(response)
+
+
+@pytest.mark.django_db
+def test_search_with_empty_query_shows_a_message(client, products):
+    response = client.get("/search", {"q": "   "})
+    assert response.status_code == 200
+    html = _text(response)
+    assert "Type what you are looking for" in html
+    assert 'action="/search/photo"' in html and 'enctype="multipart/form-data"' in html
+
+
+@pytest.mark.django_db
+def test_search_without_a_model_shows_the_notice(client, products):
+    html = _text(client.get("/search", {"q": "black jeans", "slot": "bottom"}))
+    assert "Results for “black jeans”" in html
+    assert NO_MODEL in html
+
+
+@pytest.mark.django_db
+def test_photo_search_with_garbage_bytes_shows_an_inline_error(client, products):
+    upload = SimpleUploadedFile(
+        "garbage.jpg", b"definitely not a JPEG \x00\x01\x02", content_type="image/jpeg"
+    )
+    response = client.post("/search/photo", {"image": upload})
+    assert response.status_code == 200
+    html = _text(response)
+    assert 'role="alert"' in html
+    assert "That file could not be used as a photo (garbage.jpg: not an image file Pillow can read)." in html
+
+
+@pytest.mark.django_db
+def test_photo_search_with_a_real_photo_and_no_model(client, products):
+    raw = products["shoes"].image.read()
+    response = client.post("/search/photo", {"image": SimpleUploadedFile("shoe.jpg", raw, "image/jpeg")})
+    html = _text(response)
+    assert response.status_code == 200
+    assert 'alt="Your uploaded photo"' in html
+    assert NO_MODEL in html
+    assert client.get("/search/photo").status_code == 302
+
+
+@pytest.mark.django_db
+def test_outfit_names_unknown_ids_and_ignores_them(client, products):
+    top = products["top"]
+    response = client.get("/outfit", {"ids": f"{top.pk},987654321,abc"})
+    assert response.status_code == 200
+    html = _text(response)
+    assert "Unknown product id(s) 987654321: ignored." in html
+    assert "Ignored &#x27;abc&#x27;: not product ids." in html
+    assert top.title in html
+    assert "Add at least two items to score an outfit" in html
+    assert 'href="/outfit?ids="' in html  # removing the only item empties the outfit
+    assert f'data-outfit-ids="{top.pk}"' in html
+
+
+@pytest.mark.django_db
+def test_outfit_with_two_items_and_no_model(client, products):
+    top, bottom = products["top"], products["bottom"]
+    html = _text(client.get("/outfit", {"ids": f"{top.pk},{bottom.pk}"}))
+    assert top.title in html and bottom.title in html
+    assert (
+        f'href="/outfit?ids={bottom.pk}"' in html and f'href="/outfit?ids={top.pk}"' in html
+    )  # remove links
+    assert NO_MODEL in html
+    assert "Add at least two items" not in html
+
+
+@pytest.mark.django_db
+def test_models_page_lists_versions_metrics_and_runs(client):
+    ModelVersion.objects.update(is_active=False)
+    version = ModelVersion.objects.create(
+        name="hm-effnetlite0-minilm fine-tuned (run 7)",
+        status=ModelVersion.Status.READY,
+        is_active=True,
+        metrics={"evaluation": {"fine-tuned": {"fitb_accuracy": 0.4123, "text_item_recall@10": 0.25}}},
+    )
+    TrainingRun.objects.create(
+        model_version=version,
+        status=TrainingRun.Status.RUNNING,
+        phase="training",
+        progress=40.0,
+        loss=0.61234,
+        log_tail="epoch 1 step 10 loss 0.6123\nepoch 2 step 20 loss 0.5012",
+    )
+    html = _text(client.get("/models"))
+    assert version.name in html and "✓ active" in html
+    assert "<dt>fine-tuned › fitb_accuracy</dt><dd>0.412</dd>" in html
+    assert "<dt>fine-tuned › text_item_recall@10</dt><dd>0.250</dd>" in html
+    assert 'aria-valuenow="40"' in html and "40% · loss 0.6123" in html
+    assert re.search(r"<pre class=\"log\">epoch 1 step 10 loss 0.6123\nepoch 2", html)
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_pages_render_recommendations_of_a_trained_model(client, trained_catalog):
+    top = Product.objects.filter(slot="top").first()
+    bottom = Product.objects.filter(slot="bottom").exclude(variant_group=top.variant_group).first()
+
+    html = _text(client.get(f"/products/{top.pk}"))
+    assert NO_MODEL not in html
+    assert "Complete the look" in html and "Similar items" in html
+    assert re.search(r"\d+% compatible", html)
+    assert html.count('class="card card-small"') >= 1  # alternates under the picks
+
+    html = _text(client.get("/outfit", {"ids": f"{top.pk},{bottom.pk}"}))
+    assert 'class="heatmap"' in html and 'class="weakest"' in html
+    assert re.search(r'<p class="big-score"[^>]*>\d+%</p>', html)
+    assert "Weakest pair:" in html
+
+    html = _text(client.get("/search", {"q": "black trousers"}))
+    assert "score 0." in html or "score -0." in html
+
+    html = _text(client.get("/models"))
+    assert trained_catalog.name in html
