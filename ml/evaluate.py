@@ -183,7 +183,7 @@ def _compat_metrics(pair_fn: PairFn, held: _HeldOut) -> dict[str, float]:
     out: dict[str, float] = {}
     if held.questions:
         scores = _fitb_scores(pair_fn, held.questions)  # (Q, 4)
-        out["fitb"] = fitb_accuracy(scores, np.zeros(len(scores), dtype=np.int64))
+        out["fitb"] = fitb_accuracy(scores, np.zeros(len(scores), dtype=np.int64), ties="split")
     else:
         out["fitb"] = math.nan
     pos = _outfit_scores(pair_fn, held.positives)  # (O,)

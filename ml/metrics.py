@@ -108,7 +108,7 @@ def mean_reciprocal_rank(scores: np.ndarray, positives: np.ndarray) -> float:
     return float(np.mean(1.0 / ranks))
 
 
-def fitb_accuracy(scores: np.ndarray, answers: np.ndarray) -> float:
+def fitb_accuracy(scores: np.ndarray, answers: np.ndarray, ties: str = "wrong") -> float:
     """Fill-in-the-blank accuracy (Polyvore Outfits, Vasileva et al. 2018).
 
     Each question is an outfit with one item removed and C candidates (4 in Polyvore Outfits); the
@@ -117,13 +117,28 @@ def fitb_accuracy(scores: np.ndarray, answers: np.ndarray) -> float:
     Args:
         scores: (Q, C) float, ``scores[q, c]`` = how well candidate c completes question q.
         answers: (Q,) int, index of the correct candidate of each question.
+        ties: ``"wrong"``: a tie for the maximum counts as wrong (a constant scorer gets 0);
+            ``"split"``: a tie among t candidates that include the answer counts 1/t, the expected
+            accuracy of breaking ties at random (a constant scorer gets 1/C). Use ``"split"`` to compare
+            coarse scorers (baselines that score many candidates equally) fairly.
 
     Returns:
-        The fraction of questions whose correct candidate has the *unique* maximum score; a tie for the
-        maximum counts as wrong (a constant scorer gets 0, not 1/C or 1).
+        The accuracy in [0, 1].
+
+    Raises:
+        ValueError: bad shapes, empty input, non-finite scores, or an unknown ``ties`` mode.
     """
+    if ties not in ("wrong", "split"):
+        raise ValueError(f"ties must be 'wrong' or 'split', got {ties!r}")
     ranks = _pessimistic_ranks(scores, answers)  # (Q,); rank 1 <=> strictly highest
-    return float(np.mean(ranks == 1))
+    if ties == "wrong":
+        return float(np.mean(ranks == 1))
+    s = np.asarray(scores, dtype=np.float64)
+    a = np.asarray(answers, dtype=np.int64)
+    ans = s[np.arange(len(s)), a]  # (Q,)
+    is_max = ans >= s.max(axis=1)
+    n_tied = (s == s.max(axis=1, keepdims=True)).sum(axis=1)
+    return float(np.mean(np.where(is_max, 1.0 / n_tied, 0.0)))
 
 
 def compatibility_auc(pos_scores: np.ndarray, neg_scores: np.ndarray) -> float:

@@ -312,9 +312,9 @@ def train(
             step += 1
             done += 1
             samples += 2 * bs
-            sums["loss"] += float(loss)
-            sums["infonce"] += float(l_nce)
-            sums["triplet"] += float(l_tri)
+            sums["loss"] += loss.item()
+            sums["infonce"] += l_nce.item()
+            sums["triplet"] += l_tri.item()
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         for k in sums:

@@ -1,10 +1,14 @@
 """Test settings: only overrides of ``recommender.settings`` (same real PostgreSQL + pgvector, real Redis)."""
 
 from recommender.settings import *  # noqa: F403
-from recommender.settings import VAR_DIR
+from recommender.settings import VAR_DIR, env
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 MEDIA_ROOT = VAR_DIR / "test-media"
 ML_ARTIFACTS_DIR = VAR_DIR / "test-models"
 CELERY_TASK_ALWAYS_EAGER = False
 LOGGING["root"]["level"] = "WARNING"  # noqa: F405
+
+# Tests use their own Redis database so a developer's running worker never takes their tasks.
+CELERY_BROKER_URL = env("TEST_CELERY_BROKER_URL", default="redis://127.0.0.1:6379/15")  # noqa: F405
+CELERY_RESULT_BACKEND = CELERY_BROKER_URL

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -96,7 +97,7 @@ def _parse_ids(raw: str) -> tuple[list[int], list[str]]:
     for token in (t.strip() for t in raw.split(",")):
         if not token:
             continue
-        if token.isdigit():
+        if token.isascii() and token.isdigit() and len(token) <= 18:  # fits a bigint
             if int(token) not in ids:
                 ids.append(int(token))
         else:
@@ -198,7 +199,13 @@ def _heatmap(ids: list[int], matrix: list[list[float]], weakest: tuple[int, int]
     weak = {weakest, weakest[::-1]} if weakest else set()
     return [
         [
-            {"diagonal": i == j, "pct": _pct(v), "hue": _hue(v), "weakest": (ids[i], ids[j]) in weak}
+            {
+                "diagonal": i == j,
+                "pct": _pct(v),
+                "hue": _hue(v),
+                "exact": f"{v:.3f}",
+                "weakest": (ids[i], ids[j]) in weak,
+            }
             for j, v in enumerate(row)
         ]
         for i, row in enumerate(matrix)
@@ -274,24 +281,54 @@ def outfit_page(request: HttpRequest) -> HttpResponse:
     return render(request, "recommender/outfit.html", context)
 
 
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() and abs(value) >= 2 else f"{value:.3f}"
+    if isinstance(value, list | tuple):
+        return ", ".join(_fmt(v) for v in value)
+    return str(value)
+
+
 def _flatten(metrics: Any, prefix: str = "") -> list[tuple[str, str]]:
-    """Nested evaluation metrics -> ``[("fine-tuned › fitb_accuracy", "0.412"), ...]``."""
+    """Nested metrics -> ``[("fine-tuned › fitb", "0.412"), ...]``."""
     if isinstance(metrics, dict):
         out: list[tuple[str, str]] = []
         for key, value in metrics.items():
             out += _flatten(value, f"{prefix} › {key}" if prefix else str(key))
         return out
-    if isinstance(metrics, float):
-        return [(prefix, f"{metrics:.3f}")]
-    if isinstance(metrics, list):
-        return [(prefix, ", ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in metrics))]
-    return [(prefix, str(metrics))]
+    return [(prefix, _fmt(metrics))]
+
+
+def _metric_order(key: str) -> tuple:
+    """Sort metric names naturally (recall@5 before recall@10), counts (``n_*``, sizes) last.
+
+    JSONB does not keep key order, so the columns are ordered here.
+    """
+    is_count = key.startswith("n_") or key.endswith("_size")
+    return (is_count, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)])
+
+
+def _evaluation(evaluation: Any) -> dict[str, Any] | None:
+    """``metrics["evaluation"]`` for the template: a table (a row per evaluated model, a column per
+    metric, counts last) when it maps model names to flat metric dicts, else flat ``key: value`` pairs.
+    """
+    if not evaluation:
+        return None
+    by_model = isinstance(evaluation, dict) and all(isinstance(v, dict) for v in evaluation.values())
+    if by_model and not any(isinstance(x, dict) for v in evaluation.values() for x in v.values()):
+        keys = list(dict.fromkeys(k for v in evaluation.values() for k in v))
+        keys.sort(key=_metric_order)
+        rows = [(name, [_fmt(m.get(k)) for k in keys]) for name, m in evaluation.items()]
+        return {"columns": keys, "rows": rows}
+    return {"pairs": _flatten(evaluation)}
 
 
 def models_page(request: HttpRequest) -> HttpResponse:
     """``/models``: the model versions with their evaluation metrics, and the last 10 training runs."""
     versions = [
-        {"version": v, "metrics": _flatten((v.metrics or {}).get("evaluation") or {})}
+        {"version": v, "evaluation": _evaluation((v.metrics or {}).get("evaluation"))}
         for v in ModelVersion.objects.all()[:50]
     ]
     runs = [

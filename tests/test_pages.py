@@ -133,6 +133,7 @@ def test_missing_product_is_a_404_page(client, products):
     response = client.get("/products/987654321")
     assert response.status_code == 404
     assert "There is no product with id 987654321." in _text(response)
+    assert client.get("/products/99999999999999999999999").status_code == 404  # beyond bigint
 
 
 @pytest.mark.django_db
@@ -177,11 +178,11 @@ def test_photo_search_with_a_real_photo_and_no_model(client, products):
 @pytest.mark.django_db
 def test_outfit_names_unknown_ids_and_ignores_them(client, products):
     top = products["top"]
-    response = client.get("/outfit", {"ids": f"{top.pk},987654321,abc"})
+    response = client.get("/outfit", {"ids": f"{top.pk},987654321,abc,99999999999999999999999"})
     assert response.status_code == 200
     html = _text(response)
     assert "Unknown product id(s) 987654321: ignored." in html
-    assert "Ignored &#x27;abc&#x27;: not product ids." in html
+    assert "Ignored &#x27;abc&#x27;, &#x27;99999999999999999999999&#x27;: not product ids." in html
     assert top.title in html
     assert "Add at least two items to score an outfit" in html
     assert 'href="/outfit?ids="' in html  # removing the only item empties the outfit
@@ -207,7 +208,31 @@ def test_models_page_lists_versions_metrics_and_runs(client):
         name="hm-effnetlite0-minilm fine-tuned (run 7)",
         status=ModelVersion.Status.READY,
         is_active=True,
-        metrics={"evaluation": {"fine-tuned": {"fitb_accuracy": 0.4123, "text_item_recall@10": 0.25}}},
+        metrics={
+            "evaluation": {
+                "zero-shot": {
+                    "recall@10": 0.079,
+                    "recall@5": 0.053,
+                    "fitb": 0.255,
+                    "auc": 0.5421,
+                    "n_fitb": 321.0,
+                },
+                "fine-tuned": {
+                    "recall@10": 1.0,
+                    "recall@5": 0.99,
+                    "fitb": 0.4453,
+                    "auc": 0.662,
+                    "n_fitb": 321.0,
+                },
+                "co-occurrence": {
+                    "recall@10": None,
+                    "recall@5": None,
+                    "fitb": 0.253,
+                    "auc": 0.637,
+                    "n_fitb": 321.0,
+                },
+            }
+        },
     )
     TrainingRun.objects.create(
         model_version=version,
@@ -219,8 +244,19 @@ def test_models_page_lists_versions_metrics_and_runs(client):
     )
     html = _text(client.get("/models"))
     assert version.name in html and "✓ active" in html
-    assert "<dt>fine-tuned › fitb_accuracy</dt><dd>0.412</dd>" in html
-    assert "<dt>fine-tuned › text_item_recall@10</dt><dd>0.250</dd>" in html
+    header = re.search(r"<thead><tr><th scope=\"col\">model</th>(.*?)</tr></thead>", html).group(1)
+    assert re.findall(r"<th scope=\"col\">(.*?)</th>", header) == [
+        "auc",
+        "fitb",
+        "recall@5",
+        "recall@10",
+        "n_fitb",
+    ]
+    assert (
+        '<th scope="row">fine-tuned</th><td>0.662</td><td>0.445</td><td>0.990</td><td>1.000</td><td>321</td>'
+        in html
+    )
+    assert '<th scope="row">co-occurrence</th><td>0.637</td><td>0.253</td><td>—</td><td>—</td>' in html
     assert 'aria-valuenow="40"' in html and "40% · loss 0.6123" in html
     assert re.search(r"<pre class=\"log\">epoch 1 step 10 loss 0.6123\nepoch 2", html)
 
