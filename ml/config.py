@@ -51,6 +51,8 @@ class TrainConfig:
             negative as is) for the compatibility triplets.
         w_infonce: weight of the symmetric image↔text InfoNCE loss.
         w_triplet: weight of the compatibility triplet loss.
+        w_type: weight of an auxiliary product-type softmax classification loss on the general image and
+            text vectors (keeps items of one type together for similar-item retrieval; 0 = off).
         compat_dim: dimension of the type-aware compatibility space.
         normalize: L2-normalise features onto the unit hypersphere (on by default).
         unfreeze_last_blocks: >0 fine-tunes the last N blocks of each tower (GPU runs); 0 trains heads on cached features.
@@ -66,9 +68,10 @@ class TrainConfig:
     weight_decay: float = 1e-4
     temperature: float = 0.07
     margin: float = 0.2
-    miner: str = "batch-hard"
+    miner: str = "semi-hard"
     w_infonce: float = 1.0
     w_triplet: float = 1.0
+    w_type: float = 0.1
     compat_dim: int = 128
     normalize: bool = True
     unfreeze_last_blocks: int = 0

@@ -102,7 +102,8 @@ class _HeldOut:
     """The seeded held-out protocol shared by every model, so all rows see the same questions.
 
     Attributes:
-        items: (G,) int64 sorted indices of the held-out products (items of ``data.test_outfits``).
+        items: (G,) int64 sorted indices of the held-out products (``data.heldout_items``, else the
+            items of ``data.test_outfits``).
         questions: FITB questions ``[(question_items (K,), candidates (4,)), ...]``, answer at 0.
         positives: the held-out outfits, each (K,) int64.
         negatives: one random outfit per positive, same slots, each (K,) int64.
@@ -117,7 +118,10 @@ class _HeldOut:
 def _held_out(data: TrainData, seed: int) -> _HeldOut:
     if not data.test_outfits:
         raise ValueError("data has no test_outfits: build the features file with a held-out split")
-    items = np.unique(np.concatenate(data.test_outfits)).astype(np.int64)  # (G,)
+    if len(data.heldout_items):  # products the image↔text loss never saw
+        items = np.unique(np.asarray(data.heldout_items, dtype=np.int64))  # (G,)
+    else:
+        items = np.unique(np.concatenate(data.test_outfits)).astype(np.int64)  # (G,)
     questions = fitb_questions(data.test_outfits, data.slots, data.types, seed)
     negatives = _random_outfits(data.test_outfits, data.slots, items, np.random.default_rng(seed + 1))
     return _HeldOut(items, questions, list(data.test_outfits), negatives)

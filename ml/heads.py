@@ -7,8 +7,8 @@ Two spaces, because similar is not compatible (two tops look alike; a top and je
   to the identity, so an untrained head reproduces the model's own (zero-shot) space.
 * **Type-aware compatibility space** (``C`` = compat_dim), after Vasileva et al. 2018, "Learning
   Type-Aware Embeddings for Fashion Compatibility" (ECCV): an item vector ``f`` (unit norm) and, for
-  every unordered pair of slots (a, b), a mask ``m_ab`` in [0, 1]^C. The pair score is
-  ``s(i, j) = <f_i ⊙ m_ab, f_j ⊙ m_ab> = <f_i ⊙ m_ab², f_j>``, in [-1, 1].
+  every unordered pair of slots (a, b), a non-negative mask ``m_ab`` whose square has mean 1. The pair
+  score is ``s(i, j) = <f_i ⊙ m_ab, f_j ⊙ m_ab> = <f_i ⊙ m_ab², f_j>``, a weighted cosine.
 
   Because the score is linear in ``f_j``, the total score of a candidate ``x`` of slot ``t`` with an
   outfit ``{i}`` is ``Σ_i s(i, x) = <Σ_i f_i ⊙ m_{s_i t}², f_x> = <q_t, f_x>``: complete-the-look is
@@ -79,14 +79,21 @@ class RecommenderHeads(nn.Module):
         return self._norm(self.compat_mlp(x))  # (N, C)
 
     def pair_mask(self, slot_a: torch.Tensor, slot_b: torch.Tensor) -> torch.Tensor:
-        """Masks m_ab for slot pairs: (B,) int64, (B,) int64 → (B, C) float32 in [0, 1], symmetric in a, b."""
+        """Masks m_ab for slot pairs: (B,) int64, (B,) int64 → (B, C) float32 ≥ 0, symmetric in a, b.
+
+        ``m² = w / mean(w)`` with ``w = sigmoid(logits)``: the squared mask has mean 1 over the C
+        dimensions, so a pair score is a *weighted cosine* and the masks cannot shrink to zero (with
+        free-scale masks a triplet loss is minimised by collapsing every score to 0, stalling at the margin).
+        """
         logits = self.mask_logits[slot_a, slot_b] + self.mask_logits[slot_b, slot_a]  # (B, C)
-        return torch.sigmoid(0.5 * logits)
+        w = torch.sigmoid(0.5 * logits)
+        return (w / w.mean(-1, keepdim=True)).sqrt()
 
     def pair_score(
         self, f_a: torch.Tensor, f_b: torch.Tensor, slot_a: torch.Tensor, slot_b: torch.Tensor
     ) -> torch.Tensor:
-        """Compatibility scores ``<f_a ⊙ m², f_b>``: (B, C), (B, C), (B,), (B,) → (B,) float32 in [-1, 1]."""
+        """Compatibility scores ``<f_a ⊙ m², f_b>``: (B, C), (B, C), (B,), (B,) → (B,) float32 (a weighted
+        cosine: 1 for identical vectors, typically within [-1, 1])."""
         m2 = self.pair_mask(slot_a, slot_b).pow(2)  # (B, C)
         return (f_a * m2 * f_b).sum(-1)
 

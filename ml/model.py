@@ -23,6 +23,7 @@ Outputs of ``bundle.model.encode_image`` / ``encode_text`` are NOT normalised; c
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -197,7 +198,11 @@ def build_model(cfg: ModelConfig) -> ClipBundle:
                        embed_dim)  # fmt: skip
 
     source = "packages" if pretrained is None and is_default else _weights_source(pretrained)
-    model_id = f"{name}@{source}/{embed_dim}d/{state_dict_fingerprint(model)[:16]}"
+    # the preprocessing and the text context change the features as much as the weights do
+    pp = json.dumps({"image": model.visual.preprocess_cfg, "context": getattr(tokenizer, "context_length", None)},
+                    sort_keys=True, default=str)  # fmt: skip
+    pp_id = hashlib.sha256(pp.encode()).hexdigest()[:8]
+    model_id = f"{name}@{source}/{embed_dim}d/{state_dict_fingerprint(model)[:16]}/pp-{pp_id}"
     model.to(device)
     logger.info("built %s on %s", model_id, device)
     return ClipBundle(

@@ -47,8 +47,17 @@ def _image_path(p: Product) -> str:
     return p.image.path if p.image else ""
 
 
-def build_train_data(products: list[Product], img: np.ndarray, txt: np.ndarray, *, val_fraction: float, seed: int):
-    """Arrays for :func:`ml.train.train` from products (in order) and their tower features."""
+def build_train_data(
+    products: list[Product], img: np.ndarray, txt: np.ndarray, *, val_fraction: float, seed: int,
+    heldout_fraction: float = 0.1,
+):  # fmt: skip
+    """Arrays for :func:`ml.train.train` from products (in order) and their tower features.
+
+    Splits (all seeded and stable per SKU / outfit): outfits of the ``test`` split are held out for
+    evaluation; ``val_fraction`` of the other outfits validate early stopping; ``heldout_fraction`` of
+    the products (by SKU) never enter the image↔text loss and form the text→item evaluation gallery,
+    and ``val_fraction`` of the rest validate it.
+    """
     from ml.data import split_is_test
     from ml.train import TrainData
 
@@ -74,8 +83,13 @@ def build_train_data(products: list[Product], img: np.ndarray, txt: np.ndarray, 
             val.append(arr)
         else:
             train.append(arr)
+    heldout = [i for i, p in enumerate(products) if split_is_test(f"item-{p.sku}", heldout_fraction, seed)]
+    val_items = [i for i, p in enumerate(products)
+                 if not split_is_test(f"item-{p.sku}", heldout_fraction, seed)
+                 and split_is_test(f"val-item-{p.sku}", val_fraction, seed)]  # fmt: skip
     return TrainData(
         image=img, text=txt,
+        heldout_items=np.asarray(heldout, dtype=np.int64), val_items=np.asarray(val_items, dtype=np.int64),
         slots=np.asarray([SLOT_INDEX[p.slot] for p in products], dtype=np.int64),
         types=ids([p.product_type for p in products]),
         outfits=train, val_outfits=val, test_outfits=test,

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ml.config import TrainConfig
 from ml.heads import RecommenderHeads
-from ml.losses import ClipLoss, TripletMarginLoss
+from ml.losses import ClipLoss, SoftmaxClassificationLoss, TripletMarginLoss
 from ml.mining import mine_hard_negatives
 from ml.slots import SLOTS
 
@@ -50,6 +50,9 @@ class TrainData:
         test_outfits: held-out outfits for evaluation only (``ml.evaluate``); never trained on.
         attrs: extra (N,) int64 attribute ids for the non-learned baselines, e.g. ``{"section": ...,
             "department": ..., "colour": ...}``.
+        heldout_items: (G,) int64 products never seen by the image↔text loss: the gallery of the
+            text→item evaluation (``ml.evaluate``).
+        val_items: (V,) int64 products also kept out of the image↔text loss, for early stopping.
     """
 
     image: np.ndarray
@@ -61,6 +64,8 @@ class TrainData:
     item_ids: np.ndarray | None = None
     test_outfits: list[np.ndarray] = field(default_factory=list)
     attrs: dict[str, np.ndarray] = field(default_factory=dict)
+    heldout_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    val_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __post_init__(self) -> None:
         n = len(self.image)
@@ -86,7 +91,7 @@ class TrainData:
         attrs = {f"attr_{k}": v for k, v in self.attrs.items()}
         np.savez(path, image=self.image, text=self.text, slots=self.slots, types=self.types, outfits=of,
                  outfit_offsets=oo, val_outfits=vf, val_offsets=vo, test_outfits=tf, test_offsets=to,
-                 item_ids=ids, **attrs)  # fmt: skip
+                 item_ids=ids, heldout_items=self.heldout_items, val_items=self.val_items, **attrs)  # fmt: skip
 
     @classmethod
     def load(cls, path: Path | str) -> TrainData:
@@ -100,7 +105,9 @@ class TrainData:
                    types=z["types"], outfits=unpack(z["outfits"], z["outfit_offsets"]),
                    val_outfits=unpack(z["val_outfits"], z["val_offsets"]), item_ids=z["item_ids"],
                    test_outfits=unpack(z["test_outfits"], z["test_offsets"]) if "test_outfits" in z else [],
-                   attrs={k[5:]: z[k] for k in z.files if k.startswith("attr_")})  # fmt: skip
+                   attrs={k[5:]: z[k] for k in z.files if k.startswith("attr_")},
+                   heldout_items=z["heldout_items"] if "heldout_items" in z else np.zeros(0, np.int64),
+                   val_items=z["val_items"] if "val_items" in z else np.zeros(0, np.int64))  # fmt: skip
 
 
 @dataclass
@@ -152,7 +159,11 @@ class NegativeSampler:
             cand = np.concatenate([self.rng.choice(pool_t, half), self.rng.choice(pool_s, m - half)])
             clash = cand == p
             if clash.any():  # replace by any other item of the slot (or anything if the slot has one item)
-                pool = pool_s[pool_s != p] if len(pool_s) > 1 else np.flatnonzero(np.arange(len(self.slots)) != p)
+                pool = (
+                    pool_s[pool_s != p]
+                    if len(pool_s) > 1
+                    else np.flatnonzero(np.arange(len(self.slots)) != p)
+                )
                 cand[clash] = self.rng.choice(pool, int(clash.sum()))
             out[row] = cand
         return out
@@ -188,7 +199,9 @@ def fitb_questions(
 
 
 @torch.no_grad()
-def fitb_accuracy_heads(heads: RecommenderHeads, compat: torch.Tensor, slots: torch.Tensor, questions) -> float:
+def fitb_accuracy_heads(
+    heads: RecommenderHeads, compat: torch.Tensor, slots: torch.Tensor, questions
+) -> float:
     """FITB accuracy of the compatibility space: candidate score = mean pair score with the question items.
 
     Args:
@@ -227,7 +240,8 @@ def train(
     """Train :class:`~ml.heads.RecommenderHeads` on cached tower outputs.
 
     Loss per step: ``cfg.w_infonce · CLIP(image, text)`` (symmetric InfoNCE, Radford et al. 2021) on a
-    batch of items + ``cfg.w_triplet · Triplet(anchor, positive, negative)`` (Schroff et al. 2015) on
+    batch of items + ``cfg.w_type · CE(product type)`` (a softmax classification head on both
+    modalities' vectors) + ``cfg.w_triplet · Triplet(anchor, positive, negative)`` (Schroff et al. 2015) on
     outfit pairs in the compatibility space, with the masks of the (anchor, positive) slot pair and a
     negative of the positive's slot chosen by ``cfg.miner`` among 32 candidates. The triplet distance
     is ``1 − <a ⊙ m, x ⊙ m>``, so training ranks exactly as pgvector's inner-product queries serve.
@@ -250,7 +264,10 @@ def train(
     heads = RecommenderHeads(e, cfg.compat_dim, num_slots=len(SLOTS), normalize=cfg.normalize)
     clip_loss = ClipLoss(init_temperature=cfg.temperature)
     triplet = TripletMarginLoss(margin=cfg.margin, distance="inner_product", normalize=False)
-    params = [*heads.parameters(), *clip_loss.parameters()]
+    n_types = int(data.types.max()) + 1 if len(data.types) else 1
+    type_loss = SoftmaxClassificationLoss(e, n_types)
+    types = torch.from_numpy(data.types.astype(np.int64))
+    params = [*heads.parameters(), *clip_loss.parameters(), *type_loss.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     image = torch.from_numpy(np.ascontiguousarray(data.image, dtype=np.float32))
     text = torch.from_numpy(np.ascontiguousarray(data.text, dtype=np.float32))
@@ -258,10 +275,23 @@ def train(
     pairs = outfit_pairs(data.outfits, data.slots)
     sampler = NegativeSampler(data.slots, data.types, rng)
     val_q = fitb_questions(data.val_outfits, data.slots, data.types, seed=cfg.seed + 1)
-    val_items = np.unique(np.concatenate(data.val_outfits)) if data.val_outfits else np.arange(min(n, 1000))
-    bs = min(cfg.batch_size, n)
-    steps_per_epoch = max(1, n // bs)
-    history: dict[str, list[float]] = {"loss": [], "infonce": [], "triplet": [], "val_fitb": [], "val_r10": [],
+    # products for the image↔text loss: all but the held-out (test) and validation products
+    excluded = np.zeros(n, dtype=bool)
+    excluded[data.heldout_items] = True
+    excluded[data.val_items] = True
+    train_items = torch.from_numpy(np.flatnonzero(~excluded))
+    if len(train_items) < 2:
+        raise ValueError(f"only {len(train_items)} products left for training after the held-out split")
+    if len(data.val_items):
+        val_items = np.asarray(data.val_items, dtype=np.int64)
+    elif data.val_outfits:
+        val_items = np.unique(np.concatenate(data.val_outfits))
+    else:
+        val_items = np.arange(min(n, 1000))
+    n_train = len(train_items)
+    bs = min(cfg.batch_size, n_train)
+    steps_per_epoch = max(1, n_train // bs)
+    history: dict[str, list[float]] = {"loss": [], "infonce": [], "triplet": [], "type": [], "val_fitb": [], "val_r10": [],
                                        "val": [], "temperature": []}  # fmt: skip
     start_epoch, step, best_val, best_epoch, stale = 0, 0, -math.inf, -1, 0
     best_state = {k: v.clone() for k, v in heads.state_dict().items()}
@@ -269,6 +299,7 @@ def train(
         ck = torch.load(resume, weights_only=False)
         heads.load_state_dict(ck["heads"])
         clip_loss.load_state_dict(ck["clip"])
+        type_loss.load_state_dict(ck["type"])
         opt.load_state_dict(ck["opt"])
         start_epoch, step, history = ck["epoch"] + 1, ck["step"], ck["history"]
         best_val, best_epoch = ck["best_val"], ck["best_epoch"]
@@ -277,13 +308,16 @@ def train(
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     for epoch in range(start_epoch, cfg.epochs):
         heads.train()
-        perm = torch.randperm(n, generator=gen)
-        sums = {"loss": 0.0, "infonce": 0.0, "triplet": 0.0}
+        perm = train_items[torch.randperm(n_train, generator=gen)]
+        sums = {"loss": 0.0, "infonce": 0.0, "triplet": 0.0, "type": 0.0}
         done = 0
         for it in range(steps_per_epoch):
             idx = perm[it * bs : (it + 1) * bs]  # (B,)
             img_v, txt_v = heads.general(image[idx], text[idx])  # (B, E) each
             l_nce = clip_loss(img_v, txt_v)
+            l_type = torch.zeros(())
+            if cfg.w_type > 0:  # auxiliary product-type classification of both modalities
+                l_type = (type_loss(img_v, types[idx]) + type_loss(txt_v, types[idx])) / 2
             l_tri = torch.zeros(())
             if len(pairs) and cfg.w_triplet > 0:
                 pi = pairs[rng.integers(len(pairs), size=bs)]  # (B, 2)
@@ -305,7 +339,7 @@ def train(
                                                   margin=cfg.margin, generator=gen)  # (B,)  # fmt: skip
                     fn = fc[torch.arange(bs), neg_pos]  # (B, C)
                     l_tri = triplet(fa * m, fp * m, fn * m)
-            loss = cfg.w_infonce * l_nce + cfg.w_triplet * l_tri
+            loss = cfg.w_infonce * l_nce + cfg.w_triplet * l_tri + cfg.w_type * l_type
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -315,6 +349,7 @@ def train(
             sums["loss"] += loss.item()
             sums["infonce"] += l_nce.item()
             sums["triplet"] += l_tri.item()
+            sums["type"] += l_type.item()
             if cfg.max_steps and step >= cfg.max_steps:
                 break
         for k in sums:
@@ -336,18 +371,36 @@ def train(
             best_state = {k: v.detach().clone() for k, v in heads.state_dict().items()}
         else:
             stale += 1
-        logger.info("epoch %d step %d loss %.4f infonce %.4f triplet %.4f val_fitb %.3f val_r10 %.3f",
-                    epoch, step, history["loss"][-1], history["infonce"][-1], history["triplet"][-1], fitb, r10)
+        logger.info(
+            "epoch %d step %d loss %.4f infonce %.4f triplet %.4f val_fitb %.3f val_r10 %.3f",
+            epoch,
+            step,
+            history["loss"][-1],
+            history["infonce"][-1],
+            history["triplet"][-1],
+            fitb,
+            r10,
+        )
         if checkpoint_dir is not None:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            ck = {"heads": heads.state_dict(), "clip": clip_loss.state_dict(), "opt": opt.state_dict(),
+            ck = {"heads": heads.state_dict(), "clip": clip_loss.state_dict(), "type": type_loss.state_dict(),
+                  "opt": opt.state_dict(),
                   "epoch": epoch, "step": step, "history": history, "best_val": best_val,
                   "best_epoch": best_epoch, "best_heads": best_state, "config": cfg.to_dict()}  # fmt: skip
             torch.save(ck, checkpoint_dir / "last.pt.tmp")
             (checkpoint_dir / "last.pt.tmp").replace(checkpoint_dir / "last.pt")
         if progress is not None:
-            progress({"epoch": epoch, "step": step, "progress": min(1.0, step / max(total_steps, 1)),
-                      "loss": history["loss"][-1], "val_fitb": fitb, "val_r10": r10, "history": history})
+            progress(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "progress": min(1.0, step / max(total_steps, 1)),
+                    "loss": history["loss"][-1],
+                    "val_fitb": fitb,
+                    "val_r10": r10,
+                    "history": history,
+                }
+            )
         if (cfg.max_steps and step >= cfg.max_steps) or (cfg.patience and stale >= cfg.patience):
             break
         if should_stop is not None and should_stop():
@@ -407,10 +460,14 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "extra"})
     data = TrainData.load(args.features)
     result = train(data, cfg, checkpoint_dir=args.out / "checkpoints", resume=args.resume)
-    save_heads(args.out / "heads.pt", result.heads, {"train_config": cfg.to_dict(), "history": result.history})
+    save_heads(
+        args.out / "heads.pt", result.heads, {"train_config": cfg.to_dict(), "history": result.history}
+    )
     (args.out / "history.json").write_text(json.dumps(result.history, indent=1))
-    print(f"trained {result.steps} steps in {result.seconds:.1f} s ({result.samples_per_s:.0f} samples/s); "
-          f"best epoch {result.best_epoch} val {result.best_val:.3f}; saved {args.out / 'heads.pt'}")
+    print(
+        f"trained {result.steps} steps in {result.seconds:.1f} s ({result.samples_per_s:.0f} samples/s); "
+        f"best epoch {result.best_epoch} val {result.best_val:.3f}; saved {args.out / 'heads.pt'}"
+    )
     return result
 
 

@@ -247,7 +247,8 @@ def complete_the_look(*, product_ids: Sequence[int], k: int = 4, slots: Sequence
         with torch.no_grad():
             q = heads.slot_query(f, s, SLOT_INDEX[slot]).numpy()  # (C,)
         qs = ProductEmbedding.objects.filter(model_version=version, slot=slot).exclude(
-            product_id__in=[e.product_id for e in embs]).exclude(product__variant_group__in=variants)  # fmt: skip
+            product_id__in=[e.product_id for e in embs]).exclude(product__variant_group__in=variants).exclude(
+            product__product_type__iexact="unknown")  # untyped source rows make poor outfit picks  # fmt: skip
         pairs = _ranked(qs, "compat", q, k, filtered=True)
         out.append(SlotPicks(slot, _hits(pairs, lambda v: compat_to_unit(v, len(embs)))))
     return out

@@ -99,10 +99,11 @@ def test_baselines_by_hand() -> None:
     b = evaluate_baselines(make_data(), seed=0)
     assert list(b) == ["co-occurrence", "attribute-match"]
     # Co-occurrence. O1: whichever item is blanked, it co-occurred with both question items in training
-    # and the wrong candidates never did -> right. O2: items 1 and 5 were never seen -> a 4-way tie ->
-    # wrong. Outfit scores: O1 = mean(log 3/15 ×2, log 2/15 ×2, log 2/14 ×2) ≈ -1.86, O2 = log 1/12 ≈
+    # and the wrong candidates never did -> right. O2: items 1 and 5 were never seen -> a 4-way tie, which
+    # counts 1/4 (ties are split: the expected accuracy of a random tie-break) -> FITB (1 + 1/4) / 2.
+    # Outfit scores: O1 = mean(log 3/15 ×2, log 2/15 ×2, log 2/14 ×2) ≈ -1.86, O2 = log 1/12 ≈
     # -2.48, N2 = log 3/15 ≈ -1.61, N1 ≈ -2.54 (shoe s has 9-11 counts) -> AUC = 2/4.
-    assert b["co-occurrence"]["fitb"] == 0.5
+    assert b["co-occurrence"]["fitb"] == 0.625
     assert b["co-occurrence"]["auc"] == 0.5
     # Attribute match (colour + section). Each answer shares its colour with its question, no wrong
     # candidate does -> FITB 1. Outfit scores: O1 = O2 = N2 = 2, N1 = [1, 5, s] = (2 + 1 + 1) / 3

@@ -69,11 +69,14 @@ class Command(BaseCommand):
         run = training_run_start(params={"epochs": opts["epochs"]})
         self.stdout.write(f"training run {run.pk} queued on Celery; worker log: {var / 'logs' / 'worker.log'}")
         bar = tqdm(total=100, desc="train on Celery", unit="%")
+        last = None
         while True:
             run.refresh_from_db()
-            bar.n = round(run.progress, 1)
-            bar.set_postfix_str(f"{run.phase} step {run.step} loss {run.loss or 0:.3f}")
-            bar.refresh()
+            state = (round(run.progress, 1), run.phase, run.step)
+            if state != last:  # redraw only on change, so a logged run stays readable
+                bar.n = state[0]
+                bar.set_postfix_str(f"{run.phase} step {run.step} loss {run.loss or 0:.3f}")
+                last = state
             if run.status in (TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED):
                 break
             if worker.poll() is not None:

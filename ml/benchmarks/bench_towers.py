@@ -1,6 +1,6 @@
 """Throughput of the default model's towers: raw image-tower forward variants, end-to-end image files, texts.
 
-    .venv/bin/python bench/bench_towers.py [--images 128] [--iters 6] [--device cpu]
+    python -m ml.benchmarks.bench_towers [--images 128] [--iters 6] [--device cpu]
 
 Measures, with the model built by ``ml.model.build_model(ModelConfig())``:
 
@@ -11,7 +11,7 @@ Measures, with the model built by ``ml.model.build_model(ModelConfig())``:
 * ``FeatureExtractor.encode_texts`` on real H&M product texts.
 
 Throughputs are images (texts) per second: batch size / median seconds per batch, after warm-up batches.
-Writes ``bench/results/towers.json`` (atomically) and prints a table. The 1-minute load average is
+Writes ``ml/benchmarks/results/towers.json`` (atomically) and prints a table. The 1-minute load average is
 recorded: on a shared machine, other processes lower the numbers.
 """
 
@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -31,12 +30,11 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from ml.config import ModelConfig
+from ml.features import FeatureExtractor
+from ml.model import build_model
 
-from ml.config import ModelConfig  # noqa: E402
-from ml.features import FeatureExtractor  # noqa: E402
-from ml.model import build_model  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _sync(device: torch.device) -> None:
@@ -109,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--hm-root", type=Path, default=Path(os.environ.get("HM_DATA_DIR", REPO.parent / "shared/data/hm"))
     )
-    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "towers.json")
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "towers.json")
     args = p.parse_args(argv)
     warnings.simplefilter("ignore")
 

@@ -1,0 +1,148 @@
+"""Training on real tower features of a slice of the H&M sample (no Django), and the heads' algebra."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ml.config import ModelConfig, TrainConfig
+from ml.data import outfits_from_baskets, read_articles, read_baskets, select_articles, split_is_test
+from ml.heads import RecommenderHeads
+from ml.slots import SLOT_INDEX
+from ml.train import TrainData, load_heads, save_heads, text_to_image_recall, train, zero_shot_heads
+
+ROOT = Path(__file__).resolve().parents[2]
+HM = Path(os.environ.get("HM_DATA_DIR", ROOT.parent / "shared" / "data" / "hm"))
+
+
+@pytest.fixture(scope="module")
+def real_data() -> TrainData:
+    """Tower features of ~150 real articles and their basket outfits (feature cache in var/features)."""
+    from ml.features import FeatureCache, FeatureExtractor
+    from ml.model import build_model
+
+    articles, _ = read_articles(HM)
+    baskets = read_baskets(HM)
+    arts = select_articles(articles, baskets, 150, seed=0)
+    index = {a.article_id: i for i, a in enumerate(arts)}
+    outfits = outfits_from_baskets(baskets, {a.article_id: a.product_code for a in arts})
+    bundle = build_model(ModelConfig())
+    ex = FeatureExtractor(bundle, batch_size=32)
+    cache = FeatureCache(ROOT / "var" / "features")
+    img = cache.get_or_compute_images(ex, [a.image_path for a in arts])
+    txt = cache.get_or_compute_texts(ex, [a.text for a in arts])
+    types = {t: i for i, t in enumerate(sorted({a.product_type for a in arts}))}
+    train_o, test_o = [], []
+    for key, items in outfits:
+        (test_o if split_is_test(key, 0.15, 0) else train_o).append(np.asarray([index[i] for i in items]))
+    held = [i for i, a in enumerate(arts) if split_is_test(f"item-{a.article_id}", 0.2, 0)]
+    return TrainData(image=img, text=txt, slots=np.asarray([SLOT_INDEX[a.slot] for a in arts]),
+                     types=np.asarray([types[a.product_type] for a in arts]), outfits=train_o[:-20],
+                     val_outfits=train_o[-20:], test_outfits=test_o, heldout_items=np.asarray(held))  # fmt: skip
+
+
+CFG = TrainConfig(epochs=6, batch_size=32, seed=0, patience=0)
+
+
+@pytest.mark.slow
+def test_training_lowers_the_loss_and_beats_zero_shot_on_held_out_items(real_data):
+    result = train(real_data, CFG)
+    h = result.history
+    assert len(h["loss"]) == 6 and h["loss"][-1] < h["loss"][0] * 0.8
+    held = torch.as_tensor(real_data.heldout_items)
+    img, txt = torch.from_numpy(real_data.image[held]), torch.from_numpy(real_data.text[held])
+    tuned = text_to_image_recall(*result.heads.general(img, txt), k=5)
+    zero = text_to_image_recall(*zero_shot_heads(512, CFG.compat_dim).general(img, txt), k=5)
+    assert tuned > zero + 0.2, (tuned, zero)  # products the image↔text loss never saw
+
+
+@pytest.mark.slow
+def test_same_seed_same_run(real_data):
+    a = train(real_data, TrainConfig(epochs=2, batch_size=32, seed=3, patience=0))
+    b = train(real_data, TrainConfig(epochs=2, batch_size=32, seed=3, patience=0))
+    c = train(real_data, TrainConfig(epochs=2, batch_size=32, seed=4, patience=0))
+    assert a.history["loss"] == b.history["loss"]
+    assert a.history["loss"] != c.history["loss"]
+
+
+@pytest.mark.slow
+def test_checkpoint_resume_and_save_load(real_data, tmp_path):
+    first = train(
+        real_data, TrainConfig(epochs=2, batch_size=32, seed=0, patience=0), checkpoint_dir=tmp_path
+    )
+    assert (tmp_path / "last.pt").exists() and len(first.history["loss"]) == 2
+    resumed = train(real_data, TrainConfig(epochs=4, batch_size=32, seed=0, patience=0),
+                    resume=tmp_path / "last.pt")  # fmt: skip
+    assert len(resumed.history["loss"]) == 4
+    assert resumed.history["loss"][:2] == first.history["loss"]
+    save_heads(tmp_path / "heads.pt", resumed.heads, {"note": "x"})
+    heads, meta = load_heads(tmp_path / "heads.pt")
+    assert meta == {"note": "x"}
+    x = torch.from_numpy(real_data.image[:4])
+    assert torch.equal(heads.compat(x, x), resumed.heads.compat(x, x))
+
+
+@pytest.mark.slow
+def test_cli_trains_on_a_features_file_without_django(real_data, tmp_path):
+    real_data.save(tmp_path / "f.npz")
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    out = subprocess.run([sys.executable, "-m", "ml.train", "--features", str(tmp_path / "f.npz"), "--out",
+                          str(tmp_path / "run"), "--epochs", "1", "--batch-size", "32"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "trained" in out.stdout and (tmp_path / "run" / "heads.pt").exists()
+    assert "django" not in out.stderr.lower()
+
+
+def test_cli_help_works_without_django():
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    out = subprocess.run([sys.executable, "-m", "ml.train", "--help"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0 and "--temperature" in out.stdout and "--miner" in out.stdout
+
+
+def test_ml_never_imports_django():
+    for path in (ROOT / "ml").rglob("*.py"):
+        if path.name == "tasks.py":
+            continue
+        assert "django" not in path.read_text(), f"{path} imports Django"
+
+
+def test_slot_query_equals_summed_pair_scores():
+    """<q_t, f_x> = Σ_i <f_i ⊙ m_{s_i t}, f_x ⊙ m_{s_i t}>: complete-the-look is one inner-product query."""
+    torch.manual_seed(0)
+    heads = RecommenderHeads(8, compat_dim=4, num_slots=3)
+    with torch.no_grad():
+        heads.mask_logits.normal_()
+    f = torch.nn.functional.normalize(torch.randn(3, 4), dim=-1)  # two outfit items + a candidate
+    s = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        q = heads.slot_query(f[:2], s[:2], target_slot=2)
+        m = [heads.pair_mask(s[i : i + 1], s[2:3])[0] for i in range(2)]
+    expected = sum(float(((f[i] * m[i]) * (f[2] * m[i])).sum()) for i in range(2))
+    assert float(q @ f[2]) == pytest.approx(expected, abs=1e-6)
+
+
+def test_pair_masks_are_symmetric_with_unit_mean():
+    heads = RecommenderHeads(8, compat_dim=4, num_slots=3)
+    with torch.no_grad():
+        heads.mask_logits.normal_()
+    a, b = torch.tensor([0, 1, 2]), torch.tensor([2, 0, 1])
+    assert torch.allclose(heads.pair_mask(a, b), heads.pair_mask(b, a))
+    m = heads.mask_table()  # squared masks: non-negative with mean 1 over the dimensions
+    assert m.shape == (3, 3, 4) and float(m.min()) >= 0
+    assert torch.allclose(m.mean(-1), torch.ones(3, 3), atol=1e-5)
+
+
+def test_untrained_general_heads_are_the_identity():
+    heads = RecommenderHeads(8, compat_dim=4, num_slots=3)
+    x = torch.randn(5, 8)
+    img, txt = heads.general(x, 2 * x)
+    assert torch.allclose(img, torch.nn.functional.normalize(x, dim=-1), atol=1e-6)
+    assert torch.allclose(txt, img, atol=1e-6)
