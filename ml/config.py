@@ -6,7 +6,7 @@ Everything a run needs is in these dataclasses, so a run is reproducible from it
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 #: The default open_clip model: timm ``tf_efficientnet_lite0`` image tower (ImageNet weights from the
@@ -55,7 +55,6 @@ class TrainConfig:
             text vectors (keeps items of one type together for similar-item retrieval; 0 = off).
         compat_dim: dimension of the type-aware compatibility space.
         normalize: L2-normalise features onto the unit hypersphere (on by default).
-        unfreeze_last_blocks: >0 fine-tunes the last N blocks of each tower (GPU runs); 0 trains heads on cached features.
         val_fraction: fraction of training outfits held out for early stopping.
         patience: epochs without validation improvement before stopping early (0 = never).
         seed: seeds Python, NumPy and torch; the same seed gives the same run.
@@ -71,14 +70,12 @@ class TrainConfig:
     miner: str = "semi-hard"
     w_infonce: float = 1.0
     w_triplet: float = 1.0
-    w_type: float = 0.1
+    w_type: float = 0.5
     compat_dim: int = 128
     normalize: bool = True
-    unfreeze_last_blocks: int = 0
     val_fraction: float = 0.1
     patience: int = 5
     seed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -443,8 +443,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("var/models/cli-run"), help="output folder")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint last.pt to resume from")
     for f in fields(TrainConfig):
-        if f.name == "extra":
-            continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
@@ -457,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     """Run training from the command line (``argv`` like ``sys.argv[1:]``; open_clip's ``main`` style)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig) if f.name != "extra"})
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     data = TrainData.load(args.features)
     result = train(data, cfg, checkpoint_dir=args.out / "checkpoints", resume=args.resume)
     save_heads(

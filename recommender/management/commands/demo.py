@@ -97,6 +97,7 @@ class Command(BaseCommand):
                                                            "limit": opts["limit"]}, indent=1))  # fmt: skip
         self.stdout.write(self.style.SUCCESS("phase timings (s): " + json.dumps(timings)))
         if opts["no_serve"]:
+            runtime.stop_worker(worker)
             return
         self.stdout.write(self.style.SUCCESS(f"serving at http://{opts['addr']}/  (Ctrl-C stops the server)"))
         try:
