@@ -73,4 +73,6 @@ def clean_image(data: bytes, *, name: str = "image") -> CleanImage:
     thumb.thumbnail(THUMBNAIL_SIZE, Image.Resampling.LANCZOS)
     tout = io.BytesIO()
     thumb.save(tout, format="JPEG", quality=85)
-    return CleanImage(out.getvalue(), tout.getvalue(), img.width, img.height, hashlib.sha256(data).hexdigest())
+    return CleanImage(
+        out.getvalue(), tout.getvalue(), img.width, img.height, hashlib.sha256(data).hexdigest()
+    )

@@ -43,7 +43,9 @@ def _queue_embedding(product_ids: Sequence[int]) -> None:
         try:
             embed_products.delay(product_ids=ids)
         except Exception as exc:  # broker down: the reconciliation task embeds them later
-            logger.warning("could not queue embedding of %d products (%s); reconcile will catch up", len(ids), exc)
+            logger.warning(
+                "could not queue embedding of %d products (%s); reconcile will catch up", len(ids), exc
+            )
 
     transaction.on_commit(send)
 
@@ -215,7 +217,9 @@ def catalog_import_hm(
     return summary
 
 
-def _import_outfits(baskets: list[list[str]], summary: ImportSummary, *, test_fraction: float, seed: int) -> None:
+def _import_outfits(
+    baskets: list[list[str]], summary: ImportSummary, *, test_fraction: float, seed: int
+) -> None:
     products = dict(Product.objects.filter(source=Product.Source.HM).values_list("sku", "id"))
     codes = dict(Product.objects.filter(source=Product.Source.HM).values_list("sku", "variant_group"))
     existing = set(Outfit.objects.filter(source=Outfit.Source.BASKET).values_list("external_id", flat=True))

@@ -67,7 +67,11 @@ class Embedder:
     """
 
     def __init__(
-        self, model_cfg: ModelConfig, heads: RecommenderHeads, cache_dir: Path | None = None, batch_size: int = 32
+        self,
+        model_cfg: ModelConfig,
+        heads: RecommenderHeads,
+        cache_dir: Path | None = None,
+        batch_size: int = 32,
     ) -> None:
         self.model_cfg = model_cfg
         self.bundle = get_bundle(model_cfg)

@@ -39,8 +39,18 @@ OUTFIT_SLOTS: tuple[str, ...] = (TOP, BOTTOM, ONE_PIECE, OUTERWEAR, SHOES, BAG, 
 
 _OUTERWEAR_TYPES = {"jacket", "coat", "blazer", "cardigan", "outdoor waistcoat", "outdoor trousers"}
 _JEWELLERY_TYPES = {"earring", "necklace", "ring", "bracelet", "earrings"}
-_BAG_TYPES = {"bag", "backpack", "cross-body bag", "shoulder bag", "tote bag", "weekend/gym bag",
-              "bumbag", "wallet", "purse", "accessories set"}
+_BAG_TYPES = {
+    "bag",
+    "backpack",
+    "cross-body bag",
+    "shoulder bag",
+    "tote bag",
+    "weekend/gym bag",
+    "bumbag",
+    "wallet",
+    "purse",
+    "accessories set",
+}
 _GROUP_TO_SLOT = {
     "garment upper body": TOP,
     "garment lower body": BOTTOM,

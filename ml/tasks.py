@@ -157,7 +157,9 @@ def train_model(self, run_id: int) -> dict[str, Any]:
 
         t = time.perf_counter()
         ckdir = Path(settings.ML_ARTIFACTS_DIR) / f"run-{run_id}"
-        result = train(data, cfg, progress=on_epoch, checkpoint_dir=ckdir / "checkpoints", should_stop=cancelled)
+        result = train(
+            data, cfg, progress=on_epoch, checkpoint_dir=ckdir / "checkpoints", should_stop=cancelled
+        )
         timings["training_s"] = time.perf_counter() - t
         if cancelled():
             update(finished_at=timezone.now(), log="cancelled")
@@ -166,7 +168,9 @@ def train_model(self, run_id: int) -> dict[str, Any]:
                                        config={"model": mcfg.to_dict(), "train": cfg.to_dict()})  # fmt: skip
         artifact = Path(settings.ML_ARTIFACTS_DIR) / f"version-{version.pk}" / "heads.pt"
         save_heads(artifact, result.heads, {"model": mcfg.to_dict(), "train": cfg.to_dict()})
-        update(model_version=version, phase="evaluation", progress=72.0, log="evaluating on the held-out split")
+        update(
+            model_version=version, phase="evaluation", progress=72.0, log="evaluating on the held-out split"
+        )
         t = time.perf_counter()
         metrics: dict[str, Any] = {}
         if data.test_outfits:
@@ -212,7 +216,11 @@ def embed_products(self, product_ids: list[int], version_id: int | None = None) 
     from recommender.models import ModelVersion
     from recommender.services import embeddings_write
 
-    qs = ModelVersion.objects.filter(pk=version_id) if version_id else ModelVersion.objects.filter(is_active=True)
+    qs = (
+        ModelVersion.objects.filter(pk=version_id)
+        if version_id
+        else ModelVersion.objects.filter(is_active=True)
+    )
     version = qs.first()
     if version is None:
         return {"embedded": 0, "reason": "no active model version"}

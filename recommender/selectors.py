@@ -106,13 +106,19 @@ def embedder(version: ModelVersion):
         return embedder_for(version)
 
 
-def _ranked(qs: QuerySet, column: str, query: np.ndarray, k: int, *, filtered: bool) -> list[tuple[int, float]]:
+def _ranked(
+    qs: QuerySet, column: str, query: np.ndarray, k: int, *, filtered: bool
+) -> list[tuple[int, float]]:
     """Run ``ORDER BY column <#> query LIMIT k`` with HNSW settings; returns ``[(product_id, ip)]``."""
     with transaction.atomic(), connection.cursor() as cur:
         cur.execute("SET LOCAL hnsw.ef_search = %s", [max(settings.HNSW_EF_SEARCH, k)])
         if filtered:
             cur.execute("SET LOCAL hnsw.iterative_scan = strict_order")
-        rows = qs.annotate(d=MaxInnerProduct(column, query.tolist())).order_by("d").values_list("product_id", "d")[:k]
+        rows = (
+            qs.annotate(d=MaxInnerProduct(column, query.tolist()))
+            .order_by("d")
+            .values_list("product_id", "d")[:k]
+        )
         return [(pid, -float(d)) for pid, d in rows]
 
 
@@ -188,7 +194,9 @@ def _outfit_embeddings(version: ModelVersion, product_ids: Sequence[int]) -> lis
     unknown = [i for i in ids if i not in found]
     if unknown:
         raise UnknownProducts(unknown)
-    embs = {e.product_id: e for e in ProductEmbedding.objects.filter(model_version=version, product_id__in=ids)}
+    embs = {
+        e.product_id: e for e in ProductEmbedding.objects.filter(model_version=version, product_id__in=ids)
+    }
     missing = [i for i in ids if i not in embs]
     if missing:
         raise NoActiveModel(f"product(s) {missing} have no vectors for model version {version.pk} yet")
@@ -219,7 +227,9 @@ def compat_to_unit(score_sum: float, n: int) -> float:
     return float(np.clip((score_sum / max(n, 1) + 1) / 2, 0, 1))
 
 
-def complete_the_look(*, product_ids: Sequence[int], k: int = 4, slots: Sequence[str] | None = None) -> list[SlotPicks]:
+def complete_the_look(
+    *, product_ids: Sequence[int], k: int = 4, slots: Sequence[str] | None = None
+) -> list[SlotPicks]:
     """Best items for each missing slot, ranked by total compatibility with all given items.
 
     One indexed pgvector query per slot: ``ORDER BY compat <#> q_t`` with ``q_t = Σ_i f_i ⊙ m²`` (see
@@ -302,4 +312,6 @@ def outfit_compatibility(*, product_ids: Sequence[int], suggest: bool = True) ->
         others = [ids[x] for x in range(n) if x != weaker]
         picks = complete_the_look(product_ids=others, k=1, slots=[embs[weaker].slot])
         suggestion = picks[0].hits[0] if picks and picks[0].hits else None
-    return Compatibility([products[i] for i in ids], score, mat.round(4).tolist(), (ids[wi], ids[wj]), suggestion)
+    return Compatibility(
+        [products[i] for i in ids], score, mat.round(4).tolist(), (ids[wi], ids[wj]), suggestion
+    )

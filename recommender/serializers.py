@@ -34,7 +34,9 @@ class ProductCreateSerializer(serializers.Serializer):
     product_type = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
     colour = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
     audience = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
-    price = serializers.DecimalField(max_digits=10, decimal_places=2, required=False, allow_null=True, default=None)
+    price = serializers.DecimalField(
+        max_digits=10, decimal_places=2, required=False, allow_null=True, default=None
+    )
 
 
 class HitSerializer(serializers.Serializer):
@@ -63,7 +65,9 @@ class SearchQuerySerializer(FilterSerializer):
 
 
 class ProductIdsSerializer(serializers.Serializer):
-    product_ids = serializers.ListField(child=serializers.IntegerField(min_value=1), min_length=1, max_length=8)
+    product_ids = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), min_length=1, max_length=8
+    )
     k = serializers.IntegerField(required=False, default=4, min_value=1, max_value=20)
 
 
@@ -104,5 +108,7 @@ class TrainingRunCreateSerializer(serializers.Serializer):
     lr = serializers.FloatField(required=False, min_value=1e-6, max_value=1.0)
     temperature = serializers.FloatField(required=False, min_value=0.001, max_value=1.0)
     margin = serializers.FloatField(required=False, min_value=0.0, max_value=2.0)
-    miner = serializers.ChoiceField(choices=["batch-hard", "semi-hard", "batch-all", "random"], required=False)
+    miner = serializers.ChoiceField(
+        choices=["batch-hard", "semi-hard", "batch-all", "random"], required=False
+    )
     seed = serializers.IntegerField(required=False)

@@ -29,7 +29,9 @@ def training_run_start(*, params: dict[str, Any] | None = None, user=None) -> Tr
             status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING]
         )
         if busy.exists():
-            raise ValueError(f"training run {busy.first().pk} is still {busy.first().status}; wait or cancel it")
+            raise ValueError(
+                f"training run {busy.first().pk} is still {busy.first().status}; wait or cancel it"
+            )
         run = TrainingRun.objects.create(params=params or {}, started_by=user if user and user.pk else None)
 
         def send() -> None:
@@ -45,7 +47,9 @@ def training_run_update(run_id: int, **fields: Any) -> None:
     TrainingRun.objects.filter(pk=run_id).update(**fields)
 
 
-def model_version_create(*, name: str, config: dict[str, Any], status: str = ModelVersion.Status.EMBEDDING) -> ModelVersion:
+def model_version_create(
+    *, name: str, config: dict[str, Any], status: str = ModelVersion.Status.EMBEDDING
+) -> ModelVersion:
     """Register a new (not yet active) model version."""
     return ModelVersion.objects.create(name=name, config=config, status=status)
 
@@ -71,13 +75,22 @@ def embeddings_write(
     """
     n = len(product_ids)
     if not (len(image) == len(text) == len(fused) == len(compat) == n):
-        raise ValueError(f"{n} ids but vectors of lengths {len(image)}, {len(text)}, {len(fused)}, {len(compat)}")
+        raise ValueError(
+            f"{n} ids but vectors of lengths {len(image)}, {len(text)}, {len(fused)}, {len(compat)}"
+        )
     slots = dict(Product.objects.filter(pk__in=list(product_ids)).values_list("pk", "slot"))
     written = 0
     for start in range(0, n, batch_size):
         rows = [
-            ProductEmbedding(product_id=pid, model_version=version, slot=slots[pid], image=image[i], text=text[i],
-                             fused=fused[i], compat=compat[i])  # fmt: skip
+            ProductEmbedding(
+                product_id=pid,
+                model_version=version,
+                slot=slots[pid],
+                image=image[i],
+                text=text[i],
+                fused=fused[i],
+                compat=compat[i],
+            )  # fmt: skip
             for i, pid in enumerate(product_ids[start : start + batch_size], start=start)
             if pid in slots
         ]

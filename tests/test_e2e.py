@@ -80,7 +80,10 @@ def test_import_train_on_worker_query_and_upload(worker, hm_root):
     version = ModelVersion.objects.get(is_active=True)
     assert version == run.model_version
     assert ProductEmbedding.objects.filter(model_version=version).count() == Product.objects.count()
-    assert version.metrics["evaluation"]["fine-tuned"]["recall@10"] > version.metrics["evaluation"]["zero-shot"]["recall@10"]
+    assert (
+        version.metrics["evaluation"]["fine-tuned"]["recall@10"]
+        > version.metrics["evaluation"]["zero-shot"]["recall@10"]
+    )
 
     types = [h.product.product_type for h in selectors.text_search(query="jeans", k=5)]
     assert types.count("Trousers") + types.count("Shorts") >= 3, types

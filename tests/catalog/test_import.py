@@ -64,7 +64,9 @@ def test_corrupt_and_missing_images_are_skipped_and_reported(hm_root, tmp_path, 
     settings.MEDIA_ROOT = tmp_path / "media"
     rows = _mini_dataset(hm_root, tmp_path / "hm")
     broken, missing = rows[1]["article_id"], rows[2]["article_id"]
-    (tmp_path / "hm" / "images" / broken[:3] / f"{broken}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tmp_path / "hm" / "images" / broken[:3] / f"{broken}.jpg").write_bytes(
+        b"\xff\xd8\xff\xe0 not really a jpeg"
+    )
     (tmp_path / "hm" / "images" / missing[:3] / f"{missing}.jpg").unlink()
     summary = catalog_import_hm(root=tmp_path / "hm", progress=False)
     reasons = dict(summary.skipped)

@@ -171,10 +171,14 @@ def test_plot_metric_bars(tmp_path) -> None:
 def test_fitb_split_ties_counts_expected_accuracy():
     from ml.metrics import fitb_accuracy
 
-    scores = np.array([[0.9, 0.1, 0.2, 0.3],  # unique max at the answer -> 1
-                       [0.5, 0.5, 0.1, 0.1],  # answer tied with one other -> 1/2
-                       [0.2, 0.2, 0.2, 0.2],  # 4-way tie -> 1/4
-                       [0.1, 0.9, 0.0, 0.0]])  # wrong -> 0
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.2, 0.3],  # unique max at the answer -> 1
+            [0.5, 0.5, 0.1, 0.1],  # answer tied with one other -> 1/2
+            [0.2, 0.2, 0.2, 0.2],  # 4-way tie -> 1/4
+            [0.1, 0.9, 0.0, 0.0],
+        ]
+    )  # wrong -> 0
     answers = np.zeros(4, dtype=np.int64)
     assert fitb_accuracy(scores, answers, ties="split") == pytest.approx((1 + 0.5 + 0.25 + 0) / 4)
     assert fitb_accuracy(scores, answers) == pytest.approx(0.25)  # default: ties are wrong

@@ -91,5 +91,10 @@ def test_openapi_schema_lists_the_endpoints(api):
     r = api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert r.status_code == 200
     paths = r.json()["paths"]
-    for p in ["/api/search/", "/api/compatibility/", "/api/complete-the-look/", "/api/products/{id}/similar/"]:
+    for p in [
+        "/api/search/",
+        "/api/compatibility/",
+        "/api/complete-the-look/",
+        "/api/products/{id}/similar/",
+    ]:
         assert p in paths

@@ -58,7 +58,9 @@ def test_filtered_similar_items_return_k_rows_of_the_filter(trained_catalog):
     rare = counts[0]["slot"]  # the rarest slot with at least 3 items: a selective filter
     assert counts[0]["n"] / Product.objects.count() < 0.1
     p = Product.objects.exclude(slot=rare).first()
-    hits = selectors.similar_items(product_id=p.pk, k=3, exclude_variants=False, filters=selectors.Filters(slot=rare))
+    hits = selectors.similar_items(
+        product_id=p.pk, k=3, exclude_variants=False, filters=selectors.Filters(slot=rare)
+    )
     assert len(hits) == 3 and {h.product.slot for h in hits} == {rare}
 
 

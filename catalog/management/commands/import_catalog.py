@@ -15,7 +15,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("source", choices=["hm"], help="dataset format")
         parser.add_argument("path", help="dataset folder, e.g. ../shared/data/hm")
-        parser.add_argument("--limit", type=int, default=None, help="import at most N articles (whole baskets)")
+        parser.add_argument(
+            "--limit", type=int, default=None, help="import at most N articles (whole baskets)"
+        )
         parser.add_argument("--test-fraction", type=float, default=0.15, help="share of outfits held out")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--no-progress", action="store_true")

@@ -57,7 +57,9 @@ class Command(BaseCommand):
 
         t = time.perf_counter()
         (var / "logs").mkdir(parents=True, exist_ok=True)
-        worker = runtime.start_worker(queues="embedding,training", concurrency=1, logfile=var / "logs" / "worker.log")
+        worker = runtime.start_worker(
+            queues="embedding,training", concurrency=1, logfile=var / "logs" / "worker.log"
+        )
         (var / "worker.pid").write_text(str(worker.pid))
         if not runtime.wait_for_worker(app, timeout=90):
             raise CommandError(f"the Celery worker did not come up; see {var / 'logs' / 'worker.log'}")
@@ -67,7 +69,9 @@ class Command(BaseCommand):
         busy = TrainingRun.objects.filter(status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING])
         busy.update(status=TrainingRun.Status.FAILED, error="abandoned: a new demo run started")
         run = training_run_start(params={"epochs": opts["epochs"]})
-        self.stdout.write(f"training run {run.pk} queued on Celery; worker log: {var / 'logs' / 'worker.log'}")
+        self.stdout.write(
+            f"training run {run.pk} queued on Celery; worker log: {var / 'logs' / 'worker.log'}"
+        )
         bar = tqdm(total=100, desc="train on Celery", unit="%")
         last = None
         while True:
@@ -77,10 +81,16 @@ class Command(BaseCommand):
                 bar.n = state[0]
                 bar.set_postfix_str(f"{run.phase} step {run.step} loss {run.loss or 0:.3f}")
                 last = state
-            if run.status in (TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED, TrainingRun.Status.CANCELLED):
+            if run.status in (
+                TrainingRun.Status.SUCCEEDED,
+                TrainingRun.Status.FAILED,
+                TrainingRun.Status.CANCELLED,
+            ):
                 break
             if worker.poll() is not None:
-                raise CommandError(f"the worker exited (code {worker.returncode}); see {var / 'logs' / 'worker.log'}")
+                raise CommandError(
+                    f"the worker exited (code {worker.returncode}); see {var / 'logs' / 'worker.log'}"
+                )
             time.sleep(1.0)
         bar.close()
         if run.status != TrainingRun.Status.SUCCEEDED:

@@ -36,7 +36,9 @@ class Command(BaseCommand):
         mcfg = model_config()
         emb = Embedder(mcfg, zero_shot_heads(mcfg.embed_dim, settings.COMPAT_DIM),
                        cache_dir=settings.ML_FEATURE_CACHE_DIR)  # fmt: skip
-        img, txt, _ = emb.tower_features([_image_path(p) for p in products], [p.text for p in products], progress=True)
+        img, txt, _ = emb.tower_features(
+            [_image_path(p) for p in products], [p.text for p in products], progress=True
+        )
         data = build_train_data(products, img, txt, val_fraction=0.1, seed=opts["seed"])
         if opts["export"]:
             data.save(opts["export"])
