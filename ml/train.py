@@ -426,7 +426,7 @@ def load_heads(path: Path | str) -> tuple[RecommenderHeads, dict[str, Any]]:
     ck = torch.load(path, map_location="cpu", weights_only=False)
     heads = RecommenderHeads(ck["embed_dim"], ck["compat_dim"], ck["num_slots"], normalize=ck["normalize"])
     heads.load_state_dict(ck["state_dict"])
-    heads.eval()
+    heads.eval().requires_grad_(False)  # loaded for inference
     return heads, ck["meta"]
 
 
