@@ -135,7 +135,7 @@ def test_pair_masks_are_symmetric_with_unit_mean():
         heads.mask_logits.normal_()
     a, b = torch.tensor([0, 1, 2]), torch.tensor([2, 0, 1])
     assert torch.allclose(heads.pair_mask(a, b), heads.pair_mask(b, a))
-    m = heads.mask_table()  # squared masks: non-negative with mean 1 over the dimensions
+    m = heads.mask_table().detach()  # squared masks: non-negative with mean 1 over the dimensions
     assert m.shape == (3, 3, 4) and float(m.min()) >= 0
     assert torch.allclose(m.mean(-1), torch.ones(3, 3), atol=1e-5)
 
