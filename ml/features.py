@@ -55,6 +55,27 @@ class _ImageFiles(Dataset):
             return torch.zeros(self.input_size), f"{type(e).__name__}: {e}"
 
 
+def _thread_prefetch(dataset: _ImageFiles, batch_size: int) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """Batches of ``dataset`` like a DataLoader, decoded one batch ahead in a background thread.
+
+    Works where worker processes cannot start (a Celery prefork worker is a daemonic process).
+    Yields ``(x (B, 3, H, W) float32, errors list[str])``.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def load(start: int) -> tuple[torch.Tensor, list[str]]:
+        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        return torch.stack([x for x, _ in items]), [e for _, e in items]
+
+    starts = list(range(0, len(dataset), batch_size))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+        pending = pool.submit(load, starts[0]) if starts else None
+        for k in range(len(starts)):
+            batch = pending.result()
+            pending = pool.submit(load, starts[k + 1]) if k + 1 < len(starts) else None
+            yield batch
+
+
 class FeatureExtractor:
     """Batched inference with a bundle's frozen encoders.
 
@@ -139,13 +160,16 @@ class FeatureExtractor:
                 "num_workers=%d ignored: daemonic processes cannot start DataLoader workers", workers
             )
             workers = 0
-        loader = DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=False,
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-        )
+        if workers:
+            loader = DataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                shuffle=False,
+                num_workers=workers,
+                pin_memory=self.device.type == "cuda",
+            )
+        else:  # decode the next batch in a thread while this one runs (Pillow releases the GIL)
+            loader = _thread_prefetch(dataset, self.batch_size)
         start = 0
         with tqdm(total=len(paths), unit="img", disable=not progress, desc="images") as bar:
             for x, errors in loader:  # (B, 3, H, W) float32, list[str]
