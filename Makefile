@@ -3,6 +3,7 @@ PY      ?= .venv/bin/python
 LIMIT   ?= 0
 EPOCHS  ?= 30
 ADDR    ?= 127.0.0.1:8000
+VAR_DIR ?= var
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
@@ -35,7 +36,7 @@ format: venv
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-## bench: speed figures written to ml/benchmarks/results/ (see README "Benchmarks")
+## bench: tower throughput figures written to ml/benchmarks/results/towers.json (README "Benchmarks")
 bench: venv
 	$(PY) -m ml.benchmarks.bench_towers
 
@@ -53,8 +54,8 @@ serve: venv
 
 ## stop: stop the demo's worker and the embedded PostgreSQL
 stop:
-	-test -f var/worker.pid && kill -TERM -$$(cat var/worker.pid) 2>/dev/null; rm -f var/worker.pid
-	-$(PY) -c "from pathlib import Path; from recommender.db import stop_embedded; print('stopped embedded PostgreSQL' if stop_embedded(Path('var')) else 'embedded PostgreSQL not running')"
+	-test -f $(VAR_DIR)/worker.pid && kill -TERM -$$(cat $(VAR_DIR)/worker.pid) 2>/dev/null; rm -f $(VAR_DIR)/worker.pid
+	-$(PY) -c "from pathlib import Path; from recommender.db import stop_embedded; print('stopped embedded PostgreSQL' if stop_embedded(Path('$(VAR_DIR)')) else 'embedded PostgreSQL not running')"
 
 clean: stop
-	rm -rf var
+	rm -rf $(VAR_DIR)

@@ -8,8 +8,12 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-#: Pillow's decompression-bomb guard: refuse images above this many pixels (40 MP).
-Image.MAX_IMAGE_PIXELS = 40_000_000
+#: Refuse images above this many pixels (40 MP) before decoding them (decompression bombs); Pillow's own
+#: guard is set to the same number (it only warns up to twice that).
+MAX_PIXELS = 40_000_000
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+MIN_SIDE = 16  # pixels
+MAX_ASPECT = 10  # longest side / shortest side
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 THUMBNAIL_SIZE = (160, 240)  # pixels (w, h), the H&M photos' 2:3 aspect
 
@@ -41,8 +45,9 @@ def clean_image(data: bytes, *, name: str = "image") -> CleanImage:
         :data:`THUMBNAIL_SIZE`.
 
     Raises:
-        ImageError: empty file, larger than :data:`MAX_UPLOAD_BYTES`, not an image, truncated,
-            or above :data:`Image.MAX_IMAGE_PIXELS` (decompression bomb).
+        ImageError: empty file, larger than :data:`MAX_UPLOAD_BYTES`, not an image, truncated, above
+            :data:`MAX_PIXELS` (decompression bomb), a side under :data:`MIN_SIDE` px, or an aspect
+            ratio beyond 1::data:`MAX_ASPECT`.
     """
     if not data:
         raise ImageError(f"{name}: empty file")
@@ -50,6 +55,13 @@ def clean_image(data: bytes, *, name: str = "image") -> CleanImage:
         raise ImageError(f"{name}: {len(data)} bytes is over the {MAX_UPLOAD_BYTES} byte limit")
     try:
         with Image.open(io.BytesIO(data)) as probe:
+            w, h = probe.size
+            if w * h > MAX_PIXELS:
+                raise ImageError(f"{name}: {w}x{h} is {w * h} pixels, over the {MAX_PIXELS} pixel limit")
+            if min(w, h) < MIN_SIDE:
+                raise ImageError(f"{name}: {w}x{h} is too small (each side needs at least {MIN_SIDE} px)")
+            if max(w, h) > MAX_ASPECT * min(w, h):
+                raise ImageError(f"{name}: {w}x{h} is too thin or wide (aspect ratio beyond 1:{MAX_ASPECT})")
             probe.verify()
         with Image.open(io.BytesIO(data)) as img:
             img.load()
@@ -61,6 +73,8 @@ def clean_image(data: bytes, *, name: str = "image") -> CleanImage:
                 img = bg
             elif img.mode != "RGB":
                 img = img.convert("RGB")
+    except ImageError:
+        raise
     except Image.DecompressionBombError as exc:
         raise ImageError(f"{name}: image too large ({exc})") from exc
     except UnidentifiedImageError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,10 +26,8 @@ from ml.slots import SLOTS
 
 logger = logging.getLogger(__name__)
 
-PRODUCT_FIELDS = (
-    "title", "description", "slot", "product_type", "product_group", "colour", "audience",
-    "department", "section", "variant_group", "price", "source",
-)  # fmt: skip
+#: SKUs: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.
+SKU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def _queue_embedding(product_ids: Sequence[int]) -> None:
@@ -54,8 +53,9 @@ def _store_image(product: Product, img: CleanImage) -> None:
     for old in (product.image, product.thumbnail):  # replace, never pile up renamed copies
         if old:
             old.delete(save=False)
-    product.image.save(f"{product.sku}.jpg", ContentFile(img.jpeg), save=False)
-    product.thumbnail.save(f"{product.sku}.jpg", ContentFile(img.thumbnail), save=False)
+    name = f"{img.sha256[:24]}.jpg"  # file names never come from user input
+    product.image.save(name, ContentFile(img.jpeg), save=False)
+    product.thumbnail.save(name, ContentFile(img.thumbnail), save=False)
     product.image_sha256 = img.sha256
 
 
@@ -81,10 +81,12 @@ def product_create(
         ValueError: unknown slot, empty title or SKU, or the SKU exists already.
     """
     sku = sku.strip()
-    if not sku:
-        raise ValueError("sku: must not be empty")
+    if not SKU_RE.match(sku):
+        raise ValueError(f"sku: {sku!r} is not valid (use 1-64 letters, digits, '.', '_' or '-')")
     if not title.strip():
         raise ValueError("title: must not be empty")
+    if price is not None and price < 0:
+        raise ValueError(f"price: {price} is negative")
     if slot not in SLOTS:
         raise ValueError(f"slot: {slot!r} is not one of {', '.join(SLOTS)}")
     if Product.objects.filter(sku=sku).exists():

@@ -87,43 +87,67 @@ def read_articles(root: Path | str) -> tuple[list[HMArticle], list[RowError]]:
         raise FileNotFoundError(f"{path} not found (expected the H&M sample's articles.csv)")
     articles: list[HMArticle] = []
     errors: list[RowError] = []
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
-        for row in reader:
-            line = reader.line_num
-            aid = (row.get("article_id") or "").strip()
-            if None in row or any(v is None for v in row.values()):
-                errors.append(RowError(line, aid, "wrong number of fields"))
-                continue
-            if not aid or not aid.isdigit():
-                errors.append(RowError(line, aid, f"invalid article_id {aid!r}"))
-                continue
-            aid = aid.zfill(10)
-            title = row["prod_name"].strip()
-            if not title:
-                errors.append(RowError(line, aid, "empty prod_name"))
-                continue
-            articles.append(
-                HMArticle(
-                    article_id=aid,
-                    product_code=row["product_code"].strip(),
-                    title=title,
-                    product_type=row["product_type_name"].strip(),
-                    product_group=row["product_group_name"].strip(),
-                    colour=row["colour_group_name"].strip(),
-                    audience=row["index_group_name"].strip(),
-                    department=row["department_name"].strip(),
-                    section=row["section_name"].strip(),
-                    description=row["detail_desc"].strip(),
-                    slot=slot_for(row["product_group_name"], row["product_type_name"]),
-                    image_path=image_path_for(root, aid),
-                    line=line,
-                )
-            )
+    limit = csv.field_size_limit()
+    csv.field_size_limit(MAX_FIELD_CHARS * 4)  # read overlong fields, then report them as row errors
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:  # -sig: tolerate Excel's byte-order mark
+            reader = csv.DictReader(fh)
+            missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path}: missing column(s) {', '.join(missing)}")
+            for row in reader:
+                _read_row(root, row, reader.line_num, articles, errors)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
+    except csv.Error as exc:
+        raise ValueError(f"{path}: unreadable CSV ({exc})") from exc
+    finally:
+        csv.field_size_limit(limit)
     return articles, errors
+
+
+#: Longest accepted field, and the catalog's column limits (characters).
+MAX_FIELD_CHARS = 20_000
+FIELD_LIMITS = {"prod_name": 255, "product_code": 64, "product_type_name": 64, "product_group_name": 64,
+                "colour_group_name": 64, "index_group_name": 64, "department_name": 128, "section_name": 128,
+                "detail_desc": MAX_FIELD_CHARS}  # fmt: skip
+
+
+def _read_row(root: Path, row: dict, line: int, articles: list[HMArticle], errors: list[RowError]) -> None:
+    """Validate one CSV row: append an :class:`HMArticle`, or a :class:`RowError` saying what is wrong."""
+    aid = (row.get("article_id") or "").strip()
+    if None in row or any(v is None for v in row.values()):
+        errors.append(RowError(line, aid, "wrong number of fields"))
+        return
+    too_long = [f"{k} ({len(row[k])} > {n} characters)" for k, n in FIELD_LIMITS.items() if len(row[k]) > n]
+    if too_long:
+        errors.append(RowError(line, aid, "field too long: " + ", ".join(too_long)))
+        return
+    if not aid or not aid.isdigit() or len(aid) > 10:
+        errors.append(RowError(line, aid[:20], f"invalid article_id {aid[:20]!r}"))
+        return
+    aid = aid.zfill(10)
+    title = row["prod_name"].strip()
+    if not title:
+        errors.append(RowError(line, aid, "empty prod_name"))
+        return
+    articles.append(
+        HMArticle(
+            article_id=aid,
+            product_code=row["product_code"].strip(),
+            title=title,
+            product_type=row["product_type_name"].strip(),
+            product_group=row["product_group_name"].strip(),
+            colour=row["colour_group_name"].strip(),
+            audience=row["index_group_name"].strip(),
+            department=row["department_name"].strip(),
+            section=row["section_name"].strip(),
+            description=row["detail_desc"].strip(),
+            slot=slot_for(row["product_group_name"], row["product_type_name"]),
+            image_path=image_path_for(root, aid),
+            line=line,
+        )
+    )
 
 
 def read_baskets(root: Path | str) -> list[list[str]]:
@@ -136,10 +160,16 @@ def read_baskets(root: Path | str) -> list[list[str]]:
     path = Path(root) / "baskets.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, list) or not all(isinstance(b, list) for b in data):
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: invalid JSON ({exc})") from exc
+    if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of baskets (lists of article ids)")
-    return [[str(a).zfill(10) for a in b] for b in data]
+    for i, b in enumerate(data):
+        if not isinstance(b, list) or not all(isinstance(a, str) and a.isdigit() for a in b):
+            raise ValueError(f"{path}: basket {i} is not a list of article id strings: {str(b)[:80]}")
+    return [[a.zfill(10) for a in b] for b in data]
 
 
 def clean_basket(basket: Sequence[str], product_code: dict[str, str]) -> list[str]:

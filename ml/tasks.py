@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -201,7 +200,7 @@ def train_model(self, run_id: int) -> dict[str, Any]:
         if version is not None:
             ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.FAILED)
         update(status=TrainingRun.Status.FAILED, finished_at=timezone.now(),
-               error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()[-4000:]}",
+               error=f"{type(exc).__name__}: {exc}"[:2000],  # the traceback goes to the worker log only
                log=f"failed: {type(exc).__name__}: {exc}")  # fmt: skip
         raise
 

@@ -6,9 +6,11 @@ with Swagger UI at ``/api/docs/``.
 
 from __future__ import annotations
 
+import io
+
 from django.http import Http404
 from drf_spectacular.utils import extend_schema
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from rest_framework import generics, status
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.parsers import MultiPartParser
@@ -17,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from catalog.images import ImageError
+from catalog.images import MAX_UPLOAD_BYTES, ImageError, clean_image
 from catalog.models import Product
 from catalog.services import product_create
 from recommender import selectors
@@ -42,17 +44,46 @@ def exception_handler(exc, context):
         return None
     if isinstance(exc, ValidationError):
         details = response.data
-        message = "; ".join(
-            f"{k}: {' '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in details.items()
-        ) if isinstance(details, dict) else str(details)  # fmt: skip
-        response.data = {"error": {"code": "invalid", "message": message, "details": details}}
+        response.data = {
+            "error": {"code": "invalid", "message": _flatten_errors(details), "details": details}
+        }
     else:
         detail = (
             response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
         )
-        code = getattr(exc, "default_code", "error")
+        code = getattr(exc, "default_code", None) or _STATUS_CODES.get(response.status_code, "error")
         response.data = {"error": {"code": code, "message": str(detail), "details": {}}}
     return response
+
+
+_STATUS_CODES = {400: "invalid", 401: "not_authenticated", 403: "permission_denied", 404: "not_found",
+                 405: "method_not_allowed", 415: "unsupported_media_type", 429: "throttled"}  # fmt: skip
+
+
+def _flatten_errors(details, prefix: str = "") -> str:
+    """DRF's nested error structure → one readable line: ``"product_ids[0]: A valid integer is required."``."""
+    if isinstance(details, dict):
+        parts = []
+        for key, value in details.items():
+            where = (
+                f"{prefix}[{key}]" if isinstance(key, int) else (f"{prefix}.{key}" if prefix else str(key))
+            )
+            parts.append(_flatten_errors(value, where))
+        return "; ".join(p for p in parts if p)
+    if isinstance(details, list):
+        if all(not isinstance(v, (dict, list)) for v in details):
+            text = " ".join(str(v) for v in details)
+            return f"{prefix}: {text}" if prefix else text
+        return "; ".join(_flatten_errors(v, f"{prefix}[{i}]") for i, v in enumerate(details) if v)
+    return f"{prefix}: {details}" if prefix else str(details)
+
+
+def api_not_found(request, *args, **kwargs):
+    """Unknown ``/api/`` paths answer the JSON error format, not Django's HTML 404 page."""
+    from django.http import JsonResponse
+
+    return JsonResponse({"error": {"code": "not_found", "message": f"no API endpoint at {request.path}",
+                                   "details": {}}}, status=404)  # fmt: skip
 
 
 def _filters(data: dict) -> selectors.Filters:
@@ -67,12 +98,22 @@ class ProductListApi(generics.ListAPIView):
     serializer_class = s.ProductSerializer
     parser_classes = [MultiPartParser]
 
+    @extend_schema(parameters=[s.FilterSerializer])
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
+
     def get_queryset(self):
+        f = s.FilterSerializer(data=self.request.query_params)
+        f.is_valid(raise_exception=True)
         qs = Product.objects.all()
         for key in ("slot", "colour", "audience", "product_type"):
-            value = self.request.query_params.get(key)
+            value = f.validated_data.get(key)
             if value:
                 qs = qs.filter(**{f"{key}__iexact": value})
+        if f.validated_data.get("price_min") is not None:
+            qs = qs.filter(price__gte=f.validated_data["price_min"])
+        if f.validated_data.get("price_max") is not None:
+            qs = qs.filter(price__lte=f.validated_data["price_max"])
         return qs
 
     @extend_schema(request=s.ProductCreateSerializer, responses={201: s.ProductSerializer})
@@ -135,11 +176,15 @@ class PhotoSearchApi(APIView):
         upload = request.FILES.get("image")
         if upload is None:
             raise ValidationError({"image": ["upload a photo in the multipart field 'image'"]})
-        try:
-            img = Image.open(upload)
-            img.load()
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-            raise ValidationError({"image": [f"not a readable image ({exc})"]}) from exc
+        if upload.size > MAX_UPLOAD_BYTES:
+            raise ValidationError(
+                {"image": [f"{upload.size} bytes is over the {MAX_UPLOAD_BYTES} byte limit"]}
+            )
+        try:  # the same checks as product uploads: decoded, size and shape limits, EXIF, RGB
+            clean = clean_image(upload.read(), name="photo")
+        except ImageError as exc:
+            raise ValidationError({"image": [str(exc)]}) from exc
+        img = Image.open(io.BytesIO(clean.jpeg))
         return Response(s.HitSerializer(selectors.photo_search(image=img, k=24), many=True).data)
 
 

@@ -15,5 +15,7 @@ class ReadOnlyOrMerchandiser(BasePermission):
     def has_permission(self, request, view) -> bool:
         if request.method in SAFE_METHODS or getattr(view, "public_post", False):
             return True
+        if not hasattr(view, request.method.lower()):
+            return True  # the view answers 405 Method Not Allowed, not a misleading 403
         user = request.user
         return bool(user and user.is_authenticated and user.has_perm(MERCHANDISER_PERM))

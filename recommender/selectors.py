@@ -259,8 +259,21 @@ def complete_the_look(
         qs = ProductEmbedding.objects.filter(model_version=version, slot=slot).exclude(
             product_id__in=[e.product_id for e in embs]).exclude(product__variant_group__in=variants).exclude(
             product__product_type__iexact="unknown")  # untyped source rows make poor outfit picks  # fmt: skip
-        pairs = _ranked(qs, "compat", q, k, filtered=True)
-        out.append(SlotPicks(slot, _hits(pairs, lambda v: compat_to_unit(v, len(embs)))))
+        pairs = _ranked(qs, "compat", q, 3 * k, filtered=True)  # room to drop colour variants of a pick
+        hits = _hits(pairs, lambda v: compat_to_unit(v, len(embs)))
+        out.append(SlotPicks(slot, _distinct_variants(hits)[:k]))
+    return out
+
+
+def _distinct_variants(hits: list[Hit]) -> list[Hit]:
+    """Keep the best hit of each variant group (colour variants are alternatives of one product)."""
+    seen: set[str] = set()
+    out = []
+    for h in hits:
+        key = h.product.variant_group or f"pk-{h.product.pk}"
+        if key not in seen:
+            seen.add(key)
+            out.append(h)
     return out
 
 

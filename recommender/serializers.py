@@ -25,8 +25,13 @@ class ProductSerializer(serializers.ModelSerializer):
         return obj.thumbnail.url if obj.thumbnail else None
 
 
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
 class ProductCreateSerializer(serializers.Serializer):
-    sku = serializers.CharField(max_length=64)
+    sku = serializers.RegexField(
+        SKU_PATTERN, max_length=64, error_messages={"invalid": "use 1-64 letters, digits, '.', '_' or '-'"}
+    )
     title = serializers.CharField(max_length=255)
     slot = serializers.ChoiceField(choices=SLOTS)
     image = serializers.FileField()
@@ -35,7 +40,7 @@ class ProductCreateSerializer(serializers.Serializer):
     colour = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
     audience = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
     price = serializers.DecimalField(
-        max_digits=10, decimal_places=2, required=False, allow_null=True, default=None
+        max_digits=10, decimal_places=2, min_value=0, required=False, allow_null=True, default=None
     )
 
 
@@ -52,6 +57,12 @@ class FilterSerializer(serializers.Serializer):
     price_min = serializers.FloatField(required=False, min_value=0)
     price_max = serializers.FloatField(required=False, min_value=0)
 
+    def validate(self, attrs):
+        lo, hi = attrs.get("price_min"), attrs.get("price_max")
+        if lo is not None and hi is not None and lo > hi:
+            raise serializers.ValidationError({"price_min": [f"price_min {lo} is above price_max {hi}"]})
+        return attrs
+
 
 class SimilarQuerySerializer(FilterSerializer):
     k = serializers.IntegerField(required=False, default=12, min_value=1, max_value=100)
@@ -66,9 +77,15 @@ class SearchQuerySerializer(FilterSerializer):
 
 class ProductIdsSerializer(serializers.Serializer):
     product_ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), min_length=1, max_length=8
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), min_length=1, max_length=100
     )
     k = serializers.IntegerField(required=False, default=4, min_value=1, max_value=20)
+
+    def validate_product_ids(self, value: list[int]) -> list[int]:
+        ids = list(dict.fromkeys(value))  # repeated ids count once
+        if len(ids) > 8:
+            raise serializers.ValidationError(f"give at most 8 distinct product ids (got {len(ids)})")
+        return ids
 
 
 class SlotPicksSerializer(serializers.Serializer):
@@ -111,4 +128,4 @@ class TrainingRunCreateSerializer(serializers.Serializer):
     miner = serializers.ChoiceField(
         choices=["batch-hard", "semi-hard", "batch-all", "random"], required=False
     )
-    seed = serializers.IntegerField(required=False)
+    seed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)

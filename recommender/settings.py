@@ -30,6 +30,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI assets served locally, no CDN
     "catalog",
     "recommender",
 ]
@@ -122,8 +123,8 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 24,
     "DEFAULT_PERMISSION_CLASSES": ["recommender.permissions.ReadOnlyOrMerchandiser"],
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.BasicAuthentication",  # first: a failed login answers 401
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
     ],
     "EXCEPTION_HANDLER": "recommender.apis.exception_handler",
 }
@@ -131,6 +132,9 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Fashion compatibility recommender API",
     "DESCRIPTION": "Similar items, complete-the-look, outfit compatibility and text search over pgvector.",
     "VERSION": "0.1.0",
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Machine learning --------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from django.conf import settings
 from django.conf.urls.static import static
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from recommender import apis
@@ -21,6 +21,7 @@ api = [
     path("training-runs/<int:pk>/", apis.TrainingRunDetailApi.as_view(), name="api-training-run"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    re_path(r"^.*$", apis.api_not_found),
 ]
 
 urlpatterns = [

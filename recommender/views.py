@@ -60,8 +60,13 @@ def _not_found(request: HttpRequest, message: str) -> HttpResponse:
     return render(request, "recommender/not_found.html", {"message": message}, status=404)
 
 
+def _param(params, key: str, max_len: int = 500) -> str:
+    """A query parameter as clean text: NUL bytes (which PostgreSQL text cannot hold) removed, trimmed."""
+    return (params.get(key) or "").replace("\x00", "").strip()[:max_len]
+
+
 def _filters_from(params) -> Filters:
-    return Filters(**{f: (params.get(f) or "").strip() or None for f in FILTER_FIELDS})
+    return Filters(**{f: _param(params, f, 64) or None for f in FILTER_FIELDS})
 
 
 def _filter_options() -> dict[str, list[str]]:
@@ -114,7 +119,7 @@ def _outfit_url(ids: Sequence[int]) -> str:
 
 def catalog_page(request: HttpRequest) -> HttpResponse:
     """``/``: the product grid, filterable by slot, colour, audience and type, 24 per page."""
-    chosen = {f: (request.GET.get(f) or "").strip() for f in FILTER_FIELDS}
+    chosen = {f: _param(request.GET, f, 64) for f in FILTER_FIELDS}
     qs = Product.objects.filter(**{f: v for f, v in chosen.items() if v}).order_by("id")
     page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
     return render(
@@ -126,10 +131,10 @@ def catalog_page(request: HttpRequest) -> HttpResponse:
 
 def search_page(request: HttpRequest) -> HttpResponse:
     """``/search?q=...&slot=...``: free-text search over the active model's vectors."""
-    q = (request.GET.get("q") or "").strip()
+    q = _param(request.GET, "q")
     context: dict[str, Any] = {
         "q": q,
-        "slot": request.GET.get("slot", ""),
+        "slot": _param(request.GET, "slot", 64),
         "slots": _filter_options()["slot"],
     }
     if not q:

@@ -20,6 +20,9 @@ def test_compose_services_share_the_app_definition_and_known_env():
     assert "-Q" in services["worker"]["command"] and "embedding" in services["worker"]["command"]
     assert "training" in services["trainer"]["command"]
     settings_src = (ROOT / "recommender" / "settings.py").read_text()
-    read = set(re.findall(r'env(?:\.\w+)?\(\s*"([A-Z_]+)"', settings_src)) | {"DATABASE_URL", "HF_HUB_OFFLINE"}
+    read = set(re.findall(r'env(?:\.\w+)?\(\s*"([A-Z_]+)"', settings_src)) | {
+        "DATABASE_URL",
+        "HF_HUB_OFFLINE",
+    }
     for name in app[0]["environment"]:
         assert name in read, f"docker-compose sets {name}, which the settings never read"

@@ -93,3 +93,19 @@ def test_missing_column_is_a_clear_error(tmp_path):
     (tmp_path / "articles.csv").write_text("article_id,prod_name\n0111565001,Tights\n")
     with pytest.raises(ValueError, match="missing column"):
         read_articles(tmp_path)
+
+
+def test_overlong_fields_bom_and_bad_encoding(hm_root, tmp_path):
+    rows = _mini_dataset(hm_root, tmp_path / "hm", n=6)
+    path = tmp_path / "hm" / "articles.csv"
+    text = path.read_text(encoding="utf-8")
+    first = rows[0]
+    long_title = "x" * 300
+    text = text.replace(f",{first['prod_name']},", f",{long_title},", 1)
+    path.write_text("\ufeff" + text, encoding="utf-8")  # Excel's byte-order mark
+    articles, errors = read_articles(tmp_path / "hm")
+    assert len(articles) == len(rows) - 1
+    assert len(errors) == 1 and "prod_name (300 > 255 characters)" in errors[0].reason
+    path.write_bytes(b"\xfa\xfb garbage")
+    with pytest.raises(ValueError, match="not UTF-8"):
+        read_articles(tmp_path / "hm")

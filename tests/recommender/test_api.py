@@ -66,10 +66,12 @@ def _jpeg(hm_root) -> bytes:
 def test_anonymous_and_plain_users_cannot_write(trained_catalog, api, hm_root):
     data = {"sku": "T-1", "title": "Test tee", "slot": "top", "image": io.BytesIO(_jpeg(hm_root))}
     r = api.post("/api/products/", data, format="multipart")
-    assert r.status_code == 403 and r.json()["error"]["code"] in ("not_authenticated", "permission_denied")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "not_authenticated"  # anonymous
     user = User.objects.create_user("shopper", password="pw")
     api.force_authenticate(user)
-    assert api.post("/api/training-runs/", {}, format="json").status_code == 403
+    r = api.post("/api/training-runs/", {}, format="json")
+    # logged in, but without the merchandiser permission
+    assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied"
     assert not Product.objects.filter(sku="T-1").exists()
 
 
@@ -98,3 +100,54 @@ def test_openapi_schema_lists_the_endpoints(api):
         "/api/products/{id}/similar/",
     ]:
         assert p in paths
+
+
+def test_nested_validation_errors_read_plainly(trained_catalog, api):
+    r = api.post("/api/compatibility/", {"product_ids": ["abc", 2]}, format="json")
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "product_ids[0]: A valid integer is required."
+
+
+def test_repeated_ids_count_once(trained_catalog, api):
+    pid = Product.objects.filter(slot="top").first().pk
+    r = api.post("/api/compatibility/", {"product_ids": [pid] * 9}, format="json")
+    assert r.status_code == 400 and "2 to 8 distinct" in r.json()["error"]["message"]
+    r = api.post("/api/complete-the-look/", {"product_ids": [pid] * 9, "k": 1}, format="json")
+    assert r.status_code == 200
+
+
+def test_unknown_api_path_and_wrong_method_answer_json(api):
+    r = api.get("/api/products/-1/similar/")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = api.post("/api/search/?q=dress")
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_bad_filters_are_400_not_500(trained_catalog, api):
+    r = api.get("/api/products/", {"colour": "black\x00"})
+    assert r.status_code == 400 and "colour" in r.json()["error"]["message"]
+    r = api.get("/api/search/", {"q": "dress", "price_min": 50, "price_max": 10})
+    assert r.status_code == 400 and "price_min 50.0 is above price_max 10.0" in r.json()["error"]["message"]
+    r = api.get("/api/products/", {"slot": "hat"})
+    assert r.status_code == 400 and "slot" in r.json()["error"]["details"]
+
+
+def test_photo_search_rejects_thin_and_broken_images(trained_catalog, api):
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 2000), "white").save(buf, format="PNG")
+    buf.seek(0)
+    r = api.post("/api/search/photo/", {"image": buf}, format="multipart")
+    assert r.status_code == 400 and "too thin or wide" in r.json()["error"]["message"]
+    r = api.post("/api/search/photo/", {"image": io.BytesIO(b"%PDF-1.4 not an image")}, format="multipart")
+    assert r.status_code == 400 and "not an image file" in r.json()["error"]["message"]
+
+
+def test_upload_rejects_unsafe_sku_and_negative_price(trained_catalog, api, hm_root):
+    user = User.objects.create_user("merch2", password="pw")
+    user.user_permissions.add(Permission.objects.get(codename="add_product"))
+    api.force_authenticate(user)
+    for sku, price, field in [("../../etc/x", "1.00", "sku"), ("OK-1", "-5", "price")]:
+        data = {"sku": sku, "title": "T", "slot": "top", "price": price, "image": io.BytesIO(_jpeg(hm_root))}
+        r = api.post("/api/products/", data, format="multipart")
+        assert r.status_code == 400 and field in r.json()["error"]["details"], r.content
+    assert not Product.objects.filter(title="T").exists()

@@ -23,6 +23,10 @@ class Command(BaseCommand):
         parser.add_argument("--no-progress", action="store_true")
 
     def handle(self, *args, **opts):
+        if opts["limit"] is not None and opts["limit"] < 0:
+            raise CommandError(f"--limit must be 0 (all) or positive, got {opts['limit']}")
+        if not 0.0 <= opts["test_fraction"] < 1.0:
+            raise CommandError(f"--test-fraction must be in [0, 1), got {opts['test_fraction']}")
         t0 = time.perf_counter()
         try:
             summary = catalog_import_hm(
