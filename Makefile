@@ -36,9 +36,10 @@ format: venv
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-## bench: tower throughput figures written to ml/benchmarks/results/towers.json (README "Benchmarks")
+## bench: throughput figures written to ml/benchmarks/results/{towers,pipeline}.json (README "Benchmarks")
 bench: venv
 	$(PY) -m ml.benchmarks.bench_towers
+	$(PY) manage.py bench_pipeline
 
 migrate: venv
 	$(PY) manage.py migrate
