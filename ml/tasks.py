@@ -122,7 +122,10 @@ def train_model(self, run_id: int) -> dict[str, Any]:
             log.append(f"{timezone.now():%H:%M:%S} {fields.pop('log')}")
             logger.info("run %s: %s", run_id, log[-1])
             fields["log_tail"] = "\n".join(log[-40:])
-        TrainingRun.objects.filter(pk=run_id).update(**fields)
+        qs = TrainingRun.objects.filter(pk=run_id)
+        if "status" in fields:  # a cancel from the UI/API wins over the worker's own status updates
+            qs = qs.exclude(status=TrainingRun.Status.CANCELLED)
+        qs.update(**fields)
 
     def cancelled() -> bool:
         return TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.CANCELLED).exists()
@@ -188,6 +191,10 @@ def train_model(self, run_id: int) -> dict[str, Any]:
         embeddings_write(version=version, product_ids=[p.pk for p in products], image=vecs.image, text=vecs.text,
                          fused=vecs.fused, compat=vecs.compat)  # fmt: skip
         timings["embedding_s"] = time.perf_counter() - t
+        if cancelled():  # cancelled while embedding: keep the vectors, do not switch versions
+            ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.READY)
+            update(finished_at=timezone.now(), log=f"cancelled; version {version.pk} kept inactive")
+            return {"cancelled": run_id, "version": version.pk}
         model_version_activate(version=version)
         metrics["timings"] = timings
         ModelVersion.objects.filter(pk=version.pk).update(metrics=metrics)

@@ -25,7 +25,13 @@ from catalog.services import product_create
 from recommender import selectors
 from recommender import serializers as s
 from recommender.models import ModelVersion, TrainingRun
-from recommender.services import training_run_start
+from recommender.services import (
+    VersionNotReady,
+    model_version_activate,
+    model_version_rollback,
+    training_run_cancel,
+    training_run_start,
+)
 
 
 def exception_handler(exc, context):
@@ -35,6 +41,9 @@ def exception_handler(exc, context):
                         status=status.HTTP_404_NOT_FOUND)  # fmt: skip
     if isinstance(exc, selectors.NoActiveModel):
         return Response({"error": {"code": "no_active_model", "message": str(exc), "details": {}}},
+                        status=status.HTTP_409_CONFLICT)  # fmt: skip
+    if isinstance(exc, VersionNotReady):
+        return Response({"error": {"code": "version_not_ready", "message": str(exc), "details": {}}},
                         status=status.HTTP_409_CONFLICT)  # fmt: skip
     if isinstance(exc, (ValueError, ImageError)) and not isinstance(exc, APIException):
         return Response({"error": {"code": "invalid", "message": str(exc), "details": {}}},
@@ -248,3 +257,37 @@ class TrainingRunDetailApi(generics.RetrieveAPIView):
             return TrainingRun.objects.get(pk=self.kwargs["pk"])
         except TrainingRun.DoesNotExist as exc:
             raise Http404(f"no training run {self.kwargs['pk']}") from exc
+
+
+class ModelVersionActivateApi(APIView):
+    """Serve this model version (merchandisers). 409 unless every product has its vectors."""
+
+    @extend_schema(request=None, responses=s.ModelVersionSerializer)
+    def post(self, request: Request, pk: int) -> Response:
+        try:
+            version = ModelVersion.objects.get(pk=pk)
+        except ModelVersion.DoesNotExist as exc:
+            raise Http404(f"no model version {pk}") from exc
+        return Response(
+            s.ModelVersionSerializer(model_version_activate(version=version, require_complete=True)).data
+        )
+
+
+class ModelVersionRollbackApi(APIView):
+    """Roll back to the previously active model version (merchandisers), in one transaction."""
+
+    @extend_schema(request=None, responses=s.ModelVersionSerializer)
+    def post(self, request: Request) -> Response:
+        return Response(s.ModelVersionSerializer(model_version_rollback()).data)
+
+
+class TrainingRunCancelApi(APIView):
+    """Cancel a queued or running training run (merchandisers); the active version keeps serving."""
+
+    @extend_schema(request=None, responses=s.TrainingRunSerializer)
+    def post(self, request: Request, pk: int) -> Response:
+        try:
+            run = TrainingRun.objects.get(pk=pk)
+        except TrainingRun.DoesNotExist as exc:
+            raise Http404(f"no training run {pk}") from exc
+        return Response(s.TrainingRunSerializer(training_run_cancel(run=run)).data)

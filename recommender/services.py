@@ -102,16 +102,30 @@ def embeddings_write(
     return written
 
 
-def model_version_activate(*, version: ModelVersion) -> ModelVersion:
+class VersionNotReady(ValueError):
+    """The model version cannot serve yet (failed, or products lack its vectors)."""
+
+
+def model_version_activate(*, version: ModelVersion, require_complete: bool = False) -> ModelVersion:
     """Make ``version`` the one the site serves, in one transaction (the previous one stays, inactive).
 
+    Args:
+        require_complete: refuse unless every product has a vector row for this version (manual
+            activation and rollback; the training task activates right after embedding everything).
+
     Raises:
-        ValueError: the version is failed or has no vectors.
+        VersionNotReady: the version failed, has no vectors, or (``require_complete``) misses some.
     """
     if version.status == ModelVersion.Status.FAILED:
-        raise ValueError(f"model version {version.pk} failed and cannot be activated")
-    if not ProductEmbedding.objects.filter(model_version=version).exists():
-        raise ValueError(f"model version {version.pk} has no vectors yet")
+        raise VersionNotReady(f"model version {version.pk} failed and cannot be activated")
+    have = ProductEmbedding.objects.filter(model_version=version).count()
+    if not have:
+        raise VersionNotReady(f"model version {version.pk} has no vectors yet")
+    missing = Product.objects.count() - have
+    if require_complete and missing > 0:
+        raise VersionNotReady(
+            f"model version {version.pk} lacks vectors for {missing} products; re-embed first"
+        )
     with transaction.atomic():
         ModelVersion.objects.select_for_update().filter(is_active=True).exclude(pk=version.pk).update(
             is_active=False
@@ -121,3 +135,40 @@ def model_version_activate(*, version: ModelVersion) -> ModelVersion:
         version.activated_at = timezone.now()
         version.save(update_fields=["is_active", "status", "activated_at"])
     return version
+
+
+def model_version_rollback() -> ModelVersion:
+    """Activate the version that was active before the current one (one action, one transaction).
+
+    Raises:
+        VersionNotReady: there is no earlier activated version that is complete.
+    """
+    current = ModelVersion.objects.filter(is_active=True).first()
+    earlier = ModelVersion.objects.filter(activated_at__isnull=False).exclude(
+        status=ModelVersion.Status.FAILED
+    )
+    if current is not None:
+        earlier = earlier.exclude(pk=current.pk).filter(activated_at__lt=current.activated_at)
+    previous = earlier.order_by("-activated_at").first()
+    if previous is None:
+        raise VersionNotReady("no earlier model version to roll back to")
+    return model_version_activate(version=previous, require_complete=True)
+
+
+def training_run_cancel(*, run: TrainingRun) -> TrainingRun:
+    """Cancel a queued or running run: the worker stops at the next epoch, the active version keeps serving.
+
+    Raises:
+        ValueError: the run already finished.
+    """
+    if run.status not in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING):
+        raise ValueError(f"training run {run.pk} is already {run.status}")
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=TrainingRun.Status.CANCELLED, finished_at=timezone.now()
+    )
+    if run.status == TrainingRun.Status.QUEUED and run.celery_task_id:
+        from recommender.celery import app
+
+        app.control.revoke(run.celery_task_id)  # never starts
+    run.refresh_from_db()
+    return run

@@ -17,8 +17,13 @@ api = [
     path("complete-the-look/", apis.CompleteTheLookApi.as_view(), name="api-complete-the-look"),
     path("compatibility/", apis.CompatibilityApi.as_view(), name="api-compatibility"),
     path("model-versions/", apis.ModelVersionListApi.as_view(), name="api-model-versions"),
+    path("model-versions/rollback/", apis.ModelVersionRollbackApi.as_view(), name="api-model-rollback"),
+    path(
+        "model-versions/<int:pk>/activate/", apis.ModelVersionActivateApi.as_view(), name="api-model-activate"
+    ),
     path("training-runs/", apis.TrainingRunListApi.as_view(), name="api-training-runs"),
     path("training-runs/<int:pk>/", apis.TrainingRunDetailApi.as_view(), name="api-training-run"),
+    path("training-runs/<int:pk>/cancel/", apis.TrainingRunCancelApi.as_view(), name="api-training-cancel"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     re_path(r"^.*$", apis.api_not_found),
