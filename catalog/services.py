@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 SKU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def _queue_embedding(product_ids: Sequence[int]) -> None:
+def queue_embedding(product_ids: Sequence[int]) -> None:
     """Queue ``ml.tasks.embed_products`` for these ids once the transaction commits."""
     ids = list(product_ids)
     if not ids:
@@ -100,7 +100,7 @@ def product_create(
         _store_image(product, img)
         product.save()
         if embed:
-            _queue_embedding([product.pk])
+            queue_embedding([product.pk])
     return product
 
 
@@ -215,7 +215,7 @@ def catalog_import_hm(
 
     if changed_ids and ModelVersion.objects.filter(is_active=True).exists():
         for i in range(0, len(changed_ids), 256):
-            _queue_embedding(changed_ids[i : i + 256])
+            queue_embedding(changed_ids[i : i + 256])
     return summary
 
 

@@ -11,4 +11,6 @@ urlpatterns = [
     path("products/<int:pk>", views.product_page, name="product"),
     path("outfit", views.outfit_page, name="outfit"),
     path("models", views.models_page, name="models"),
+    path("models/train", views.training_start_page, name="training-start"),
+    path("manage/upload", views.product_upload_page, name="product-upload"),
 ]

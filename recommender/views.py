@@ -11,8 +11,11 @@ import base64
 import io
 import re
 from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import urlencode
 
+from django.contrib.auth.decorators import login_required, permission_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -340,4 +343,70 @@ def models_page(request: HttpRequest) -> HttpResponse:
         {"run": r, "pct": round(min(max(r.progress, 0.0), 100.0))}
         for r in TrainingRun.objects.select_related("model_version")[:10]
     ]
-    return render(request, "recommender/models.html", {"versions": versions, "runs": runs})
+    context = {
+        "versions": versions,
+        "runs": runs,
+        "can_train": request.user.has_perm("catalog.add_product"),
+        "train_error": _param(request.GET, "error"),
+    }
+    return render(request, "recommender/models.html", context)
+
+
+# --- merchandiser pages ----------------------------------------------------------------------------
+
+MERCHANDISER_PERM = "catalog.add_product"
+
+
+@login_required
+@permission_required(MERCHANDISER_PERM, raise_exception=True)
+def product_upload_page(request: HttpRequest) -> HttpResponse:
+    """``/manage/upload``: a merchandiser adds one product; errors show inline and nothing is created."""
+    from catalog.services import product_create
+    from ml.slots import SLOTS
+
+    fields = ("sku", "title", "slot", "product_type", "colour", "audience", "price", "description")
+    values = {f: _param(request.POST, f, 5000 if f == "description" else 255) for f in fields}
+    errors: list[str] = []
+    if request.method == "POST":
+        upload = request.FILES.get("image")
+        price = None
+        if values["price"]:
+            try:
+                price = Decimal(values["price"])
+            except InvalidOperation:
+                errors.append(f"price: {values['price']!r} is not a number")
+        if upload is None:
+            errors.append("image: choose a product photo")
+        elif upload.size > MAX_UPLOAD_BYTES:
+            errors.append(f"image: the file is over the {MAX_UPLOAD_BYTES // 2**20} MB limit")
+        if not errors:
+            try:
+                product = product_create(
+                    sku=values["sku"], title=values["title"], slot=values["slot"], image_bytes=upload.read(),
+                    description=values["description"], product_type=values["product_type"],
+                    colour=values["colour"], audience=values["audience"], price=price,
+                )  # fmt: skip
+            except (ImageError, ValueError) as exc:
+                errors.append(str(exc))
+            else:
+                return redirect(reverse("product", args=[product.pk]) + "?uploaded=1")
+    return render(request, "recommender/upload.html", {"values": values, "errors": errors, "slots": SLOTS})
+
+
+@login_required
+@permission_required(MERCHANDISER_PERM, raise_exception=True)
+def training_start_page(request: HttpRequest) -> HttpResponse:
+    """``POST /models/train``: start a training run from the models page (one at a time)."""
+    from recommender.services import training_run_start
+
+    if request.method != "POST":
+        return redirect("models")
+    try:
+        epochs = min(max(int(request.POST.get("epochs", "30")), 1), 500)
+    except ValueError:
+        epochs = 30
+    try:
+        training_run_start(params={"epochs": epochs}, user=request.user)
+    except ValueError as exc:
+        return redirect(reverse("models") + "?" + urlencode({"error": str(exc)}))
+    return redirect("models")

@@ -1,0 +1,53 @@
+"""Django admin for the catalog: products (with photo preview), outfits and their items."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.utils.html import format_html
+
+from catalog.models import Outfit, OutfitItem, Product
+from catalog.services import queue_embedding
+
+
+@admin.register(Product)
+class ProductAdmin(admin.ModelAdmin):
+    list_display = (
+        "thumb",
+        "sku",
+        "title",
+        "slot",
+        "product_type",
+        "colour",
+        "audience",
+        "price",
+        "updated_at",
+    )
+    list_filter = ("slot", "audience", "source")
+    search_fields = ("sku", "title", "product_type", "colour", "description")
+    readonly_fields = ("thumb", "image_sha256", "created_at", "updated_at")
+
+    @admin.display(description="photo")
+    def thumb(self, obj: Product) -> str:
+        return (
+            format_html('<img src="{}" alt="{}" style="height:60px">', obj.thumbnail.url, obj.title)
+            if obj.thumbnail
+            else "—"
+        )
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        queue_embedding([obj.pk])  # vectors follow every edit (after commit)
+
+
+class OutfitItemInline(admin.TabularInline):
+    model = OutfitItem
+    extra = 1
+    raw_id_fields = ("product",)
+
+
+@admin.register(Outfit)
+class OutfitAdmin(admin.ModelAdmin):
+    list_display = ("id", "name", "source", "split", "created_at")
+    list_filter = ("source", "split")
+    search_fields = ("name", "external_id")
+    inlines = [OutfitItemInline]
