@@ -41,8 +41,15 @@ def _mini_dataset(src: Path, dst: Path, n: int = 12) -> list[dict[str, str]]:
     return [rows[a] for a in chosen]
 
 
+@pytest.fixture
+def empty_catalog(db):
+    """No products or outfits (the session's trained slice is removed inside this test's transaction)."""
+    Outfit.objects.all().delete()
+    Product.objects.all().delete()
+
+
 @pytest.mark.django_db
-def test_import_twice_changes_nothing(hm_root, tmp_path, settings):
+def test_import_twice_changes_nothing(empty_catalog, hm_root, tmp_path, settings):
     settings.MEDIA_ROOT = tmp_path / "media"
     rows = _mini_dataset(hm_root, tmp_path / "hm")
     first = catalog_import_hm(root=tmp_path / "hm", progress=False)
@@ -60,7 +67,7 @@ def test_import_twice_changes_nothing(hm_root, tmp_path, settings):
 
 
 @pytest.mark.django_db
-def test_corrupt_and_missing_images_are_skipped_and_reported(hm_root, tmp_path, settings):
+def test_corrupt_and_missing_images_are_skipped_and_reported(empty_catalog, hm_root, tmp_path, settings):
     settings.MEDIA_ROOT = tmp_path / "media"
     rows = _mini_dataset(hm_root, tmp_path / "hm")
     broken, missing = rows[1]["article_id"], rows[2]["article_id"]
