@@ -109,6 +109,12 @@ class Command(BaseCommand):
         if opts["no_serve"]:
             runtime.stop_worker(worker)
             return
+        from recommender import selectors
+
+        t = time.perf_counter()
+        # build the towers in this process (runserver runs without the reloader) before the first shopper
+        selectors.text_search(query="warm up", k=1)
+        self.stdout.write(f"query towers loaded in {time.perf_counter() - t:.1f} s")
         self.stdout.write(self.style.SUCCESS(f"serving at http://{opts['addr']}/  (Ctrl-C stops the server)"))
         try:
             call_command("runserver", opts["addr"], use_reloader=False)
