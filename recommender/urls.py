@@ -7,6 +7,7 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from recommender import apis
+from recommender.health import healthz
 
 api = [
     path("products/", apis.ProductListApi.as_view(), name="api-products"),
@@ -30,6 +31,7 @@ api = [
 ]
 
 urlpatterns = [
+    path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("api/", include(api)),
     path("", include("recommender.page_urls")),

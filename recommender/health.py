@@ -1,0 +1,42 @@
+"""``GET /healthz``: is this web process able to serve? Checks the database, Redis and the active model."""
+
+from __future__ import annotations
+
+import time
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpRequest, JsonResponse
+
+from recommender.runtime import redis_ping
+
+
+def healthz(request: HttpRequest) -> JsonResponse:
+    """200 ``{"status": "ok"|"degraded", ...}`` when PostgreSQL and Redis answer; 503 when either does not.
+
+    ``degraded`` means no model version is active yet (pages answer, recommendations do not).
+    Each check reports its latency in ms.
+    """
+    checks: dict[str, dict] = {}
+    t = time.perf_counter()
+    try:
+        with connection.cursor() as cur:
+            cur.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
+            row = cur.fetchone()
+        checks["database"] = {"ok": True, "pgvector": row[0] if row else None}
+    except Exception as exc:  # any database failure makes the process unhealthy
+        checks["database"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
+    checks["database"]["ms"] = round((time.perf_counter() - t) * 1000, 1)
+    t = time.perf_counter()
+    checks["redis"] = {"ok": redis_ping(settings.CELERY_BROKER_URL, timeout=1.0)}
+    checks["redis"]["ms"] = round((time.perf_counter() - t) * 1000, 1)
+    active = None
+    if checks["database"]["ok"]:
+        from recommender.models import ModelVersion
+
+        v = ModelVersion.objects.filter(is_active=True).only("pk", "name").first()
+        active = {"id": v.pk, "name": v.name} if v else None
+    checks["active_model"] = {"ok": active is not None, "version": active}
+    healthy = checks["database"]["ok"] and checks["redis"]["ok"]
+    status = "ok" if healthy and active else ("degraded" if healthy else "unavailable")
+    return JsonResponse({"status": status, "checks": checks}, status=200 if healthy else 503)
