@@ -95,6 +95,14 @@ def api_not_found(request, *args, **kwargs):
                                    "details": {}}}, status=404)  # fmt: skip
 
 
+def _get_or_404(model, pk: int, label: str):
+    """The row, or a JSON 404 naming what was not found."""
+    try:
+        return model.objects.get(pk=pk)
+    except model.DoesNotExist as exc:
+        raise Http404(f"no {label} {pk}") from exc
+
+
 def _filters(data: dict) -> selectors.Filters:
     return selectors.Filters(**{k: data.get(k) for k in ("slot", "product_type", "colour", "audience",
                                                           "price_min", "price_max")})  # fmt: skip
@@ -253,10 +261,7 @@ class TrainingRunDetailApi(generics.RetrieveAPIView):
     serializer_class = s.TrainingRunSerializer
 
     def get_object(self):
-        try:
-            return TrainingRun.objects.get(pk=self.kwargs["pk"])
-        except TrainingRun.DoesNotExist as exc:
-            raise Http404(f"no training run {self.kwargs['pk']}") from exc
+        return _get_or_404(TrainingRun, self.kwargs["pk"], "training run")
 
 
 class ModelVersionActivateApi(APIView):
@@ -264,10 +269,7 @@ class ModelVersionActivateApi(APIView):
 
     @extend_schema(request=None, responses=s.ModelVersionSerializer)
     def post(self, request: Request, pk: int) -> Response:
-        try:
-            version = ModelVersion.objects.get(pk=pk)
-        except ModelVersion.DoesNotExist as exc:
-            raise Http404(f"no model version {pk}") from exc
+        version = _get_or_404(ModelVersion, pk, "model version")
         return Response(
             s.ModelVersionSerializer(model_version_activate(version=version, require_complete=True)).data
         )
@@ -286,8 +288,5 @@ class TrainingRunCancelApi(APIView):
 
     @extend_schema(request=None, responses=s.TrainingRunSerializer)
     def post(self, request: Request, pk: int) -> Response:
-        try:
-            run = TrainingRun.objects.get(pk=pk)
-        except TrainingRun.DoesNotExist as exc:
-            raise Http404(f"no training run {pk}") from exc
+        run = _get_or_404(TrainingRun, pk, "training run")
         return Response(s.TrainingRunSerializer(training_run_cancel(run=run)).data)
