@@ -24,12 +24,12 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class CleanImage:
-    """A validated image re-encoded as JPEG, with its thumbnail and the original bytes' SHA-256."""
+    """A validated image re-encoded as JPEG, with its thumbnail, the decoded RGB image (so callers need
+    not decode the JPEG again) and the original bytes' SHA-256."""
 
     jpeg: bytes
     thumbnail: bytes
-    width: int
-    height: int
+    image: Image.Image  # the decoded RGB image (EXIF-rotated) the JPEG was encoded from
     sha256: str
 
 
@@ -52,7 +52,7 @@ def clean_image(data: bytes, *, name: str = "image") -> CleanImage:
     if not data:
         raise ImageError(f"{name}: empty file")
     if len(data) > MAX_UPLOAD_BYTES:
-        raise ImageError(f"{name}: {len(data)} bytes is over the {MAX_UPLOAD_BYTES} byte limit")
+        raise ImageError(_too_big(name, len(data)))
     try:
         with Image.open(io.BytesIO(data)) as probe:
             w, h = probe.size
@@ -87,6 +87,27 @@ def clean_image(data: bytes, *, name: str = "image") -> CleanImage:
     thumb.thumbnail(THUMBNAIL_SIZE, Image.Resampling.LANCZOS)
     tout = io.BytesIO()
     thumb.save(tout, format="JPEG", quality=85)
-    return CleanImage(
-        out.getvalue(), tout.getvalue(), img.width, img.height, hashlib.sha256(data).hexdigest()
-    )
+    return CleanImage(out.getvalue(), tout.getvalue(), img, hashlib.sha256(data).hexdigest())
+
+
+def _too_big(name: str, size: int) -> str:
+    return f"{name}: {size} bytes is over the {MAX_UPLOAD_BYTES // 2**20} MB limit ({MAX_UPLOAD_BYTES} bytes)"
+
+
+def read_upload(upload, *, name: str | None = None) -> bytes:
+    """The bytes of an uploaded file (a Django ``UploadedFile``), refusing one over :data:`MAX_UPLOAD_BYTES`
+    before it is read into memory.
+
+    Raises:
+        ImageError: the file is too large.
+    """
+    name = name or upload.name
+    if upload.size > MAX_UPLOAD_BYTES:
+        raise ImageError(_too_big(name, upload.size))
+    return upload.read()
+
+
+def clean_upload(upload, *, name: str | None = None) -> CleanImage:
+    """:func:`clean_image` of an uploaded file, with the size checked before reading (:func:`read_upload`)."""
+    name = name or upload.name
+    return clean_image(read_upload(upload, name=name), name=name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.db import models
 
+from ml.data import product_text
 from ml.slots import SLOTS
 
 
@@ -46,9 +47,9 @@ class Product(models.Model):
 
     @property
     def text(self) -> str:
-        """The text the text tower embeds: title, type, colour, audience and description."""
-        parts = [self.title, self.colour, self.product_type, self.audience, self.section, self.description]
-        return ". ".join(p for p in parts if p)
+        """The text the text tower embeds (:func:`ml.data.product_text`)."""
+        return product_text(self.title, self.colour, self.product_type, self.audience, self.section,
+                            self.description)  # fmt: skip
 
 
 class Outfit(models.Model):

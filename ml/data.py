@@ -28,6 +28,18 @@ REQUIRED_COLUMNS = (
 )
 
 
+def product_text(
+    title: str, colour: str, product_type: str, audience: str, section: str, description: str
+) -> str:
+    """The text the text tower embeds for a product: its non-empty fields joined with ". ".
+
+    The one recipe used for imported articles (:class:`HMArticle`), catalog rows
+    (``catalog.models.Product.text``) and therefore for training and serving alike.
+    """
+    parts = [title, colour, product_type, audience, section, description]
+    return ". ".join(p for p in parts if p)
+
+
 @dataclass(frozen=True)
 class HMArticle:
     """One row of ``articles.csv``, with its normalised slot and image path."""
@@ -48,9 +60,9 @@ class HMArticle:
 
     @property
     def text(self) -> str:
-        """Text for the text tower; the same recipe as ``catalog.models.Product.text``."""
-        parts = [self.title, self.colour, self.product_type, self.audience, self.section, self.description]
-        return ". ".join(p for p in parts if p)
+        """Text for the text tower (:func:`product_text`)."""
+        return product_text(self.title, self.colour, self.product_type, self.audience, self.section,
+                            self.description)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -82,10 +82,10 @@ def build_train_data(
             val.append(arr)
         else:
             train.append(arr)
-    heldout = [i for i, p in enumerate(products) if split_is_test(f"item-{p.sku}", heldout_fraction, seed)]
-    val_items = [i for i, p in enumerate(products)
-                 if not split_is_test(f"item-{p.sku}", heldout_fraction, seed)
-                 and split_is_test(f"val-item-{p.sku}", val_fraction, seed)]  # fmt: skip
+    is_heldout = [split_is_test(f"item-{p.sku}", heldout_fraction, seed) for p in products]
+    heldout = [i for i, h in enumerate(is_heldout) if h]
+    val_items = [i for i, (p, h) in enumerate(zip(products, is_heldout))
+                 if not h and split_is_test(f"val-item-{p.sku}", val_fraction, seed)]  # fmt: skip
     return TrainData(
         image=img, text=txt,
         heldout_items=np.asarray(heldout, dtype=np.int64), val_items=np.asarray(val_items, dtype=np.int64),

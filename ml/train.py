@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ml.config import TrainConfig
 from ml.heads import RecommenderHeads
 from ml.losses import ClipLoss, SoftmaxClassificationLoss, TripletMarginLoss
+from ml.metrics import fitb_accuracy, recall_at_k
 from ml.mining import mine_hard_negatives
 from ml.slots import SLOTS
 
@@ -210,22 +211,20 @@ def fitb_accuracy_heads(
     """
     if not questions:
         return float("nan")
-    correct = 0
+    scores = []
     for q, cands in questions:
         qi = torch.as_tensor(q).repeat_interleave(len(cands))
         ci = torch.as_tensor(cands).repeat(len(q))
         s = heads.pair_score(compat[qi], compat[ci], slots[qi], slots[ci]).view(len(q), len(cands)).mean(0)
-        correct += int(s[0] > s[1:].max())
-    return correct / len(questions)
+        scores.append(s.numpy())
+    return fitb_accuracy(np.stack(scores), np.zeros(len(scores), dtype=np.int64), ties="wrong")
 
 
 @torch.no_grad()
 def text_to_image_recall(img: torch.Tensor, txt: torch.Tensor, k: int = 10) -> float:
     """Recall@k of text→image retrieval, item i's text against all images: (G, E), (G, E) → float."""
-    sims = txt @ img.T  # (G, G)
-    pos = sims.diagonal().unsqueeze(1)
-    rank = (sims >= pos).sum(1)  # ties count against us
-    return float((rank <= k).float().mean())
+    sims = (txt @ img.T).numpy()  # (G, G); ties rank against the positive (ml.metrics)
+    return recall_at_k(sims, np.arange(len(sims)), ks=(k,))[k]
 
 
 def train(

@@ -6,11 +6,8 @@ with Swagger UI at ``/api/docs/``.
 
 from __future__ import annotations
 
-import io
-
 from django.http import Http404
 from drf_spectacular.utils import extend_schema
-from PIL import Image
 from rest_framework import generics, status
 from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.parsers import MultiPartParser
@@ -19,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from catalog.images import MAX_UPLOAD_BYTES, ImageError, clean_image
+from catalog.images import ImageError, clean_upload, read_upload
 from catalog.models import Product
 from catalog.services import product_create
 from recommender import selectors
@@ -139,7 +136,7 @@ class ProductListApi(generics.ListAPIView):
         ser.is_valid(raise_exception=True)
         data = dict(ser.validated_data)
         image = data.pop("image")
-        product = product_create(image_bytes=image.read(), **data)
+        product = product_create(image_bytes=read_upload(image, name=data["sku"]), **data)
         return Response(s.ProductSerializer(product).data, status=status.HTTP_201_CREATED)
 
 
@@ -193,16 +190,11 @@ class PhotoSearchApi(APIView):
         upload = request.FILES.get("image")
         if upload is None:
             raise ValidationError({"image": ["upload a photo in the multipart field 'image'"]})
-        if upload.size > MAX_UPLOAD_BYTES:
-            raise ValidationError(
-                {"image": [f"{upload.size} bytes is over the {MAX_UPLOAD_BYTES} byte limit"]}
-            )
-        try:  # the same checks as product uploads: decoded, size and shape limits, EXIF, RGB
-            clean = clean_image(upload.read(), name="photo")
+        try:  # the same checks as product uploads: size, decoding, shape limits, EXIF, RGB
+            clean = clean_upload(upload, name="photo")
         except ImageError as exc:
             raise ValidationError({"image": [str(exc)]}) from exc
-        img = Image.open(io.BytesIO(clean.jpeg))
-        return Response(s.HitSerializer(selectors.photo_search(image=img, k=24), many=True).data)
+        return Response(s.HitSerializer(selectors.photo_search(image=clean.image, k=24), many=True).data)
 
 
 class CompleteTheLookApi(APIView):

@@ -42,11 +42,6 @@ def training_run_start(*, params: dict[str, Any] | None = None, user=None) -> Tr
     return run
 
 
-def training_run_update(run_id: int, **fields: Any) -> None:
-    """Update progress fields of a run (one UPDATE; called from the worker)."""
-    TrainingRun.objects.filter(pk=run_id).update(**fields)
-
-
 def model_version_create(
     *, name: str, config: dict[str, Any], status: str = ModelVersion.Status.EMBEDDING
 ) -> ModelVersion:

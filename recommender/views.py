@@ -8,7 +8,6 @@ render, with a notice instead of recommendations.
 from __future__ import annotations
 
 import base64
-import io
 import re
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
@@ -20,12 +19,12 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
-from PIL import Image
 
-from catalog.images import MAX_UPLOAD_BYTES, ImageError, clean_image
+from catalog.images import ImageError, clean_upload, read_upload
 from catalog.models import Product
 from ml.slots import SLOT_INDEX
 from recommender.models import ModelVersion, TrainingRun
+from recommender.permissions import MERCHANDISER_PERM
 from recommender.selectors import (
     Filters,
     Hit,
@@ -159,15 +158,13 @@ def photo_search_page(request: HttpRequest) -> HttpResponse:
     try:
         if upload is None:
             raise ImageError("choose a photo to upload")
-        if upload.size > MAX_UPLOAD_BYTES:
-            raise ImageError(f"{upload.name}: the file is over the {MAX_UPLOAD_BYTES // 2**20} MB limit")
-        clean = clean_image(upload.read(), name=upload.name)
+        clean = clean_upload(upload)
     except ImageError as exc:
         context["photo_error"] = f"That file could not be used as a photo ({exc})."
         return render(request, "recommender/search.html", context)
     context["photo_preview"] = "data:image/jpeg;base64," + base64.b64encode(clean.thumbnail).decode()
     try:
-        hits = photo_search(image=Image.open(io.BytesIO(clean.jpeg)), k=SEARCH_K)
+        hits = photo_search(image=clean.image, k=SEARCH_K)
         context["results"] = _scored(hits)
     except NoActiveModel:
         context["notice"] = NO_MODEL
@@ -346,15 +343,13 @@ def models_page(request: HttpRequest) -> HttpResponse:
     context = {
         "versions": versions,
         "runs": runs,
-        "can_train": request.user.has_perm("catalog.add_product"),
+        "can_train": request.user.has_perm(MERCHANDISER_PERM),
         "train_error": _param(request.GET, "error"),
     }
     return render(request, "recommender/models.html", context)
 
 
 # --- merchandiser pages ----------------------------------------------------------------------------
-
-MERCHANDISER_PERM = "catalog.add_product"
 
 
 @login_required
@@ -377,12 +372,10 @@ def product_upload_page(request: HttpRequest) -> HttpResponse:
                 errors.append(f"price: {values['price']!r} is not a number")
         if upload is None:
             errors.append("image: choose a product photo")
-        elif upload.size > MAX_UPLOAD_BYTES:
-            errors.append(f"image: the file is over the {MAX_UPLOAD_BYTES // 2**20} MB limit")
         if not errors:
             try:
                 product = product_create(
-                    sku=values["sku"], title=values["title"], slot=values["slot"], image_bytes=upload.read(),
+                    sku=values["sku"], title=values["title"], slot=values["slot"], image_bytes=read_upload(upload),
                     description=values["description"], product_type=values["product_type"],
                     colour=values["colour"], audience=values["audience"], price=price,
                 )  # fmt: skip

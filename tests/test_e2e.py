@@ -57,7 +57,7 @@ def worker(transactional_db, tmp_path):
         runtime.stop_worker(proc)
 
 
-def _wait(predicate, timeout: float, what: str, log=None):
+def _wait(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
