@@ -9,6 +9,9 @@ ML_ARTIFACTS_DIR = VAR_DIR / "test-models"
 CELERY_TASK_ALWAYS_EAGER = False
 LOGGING["root"]["level"] = "WARNING"  # noqa: F405
 
-# Tests use their own Redis database so a developer's running worker never takes their tasks.
-CELERY_BROKER_URL = env("TEST_CELERY_BROKER_URL", default="redis://127.0.0.1:6379/15")  # noqa: F405
+# Tests use their own Redis database (broker, results and cache) so a developer's running worker never
+# takes their tasks and a test never reads the demo's cache. TEST_REDIS_URL picks another database.
+TEST_REDIS_URL = env("TEST_REDIS_URL", default="redis://127.0.0.1:6379/15")
+CELERY_BROKER_URL = env("TEST_CELERY_BROKER_URL", default=TEST_REDIS_URL)  # noqa: F405
 CELERY_RESULT_BACKEND = CELERY_BROKER_URL
+CACHES["default"]["LOCATION"] = TEST_REDIS_URL  # noqa: F405
