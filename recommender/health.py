@@ -7,10 +7,12 @@ import time
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_safe
 
 from recommender.runtime import redis_ping
 
 
+@require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     """200 ``{"status": "ok"|"degraded", ...}`` when PostgreSQL and Redis answer; 503 when either does not.
 

@@ -19,6 +19,7 @@ from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.views.decorators.http import require_safe
 
 from catalog.images import ImageError, clean_upload, read_upload
 from catalog.models import Product
@@ -119,6 +120,7 @@ def _outfit_url(ids: Sequence[int]) -> str:
 # --- pages ------------------------------------------------------------------------------------------
 
 
+@require_safe  # a read-only page: POST/PUT/DELETE answer 405
 def catalog_page(request: HttpRequest) -> HttpResponse:
     """``/``: the product grid, filterable by slot, colour, audience and type, 24 per page."""
     chosen = {f: _param(request.GET, f, 64) for f in FILTER_FIELDS}
@@ -131,6 +133,7 @@ def catalog_page(request: HttpRequest) -> HttpResponse:
     )
 
 
+@require_safe  # a read-only page: POST/PUT/DELETE answer 405
 def search_page(request: HttpRequest) -> HttpResponse:
     """``/search?q=...&slot=...``: free-text search over the active model's vectors."""
     q = _param(request.GET, "q")
@@ -171,6 +174,7 @@ def photo_search_page(request: HttpRequest) -> HttpResponse:
     return render(request, "recommender/search.html", context)
 
 
+@require_safe  # a read-only page: POST/PUT/DELETE answer 405
 def product_page(request: HttpRequest, pk: int) -> HttpResponse:
     """``/products/<pk>``: details, similar items and complete-the-look picks for one product."""
     product = Product.objects.filter(pk=pk).first()
@@ -229,6 +233,7 @@ def _weaker_of_pair(ids: list[int], matrix: list[list[float]], pair: tuple[int, 
     return a if mean_row(a) <= mean_row(b) else b
 
 
+@require_safe  # a read-only page: POST/PUT/DELETE answer 405
 def outfit_page(request: HttpRequest) -> HttpResponse:
     """``/outfit?ids=1,2,3``: the outfit builder; all of its state is in ``?ids=`` (shareable)."""
     requested, bad_tokens = _parse_ids(request.GET.get("ids", ""))
@@ -330,6 +335,7 @@ def _evaluation(evaluation: Any) -> dict[str, Any] | None:
     return {"pairs": _flatten(evaluation)}
 
 
+@require_safe  # a read-only page: POST/PUT/DELETE answer 405
 def models_page(request: HttpRequest) -> HttpResponse:
     """``/models``: the model versions with their evaluation metrics, and the last 10 training runs."""
     versions = [
