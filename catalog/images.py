@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
+import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: Refuse images above this many pixels (40 MP) before decoding them (decompression bombs); Pillow's own
@@ -54,7 +57,10 @@ def clean_image(data: bytes, *, name: str = "image") -> CleanImage:
     if len(data) > MAX_UPLOAD_BYTES:
         raise ImageError(_too_big(name, len(data)))
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        with warnings.catch_warnings():  # between 1x and 2x the limit Pillow only warns; we refuse below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            probe = Image.open(io.BytesIO(data))
+        with probe:
             w, h = probe.size
             if w * h > MAX_PIXELS:
                 raise ImageError(f"{name}: {w}x{h} is {w * h} pixels, over the {MAX_PIXELS} pixel limit")
@@ -66,17 +72,13 @@ def clean_image(data: bytes, *, name: str = "image") -> CleanImage:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "P", "PA"):
-                rgba = img.convert("RGBA")
-                bg = Image.new("RGB", rgba.size, (255, 255, 255))
-                bg.paste(rgba, mask=rgba.getchannel("A"))
-                img = bg
-            elif img.mode != "RGB":
-                img = img.convert("RGB")
+            img = to_rgb(img)
     except ImageError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{name}: image too large ({exc})") from exc
+    except Image.DecompressionBombError as exc:  # Pillow refuses above 2x the limit before we see the size
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        count = f"{pixels[1]} pixels" if pixels else "too many pixels"
+        raise ImageError(f"{name}: {count}, over the {MAX_PIXELS} pixel limit") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"{name}: not an image file Pillow can read") from exc
     except (OSError, SyntaxError, ValueError) as exc:
@@ -88,6 +90,36 @@ def clean_image(data: bytes, *, name: str = "image") -> CleanImage:
     tout = io.BytesIO()
     thumb.save(tout, format="JPEG", quality=85)
     return CleanImage(out.getvalue(), tout.getvalue(), img, hashlib.sha256(data).hexdigest())
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode as 8-bit RGB: transparency composited on white, 16/32-bit and float grey scaled.
+
+    Pillow's own ``convert("RGB")`` clips 16-bit grey (``I;16``, ``I``) at 255, turning a mid-grey
+    photo white, so those are scaled by 1/257 (65535 -> 255) first; float (``F``) images are taken as
+    0..1 when they fit in it, else as 0..255. CMYK, YCbCr, LAB, 1-bit and palette images go through
+    ``convert``.
+
+    Args:
+        img: a decoded image, any mode.
+
+    Returns:
+        A new ``RGB`` image of the same size (uint8 per channel).
+    """
+    if img.mode in ("RGBA", "LA", "P", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGB", rgba.size, (255, 255, 255))
+        bg.paste(rgba, mask=rgba.getchannel("A"))
+        return bg
+    if img.mode.startswith("I") or img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)  # (H, W)
+        if img.mode == "F":
+            scaled = arr * 255.0 if arr.size and arr.min() >= 0.0 and arr.max() <= 1.0 else arr
+        else:
+            scaled = arr / 257.0  # 16-bit range -> 8-bit
+        grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def _too_big(name: str, size: int) -> str:
