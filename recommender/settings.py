@@ -64,6 +64,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+SESSION_ENGINE = "recommender.sessions"  # database sessions; a malformed cookie is no session, not a 500
 ROOT_URLCONF = "recommender.urls"
 WSGI_APPLICATION = "recommender.wsgi.application"
 
@@ -141,8 +142,8 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 24,
     "DEFAULT_PERMISSION_CLASSES": ["recommender.permissions.ReadOnlyOrMerchandiser"],
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.BasicAuthentication",  # first: a failed login answers 401
-        "rest_framework.authentication.TokenAuthentication",  # "Authorization: Token <key>"
+        "recommender.authentication.BasicAuthentication",  # first: a failed login answers 401
+        "recommender.authentication.TokenAuthentication",  # "Authorization: Token <key>"
         "rest_framework.authentication.SessionAuthentication",  # pages' session, CSRF enforced
     ],
     "EXCEPTION_HANDLER": "recommender.apis.exception_handler",
