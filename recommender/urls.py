@@ -1,9 +1,9 @@
 """URLs: pages at the root, the JSON API under /api/, OpenAPI schema and Swagger UI, admin."""
 
 from django.conf import settings
-from django.conf.urls.static import static
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from recommender import apis
@@ -37,4 +37,9 @@ urlpatterns = [
     path("", include("recommender.page_urls")),
 ]
 if settings.DEBUG or settings.SERVE_MEDIA:
-    urlpatterns += static(settings.MEDIA_URL, document_root=settings.MEDIA_ROOT)
+    # not django.conf.urls.static.static(): it serves nothing once DEBUG is off (compose, production)
+    urlpatterns += [
+        re_path(
+            rf"^{settings.MEDIA_URL.strip('/')}/(?P<path>.*)$", serve, {"document_root": settings.MEDIA_ROOT}
+        )
+    ]

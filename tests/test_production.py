@@ -51,3 +51,22 @@ def test_healthz_is_503_when_redis_is_down(client, settings):
     r = client.get("/healthz")
     assert r.status_code == 503
     assert r.json()["status"] == "unavailable" and r.json()["checks"]["redis"]["ok"] is False
+
+
+def test_uploaded_photos_are_served_with_debug_off(tmp_path):
+    """Compose runs with DJANGO_DEBUG=false and SERVE_MEDIA on: product photos must still load."""
+    (tmp_path / "products").mkdir()
+    (tmp_path / "products" / "abc.jpg").write_bytes(b"\xff\xd8\xff fake jpeg body")
+    code = ("import django; django.setup(); from django.test import Client; c = Client(); "
+            "r = c.get('/media/products/abc.jpg', secure=True); print(r.status_code, b''.join(r.streaming_content)); "
+            "print(c.get('/media/../settings.py', secure=True).status_code, "
+            "c.get('/media/products/missing.jpg', secure=True).status_code)")  # fmt: skip
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "recommender.settings", "DJANGO_DEBUG": "false",
+           "DJANGO_SECRET_KEY": "x" * 60, "MEDIA_ROOT": str(tmp_path), "SERVE_MEDIA": "true"}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "200 b'\\xff\\xd8\\xff fake jpeg body'",
+        "400 404",
+    ]  # a path outside MEDIA_ROOT is refused
