@@ -10,6 +10,7 @@ every task, so each task opens a fresh one.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -120,8 +121,8 @@ def worker(private_pg) -> Iterator[subprocess.Popen]:
     log = settings.VAR_DIR / "logs" / "faults-worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_bytes(b"")
-    proc = runtime.start_worker(queues=QUEUE, concurrency=1, env=_env(private_pg), logfile=log,
-                                name=f"faults-{os.getpid()}")  # fmt: skip
+    proc = runtime.start_worker(queues=QUEUE, concurrency=1, env={**_env(private_pg), "LOG_FORMAT": "json"},
+                                logfile=log, name=f"faults-{os.getpid()}")  # fmt: skip
     try:
         assert runtime.wait_for_worker(app, timeout=120), log.read_text()[-3000:]
         yield proc
@@ -152,3 +153,9 @@ def test_web_and_worker_survive_a_postgres_restart(private_pg, web, worker):
     assert status == 200 and b'"database": {"ok": true' in body, body[:500]
     assert _task() == {"queued": 0}
     assert web.poll() is None and worker.poll() is None
+
+    # the worker logs through the project's handlers: LOG_FORMAT=json gives one JSON object per line
+    lines = [json.loads(x) for x in (settings.VAR_DIR / "logs" / "faults-worker.log").read_text().splitlines()
+             if x.startswith("{")]  # fmt: skip
+    done = [x for x in lines if x["logger"] == "celery.app.trace" and "embed_missing" in x["message"]]
+    assert len(done) == 2 and all("succeeded" in x["message"] and x["level"] == "INFO" for x in done)

@@ -201,6 +201,11 @@ def test_every_page_either_refuses_posts_or_needs_a_merchandiser(client):
             assert client.post(_page_url(p), {}).status_code == 403, p.name
             assert client.get(_page_url(p)).status_code == 403, p.name
     assert TrainingRun.objects.filter(started_by__username="shopper-pages").count() == 0
+    _user("merch-pages", merchandiser=True)
+    client.login(username="merch-pages", password="pw")
+    assert client.get("/manage/upload").status_code == 200
+    r = client.post("/models/train", {"epochs": "1"})  # started, or refused because one already runs
+    assert r.status_code == 302 and r["Location"].startswith("/models")
 
 
 def test_admin_writes_need_a_staff_login(client):
