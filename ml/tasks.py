@@ -39,6 +39,13 @@ RETRY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": True, "retry_backof
          "retry_jitter": True, "max_retries": 6}  # fmt: skip
 
 
+#: Time limits of the short tasks (seconds); the soft one raises SoftTimeLimitExceeded inside the task.
+EMBED_LIMITS = {
+    "time_limit": settings.ML_EMBED_TIME_LIMIT_S,
+    "soft_time_limit": settings.ML_EMBED_TIME_LIMIT_S - 30,
+}
+
+
 class Heartbeat:
     """Context manager: a daemon thread sets ``TrainingRun.heartbeat_at`` every ``interval`` seconds.
 
@@ -301,7 +308,7 @@ def _train(task, run) -> dict[str, Any]:
 
 
 @shared_task(bind=True, name="ml.tasks.embed_products", acks_late=True, reject_on_worker_lost=True,
-             ignore_result=True, time_limit=settings.ML_EMBED_TIME_LIMIT_S, **RETRY)  # fmt: skip
+             ignore_result=True, **EMBED_LIMITS, **RETRY)  # fmt: skip
 def embed_products(self, product_ids: list[int], version_id: int | None = None) -> dict[str, Any]:
     """Embed these products with the active (or given) model version and upsert their vectors.
 
@@ -330,7 +337,7 @@ def embed_products(self, product_ids: list[int], version_id: int | None = None) 
             "failed_images": [products[r].pk for r, _ in vecs.failed]}  # fmt: skip
 
 
-@shared_task(name="ml.tasks.embed_missing", ignore_result=True, time_limit=settings.ML_EMBED_TIME_LIMIT_S,
+@shared_task(name="ml.tasks.embed_missing", ignore_result=True, **EMBED_LIMITS,
              **RETRY)  # fmt: skip
 def embed_missing(batch_size: int = 256) -> dict[str, Any]:
     """Reconciliation: queue embedding of every product that has no vector for the active version.
@@ -353,9 +360,7 @@ def embed_missing(batch_size: int = 256) -> dict[str, Any]:
     return {"queued": len(missing), "version": version.pk}
 
 
-@shared_task(
-    name="ml.tasks.reconcile", ignore_result=True, time_limit=settings.ML_EMBED_TIME_LIMIT_S, **RETRY
-)
+@shared_task(name="ml.tasks.reconcile", ignore_result=True, **EMBED_LIMITS, **RETRY)
 def reconcile() -> dict[str, Any]:
     """The database is the outbox: repair what a dead worker or a broker outage left behind.
 
@@ -372,7 +377,7 @@ def reconcile() -> dict[str, Any]:
     return {"failed_runs": lost, "requeued_runs": requeued, **embed_missing.run()}
 
 
-@shared_task(name="ml.tasks.prune_model_versions", ignore_result=True, time_limit=settings.ML_EMBED_TIME_LIMIT_S,
+@shared_task(name="ml.tasks.prune_model_versions", ignore_result=True, **EMBED_LIMITS,
              **RETRY)  # fmt: skip
 def prune_model_versions(keep: int | None = None) -> dict[str, Any]:
     """Retention: delete vectors and artifacts of versions beyond the newest ``keep`` (``ML_KEEP_VERSIONS``),
