@@ -205,6 +205,21 @@ def test_beat_schedule_routes_and_task_options():
     assert {OperationalError, RedisConnectionError} <= set(embed.autoretry_for)
 
 
+def test_retrain_crontab_and_retention_come_from_the_environment():
+    import subprocess
+    import sys
+
+    code = ("import django, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'recommender.settings'; django.setup(); "
+            "from django.conf import settings as s; e = s.CELERY_BEAT_SCHEDULE; c = e['retrain-on-schedule']; "
+            "print(c['kwargs'], sorted(c['schedule'].hour), sorted(c['schedule'].day_of_week), "
+            "'retrain-if-changed' in e, s.ML_KEEP_VERSIONS)")  # fmt: skip
+    env = {**os.environ, "ML_RETRAIN_CRONTAB": "30 3 * * 0", "ML_RETRAIN_CHANGED_FRACTION": "0", "ML_KEEP_VERSIONS": "5",
+           "DATABASE_URL": runtime.database_url(connection.settings_dict)}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[-2] == "{'force': True} [3] [0] False 5"
+
+
 def test_worker_killed_during_training(catalog):
     """SIGKILL mid-run: the previous version keeps serving, the run fails as "worker lost", a new run succeeds."""
     api = APIClient()
