@@ -176,8 +176,12 @@ def train_model(self, run_id: int) -> dict[str, Any]:
     run = TrainingRun.objects.filter(pk=run_id).first()
     if run is None:
         return {"skipped": f"run {run_id} does not exist"}
-    if run.status != TrainingRun.Status.QUEUED:  # finished, or a redelivery of a run a lost worker began
-        return {"skipped": f"run {run_id} is {run.status}"}
+    # Claim the run atomically: of two deliveries of the same message (or two workers), one trains.
+    claimed = TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
+        status=TrainingRun.Status.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now()
+    )
+    if not claimed:  # finished, cancelled, or a redelivery of a run a lost worker began
+        return {"skipped": f"run {run_id} is {TrainingRun.objects.get(pk=run_id).status}"}
     with Heartbeat(run_id, settings.ML_HEARTBEAT_INTERVAL_S):
         return _train(self, run)
 
@@ -216,8 +220,7 @@ def _train(task, run) -> dict[str, Any]:
 
     version = None
     try:
-        update(status=TrainingRun.Status.RUNNING, started_at=timezone.now(), phase="features", progress=1.0,
-               celery_task_id=task.request.id or "", log="started")  # fmt: skip
+        update(phase="features", progress=1.0, celery_task_id=task.request.id or "", log="started")
         known = {f.name for f in TrainConfig.__dataclass_fields__.values()}
         cfg = TrainConfig(**{k: v for k, v in run.params.items() if k in known})
         mcfg = model_config()

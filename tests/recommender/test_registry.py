@@ -185,6 +185,10 @@ def test_one_training_run_at_a_time(trained_catalog, merch):
         training_run_start(params={})
     with pytest.raises(IntegrityError), transaction.atomic():  # the database enforces it too
         TrainingRun.objects.create(params={}, status=TrainingRun.Status.QUEUED)
+    from ml.tasks import train_model
+
+    # a second delivery of a running run's message (or a second worker) does not train it again
+    assert train_model.apply(kwargs={"run_id": busy.pk}).get() == {"skipped": f"run {busy.pk} is running"}
     busy.status = TrainingRun.Status.SUCCEEDED
     busy.save()
     r = merch.post("/api/training-runs/", {"epochs": 2}, format="json")
