@@ -25,7 +25,7 @@ class TrainingRunBusy(ValueError):
     """A training run is already queued or running (one at a time); the API answers 409."""
 
     def __init__(self, run: TrainingRun) -> None:
-        super().__init__(f"training run {run.pk} is still {run.status}; wait for it or cancel it")
+        super().__init__(f"training run {run.pk} is still {run.status}; wait or cancel it")
         self.run = run
 
 

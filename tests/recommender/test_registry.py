@@ -180,7 +180,7 @@ def test_one_training_run_at_a_time(trained_catalog, merch):
     r = merch.post("/api/training-runs/", {"epochs": 2}, format="json")
     assert r.status_code == 409
     assert r.json()["error"] == {"code": "training_busy", "details": {"run": busy.pk},
-                                 "message": f"training run {busy.pk} is still running; wait for it or cancel it"}  # fmt: skip
+                                 "message": f"training run {busy.pk} is still running; wait or cancel it"}  # fmt: skip
     with pytest.raises(TrainingRunBusy):
         training_run_start(params={})
     with pytest.raises(IntegrityError), transaction.atomic():  # the database enforces it too
@@ -242,5 +242,5 @@ def test_retrain_when_the_catalog_changed_enough(trained_catalog):
     again = retrain_if_changed.apply(kwargs={"force": True}).get()  # one run at a time, even on schedule
     assert (
         again["started"] is None
-        and again["reason"] == f"training run {run.pk} is still queued; wait for it or cancel it"
+        and again["reason"] == f"training run {run.pk} is still queued; wait or cancel it"
     )
