@@ -31,7 +31,12 @@ SKU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 def queue_embedding(product_ids: Sequence[int]) -> None:
-    """Queue ``ml.tasks.embed_products`` for these ids once the transaction commits."""
+    """Queue ``ml.tasks.embed_products`` for these ids once the transaction commits.
+
+    Never raises into the request and gives up within ~2 s when the broker (Redis) is down
+    (``CELERY_BROKER_CONNECTION_TIMEOUT``, ``CELERY_TASK_PUBLISH_RETRY_POLICY``): the product is
+    committed without vectors and ``ml.tasks.reconcile`` (beat, worker start) embeds it later.
+    """
     ids = list(product_ids)
     if not ids:
         return

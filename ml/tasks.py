@@ -1,18 +1,26 @@
 """Celery tasks: the one Django-aware module of ``ml``. They load rows, call ``ml``, write through services.
 
-Tasks take ids, re-read their rows and are safe to run twice (vector writes are upserts).
+Tasks take ids, re-read their rows and are safe to run twice (vector writes are upserts on
+(product, version)). Transient errors (a database or Redis connection dropped) are retried with
+exponential backoff. The database is the outbox: ``reconcile`` (beat, and every worker start) embeds
+products that have no vectors for the active version, fails training runs whose worker died
+(stale heartbeat) and sends runs whose message never reached the broker.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import kombu.exceptions
 import numpy as np
+import redis.exceptions
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from catalog.models import Outfit, Product
@@ -22,6 +30,58 @@ from ml.slots import SLOT_INDEX
 logger = logging.getLogger(__name__)
 
 _EMBEDDERS: dict[int, Any] = {}
+
+#: Errors worth retrying: the database or the broker/cache connection dropped for a moment.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, redis.exceptions.ConnectionError,
+                    redis.exceptions.TimeoutError, kombu.exceptions.OperationalError, ConnectionError, TimeoutError)  # fmt: skip
+#: Retry policy of the short tasks: 1, 2, 4, ... s (jittered, at most 120 s apart), 6 tries.
+RETRY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": True, "retry_backoff_max": 120,
+         "retry_jitter": True, "max_retries": 6}  # fmt: skip
+
+
+#: Time limits of the short tasks (seconds); the soft one raises SoftTimeLimitExceeded inside the task.
+EMBED_LIMITS = {
+    "time_limit": settings.ML_EMBED_TIME_LIMIT_S,
+    "soft_time_limit": settings.ML_EMBED_TIME_LIMIT_S - 30,
+}
+
+
+class Heartbeat:
+    """Context manager: a daemon thread sets ``TrainingRun.heartbeat_at`` every ``interval`` seconds.
+
+    The thread dies with the process, so a SIGKILLed worker leaves a stale heartbeat that
+    ``recommender.services.training_runs_fail_lost`` detects. The thread uses (and closes) its own
+    database connection; a failed beat is logged and retried at the next interval.
+    """
+
+    def __init__(self, run_id: int, interval: float) -> None:
+        self.run_id, self.interval = run_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-run-{run_id}", daemon=True)
+
+    def _loop(self) -> None:
+        from recommender.services import training_run_heartbeat
+
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    training_run_heartbeat(run_id=self.run_id)
+                except Exception as exc:  # the database blinked; try again next interval
+                    logger.warning("heartbeat of run %s failed: %s", self.run_id, exc)
+                    connection.close()
+        finally:
+            connection.close()
+
+    def __enter__(self) -> Heartbeat:
+        from recommender.services import training_run_heartbeat
+
+        training_run_heartbeat(run_id=self.run_id)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
 
 
 def model_config() -> ModelConfig:
@@ -98,22 +158,48 @@ def build_train_data(
     )  # fmt: skip
 
 
-@shared_task(bind=True, acks_late=True, name="ml.tasks.train_model")
+@shared_task(bind=True, name="ml.tasks.train_model", acks_late=True, reject_on_worker_lost=False,
+             time_limit=settings.ML_TRAIN_TIME_LIMIT_S, soft_time_limit=settings.ML_TRAIN_TIME_LIMIT_S - 60)  # fmt: skip
 def train_model(self, run_id: int) -> dict[str, Any]:
     """Fine-tune on the catalog, register a model version, embed every product, then activate it.
 
     Phases (stored on the :class:`TrainingRun` for the UI): features → training → evaluation →
-    embedding → activation. The active version keeps serving until the new one has every vector.
+    embedding (progress % and items/s) → activation. The active version keeps serving until the new
+    one has every vector. A heartbeat thread marks the run alive; ``acks_late`` keeps the message
+    until the end, but a worker lost mid-run does not requeue it (``reject_on_worker_lost=False``: a
+    run that killed its worker, e.g. out of memory, must not loop): reconciliation fails the run and
+    a redelivered message finds it finished and skips. Only a queued run starts; a run failed or
+    cancelled meanwhile stops at the next epoch.
     """
+    from recommender.models import TrainingRun
+
+    run = TrainingRun.objects.filter(pk=run_id).first()
+    if run is None:
+        return {"skipped": f"run {run_id} does not exist"}
+    # Claim the run atomically: of two deliveries of the same message (or two workers), one trains.
+    claimed = TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
+        status=TrainingRun.Status.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now()
+    )
+    if not claimed:  # finished, cancelled, or a redelivery of a run a lost worker began
+        return {"skipped": f"run {run_id} is {TrainingRun.objects.get(pk=run_id).status}"}
+    with Heartbeat(run_id, settings.ML_HEARTBEAT_INTERVAL_S):
+        return _train(self, run)
+
+
+def _train(task, run) -> dict[str, Any]:
+    """The body of :func:`train_model` (its heartbeat thread runs meanwhile)."""
     from ml.evaluate import evaluate_all, write_report
     from ml.inference import Embedder
     from ml.train import save_heads, train, zero_shot_heads
     from recommender.models import ModelVersion, TrainingRun
-    from recommender.services import embeddings_write, model_version_activate, model_version_create
+    from recommender.services import (
+        catalog_snapshot,
+        embeddings_write,
+        model_version_activate,
+        model_version_create,
+    )
 
-    run = TrainingRun.objects.get(pk=run_id)
-    if run.status not in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING):
-        return {"skipped": f"run {run_id} is {run.status}"}
+    run_id = run.pk
     log: list[str] = []
     timings: dict[str, float] = {}
 
@@ -123,20 +209,22 @@ def train_model(self, run_id: int) -> dict[str, Any]:
             logger.info("run %s: %s", run_id, log[-1])
             fields["log_tail"] = "\n".join(log[-40:])
         qs = TrainingRun.objects.filter(pk=run_id)
-        if "status" in fields:  # a cancel from the UI/API wins over the worker's own status updates
-            qs = qs.exclude(status=TrainingRun.Status.CANCELLED)
-        qs.update(**fields)
+        if "status" in fields:  # a cancel (UI/API) or a "worker lost" verdict wins over the worker's updates
+            qs = qs.exclude(status__in=[TrainingRun.Status.CANCELLED, TrainingRun.Status.FAILED])
+        qs.update(heartbeat_at=timezone.now(), **fields)
 
     def cancelled() -> bool:
-        return TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.CANCELLED).exists()
+        return TrainingRun.objects.filter(
+            pk=run_id, status__in=[TrainingRun.Status.CANCELLED, TrainingRun.Status.FAILED]
+        ).exists()
 
     version = None
     try:
-        update(status=TrainingRun.Status.RUNNING, started_at=timezone.now(), phase="features", progress=1.0,
-               celery_task_id=self.request.id or "", log="started")  # fmt: skip
+        update(phase="features", progress=1.0, celery_task_id=task.request.id or "", log="started")
         known = {f.name for f in TrainConfig.__dataclass_fields__.values()}
         cfg = TrainConfig(**{k: v for k, v in run.params.items() if k in known})
         mcfg = model_config()
+        snapshot = catalog_snapshot()  # before reading: later changes count towards the next retrain
         products = list(Product.objects.order_by("pk"))
         if len(products) < 2:
             raise ValueError(f"the catalog has {len(products)} products; import or upload some first")
@@ -168,6 +256,7 @@ def train_model(self, run_id: int) -> dict[str, Any]:
             return {"cancelled": run_id}
         version = model_version_create(name=f"{mcfg.name} fine-tuned (run {run_id})",
                                        config={"model": mcfg.to_dict(), "train": cfg.to_dict()})  # fmt: skip
+        ModelVersion.objects.filter(pk=version.pk).update(trained_on=snapshot)
         artifact = Path(settings.ML_ARTIFACTS_DIR) / f"version-{version.pk}" / "heads.pt"
         save_heads(artifact, result.heads, {"model": mcfg.to_dict(), "train": cfg.to_dict()})
         update(
@@ -188,8 +277,14 @@ def train_model(self, run_id: int) -> dict[str, Any]:
         t = time.perf_counter()
         embedder.heads = result.heads.eval()
         vecs = embedder.vectors_from_features(img, txt, failed)
+
+        def on_batch(done: int, total: int) -> None:
+            rate = done / max(time.perf_counter() - t, 1e-9)
+            update(progress=80.0 + 19.0 * done / max(total, 1), items_per_s=rate,
+                   log=f"embedded {done}/{total} products ({rate:.0f} items/s)")  # fmt: skip
+
         embeddings_write(version=version, product_ids=[p.pk for p in products], image=vecs.image, text=vecs.text,
-                         fused=vecs.fused, compat=vecs.compat)  # fmt: skip
+                         fused=vecs.fused, compat=vecs.compat, progress=on_batch)  # fmt: skip
         timings["embedding_s"] = time.perf_counter() - t
         if cancelled():  # cancelled while embedding: keep the vectors, do not switch versions
             ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.READY)
@@ -200,7 +295,10 @@ def train_model(self, run_id: int) -> dict[str, Any]:
         ModelVersion.objects.filter(pk=version.pk).update(metrics=metrics)
         update(status=TrainingRun.Status.SUCCEEDED, phase="done", progress=100.0, finished_at=timezone.now(),
                log=f"version {version.pk} active")  # fmt: skip
-        embed_missing.delay()  # products created while we trained
+        try:
+            embed_missing.delay()  # products created while we trained
+        except Exception as exc:  # broker down: the next reconciliation does it
+            logger.warning("could not queue embed_missing after run %s: %s", run_id, exc)
         return {"run": run_id, "version": version.pk, "metrics": metrics}
     except Exception as exc:
         logger.exception("training run %s failed", run_id)
@@ -212,12 +310,13 @@ def train_model(self, run_id: int) -> dict[str, Any]:
         raise
 
 
-@shared_task(bind=True, acks_late=True, name="ml.tasks.embed_products", autoretry_for=(ConnectionError,),
-             retry_backoff=True, max_retries=5)  # fmt: skip
+@shared_task(bind=True, name="ml.tasks.embed_products", acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True, **EMBED_LIMITS, **RETRY)  # fmt: skip
 def embed_products(self, product_ids: list[int], version_id: int | None = None) -> dict[str, Any]:
     """Embed these products with the active (or given) model version and upsert their vectors.
 
-    Idempotent: a second delivery overwrites the same rows. Unknown ids are skipped.
+    Idempotent: a second delivery overwrites the same rows (unique (product, version) upsert), so the
+    message is acknowledged late and requeued when its worker dies. Unknown ids are skipped.
     """
     from recommender.models import ModelVersion
     from recommender.services import embeddings_write
@@ -241,9 +340,14 @@ def embed_products(self, product_ids: list[int], version_id: int | None = None) 
             "failed_images": [products[r].pk for r, _ in vecs.failed]}  # fmt: skip
 
 
-@shared_task(name="ml.tasks.embed_missing")
+@shared_task(name="ml.tasks.embed_missing", ignore_result=True, **EMBED_LIMITS,
+             **RETRY)  # fmt: skip
 def embed_missing(batch_size: int = 256) -> dict[str, Any]:
-    """Reconciliation: queue embedding of every product that has no vector for the active version."""
+    """Reconciliation: queue embedding of every product that has no vector for the active version.
+
+    Returns:
+        ``{"queued": number of products, "version": active version id}``.
+    """
     from recommender.models import ModelVersion
 
     version = ModelVersion.objects.filter(is_active=True).first()
@@ -254,7 +358,69 @@ def embed_missing(batch_size: int = 256) -> dict[str, Any]:
     )
     for i in range(0, len(missing), batch_size):
         embed_products.delay(product_ids=missing[i : i + batch_size], version_id=version.pk)
+    if missing:
+        logger.info("reconcile: queued %d products without vectors for version %s", len(missing), version.pk)
     return {"queued": len(missing), "version": version.pk}
 
 
-__all__ = ["train_model", "embed_products", "embed_missing"]
+@shared_task(name="ml.tasks.reconcile", ignore_result=True, **EMBED_LIMITS, **RETRY)
+def reconcile() -> dict[str, Any]:
+    """The database is the outbox: repair what a dead worker or a broker outage left behind.
+
+    1. runs whose heartbeat is older than ``ML_HEARTBEAT_TIMEOUT_S`` → failed ("worker lost");
+    2. queued runs whose message never reached the broker → sent again;
+    3. products without vectors for the active version → ``embed_products`` queued.
+
+    Runs on beat every ``ML_RECONCILE_EVERY_S`` seconds and once at every worker start.
+    """
+    from recommender.services import training_runs_fail_lost, training_runs_requeue
+
+    lost = training_runs_fail_lost()
+    requeued = training_runs_requeue()
+    return {"failed_runs": lost, "requeued_runs": requeued, **embed_missing.run()}
+
+
+@shared_task(name="ml.tasks.prune_model_versions", ignore_result=True, **EMBED_LIMITS,
+             **RETRY)  # fmt: skip
+def prune_model_versions(keep: int | None = None) -> dict[str, Any]:
+    """Retention: delete vectors and artifacts of versions beyond the newest ``keep`` (``ML_KEEP_VERSIONS``),
+    never the active one or the rollback target (:func:`recommender.services.model_versions_prune`)."""
+    from recommender.services import model_versions_prune
+
+    return {"pruned": model_versions_prune(keep=keep)}
+
+
+@shared_task(name="ml.tasks.retrain_if_changed", ignore_result=True, **RETRY)
+def retrain_if_changed(min_fraction: float | None = None, force: bool = False) -> dict[str, Any]:
+    """Start a training run when the catalog changed enough since the active version was trained.
+
+    Args:
+        min_fraction: changed share of products + outfits that triggers a run (default
+            ``ML_RETRAIN_CHANGED_FRACTION``; see ``recommender.services.catalog_changed_fraction``).
+        force: start a run whatever changed (the ``ML_RETRAIN_CRONTAB`` schedule).
+
+    Returns:
+        ``{"changed": fraction or None, "started": run id or None, "reason": why}``; a run already
+        queued or running is left alone (one at a time).
+    """
+    from recommender.models import ModelVersion
+    from recommender.services import TrainingRunBusy, catalog_changed_fraction, training_run_start
+
+    min_fraction = settings.ML_RETRAIN_CHANGED_FRACTION if min_fraction is None else min_fraction
+    active = ModelVersion.objects.filter(is_active=True).first()
+    changed = catalog_changed_fraction(since=active.trained_on if active else {})
+    if not force and changed <= min_fraction:
+        return {"changed": changed, "started": None, "reason": f"changed {changed:.1%} <= {min_fraction:.1%}"}
+    if not Product.objects.exists():
+        return {"changed": changed, "started": None, "reason": "the catalog is empty"}
+    try:
+        run = training_run_start(params=dict(settings.ML_RETRAIN_PARAMS))
+    except TrainingRunBusy as exc:
+        return {"changed": changed, "started": None, "reason": str(exc)}
+    reason = "scheduled" if force else f"changed {changed:.1%} > {min_fraction:.1%}"
+    logger.info("retrain: started training run %s (%s)", run.pk, reason)
+    return {"changed": changed, "started": run.pk, "reason": reason}
+
+
+__all__ = ["train_model", "embed_products", "embed_missing", "reconcile", "prune_model_versions",
+           "retrain_if_changed", "Heartbeat"]  # fmt: skip

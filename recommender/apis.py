@@ -23,6 +23,7 @@ from recommender import selectors
 from recommender import serializers as s
 from recommender.models import ModelVersion, TrainingRun
 from recommender.services import (
+    TrainingRunBusy,
     VersionNotReady,
     model_version_activate,
     model_version_rollback,
@@ -38,6 +39,9 @@ def exception_handler(exc, context):
                         status=status.HTTP_404_NOT_FOUND)  # fmt: skip
     if isinstance(exc, selectors.NoActiveModel):
         return Response({"error": {"code": "no_active_model", "message": str(exc), "details": {}}},
+                        status=status.HTTP_409_CONFLICT)  # fmt: skip
+    if isinstance(exc, TrainingRunBusy):
+        return Response({"error": {"code": "training_busy", "message": str(exc), "details": {"run": exc.run.pk}}},
                         status=status.HTTP_409_CONFLICT)  # fmt: skip
     if isinstance(exc, VersionNotReady):
         return Response({"error": {"code": "version_not_ready", "message": str(exc), "details": {}}},

@@ -35,6 +35,11 @@ class ModelVersion(models.Model):
     is_active = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     activated_at = models.DateTimeField(null=True, blank=True)
+    #: What the version was trained on (``recommender.services.catalog_snapshot``): product and outfit
+    #: counts and the newest ``updated_at``/``created_at``; ``retrain_if_changed`` compares against it.
+    trained_on = models.JSONField(default=dict, blank=True)
+    #: When ``prune_model_versions`` deleted this version's vectors and artifacts (it cannot serve again).
+    pruned_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -49,7 +54,13 @@ class ModelVersion(models.Model):
 
 
 class TrainingRun(models.Model):
-    """One fine-tuning run, with the progress the UI shows while it runs."""
+    """One fine-tuning run, with the progress the UI shows while it runs.
+
+    At most one run is queued or running at a time (a partial unique index, ``one_busy_training_run``).
+    The task refreshes ``heartbeat_at`` every ``ML_HEARTBEAT_INTERVAL_S`` seconds from a thread; a run
+    whose heartbeat is older than ``ML_HEARTBEAT_TIMEOUT_S`` lost its worker (SIGKILL, OOM, power) and
+    the reconciliation marks it failed.
+    """
 
     class Status(models.TextChoices):
         QUEUED = "queued", "queued"
@@ -73,9 +84,18 @@ class TrainingRun(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    items_per_s = models.FloatField(null=True, blank=True)  # throughput of the current phase (embedding)
 
     class Meta:
         ordering = ["-id"]
+        constraints = [
+            models.UniqueConstraint(
+                models.Value(True),
+                condition=models.Q(status__in=["queued", "running"]),
+                name="one_busy_training_run",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"TrainingRun {self.pk} ({self.status})"

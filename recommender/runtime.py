@@ -15,7 +15,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Any
+from urllib.parse import quote, urlparse
 
 logger = logging.getLogger(__name__)
 
@@ -97,3 +98,45 @@ def wait_for_worker(app, timeout: float = 60.0) -> bool:
             pass
         time.sleep(0.5)
     return False
+
+
+def kill_worker(proc: subprocess.Popen) -> None:
+    """SIGKILL a worker's whole process group (main process and pool children): no shutdown, no acks."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def database_url(settings_dict: dict[str, Any]) -> str:
+    """A ``postgresql://`` URL for a Django ``DATABASES`` entry (a worker process reads it as ``DATABASE_URL``)."""
+    host = settings_dict.get("HOST") or ""
+    auth = f"{quote(settings_dict.get('USER') or '')}:{quote(settings_dict.get('PASSWORD') or '')}@"
+    if host.startswith("/"):
+        return f"postgresql://{auth}/{settings_dict['NAME']}?host={host}"
+    return f"postgresql://{auth}{host}:{settings_dict.get('PORT') or 5432}/{settings_dict['NAME']}"
+
+
+def purge_queues(app, queues: tuple[str, ...] = ("embedding", "training")) -> int:
+    """Drop every waiting message of these queues on ``app``'s broker. Returns how many were dropped."""
+    with app.connection_for_write() as conn:
+        return sum(conn.default_channel.queue_purge(q) or 0 for q in queues)
+
+
+def start_redis(port: int, workdir: Path) -> subprocess.Popen:
+    """Start a private, non-persistent ``redis-server`` on 127.0.0.1:``port`` (stop it with ``.kill()``).
+
+    Raises:
+        RuntimeError: no ``redis-server`` on PATH, or it does not answer within 5 s.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("no redis-server on PATH")
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+    for _ in range(50):
+        if redis_ping(f"redis://127.0.0.1:{port}/0", timeout=0.2):
+            return proc
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"redis-server on port {port} did not answer within 5 s")

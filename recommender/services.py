@@ -3,43 +3,182 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+import shutil
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
-from django.db import transaction
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 
-from catalog.models import Product
+from catalog.models import Outfit, Product
 from recommender.models import ModelVersion, ProductEmbedding, TrainingRun
 
 logger = logging.getLogger(__name__)
 
 
-def training_run_start(*, params: dict[str, Any] | None = None, user=None) -> TrainingRun:
-    """Create a queued :class:`TrainingRun` and send ``ml.tasks.train_model`` once the row is committed.
+class TrainingRunBusy(ValueError):
+    """A training run is already queued or running (one at a time); the API answers 409."""
 
-    Raises:
-        ValueError: a run is already queued or running (one training run at a time).
+    def __init__(self, run: TrainingRun) -> None:
+        super().__init__(f"training run {run.pk} is still {run.status}; wait or cancel it")
+        self.run = run
+
+
+#: Key of the transaction-level advisory lock that serialises :func:`training_run_start`.
+_TRAINING_LOCK = 0x7261696E  # "rain"
+
+
+def training_run_send(*, run: TrainingRun) -> bool:
+    """Send ``ml.tasks.train_model`` for a queued run and store the Celery task id.
+
+    The broker may be down: the error is logged, never raised, and the run stays queued without a task
+    id; :func:`training_runs_requeue` (beat and worker start) sends it again later.
+
+    Returns:
+        True when the message was handed to the broker.
     """
     from ml.tasks import train_model
 
+    try:
+        res = train_model.delay(run_id=run.pk)
+    except Exception as exc:  # kombu OperationalError, redis ConnectionError, timeouts
+        logger.warning("could not queue training run %s (%s); reconciliation will send it", run.pk, exc)
+        return False
+    TrainingRun.objects.filter(pk=run.pk).update(celery_task_id=res.id or "")
+    return True
+
+
+def training_run_start(*, params: dict[str, Any] | None = None, user=None) -> TrainingRun:
+    """Create a queued :class:`TrainingRun` and send ``ml.tasks.train_model`` once the row is committed.
+
+    One run at a time: a transaction-level advisory lock serialises concurrent starts, and the
+    partial unique index ``one_busy_training_run`` backs it up in the database.
+
+    Raises:
+        TrainingRunBusy: a run is already queued or running.
+    """
     with transaction.atomic():
-        busy = TrainingRun.objects.select_for_update().filter(
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", [_TRAINING_LOCK])
+        busy = TrainingRun.objects.filter(
             status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING]
-        )
-        if busy.exists():
-            raise ValueError(
-                f"training run {busy.first().pk} is still {busy.first().status}; wait or cancel it"
-            )
-        run = TrainingRun.objects.create(params=params or {}, started_by=user if user and user.pk else None)
-
-        def send() -> None:
-            res = train_model.delay(run_id=run.pk)
-            TrainingRun.objects.filter(pk=run.pk).update(celery_task_id=res.id or "")
-
-        transaction.on_commit(send)
+        ).first()
+        if busy is not None:
+            raise TrainingRunBusy(busy)
+        try:
+            with transaction.atomic():
+                run = TrainingRun.objects.create(
+                    params=params or {}, started_by=user if user and user.pk else None
+                )
+        except IntegrityError as exc:  # lost a race with a writer that skipped the lock
+            busy = TrainingRun.objects.filter(
+                status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING]
+            ).first()
+            if busy is None:
+                raise
+            raise TrainingRunBusy(busy) from exc
+        transaction.on_commit(lambda: training_run_send(run=run))
     return run
+
+
+def training_run_heartbeat(*, run_id: int) -> None:
+    """Record that the worker running ``run_id`` is alive (``heartbeat_at = now``)."""
+    TrainingRun.objects.filter(pk=run_id).update(heartbeat_at=timezone.now())
+
+
+def training_runs_fail_lost(*, timeout_s: float | None = None) -> list[int]:
+    """Mark running runs whose heartbeat is older than ``timeout_s`` seconds failed ("worker lost").
+
+    A SIGKILLed or crashed worker cannot write its own failure; its heartbeat thread stops with it.
+    Their unfinished model versions are marked failed; the active version is never touched.
+
+    Args:
+        timeout_s: staleness limit in seconds (default ``settings.ML_HEARTBEAT_TIMEOUT_S``).
+
+    Returns:
+        The ids of the runs marked failed.
+    """
+    timeout_s = settings.ML_HEARTBEAT_TIMEOUT_S if timeout_s is None else timeout_s
+    now = timezone.now()
+    limit = now - timedelta(seconds=timeout_s)
+    lost = TrainingRun.objects.filter(status=TrainingRun.Status.RUNNING).filter(
+        Q(heartbeat_at__lt=limit) | Q(heartbeat_at__isnull=True, started_at__lt=limit)
+    )
+    failed: list[int] = []
+    with transaction.atomic():
+        for run in lost.select_for_update(skip_locked=True):
+            seen = run.heartbeat_at or run.started_at
+            run.status = TrainingRun.Status.FAILED
+            run.finished_at = now
+            run.error = (
+                f"worker lost: no heartbeat since {seen:%Y-%m-%d %H:%M:%S} UTC "
+                f"({(now - seen).total_seconds():.0f} s > {timeout_s:g} s); the worker was killed or crashed"
+            )
+            run.log_tail = (run.log_tail + f"\n{now:%H:%M:%S} failed: {run.error}").strip()[-8000:]
+            run.save(update_fields=["status", "finished_at", "error", "log_tail"])
+            if run.model_version_id:
+                ModelVersion.objects.filter(pk=run.model_version_id, is_active=False).exclude(
+                    status=ModelVersion.Status.READY
+                ).update(status=ModelVersion.Status.FAILED)
+            failed.append(run.pk)
+            logger.warning("training run %s: %s", run.pk, run.error)
+    return failed
+
+
+def training_runs_requeue(*, min_age_s: float = 30.0) -> list[int]:
+    """Send again the queued runs whose message never reached the broker (no Celery task id).
+
+    Args:
+        min_age_s: leave runs younger than this (their ``on_commit`` send may still be under way).
+
+    Returns:
+        The ids of the runs handed to the broker now.
+    """
+    limit = timezone.now() - timedelta(seconds=min_age_s)
+    runs = TrainingRun.objects.filter(
+        status=TrainingRun.Status.QUEUED, celery_task_id="", created_at__lt=limit
+    )
+    return [run.pk for run in runs if training_run_send(run=run)]
+
+
+def catalog_snapshot() -> dict[str, Any]:
+    """What the catalog looks like now, for :func:`catalog_changed_fraction` (stored on each version).
+
+    Returns:
+        ``{"products", "outfits", "product_max_id", "outfit_max_id", "products_updated_at"}``
+        (counts, highest ids, ISO time of the newest product change or None).
+    """
+    p = Product.objects.aggregate(n=Count("pk"), max_id=Max("pk"), updated=Max("updated_at"))
+    o = Outfit.objects.aggregate(n=Count("pk"), max_id=Max("pk"))
+    return {
+        "products": p["n"], "outfits": o["n"], "product_max_id": p["max_id"] or 0,
+        "outfit_max_id": o["max_id"] or 0, "products_updated_at": p["updated"].isoformat() if p["updated"] else None,
+    }  # fmt: skip
+
+
+def catalog_changed_fraction(*, since: dict[str, Any]) -> float:
+    """Fraction of the catalog that changed since ``since`` (a :func:`catalog_snapshot`).
+
+    Changed = products created or updated after the snapshot + outfits created after it + rows deleted
+    since (count drop), over the snapshot's products + outfits. An empty snapshot counts as all changed.
+    """
+    base = int(since.get("products", 0)) + int(since.get("outfits", 0))
+    if base == 0:
+        return 1.0 if Product.objects.exists() else 0.0
+    now = catalog_snapshot()
+    products = Product.objects.filter(pk__gt=since.get("product_max_id", 0))
+    if since.get("products_updated_at"):
+        products = Product.objects.filter(
+            Q(pk__gt=since.get("product_max_id", 0)) | Q(updated_at__gt=since["products_updated_at"])
+        )
+    changed = products.count() + Outfit.objects.filter(pk__gt=since.get("outfit_max_id", 0)).count()
+    changed += max(0, since["products"] - now["products"]) + max(0, since["outfits"] - now["outfits"])
+    return changed / base
 
 
 def model_version_create(
@@ -57,44 +196,97 @@ def embeddings_write(
     text: np.ndarray,
     fused: np.ndarray,
     compat: np.ndarray,
-    batch_size: int = 1000,
+    batch_size: int = 2000,
+    method: Literal["copy", "bulk_create"] = "copy",
+    progress: Callable[[int, int], None] | None = None,
 ) -> int:
     """Upsert one vector row per (product, version); idempotent (a repeated call writes no duplicate).
 
+    ``copy`` (default): each batch is streamed with PostgreSQL binary ``COPY ... FROM STDIN`` into a
+    temporary table (pgvector-python's psycopg 3 adapter) and merged with one
+    ``INSERT ... SELECT ... ON CONFLICT (product, version) DO UPDATE``; the join with the product table
+    supplies ``slot`` and skips products deleted meanwhile. ``bulk_create`` is the Django ORM upsert
+    (kept for the benchmark). Each batch commits on its own, so a worker killed half-way keeps what
+    it wrote and a re-run completes it.
+
     Args:
-        product_ids: N product ids; products deleted meanwhile are skipped.
+        product_ids: N product ids (a repeated id keeps its last vectors); deleted products are skipped.
         image, text, fused: (N, E) float32 unit vectors; compat: (N, C) float32 unit vectors.
+        batch_size: rows per COPY + merge (one transaction each).
+        progress: called after each batch with (rows done, N).
 
     Returns:
-        Number of rows written.
+        Number of rows written (inserted or updated).
+
+    Raises:
+        ValueError: the arrays' lengths differ from ``len(product_ids)``, or a vector is not finite.
     """
     n = len(product_ids)
     if not (len(image) == len(text) == len(fused) == len(compat) == n):
         raise ValueError(
             f"{n} ids but vectors of lengths {len(image)}, {len(text)}, {len(fused)}, {len(compat)}"
         )
-    slots = dict(Product.objects.filter(pk__in=list(product_ids)).values_list("pk", "slot"))
+    for name, arr in (("image", image), ("text", text), ("fused", fused), ("compat", compat)):
+        bad = ~np.isfinite(np.asarray(arr, dtype=np.float32)).all(axis=1) if n else np.zeros(0, bool)
+        if bad.any():
+            raise ValueError(f"{name} vectors of products {[product_ids[i] for i in np.flatnonzero(bad)[:10]]} "
+                             "are not finite")  # fmt: skip
+    last = {int(pid): i for i, pid in enumerate(product_ids)}  # one row per product in a batch
+    order = sorted(last.values())
+    write = _write_copy if method == "copy" else _write_bulk_create
     written = 0
-    for start in range(0, n, batch_size):
-        rows = [
-            ProductEmbedding(
-                product_id=pid,
-                model_version=version,
-                slot=slots[pid],
-                image=image[i],
-                text=text[i],
-                fused=fused[i],
-                compat=compat[i],
-            )  # fmt: skip
-            for i, pid in enumerate(product_ids[start : start + batch_size], start=start)
-            if pid in slots
-        ]
-        ProductEmbedding.objects.bulk_create(
-            rows, update_conflicts=True, unique_fields=["product", "model_version"],
-            update_fields=["slot", "image", "text", "fused", "compat", "updated_at"],
-        )  # fmt: skip
-        written += len(rows)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        with transaction.atomic():
+            written += write(
+                version, [int(product_ids[i]) for i in idx], image[idx], text[idx], fused[idx], compat[idx]
+            )
+        if progress is not None:
+            progress(min(start + batch_size, len(order)), len(order))
     return written
+
+
+def _write_bulk_create(version, ids, image, text, fused, compat) -> int:
+    slots = dict(Product.objects.filter(pk__in=ids).values_list("pk", "slot"))
+    rows = [ProductEmbedding(product_id=pid, model_version=version, slot=slots[pid], image=image[i],
+                             text=text[i], fused=fused[i], compat=compat[i])
+            for i, pid in enumerate(ids) if pid in slots]  # fmt: skip
+    ProductEmbedding.objects.bulk_create(
+        rows, update_conflicts=True, unique_fields=["product", "model_version"],
+        update_fields=["slot", "image", "text", "fused", "compat", "updated_at"],
+    )  # fmt: skip
+    return len(rows)
+
+
+def _write_copy(version, ids, image, text, fused, compat) -> int:
+    from pgvector.psycopg.vector import register_vector_info
+    from psycopg.types import TypeInfo
+
+    table = ProductEmbedding._meta.db_table
+    products = Product._meta.db_table
+    connection.ensure_connection()
+    with connection.connection.cursor() as cur:  # the raw psycopg 3 cursor (binary COPY)
+        register_vector_info(cur, TypeInfo.fetch(cur.connection, "vector"))  # this cursor only
+        cur.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS _embedding_load "
+            "(product_id bigint, image vector, text vector, fused vector, compat vector)"
+        )
+        cur.execute("TRUNCATE _embedding_load")
+        sql = "COPY _embedding_load (product_id, image, text, fused, compat) FROM STDIN WITH (FORMAT BINARY)"
+        with cur.copy(sql) as copy:
+            copy.set_types(["int8", "vector", "vector", "vector", "vector"])
+            for i, pid in enumerate(ids):
+                copy.write_row((pid, image[i], text[i], fused[i], compat[i]))
+        cur.execute(
+            f"INSERT INTO {table} (product_id, model_version_id, slot, image, text, fused, compat, updated_at) "
+            f"SELECT l.product_id, %s, p.slot, l.image, l.text, l.fused, l.compat, now() "
+            f"FROM _embedding_load l JOIN {products} p ON p.id = l.product_id "
+            f"ON CONFLICT (product_id, model_version_id) DO UPDATE SET slot = EXCLUDED.slot, "
+            f"image = EXCLUDED.image, text = EXCLUDED.text, fused = EXCLUDED.fused, "
+            f"compat = EXCLUDED.compat, updated_at = EXCLUDED.updated_at",
+            [version.pk],
+        )
+        return cur.rowcount
 
 
 class VersionNotReady(ValueError):
@@ -113,6 +305,11 @@ def model_version_activate(*, version: ModelVersion, require_complete: bool = Fa
     """
     if version.status == ModelVersion.Status.FAILED:
         raise VersionNotReady(f"model version {version.pk} failed and cannot be activated")
+    if version.pruned_at is not None:
+        raise VersionNotReady(
+            f"model version {version.pk} was pruned on {version.pruned_at:%Y-%m-%d} (retention); "
+            "its vectors are gone"
+        )
     have = ProductEmbedding.objects.filter(model_version=version).count()
     if not have:
         raise VersionNotReady(f"model version {version.pk} has no vectors yet")
@@ -132,19 +329,25 @@ def model_version_activate(*, version: ModelVersion, require_complete: bool = Fa
     return version
 
 
+def model_version_rollback_target() -> ModelVersion | None:
+    """The version :func:`model_version_rollback` would activate: activated before the current one, not
+    failed, not pruned (None when there is none)."""
+    current = ModelVersion.objects.filter(is_active=True).first()
+    earlier = ModelVersion.objects.filter(activated_at__isnull=False, pruned_at__isnull=True).exclude(
+        status=ModelVersion.Status.FAILED
+    )
+    if current is not None:
+        earlier = earlier.exclude(pk=current.pk).filter(activated_at__lt=current.activated_at)
+    return earlier.order_by("-activated_at").first()
+
+
 def model_version_rollback() -> ModelVersion:
     """Activate the version that was active before the current one (one action, one transaction).
 
     Raises:
         VersionNotReady: there is no earlier activated version that is complete.
     """
-    current = ModelVersion.objects.filter(is_active=True).first()
-    earlier = ModelVersion.objects.filter(activated_at__isnull=False).exclude(
-        status=ModelVersion.Status.FAILED
-    )
-    if current is not None:
-        earlier = earlier.exclude(pk=current.pk).filter(activated_at__lt=current.activated_at)
-    previous = earlier.order_by("-activated_at").first()
+    previous = model_version_rollback_target()
     if previous is None:
         raise VersionNotReady("no earlier model version to roll back to")
     return model_version_activate(version=previous, require_complete=True)
@@ -167,3 +370,50 @@ def training_run_cancel(*, run: TrainingRun) -> TrainingRun:
         app.control.revoke(run.celery_task_id)  # never starts
     run.refresh_from_db()
     return run
+
+
+def model_versions_prune(*, keep: int | None = None) -> list[int]:
+    """Delete the vectors and on-disk artifacts of the versions no longer kept (retention).
+
+    Kept: the ``keep`` newest versions, the active one, the rollback target
+    (:func:`model_version_rollback_target`) and any version a queued or running training run is still
+    building. A pruned version keeps its row (name, metrics, history) with ``status = retired`` and
+    ``pruned_at`` set; it can no longer be activated (it has no vectors).
+
+    Args:
+        keep: how many of the newest versions keep their vectors (default ``settings.ML_KEEP_VERSIONS``).
+
+    Returns:
+        The ids of the versions pruned now.
+
+    Raises:
+        ValueError: ``keep`` is below 1.
+    """
+    keep = settings.ML_KEEP_VERSIONS if keep is None else keep
+    if keep < 1:
+        raise ValueError(f"ML_KEEP_VERSIONS must be at least 1, got {keep}")
+    kept = set(ModelVersion.objects.order_by("-pk").values_list("pk", flat=True)[:keep])
+    kept |= set(ModelVersion.objects.filter(is_active=True).values_list("pk", flat=True))
+    target = model_version_rollback_target()
+    if target is not None:
+        kept.add(target.pk)
+    kept |= set(TrainingRun.objects.filter(
+        status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING], model_version__isnull=False
+    ).values_list("model_version_id", flat=True))  # fmt: skip
+    pruned: list[int] = []
+    for version in ModelVersion.objects.filter(pruned_at__isnull=True).exclude(pk__in=kept).order_by("pk"):
+        with transaction.atomic():
+            locked = ModelVersion.objects.select_for_update().get(pk=version.pk)
+            if locked.is_active:  # activated meanwhile
+                continue
+            deleted, _ = ProductEmbedding.objects.filter(model_version=locked).delete()
+            locked.status = ModelVersion.Status.RETIRED
+            locked.pruned_at = timezone.now()
+            locked.save(update_fields=["status", "pruned_at"])
+        if locked.artifact_path:
+            folder = Path(locked.artifact_path).parent
+            if folder.name == f"version-{locked.pk}":  # only the version's own folder, never a shared one
+                shutil.rmtree(folder, ignore_errors=True)
+        logger.info("pruned model version %s: %d vector rows and its artifacts", locked.pk, deleted)
+        pruned.append(locked.pk)
+    return pruned

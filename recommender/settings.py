@@ -112,15 +112,74 @@ CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=REDIS_URL)
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
+CELERY_RESULT_EXPIRES = 24 * 3600  # seconds
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
-CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", default=6 * 3600)  # seconds (training)
-CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=6 * 3600 - 60)
+#: Training: hard and soft time limits (seconds); the soft one lets the task record its failure.
+ML_TRAIN_TIME_LIMIT_S = env.int("ML_TRAIN_TIME_LIMIT_S", default=6 * 3600)
+#: Embedding a batch of products / reconciliation / pruning: hard time limit (seconds).
+ML_EMBED_TIME_LIMIT_S = env.int("ML_EMBED_TIME_LIMIT_S", default=15 * 60)
+CELERY_TASK_TIME_LIMIT = ML_TRAIN_TIME_LIMIT_S  # upper bound for any task; each task sets its own
+CELERY_TASK_SOFT_TIME_LIMIT = ML_TRAIN_TIME_LIMIT_S - 60
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ROUTES = {
     "ml.tasks.train_model": {"queue": "training"},
-    "ml.tasks.embed_*": {"queue": "embedding"},
+    "ml.tasks.*": {"queue": "embedding"},  # embedding, reconciliation, pruning: cheap, any worker
 }
 CELERY_TASK_DEFAULT_QUEUE = "embedding"
+# Broker down: a web request that queues a task gives up within ~2-3 s (connect timeout, two quick
+# publish retries) and the database is the outbox (reconciliation sends what was not queued).
+CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=1.0)  # seconds
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.5,
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True  # workers wait for Redis instead of exiting
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "socket_connect_timeout": 1, "socket_timeout": 5, "retry_on_timeout": False,
+    # An unacknowledged (acks_late) message is redelivered after this many seconds: longer than the
+    # longest training, else a second worker would start the same run while the first still trains.
+    "visibility_timeout": ML_TRAIN_TIME_LIMIT_S + 600,
+}  # fmt: skip
+CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = 1  # result backend, seconds
+CELERY_REDIS_SOCKET_TIMEOUT = 5
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+#: Model versions whose vectors are kept (the newest N; the active one and the rollback target always).
+ML_KEEP_VERSIONS = env.int("ML_KEEP_VERSIONS", default=3)
+#: A running training task refreshes its heartbeat every ..._INTERVAL_S seconds; a run whose heartbeat is
+#: older than ..._TIMEOUT_S lost its worker and the reconciliation marks it failed.
+ML_HEARTBEAT_INTERVAL_S = env.float("ML_HEARTBEAT_INTERVAL_S", default=10.0)
+ML_HEARTBEAT_TIMEOUT_S = env.float("ML_HEARTBEAT_TIMEOUT_S", default=120.0)
+#: Beat: reconciliation (lost runs, unsent runs, products without vectors) every N seconds.
+ML_RECONCILE_EVERY_S = env.float("ML_RECONCILE_EVERY_S", default=300.0)
+ML_PRUNE_EVERY_S = env.float("ML_PRUNE_EVERY_S", default=3600.0)
+#: Beat: start a training run when more than this fraction of products + outfits changed since the
+#: active version was trained (checked every ML_RETRAIN_CHECK_EVERY_S seconds; 0 turns it off).
+ML_RETRAIN_CHANGED_FRACTION = env.float("ML_RETRAIN_CHANGED_FRACTION", default=0.2)
+ML_RETRAIN_CHECK_EVERY_S = env.float("ML_RETRAIN_CHECK_EVERY_S", default=3600.0)
+#: Beat: also retrain on a crontab ("minute hour day-of-month month day-of-week", e.g. "0 3 * * 0");
+#: empty (the default) turns it off.
+ML_RETRAIN_CRONTAB = env("ML_RETRAIN_CRONTAB", default="")
+#: Parameters of the runs beat starts (a JSON object of TrainConfig fields).
+ML_RETRAIN_PARAMS = env.json("ML_RETRAIN_PARAMS", default={})
+
+CELERY_BEAT_SCHEDULE = {
+    "reconcile": {"task": "ml.tasks.reconcile", "schedule": ML_RECONCILE_EVERY_S},
+    "prune-model-versions": {"task": "ml.tasks.prune_model_versions", "schedule": ML_PRUNE_EVERY_S},
+}
+if ML_RETRAIN_CHANGED_FRACTION > 0:
+    CELERY_BEAT_SCHEDULE["retrain-if-changed"] = {
+        "task": "ml.tasks.retrain_if_changed", "schedule": ML_RETRAIN_CHECK_EVERY_S,
+    }  # fmt: skip
+if ML_RETRAIN_CRONTAB:
+    from celery.schedules import crontab
+
+    CELERY_BEAT_SCHEDULE["retrain-on-schedule"] = {
+        "task": "ml.tasks.retrain_if_changed", "kwargs": {"force": True},
+        "schedule": crontab.from_string(ML_RETRAIN_CRONTAB),
+    }  # fmt: skip
 
 # --- Static and media -----------------------------------------------------------------------------
 STATIC_URL = "/static/"

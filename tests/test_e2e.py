@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import time
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
@@ -28,16 +27,6 @@ from recommender.services import training_run_start
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def _database_url() -> str:
-    """URL of the test database, for the worker process."""
-    d = connection.settings_dict
-    host = d.get("HOST") or ""
-    auth = f"{quote(d.get('USER') or '')}:{quote(d.get('PASSWORD') or '')}@"
-    if host.startswith("/"):
-        return f"postgresql://{auth}/{d['NAME']}?host={host}"
-    return f"postgresql://{auth}{host}:{d.get('PORT') or 5432}/{d['NAME']}"
-
-
 @pytest.fixture
 def worker(transactional_db, tmp_path):
     """A real ``celery worker`` process on the test database and the tests' Redis database."""
@@ -48,7 +37,7 @@ def worker(transactional_db, tmp_path):
     log.write_bytes(b"")
     proc = runtime.start_worker(
         queues="embedding,training", concurrency=1, logfile=log, name=f"e2e-{os.getpid()}",
-        env={"DATABASE_URL": _database_url(), "DJANGO_SETTINGS_MODULE": "recommender.settings_test"},
+        env={"DATABASE_URL": runtime.database_url(connection.settings_dict), "DJANGO_SETTINGS_MODULE": "recommender.settings_test"},
     )  # fmt: skip
     try:
         assert runtime.wait_for_worker(app, timeout=120), log.read_text()[-3000:]

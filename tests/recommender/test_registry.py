@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from catalog.models import Product
 from recommender.models import ModelVersion, ProductEmbedding, TrainingRun
-from recommender.services import embeddings_write, model_version_activate
+from recommender.services import VersionNotReady, embeddings_write, model_version_activate
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
@@ -80,3 +80,167 @@ def test_registry_writes_need_a_merchandiser(trained_catalog):
     anon = APIClient()
     assert anon.post("/api/model-versions/rollback/").status_code == 401
     assert anon.post(f"/api/model-versions/{trained_catalog.pk}/activate/").status_code == 401
+
+
+def _vectors(rows: list[ProductEmbedding]) -> dict[str, np.ndarray]:
+    return {
+        c: np.stack([np.asarray(getattr(r, c)) for r in rows]) for c in ("image", "text", "fused", "compat")
+    }
+
+
+def test_vector_writes_are_idempotent_upserts(trained_catalog):
+    rows = list(ProductEmbedding.objects.filter(model_version=trained_catalog).order_by("product_id")[:6])
+    ids = [r.product_id for r in rows]
+    vecs = _vectors(rows)
+    v = ModelVersion.objects.create(
+        name="upsert", config=trained_catalog.config, status=ModelVersion.Status.READY
+    )
+    assert embeddings_write(version=v, product_ids=ids, **vecs) == 6
+    assert embeddings_write(version=v, product_ids=ids, **vecs) == 6  # delivered twice: same rows updated
+    # a repeated id in one call keeps its last vectors; the ORM upsert writes the same values as COPY
+    twice = ids + ids[:1]
+    swapped = {c: np.concatenate([a, a[1:2]]) for c, a in vecs.items()}
+    assert embeddings_write(version=v, product_ids=twice, method="bulk_create", **swapped) == 6
+    stored = {e.product_id: e for e in ProductEmbedding.objects.filter(model_version=v)}
+    assert sorted(stored) == ids
+    np.testing.assert_allclose(np.asarray(stored[ids[0]].image), vecs["image"][1], atol=1e-6)
+    np.testing.assert_allclose(np.asarray(stored[ids[2]].compat), vecs["compat"][2], atol=1e-6)
+    assert {e.slot for e in stored.values()} == set(
+        Product.objects.filter(pk__in=ids).values_list("slot", flat=True)
+    )
+
+
+def test_vector_write_rejects_non_finite_vectors_and_names_the_product(trained_catalog):
+    rows = list(ProductEmbedding.objects.filter(model_version=trained_catalog).order_by("product_id")[:3])
+    vecs = _vectors(rows)
+    vecs["text"][2, 5] = np.nan
+    v = ModelVersion.objects.create(
+        name="nan", config=trained_catalog.config, status=ModelVersion.Status.READY
+    )
+    with pytest.raises(
+        ValueError, match=rf"text vectors of products \[{rows[2].product_id}\] are not finite"
+    ):
+        embeddings_write(version=v, product_ids=[r.product_id for r in rows], **vecs)
+    assert not ProductEmbedding.objects.filter(model_version=v).exists()
+
+
+def test_prune_keeps_the_newest_the_active_and_the_rollback_target(trained_catalog, tmp_path):
+    from datetime import timedelta
+
+    from recommender.services import model_version_rollback_target, model_versions_prune
+
+    ids = list(Product.objects.values_list("pk", flat=True)[:3])
+    old, v2, v3, v4 = (_copy_version(trained_catalog, ids) for _ in range(4))
+    for v in (old, v2, v3, v4):
+        (tmp_path / f"version-{v.pk}").mkdir()
+        (tmp_path / f"version-{v.pk}" / "heads.pt").write_bytes(b"x")
+        v.artifact_path = str(tmp_path / f"version-{v.pk}" / "heads.pt")
+        v.save()
+    ModelVersion.objects.filter(pk=old.pk).update(
+        activated_at=trained_catalog.activated_at - timedelta(days=1)
+    )
+    assert model_version_rollback_target() == ModelVersion.objects.get(pk=old.pk)
+
+    with pytest.raises(ValueError, match="ML_KEEP_VERSIONS must be at least 1, got 0"):
+        model_versions_prune(keep=0)
+    assert model_versions_prune(keep=2) == [v2.pk]  # kept: v4, v3 (newest 2), active, rollback target
+    v2.refresh_from_db()
+    assert v2.status == ModelVersion.Status.RETIRED and v2.pruned_at is not None
+    assert not ProductEmbedding.objects.filter(model_version=v2).exists()
+    assert not (tmp_path / f"version-{v2.pk}").exists() and (tmp_path / f"version-{v3.pk}").exists()
+    for kept in (old, v3, v4, trained_catalog):
+        assert ProductEmbedding.objects.filter(model_version=kept).count() == (
+            Product.objects.count() if kept == trained_catalog else 3
+        )
+    assert ModelVersion.objects.get(is_active=True) == trained_catalog
+    with pytest.raises(
+        VersionNotReady, match=rf"model version {v2.pk} was pruned on .* its vectors are gone"
+    ):
+        model_version_activate(version=v2)
+    assert model_versions_prune(keep=2) == []  # nothing more to do
+
+
+def test_prune_task_uses_the_setting(trained_catalog, settings):
+    from ml.tasks import prune_model_versions
+
+    ids = list(Product.objects.values_list("pk", flat=True)[:2])
+    extra = [_copy_version(trained_catalog, ids) for _ in range(3)]
+    settings.ML_KEEP_VERSIONS = 3  # newest 3 = the copies; the active one is kept anyway
+    assert prune_model_versions.apply().get() == {"pruned": []}
+    settings.ML_KEEP_VERSIONS = 1
+    assert prune_model_versions.apply().get() == {"pruned": [extra[0].pk, extra[1].pk]}
+
+
+def test_one_training_run_at_a_time(trained_catalog, merch):
+    from django.db import IntegrityError, transaction
+
+    from recommender.services import TrainingRunBusy, training_run_start
+
+    busy = TrainingRun.objects.create(params={}, status=TrainingRun.Status.RUNNING)
+    r = merch.post("/api/training-runs/", {"epochs": 2}, format="json")
+    assert r.status_code == 409
+    assert r.json()["error"] == {"code": "training_busy", "details": {"run": busy.pk},
+                                 "message": f"training run {busy.pk} is still running; wait or cancel it"}  # fmt: skip
+    with pytest.raises(TrainingRunBusy):
+        training_run_start(params={})
+    with pytest.raises(IntegrityError), transaction.atomic():  # the database enforces it too
+        TrainingRun.objects.create(params={}, status=TrainingRun.Status.QUEUED)
+    from ml.tasks import train_model
+
+    # a second delivery of a running run's message (or a second worker) does not train it again
+    assert train_model.apply(kwargs={"run_id": busy.pk}).get() == {"skipped": f"run {busy.pk} is running"}
+    busy.status = TrainingRun.Status.SUCCEEDED
+    busy.save()
+    r = merch.post("/api/training-runs/", {"epochs": 2}, format="json")
+    assert r.status_code == 202 and r.json()["status"] == "queued"
+
+
+def test_runs_with_a_stale_heartbeat_are_failed_as_worker_lost(trained_catalog):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from recommender.services import training_runs_fail_lost
+
+    building = ModelVersion.objects.create(name="half-built", config={}, status=ModelVersion.Status.EMBEDDING)
+    then = timezone.now() - timedelta(minutes=10)
+    lost = TrainingRun.objects.create(params={}, status=TrainingRun.Status.RUNNING, started_at=then,
+                                      heartbeat_at=then, model_version=building)  # fmt: skip
+    assert training_runs_fail_lost(timeout_s=3600) == []  # 10 minutes is not stale under a 1 h limit
+    assert training_runs_fail_lost(timeout_s=60) == [lost.pk]
+    lost.refresh_from_db()
+    assert lost.status == TrainingRun.Status.FAILED and lost.finished_at is not None
+    assert lost.error.startswith(
+        f"worker lost: no heartbeat since {then:%Y-%m-%d %H:%M:%S} UTC (600 s > 60 s)"
+    )
+    assert ModelVersion.objects.get(pk=building.pk).status == ModelVersion.Status.FAILED
+    assert ModelVersion.objects.get(is_active=True) == trained_catalog
+    alive = TrainingRun.objects.create(params={}, status=TrainingRun.Status.RUNNING, started_at=then,
+                                       heartbeat_at=timezone.now())  # fmt: skip
+    assert training_runs_fail_lost(timeout_s=60) == []
+    assert TrainingRun.objects.get(pk=alive.pk).status == TrainingRun.Status.RUNNING
+
+
+def test_retrain_when_the_catalog_changed_enough(trained_catalog):
+    from django.utils import timezone
+
+    from ml.tasks import retrain_if_changed
+    from recommender.services import catalog_changed_fraction
+
+    snap = trained_catalog.trained_on
+    assert snap["products"] == Product.objects.count() and snap["outfits"] > 0
+    assert catalog_changed_fraction(since=snap) == 0.0
+    assert retrain_if_changed.apply(kwargs={"min_fraction": 0.1}).get()["started"] is None
+    ids = list(Product.objects.order_by("pk").values_list("pk", flat=True)[:30])
+    Product.objects.filter(pk__in=ids).update(title="renamed", updated_at=timezone.now())
+    expected = 30 / (snap["products"] + snap["outfits"])
+    assert catalog_changed_fraction(since=snap) == pytest.approx(expected)
+    assert retrain_if_changed.apply(kwargs={"min_fraction": expected + 0.01}).get()["started"] is None
+    out = retrain_if_changed.apply(kwargs={"min_fraction": expected - 0.01}).get()
+    run = TrainingRun.objects.get(pk=out["started"])
+    assert run.status == TrainingRun.Status.QUEUED and out["reason"].startswith("changed ")
+    again = retrain_if_changed.apply(kwargs={"force": True}).get()  # one run at a time, even on schedule
+    assert (
+        again["started"] is None
+        and again["reason"] == f"training run {run.pk} is still queued; wait or cancel it"
+    )

@@ -1,38 +1,58 @@
-"""``python manage.py bench_pipeline``: embedding and training throughput, as ratios to the raw tower forward.
+"""``python manage.py bench_pipeline``: the pipeline's throughput and latency, as ratios measured in one run.
 
 Measured in one run on this machine (``make bench``):
 
 * raw forward: the image tower as served (traced + frozen, channels_last on CPU) on random
   (32, 3, 224, 224) batches: images/s;
-* embedding end to end: ``Embedder.embed_items`` on N real product photos and texts (JPEG decode, both
-  towers, heads; no feature cache) + the pgvector upsert of the four vectors: items/s;
-* training: heads on the tower features of those products (InfoNCE + type + compatibility triplets),
-  samples/s (a sample is one item through the image↔text loss or one triplet).
+* inference alone: ``Embedder.tower_features`` (JPEG decode, both towers; no feature cache) + the heads
+  on N real product photos and texts: items/s;
+* bulk re-embed from cached tower features (a training run's embedding phase): heads + write;
+* bulk re-embed: inference + the pgvector write of the four vectors, once with the ORM upsert
+  (``bulk_create(update_conflicts=True)``, the old path) and once with binary ``COPY`` into a temporary
+  table + one ``INSERT ... ON CONFLICT DO UPDATE`` (the current path): items/s, and each write alone
+  in rows/s (the HNSW index inserts dominate both);
+* training: heads on the tower features of those products, samples/s;
+* upload-to-searchable latency: a real ``celery worker`` (queue ``embedding``, warmed by one upload)
+  and ``--uploads`` products created through ``catalog.services.product_create``; the clock runs from
+  the call until the product's vector row is visible, and each upload must be the nearest neighbour of
+  its own photo (``selectors.photo_search``): p50 / p95 / max in ms.
 
-Writes ``ml/benchmarks/results/pipeline.json``. A temporary model version is created and deleted.
+Writes ``ml/benchmarks/results/pipeline.json``. Temporary model versions and the uploaded products
+are deleted afterwards; when no version is active, a zero-shot one is activated for the latency part
+and removed again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+from django.db import connection
+from tqdm import tqdm
 
 RESULTS = Path(__file__).resolve().parents[3] / "ml" / "benchmarks" / "results" / "pipeline.json"
 
 
+def _percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) by linear interpolation (numpy's default)."""
+    return float(np.percentile(np.asarray(values), q))
+
+
 class Command(BaseCommand):
-    help = "Benchmark embedding (with DB writes) and training throughput against the raw tower forward."
+    help = "Benchmark re-embedding (COPY vs ORM upsert), training, and upload-to-searchable latency."
 
     def add_arguments(self, parser):
         parser.add_argument("--items", type=int, default=256, help="products to embed and train on")
         parser.add_argument("--epochs", type=int, default=3)
+        parser.add_argument("--uploads", type=int, default=10, help="uploads timed through a warm worker")
         parser.add_argument("--data", default=str(settings.BASE_DIR.parent / "shared" / "data" / "hm"))
         parser.add_argument("--out", default=str(RESULTS))
 
@@ -62,46 +82,169 @@ class Command(BaseCommand):
         raw = time_forward(ex._encode_image_batch, x, warmup=2, iters=6)["items_per_s"]
 
         tmp = Path(tempfile.mkdtemp())
-        version = ModelVersion.objects.create(name="bench (temporary)", config={"model": mcfg.to_dict()},
-                                              status=ModelVersion.Status.EMBEDDING)  # fmt: skip
+        versions = {
+            m: ModelVersion.objects.create(name=f"bench {m} (temporary)", config={"model": mcfg.to_dict()},
+                                           status=ModelVersion.Status.EMBEDDING)
+            for m in ("bulk_create", "copy")
+        }  # fmt: skip
+        ids = [p.pk for p in products]
         try:
             save_heads(tmp / "heads.pt", heads, {})
             paths, texts = [_image_path(p) for p in products], [p.text for p in products]
             t = time.perf_counter()
-            img, txt, failed = emb.tower_features(paths, texts)
-            t_feat = time.perf_counter() - t
+            img, txt, failed = emb.tower_features(paths, texts, progress=True)
+            t_h = time.perf_counter()
             vecs = emb.vectors_from_features(img, txt, failed)
-            t_w = time.perf_counter()
-            embeddings_write(version=version, product_ids=[p.pk for p in products], image=vecs.image,
-                             text=vecs.text, fused=vecs.fused, compat=vecs.compat)  # fmt: skip
-            t_write = time.perf_counter() - t_w
-            t_embed = time.perf_counter() - t
+            t_heads = time.perf_counter() - t_h
+            t_infer = time.perf_counter() - t
+            write_s = {}
+            for method, version in versions.items():  # same rows, same table, one after the other
+                t = time.perf_counter()
+                embeddings_write(version=version, product_ids=ids, image=vecs.image, text=vecs.text,
+                                 fused=vecs.fused, compat=vecs.compat, method=method)  # fmt: skip
+                write_s[method] = time.perf_counter() - t
             data = build_train_data(products, img, txt, val_fraction=0.1, seed=0)
             result = train(data, TrainConfig(epochs=opts["epochs"], batch_size=64, patience=0))
         finally:
-            version.delete()
+            for version in versions.values():
+                version.delete()
             for f in tmp.iterdir():
                 f.unlink()
             tmp.rmdir()
         out = {
             "items": len(products), "device": str(ex.device), "torch_threads": torch.get_num_threads(),
             "load_avg_1min": os.getloadavg()[0], "raw_image_forward_items_per_s": raw,
-            "embed_end_to_end_items_per_s": len(products) / t_embed,
-            "embed_towers_only_items_per_s": len(products) / t_feat,
-            "db_write_rows_per_s": len(products) / t_write,
+            "inference_items_per_s": len(products) / t_infer,
+            "reembed_copy_items_per_s": len(products) / (t_infer + write_s["copy"]),
+            "reembed_orm_upsert_items_per_s": len(products) / (t_infer + write_s["bulk_create"]),
+            "reembed_from_features_copy_items_per_s": len(products) / (t_heads + write_s["copy"]),
+            "reembed_from_features_orm_upsert_items_per_s": len(products) / (t_heads + write_s["bulk_create"]),
+            "db_write_copy_rows_per_s": len(products) / write_s["copy"],
+            "db_write_orm_upsert_rows_per_s": len(products) / write_s["bulk_create"],
             "train_samples_per_s": result.samples_per_s, "train_steps": result.steps,
         }  # fmt: skip
-        out["embed_ratio_to_raw_forward"] = out["embed_end_to_end_items_per_s"] / raw
+        out["reembed_ratio_to_inference"] = out["reembed_copy_items_per_s"] / out["inference_items_per_s"]
+        out["reembed_ratio_to_orm_upsert"] = (
+            out["reembed_copy_items_per_s"] / out["reembed_orm_upsert_items_per_s"]
+        )
+        out["db_write_copy_to_orm_upsert"] = (
+            out["db_write_copy_rows_per_s"] / out["db_write_orm_upsert_rows_per_s"]
+        )
+        out["embed_ratio_to_raw_forward"] = out["reembed_copy_items_per_s"] / raw
         out["train_ratio_to_raw_forward"] = out["train_samples_per_s"] / raw
+        if opts["uploads"] > 0:
+            out.update(self._upload_latency(opts["uploads"], Path(opts["data"])))
         Path(opts["out"]).parent.mkdir(parents=True, exist_ok=True)
         Path(opts["out"]).write_text(json.dumps(out, indent=1))
         rows = [
             ("raw image tower forward (traced)", raw, "img/s"),
-            ("embedding end to end (decode, towers, heads, DB upsert)", out["embed_end_to_end_items_per_s"], "items/s"),
-            ("  of which towers incl. decode", out["embed_towers_only_items_per_s"], "items/s"),
-            ("  of which pgvector upsert (4 vectors, HNSW)", out["db_write_rows_per_s"], "rows/s"),
+            ("inference alone (decode, towers, heads)", out["inference_items_per_s"], "items/s"),
+            ("bulk re-embed, COPY + merge (current)", out["reembed_copy_items_per_s"], "items/s"),
+            ("bulk re-embed, ORM upsert (old)", out["reembed_orm_upsert_items_per_s"], "items/s"),
+            ("re-embed from cached tower features, COPY (training run)", out["reembed_from_features_copy_items_per_s"], "items/s"),
+            ("re-embed from cached tower features, ORM upsert (old)", out["reembed_from_features_orm_upsert_items_per_s"], "items/s"),
+            ("  pgvector write alone, COPY + merge", out["db_write_copy_rows_per_s"], "rows/s"),
+            ("  pgvector write alone, ORM upsert", out["db_write_orm_upsert_rows_per_s"], "rows/s"),
             ("training the heads on cached features", out["train_samples_per_s"], "samples/s"),
         ]  # fmt: skip
         for name, v, unit in rows:
-            self.stdout.write(f"{name:58s} {v:10.1f} {unit:10s} ratio {v / raw:6.2f}")
+            self.stdout.write(f"{name:58s} {v:10.1f} {unit:10s} ratio to raw {v / raw:6.2f}")
+        self.stdout.write(f"re-embed / inference alone: {out['reembed_ratio_to_inference']:.2f}; "
+                          f"COPY / ORM upsert: {out['reembed_ratio_to_orm_upsert']:.2f} end to end, "
+                          f"{out['db_write_copy_to_orm_upsert']:.2f} for the write alone")  # fmt: skip
+        if "upload_to_searchable_ms" in out:
+            lat = out["upload_to_searchable_ms"]
+            self.stdout.write(f"upload to searchable (warm worker, {lat['n']} uploads): p50 {lat['p50']:.0f} ms, "
+                              f"p95 {lat['p95']:.0f} ms, max {lat['max']:.0f} ms; nearest neighbour of its own "
+                              f"photo {lat['own_nearest']}/{lat['n']}")  # fmt: skip
         self.stdout.write(f"written to {opts['out']}")
+
+    def _upload_latency(self, uploads: int, data: Path) -> dict:
+        """Create ``uploads`` products through the service with a warm worker; time until searchable.
+
+        Raises:
+            CommandError: the worker does not start, or an upload is not embedded within 60 s.
+        """
+        from PIL import Image
+
+        from catalog.models import Product
+        from catalog.services import product_create
+        from ml.data import read_articles
+        from ml.tasks import model_config
+        from ml.train import save_heads, zero_shot_heads
+        from recommender import runtime, selectors
+        from recommender.celery import app
+        from recommender.models import ModelVersion, ProductEmbedding
+        from recommender.services import embeddings_write, model_version_activate
+
+        self.stdout.write(runtime.ensure_redis(settings.CELERY_BROKER_URL, settings.VAR_DIR))
+        active = ModelVersion.objects.filter(is_active=True).first()
+        temp_version = None
+        if active is None:  # a zero-shot version serves the benchmark, then goes away
+            mcfg = model_config()
+            temp_version = ModelVersion.objects.create(name="bench zero-shot (temporary)",
+                                                       config={"model": mcfg.to_dict()})  # fmt: skip
+            path = Path(settings.ML_ARTIFACTS_DIR) / f"version-{temp_version.pk}" / "heads.pt"
+            save_heads(path, zero_shot_heads(mcfg.embed_dim, settings.COMPAT_DIM), {})
+            ModelVersion.objects.filter(pk=temp_version.pk).update(artifact_path=str(path))
+            temp_version.refresh_from_db()
+            from ml.inference import Embedder
+
+            emb = Embedder(
+                mcfg,
+                zero_shot_heads(mcfg.embed_dim, settings.COMPAT_DIM),
+                cache_dir=settings.ML_FEATURE_CACHE_DIR,
+            )
+            products = list(Product.objects.order_by("pk"))
+            v = emb.embed_items(
+                [p.image.path if p.image else "" for p in products], [p.text for p in products]
+            )
+            embeddings_write(version=temp_version, product_ids=[p.pk for p in products], image=v.image,
+                             text=v.text, fused=v.fused, compat=v.compat)  # fmt: skip
+            active = model_version_activate(version=temp_version)
+        articles, _ = read_articles(data)
+        known = set(Product.objects.values_list("sku", flat=True))
+        fresh = [a for a in articles if f"BENCH-{a.article_id}" not in known and a.article_id not in known][
+            : uploads + 1
+        ]
+        log = settings.VAR_DIR / "logs" / "bench-worker.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        runtime.purge_queues(app, ("embedding",))
+        d = connection.settings_dict
+        proc = runtime.start_worker(queues="embedding", concurrency=1, logfile=log, name=f"bench-{os.getpid()}",
+                                    env={"DATABASE_URL": runtime.database_url(d)})  # fmt: skip
+        created: list[int] = []
+        latencies: list[float] = []
+        own_nearest = 0
+        try:
+            if not runtime.wait_for_worker(app, timeout=120):
+                raise CommandError(f"the benchmark worker did not start; see {log}")
+            for i, art in enumerate(tqdm(fresh, desc="uploads", unit="upload")):
+                photo = art.image_path.read_bytes()
+                t = time.perf_counter()
+                p = product_create(sku=f"BENCH-{art.article_id}", title=art.title, slot=art.slot, image_bytes=photo,
+                                   description=art.description, product_type=art.product_type, colour=art.colour)  # fmt: skip
+                created.append(p.pk)
+                deadline = t + 60
+                while not ProductEmbedding.objects.filter(product_id=p.pk, model_version=active).exists():
+                    if time.perf_counter() > deadline:
+                        raise CommandError(f"upload {p.pk} not embedded within 60 s; see {log}")
+                    time.sleep(0.01)
+                took = (time.perf_counter() - t) * 1000
+                if i == 0:
+                    continue  # the first one warms the worker (loads the model)
+                latencies.append(took)
+                hits = selectors.photo_search(image=Image.open(art.image_path), k=1)
+                own_nearest += int(bool(hits) and hits[0].product.pk == p.pk)
+        finally:
+            runtime.stop_worker(proc)
+            for p in Product.objects.filter(pk__in=created):
+                p.image.delete(save=False)
+                p.thumbnail.delete(save=False)
+                p.delete()
+            if temp_version is not None:
+                temp_version.delete()
+        return {"upload_to_searchable_ms": {
+            "n": len(latencies), "p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95),
+            "max": max(latencies), "mean": statistics.fmean(latencies), "own_nearest": own_nearest,
+        }}  # fmt: skip
