@@ -167,3 +167,15 @@ def test_suggested_replacement_is_another_item_that_raises_the_score(trained_cat
         better = selectors.outfit_compatibility(product_ids=swapped, suggest=False)
         assert better.score > res.score, (better.score, res.score)
     assert suggested >= 1
+
+
+def test_query_text_cache_is_bounded_and_ignores_whitespace_runs(trained_catalog, monkeypatch):
+    emb = selectors.embedder(trained_catalog)
+    a = emb.embed_query_text("black   leather boots ")
+    b = emb.embed_query_text("black leather boots")
+    assert a is b and np.linalg.norm(a) == pytest.approx(1.0, abs=1e-4)
+    monkeypatch.setattr(emb, "TEXT_CACHE_SIZE", 2)
+    for q in ("red dress", "blue jeans", "green coat"):
+        emb.embed_query_text(q)
+    assert list(emb._text_lru) == ["blue jeans", "green coat"]
+    assert np.allclose(emb.embed_query_text("black leather boots"), a, atol=1e-6)  # recomputed, same vector
