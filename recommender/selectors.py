@@ -154,30 +154,41 @@ def _ranked(
 
     Unfiltered queries switch sequential scans off (``settings.HNSW_FORCE_INDEX``): on catalogs of
     ~10k rows PostgreSQL's cost model picks a scan + sort that reads every TOASTed vector (24 ms
-    against 2.6 ms through the index at 10k rows in ``bench_serving``). Filtered queries use ``hnsw.iterative_scan = relaxed_order`` (pgvector 0.8: the scan continues
-    until k rows pass the filter or ``hnsw.max_scan_tuples`` were visited); rows come back in
-    approximately distance order and are re-sorted exactly here.
+    against 2.6 ms through the index at 10k rows in ``bench_serving``). Filtered queries use
+    ``hnsw.iterative_scan = relaxed_order`` (pgvector 0.8: the scan continues until k rows pass the
+    filter or ``hnsw.max_scan_tuples`` were visited); rows come back in approximately distance order
+    and are re-sorted exactly here.
 
     Returns:
         ``[(product_id, inner_product)]`` best first, or ``[(product_id, ip, vector (D,) float32)]``
         with ``vectors=True`` (for MMR).
     """
+    return _ranked_many([(qs, query)], column, k, filtered=filtered, kind=kind, vectors=vectors)[0]
+
+
+def _ranked_many(
+    jobs: Sequence[tuple[QuerySet, np.ndarray]], column: str, k: int, *, filtered: bool, kind: str,
+    vectors: bool = False,
+) -> list[list[tuple]]:  # fmt: skip
+    """Several rankings (one per ``(queryset, query)``) in one transaction with one set of HNSW
+    settings (:func:`_ranked`), so complete-the-look pays the round trips once, not once per slot."""
+    out: list[list[tuple]] = []
     with transaction.atomic(), connection.cursor() as cur:
         cur.execute("SET LOCAL hnsw.ef_search = %s", [ef_search_for(kind, k)])
         if not filtered and settings.HNSW_FORCE_INDEX:
-            cur.execute(
-                "SET LOCAL enable_seqscan = off"
-            )  # the planner prefers a TOASTed seq scan below ~50k rows
+            cur.execute("SET LOCAL enable_seqscan = off")  # a TOASTed seq scan wins below ~50k rows
         if filtered:
             cur.execute(f"SET LOCAL hnsw.iterative_scan = {settings.HNSW_ITERATIVE_SCAN}")
             cur.execute("SET LOCAL hnsw.max_scan_tuples = %s", [settings.HNSW_MAX_SCAN_TUPLES])
         fields = ("product_id", "d", column) if vectors else ("product_id", "d")
-        rows = qs.annotate(d=distance_expression(column, query)).order_by("d").values_list(*fields)[:k]
-        if vectors:
-            out = [(pid, -float(d), np.asarray(v, dtype=np.float32)) for pid, d, v in rows]
-        else:
-            out = [(pid, -float(d)) for pid, d in rows]
-    out.sort(key=lambda r: -r[1])
+        for qs, query in jobs:
+            rows = qs.annotate(d=distance_expression(column, query)).order_by("d").values_list(*fields)[:k]
+            if vectors:
+                ranked = [(pid, -float(d), np.asarray(v, dtype=np.float32)) for pid, d, v in rows]
+            else:
+                ranked = [(pid, -float(d)) for pid, d in rows]
+            ranked.sort(key=lambda r: -r[1])
+            out.append(ranked)
     return out
 
 
@@ -363,17 +374,21 @@ def complete_the_look(
     targets = list(slots) if slots else missing_slots([e.slot for e in embs])
     variants = [v for v in Product.objects.filter(pk__in=[e.product_id for e in embs]).values_list(
         "variant_group", flat=True) if v]  # fmt: skip
-    out = []
+    given = [*(e.product_id for e in embs), *exclude_ids]
+    jobs = []
     for slot in targets:
         with torch.no_grad():
             q = heads.slot_query(f, s, SLOT_INDEX[slot]).numpy()  # (C,)
-        qs = ProductEmbedding.objects.filter(model_version=version, slot=slot).exclude(
-            product_id__in=[*(e.product_id for e in embs), *exclude_ids]).exclude(product__variant_group__in=variants).exclude(
-            product__product_type__iexact="unknown")  # untyped source rows make poor outfit picks  # fmt: skip
-        pairs = _ranked(
-            qs, "compat", q, 3 * k, filtered=True, kind="complete"
-        )  # room to drop colour variants of a pick
-        hits = _hits(pairs, lambda v: compat_to_unit(v, len(embs)))
+        qs = (ProductEmbedding.objects.filter(model_version=version, slot=slot).exclude(product_id__in=given)
+              .exclude(product__variant_group__in=variants)
+              .exclude(product__product_type__iexact="unknown"))  # untyped source rows make poor picks  # fmt: skip
+        jobs.append((qs, q))
+    # 3k rows per slot: room to drop colour variants of a pick
+    ranked = _ranked_many(jobs, "compat", 3 * k, filtered=True, kind="complete")
+    products = Product.objects.in_bulk([pid for pairs in ranked for pid, _ in pairs])
+    out = []
+    for slot, pairs in zip(targets, ranked, strict=True):
+        hits = [Hit(products[pid], compat_to_unit(v, len(embs))) for pid, v in pairs if pid in products]
         out.append(SlotPicks(slot, _distinct_variants(hits)[:k]))
     return out
 

@@ -179,3 +179,13 @@ def test_query_text_cache_is_bounded_and_ignores_whitespace_runs(trained_catalog
         emb.embed_query_text(q)
     assert list(emb._text_lru) == ["blue jeans", "green coat"]
     assert np.allclose(emb.embed_query_text("black leather boots"), a, atol=1e-6)  # recomputed, same vector
+
+
+def test_complete_the_look_runs_its_slot_queries_in_one_transaction(trained_catalog):
+    top = Product.objects.filter(slot="top").exclude(product_type="unknown").first()
+    with CaptureQueriesContext(connection) as ctx:
+        picks = selectors.complete_the_look(product_ids=[top.pk], k=2)
+    sqls = [q["sql"] for q in ctx.captured_queries]
+    ranking = [q for q in sqls if "<#>" in q]
+    assert len(picks) == len(ranking) == len(selectors.missing_slots(["top"])) >= 5
+    assert sum(q.startswith("SET LOCAL hnsw.ef_search") for q in sqls) == 1
