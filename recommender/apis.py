@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from redis.exceptions import RedisError
 from rest_framework import generics, status
 from rest_framework.exceptions import APIException, Throttled, ValidationError
 from rest_framework.parsers import MultiPartParser
@@ -120,6 +121,10 @@ def _filters(data: dict) -> selectors.Filters:
                                                           "price_min", "price_max")})  # fmt: skip
 
 
+#: What a cache that is down raises (redis-py's connection/timeout errors, socket errors).
+CACHE_ERRORS = (RedisError, OSError)
+
+
 class ScopedThrottle(ScopedRateThrottle):
     """DRF's scoped throttle (``throttle_scope`` on the view), rates read from settings at request time.
 
@@ -135,7 +140,7 @@ class ScopedThrottle(ScopedRateThrottle):
     def allow_request(self, request, view) -> bool:
         try:
             return super().allow_request(request, view)
-        except Exception as exc:  # the cache backend's connection errors (redis-py raises its own types)
+        except CACHE_ERRORS as exc:
             logger.warning(
                 "throttle %s skipped, cache unavailable: %s", getattr(view, "throttle_scope", "?"), exc
             )
@@ -168,7 +173,7 @@ def cached_answer(*, name: str, params: dict[str, Any], compute: Callable[[], An
     key = _cache_key(version=selectors.active_version(), name=name, params=params)
     try:
         hit = cache.get(key)
-    except Exception as exc:  # connection refused, timeout: answer without the cache
+    except CACHE_ERRORS as exc:  # connection refused, timeout: answer without the cache
         logger.warning("cache read failed (%s); answering without the cache", exc)
         return compute()
     if hit is not None:
@@ -176,7 +181,7 @@ def cached_answer(*, name: str, params: dict[str, Any], compute: Callable[[], An
     data = compute()
     try:
         cache.set(key, data, seconds)
-    except Exception as exc:
+    except CACHE_ERRORS as exc:
         logger.warning("cache write failed (%s)", exc)
     return data
 
