@@ -106,15 +106,19 @@ class Command(BaseCommand):
             for ep in opts["endpoints"]:
                 results["endpoints"][ep] = self._run(ep, base, tmp, opts)
                 logger.info("%s: %s", ep, results["endpoints"][ep])
+            results["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
+            out = Path(opts["out"])
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=2))
+            out.with_suffix(".md").write_text(markdown(results))
+            self.stdout.write(markdown(results))
         finally:
             os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=30)
-        results["load_avg_after"] = [round(x, 2) for x in os.getloadavg()]
-        out = Path(opts["out"])
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2))
-        out.with_suffix(".md").write_text(markdown(results))
-        self.stdout.write(markdown(results))
+            try:
+                server.wait(timeout=60)  # gunicorn's graceful shutdown
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
 
     def _wait(self, base: str, server: subprocess.Popen) -> None:
         for _ in range(120):
