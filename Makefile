@@ -4,6 +4,7 @@ LIMIT   ?= 0
 EPOCHS  ?= 30
 ADDR    ?= 127.0.0.1:8000
 VAR_DIR ?= var
+BENCH_SIZES ?= 10000 100000 1000000
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
@@ -36,10 +37,13 @@ format: venv
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-## bench: throughput figures written to ml/benchmarks/results/{towers,pipeline}.json (README "Benchmarks")
+## bench: throughput figures written to ml/benchmarks/results/{towers,pipeline,serving,http}.json (README "Benchmarks")
+## (the 1M-product serving size builds HNSW indexes for ~1 h on 2 cores: BENCH_SIZES="10000 100000" skips it)
 bench: venv
 	$(PY) -m ml.benchmarks.bench_towers
 	$(PY) manage.py bench_pipeline
+	$(PY) manage.py bench_serving --sizes $(BENCH_SIZES)
+	$(PY) manage.py bench_http
 
 migrate: venv
 	$(PY) manage.py migrate

@@ -8,6 +8,7 @@ few seconds), the web process uses one for text and photo queries.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ class Embedder:
         self.extractor = FeatureExtractor(self.bundle, batch_size=batch_size)
         self.cache = FeatureCache(cache_dir) if cache_dir is not None else None
         self._text_lru: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._text_lru_lock = threading.Lock()  # threaded servers (runserver, gthread) share the Embedder
 
     def tower_features(self, image_paths: Sequence[str | Path], texts: Sequence[str], progress: bool = False):
         """Frozen tower outputs: ``(image (N, E), text (N, E), failed)`` float32, unnormalised."""
@@ -119,18 +121,28 @@ class Embedder:
         img, txt, failed = self.tower_features(image_paths, texts, progress=progress)
         return self.vectors_from_features(img, txt, failed)
 
+    #: Distinct query texts whose vectors are kept (least recently used dropped first).
+    TEXT_CACHE_SIZE = 1024
+
     @torch.no_grad()
     def embed_query_text(self, query: str) -> np.ndarray:
-        """A free-text query → (E,) float32 unit vector in the general (text) space. LRU-cached (1024)."""
-        if query in self._text_lru:
-            self._text_lru.move_to_end(query)
-            return self._text_lru[query]
-        feats = torch.from_numpy(self.extractor.encode_texts([query]))
+        """A free-text query → (E,) float32 unit vector in the general (text) space.
+
+        LRU-cached per process (:attr:`TEXT_CACHE_SIZE` texts, thread-safe); the key is the query with
+        runs of whitespace collapsed, so ``"black  dress "`` and ``"black dress"`` share one entry.
+        """
+        key = " ".join(query.split())
+        with self._text_lru_lock:
+            if key in self._text_lru:
+                self._text_lru.move_to_end(key)
+                return self._text_lru[key]
+        feats = torch.from_numpy(self.extractor.encode_texts([key]))
         _, txt_v = self.heads.general(feats, feats)
         vec = txt_v[0].numpy()
-        self._text_lru[query] = vec
-        if len(self._text_lru) > 1024:
-            self._text_lru.popitem(last=False)
+        with self._text_lru_lock:
+            self._text_lru[key] = vec
+            while len(self._text_lru) > self.TEXT_CACHE_SIZE:
+                self._text_lru.popitem(last=False)
         return vec
 
     @torch.no_grad()

@@ -6,13 +6,23 @@ with Swagger UI at ``/api/docs/``.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
 from django.http import Http404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from redis.exceptions import RedisError
 from rest_framework import generics, status
-from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.exceptions import APIException, Throttled, ValidationError
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -30,6 +40,8 @@ from recommender.services import (
     training_run_cancel,
     training_run_start,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def exception_handler(exc, context):
@@ -54,15 +66,19 @@ def exception_handler(exc, context):
         return None
     if isinstance(exc, ValidationError):
         details = response.data
+        code = "invalid"
+        if getattr(exc, "unknown_ids", None):  # see _unknown_ids_are_400
+            code, details = "unknown_products", {"ids": exc.unknown_ids}
         response.data = {
-            "error": {"code": "invalid", "message": _flatten_errors(details), "details": details}
+            "error": {"code": code, "message": _flatten_errors(response.data), "details": details}
         }
     else:
         detail = (
             response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
         )
         code = getattr(exc, "default_code", None) or _STATUS_CODES.get(response.status_code, "error")
-        response.data = {"error": {"code": code, "message": str(detail), "details": {}}}
+        details = {"retry_after_s": exc.wait} if isinstance(exc, Throttled) and exc.wait is not None else {}
+        response.data = {"error": {"code": code, "message": str(detail), "details": details}}
     return response
 
 
@@ -109,12 +125,112 @@ def _filters(data: dict) -> selectors.Filters:
                                                           "price_min", "price_max")})  # fmt: skip
 
 
+#: What a cache that is down raises (redis-py's connection/timeout errors, socket errors).
+CACHE_ERRORS = (RedisError, OSError)
+
+
+class ScopedThrottle(ScopedRateThrottle):
+    """DRF's scoped throttle (``throttle_scope`` on the view), rates read from settings at request time.
+
+    Rates come from ``REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"]`` (env ``THROTTLE_RATE_SEARCH``,
+    ``THROTTLE_RATE_PHOTO_SEARCH``, ``THROTTLE_RATE_UPLOAD``; e.g. ``"120/min"``), counted per user
+    when logged in, else per client IP, in the Django cache (Redis). When the cache is down the request
+    is let through (logged): a broken cache must not turn reads into 500s.
+    """
+
+    def get_rate(self) -> str | None:
+        return settings.REST_FRAMEWORK.get("DEFAULT_THROTTLE_RATES", {}).get(self.scope)
+
+    def allow_request(self, request, view) -> bool:
+        try:
+            return super().allow_request(request, view)
+        except CACHE_ERRORS as exc:
+            logger.warning(
+                "throttle %s skipped, cache unavailable: %s", getattr(view, "throttle_scope", "?"), exc
+            )
+            return True
+
+
+def _cache_key(*, version: ModelVersion, name: str, params: dict[str, Any]) -> str:
+    """``answer:v<id>-<created µs>:<name>:<sha256 of the params>``: activating a version changes every key.
+
+    The creation time makes keys unique even when a rebuilt database reuses version ids.
+    """
+    blob = json.dumps(params, sort_keys=True, default=str).encode()
+    stamp = int(version.created_at.timestamp() * 1e6)
+    return f"answer:v{version.pk}-{stamp}:{name}:{hashlib.sha256(blob).hexdigest()[:32]}"
+
+
+def cached_answer(*, name: str, params: dict[str, Any], compute: Callable[[], Any]) -> Any:
+    """A JSON-ready answer from the cache, or ``compute()`` stored for ``RECOMMENDATION_CACHE_SECONDS``.
+
+    The key carries the active model version (:func:`_cache_key`), so activation or rollback never
+    serves answers of the previous version. Any cache error degrades to computing the answer (logged),
+    never to a 500.
+
+    Raises:
+        whatever ``compute`` raises (e.g. :class:`selectors.NoActiveModel` when no version is active).
+    """
+    seconds = settings.RECOMMENDATION_CACHE_SECONDS
+    if seconds <= 0:
+        return compute()
+    key = _cache_key(version=selectors.active_version(), name=name, params=params)
+    try:
+        hit = cache.get(key)
+    except CACHE_ERRORS as exc:  # connection refused, timeout: answer without the cache
+        logger.warning("cache read failed (%s); answering without the cache", exc)
+        return compute()
+    if hit is not None:
+        return hit
+    data = compute()
+    try:
+        cache.set(key, data, seconds)
+    except CACHE_ERRORS as exc:
+        logger.warning("cache write failed (%s)", exc)
+    return data
+
+
+def _page(request: Request, *, hits: list, page: int, k: int) -> dict[str, Any]:
+    """The page ``page`` (k hits) of a ranked answer that holds ``page * k`` hits at most."""
+    results = hits[(page - 1) * k : page * k]
+    has_next = len(hits) == page * k and (page + 1) * k <= s.MAX_WINDOW
+    base = request.build_absolute_uri(request.path)
+
+    def url(p: int) -> str:
+        query = request.query_params.copy()
+        query["page"] = str(p)
+        return f"{base}?{query.urlencode()}"
+
+    return {"page": page, "k": k, "next": url(page + 1) if has_next else None,
+            "previous": url(page - 1) if page > 1 else None,
+            "results": s.HitSerializer(results, many=True).data}  # fmt: skip
+
+
+def _unknown_ids_are_400(exc: selectors.UnknownProducts) -> ValidationError:
+    """Unknown ids in a request body are invalid input (400), not a missing resource (404)."""
+    err = ValidationError({"product_ids": [f"unknown product id(s): {exc.ids}"]})
+    err.unknown_ids = exc.ids
+    return err
+
+
+_ERRORS = {
+    400: OpenApiResponse(s.ErrorSerializer, description="invalid input; the message names the field"),
+    409: OpenApiResponse(s.ErrorSerializer, description="no active model version"),
+}
+_NOT_FOUND = {404: OpenApiResponse(s.ErrorSerializer, description="unknown product id")}
+_THROTTLED = {429: OpenApiResponse(s.ErrorSerializer, description="too many requests; details.retry_after_s")}
+
+
 class ProductListApi(generics.ListAPIView):
     """Products, filterable by ``slot``, ``colour``, ``audience``, ``product_type``. POST (merchandisers,
     multipart) creates a product from a photo and its details and queues its embedding."""
 
     serializer_class = s.ProductSerializer
     parser_classes = [MultiPartParser]
+    throttle_scope = "upload"
+
+    def get_throttles(self):
+        return [ScopedThrottle()] if self.request.method == "POST" else []
 
     @extend_schema(parameters=[s.FilterSerializer])
     def get(self, request: Request, *args, **kwargs) -> Response:
@@ -134,7 +250,9 @@ class ProductListApi(generics.ListAPIView):
             qs = qs.filter(price__lte=f.validated_data["price_max"])
         return qs
 
-    @extend_schema(request=s.ProductCreateSerializer, responses={201: s.ProductSerializer})
+    @extend_schema(
+        request=s.ProductCreateSerializer, responses={201: s.ProductSerializer, **_ERRORS, **_THROTTLED}
+    )
     def post(self, request: Request) -> Response:
         ser = s.ProductCreateSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
@@ -158,75 +276,121 @@ class ProductDetailApi(generics.RetrieveAPIView):
 
 
 class SimilarApi(APIView):
-    """Items most similar to a product (cosine similarity in the general space)."""
+    """Items most similar to a product (cosine similarity in the general space), paginated.
 
-    @extend_schema(parameters=[s.SimilarQuerySerializer], responses=s.HitSerializer(many=True))
+    Filters (slot, product type, colour, audience, price range) run inside the indexed query;
+    ``mmr=<λ>`` re-ranks a candidate pool for diversity; hot answers are cached per model version.
+    """
+
+    @extend_schema(
+        parameters=[s.SimilarQuerySerializer], responses={200: s.HitPageSerializer, **_ERRORS, **_NOT_FOUND}
+    )
     def get(self, request: Request, pk: int) -> Response:
         q = s.SimilarQuerySerializer(data=request.query_params)
         q.is_valid(raise_exception=True)
         d = q.validated_data
-        hits = selectors.similar_items(product_id=pk, k=d["k"], space=d["space"],
-                                       exclude_variants=d["exclude_variants"], filters=_filters(d))  # fmt: skip
-        return Response(s.HitSerializer(hits, many=True).data)
+
+        def compute() -> list[dict]:
+            hits = selectors.similar_items(product_id=pk, k=d["k"] * d["page"], space=d["space"],
+                                           exclude_variants=d["exclude_variants"], filters=_filters(d),
+                                           mmr_lambda=d["mmr"])  # fmt: skip
+            return _page(request, hits=hits, page=d["page"], k=d["k"])
+
+        return Response(cached_answer(name="similar", params={"pk": pk, **d}, compute=compute))
 
 
 class SearchApi(APIView):
-    """Free-text search ("black leather ankle boots") with optional filters."""
+    """Free-text search ("black leather ankle boots") with optional filters, paginated (throttled)."""
 
-    @extend_schema(parameters=[s.SearchQuerySerializer], responses=s.HitSerializer(many=True))
+    throttle_classes = [ScopedThrottle]
+    throttle_scope = "search"
+
+    @extend_schema(
+        parameters=[s.SearchQuerySerializer], responses={200: s.HitPageSerializer, **_ERRORS, **_THROTTLED}
+    )
     def get(self, request: Request) -> Response:
         q = s.SearchQuerySerializer(data=request.query_params)
         q.is_valid(raise_exception=True)
         d = q.validated_data
-        hits = selectors.text_search(query=d["q"], k=d["k"], filters=_filters(d))
-        return Response(s.HitSerializer(hits, many=True).data)
+
+        def compute() -> dict:
+            hits = selectors.text_search(query=d["q"], k=d["k"] * d["page"], filters=_filters(d),
+                                         mmr_lambda=d["mmr"])  # fmt: skip
+            return _page(request, hits=hits, page=d["page"], k=d["k"])
+
+        params = {**d, "q": " ".join(d["q"].split()).lower()}  # the text tower lower-cases anyway
+        return Response(cached_answer(name="search", params=params, compute=compute))
 
 
 class PhotoSearchApi(APIView):
-    """Search by photo: upload an image (multipart field ``image``), get similar catalog items."""
+    """Search by photo: upload an image (multipart field ``image``, optional ``k`` and filters), throttled."""
 
     parser_classes = [MultiPartParser]
     public_post = True
+    throttle_classes = [ScopedThrottle]
+    throttle_scope = "photo_search"
 
-    @extend_schema(request={"multipart/form-data": {"type": "object", "properties": {
-        "image": {"type": "string", "format": "binary"}}}}, responses=s.HitSerializer(many=True))  # fmt: skip
+    @extend_schema(request={"multipart/form-data": s.PhotoSearchSerializer},
+                   responses={200: s.HitSerializer(many=True), **_ERRORS, **_THROTTLED})  # fmt: skip
     def post(self, request: Request) -> Response:
         upload = request.FILES.get("image")
         if upload is None:
             raise ValidationError({"image": ["upload a photo in the multipart field 'image'"]})
+        ser = s.PhotoSearchSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        d = ser.validated_data
         try:  # the same checks as product uploads: size, decoding, shape limits, EXIF, RGB
             clean = clean_upload(upload, name="photo")
         except ImageError as exc:
             raise ValidationError({"image": [str(exc)]}) from exc
-        return Response(s.HitSerializer(selectors.photo_search(image=clean.image, k=24), many=True).data)
+        hits = selectors.photo_search(image=clean.image, k=d["k"], filters=_filters(d))
+        return Response(s.HitSerializer(hits, many=True).data)
 
 
 class CompleteTheLookApi(APIView):
-    """Given 1..8 products, the best items for each missing slot (pick + alternates)."""
+    """Given 1..8 products, the best items for each missing slot (pick + alternates), ranked by total
+    compatibility with all of them; never an item of a slot the outfit already has."""
 
     public_post = True
 
-    @extend_schema(request=s.ProductIdsSerializer, responses=s.SlotPicksSerializer(many=True))
+    @extend_schema(
+        request=s.ProductIdsSerializer, responses={200: s.SlotPicksSerializer(many=True), **_ERRORS}
+    )
     def post(self, request: Request) -> Response:
         ser = s.ProductIdsSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
-        picks = selectors.complete_the_look(
-            product_ids=ser.validated_data["product_ids"], k=ser.validated_data["k"]
-        )
-        return Response(s.SlotPicksSerializer(picks, many=True).data)
+        ids, k = ser.validated_data["product_ids"], ser.validated_data["k"]
+
+        def compute() -> list[dict]:
+            try:
+                picks = selectors.complete_the_look(product_ids=ids, k=k)
+            except selectors.UnknownProducts as exc:
+                raise _unknown_ids_are_400(exc) from exc
+            return s.SlotPicksSerializer(picks, many=True).data
+
+        return Response(cached_answer(name="complete", params={"ids": sorted(ids), "k": k}, compute=compute))
 
 
 class CompatibilityApi(APIView):
-    """Compatibility score in [0, 1] of a set of 2..8 products, with the pairwise matrix and weakest pair."""
+    """Compatibility score in [0, 1] of a set of 2..8 products, with the pairwise matrix, the weakest
+    pair and a suggested replacement for its weaker item."""
 
     public_post = True
 
-    @extend_schema(request=s.ProductIdsSerializer, responses=s.CompatibilitySerializer)
+    @extend_schema(request=s.ProductIdsSerializer, responses={200: s.CompatibilitySerializer, **_ERRORS})
     def post(self, request: Request) -> Response:
         ser = s.ProductIdsSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
-        result = selectors.outfit_compatibility(product_ids=ser.validated_data["product_ids"])
-        return Response(s.CompatibilitySerializer(result).data)
+        ids = ser.validated_data["product_ids"]
+
+        def compute() -> dict:
+            try:
+                result = selectors.outfit_compatibility(product_ids=ids)
+            except selectors.UnknownProducts as exc:
+                raise _unknown_ids_are_400(exc) from exc
+            return s.CompatibilitySerializer(result).data
+
+        return Response(cached_answer(name="compatibility", params={"ids": ids}, compute=compute))
 
 
 class ModelVersionListApi(generics.ListAPIView):

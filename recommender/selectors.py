@@ -2,8 +2,14 @@
 
 All stored vectors are unit norm, so ordering by ``<#>`` (negative inner product) ascending ranks by
 cosine similarity and uses the ``vector_ip_ops`` HNSW indexes. Filtered queries run with pgvector 0.8
-iterative index scans (``hnsw.iterative_scan``) set with ``SET LOCAL`` inside a transaction, so a
-filter that matches few rows still returns k of them.
+iterative index scans (``hnsw.iterative_scan``, ``hnsw.max_scan_tuples``) set with ``SET LOCAL``
+inside a transaction, so a filter that matches few rows still returns k of them; ``hnsw.ef_search`` is
+set per query type (``settings.HNSW_EF_SEARCH_BY_QUERY``). With ``settings.PGVECTOR_HALFVEC`` the
+``fused`` and ``compat`` rankings order by ``column::halfvec(d) <#> q::halfvec(d)``, which the
+half-precision expression indexes of migration ``0002_serving`` serve (half the index memory).
+
+Similar items and text search can be re-ranked for diversity with MMR (:func:`ml.diversity.mmr`)
+over a candidate pool fetched from the same index.
 """
 
 from __future__ import annotations
@@ -18,15 +24,21 @@ import numpy as np
 import torch
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import QuerySet
+from django.db.models import FloatField, QuerySet
+from django.db.models.expressions import RawSQL
 from pgvector.django import MaxInnerProduct
 
 from catalog.models import Product
+from ml.diversity import mmr
 from ml.slots import BOTTOM, ONE_PIECE, OUTFIT_SLOTS, SLOT_INDEX, TOP
 from recommender.models import ModelVersion, ProductEmbedding
 
 SPACES = ("fused", "image", "text")
 MAX_K = 100
+#: Query types with their own ``hnsw.ef_search`` (``settings.HNSW_EF_SEARCH_BY_QUERY``).
+QUERY_TYPES = ("similar", "search", "photo", "complete")
+#: Columns that have a half-precision HNSW expression index (migration ``0002_serving``).
+HALFVEC_COLUMNS = ("fused", "compat")
 
 
 class NoActiveModel(LookupError):
@@ -106,20 +118,96 @@ def embedder(version: ModelVersion):
         return embedder_for(version)
 
 
+def ef_search_for(kind: str, k: int) -> int:
+    """``hnsw.ef_search`` for a query type (settings; at least k, at most pgvector's 1000)."""
+    base = settings.HNSW_EF_SEARCH_BY_QUERY.get(kind, settings.HNSW_EF_SEARCH)
+    return int(min(max(base, k), 1000))
+
+
+def distance_expression(column: str, query: np.ndarray):
+    """The bare ``column <#> query`` distance (negative inner product), in halfvec when configured.
+
+    Args:
+        column: a vector column of ``ProductEmbedding``.
+        query: (D,) float32 unit vector.
+
+    Returns:
+        An expression to order by ascending; with ``settings.PGVECTOR_HALFVEC`` and a column in
+        :data:`HALFVEC_COLUMNS` it is ``column::halfvec(D) <#> q::halfvec(D)``, the exact expression
+        of the half-precision HNSW index (PostgreSQL only uses an expression index for the same
+        expression).
+    """
+    if settings.PGVECTOR_HALFVEC and column in HALFVEC_COLUMNS:
+        dim = int(query.shape[0])
+        literal = "[" + ",".join(f"{float(v):.7g}" for v in query) + "]"
+        table = ProductEmbedding._meta.db_table
+        return RawSQL(f'"{table}"."{column}"::halfvec({dim}) <#> %s::halfvec({dim})', (literal,),
+                      output_field=FloatField())  # fmt: skip
+    return MaxInnerProduct(column, query.tolist())
+
+
 def _ranked(
-    qs: QuerySet, column: str, query: np.ndarray, k: int, *, filtered: bool
-) -> list[tuple[int, float]]:
-    """Run ``ORDER BY column <#> query LIMIT k`` with HNSW settings; returns ``[(product_id, ip)]``."""
+    qs: QuerySet, column: str, query: np.ndarray, k: int, *, filtered: bool, kind: str = "similar",
+    vectors: bool = False,
+) -> list[tuple]:  # fmt: skip
+    """Run ``ORDER BY column <#> query LIMIT k`` with the HNSW settings of ``kind``.
+
+    Unfiltered queries switch sequential scans off (``settings.HNSW_FORCE_INDEX``): on catalogs of
+    ~10k rows PostgreSQL's cost model picks a scan + sort that reads every TOASTed vector (24 ms
+    against 2.6 ms through the index at 10k rows in ``bench_serving``). Filtered queries use
+    ``hnsw.iterative_scan = relaxed_order`` (pgvector 0.8: the scan continues until k rows pass the
+    filter or ``hnsw.max_scan_tuples`` were visited); rows come back in approximately distance order
+    and are re-sorted exactly here.
+
+    Returns:
+        ``[(product_id, inner_product)]`` best first, or ``[(product_id, ip, vector (D,) float32)]``
+        with ``vectors=True`` (for MMR).
+    """
+    return _ranked_many([(qs, query)], column, k, filtered=filtered, kind=kind, vectors=vectors)[0]
+
+
+def _ranked_many(
+    jobs: Sequence[tuple[QuerySet, np.ndarray]], column: str, k: int, *, filtered: bool, kind: str,
+    vectors: bool = False,
+) -> list[list[tuple]]:  # fmt: skip
+    """Several rankings (one per ``(queryset, query)``) in one transaction with one set of HNSW
+    settings (:func:`_ranked`), so complete-the-look pays the round trips once, not once per slot."""
+    out: list[list[tuple]] = []
     with transaction.atomic(), connection.cursor() as cur:
-        cur.execute("SET LOCAL hnsw.ef_search = %s", [max(settings.HNSW_EF_SEARCH, k)])
+        cur.execute("SET LOCAL hnsw.ef_search = %s", [ef_search_for(kind, k)])
+        if not filtered and settings.HNSW_FORCE_INDEX:
+            cur.execute("SET LOCAL enable_seqscan = off")  # a TOASTed seq scan wins below ~50k rows
         if filtered:
-            cur.execute("SET LOCAL hnsw.iterative_scan = strict_order")
-        rows = (
-            qs.annotate(d=MaxInnerProduct(column, query.tolist()))
-            .order_by("d")
-            .values_list("product_id", "d")[:k]
-        )
-        return [(pid, -float(d)) for pid, d in rows]
+            cur.execute(f"SET LOCAL hnsw.iterative_scan = {settings.HNSW_ITERATIVE_SCAN}")
+            cur.execute("SET LOCAL hnsw.max_scan_tuples = %s", [settings.HNSW_MAX_SCAN_TUPLES])
+        fields = ("product_id", "d", column) if vectors else ("product_id", "d")
+        for qs, query in jobs:
+            rows = qs.annotate(d=distance_expression(column, query)).order_by("d").values_list(*fields)[:k]
+            if vectors:
+                ranked = [(pid, -float(d), np.asarray(v, dtype=np.float32)) for pid, d, v in rows]
+            else:
+                ranked = [(pid, -float(d)) for pid, d in rows]
+            ranked.sort(key=lambda r: -r[1])
+            out.append(ranked)
+    return out
+
+
+def _diverse(
+    qs: QuerySet, column: str, query: np.ndarray, k: int, *, filtered: bool, kind: str, lambda_: float
+) -> list[tuple[int, float]]:
+    """MMR re-ranking (:func:`ml.diversity.mmr`) of a candidate pool fetched from the index.
+
+    The pool is ``settings.MMR_POOL_FACTOR * k`` candidates (at least ``settings.MMR_POOL_MIN``, at
+    most 1000); returns the k chosen ``[(product_id, inner_product)]`` in MMR order.
+    """
+    pool = int(min(max(settings.MMR_POOL_FACTOR * k, settings.MMR_POOL_MIN), 1000))
+    cands = _ranked(qs, column, query, pool, filtered=filtered, kind=kind, vectors=True)
+    if not cands:
+        return []
+    vecs = np.stack([c[2] for c in cands])  # (P, D)
+    rel = np.asarray([c[1] for c in cands], dtype=np.float32)  # (P,)
+    order = mmr(relevance=rel, vectors=vecs, k=k, lambda_=lambda_)
+    return [(cands[i][0], cands[i][1]) for i in order]
 
 
 def _hits(pairs: list[tuple[int, float]], transform=lambda s: s) -> list[Hit]:
@@ -138,19 +226,23 @@ def _embedding(version: ModelVersion, product_id: int) -> ProductEmbedding:
 
 def similar_items(
     *, product_id: int, k: int = 12, space: str = "fused", exclude_variants: bool = True,
-    filters: Filters | None = None,
+    filters: Filters | None = None, mmr_lambda: float | None = None,
 ) -> list[Hit]:  # fmt: skip
     """Items most similar to a product in the general space (cosine similarity, highest first).
 
     Args:
-        space: ``fused`` (photo + text), ``image`` or ``text``.
+        space: ``fused`` (photo + text), ``image`` or ``text`` vector of the product as the query.
         exclude_variants: drop colour variants of the same product (same ``variant_group``).
+        filters: catalog filters applied inside the indexed query (iterative scan).
+        mmr_lambda: if given (0..1), MMR re-ranking for diversity (1 = plain relevance); the hits
+            keep their cosine score but come in MMR order.
 
     Raises:
-        UnknownProducts, NoActiveModel, ValueError (bad space).
+        UnknownProducts, NoActiveModel, ValueError (bad space or lambda).
     """
     if space not in SPACES:
         raise ValueError(f"space must be one of {SPACES}")
+    _check_lambda(mmr_lambda)
     version = active_version()
     emb = _embedding(version, product_id)
     product = Product.objects.get(pk=product_id)
@@ -160,32 +252,55 @@ def similar_items(
     filters = filters or Filters()
     qs = filters.apply(qs)
     filtered = exclude_variants or filters != Filters()
-    return _hits(_ranked(qs, space, np.asarray(getattr(emb, space)), k, filtered=filtered))
+    query = np.asarray(getattr(emb, space), dtype=np.float32)
+    if mmr_lambda is not None:
+        return _hits(_diverse(qs, space, query, k, filtered=filtered, kind="similar", lambda_=mmr_lambda))
+    return _hits(_ranked(qs, space, query, k, filtered=filtered, kind="similar"))
 
 
-def text_search(*, query: str, k: int = 24, filters: Filters | None = None) -> list[Hit]:
+def _check_lambda(mmr_lambda: float | None) -> None:
+    if mmr_lambda is not None and not 0.0 <= mmr_lambda <= 1.0:
+        raise ValueError(f"mmr must be between 0 and 1 (got {mmr_lambda})")
+
+
+def text_search(
+    *, query: str, k: int = 24, filters: Filters | None = None, mmr_lambda: float | None = None
+) -> list[Hit]:
     """Free-text search: the query's text vector against the products' fused (photo + text) vectors.
 
+    Args:
+        query: free text (the text tower's tokenizer truncates long input).
+        filters: catalog filters applied inside the indexed query (iterative scan).
+        mmr_lambda: MMR re-ranking for diversity, as in :func:`similar_items`.
+
     Raises:
-        ValueError: empty query; NoActiveModel.
+        ValueError: empty query or bad lambda; NoActiveModel.
     """
     query = query.strip()
     if not query:
         raise ValueError("query must not be empty")
+    _check_lambda(mmr_lambda)
     version = active_version()
     q = embedder(version).embed_query_text(query)
     filters = filters or Filters()
     qs = filters.apply(ProductEmbedding.objects.filter(model_version=version))
-    return _hits(_ranked(qs, "fused", q, k, filtered=filters != Filters()))
+    filtered = filters != Filters()
+    if mmr_lambda is not None:
+        return _hits(_diverse(qs, "fused", q, k, filtered=filtered, kind="search", lambda_=mmr_lambda))
+    return _hits(_ranked(qs, "fused", q, k, filtered=filtered, kind="search"))
 
 
 def photo_search(*, image, k: int = 24, filters: Filters | None = None) -> list[Hit]:
-    """Search by a shopper's photo (a PIL image): nearest products by image vector."""
+    """Search by a shopper's photo (a PIL image): nearest products by image vector.
+
+    Raises:
+        NoActiveModel.
+    """
     version = active_version()
     q = embedder(version).embed_query_image(image)
     filters = filters or Filters()
     qs = filters.apply(ProductEmbedding.objects.filter(model_version=version))
-    return _hits(_ranked(qs, "image", q, k, filtered=filters != Filters()))
+    return _hits(_ranked(qs, "image", q, k, filtered=filters != Filters(), kind="photo"))
 
 
 def _outfit_embeddings(version: ModelVersion, product_ids: Sequence[int]) -> list[ProductEmbedding]:
@@ -228,12 +343,19 @@ def compat_to_unit(score_sum: float, n: int) -> float:
 
 
 def complete_the_look(
-    *, product_ids: Sequence[int], k: int = 4, slots: Sequence[str] | None = None
-) -> list[SlotPicks]:
+    *, product_ids: Sequence[int], k: int = 4, slots: Sequence[str] | None = None,
+    exclude_ids: Sequence[int] = (),
+) -> list[SlotPicks]:  # fmt: skip
     """Best items for each missing slot, ranked by total compatibility with all given items.
 
     One indexed pgvector query per slot: ``ORDER BY compat <#> q_t`` with ``q_t = Σ_i f_i ⊙ m²`` (see
     ``ml.heads``) and a slot filter. Items of the given products' variant groups are excluded.
+
+    Args:
+        product_ids: the partial outfit (1..8 products).
+        k: hits per slot.
+        slots: the slots to fill (default: :func:`missing_slots`, never a slot the outfit has).
+        exclude_ids: products never to suggest (e.g. the item a replacement is sought for).
 
     Returns:
         One :class:`SlotPicks` per missing slot (k hits each: the pick and k-1 alternates); scores
@@ -252,15 +374,21 @@ def complete_the_look(
     targets = list(slots) if slots else missing_slots([e.slot for e in embs])
     variants = [v for v in Product.objects.filter(pk__in=[e.product_id for e in embs]).values_list(
         "variant_group", flat=True) if v]  # fmt: skip
-    out = []
+    given = [*(e.product_id for e in embs), *exclude_ids]
+    jobs = []
     for slot in targets:
         with torch.no_grad():
             q = heads.slot_query(f, s, SLOT_INDEX[slot]).numpy()  # (C,)
-        qs = ProductEmbedding.objects.filter(model_version=version, slot=slot).exclude(
-            product_id__in=[e.product_id for e in embs]).exclude(product__variant_group__in=variants).exclude(
-            product__product_type__iexact="unknown")  # untyped source rows make poor outfit picks  # fmt: skip
-        pairs = _ranked(qs, "compat", q, 3 * k, filtered=True)  # room to drop colour variants of a pick
-        hits = _hits(pairs, lambda v: compat_to_unit(v, len(embs)))
+        qs = (ProductEmbedding.objects.filter(model_version=version, slot=slot).exclude(product_id__in=given)
+              .exclude(product__variant_group__in=variants)
+              .exclude(product__product_type__iexact="unknown"))  # untyped source rows make poor picks  # fmt: skip
+        jobs.append((qs, q))
+    # 3k rows per slot: room to drop colour variants of a pick
+    ranked = _ranked_many(jobs, "compat", 3 * k, filtered=True, kind="complete")
+    products = Product.objects.in_bulk([pid for pairs in ranked for pid, _ in pairs])
+    out = []
+    for slot, pairs in zip(targets, ranked, strict=True):
+        hits = [Hit(products[pid], compat_to_unit(v, len(embs))) for pid, v in pairs if pid in products]
         out.append(SlotPicks(slot, _distinct_variants(hits)[:k]))
     return out
 
@@ -292,7 +420,8 @@ def outfit_compatibility(*, product_ids: Sequence[int], suggest: bool = True) ->
     """Score a set of 2..8 products: pair scores ``(1 + <f_i ⊙ m², f_j>) / 2`` and their mean.
 
     The weakest pair is the lowest off-diagonal entry; the suggested replacement is the best item of
-    that pair's less compatible member's slot given all the others (one indexed query).
+    that pair's less compatible member's slot given all the others (one indexed query), never that
+    item itself, and only when swapping it in raises the score (else ``suggestion`` is None).
 
     Raises:
         ValueError: fewer than 2 or more than 8 distinct products; UnknownProducts; NoActiveModel.
@@ -323,8 +452,14 @@ def outfit_compatibility(*, product_ids: Sequence[int], suggest: bool = True) ->
         np.fill_diagonal(off, np.nan)
         weaker = wi if np.nanmean(off[wi]) <= np.nanmean(off[wj]) else wj
         others = [ids[x] for x in range(n) if x != weaker]
-        picks = complete_the_look(product_ids=others, k=1, slots=[embs[weaker].slot])
-        suggestion = picks[0].hits[0] if picks and picks[0].hits else None
+        picks = complete_the_look(
+            product_ids=others, k=1, slots=[embs[weaker].slot], exclude_ids=[ids[weaker]]
+        )
+        best = picks[0].hits[0] if picks and picks[0].hits else None
+        # Only a swap that raises the outfit's score: the pick's mean pair score with the others must
+        # beat the weaker item's (same [0, 1] scale), else the weaker item is already the best fit.
+        if best is not None and best.score > float(np.nanmean(off[weaker])):
+            suggestion = best
     return Compatibility(
         [products[i] for i in ids], score, mat.round(4).tolist(), (ids[wi], ids[wj]), suggestion
     )

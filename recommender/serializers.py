@@ -50,12 +50,12 @@ class HitSerializer(serializers.Serializer):
 
 
 class FilterSerializer(serializers.Serializer):
-    slot = serializers.ChoiceField(choices=SLOTS, required=False)
-    product_type = serializers.CharField(required=False, max_length=64)
-    colour = serializers.CharField(required=False, max_length=64)
-    audience = serializers.CharField(required=False, max_length=64)
-    price_min = serializers.FloatField(required=False, min_value=0)
-    price_max = serializers.FloatField(required=False, min_value=0)
+    slot = serializers.ChoiceField(choices=SLOTS, required=False, help_text="outfit slot, e.g. shoes")
+    product_type = serializers.CharField(required=False, max_length=64, help_text="e.g. Trousers")
+    colour = serializers.CharField(required=False, max_length=64, help_text="e.g. Black")
+    audience = serializers.CharField(required=False, max_length=64, help_text="e.g. Ladieswear")
+    price_min = serializers.FloatField(required=False, min_value=0, help_text="lowest price, inclusive")
+    price_max = serializers.FloatField(required=False, min_value=0, help_text="highest price, inclusive")
 
     def validate(self, attrs):
         lo, hi = attrs.get("price_min"), attrs.get("price_max")
@@ -64,27 +64,91 @@ class FilterSerializer(serializers.Serializer):
         return attrs
 
 
-class SimilarQuerySerializer(FilterSerializer):
-    k = serializers.IntegerField(required=False, default=12, min_value=1, max_value=100)
-    space = serializers.ChoiceField(choices=["fused", "image", "text"], required=False, default="fused")
-    exclude_variants = serializers.BooleanField(required=False, default=True)
+#: The deepest result a ranked answer pages into (page × k), so a page never asks the index for more.
+MAX_WINDOW = 500
 
 
-class SearchQuerySerializer(FilterSerializer):
-    q = serializers.CharField(max_length=500)
+class RankedQuerySerializer(FilterSerializer):
+    """Filters + page size ``k``, ``page`` and optional MMR diversity for ranked answers."""
+
+    k = serializers.IntegerField(
+        required=False, default=24, min_value=1, max_value=100, help_text="page size"
+    )
+    page = serializers.IntegerField(required=False, default=1, min_value=1, help_text="1-based page")
+    mmr = serializers.FloatField(
+        required=False, min_value=0.0, max_value=1.0, default=None, allow_null=True,
+        help_text="MMR diversity re-ranking (Carbonell & Goldstein 1998): λ in [0, 1], 1 = plain relevance, "
+        "lower = more diverse; omitted = no re-ranking",
+    )  # fmt: skip
+
+    def validate(self, attrs):
+        attrs = super().validate(attrs)
+        if attrs["page"] * attrs["k"] > MAX_WINDOW:
+            raise serializers.ValidationError(
+                {"page": [f"page × k must be at most {MAX_WINDOW} (got {attrs['page']} × {attrs['k']})"]}
+            )
+        return attrs
+
+
+class SimilarQuerySerializer(RankedQuerySerializer):
+    k = serializers.IntegerField(
+        required=False, default=12, min_value=1, max_value=100, help_text="page size"
+    )
+    space = serializers.ChoiceField(choices=["fused", "image", "text"], required=False, default="fused",
+                                    help_text="which vector of the product is the query")  # fmt: skip
+    exclude_variants = serializers.BooleanField(
+        required=False, default=True, help_text="drop colour variants of the same product"
+    )
+
+
+class SearchQuerySerializer(RankedQuerySerializer):
+    q = serializers.CharField(max_length=500, help_text="free text, at most 500 characters")
+
+
+class PhotoSearchSerializer(FilterSerializer):
+    image = serializers.FileField(help_text="JPEG/PNG/WebP photo, at most 10 MB")
     k = serializers.IntegerField(required=False, default=24, min_value=1, max_value=100)
+
+
+class HitPageSerializer(serializers.Serializer):
+    """One page of a ranked answer."""
+
+    page = serializers.IntegerField()
+    k = serializers.IntegerField()
+    next = serializers.CharField(allow_null=True, help_text="URL of the next page, or null")
+    previous = serializers.CharField(allow_null=True, help_text="URL of the previous page, or null")
+    results = HitSerializer(many=True)
+
+
+class ErrorBodySerializer(serializers.Serializer):
+    code = serializers.CharField()
+    message = serializers.CharField()
+    details = serializers.DictField()
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one JSON error format of the API."""
+
+    error = ErrorBodySerializer()
+
+
+MAX_OUTFIT_ITEMS = 8
 
 
 class ProductIdsSerializer(serializers.Serializer):
     product_ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), min_length=1, max_length=100
-    )
-    k = serializers.IntegerField(required=False, default=4, min_value=1, max_value=20)
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), min_length=1, max_length=100,
+        help_text=f"1 to {MAX_OUTFIT_ITEMS} distinct product ids (repeats count once)",
+    )  # fmt: skip
+    k = serializers.IntegerField(required=False, default=4, min_value=1, max_value=20,
+                                 help_text="items per slot (complete-the-look: the pick and k-1 alternates)")  # fmt: skip
 
     def validate_product_ids(self, value: list[int]) -> list[int]:
         ids = list(dict.fromkeys(value))  # repeated ids count once
-        if len(ids) > 8:
-            raise serializers.ValidationError(f"give at most 8 distinct product ids (got {len(ids)})")
+        if len(ids) > MAX_OUTFIT_ITEMS:
+            raise serializers.ValidationError(
+                f"give at most {MAX_OUTFIT_ITEMS} distinct product ids (got {len(ids)})"
+            )
         return ids
 
 

@@ -206,6 +206,12 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",  # pages' session, CSRF enforced
     ],
     "EXCEPTION_HANDLER": "recommender.apis.exception_handler",
+    # Per-scope rates (requests per client IP, or per user when logged in), e.g. "30/min".
+    "DEFAULT_THROTTLE_RATES": {
+        "search": env.str("THROTTLE_RATE_SEARCH", default="120/min"),
+        "photo_search": env.str("THROTTLE_RATE_PHOTO_SEARCH", default="30/min"),
+        "upload": env.str("THROTTLE_RATE_UPLOAD", default="60/min"),
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Fashion compatibility recommender API",
@@ -226,7 +232,31 @@ ML_PRETRAINED = env("ML_PRETRAINED", default=None)
 ML_DEVICE = env("ML_DEVICE", default="auto")
 ML_ARTIFACTS_DIR = Path(env("ML_ARTIFACTS_DIR", default=str(VAR_DIR / "models")))
 ML_FEATURE_CACHE_DIR = Path(env("ML_FEATURE_CACHE_DIR", default=str(VAR_DIR / "features")))
+#: ``hnsw.ef_search`` (candidate list size of an HNSW scan): the default, and per query type.
 HNSW_EF_SEARCH = env.int("HNSW_EF_SEARCH", default=100)
+HNSW_EF_SEARCH_BY_QUERY = {
+    kind: env.int(f"HNSW_EF_SEARCH_{kind.upper()}", default=HNSW_EF_SEARCH)
+    for kind in ("similar", "search", "photo", "complete")
+}
+#: Filtered queries: pgvector 0.8 iterative scans (``relaxed_order`` re-sorted in Python, or
+#: ``strict_order``) and the most tuples one scan may visit before it gives up (``hnsw.max_scan_tuples``).
+HNSW_ITERATIVE_SCAN = env.str("HNSW_ITERATIVE_SCAN", default="relaxed_order")
+if HNSW_ITERATIVE_SCAN not in ("relaxed_order", "strict_order"):
+    raise ValueError(
+        f"HNSW_ITERATIVE_SCAN must be relaxed_order or strict_order, not {HNSW_ITERATIVE_SCAN!r}"
+    )
+HNSW_MAX_SCAN_TUPLES = env.int("HNSW_MAX_SCAN_TUPLES", default=20_000)
+#: Unfiltered rankings switch sequential scans off (SET LOCAL), so small catalogs use the HNSW index too.
+HNSW_FORCE_INDEX = env.bool("HNSW_FORCE_INDEX", default=True)
+#: Rank ``fused``/``compat`` in half precision (``halfvec``), through the expression HNSW indexes that
+#: migration 0002_serving creates when this is true at migrate time (half the index memory).
+PGVECTOR_HALFVEC = env.bool("PGVECTOR_HALFVEC", default=False)
+#: MMR diversity: candidate pool = max(MMR_POOL_MIN, MMR_POOL_FACTOR * k) rows from the index.
+MMR_POOL_FACTOR = env.int("MMR_POOL_FACTOR", default=5)
+MMR_POOL_MIN = env.int("MMR_POOL_MIN", default=50)
+#: Seconds a hot recommendation answer stays in the cache (0 = no caching). Keys carry the active
+#: model version, so activating another version never serves stale answers.
+RECOMMENDATION_CACHE_SECONDS = env.int("RECOMMENDATION_CACHE_SECONDS", default=300)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 

@@ -49,7 +49,7 @@ def test_bad_k_and_long_query_are_400(trained_catalog, api):
 
 def test_search_and_compatibility_answer(trained_catalog, api):
     r = api.get("/api/search/", {"q": "black trousers", "k": 5})
-    assert r.status_code == 200 and len(r.json()) == 5
+    assert r.status_code == 200 and len(r.json()["results"]) == 5
     ids = list(Product.objects.filter(slot__in=["top", "bottom"]).values_list("pk", flat=True)[:2])
     r = api.post("/api/compatibility/", {"product_ids": ids}, format="json")
     assert r.status_code == 200

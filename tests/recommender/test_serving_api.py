@@ -1,0 +1,217 @@
+"""Serving API: exact 400 messages, pagination, MMR, the answer cache (per model version, failure-safe),
+throttling (429 in the JSON error format) and the documented parameters."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from PIL import Image
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rest_framework.test import APIClient
+
+from catalog.models import Product
+from recommender import apis, selectors
+from recommender.models import ModelVersion
+
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return APIClient()
+
+
+def _error(r, status: int) -> dict:
+    assert r.status_code == status, r.content
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    return body["error"]
+
+
+def _ids(n: int) -> list[int]:
+    return list(Product.objects.order_by("pk").values_list("pk", flat=True)[:n])
+
+
+@pytest.mark.parametrize(
+    "method,url,data,message",
+    [
+        ("post", "/api/compatibility/", {"product_ids": []}, "product_ids: Ensure this field has at least 1 elements."),
+        ("post", "/api/complete-the-look/", {"product_ids": []},
+         "product_ids: Ensure this field has at least 1 elements."),
+        ("post", "/api/complete-the-look/", {"product_ids": [1], "k": 21},
+         "k: Ensure this value is less than or equal to 20."),
+        ("get", "/api/search/", {"q": "jeans", "k": 0}, "k: Ensure this value is greater than or equal to 1."),
+        ("get", "/api/search/", {"q": "jeans", "k": 101}, "k: Ensure this value is less than or equal to 100."),
+        ("get", "/api/search/", {"q": "x" * 10_000}, "q: Ensure this field has no more than 500 characters."),
+        ("get", "/api/search/", {"q": "   "}, "q: This field may not be blank."),
+        ("get", "/api/search/", {"q": "dress", "price_min": 50, "price_max": 10},
+         "price_min: price_min 50.0 is above price_max 10.0"),
+        ("get", "/api/search/", {"q": "dress", "slot": "hat"}, 'slot: "hat" is not a valid choice.'),
+        ("get", "/api/search/", {"q": "dress", "price_min": "cheap"}, "price_min: A valid number is required."),
+        ("get", "/api/search/", {"q": "dress", "mmr": 1.5}, "mmr: Ensure this value is less than or equal to 1.0."),
+        ("get", "/api/search/", {"q": "dress", "k": 100, "page": 6}, "page: page × k must be at most 500 (got 6 × 100)"),
+        ("get", "/api/products/{pid}/similar/", {"space": "colour"}, 'space: "colour" is not a valid choice.'),
+        ("post", "/api/compatibility/", {"product_ids": list(range(1, 10))},
+         "product_ids: give at most 8 distinct product ids (got 9)"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_400_with_the_exact_message(trained_catalog, api, method, url, data, message):
+    url = url.format(pid=_ids(1)[0])
+    r = api.get(url, data) if method == "get" else api.post(url, data, format="json")
+    err = _error(r, 400)
+    assert err["code"] == "invalid" and err["message"] == message
+
+
+def test_unknown_ids_in_a_body_are_400_and_name_the_ids(trained_catalog, api):
+    good = _ids(1)[0]
+    for url in ("/api/compatibility/", "/api/complete-the-look/"):
+        r = api.post(url, {"product_ids": [good, 987654321, 987654322]}, format="json")
+        err = _error(r, 400)
+        assert err == {"code": "unknown_products", "details": {"ids": [987654321, 987654322]},
+                       "message": "product_ids: unknown product id(s): [987654321, 987654322]"}  # fmt: skip
+    err = _error(api.post("/api/compatibility/", {"product_ids": [good]}, format="json"), 400)
+    assert err["message"] == "give 2 to 8 distinct product ids (got 1)"
+
+
+def test_search_pages_are_consecutive_slices_of_one_ranking(trained_catalog, api):
+    top10 = [h.product.pk for h in selectors.text_search(query="striped shirt", k=10)]
+    p1 = api.get("/api/search/", {"q": "striped shirt", "k": 5}).json()
+    p2 = api.get("/api/search/", {"q": "striped shirt", "k": 5, "page": 2}).json()
+    assert [h["product"]["id"] for h in p1["results"]] == top10[:5]
+    assert [h["product"]["id"] for h in p2["results"]] == top10[5:]
+    assert p1["page"] == 1 and p1["k"] == 5 and p1["previous"] is None
+    assert p1["next"].endswith("page=2") and "q=striped+shirt" in p1["next"]
+    assert p2["previous"].endswith("page=1")
+    pid = _ids(1)[0]
+    s1 = api.get(f"/api/products/{pid}/similar/", {"k": 4, "page": 2}).json()
+    assert [h["product"]["id"] for h in s1["results"]] == [
+        h.product.pk for h in selectors.similar_items(product_id=pid, k=8)[4:]
+    ]
+
+
+def test_mmr_parameter_rediversifies_the_api_answer(trained_catalog, api):
+    plain = api.get("/api/search/", {"q": "dress", "k": 10}).json()["results"]
+    diverse = api.get("/api/search/", {"q": "dress", "k": 10, "mmr": 0.3}).json()["results"]
+    assert plain[0]["product"]["id"] == diverse[0]["product"]["id"]
+    assert [h["product"]["id"] for h in plain] != [h["product"]["id"] for h in diverse]
+    assert len({h["product"]["product_type"] for h in diverse}) > len(
+        {h["product"]["product_type"] for h in plain}
+    )
+    pid = _ids(1)[0]
+    r = api.get(f"/api/products/{pid}/similar/", {"k": 5, "mmr": 0.5, "slot": "bottom"})
+    assert r.status_code == 200 and {h["product"]["slot"] for h in r.json()["results"]} == {"bottom"}
+
+
+def test_photo_search_takes_k_and_filters(trained_catalog, api, hm_root):
+    photo = next((hm_root / "images").glob("*/*.jpg")).read_bytes()
+    r = api.post("/api/search/photo/", {"image": io.BytesIO(photo), "k": 3, "slot": "shoes"}, format="multipart",
+                 REMOTE_ADDR="10.9.0.1")  # fmt: skip
+    assert r.status_code == 200, r.content
+    n_shoes = Product.objects.filter(slot="shoes").count()
+    assert len(r.json()) == min(3, n_shoes) >= 2 and {h["product"]["slot"] for h in r.json()} == {"shoes"}
+
+
+def test_hot_answers_come_from_the_cache_keyed_by_model_version(trained_catalog, api, settings):
+    settings.RECOMMENDATION_CACHE_SECONDS = 60
+    pid = _ids(3)[2]
+    url = f"/api/products/{pid}/similar/"
+    with CaptureQueriesContext(connection) as cold:
+        first = api.get(url, {"k": 3, "colour": "black"}).json()
+    with CaptureQueriesContext(connection) as warm:
+        second = api.get(url, {"k": 3, "colour": "black"}).json()
+    assert second == first
+    assert len(warm) == 1 < len(cold)  # only the active-version lookup
+    key = apis._cache_key(version=trained_catalog, name="compatibility", params={"ids": _ids(2)})
+    cache.set(key, {"sentinel": True}, 60)  # proves the API answers from this key
+    assert api.post("/api/compatibility/", {"product_ids": _ids(2)}, format="json").json() == {
+        "sentinel": True
+    }
+    other = ModelVersion.objects.create(name="other", config=trained_catalog.config,
+                                        artifact_path=trained_catalog.artifact_path, status="ready")  # fmt: skip
+    ModelVersion.objects.filter(pk=trained_catalog.pk).update(is_active=False)
+    ModelVersion.objects.filter(pk=other.pk).update(is_active=True)
+    r = api.post("/api/compatibility/", {"product_ids": _ids(2)}, format="json")
+    # another version is active: the cached answer of the old one is not served (it has no vectors yet)
+    assert _error(r, 409)["code"] == "no_active_model"
+    cache.delete(key)
+
+
+def test_a_broken_cache_degrades_to_a_normal_answer(trained_catalog, api, settings):
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": "redis://127.0.0.1:7039/0",  # nothing listens here
+                                   "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2}}}  # fmt: skip
+    settings.RECOMMENDATION_CACHE_SECONDS = 60
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"search": "1/min"}}
+    with pytest.raises(RedisConnectionError):  # the cache really is down
+        cache.get("x")
+    for _ in range(2):  # the throttle cannot count either: both answer, no 429, no 500
+        r = api.get("/api/search/", {"q": "black trousers", "k": 3})
+        assert r.status_code == 200 and len(r.json()["results"]) == 3
+    r = api.post("/api/complete-the-look/", {"product_ids": _ids(1), "k": 1}, format="json")
+    assert r.status_code == 200
+
+
+def _rates(settings, **rates) -> None:
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK,
+                               "DEFAULT_THROTTLE_RATES": {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], **rates}}  # fmt: skip
+
+
+def test_search_is_throttled_with_a_json_429(trained_catalog, api, settings):
+    _rates(settings, search="2/min")
+    ip = "10.9.1.1"
+    for _ in range(2):
+        assert api.get("/api/search/", {"q": "dress", "k": 2}, REMOTE_ADDR=ip).status_code == 200
+    err = _error(api.get("/api/search/", {"q": "dress", "k": 2}, REMOTE_ADDR=ip), 429)
+    assert err["code"] == "throttled"
+    assert err["message"].startswith("Request was throttled. Expected available in ")
+    assert 0 < err["details"]["retry_after_s"] <= 60
+    assert api.get("/api/search/", {"q": "dress", "k": 2}, REMOTE_ADDR="10.9.1.2").status_code == 200
+    pid = _ids(1)[0]  # similar items and the catalog are not in the search scope
+    assert api.get(f"/api/products/{pid}/similar/", REMOTE_ADDR=ip).status_code == 200
+
+
+def test_photo_search_and_upload_are_throttled(trained_catalog, api, settings, hm_root):
+    _rates(settings, photo_search="1/min", upload="1/min")
+    ip = "10.9.2.1"
+    bad = {"image": io.BytesIO(b"%PDF-1.4 not an image")}
+    assert api.post("/api/search/photo/", bad, format="multipart", REMOTE_ADDR=ip).status_code == 400
+    bad = {"image": io.BytesIO(b"%PDF-1.4 not an image")}
+    assert (
+        _error(api.post("/api/search/photo/", bad, format="multipart", REMOTE_ADDR=ip), 429)["code"]
+        == "throttled"
+    )
+    user = User.objects.create_user("merch-throttle", password="pw")
+    user.user_permissions.add(Permission.objects.get(codename="add_product"))
+    api.force_authenticate(user)
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 60), "navy").save(buf, format="PNG")
+    data = {"sku": "THR-1", "title": "T", "slot": "top", "image": io.BytesIO(buf.getvalue()[:50])}
+    assert api.post("/api/products/", data, format="multipart", REMOTE_ADDR=ip).status_code == 400
+    data = {"sku": "THR-2", "title": "T", "slot": "top", "image": io.BytesIO(buf.getvalue())}
+    assert (
+        _error(api.post("/api/products/", data, format="multipart", REMOTE_ADDR=ip), 429)["code"]
+        == "throttled"
+    )
+    assert not Product.objects.filter(sku="THR-2").exists()
+    assert api.get("/api/products/", REMOTE_ADDR=ip).status_code == 200  # listing is not an upload
+
+
+def test_openapi_documents_the_serving_parameters(api):
+    schema = api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
+    for path, expected in [
+        ("/api/search/", {"q", "k", "page", "mmr", "slot", "product_type", "colour", "audience", "price_min",
+                          "price_max"}),
+        ("/api/products/{id}/similar/", {"k", "page", "mmr", "space", "exclude_variants", "slot", "price_max"}),
+    ]:  # fmt: skip
+        get = schema["paths"][path]["get"]
+        assert expected <= {p["name"] for p in get["parameters"]}
+        assert {"200", "400"} <= set(get["responses"])
+    assert "429" in schema["paths"]["/api/search/"]["get"]["responses"]
+    assert "429" in schema["paths"]["/api/search/photo/"]["post"]["responses"]
+    mmr = next(p for p in schema["paths"]["/api/search/"]["get"]["parameters"] if p["name"] == "mmr")
+    assert "Carbonell" in mmr["description"]
