@@ -6,7 +6,7 @@ iterative index scans (``hnsw.iterative_scan``, ``hnsw.max_scan_tuples``) set wi
 inside a transaction, so a filter that matches few rows still returns k of them; ``hnsw.ef_search`` is
 set per query type (``settings.HNSW_EF_SEARCH_BY_QUERY``). With ``settings.PGVECTOR_HALFVEC`` the
 ``fused`` and ``compat`` rankings order by ``column::halfvec(d) <#> q::halfvec(d)``, which the
-half-precision expression indexes of migration ``0002_serving`` serve (half the index memory).
+half-precision expression indexes of migration ``0003_serving`` serve (half the index memory).
 
 Similar items and text search can be re-ranked for diversity with MMR (:func:`ml.diversity.mmr`)
 over a candidate pool fetched from the same index.
@@ -37,7 +37,7 @@ SPACES = ("fused", "image", "text")
 MAX_K = 100
 #: Query types with their own ``hnsw.ef_search`` (``settings.HNSW_EF_SEARCH_BY_QUERY``).
 QUERY_TYPES = ("similar", "search", "photo", "complete")
-#: Columns that have a half-precision HNSW expression index (migration ``0002_serving``).
+#: Columns that have a half-precision HNSW expression index (migration ``0003_serving``).
 HALFVEC_COLUMNS = ("fused", "compat")
 
 

@@ -249,7 +249,7 @@ HNSW_MAX_SCAN_TUPLES = env.int("HNSW_MAX_SCAN_TUPLES", default=20_000)
 #: Unfiltered rankings switch sequential scans off (SET LOCAL), so small catalogs use the HNSW index too.
 HNSW_FORCE_INDEX = env.bool("HNSW_FORCE_INDEX", default=True)
 #: Rank ``fused``/``compat`` in half precision (``halfvec``), through the expression HNSW indexes that
-#: migration 0002_serving creates when this is true at migrate time (half the index memory).
+#: migration 0003_serving creates when this is true at migrate time (half the index memory).
 PGVECTOR_HALFVEC = env.bool("PGVECTOR_HALFVEC", default=False)
 #: MMR diversity: candidate pool = max(MMR_POOL_MIN, MMR_POOL_FACTOR * k) rows from the index.
 MMR_POOL_FACTOR = env.int("MMR_POOL_FACTOR", default=5)

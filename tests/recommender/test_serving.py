@@ -86,7 +86,7 @@ def test_ef_search_and_iterative_scan_come_from_settings_per_query_type(trained_
 
 
 def test_halfvec_ranking_uses_the_expression_index_and_matches_full_precision(trained_catalog, settings):
-    with connection.cursor() as cur:  # the index migration 0002_serving creates when PGVECTOR_HALFVEC is on
+    with connection.cursor() as cur:  # the index migration 0003_serving creates when PGVECTOR_HALFVEC is on
         cur.execute("CREATE INDEX emb_fused_half_hnsw ON recommender_productembedding USING hnsw "
                     "((fused::halfvec(512)) halfvec_ip_ops)")  # fmt: skip
     full = selectors.text_search(query="black trousers", k=10)

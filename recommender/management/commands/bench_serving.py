@@ -14,7 +14,7 @@ of one ``ModelVersion``, loaded with binary ``COPY``):
 * slots drawn with fixed shares, so a slot filter matches ~10% (``shoes``) or ~1% (``jewellery``);
 * HNSW indexes (m=16, ef_construction=64, ``vector_ip_ops``) built after the load with a large
   ``maintenance_work_mem``; optionally the half-precision expression index
-  ``(fused::halfvec(512)) halfvec_ip_ops`` of migration 0002_serving (``--halfvec-max-size``);
+  ``(fused::halfvec(512)) halfvec_ip_ops`` of migration 0003_serving (``--halfvec-max-size``);
 * latency (p50/p95, ms) of the real selectors: similar items, text-vector query (the query of a text
   search without the text tower), complete-the-look (one query per missing slot), outfit
   compatibility (with its replacement query), and text search end to end (text tower + query);

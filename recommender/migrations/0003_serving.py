@@ -32,6 +32,6 @@ def drop(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("recommender", "0001_initial")]
+    dependencies = [("recommender", "0002_pipeline")]
 
     operations = [migrations.RunPython(create, drop)]
