@@ -154,8 +154,8 @@ def _ranked(
 
     Unfiltered queries switch sequential scans off (``settings.HNSW_FORCE_INDEX``): on catalogs of
     ~10k rows PostgreSQL's cost model picks a scan + sort that reads every TOASTed vector (24 ms
-    against 2.6 ms through the index at 10k rows in ``bench_serving``). Filtered queries use
-    ``hnsw.iterative_scan = relaxed_order`` (pgvector 0.8: the scan continues until k rows pass the
+    against 2.6 ms through the index at 10k rows in ``bench_serving``). Every query uses
+    ``hnsw.iterative_scan = relaxed_order`` (all filter on the model version) (pgvector 0.8: the scan continues until k rows pass the
     filter or ``hnsw.max_scan_tuples`` were visited); rows come back in approximately distance order
     and are re-sorted exactly here.
 
@@ -177,9 +177,10 @@ def _ranked_many(
         cur.execute("SET LOCAL hnsw.ef_search = %s", [ef_search_for(kind, k)])
         if not filtered and settings.HNSW_FORCE_INDEX:
             cur.execute("SET LOCAL enable_seqscan = off")  # a TOASTed seq scan wins below ~50k rows
-        if filtered:
-            cur.execute(f"SET LOCAL hnsw.iterative_scan = {settings.HNSW_ITERATIVE_SCAN}")
-            cur.execute("SET LOCAL hnsw.max_scan_tuples = %s", [settings.HNSW_MAX_SCAN_TUPLES])
+        # Always: every ranking filters on the active model version, and the table keeps the vectors of
+        # up to ML_KEEP_VERSIONS versions, so even an "unfiltered" scan must continue past other versions' rows.
+        cur.execute(f"SET LOCAL hnsw.iterative_scan = {settings.HNSW_ITERATIVE_SCAN}")
+        cur.execute("SET LOCAL hnsw.max_scan_tuples = %s", [settings.HNSW_MAX_SCAN_TUPLES])
         fields = ("product_id", "d", column) if vectors else ("product_id", "d")
         for qs, query in jobs:
             rows = qs.annotate(d=distance_expression(column, query)).order_by("d").values_list(*fields)[:k]

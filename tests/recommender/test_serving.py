@@ -76,6 +76,8 @@ def test_ef_search_and_iterative_scan_come_from_settings_per_query_type(trained_
     assert sets == [
         "SET LOCAL hnsw.ef_search = 123",
         "SET LOCAL enable_seqscan = off",  # unfiltered: index even on a small table
+        "SET LOCAL hnsw.iterative_scan = relaxed_order",  # always: rows of other model versions are skipped
+        "SET LOCAL hnsw.max_scan_tuples = 5000",
         "SET LOCAL hnsw.ef_search = 40",
         "SET LOCAL hnsw.iterative_scan = relaxed_order",
         "SET LOCAL hnsw.max_scan_tuples = 5000",
