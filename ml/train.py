@@ -22,7 +22,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -681,6 +681,22 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     save_heads(args.out / "heads.pt", result.heads,
                {"model": mcfg.to_dict(), "train_config": cfg.to_dict(), "history": result.history})  # fmt: skip
     (args.out / "history.json").write_text(json.dumps(result.history, indent=1))
+    if data.test_outfits:  # held-out metrics (ml.evaluate), with the tuned towers' features when tuned
+        from ml.evaluate import evaluate_heads
+
+        eval_data = data
+        if result.heads.tower_state and bundle is not None and data.image_paths and data.texts:
+            from ml.features import FeatureExtractor
+
+            ex = FeatureExtractor(bundle, batch_size=cfg.batch_size if bundle.device.type == "cuda" else 32)
+            img, _ = ex.encode_images(data.image_paths, progress=True)
+            eval_data = replace(data, image=img, text=ex.encode_texts(data.texts, progress=True))
+        metrics = evaluate_heads(eval_data, result.heads, seed=cfg.seed)
+        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        print(
+            "held-out metrics: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+        )
     towers = f", tuned towers ({len(result.heads.tower_state)} tensors)" if result.heads.tower_state else ""
     print(
         f"trained {result.steps} steps in {result.seconds:.1f} s ({result.samples_per_s:.0f} samples/s); "

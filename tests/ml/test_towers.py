@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -157,3 +158,19 @@ def test_tower_fine_tuning_on_cuda_with_bf16(small_data):
     assert not torch.equal(trained["text.proj.weight"], base["text.proj.weight"])
     assert torch.equal(trained["visual.trunk.conv_stem.weight"], base["visual.trunk.conv_stem.weight"])
     assert result.heads.tower_state["text.proj.weight"].device.type == "cpu"
+
+
+@pytest.mark.slow
+def test_cli_fine_tunes_the_towers_from_the_hm_folder(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
+    out = subprocess.run([sys.executable, "-m", "ml.train", "--hm-root", str(HM), "--limit", "40", "--device", "cpu",
+                          "--unfreeze-last-blocks", "1", "--unfreeze-text-layers", "1", "--epochs", "1",
+                          "--batch-size", "16", "--feature-cache", str(ROOT / "var" / "features"),
+                          "--out", str(tmp_path / "run")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "tuned towers" in out.stdout and "held-out metrics" in out.stdout
+    heads, meta = load_heads(tmp_path / "run" / "heads.pt")
+    assert heads.tower_state and meta["train_config"]["unfreeze_last_blocks"] == 1
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["n_fitb"] > 0 and 0.0 <= metrics["fitb"] <= 1.0
