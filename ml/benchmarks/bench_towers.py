@@ -128,8 +128,8 @@ def bench_fine_tuning(
 ) -> dict:
     """Seconds per training step of ``ml.train.train``, heads only vs 1 image block + 1 text layer unfrozen.
 
-    A step's time is ``(t(1 + steps) - t(1)) / steps`` over two one-epoch runs, so model building,
-    setup and the end-of-epoch validation cancel out; the best of ``repeats``. samples/s counts the
+    A step's time is ``(t(1 + steps) - t(1)) / steps`` over two one-epoch runs (after an untimed warm-up
+    run), so model building, setup and the end-of-epoch validation cancel out; the best of ``repeats``. samples/s counts the
     items of the InfoNCE batch (``batch`` photos + texts).
     """
     from ml.config import TrainConfig
@@ -147,6 +147,11 @@ def bench_fine_tuning(
         "heads_only": {},
         "towers_1_block_1_layer": {"unfreeze_last_blocks": 1, "unfreeze_text_layers": 1},
     }
+    for (
+        extra
+    ) in settings.values():  # warm-up: first-call costs (kernel selection, allocations) are not a step
+        bundle = build_model(ModelConfig(device=str(device))) if extra else None
+        train(data, TrainConfig(epochs=1, max_steps=1, batch_size=batch, patience=0, **extra), bundle=bundle)
     per_step: dict[str, list[float]] = {name: [] for name in settings}
     for _ in range(repeats):  # settings interleaved, so a change in the machine's load hits both
         for name, extra in settings.items():
