@@ -5,7 +5,8 @@ Modules:
     slots     -- the normalised outfit slots and the H&M → slot mapping
     data      -- H&M catalog reader, basket → outfit cleaning, seeded splits
     model     -- open_clip model factory (default: EfficientNet-Lite0 + MiniLM towers)
-    features  -- batched frozen-tower inference and the on-disk feature cache
+    features  -- batched tower inference and the on-disk feature cache
+    towers    -- partial tower fine-tuning: the last image blocks / text layers trained end to end
     heads     -- trainable heads: general image/text space and the type-aware compatibility space
     losses    -- contrastive, triplet, InfoNCE/CLIP, N-pair, angular, center losses
     mining    -- offline and online (batch-all, batch-hard, semi-hard) triplet mining

@@ -58,6 +58,17 @@ class TrainConfig:
         val_fraction: fraction of training outfits held out for early stopping.
         patience: epochs without validation improvement before stopping early (0 = never).
         seed: seeds Python, NumPy and torch; the same seed gives the same run.
+        unfreeze_last_blocks: train the last k blocks of the image tower end to end (``ml.towers``; for
+            the default model: k of the 16 EfficientNet-Lite0 blocks, plus conv_head and the projection).
+            0 (default) = frozen towers, heads trained on cached features.
+        unfreeze_text_layers: train the last k of the text encoder's layers (MiniLM-L6 has 6) and the
+            text projection end to end. 0 = frozen.
+        tower_lr: AdamW learning rate of the unfrozen tower parameters (their own param group; the
+            heads keep ``lr``). Small, so the pretrained features are adjusted rather than overwritten.
+        amp: mixed precision of the tower forward on CUDA: ``"bf16"``, ``"fp16"`` (with a GradScaler)
+            or ``"off"``. Ignored on the CPU (float32).
+        channels_last: run the image tower in channels_last memory format during tower fine-tuning.
+        num_workers: DataLoader processes decoding JPEGs during tower fine-tuning (0 = in the main process).
     """
 
     epochs: int = 30
@@ -76,6 +87,17 @@ class TrainConfig:
     val_fraction: float = 0.1
     patience: int = 5
     seed: int = 0
+    unfreeze_last_blocks: int = 0
+    unfreeze_text_layers: int = 0
+    tower_lr: float = 1e-5
+    amp: str = "bf16"
+    channels_last: bool = True
+    num_workers: int = 0
+
+    @property
+    def tunes_towers(self) -> bool:
+        """True when some tower blocks are trained end to end (``ml.towers``)."""
+        return self.unfreeze_last_blocks > 0 or self.unfreeze_text_layers > 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -34,6 +34,12 @@ class RecommenderHeads(nn.Module):
         num_slots: S, number of outfit slots (``len(ml.slots.SLOTS)``).
         hidden: width of the compatibility MLP.
         normalize: L2-normalise outputs onto the unit hypersphere (on by default).
+
+    Attributes:
+        tower_state: fine-tuned tower weights that go with these heads (a partial model state dict from
+            ``ml.towers.TowerTuner.state_dict``), or ``None`` for frozen towers. Saved and loaded with the
+            heads (``ml.train.save_heads`` / ``load_heads``); ``ml.inference.Embedder`` serves with them.
+            Not part of ``state_dict()``.
     """
 
     def __init__(
@@ -45,6 +51,7 @@ class RecommenderHeads(nn.Module):
         self.compat_dim = compat_dim
         self.num_slots = num_slots
         self.normalize = normalize
+        self.tower_state: dict[str, torch.Tensor] | None = None
         self.image_proj = nn.Linear(embed_dim, embed_dim)
         self.text_proj = nn.Linear(embed_dim, embed_dim)
         for lin in (self.image_proj, self.text_proj):

@@ -2,11 +2,15 @@
 
 By default the towers are frozen and their outputs cached (``ml.features``), so a run trains only the
 heads (``ml.heads``) and takes minutes on a 2-core CPU for the 11,800-item catalog. Everything here
-runs without Django, on a features file:
+runs without Django, on a features file or straight from the H&M sample:
 
     python -m ml.train --features var/features/train_data.npz --epochs 20 --out var/models/run1
+    python -m ml.train --hm-root ../shared/data/hm --epochs 20 --out var/models/run2
 
 The features file (``TrainData.save``) holds the tower outputs, slots, product types and outfits.
+With ``--unfreeze-last-blocks k`` / ``--unfreeze-text-layers k`` (a GPU run) the last blocks of the towers
+are trained end to end from the photos and texts (``ml.towers``); the data then needs the image paths
+and texts (``--hm-root`` provides them), and the saved heads file carries the tuned tower weights.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ml.config import TrainConfig
+from ml.config import ModelConfig, TrainConfig
 from ml.heads import RecommenderHeads
 from ml.losses import ClipLoss, SoftmaxClassificationLoss, TripletMarginLoss
 from ml.metrics import fitb_accuracy, recall_at_k
@@ -54,6 +58,8 @@ class TrainData:
         heldout_items: (G,) int64 products never seen by the image↔text loss: the gallery of the
             text→item evaluation (``ml.evaluate``).
         val_items: (V,) int64 products also kept out of the image↔text loss, for early stopping.
+        image_paths: N photo files (row order), needed only for tower fine-tuning (``ml.towers``).
+        texts: N product texts, needed only for tower fine-tuning.
     """
 
     image: np.ndarray
@@ -67,9 +73,15 @@ class TrainData:
     attrs: dict[str, np.ndarray] = field(default_factory=dict)
     heldout_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     val_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    image_paths: list[str] | None = None
+    texts: list[str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.image)
+        for name in ("image_paths", "texts"):
+            v = getattr(self, name)
+            if v is not None and len(v) != n:
+                raise ValueError(f"{name} has {len(v)} entries for {n} items")
         if self.text.shape != self.image.shape:
             raise ValueError(f"image {self.image.shape} and text {self.text.shape} features differ in shape")
         if self.slots.shape != (n,) or self.types.shape != (n,):
@@ -90,6 +102,10 @@ class TrainData:
         tf, to = pack(self.test_outfits)
         ids = self.item_ids if self.item_ids is not None else np.arange(len(self.image))
         attrs = {f"attr_{k}": v for k, v in self.attrs.items()}
+        if self.image_paths is not None:
+            attrs["image_paths"] = np.asarray([str(p) for p in self.image_paths], dtype=str)
+        if self.texts is not None:
+            attrs["texts"] = np.asarray(self.texts, dtype=str)
         np.savez(path, image=self.image, text=self.text, slots=self.slots, types=self.types, outfits=of,
                  outfit_offsets=oo, val_outfits=vf, val_offsets=vo, test_outfits=tf, test_offsets=to,
                  item_ids=ids, heldout_items=self.heldout_items, val_items=self.val_items, **attrs)  # fmt: skip
@@ -108,7 +124,9 @@ class TrainData:
                    test_outfits=unpack(z["test_outfits"], z["test_offsets"]) if "test_outfits" in z else [],
                    attrs={k[5:]: z[k] for k in z.files if k.startswith("attr_")},
                    heldout_items=z["heldout_items"] if "heldout_items" in z else np.zeros(0, np.int64),
-                   val_items=z["val_items"] if "val_items" in z else np.zeros(0, np.int64))  # fmt: skip
+                   val_items=z["val_items"] if "val_items" in z else np.zeros(0, np.int64),
+                   image_paths=z["image_paths"].tolist() if "image_paths" in z else None,
+                   texts=z["texts"].tolist() if "texts" in z else None)  # fmt: skip
 
 
 @dataclass
@@ -213,17 +231,17 @@ def fitb_accuracy_heads(
         return float("nan")
     scores = []
     for q, cands in questions:
-        qi = torch.as_tensor(q).repeat_interleave(len(cands))
-        ci = torch.as_tensor(cands).repeat(len(q))
+        qi = torch.as_tensor(q).repeat_interleave(len(cands)).to(compat.device)
+        ci = torch.as_tensor(cands).repeat(len(q)).to(compat.device)
         s = heads.pair_score(compat[qi], compat[ci], slots[qi], slots[ci]).view(len(q), len(cands)).mean(0)
-        scores.append(s.numpy())
+        scores.append(s.cpu().numpy())
     return fitb_accuracy(np.stack(scores), np.zeros(len(scores), dtype=np.int64), ties="wrong")
 
 
 @torch.no_grad()
 def text_to_image_recall(img: torch.Tensor, txt: torch.Tensor, k: int = 10) -> float:
     """Recall@k of text→image retrieval, item i's text against all images: (G, E), (G, E) → float."""
-    sims = (txt @ img.T).numpy()  # (G, G); ties rank against the positive (ml.metrics)
+    sims = (txt @ img.T).cpu().numpy()  # (G, G); ties rank against the positive (ml.metrics)
     return recall_at_k(sims, np.arange(len(sims)), ks=(k,))[k]
 
 
@@ -235,8 +253,9 @@ def train(
     checkpoint_dir: Path | None = None,
     resume: Path | None = None,
     should_stop: Callable[[], bool] | None = None,
+    bundle: Any = None,
 ) -> TrainResult:
-    """Train :class:`~ml.heads.RecommenderHeads` on cached tower outputs.
+    """Train :class:`~ml.heads.RecommenderHeads` on cached tower outputs (and, optionally, the towers' tops).
 
     Loss per step: ``cfg.w_infonce · CLIP(image, text)`` (symmetric InfoNCE, Radford et al. 2021) on a
     batch of items + ``cfg.w_type · CE(product type)`` (a softmax classification head on both
@@ -245,32 +264,78 @@ def train(
     negative of the positive's slot chosen by ``cfg.miner`` among 32 candidates. The triplet distance
     is ``1 − <a ⊙ m, x ⊙ m>``, so training ranks exactly as pgvector's inner-product queries serve.
 
+    Tower fine-tuning (``cfg.unfreeze_last_blocks`` / ``cfg.unfreeze_text_layers`` > 0, ``ml.towers``): the
+    InfoNCE/type batch's tower outputs are computed from its photos and texts at each step, with gradients
+    into the unfrozen blocks (AdamW param group at ``cfg.tower_lr``; autocast and channels_last on CUDA).
+    The triplet items (up to 34 per anchor) read a feature bank instead: ``data.image``/``data.text``,
+    overwritten (detached) with the towers' outputs of every batch and, before validation, of the
+    validation items (a memory bank, Wu et al. 2018, "Unsupervised Feature Learning via Non-Parametric
+    Instance Discrimination"). Checkpoints then also hold the tower weights; the returned heads carry
+    the best ones in ``heads.tower_state`` (saved by :func:`save_heads`, served by ``ml.inference``).
+
     Args:
-        data: features and outfits (see :class:`TrainData`).
+        data: features and outfits (see :class:`TrainData`); tower fine-tuning also needs
+            ``data.image_paths`` and ``data.texts``.
         cfg: hyper-parameters; ``cfg.seed`` makes the run reproducible.
         progress: called after each epoch with ``{"epoch", "step", "progress" (0..1), "loss", ...}``.
-        checkpoint_dir: if set, ``last.pt`` and ``best.pt`` are written there each epoch.
-        resume: a ``last.pt`` to continue from (heads, optimiser, epoch, history).
+        checkpoint_dir: if set, ``last.pt`` is written there each epoch (heads, losses, optimiser, RNG
+            states, and the tower weights when tuned).
+        resume: a ``last.pt`` to continue from; the run then continues exactly as if never interrupted.
         should_stop: polled every epoch; returning True ends training early (cancel).
+        bundle: tower fine-tuning only: the :class:`~ml.model.ClipBundle` whose towers are trained IN
+            PLACE (default: a new ``build_model(ModelConfig())``); its device is the training device.
+            It must be the model that computed ``data.image``/``data.text``.
 
     Returns:
         :class:`TrainResult` with the best heads by the validation metric (mean of val FITB accuracy
-        and val text→image Recall@10), or the last heads when there is no validation data.
+        and val text→image Recall@10), or the last heads when there is no validation data. The heads
+        are on the CPU.
+
+    Raises:
+        ValueError: no products left for training; tower fine-tuning without image paths/texts, or with
+            a model whose embed_dim differs from the features'.
     """
     gen = seed_everything(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     n, e = data.image.shape
-    heads = RecommenderHeads(e, cfg.compat_dim, num_slots=len(SLOTS), normalize=cfg.normalize)
-    clip_loss = ClipLoss(init_temperature=cfg.temperature)
+    tuner = None
+    device = torch.device("cpu")
+    if cfg.tunes_towers:
+        from ml.model import build_model
+        from ml.towers import TowerTuner
+
+        if data.image_paths is None or data.texts is None:
+            raise ValueError(
+                "tower fine-tuning (unfreeze_last_blocks / unfreeze_text_layers > 0) needs TrainData.image_paths "
+                "and TrainData.texts (e.g. python -m ml.train --hm-root ...)"
+            )
+        bundle = bundle if bundle is not None else build_model(ModelConfig())
+        if bundle.embed_dim != e:
+            raise ValueError(
+                f"model {bundle.model_id} gives {bundle.embed_dim}-d features, the data has {e}-d"
+            )
+        tuner = TowerTuner(bundle, image_paths=data.image_paths, texts=data.texts,
+                           image_blocks=cfg.unfreeze_last_blocks, text_layers=cfg.unfreeze_text_layers,
+                           amp=cfg.amp, channels_last=cfg.channels_last, num_workers=cfg.num_workers)  # fmt: skip
+        device = tuner.device
+    heads = RecommenderHeads(e, cfg.compat_dim, num_slots=len(SLOTS), normalize=cfg.normalize).to(device)
+    clip_loss = ClipLoss(init_temperature=cfg.temperature).to(device)
     triplet = TripletMarginLoss(margin=cfg.margin, distance="inner_product", normalize=False)
     n_types = int(data.types.max()) + 1 if len(data.types) else 1
-    type_loss = SoftmaxClassificationLoss(e, n_types)
-    types = torch.from_numpy(data.types.astype(np.int64))
+    type_loss = SoftmaxClassificationLoss(e, n_types).to(device)
+    types = torch.from_numpy(data.types.astype(np.int64)).to(device)
     params = [*heads.parameters(), *clip_loss.parameters(), *type_loss.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups: list[dict[str, Any]] = [{"params": params, "lr": cfg.lr}]
+    if tuner is not None:
+        groups.append({"params": tuner.parameters(), "lr": cfg.tower_lr})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fp16 = tuner is not None and tuner.amp_dtype == torch.float16
+    scaler = torch.amp.GradScaler(device.type, enabled=fp16)  # fp16 only; bf16 needs no loss scaling
     image = torch.from_numpy(np.ascontiguousarray(data.image, dtype=np.float32))
     text = torch.from_numpy(np.ascontiguousarray(data.text, dtype=np.float32))
-    slots = torch.from_numpy(data.slots.astype(np.int64))
+    if tuner is not None:  # a private, writable feature bank (never the caller's arrays)
+        image, text = image.to(device, copy=True), text.to(device, copy=True)
+    slots = torch.from_numpy(data.slots.astype(np.int64)).to(device)
     pairs = outfit_pairs(data.outfits, data.slots)
     sampler = NegativeSampler(data.slots, data.types, rng)
     val_q = fitb_questions(data.val_outfits, data.slots, data.types, seed=cfg.seed + 1)
@@ -287,6 +352,8 @@ def train(
         val_items = np.unique(np.concatenate(data.val_outfits))
     else:
         val_items = np.arange(min(n, 1000))
+    # rows validation reads: the retrieval items and every item of a FITB question
+    val_rows = np.unique(np.concatenate([val_items, *[np.concatenate(qc) for qc in val_q]]))
     n_train = len(train_items)
     bs = min(cfg.batch_size, n_train)
     steps_per_epoch = max(1, n_train // bs)
@@ -294,8 +361,12 @@ def train(
                                        "val": [], "temperature": []}  # fmt: skip
     start_epoch, step, best_val, best_epoch, stale = 0, 0, -math.inf, -1, 0
     best_state = {k: v.clone() for k, v in heads.state_dict().items()}
+    best_towers = tuner.state_dict() if tuner is not None else None
     if resume is not None:
-        ck = torch.load(resume, weights_only=False)
+        ck = torch.load(resume, map_location=device, weights_only=False)
+        if bool(ck.get("towers")) != (tuner is not None):
+            raise ValueError(f"{resume}: checkpoint {'has' if ck.get('towers') else 'has no'} tower weights, "
+                             f"the config {'tunes' if tuner is not None else 'freezes'} the towers")  # fmt: skip
         heads.load_state_dict(ck["heads"])
         clip_loss.load_state_dict(ck["clip"])
         type_loss.load_state_dict(ck["type"])
@@ -303,26 +374,41 @@ def train(
         start_epoch, step, history = ck["epoch"] + 1, ck["step"], ck["history"]
         best_val, best_epoch = ck["best_val"], ck["best_epoch"]
         best_state = ck.get("best_heads", best_state)
+        if tuner is not None:
+            tuner.load_state_dict(ck["towers"])
+            best_towers = ck.get("best_towers", best_towers)
+            image.copy_(ck["bank_image"])
+            text.copy_(ck["bank_text"])
+        if "scaler" in ck:
+            scaler.load_state_dict(ck["scaler"])
+        if "rng" in ck:  # continue the exact random streams (older checkpoints restart them from the seed)
+            _rng_restore(ck["rng"], gen, rng)
     t0, samples = time.perf_counter(), 0
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     for epoch in range(start_epoch, cfg.epochs):
         heads.train()
         perm = train_items[torch.randperm(n_train, generator=gen)]
+        batches = [perm[it * bs : (it + 1) * bs] for it in range(steps_per_epoch)]  # (B,) each
+        if tuner is not None:  # tower outputs of the batch, computed now, with gradients
+            source = tuner.batches(batches)
+        else:  # cached frozen-tower features
+            source = ((idx, image[idx], text[idx]) for idx in batches)
         sums = {"loss": 0.0, "infonce": 0.0, "triplet": 0.0, "type": 0.0}
         done = 0
-        for it in range(steps_per_epoch):
-            idx = perm[it * bs : (it + 1) * bs]  # (B,)
-            img_v, txt_v = heads.general(image[idx], text[idx])  # (B, E) each
+        for idx, f_img, f_txt in source:  # (B,), (B, E), (B, E)
+            img_v, txt_v = heads.general(f_img, f_txt)  # (B, E) each
             l_nce = clip_loss(img_v, txt_v)
-            l_type = torch.zeros(())
+            l_type = torch.zeros((), device=device)
             if cfg.w_type > 0:  # auxiliary product-type classification of both modalities
-                l_type = (type_loss(img_v, types[idx]) + type_loss(txt_v, types[idx])) / 2
-            l_tri = torch.zeros(())
+                t_idx = types[idx.to(device)]
+                l_type = (type_loss(img_v, t_idx) + type_loss(txt_v, t_idx)) / 2
+            l_tri = torch.zeros((), device=device)
             if len(pairs) and cfg.w_triplet > 0:
                 pi = pairs[rng.integers(len(pairs), size=bs)]  # (B, 2)
                 a, p = torch.from_numpy(pi[:, 0]), torch.from_numpy(pi[:, 1])
                 cand = torch.from_numpy(sampler.sample(pi[:, 1], 32))  # (B, M)
                 uniq, inv = torch.unique(torch.cat([a, p, cand.reshape(-1)]), return_inverse=True)
+                uniq, inv, a, p = uniq.to(device), inv.to(device), a.to(device), p.to(device)
                 f = heads.compat(image[uniq], text[uniq])  # (U, C)
                 fa, fp = f[inv[:bs]], f[inv[bs : 2 * bs]]
                 fc = f[inv[2 * bs :]].view(bs, cand.shape[1], -1)  # (B, M, C)
@@ -333,15 +419,23 @@ def train(
                     viol = F.relu(d_ap.unsqueeze(1) - d_an + cfg.margin)  # (B, M)
                     l_tri = viol.sum() / (viol > 0).sum().clamp(min=1)
                 else:
-                    valid = torch.ones_like(d_an, dtype=torch.bool)
-                    neg_pos = mine_hard_negatives(d_ap.detach(), d_an.detach(), valid, strategy=cfg.miner,
-                                                  margin=cfg.margin, generator=gen)  # (B,)  # fmt: skip
-                    fn = fc[torch.arange(bs), neg_pos]  # (B, C)
+                    valid = torch.ones(d_an.shape, dtype=torch.bool)
+                    # mined on the CPU, where the seeded generator lives (a no-op copy on the CPU)
+                    neg_pos = mine_hard_negatives(d_ap.detach().cpu(), d_an.detach().cpu(), valid,
+                                                  strategy=cfg.miner, margin=cfg.margin,
+                                                  generator=gen).to(device)  # (B,)  # fmt: skip
+                    fn = fc[torch.arange(bs, device=device), neg_pos]  # (B, C)
                     l_tri = triplet(fa * m, fp * m, fn * m)
             loss = cfg.w_infonce * l_nce + cfg.w_triplet * l_tri + cfg.w_type * l_type
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            if tuner is not None:  # the bank follows the towers
+                with torch.no_grad():
+                    dev_idx = idx.to(device)
+                    image[dev_idx] = f_img.detach()
+                    text[dev_idx] = f_txt.detach()
             step += 1
             done += 1
             samples += 2 * bs
@@ -354,8 +448,10 @@ def train(
         for k in sums:
             history[k].append(sums[k] / max(done, 1))
         heads.eval()
+        if tuner is not None:  # validation reads the current towers' features
+            tuner.refresh(image, text, val_rows, batch_size=bs)
         with torch.no_grad():
-            vi = torch.from_numpy(val_items)
+            vi = torch.from_numpy(val_items).to(device)
             img_v, txt_v = heads.general(image[vi], text[vi])
             r10 = text_to_image_recall(img_v, txt_v, 10)
             comp = heads.compat(image, text)
@@ -368,6 +464,7 @@ def train(
         if val > best_val:
             best_val, best_epoch, stale = val, epoch, 0
             best_state = {k: v.detach().clone() for k, v in heads.state_dict().items()}
+            best_towers = tuner.state_dict() if tuner is not None else None
         else:
             stale += 1
         logger.info(
@@ -383,9 +480,13 @@ def train(
         if checkpoint_dir is not None:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             ck = {"heads": heads.state_dict(), "clip": clip_loss.state_dict(), "type": type_loss.state_dict(),
-                  "opt": opt.state_dict(),
+                  "opt": opt.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(gen, rng),
                   "epoch": epoch, "step": step, "history": history, "best_val": best_val,
                   "best_epoch": best_epoch, "best_heads": best_state, "config": cfg.to_dict()}  # fmt: skip
+            if tuner is not None:
+                ck.update(
+                    towers=tuner.state_dict(), best_towers=best_towers, bank_image=image, bank_text=text
+                )
             torch.save(ck, checkpoint_dir / "last.pt.tmp")
             (checkpoint_dir / "last.pt.tmp").replace(checkpoint_dir / "last.pt")
         if progress is not None:
@@ -405,28 +506,124 @@ def train(
         if should_stop is not None and should_stop():
             break
     heads.load_state_dict(best_state)
-    heads.eval()
+    heads = heads.cpu().eval()
+    if tuner is not None and best_towers is not None:
+        tuner.load_state_dict(best_towers)
+        heads.tower_state = best_towers
     secs = time.perf_counter() - t0
     return TrainResult(heads, history, step, best_epoch, best_val, secs, samples / max(secs, 1e-9))
 
 
+def _rng_state(gen: torch.Generator, rng: np.random.Generator) -> dict[str, Any]:
+    """Every random stream a run draws from (for an exact resume)."""
+    state = {"gen": gen.get_state(), "numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
+             "python": random.getstate(), "np_global": np.random.get_state()}  # fmt: skip
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _rng_restore(state: dict[str, Any], gen: torch.Generator, rng: np.random.Generator) -> None:
+    gen.set_state(state["gen"].cpu())
+    rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(state["python"])
+    np.random.set_state(state["np_global"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
 def save_heads(path: Path, heads: RecommenderHeads, meta: dict[str, Any]) -> None:
-    """Save trained heads with their metadata (model config, train config, metrics) atomically."""
+    """Save trained heads with their metadata (model config, train config, metrics) atomically.
+
+    Fine-tuned tower weights (``heads.tower_state``, from tower fine-tuning) are saved with them.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"state_dict": heads.state_dict(), "embed_dim": heads.embed_dim,
                 "compat_dim": heads.compat_dim, "num_slots": heads.num_slots, "normalize": heads.normalize,
-                "meta": meta}, tmp)  # fmt: skip
+                "meta": meta, "towers": heads.tower_state}, tmp)  # fmt: skip
     tmp.replace(path)
 
 
 def load_heads(path: Path | str) -> tuple[RecommenderHeads, dict[str, Any]]:
-    """Load heads saved by :func:`save_heads`. Raises FileNotFoundError when the file is missing."""
+    """Load heads saved by :func:`save_heads` (with their tuned tower weights in ``heads.tower_state``,
+    ``None`` for frozen towers). Raises FileNotFoundError when the file is missing."""
     ck = torch.load(path, map_location="cpu", weights_only=False)
     heads = RecommenderHeads(ck["embed_dim"], ck["compat_dim"], ck["num_slots"], normalize=ck["normalize"])
     heads.load_state_dict(ck["state_dict"])
     heads.eval().requires_grad_(False)  # loaded for inference
+    heads.tower_state = ck.get("towers")
     return heads, ck["meta"]
+
+
+def train_data_from_hm(
+    root: Path | str, *, bundle: Any, limit: int | None = None, seed: int = 0, test_fraction: float = 0.15,
+    val_fraction: float = 0.1, heldout_fraction: float = 0.1, cache_dir: Path | None = None,
+) -> TrainData:  # fmt: skip
+    """:class:`TrainData` straight from the H&M sample folder, without Django or a database.
+
+    The same splits as the catalog import + ``ml.tasks.build_train_data`` (seeded, stable per basket /
+    article): ``test_fraction`` of the baskets held out (key ``hm-basket-<i>``), ``val_fraction`` of the
+    others for early stopping, ``heldout_fraction`` of the articles kept out of the image↔text loss.
+    Tower features come from ``bundle`` (through the feature cache when ``cache_dir`` is set); the image
+    paths and texts are kept for tower fine-tuning.
+
+    Args:
+        root: folder with ``articles.csv``, ``baskets.json`` and ``images/``.
+        bundle: the :class:`~ml.model.ClipBundle` computing the frozen tower features.
+        limit: keep about this many articles, whole baskets only (``ml.data.select_articles``); None = all.
+
+    Raises:
+        FileNotFoundError / ValueError: from :func:`ml.data.read_articles` / :func:`ml.data.read_baskets`.
+    """
+    from ml.data import outfits_from_baskets, read_articles, read_baskets, select_articles, split_is_test
+    from ml.features import FeatureCache, FeatureExtractor
+    from ml.slots import SLOT_INDEX
+
+    articles, errors = read_articles(root)
+    for err in errors[:10]:
+        logger.warning("articles.csv line %d (%s) skipped: %s", err.line, err.article_id, err.reason)
+    baskets = read_baskets(root)
+    arts = select_articles(articles, baskets, limit, seed=seed)
+    index = {a.article_id: i for i, a in enumerate(arts)}
+    paths, texts = [str(a.image_path) for a in arts], [a.text for a in arts]
+    ex = FeatureExtractor(bundle, batch_size=32)
+    if cache_dir is not None:
+        cache = FeatureCache(cache_dir)
+        img, failed = cache.get_or_compute_images(ex, paths, progress=True, return_failed=True)
+        txt = cache.get_or_compute_texts(ex, texts)
+    else:
+        img, failed = ex.encode_images(paths, progress=True)
+        txt = ex.encode_texts(texts, progress=True)
+    if failed:
+        logger.warning("%d photos unreadable (zero image features)", len(failed))
+    train_o, val_o, test_o = [], [], []
+    for key, items in outfits_from_baskets(baskets, {a.article_id: a.product_code for a in arts}):
+        arr = np.asarray([index[i] for i in items], dtype=np.int64)
+        if split_is_test(f"hm-basket-{key}", test_fraction, seed):
+            test_o.append(arr)
+        elif split_is_test(f"val-{key}", val_fraction, seed):
+            val_o.append(arr)
+        else:
+            train_o.append(arr)
+    held = [split_is_test(f"item-{a.article_id}", heldout_fraction, seed) for a in arts]
+    val_items = [i for i, (a, h) in enumerate(zip(arts, held))
+                 if not h and split_is_test(f"val-item-{a.article_id}", val_fraction, seed)]  # fmt: skip
+
+    def ids(values: list[str]) -> np.ndarray:
+        vocab: dict[str, int] = {}
+        return np.asarray([vocab.setdefault(v, len(vocab)) for v in values], dtype=np.int64)
+
+    return TrainData(
+        image=img, text=txt, slots=np.asarray([SLOT_INDEX[a.slot] for a in arts], dtype=np.int64),
+        types=ids([a.product_type for a in arts]), outfits=train_o, val_outfits=val_o, test_outfits=test_o,
+        item_ids=np.asarray([int(a.article_id) for a in arts], dtype=np.int64),
+        heldout_items=np.flatnonzero(held).astype(np.int64), val_items=np.asarray(val_items, dtype=np.int64),
+        attrs={"section": ids([a.section for a in arts]), "department": ids([a.department for a in arts]),
+               "colour": ids([a.colour for a in arts])},
+        image_paths=paths, texts=texts,
+    )  # fmt: skip
 
 
 def zero_shot_heads(embed_dim: int, compat_dim: int, seed: int = 0) -> RecommenderHeads:
@@ -436,11 +633,23 @@ def zero_shot_heads(embed_dim: int, compat_dim: int, seed: int = 0) -> Recommend
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The CLI: every :class:`TrainConfig` field is a flag."""
+    """The CLI: every :class:`TrainConfig` field is a flag, plus the data source and the model."""
     p = argparse.ArgumentParser(prog="python -m ml.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--features", required=True, type=Path, help="TrainData .npz file (TrainData.save)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--features", type=Path, help="TrainData .npz file (TrainData.save)")
+    src.add_argument("--hm-root", type=Path, help="H&M sample folder (articles.csv, baskets.json, images/)")
+    p.add_argument("--limit", type=int, default=0, help="with --hm-root: about this many articles (0 = all)")
+    p.add_argument(
+        "--save-features", type=Path, default=None, help="with --hm-root: also write the TrainData .npz"
+    )
+    p.add_argument("--feature-cache", type=Path, default=Path("var/features"), help="feature cache folder")
     p.add_argument("--out", type=Path, default=Path("var/models/cli-run"), help="output folder")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint last.pt to resume from")
+    p.add_argument("--model-name", default=ModelConfig.name, help="open_clip model (ModelConfig.name)")
+    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint (ModelConfig)")
+    p.add_argument(
+        "--device", default="auto", help="auto, cpu, cuda or cuda:N (tower fine-tuning and --hm-root)"
+    )
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
@@ -455,15 +664,43 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    data = TrainData.load(args.features)
-    result = train(data, cfg, checkpoint_dir=args.out / "checkpoints", resume=args.resume)
-    save_heads(
-        args.out / "heads.pt", result.heads, {"train_config": cfg.to_dict(), "history": result.history}
-    )
+    mcfg = ModelConfig(name=args.model_name, pretrained=args.pretrained, device=args.device)
+    bundle = None
+    if args.hm_root is not None or cfg.tunes_towers:
+        from ml.model import build_model
+
+        bundle = build_model(mcfg)
+    if args.hm_root is not None:
+        data = train_data_from_hm(args.hm_root, bundle=bundle, limit=args.limit or None, seed=cfg.seed,
+                                  val_fraction=cfg.val_fraction, cache_dir=args.feature_cache)  # fmt: skip
+        if args.save_features is not None:
+            data.save(args.save_features)
+    else:
+        data = TrainData.load(args.features)
+    result = train(data, cfg, checkpoint_dir=args.out / "checkpoints", resume=args.resume, bundle=bundle)
+    save_heads(args.out / "heads.pt", result.heads,
+               {"model": mcfg.to_dict(), "train_config": cfg.to_dict(), "history": result.history})  # fmt: skip
     (args.out / "history.json").write_text(json.dumps(result.history, indent=1))
+    if data.test_outfits:  # held-out metrics (ml.evaluate), with the tuned towers' features when tuned
+        from ml.evaluate import evaluate_heads
+
+        eval_data = data
+        if result.heads.tower_state and bundle is not None and data.image_paths and data.texts:
+            from ml.features import FeatureExtractor
+
+            ex = FeatureExtractor(bundle, batch_size=cfg.batch_size if bundle.device.type == "cuda" else 32)
+            img, _ = ex.encode_images(data.image_paths, progress=True)
+            eval_data = replace(data, image=img, text=ex.encode_texts(data.texts, progress=True))
+        metrics = evaluate_heads(eval_data, result.heads, seed=cfg.seed)
+        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        print(
+            "held-out metrics: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+        )
+    towers = f", tuned towers ({len(result.heads.tower_state)} tensors)" if result.heads.tower_state else ""
     print(
         f"trained {result.steps} steps in {result.seconds:.1f} s ({result.samples_per_s:.0f} samples/s); "
-        f"best epoch {result.best_epoch} val {result.best_val:.3f}; saved {args.out / 'heads.pt'}"
+        f"best epoch {result.best_epoch} val {result.best_val:.3f}; saved {args.out / 'heads.pt'}{towers}"
     )
     return result
 

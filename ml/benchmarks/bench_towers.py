@@ -1,4 +1,5 @@
-"""Throughput of the default model's towers: raw image-tower forward variants, end-to-end image files, texts.
+"""Throughput of the default model's towers: raw forward variants, end-to-end image files and texts, and
+tower fine-tuning steps.
 
     python -m ml.benchmarks.bench_towers [--images 128] [--iters 6] [--device cpu]
 
@@ -8,7 +9,13 @@ Measures, with the model built by ``ml.model.build_model(ModelConfig())``:
   and (CPU) traced + frozen channels_last / (CUDA) channels_last under bf16 autocast;
 * ``FeatureExtractor.encode_images`` end to end on real H&M photos (JPEG decode + preprocessing included),
   with 0 and 1 DataLoader workers;
-* ``FeatureExtractor.encode_texts`` on real H&M product texts.
+* ``FeatureExtractor.encode_texts`` on real H&M product texts: the old setting (batches of 128), the
+  default (length-sorted batches of 32, dynamic padding), bf16 autocast (``amp=True``, on CPUs with native
+  bf16 / on CUDA), and the raw text-tower forward on the same pre-tokenised, trimmed batches (no tokenizer,
+  no copies): ratios in ``text_ratios``;
+* training steps (``ml.train.train``) on real H&M items, batch ``--tune-batch``: heads only (cached
+  features) vs the last image block + last text layer unfrozen (photos decoded and both towers run at each
+  step): steps/s and samples/s (items through the InfoNCE batch), ratios in ``fine_tuning``.
 
 Throughputs are images (texts) per second: batch size / median seconds per batch, after warm-up batches.
 Writes ``ml/benchmarks/results/towers.json`` (atomically) and prints a table. The 1-minute load average is
@@ -95,29 +102,82 @@ def hm_sample(root: Path, n: int) -> tuple[list[Path], list[str]]:
     return paths, texts
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--iters", type=int, default=6)
-    p.add_argument("--images", type=int, default=128, help="real H&M photos for the end-to-end run")
-    p.add_argument("--texts", type=int, default=512)
-    p.add_argument("--repeats", type=int, default=2, help="end-to-end runs per setting")
-    p.add_argument(
-        "--hm-root", type=Path, default=Path(os.environ.get("HM_DATA_DIR", REPO.parent / "shared/data/hm"))
-    )
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "towers.json")
-    args = p.parse_args(argv)
-    warnings.simplefilter("ignore")
+def text_forward_fn(bundle, texts: list[str], batch_size: int) -> Callable[[], None]:
+    """A call running the text tower alone (``model.encode_text`` under inference_mode) on pre-tokenised,
+    length-sorted, trimmed batches of ``batch_size``: the ceiling for ``encode_texts``."""
+    tokens = bundle.tokenizer(texts)  # (N, L) int64
+    pad = bundle.model.text.config.pad_token_id
+    lengths = (tokens != pad).sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    batches = []
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        batches.append(tokens[idx][:, : int(lengths[idx].max())].to(bundle.device))
 
-    bundle = build_model(ModelConfig(device=args.device))
+    def run() -> None:
+        with torch.inference_mode():
+            for t in batches:
+                bundle.model.encode_text(t)
+        _sync(bundle.device)
+
+    return run
+
+
+def bench_fine_tuning(
+    root: Path, device: torch.device, n_items: int, batch: int, steps: int, repeats: int
+) -> dict:
+    """Seconds per training step of ``ml.train.train``, heads only vs 1 image block + 1 text layer unfrozen.
+
+    A step's time is ``(t(1 + steps) - t(1)) / steps`` over two one-epoch runs (after an untimed warm-up
+    run), so model building, setup and the end-of-epoch validation cancel out; the best of ``repeats``. samples/s counts the
+    items of the InfoNCE batch (``batch`` photos + texts).
+    """
+    from ml.config import TrainConfig
+    from ml.train import train, train_data_from_hm
+
+    base = build_model(ModelConfig(device=str(device)))
+    data = train_data_from_hm(root, bundle=base, limit=n_items, heldout_fraction=0.0, val_fraction=0.1,
+                              cache_dir=REPO / "var" / "features")  # fmt: skip
+    n_train = len(data.image) - len(data.val_items)
+    steps = min(steps, n_train // batch - 1)
+    if steps < 1:
+        raise ValueError(f"{n_train} training items are too few for batch {batch}; raise --tune-items")
+    runs: dict[str, dict] = {}
+    settings = {
+        "heads_only": {},
+        "towers_1_block_1_layer": {"unfreeze_last_blocks": 1, "unfreeze_text_layers": 1},
+    }
+    for (
+        extra
+    ) in settings.values():  # warm-up: first-call costs (kernel selection, allocations) are not a step
+        bundle = build_model(ModelConfig(device=str(device))) if extra else None
+        train(data, TrainConfig(epochs=1, max_steps=1, batch_size=batch, patience=0, **extra), bundle=bundle)
+    per_step: dict[str, list[float]] = {name: [] for name in settings}
+    for _ in range(repeats):  # settings interleaved, so a change in the machine's load hits both
+        for name, extra in settings.items():
+            t = {}
+            for k in (1, 1 + steps):
+                cfg = TrainConfig(epochs=1, max_steps=k, batch_size=batch, patience=0, **extra)
+                bundle = build_model(ModelConfig(device=str(device))) if extra else None
+                start = time.perf_counter()
+                train(data, cfg, bundle=bundle)
+                _sync(device)
+                t[k] = time.perf_counter() - start
+            per_step[name].append(max(t[1 + steps] - t[1], 1e-9) / steps)
+    for name, extra in settings.items():
+        s = min(per_step[name])
+        runs[name] = {"step_s": s, "steps_per_s": 1 / s, "samples_per_s": batch / s, "batch_size": batch,
+                      "timed_steps": steps, "repeats": repeats, **extra}  # fmt: skip
+    return {"device": str(device), "items": len(data.image), "runs": runs,
+            "step_time_ratio": runs["towers_1_block_1_layer"]["step_s"] / runs["heads_only"]["step_s"]}  # fmt: skip
+
+
+def bench_images(bundle, paths: list[Path], args: argparse.Namespace, tower: dict, end_to_end: dict) -> None:
+    """Image-tower forward variants into ``tower``, ``encode_images`` end to end into ``end_to_end``."""
     device, model = bundle.device, bundle.model
-    size = bundle.model.visual.preprocess_cfg["size"]
+    size = model.visual.preprocess_cfg["size"]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(args.batch_size, 3, size, size, generator=g).to(device)  # (B, 3, H, W) float32
-    tower: dict[str, dict] = {}
-
     print("image tower, NCHW ...", flush=True)
     tower["eager_nchw_fp32"] = time_forward(model.visual, x, args.warmup, args.iters)
     model.visual.to(memory_format=torch.channels_last)
@@ -138,10 +198,6 @@ def main(argv: list[str] | None = None) -> dict:
             tower["eager_channels_last_bf16_autocast"] = time_forward(
                 model.visual, x_cl, args.warmup, args.iters
             )
-
-    paths, texts = hm_sample(args.hm_root, max(args.images, args.texts))
-    paths, texts = paths[: args.images], texts[: args.texts]
-    end_to_end: dict[str, dict] = {}
     for workers in (0, 1):
         fx = FeatureExtractor(bundle, batch_size=args.batch_size, num_workers=workers)
         fx.encode_images(paths[: args.batch_size])  # warm-up (traces the encoder once)
@@ -149,10 +205,96 @@ def main(argv: list[str] | None = None) -> dict:
         res = time_call(lambda fx=fx: fx.encode_images(paths), len(paths), args.repeats)
         res["traced"] = fx._traced is not None
         end_to_end[f"encode_images_workers{workers}"] = res
-    fx = FeatureExtractor(bundle, batch_size=args.batch_size)
-    fx.encode_texts(texts[:64])
-    print(f"encode_texts, {len(texts)} H&M product texts ...", flush=True)
-    end_to_end["encode_texts"] = time_call(lambda: fx.encode_texts(texts), len(texts), args.repeats)
+
+
+def bench_texts(bundle, texts: list[str], rounds: int) -> dict[str, dict]:
+    """``encode_texts`` in batches of 128 (the old default), 32 (the default), 32 under bf16 autocast, and the
+    raw text-tower forward (:func:`time_text_forward`'s batches), timed in interleaved rounds so a change
+    in the machine's load hits every setting alike. Returns ``{setting: time_call-style dict}``."""
+    settings = {"encode_texts_batch128": dict(text_batch_size=128), "encode_texts": dict(text_batch_size=32),
+                "encode_texts_bf16": dict(text_batch_size=32, amp=True)}  # fmt: skip
+    fns: dict[str, Callable[[], object]] = {}
+    info: dict[str, dict] = {}
+    for name, kw in settings.items():
+        fx = FeatureExtractor(bundle, **kw)
+        fns[name] = lambda fx=fx: fx.encode_texts(texts)
+        info[name] = {**kw, "model_id": fx.model_id}
+    fns["text_tower_raw_forward"] = text_forward_fn(bundle, texts, 32)
+    info["text_tower_raw_forward"] = {"text_batch_size": 32}
+    for fn in fns.values():  # warm-up
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: {"items_per_s": len(texts) / statistics.median(ts), "best_items_per_s": len(texts) / min(ts),
+                   "median_s": statistics.median(ts), "n_items": len(texts), "repeats": rounds, **info[name]}
+            for name, ts in times.items()}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--parts", default="image,text,tune", help="what to measure: subset of image,text,tune "
+                   "(a partial run updates only its sections of --out)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=6)
+    p.add_argument("--images", type=int, default=128, help="real H&M photos for the end-to-end run")
+    p.add_argument("--texts", type=int, default=512)
+    p.add_argument("--text-rounds", type=int, default=3, help="interleaved rounds of the text settings")
+    p.add_argument("--tune-items", type=int, default=64, help="H&M articles for the fine-tuning steps")
+    p.add_argument("--tune-batch", type=int, default=16, help="batch size of the fine-tuning steps")
+    p.add_argument("--tune-steps", type=int, default=3, help="timed fine-tuning steps per run")
+    p.add_argument("--repeats", type=int, default=2, help="end-to-end runs per setting")
+    p.add_argument(
+        "--hm-root", type=Path, default=Path(os.environ.get("HM_DATA_DIR", REPO.parent / "shared/data/hm"))
+    )
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "towers.json")
+    args = p.parse_args(argv)
+    warnings.simplefilter("ignore")
+    parts = set(args.parts.split(","))
+    if not parts <= {"image", "text", "tune"}:
+        raise SystemExit(f"--parts {args.parts!r}: use a comma-separated subset of image,text,tune")
+
+    bundle = build_model(ModelConfig(device=args.device))
+    device = bundle.device
+    size = bundle.model.visual.preprocess_cfg["size"]
+    partial = parts != {"image", "text", "tune"} and args.out.exists()
+    old: dict = json.loads(args.out.read_text()) if partial else {}  # a partial run keeps the other sections
+    tower: dict[str, dict] = old.get("image_tower_forward", {})
+    end_to_end: dict[str, dict] = old.get("end_to_end", {})
+    text_ratios: dict[str, float] = old.get("text_ratios", {})
+    fine_tuning: dict = old.get("fine_tuning", {"runs": {}, "step_time_ratio": float("nan")})
+    load: dict[str, float] = old.get("load_avg_1min_by_part", {})
+    paths, texts = hm_sample(args.hm_root, max(args.images, args.texts))
+    paths, texts = paths[: args.images], texts[: args.texts]
+    if "image" in parts:
+        bench_images(bundle, paths, args, tower, end_to_end)
+        load["image"] = os.getloadavg()[0]
+    if "text" in parts:
+        print(
+            f"texts: {len(texts)} H&M product texts, settings interleaved, {args.text_rounds} rounds ...",
+            flush=True,
+        )
+        end_to_end.update(bench_texts(bundle, texts, args.text_rounds))
+        e2e = end_to_end
+        text_ratios = {  # from each setting's best round (the least disturbed by other processes)
+            "default_vs_batch128": e2e["encode_texts"]["best_items_per_s"]
+            / e2e["encode_texts_batch128"]["best_items_per_s"],
+            "bf16_vs_default": e2e["encode_texts_bf16"]["best_items_per_s"]
+            / e2e["encode_texts"]["best_items_per_s"],
+            "default_vs_raw_forward": e2e["encode_texts"]["best_items_per_s"]
+            / e2e["text_tower_raw_forward"]["best_items_per_s"],
+        }
+        load["text"] = os.getloadavg()[0]
+    if "tune" in parts:
+        print("fine-tuning steps ...", flush=True)
+        fine_tuning = bench_fine_tuning(args.hm_root, device, args.tune_items, args.tune_batch, args.tune_steps,
+                                        args.repeats)  # fmt: skip
+        load["tune"] = os.getloadavg()[0]
 
     result = {
         "model_id": bundle.model_id,
@@ -164,9 +306,12 @@ def main(argv: list[str] | None = None) -> dict:
         "cpu_count": os.cpu_count(),
         "cpu": platform.processor() or platform.machine(),
         "load_avg_1min": os.getloadavg()[0],
+        "load_avg_1min_by_part": load,
         "unit": "items per second (images or texts)",
         "image_tower_forward": tower,
         "end_to_end": end_to_end,
+        "text_ratios": text_ratios,
+        "fine_tuning": fine_tuning,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
@@ -180,9 +325,15 @@ def main(argv: list[str] | None = None) -> dict:
     for name, r in tower.items():
         print(f"{'image tower ' + name:<45} {r['items_per_s']:>9.1f}")
     for name, r in end_to_end.items():
-        label = f"{name} ({r['n_items']})"
-        print(f"{label:<45} {r['items_per_s']:>9.1f}")
-    print(f"load average (1 min) at the end: {result['load_avg_1min']:.2f}; written to {args.out}")
+        print(f"{name + ' (' + str(r['n_items']) + ')':<45} {r['items_per_s']:>9.1f}")
+    for name, r in text_ratios.items():
+        print(f"{'texts ' + name:<45} {r:>8.2f}x")
+    for name, r in fine_tuning["runs"].items():
+        print(
+            f"{'fine-tuning ' + name:<45} {r['steps_per_s']:>9.2f} steps/s {r['samples_per_s']:>7.1f} samples/s"
+        )
+    print(f"{'fine-tuning towers vs heads-only step time':<45} {fine_tuning['step_time_ratio']:>8.1f}x")
+    print(f"load average (1 min): {load}; written to {args.out}")
     return result
 
 
