@@ -155,6 +155,7 @@ def build_train_data(
         item_ids=np.asarray([p.pk for p in products], dtype=np.int64),
         attrs={"section": ids([p.section for p in products]), "department": ids([p.department for p in products]),
                "colour": ids([p.colour for p in products])},
+        image_paths=[_image_path(p) for p in products], texts=[p.text for p in products],
     )  # fmt: skip
 
 
@@ -247,9 +248,24 @@ def _train(task, run) -> dict[str, Any]:
 
         t = time.perf_counter()
         ckdir = Path(settings.ML_ARTIFACTS_DIR) / f"run-{run_id}"
+        bundle = None
+        if cfg.tunes_towers:  # a private model whose last blocks are trained (ml.towers)
+            from ml.model import build_model
+
+            bundle = build_model(mcfg)
         result = train(
-            data, cfg, progress=on_epoch, checkpoint_dir=ckdir / "checkpoints", should_stop=cancelled
+            data,
+            cfg,
+            progress=on_epoch,
+            checkpoint_dir=ckdir / "checkpoints",
+            should_stop=cancelled,
+            bundle=bundle,
         )
+        if result.heads.tower_state:  # features of the tuned towers for evaluation and the catalog vectors
+            embedder = Embedder(mcfg, result.heads, cache_dir=settings.ML_FEATURE_CACHE_DIR)
+            img, txt, _ = embedder.tower_features([_image_path(p) for p in products],
+                                                  [p.text for p in products], progress=True)  # fmt: skip
+            data.image, data.text = img, txt
         timings["training_s"] = time.perf_counter() - t
         if cancelled():
             update(finished_at=timezone.now(), log="cancelled")

@@ -193,3 +193,8 @@ class TrainingRunCreateSerializer(serializers.Serializer):
         choices=["batch-hard", "semi-hard", "batch-all", "random"], required=False
     )
     seed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
+    # Tower fine-tuning (ml.towers): > 0 trains the last blocks/layers end to end (meant for a GPU worker).
+    unfreeze_last_blocks = serializers.IntegerField(required=False, min_value=0, max_value=16)
+    unfreeze_text_layers = serializers.IntegerField(required=False, min_value=0, max_value=6)
+    tower_lr = serializers.FloatField(required=False, min_value=1e-8, max_value=1e-2)
+    amp = serializers.ChoiceField(choices=["bf16", "fp16", "off"], required=False)

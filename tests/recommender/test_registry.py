@@ -244,3 +244,43 @@ def test_retrain_when_the_catalog_changed_enough(trained_catalog):
         again["started"] is None
         and again["reason"] == f"training run {run.pk} is still queued; wait or cancel it"
     )
+
+
+def test_api_training_run_with_tower_fine_tuning_serves_the_tuned_towers(trained_catalog, merch):
+    """A run started through the API with the tower switches trains the towers' last blocks, saves their
+    weights with the heads, and the new version's vectors come from the tuned towers (not the base ones)."""
+    from ml.tasks import embedder_for, train_model
+
+    r = merch.post("/api/training-runs/", {"epochs": 1, "max_steps": 2, "batch_size": 16, "unfreeze_last_blocks": 1,
+                                           "unfreeze_text_layers": 1, "tower_lr": 1e-3}, format="json")  # fmt: skip
+    assert r.status_code == 202, r.json()
+    run = TrainingRun.objects.get(pk=r.json()["id"])
+    assert run.params["unfreeze_last_blocks"] == 1 and run.params["tower_lr"] == 1e-3
+    try:
+        train_model.apply(kwargs={"run_id": run.pk}, throw=True)
+        run.refresh_from_db()
+        assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+        tuned = ModelVersion.objects.get(is_active=True)
+        assert tuned.pk != trained_catalog.pk
+        embedder = embedder_for(tuned)
+        state = embedder.heads.tower_state
+        assert (
+            state
+            and any(k.startswith("visual.") for k in state)
+            and any(k.startswith("text.") for k in state)
+        )
+        p = Product.objects.order_by("pk").first()
+        stored = np.asarray(ProductEmbedding.objects.get(product=p, model_version=tuned).image)
+        again = embedder.embed_items([p.image.path], [p.text]).image[0]
+        assert np.allclose(stored, again, atol=1e-4)
+        base = np.asarray(ProductEmbedding.objects.get(product=p, model_version=trained_catalog).image)
+        assert not np.allclose(stored, base, atol=1e-3)
+    finally:
+        run.refresh_from_db()
+        if run.status not in (
+            TrainingRun.Status.SUCCEEDED,
+            TrainingRun.Status.FAILED,
+            TrainingRun.Status.CANCELLED,
+        ):
+            TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.FAILED)
+        model_version_activate(version=trained_catalog)
