@@ -52,7 +52,7 @@ def clean_image(data: bytes, *, name: str = "image") -> CleanImage:
     if not data:
         raise ImageError(f"{name}: empty file")
     if len(data) > MAX_UPLOAD_BYTES:
-        raise ImageError(_too_big(name, len(data)))
+        raise ImageError(too_big_message(name, len(data)))
     try:
         with Image.open(io.BytesIO(data)) as probe:
             w, h = probe.size
@@ -90,7 +90,8 @@ def clean_image(data: bytes, *, name: str = "image") -> CleanImage:
     return CleanImage(out.getvalue(), tout.getvalue(), img, hashlib.sha256(data).hexdigest())
 
 
-def _too_big(name: str, size: int) -> str:
+def too_big_message(name: str, size: int) -> str:
+    """The error message for a file of ``size`` bytes over :data:`MAX_UPLOAD_BYTES`."""
     return f"{name}: {size} bytes is over the {MAX_UPLOAD_BYTES // 2**20} MB limit ({MAX_UPLOAD_BYTES} bytes)"
 
 
@@ -103,7 +104,7 @@ def read_upload(upload, *, name: str | None = None) -> bytes:
     """
     name = name or upload.name
     if upload.size > MAX_UPLOAD_BYTES:
-        raise ImageError(_too_big(name, upload.size))
+        raise ImageError(too_big_message(name, upload.size))
     return upload.read()
 
 

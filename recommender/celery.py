@@ -10,4 +10,4 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "recommender.settings")
 
 app = Celery("recommender")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["ml"])
+app.autodiscover_tasks(["ml", "catalog"])
