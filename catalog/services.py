@@ -128,8 +128,11 @@ def product_create(
     variant_group: str = "",
     source: str = Product.Source.UPLOAD,
     embed: bool = True,
+    image_name: str | None = None,
 ) -> Product:
     """Create a product from an uploaded photo and its details, and queue its embedding.
+
+    ``image_name`` names the photo in error messages (default: the SKU).
 
     Raises:
         ImageError: the photo is empty, not an image, truncated or too large (nothing is created).
@@ -141,7 +144,7 @@ def product_create(
                      variant_group=variant_group)  # fmt: skip
     if Product.objects.filter(sku=sku).exists():
         raise ValueError(f"sku: a product with SKU {sku!r} exists already")
-    img = clean_image(image_bytes, name=sku)  # validate before anything is written
+    img = clean_image(image_bytes, name=image_name or sku)  # validate before anything is written
     with transaction.atomic():
         product = Product(
             sku=sku, title=title.strip(), slot=slot, description=description, product_type=product_type,
@@ -339,7 +342,12 @@ EMBEDDED_FIELDS = ("title", "slot", "description", "product_type", "colour", "au
 
 
 def product_update(
-    *, product: Product, data: dict[str, Any], image_bytes: bytes | None = None, embed: bool = True
+    *,
+    product: Product,
+    data: dict[str, Any],
+    image_bytes: bytes | None = None,
+    embed: bool = True,
+    image_name: str | None = None,
 ) -> list[str]:
     """Change a product's details and optionally its photo; re-queue its embedding when text, slot or
     photo changed.
@@ -349,6 +357,7 @@ def product_update(
             ``Decimal`` or ``None``).
         image_bytes: a new photo, or ``None`` to keep the current one (the same file is no change).
         embed: queue ``ml.tasks.embed_products`` on commit when something embedded changed.
+        image_name: names the photo in error messages (default: the SKU).
 
     Returns:
         The names of the fields that changed (``"image"`` for a new photo); empty when nothing did.
@@ -369,7 +378,7 @@ def product_update(
     product_validate(
         sku=product.sku, title=values["title"], slot=values["slot"], price=values["price"], **texts
     )
-    img = clean_image(image_bytes, name=product.sku) if image_bytes is not None else None
+    img = clean_image(image_bytes, name=image_name or product.sku) if image_bytes is not None else None
     changed = [f for f in EDITABLE_FIELDS if getattr(product, f) != values[f]]
     if img is not None and (img.sha256 != product.image_sha256 or not product.image):
         changed.append("image")
@@ -605,7 +614,8 @@ def product_import_csv(
 
     Columns: :data:`IMPORT_REQUIRED_COLUMNS` (``image`` is the photo's path inside the zip; it may be
     empty for an existing SKU, which keeps its photo) and :data:`IMPORT_OPTIONAL_COLUMNS`. Each row is
-    validated completely (fields by :func:`product_validate`, photo by :func:`clean_image`) before it is
+    validated completely (fields by :func:`product_validate`, photo by :func:`clean_image`, named by its
+    path in the zip) before it is
     written in its own transaction (:func:`product_create` / :func:`product_update`), so a bad row never
     half-writes a product and every valid row is kept. Created and changed products have their
     embedding queued in batches of 256 once committed.
@@ -675,7 +685,7 @@ def _import_row(values: dict[str, str], archive: ImageArchive | None) -> tuple[s
             price = Decimal(values["price"])
         except InvalidOperation:
             raise ValueError(f"price: {values['price']!r} is not a number") from None
-    image_bytes = None
+    image_bytes, member = None, None
     if values["image"]:
         if archive is None:
             raise ValueError(f"image: {values['image']!r} is named but no zip of images was uploaded")
@@ -685,18 +695,17 @@ def _import_row(values: dict[str, str], archive: ImageArchive | None) -> tuple[s
             raise
         except ValueError as exc:
             raise ValueError(f"image: {exc}") from None
-        clean_image(image_bytes, name=member)  # the member's name in the message, before any write
     data = {k: values[k] for k in ("title", "slot", "description", "product_type", "colour", "audience",
                                    "variant_group")}  # fmt: skip
     existing = Product.objects.filter(sku=values["sku"]).first()
     if existing is None:
         if image_bytes is None:
             raise ValueError("image: a new product needs a photo (give its path inside the zip)")
-        product = product_create(sku=values["sku"], image_bytes=image_bytes, price=price, embed=False, **data)
+        product = product_create(sku=values["sku"], image_bytes=image_bytes, image_name=member, price=price,
+                                 embed=False, **data)  # fmt: skip
         return "created", product.pk
-    changed = product_update(
-        product=existing, data={**data, "price": price}, image_bytes=image_bytes, embed=False
-    )
+    changed = product_update(product=existing, data={**data, "price": price}, image_bytes=image_bytes,
+                             image_name=member, embed=False)  # fmt: skip
     return ("updated" if changed else "unchanged"), existing.pk
 
 

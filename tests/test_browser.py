@@ -107,6 +107,24 @@ def site(django_db_setup, django_db_blocker, trained_catalog, hm_root):
         server.wait(10)
         server_log.close()
         runtime.stop_worker(worker)
+        with django_db_blocker.unblock():  # let PostgreSQL end their sessions before the test DB is dropped
+            _wait_quietly(lambda: not _other_sessions(), 15)
+
+
+def _other_sessions() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return cur.fetchone()[0]
+
+
+def _wait_quietly(predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not predicate():
+        time.sleep(0.25)
 
 
 @pytest.fixture(scope="module")
@@ -317,6 +335,8 @@ def test_models_page_phone_width_and_keyboard(browser, site):
         context.close()
     context = browser.new_context(viewport={"width": 1280, "height": 900}, base_url=site)
     page = context.new_page()
+    _login(page)
     page.goto("/models")
+    assert page.locator("form.train-form select[name=miner]").is_visible()  # merchandisers can train
     page.screenshot(path=SHOTS / "models.png", full_page=True)
     context.close()
