@@ -641,6 +641,10 @@ def product_import_csv(
     result.total = len(rows)
     col = {h: i for i, h in enumerate(header)}
     first_row_of: dict[str, int] = {}
+    skus = list({f[col["sku"]].strip() for _, f in rows if len(f) > col["sku"]})
+    existing: set[str] = set()
+    for i in range(0, len(skus), 1000):  # one query per 1,000 SKUs instead of one per row
+        existing.update(Product.objects.filter(sku__in=skus[i : i + 1000]).values_list("sku", flat=True))
     pending: list[int] = []
 
     def flush() -> None:
@@ -657,7 +661,7 @@ def product_import_csv(
             if sku and sku in first_row_of:
                 raise ValueError(f"sku: SKU {sku!r} appears again (first on row {first_row_of[sku]})")
             first_row_of.setdefault(sku, number)
-            outcome, pid = _import_row(values, archive)
+            outcome, pid = _import_row(values, archive, exists=sku in existing)
         except (ImageError, ValueError) as exc:
             where, message = _split_error(exc, header)
             result.rejections.append(Rejection(number, sku, where, message))
@@ -676,7 +680,7 @@ def product_import_csv(
     return result
 
 
-def _import_row(values: dict[str, str], archive: ImageArchive | None) -> tuple[str, int]:
+def _import_row(values: dict[str, str], archive: ImageArchive | None, *, exists: bool) -> tuple[str, int]:
     """Validate one CSV row completely, then write it in one transaction: ``("created" | "updated" |
     "unchanged", product id)``. Raises ``ValueError`` / ``ImageError`` naming the bad field."""
     price = None
@@ -697,7 +701,7 @@ def _import_row(values: dict[str, str], archive: ImageArchive | None) -> tuple[s
             raise ValueError(f"image: {exc}") from None
     data = {k: values[k] for k in ("title", "slot", "description", "product_type", "colour", "audience",
                                    "variant_group")}  # fmt: skip
-    existing = Product.objects.filter(sku=values["sku"]).first()
+    existing = Product.objects.filter(sku=values["sku"]).first() if exists else None
     if existing is None:
         if image_bytes is None:
             raise ValueError("image: a new product needs a photo (give its path inside the zip)")
