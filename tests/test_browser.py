@@ -107,8 +107,23 @@ def site(django_db_setup, django_db_blocker, trained_catalog, hm_root):
         server.wait(10)
         server_log.close()
         runtime.stop_worker(worker)
-        with django_db_blocker.unblock():  # let PostgreSQL end their sessions before the test DB is dropped
-            _wait_quietly(lambda: not _other_sessions(), 15)
+        with django_db_blocker.unblock():
+            _remove_what_the_tests_created()
+            _wait_quietly(lambda: not _other_sessions(), 15)  # the server's and worker's sessions end
+
+
+def _remove_what_the_tests_created() -> None:
+    """Delete the products, import jobs and user these tests committed, so later tests see the slice
+    as it was (an uploaded copy of an H&M photo would otherwise win their photo searches)."""
+    from django.contrib.auth.models import User
+
+    from catalog.models import ImportJob, Product
+    from catalog.services import product_delete
+
+    for product in Product.objects.filter(sku__startswith="UI-"):
+        product_delete(product=product)
+    ImportJob.objects.filter(started_by__username="browser-merch").delete()
+    User.objects.filter(username="browser-merch").delete()
 
 
 def _other_sessions() -> int:
@@ -324,7 +339,11 @@ def test_models_page_phone_width_and_keyboard(browser, site):
             missing_alt = page.evaluate("[...document.images].filter(i => !i.hasAttribute('alt')).length")
             assert missing_alt == 0, f"{path}: {missing_alt} images without alt text"
         page.goto("/models")
-        assert page.locator("article.run .loss-chart svg polyline").count() >= 1  # the curve, drawn by JS
+        page.locator("article.run .loss-chart svg polyline[data-series=loss]").first.wait_for()  # drawn by JS
+        assert re.fullmatch(
+            r"\d+%( · loss \d+\.\d{4})?( · step \d+)?",
+            page.locator("article.run .bar-label").first.inner_text(),
+        )
         page.screenshot(path=SHOTS / "models-phone.png", full_page=True)
         page.keyboard.press("Tab")
         assert page.evaluate("document.activeElement.className") == "skip-link"

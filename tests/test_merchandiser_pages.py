@@ -123,7 +123,7 @@ def test_bulk_import_through_the_page_reports_rejected_rows(merch_client, hm_roo
     arts = _real_articles(hm_root, 2)
     csv_file, zip_file = _import_files(arts, extra_rows=[["PG-BAD", "No photo", "top", "missing.jpg", ""]])
     r = merch_client.post("/manage/import", {"csv": csv_file, "images": zip_file})
-    job = ImportJob.objects.get()
+    job = ImportJob.objects.get(started_by__username="merch-page")
     assert r.status_code == 302 and r["Location"] == f"/manage/import/{job.pk}"
     assert merch_client.get(f"/api/import-jobs/{job.pk}/").json()["status"] == "queued"
     import_job_run(
