@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
+from django.db import connections
 
 # ``django_db`` (not transactional): the test database is created, and the committed slice is not flushed
 # after each test. The server and the worker are other processes, so what they see is committed data.
@@ -110,6 +111,9 @@ def site(django_db_setup, django_db_blocker, trained_catalog, hm_root):
         with django_db_blocker.unblock():
             _remove_what_the_tests_created()
             _wait_quietly(lambda: not _other_sessions(), 15)  # the server's and worker's sessions end
+        # ORM calls made while Playwright's event loop runs use their own connection (Django keeps one per
+        # context); close it, or the test database cannot be dropped at the end of the session.
+        connections.close_all()
 
 
 def _remove_what_the_tests_created() -> None:
