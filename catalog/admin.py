@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.utils.html import format_html
 
-from catalog.models import Outfit, OutfitItem, Product
+from catalog.models import ImportJob, Outfit, OutfitItem, Product
 from catalog.services import queue_embedding
 
 
@@ -51,3 +51,25 @@ class OutfitAdmin(admin.ModelAdmin):
     list_filter = ("source", "split")
     search_fields = ("name", "external_id")
     inlines = [OutfitItemInline]
+
+
+@admin.register(ImportJob)
+class ImportJobAdmin(admin.ModelAdmin):
+    """Bulk imports, read-only (they are started from /manage/import and run on a worker)."""
+
+    list_display = (
+        "id",
+        "csv_name",
+        "status",
+        "total",
+        "created",
+        "updated",
+        "rejected",
+        "started_by",
+        "created_at",
+    )
+    list_filter = ("status",)
+    readonly_fields = [f.name for f in ImportJob._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False

@@ -55,7 +55,7 @@ def clean_image(data: bytes, *, name: str = "image") -> CleanImage:
     if not data:
         raise ImageError(f"{name}: empty file")
     if len(data) > MAX_UPLOAD_BYTES:
-        raise ImageError(_too_big(name, len(data)))
+        raise ImageError(too_big_message(name, len(data)))
     try:
         with warnings.catch_warnings():  # between 1x and 2x the limit Pillow only warns; we refuse below
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -122,7 +122,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def _too_big(name: str, size: int) -> str:
+def too_big_message(name: str, size: int) -> str:
+    """The error message for a file of ``size`` bytes over :data:`MAX_UPLOAD_BYTES`."""
     return f"{name}: {size} bytes is over the {MAX_UPLOAD_BYTES // 2**20} MB limit ({MAX_UPLOAD_BYTES} bytes)"
 
 
@@ -135,7 +136,7 @@ def read_upload(upload, *, name: str | None = None) -> bytes:
     """
     name = name or upload.name
     if upload.size > MAX_UPLOAD_BYTES:
-        raise ImageError(_too_big(name, upload.size))
+        raise ImageError(too_big_message(name, upload.size))
     return upload.read()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 
 from ml.data import product_text
@@ -90,3 +91,52 @@ class OutfitItem(models.Model):
     class Meta:
         ordering = ["outfit_id", "position"]
         constraints = [models.UniqueConstraint(fields=["outfit", "product"], name="uniq_outfit_product")]
+
+
+class ImportJob(models.Model):
+    """One bulk import of products from a CSV (and a zip of their photos), run on a Celery worker.
+
+    The page polls ``processed`` / ``total`` for its progress bar. ``rejections`` lists every row that
+    was not imported as ``{"row", "sku", "field", "message"}`` (``row`` counts the header as row 1, as
+    a spreadsheet does); ``file_error`` says why a whole file was refused (then nothing was written).
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        SUCCEEDED = "succeeded", "finished"
+        FAILED = "failed", "failed"
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    csv_file = models.FileField(upload_to="imports/")
+    zip_file = models.FileField(upload_to="imports/", blank=True)
+    csv_name = models.CharField(max_length=255, blank=True)
+    zip_name = models.CharField(max_length=255, blank=True)
+    total = models.PositiveIntegerField(default=0)  # data rows in the CSV
+    processed = models.PositiveIntegerField(default=0)
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    unchanged = models.PositiveIntegerField(default=0)
+    rejected = models.PositiveIntegerField(default=0)
+    rejections = models.JSONField(default=list, blank=True)
+    notes = models.JSONField(default=list, blank=True)  # file-level remarks, e.g. unsafe zip paths ignored
+    file_error = models.TextField(blank=True)
+    started_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="import_jobs"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+
+    def __str__(self) -> str:
+        return f"ImportJob {self.pk} ({self.status})"
+
+    @property
+    def percent(self) -> int:
+        """Progress in whole percent (100 once finished, whatever the counts)."""
+        if self.status in (self.Status.SUCCEEDED, self.Status.FAILED):
+            return 100
+        return round(100 * self.processed / self.total) if self.total else 0

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from rest_framework import generics, status
 from rest_framework.exceptions import APIException, Throttled, ValidationError
 from rest_framework.parsers import MultiPartParser
+from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle
@@ -32,6 +33,7 @@ from catalog.services import product_create
 from recommender import selectors
 from recommender import serializers as s
 from recommender.models import ModelVersion, TrainingRun
+from recommender.permissions import MERCHANDISER_PERM
 from recommender.services import (
     TrainingRunBusy,
     VersionNotReady,
@@ -450,3 +452,67 @@ class TrainingRunCancelApi(APIView):
     def post(self, request: Request, pk: int) -> Response:
         run = _get_or_404(TrainingRun, pk, "training run")
         return Response(s.TrainingRunSerializer(training_run_cancel(run=run)).data)
+
+
+# --- small JSON endpoints the pages poll --------------------------------------------------------------
+
+
+class IsMerchandiser(BasePermission):
+    """Logged-in users with the merchandiser permission, for every method (reads too)."""
+
+    message = "this needs a logged-in merchandiser"
+
+    def has_permission(self, request, view) -> bool:
+        user = request.user
+        return bool(user and user.is_authenticated and user.has_perm(MERCHANDISER_PERM))
+
+
+class ImportJobDetailApi(APIView):
+    """One bulk import job (merchandisers): status, counts, progress percent and the first 50 rejections.
+
+    The import page polls it every second for its progress bar.
+    """
+
+    permission_classes = [IsMerchandiser]
+
+    @extend_schema(responses={200: dict})
+    def get(self, request: Request, pk: int) -> Response:
+        from catalog.models import ImportJob
+        from catalog.selectors import import_job_get
+
+        try:
+            job = import_job_get(job_id=pk)
+        except ImportJob.DoesNotExist as exc:
+            raise Http404(f"no import job {pk}") from exc
+        return Response({
+            "id": job.pk, "status": job.status, "percent": job.percent, "total": job.total,
+            "processed": job.processed, "created": job.created, "updated": job.updated,
+            "unchanged": job.unchanged, "rejected": job.rejected, "file_error": job.file_error,
+            "notes": job.notes, "rejections": job.rejections[:50],
+            "finished": job.status in (ImportJob.Status.SUCCEEDED, ImportJob.Status.FAILED),
+        })  # fmt: skip
+
+
+class TrainingRunLiveApi(APIView):
+    """One training run's live state with its per-epoch history (``{"loss": [...], "val": [...], ...}``)
+    for the models page's progress bar and loss curve."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request: Request, pk: int) -> Response:
+        run = _get_or_404(TrainingRun, pk, "training run")
+        return Response({
+            "id": run.pk, "status": run.status, "phase": run.phase, "progress": run.progress,
+            "step": run.step, "loss": run.loss, "history": run.history or {}, "log_tail": run.log_tail,
+            "error": run.error, "finished": run.status not in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING),
+        })  # fmt: skip
+
+
+class ProductIndexStatusApi(APIView):
+    """Whether a product has its vectors for the active model version (searchable and recommendable)."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request: Request, pk: int) -> Response:
+        from catalog.selectors import product_index_status
+
+        _get_or_404(Product, pk, "product")
+        return Response(product_index_status(product_id=pk).as_dict())

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 app = Celery("recommender")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks(["ml"])
+app.autodiscover_tasks(["ml", "catalog"])
 
 
 @worker_ready.connect

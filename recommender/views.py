@@ -11,9 +11,10 @@ import base64
 import re
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
@@ -23,6 +24,13 @@ from django.views.decorators.http import require_safe
 
 from catalog.images import ImageError, clean_upload, read_upload
 from catalog.models import Product
+from catalog.selectors import (
+    import_job_get,
+    import_job_list,
+    outfit_list_curated,
+    product_get,
+    product_index_status,
+)
 from ml.slots import SLOT_INDEX
 from recommender.models import ModelVersion, TrainingRun
 from recommender.permissions import MERCHANDISER_PERM
@@ -187,6 +195,9 @@ def product_page(request: HttpRequest, pk: int) -> HttpResponse:
         "add_url": _outfit_url([*outfit_ids, pk]),
         "has_outfit": bool(outfit_ids),
     }
+    if request.user.has_perm(MERCHANDISER_PERM):  # merchandisers see whether the item is indexed yet
+        context["can_edit"] = True
+        context["index"] = product_index_status(product_id=pk)
     try:
         context["similar"] = _scored(similar_items(product_id=pk, k=8))
         looks = complete_the_look(product_ids=[pk], k=4)
@@ -254,6 +265,7 @@ def outfit_page(request: HttpRequest) -> HttpResponse:
         "ids": ids,
         "messages_list": messages,
         "ids_csv": ",".join(map(str, ids)),
+        "can_curate": request.user.has_perm(MERCHANDISER_PERM),
     }
     try:
         if len(ids) >= 2:
@@ -335,22 +347,90 @@ def _evaluation(evaluation: Any) -> dict[str, Any] | None:
     return {"pairs": _flatten(evaluation)}
 
 
+def _learned_row(version: ModelVersion | None) -> tuple[str, dict[str, float]] | None:
+    """The version's own row of its held-out evaluation (``"fine-tuned"``, else the last row that is not
+    a baseline or zero-shot), without counts and missing values: ``(row name, {metric: value})``."""
+    from ml.evaluate import BASELINES, COUNTS, ZERO_SHOT
+
+    evaluation = ((version.metrics or {}).get("evaluation") if version else None) or {}
+    if not isinstance(evaluation, dict):
+        return None
+    names = [n for n, row in evaluation.items() if isinstance(row, dict) and n not in (*BASELINES, ZERO_SHOT)]
+    if not names:
+        return None
+    name = "fine-tuned" if "fine-tuned" in names else names[-1]
+    row = {k: float(v) for k, v in evaluation[name].items()
+           if isinstance(v, int | float) and k not in COUNTS and not k.startswith("n_") and v == v}  # fmt: skip
+    return name, dict(sorted(row.items(), key=lambda kv: _metric_order(kv[0])))
+
+
+def _reference(version: ModelVersion) -> tuple[str, dict[str, float]] | None:
+    """What a version is compared with: the active version's learned row, or for the active version
+    (or when none is active) its own zero-shot row."""
+    from ml.evaluate import ZERO_SHOT
+
+    active = ModelVersion.objects.filter(is_active=True).first()
+    if active is not None and active.pk != version.pk:
+        own = _learned_row(active)
+        return (f"active v{active.pk}", own[1]) if own else None
+    zero = ((version.metrics or {}).get("evaluation") or {}).get(ZERO_SHOT)
+    if isinstance(zero, dict):
+        return ZERO_SHOT, {k: float(v) for k, v in zero.items() if isinstance(v, int | float)}
+    return None
+
+
+def _comparison_table(version: ModelVersion) -> dict[str, dict[str, float]] | None:
+    """``{"v3": {...}, "active v2": {...}}`` for :func:`ml.plots.plot_metric_bars`, or None."""
+    own, ref = _learned_row(version), _reference(version)
+    if not own or not ref:
+        return None
+    return {f"v{version.pk}": own[1], ref[0]: {k: ref[1][k] for k in own[1] if k in ref[1]}}
+
+
+def _comparison(version: ModelVersion) -> dict[str, Any] | None:
+    """Rows ``metric, this, reference, delta`` for the models page (all metrics: higher is better)."""
+    own, ref = _learned_row(version), _reference(version)
+    if not own or not ref:
+        return None
+    rows = []
+    for metric, value in own[1].items():
+        other = ref[1].get(metric)
+        delta = None if other is None else value - other
+        rows.append({"metric": metric, "value": f"{value:.3f}", "other": "—" if other is None else f"{other:.3f}",
+                     "delta": "—" if delta is None else f"{delta:+.3f}",
+                     "sign": "" if delta is None or abs(delta) < 5e-4 else ("up" if delta > 0 else "down")})  # fmt: skip
+    return {"against": ref[0], "rows": rows}
+
+
 @require_safe  # a read-only page: POST/PUT/DELETE answer 405
 def models_page(request: HttpRequest) -> HttpResponse:
-    """``/models``: the model versions with their evaluation metrics, and the last 10 training runs."""
+    """``/models``: model versions (evaluation, comparison with the active one, activate/rollback), the
+    last 10 training runs with live progress and loss curve, and the start-a-run form."""
     versions = [
-        {"version": v, "evaluation": _evaluation((v.metrics or {}).get("evaluation"))}
+        {
+            "version": v,
+            "evaluation": _evaluation((v.metrics or {}).get("evaluation")),
+            "compare": _comparison(v),
+        }
         for v in ModelVersion.objects.all()[:50]
     ]
     runs = [
-        {"run": r, "pct": round(min(max(r.progress, 0.0), 100.0))}
+        {
+            "run": r,
+            "pct": round(min(max(r.progress, 0.0), 100.0)),
+            "live": r.status in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING),
+            "has_history": bool((r.history or {}).get("loss")),
+        }  # fmt: skip
         for r in TrainingRun.objects.select_related("model_version")[:10]
     ]
+    can_train = request.user.has_perm(MERCHANDISER_PERM)
     context = {
         "versions": versions,
         "runs": runs,
-        "can_train": request.user.has_perm(MERCHANDISER_PERM),
-        "train_error": _param(request.GET, "error"),
+        "can_train": can_train,
+        "can_rollback": can_train and ModelVersion.objects.filter(activated_at__isnull=False).count() > 1,
+        "train_defaults": TRAIN_DEFAULTS,
+        "miners": ["semi-hard", "batch-hard", "batch-all", "random"],
     }
     return render(request, "recommender/models.html", context)
 
@@ -392,20 +472,310 @@ def product_upload_page(request: HttpRequest) -> HttpResponse:
     return render(request, "recommender/upload.html", {"values": values, "errors": errors, "slots": SLOTS})
 
 
+#: The training parameters the models page offers (the API's ``TrainingRunCreateSerializer`` validates them).
+TRAIN_FIELDS = ("epochs", "batch_size", "lr", "temperature", "margin", "miner")
+TRAIN_DEFAULTS = {"epochs": "30", "batch_size": "256", "lr": "0.001", "temperature": "0.07", "margin": "0.2",
+                  "miner": "semi-hard"}  # fmt: skip
+
+
 @login_required
 @permission_required(MERCHANDISER_PERM, raise_exception=True)
 def training_start_page(request: HttpRequest) -> HttpResponse:
-    """``POST /models/train``: start a training run from the models page (one at a time)."""
+    """``POST /models/train``: start a training run from the models page (one at a time).
+
+    The fields are validated by the API's ``TrainingRunCreateSerializer``; errors come back as messages.
+    """
+    from recommender.apis import _flatten_errors
+    from recommender.serializers import TrainingRunCreateSerializer
     from recommender.services import training_run_start
 
     if request.method != "POST":
         return redirect("models")
+    data = {f: request.POST[f].strip() for f in TRAIN_FIELDS if request.POST.get(f, "").strip()}
+    ser = TrainingRunCreateSerializer(data=data)
+    if not ser.is_valid():
+        messages.error(request, f"The run was not started: {_flatten_errors(ser.errors)}")
+        return redirect("models")
     try:
-        epochs = min(max(int(request.POST.get("epochs", "30")), 1), 500)
-    except ValueError:
-        epochs = 30
-    try:
-        training_run_start(params={"epochs": epochs}, user=request.user)
+        run = training_run_start(params=dict(ser.validated_data), user=request.user)
     except ValueError as exc:
-        return redirect(reverse("models") + "?" + urlencode({"error": str(exc)}))
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Training run {run.pk} queued.")
     return redirect("models")
+
+
+@login_required
+@permission_required(MERCHANDISER_PERM, raise_exception=True)
+def model_version_activate_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """``POST /models/<pk>/activate``: serve this version (refused, with the reason, unless complete)."""
+    from recommender.services import VersionNotReady, model_version_activate
+
+    if request.method == "POST":
+        version = ModelVersion.objects.filter(pk=pk).first()
+        if version is None:
+            messages.error(request, f"There is no model version {pk}.")
+        else:
+            try:
+                model_version_activate(version=version, require_complete=True)
+            except VersionNotReady as exc:
+                messages.error(request, f"Not activated: {exc}.")
+            else:
+                messages.success(request, f"{version.name} (v{version.pk}) now serves the site.")
+    return redirect("models")
+
+
+@login_required
+@permission_required(MERCHANDISER_PERM, raise_exception=True)
+def model_version_rollback_page(request: HttpRequest) -> HttpResponse:
+    """``POST /models/rollback``: back to the previously active version."""
+    from recommender.services import VersionNotReady, model_version_rollback
+
+    if request.method == "POST":
+        try:
+            version = model_version_rollback()
+        except VersionNotReady as exc:
+            messages.error(request, f"No rollback: {exc}.")
+        else:
+            messages.success(request, f"Rolled back: {version.name} (v{version.pk}) serves the site again.")
+    return redirect("models")
+
+
+def model_compare_png(request: HttpRequest, pk: int) -> HttpResponse:
+    """``/models/<pk>/compare.png``: bars of this version's held-out metrics next to the active one's
+    (:func:`ml.plots.plot_metric_bars`, drawn on request; 404 when either has no evaluation)."""
+    import tempfile
+
+    from ml.plots import plot_metric_bars
+
+    version = ModelVersion.objects.filter(pk=pk).first()
+    table = _comparison_table(version) if version else None
+    if not table:
+        return HttpResponse(status=404)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = plot_metric_bars(table, Path(tmp) / "compare.png", title="Held-out evaluation",
+                                figsize=(7.0, 3.6))  # fmt: skip
+        png = path.read_bytes()
+    response = HttpResponse(png, content_type="image/png")
+    response["Cache-Control"] = "max-age=60"
+    return response
+
+
+def _merchandiser(view):
+    """Login (redirect to the admin login) and the merchandiser permission (403 otherwise)."""
+    return login_required(permission_required(MERCHANDISER_PERM, raise_exception=True)(view))
+
+
+def _product_form_values(post) -> dict[str, str]:
+    fields = (
+        "sku",
+        "title",
+        "slot",
+        "product_type",
+        "colour",
+        "audience",
+        "price",
+        "description",
+        "variant_group",
+    )
+    return {f: _param(post, f, 5000 if f == "description" else 255) for f in fields}
+
+
+def _price(raw: str, errors: list[str]) -> Decimal | None:
+    if not raw:
+        return None
+    try:
+        return Decimal(raw)
+    except InvalidOperation:
+        errors.append(f"price: {raw!r} is not a number")
+        return None
+
+
+@_merchandiser
+def product_edit_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """``/manage/products/<pk>/edit``: change details and optionally the photo; errors inline, nothing
+    written on error; a changed photo, text or slot re-queues the product's embedding."""
+    from catalog.services import EDITABLE_FIELDS, product_update
+    from ml.slots import SLOTS
+
+    product = product_get(product_id=pk)
+    if product is None:
+        return _not_found(request, f"There is no product with id {pk}.")
+    errors: list[str] = []
+    if request.method == "POST":
+        values = _product_form_values(request.POST)
+        price = _price(values["price"], errors)
+        upload = request.FILES.get("image")
+        if not errors:
+            try:
+                image_bytes = read_upload(upload) if upload is not None else None
+                changed = product_update(
+                    product=product,
+                    data={**{f: values[f] for f in EDITABLE_FIELDS if f != "price"}, "price": price},
+                    image_bytes=image_bytes,
+                )
+            except (ImageError, ValueError) as exc:
+                errors.append(str(exc))
+            else:
+                if changed:
+                    messages.success(request, f"Saved: {', '.join(changed)} changed.")
+                else:
+                    messages.info(request, "Nothing changed.")
+                return redirect("product", pk=product.pk)
+    else:
+        values = {f: "" if getattr(product, f) is None else str(getattr(product, f)) for f in EDITABLE_FIELDS}
+        values["sku"] = product.sku
+    values["sku"] = product.sku
+    return render(request, "recommender/product_edit.html",
+                  {"product": product, "values": values, "errors": errors, "slots": SLOTS})  # fmt: skip
+
+
+@_merchandiser
+def product_delete_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """``/manage/products/<pk>/delete``: GET asks for confirmation, POST deletes."""
+    from catalog.services import product_delete
+
+    product = product_get(product_id=pk)
+    if product is None:
+        return _not_found(request, f"There is no product with id {pk}.")
+    if request.method == "POST":
+        title = str(product)
+        product_delete(product=product)
+        messages.success(request, f"Deleted {title}.")
+        return redirect("catalog")
+    return render(request, "recommender/product_delete.html",
+                  {"product": product, "n_outfits": product.outfits.count()})  # fmt: skip
+
+
+@_merchandiser
+def outfit_list_page(request: HttpRequest) -> HttpResponse:
+    """``/manage/outfits``: curated outfits (training data), 24 per page, each with a delete button."""
+    page = Paginator(outfit_list_curated(), PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "recommender/outfits.html", {"page": page})
+
+
+@_merchandiser
+def outfit_save_page(request: HttpRequest) -> HttpResponse:
+    """``POST /manage/outfits/new`` (from the outfit builder): save ``ids`` as a curated outfit."""
+    from catalog.services import outfit_create
+
+    if request.method != "POST":
+        return redirect("outfit-list")
+    ids, bad = _parse_ids(request.POST.get("ids", ""))
+    name = _param(request.POST, "name", 255)
+    try:
+        if bad:
+            raise ValueError(f"not product ids: {', '.join(repr(t) for t in bad)}")
+        outfit = outfit_create(product_ids=ids, name=name)
+    except ValueError as exc:
+        messages.error(request, f"The outfit was not saved: {exc}.")
+        return redirect(_outfit_url(ids))
+    messages.success(request, f"Saved “{outfit}” ({len(ids)} items) as a curated outfit for training.")
+    return redirect("outfit-list")
+
+
+@_merchandiser
+def outfit_delete_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """``POST /manage/outfits/<pk>/delete``: delete a curated outfit."""
+    from catalog.models import Outfit
+    from catalog.services import outfit_delete
+
+    if request.method == "POST":
+        outfit = Outfit.objects.filter(pk=pk).first()
+        if outfit is None:
+            messages.error(request, f"There is no outfit {pk}.")
+        else:
+            outfit_delete(outfit=outfit)
+            messages.success(request, f"Deleted {outfit}.")
+    return redirect("outfit-list")
+
+
+#: The example CSV offered on the import page (real H&M articles; the zip holds their photos).
+EXAMPLE_CSV = (
+    "sku,title,slot,image,colour,product_type,audience,price,description,variant_group\n"
+    "0108775015,Strap top,top,0108775015.jpg,Black,Vest top,Ladieswear,9.99,"
+    '"Jersey top with narrow shoulder straps.",0108775\n'
+    "0110065001,OP T-shirt (Idro),top,photos/0110065001.jpg,Black,Bra,Lingeries/Tights,,"
+    '"Microfibre T-shirt bra with underwired, moulded, lightly padded cups.",0110065\n'
+)
+
+
+@_merchandiser
+def import_page(request: HttpRequest) -> HttpResponse:
+    """``/manage/import``: upload a CSV and a zip of photos; the import runs on a worker (ImportJob)."""
+    from catalog.services import (
+        IMPORT_MAX_CSV_BYTES,
+        IMPORT_MAX_ZIP_BYTES,
+        IMPORT_OPTIONAL_COLUMNS,
+        IMPORT_REQUIRED_COLUMNS,
+        ImportFileError,
+        import_job_create,
+    )
+    from ml.slots import SLOTS
+
+    errors: list[str] = []
+    if request.method == "POST":
+        csv_upload = request.FILES.get("csv")
+        if csv_upload is None:
+            errors.append("csv: choose the products CSV")
+        else:
+            try:
+                job = import_job_create(csv_upload=csv_upload, zip_upload=request.FILES.get("images"),
+                                        user=request.user)  # fmt: skip
+            except ImportFileError as exc:
+                errors.append(str(exc))
+            else:
+                return redirect("import-job", pk=job.pk)
+    context = {
+        "errors": errors,
+        "jobs": import_job_list(limit=10),
+        "required": IMPORT_REQUIRED_COLUMNS,
+        "optional": IMPORT_OPTIONAL_COLUMNS,
+        "slots": SLOTS,
+        "max_csv_mb": IMPORT_MAX_CSV_BYTES // 2**20,
+        "max_zip_mb": IMPORT_MAX_ZIP_BYTES // 2**20,
+    }
+    return render(request, "recommender/import.html", context)
+
+
+@_merchandiser
+def import_example_csv(request: HttpRequest) -> HttpResponse:
+    """``/manage/import/example.csv``: a CSV with every column, to copy."""
+    response = HttpResponse(EXAMPLE_CSV, content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="products-example.csv"'
+    return response
+
+
+@_merchandiser
+def import_job_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """``/manage/import/<pk>``: progress (polled by static/js/progress.js), counts and rejected rows."""
+    from catalog.models import ImportJob
+
+    try:
+        job = import_job_get(job_id=pk)
+    except ImportJob.DoesNotExist:
+        return _not_found(request, f"There is no import job {pk}.")
+    return render(request, "recommender/import_job.html", {"job": job, "rejections": job.rejections[:200]})
+
+
+@_merchandiser
+def import_report_csv(request: HttpRequest, pk: int) -> HttpResponse:
+    """``/manage/import/<pk>/rejected.csv``: the rejected rows (row, sku, field, message) as CSV."""
+    import csv
+    import io
+
+    from catalog.models import ImportJob
+
+    try:
+        job = import_job_get(job_id=pk)
+    except ImportJob.DoesNotExist:
+        return _not_found(request, f"There is no import job {pk}.")
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["row", "sku", "field", "message"])
+    if job.file_error:
+        writer.writerow(["", "", "file", job.file_error])
+    writer.writerows([r["row"], r["sku"], r["field"], r["message"]] for r in job.rejections)
+    response = HttpResponse(buf.getvalue(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="import-{job.pk}-rejected.csv"'
+    return response

@@ -67,3 +67,208 @@ def test_start_training_from_the_models_page_one_at_a_time(merch_client):
     page = merch_client.get(r["Location"]).content.decode()
     assert "is still running; wait or cancel it" in page
     assert TrainingRun.objects.count() == before
+
+
+# --- bulk import, edit/delete, curated outfits, models page actions ------------------------------------
+
+
+def _real_articles(hm_root, n):
+    from ml.data import read_articles
+
+    arts, _ = read_articles(hm_root)
+    return arts[:n]
+
+
+def _import_files(arts, extra_rows=()):
+    import csv
+    import zipfile
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["sku", "title", "slot", "image", "colour"])
+    for a in arts:
+        w.writerow([f"PG-{a.article_id}", a.title, a.slot, f"{a.article_id}.jpg", a.colour])
+    w.writerows(extra_rows)
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w") as zf:
+        for a in arts:
+            zf.writestr(f"{a.article_id}.jpg", a.image_path.read_bytes())
+    c, z = io.BytesIO(buf.getvalue().encode()), io.BytesIO(zbuf.getvalue())
+    c.name, z.name = "products.csv", "photos.zip"
+    return c, z
+
+
+def test_import_pages_need_the_merchandiser_permission(client):
+    assert client.get("/manage/import").status_code == 302
+    r = client.get("/api/import-jobs/1/")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "not_authenticated"
+
+
+def test_import_page_documents_columns_and_offers_an_example(merch_client):
+    html = merch_client.get("/manage/import").content.decode()
+    for column in ("sku", "title", "slot", "image", "price", "variant_group"):
+        assert f"<code>{column}</code>" in html
+    r = merch_client.get("/manage/import/example.csv")
+    assert r["Content-Type"].startswith("text/csv")
+    assert r.content.decode().splitlines()[0] == (
+        "sku,title,slot,image,colour,product_type,audience,price,description,variant_group"
+    )
+
+
+def test_bulk_import_through_the_page_reports_rejected_rows(merch_client, hm_root, settings, tmp_path):
+    from catalog.models import ImportJob
+    from catalog.services import import_job_run
+
+    settings.MEDIA_ROOT = tmp_path
+    arts = _real_articles(hm_root, 2)
+    csv_file, zip_file = _import_files(arts, extra_rows=[["PG-BAD", "No photo", "top", "missing.jpg", ""]])
+    r = merch_client.post("/manage/import", {"csv": csv_file, "images": zip_file})
+    job = ImportJob.objects.get(started_by__username="merch-page")
+    assert r.status_code == 302 and r["Location"] == f"/manage/import/{job.pk}"
+    assert merch_client.get(f"/api/import-jobs/{job.pk}/").json()["status"] == "queued"
+    import_job_run(
+        job_id=job.pk
+    )  # what the Celery task does (on_commit never fires inside a test transaction)
+    data = merch_client.get(f"/api/import-jobs/{job.pk}/").json()
+    assert (data["percent"], data["created"], data["rejected"], data["finished"]) == (100, 2, 1, True)
+    html = merch_client.get(f"/manage/import/{job.pk}").content.decode()
+    assert (
+        "<td>4</td><td>PG-BAD</td><td>image</td><td>&#x27;missing.jpg&#x27; is not in images zip</td>" in html
+    )
+    report = merch_client.get(f"/manage/import/{job.pk}/rejected.csv").content.decode().splitlines()
+    assert report == ["row,sku,field,message", "4,PG-BAD,image,'missing.jpg' is not in images zip"]
+    assert Product.objects.filter(sku__startswith="PG-0").count() == 2
+
+
+def test_import_page_without_a_csv_is_an_inline_error(merch_client):
+    html = merch_client.post("/manage/import", {}).content.decode()
+    assert "Nothing was imported" in html and "csv: choose the products CSV" in html
+
+
+def _own_product(hm_root, sku="EDIT-1"):
+    from catalog.services import product_create
+
+    a = _real_articles(hm_root, 1)[0]
+    return product_create(
+        sku=sku, title=a.title, slot=a.slot, image_bytes=a.image_path.read_bytes(), embed=False
+    )
+
+
+def test_edit_product_saves_changes_and_keeps_the_form_on_errors(merch_client, hm_root, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    p = _own_product(hm_root)
+    form = {"title": "Renamed", "slot": p.slot, "price": "abc", "colour": "Navy"}
+    html = merch_client.post(f"/manage/products/{p.pk}/edit", form).content.decode()
+    assert "Nothing was saved" in html and "price: &#x27;abc&#x27; is not a number" in html
+    assert 'value="Renamed"' in html
+    p.refresh_from_db()
+    assert p.title != "Renamed"
+    r = merch_client.post(f"/manage/products/{p.pk}/edit", {**form, "price": "12.50"})
+    assert r.status_code == 302 and r["Location"] == f"/products/{p.pk}"
+    p.refresh_from_db()
+    assert (p.title, p.colour, str(p.price)) == ("Renamed", "Navy", "12.50")
+    assert "Saved: title, colour, price changed." in merch_client.get(r["Location"]).content.decode()
+
+
+def test_delete_product_asks_first_then_deletes(merch_client, hm_root, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    p = _own_product(hm_root, "DEL-1")
+    assert "Delete this product" in merch_client.get(f"/manage/products/{p.pk}/delete").content.decode()
+    assert Product.objects.filter(pk=p.pk).exists()  # GET deletes nothing
+    r = merch_client.post(f"/manage/products/{p.pk}/delete")
+    assert r.status_code == 302 and not Product.objects.filter(pk=p.pk).exists()
+
+
+def test_save_list_and_delete_a_curated_outfit(merch_client, hm_root, settings, tmp_path):
+    from catalog.models import Outfit
+
+    settings.MEDIA_ROOT = tmp_path
+    a, b = _own_product(hm_root, "OUT-1"), _own_product(hm_root, "OUT-2")
+    assert "Save as outfit" in merch_client.get("/outfit", {"ids": f"{a.pk},{b.pk}"}).content.decode()
+    r = merch_client.post("/manage/outfits/new", {"ids": f"{a.pk},{b.pk}", "name": "Test look"})
+    outfit = Outfit.objects.get(name="Test look")
+    assert outfit.source == "curated" and [i.product_id for i in outfit.items.all()] == [a.pk, b.pk]
+    html = merch_client.get(r["Location"]).content.decode()
+    assert "Saved “Test look” (2 items)" in html and f"?ids={a.pk},{b.pk}" in html
+    r = merch_client.post("/manage/outfits/new", {"ids": f"{a.pk}"})
+    assert "The outfit was not saved: an outfit needs at least two distinct products." in (
+        merch_client.get(r["Location"]).content.decode()
+    )
+    merch_client.post(f"/manage/outfits/{outfit.pk}/delete")
+    assert not Outfit.objects.filter(pk=outfit.pk).exists()
+
+
+def test_training_form_validates_every_parameter_like_the_api(merch_client):
+    TrainingRun.objects.filter(status__in=["queued", "running"]).update(status="cancelled")
+    r = merch_client.post("/models/train", {"epochs": "2", "lr": "5", "miner": "hardest"})
+    html = merch_client.get(r["Location"]).content.decode()
+    assert "The run was not started: lr: Ensure this value is less than or equal to 1.0.; " in html
+    assert "miner: &quot;hardest&quot; is not a valid choice." in html
+    merch_client.post("/models/train", {"epochs": "2", "batch_size": "32", "lr": "0.01", "temperature": "0.1",
+                                        "margin": "0.3", "miner": "batch-hard"})  # fmt: skip
+    run = TrainingRun.objects.latest("id")
+    assert run.params == {"epochs": 2, "batch_size": 32, "lr": 0.01, "temperature": 0.1, "margin": 0.3,
+                          "miner": "batch-hard"}  # fmt: skip
+
+
+def _version(name, fitb, active=False, **kw):
+    from django.utils import timezone
+
+    from recommender.models import ModelVersion
+
+    if active:
+        kw.setdefault("activated_at", timezone.now())
+    ev = {"zero-shot": {"fitb": 0.25, "recall@10": 0.01, "n_fitb": 50.0},
+          "fine-tuned": {"fitb": fitb, "recall@10": 0.5, "n_fitb": 50.0}}  # fmt: skip
+    return ModelVersion.objects.create(
+        name=name, status="ready", is_active=active, metrics={"evaluation": ev}, **kw
+    )
+
+
+def test_models_page_compares_with_the_active_version_and_refuses_incomplete_activation(merch_client):
+    from recommender.models import ModelVersion
+
+    ModelVersion.objects.all().delete()  # the session's trained version too (rolled back with the test)
+    active = _version("old", 0.40, active=True)
+    new = _version("new", 0.55)
+    html = merch_client.get("/models").content.decode()
+    assert f"v{new.pk} against active v{active.pk}" in html
+    assert '<th scope="row">fitb</th><td>0.550</td><td>0.400</td><td class="delta-up">+0.150</td>' in html
+    assert '<th scope="row">fitb</th><td>0.400</td><td>0.250</td><td class="delta-up">+0.150</td>' in html
+    png = merch_client.get(f"/models/{new.pk}/compare.png")
+    assert png["Content-Type"] == "image/png" and png.content[:8] == b"\x89PNG\r\n\x1a\n"
+    r = merch_client.post(f"/models/{new.pk}/activate")
+    assert (
+        f"Not activated: model version {new.pk} has no vectors yet."
+        in merch_client.get(r["Location"]).content.decode()
+    )
+    assert ModelVersion.objects.get(is_active=True) == active
+    r = merch_client.post("/models/rollback")
+    assert (
+        "No rollback: no earlier model version to roll back to."
+        in merch_client.get(r["Location"]).content.decode()
+    )
+
+
+def test_training_run_live_json_has_the_history(client):
+    run = TrainingRun.objects.create(params={}, status="running", progress=55.0, history={"loss": [0.9, 0.7]})
+    data = client.get(f"/api/training-runs/{run.pk}/live/").json()
+    assert data["history"] == {"loss": [0.9, 0.7]} and data["progress"] == 55.0 and data["finished"] is False
+
+
+def test_product_page_shows_indexing_status_to_merchandisers_only(
+    merch_client, client, hm_root, settings, tmp_path
+):
+    from recommender.models import ModelVersion
+
+    settings.MEDIA_ROOT = tmp_path
+    ModelVersion.objects.update(is_active=False)
+    version = _version("serving", 0.5, active=True)
+    p = _own_product(hm_root, "IDX-1")
+    html = merch_client.get(f"/products/{p.pk}").content.decode()
+    assert "indexing…" in html and f"computing its vectors for model v{version.pk}" in html
+    assert merch_client.get(f"/api/products/{p.pk}/index-status/").json() == {
+        "product_id": p.pk, "version_id": version.pk, "embedded": False}  # fmt: skip
+    from django.test import Client
+
+    assert "indexing…" not in Client().get(f"/products/{p.pk}").content.decode()  # shoppers never see it

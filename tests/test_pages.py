@@ -258,7 +258,7 @@ def test_models_page_lists_versions_metrics_and_runs(client):
     )
     assert '<th scope="row">co-occurrence</th><td>0.637</td><td>0.253</td><td>—</td><td>—</td>' in html
     assert 'aria-valuenow="40"' in html and "40% · loss 0.6123" in html
-    assert re.search(r"<pre class=\"log\">epoch 1 step 10 loss 0.6123\nepoch 2", html)
+    assert re.search(r"<pre class=\"log\" data-field=\"log\">epoch 1 step 10 loss 0.6123\nepoch 2", html)
 
 
 @pytest.mark.slow
