@@ -8,7 +8,7 @@ BENCH_SIZES ?= 10000 100000 1000000
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: venv demo test test-fast lint format bench worker serve migrate import train stop clean
+.PHONY: venv demo test test-fast lint format bench worker beat serve migrate import train stop clean
 
 venv: .venv/.installed
 
@@ -37,13 +37,14 @@ format: venv
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-## bench: throughput figures written to ml/benchmarks/results/{towers,pipeline,serving,http}.json (README "Benchmarks")
+## bench: throughput figures written to ml/benchmarks/results/{towers,pipeline,serving,http,import}.json (README "Benchmarks")
 ## (the 1M-product serving size builds HNSW indexes for ~1 h on 2 cores: BENCH_SIZES="10000 100000" skips it)
 bench: venv
 	$(PY) -m ml.benchmarks.bench_towers
 	$(PY) manage.py bench_pipeline
 	$(PY) manage.py bench_serving --sizes $(BENCH_SIZES)
 	$(PY) manage.py bench_http
+	$(PY) manage.py bench_import
 
 migrate: venv
 	$(PY) manage.py migrate
@@ -53,6 +54,10 @@ import: venv
 
 worker: venv
 	$(PY) -m celery -A recommender worker -Q embedding,training -c 1 --loglevel INFO
+
+## beat: the periodic tasks (reconciliation, retention, retrain-if-changed); run exactly one per deployment
+beat: venv
+	$(PY) -m celery -A recommender beat --loglevel INFO
 
 serve: venv
 	$(PY) manage.py runserver $(ADDR)

@@ -541,6 +541,7 @@ def model_version_rollback_page(request: HttpRequest) -> HttpResponse:
     return redirect("models")
 
 
+@require_safe  # a read-only image: POST answers 405
 def model_compare_png(request: HttpRequest, pk: int) -> HttpResponse:
     """``/models/<pk>/compare.png``: bars of this version's held-out metrics next to the active one's
     (:func:`ml.plots.plot_metric_bars`, drawn on request; 404 when either has no evaluation)."""

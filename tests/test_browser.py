@@ -68,7 +68,6 @@ def site(django_db_setup, django_db_blocker, trained_catalog, hm_root):
     from recommender import runtime
     from recommender.celery import app
     from recommender.models import ModelVersion, TrainingRun
-    from tests.test_e2e import _database_url
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set CHROMIUM)")
@@ -82,7 +81,7 @@ def site(django_db_setup, django_db_blocker, trained_catalog, hm_root):
         user.set_password(PASSWORD)
         user.save()
         user.user_permissions.add(Permission.objects.get(codename="add_product"))
-        db_url = _database_url()
+        db_url = runtime.database_url(connections["default"].settings_dict)
     env = {"DATABASE_URL": db_url, "DJANGO_SETTINGS_MODULE": "recommender.settings_test"}
     logs = settings.VAR_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)

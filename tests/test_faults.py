@@ -134,7 +134,9 @@ def _task() -> dict:
     """``ml.tasks.embed_missing`` reads the model registry in the private database (no model yet)."""
     from ml.tasks import embed_missing
 
-    return embed_missing.apply_async(queue=QUEUE).get(timeout=120)
+    return embed_missing.apply_async(queue=QUEUE, ignore_result=False).get(
+        timeout=120
+    )  # the task ignores results
 
 
 def test_web_and_worker_survive_a_postgres_restart(private_pg, web, worker):

@@ -106,9 +106,12 @@ def test_wrong_types_name_the_field(api):
         assert r.status_code == 400 and _error(r)["message"] == message, (body, r.content)
 
 
-def test_unknown_ids_are_404_naming_them(api):
-    r = api.post("/api/compatibility/", {"product_ids": [999998, 999999]}, format="json")
-    assert r.status_code == 404 and _error(r)["details"] == {"ids": [999998, 999999]}
+def test_unknown_ids_answer_4xx_naming_them(api):
+    r = api.post(
+        "/api/compatibility/", {"product_ids": [999998, 999999]}, format="json"
+    )  # ids in a body: 400
+    assert r.status_code == 400 and _error(r)["code"] == "unknown_products"
+    assert _error(r)["details"] == {"ids": [999998, 999999]}
     r = api.get("/api/training-runs/999999/")
     assert r.status_code == 404 and _error(r)["message"] == "no training run 999999"
     r = api.get("/api/products/999999/")
