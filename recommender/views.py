@@ -445,17 +445,11 @@ def product_upload_page(request: HttpRequest) -> HttpResponse:
     from catalog.services import product_create
     from ml.slots import SLOTS
 
-    fields = ("sku", "title", "slot", "product_type", "colour", "audience", "price", "description")
-    values = {f: _param(request.POST, f, 5000 if f == "description" else 255) for f in fields}
+    values = _product_form_values(request.POST)
     errors: list[str] = []
     if request.method == "POST":
         upload = request.FILES.get("image")
-        price = None
-        if values["price"]:
-            try:
-                price = Decimal(values["price"])
-            except InvalidOperation:
-                errors.append(f"price: {values['price']!r} is not a number")
+        price = _price(values["price"], errors)
         if upload is None:
             errors.append("image: choose a product photo")
         if not errors:
@@ -464,6 +458,7 @@ def product_upload_page(request: HttpRequest) -> HttpResponse:
                     sku=values["sku"], title=values["title"], slot=values["slot"], image_bytes=read_upload(upload),
                     description=values["description"], product_type=values["product_type"],
                     colour=values["colour"], audience=values["audience"], price=price,
+                    variant_group=values["variant_group"],
                 )  # fmt: skip
             except (ImageError, ValueError) as exc:
                 errors.append(str(exc))

@@ -24,6 +24,8 @@ import pytest
 from django.conf import settings
 from django.db import connections
 
+from tests.waiting import wait_for
+
 # ``django_db`` (not transactional): the test database is created, and the committed slice is not flushed
 # after each test. The server and the worker are other processes, so what they see is committed data.
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.django_db]
@@ -36,14 +38,7 @@ README_SHOT = settings.BASE_DIR / "static" / "img" / "screenshot-product.png"
 PASSWORD = "browser-pw"
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+_wait = wait_for
 
 
 def _answers(url: str, timeout: float = 2) -> bool:

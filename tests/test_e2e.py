@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 
 import pytest
 from django.conf import settings
@@ -23,6 +22,7 @@ from recommender import runtime, selectors
 from recommender.celery import app
 from recommender.models import ModelVersion, ProductEmbedding, TrainingRun
 from recommender.services import training_run_start
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -46,14 +46,7 @@ def worker(transactional_db, tmp_path):
         runtime.stop_worker(proc)
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+_wait = wait_for
 
 
 def test_import_train_on_worker_query_and_upload(worker, hm_root):

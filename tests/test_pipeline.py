@@ -38,6 +38,7 @@ from recommender.services import (
     model_version_create,
     training_run_start,
 )
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -47,13 +48,7 @@ TERMINAL = {TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED, TrainingRun
 
 
 def _wait(predicate, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return wait_for(predicate, timeout, what, every)
 
 
 @pytest.fixture(scope="module")
