@@ -58,6 +58,11 @@ FILTER_FIELDS = ("slot", "colour", "audience", "product_type")
 # --- helpers ------------------------------------------------------------------------------------------
 
 
+def _merchandiser(view):
+    """Login (redirect to the admin login) and the merchandiser permission (403 otherwise)."""
+    return login_required(permission_required(MERCHANDISER_PERM, raise_exception=True)(view))
+
+
 def _model_notice() -> str:
     """The notice for a :class:`NoActiveModel`: no version at all, or this item not embedded yet."""
     try:
@@ -438,8 +443,7 @@ def models_page(request: HttpRequest) -> HttpResponse:
 # --- merchandiser pages ----------------------------------------------------------------------------
 
 
-@login_required
-@permission_required(MERCHANDISER_PERM, raise_exception=True)
+@_merchandiser
 def product_upload_page(request: HttpRequest) -> HttpResponse:
     """``/manage/upload``: a merchandiser adds one product; errors show inline and nothing is created."""
     from catalog.services import product_create
@@ -473,8 +477,7 @@ TRAIN_DEFAULTS = {"epochs": "30", "batch_size": "256", "lr": "0.001", "temperatu
                   "miner": "semi-hard"}  # fmt: skip
 
 
-@login_required
-@permission_required(MERCHANDISER_PERM, raise_exception=True)
+@_merchandiser
 def training_start_page(request: HttpRequest) -> HttpResponse:
     """``POST /models/train``: start a training run from the models page (one at a time).
 
@@ -500,8 +503,7 @@ def training_start_page(request: HttpRequest) -> HttpResponse:
     return redirect("models")
 
 
-@login_required
-@permission_required(MERCHANDISER_PERM, raise_exception=True)
+@_merchandiser
 def model_version_activate_page(request: HttpRequest, pk: int) -> HttpResponse:
     """``POST /models/<pk>/activate``: serve this version (refused, with the reason, unless complete)."""
     from recommender.services import VersionNotReady, model_version_activate
@@ -520,8 +522,7 @@ def model_version_activate_page(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("models")
 
 
-@login_required
-@permission_required(MERCHANDISER_PERM, raise_exception=True)
+@_merchandiser
 def model_version_rollback_page(request: HttpRequest) -> HttpResponse:
     """``POST /models/rollback``: back to the previously active version."""
     from recommender.services import VersionNotReady, model_version_rollback
@@ -555,11 +556,6 @@ def model_compare_png(request: HttpRequest, pk: int) -> HttpResponse:
     response = HttpResponse(png, content_type="image/png")
     response["Cache-Control"] = "max-age=60"
     return response
-
-
-def _merchandiser(view):
-    """Login (redirect to the admin login) and the merchandiser permission (403 otherwise)."""
-    return login_required(permission_required(MERCHANDISER_PERM, raise_exception=True)(view))
 
 
 def _product_form_values(post) -> dict[str, str]:
