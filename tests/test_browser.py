@@ -21,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 from django.conf import settings
 from django.db import connections
 
@@ -242,7 +243,10 @@ def test_merchandiser_upload_is_embedded_by_the_worker_and_found_by_search(page,
     page.fill("input[name=colour]", art.colour)
     page.fill("textarea[name=description]", art.description)
     page.set_input_files("#upload-image", str(art.image_path))
-    assert page.locator("#upload-preview").is_visible()  # the chosen photo is previewed
+    # The preview is an <img> with a blob: URL; it has no box (so is not "visible") until the browser
+    # has decoded the photo, which takes a moment on a loaded machine: wait for it, do not sample it.
+    expect(page.locator("#upload-preview")).to_be_visible(timeout=15_000)
+    assert page.locator("#upload-preview").evaluate("img => img.naturalWidth") > 0
     page.screenshot(path=SHOTS / "upload.png", full_page=True)
     page.click("button:text('Upload')")
     page.wait_for_url(re.compile(r"/products/\d+\?uploaded=1$"))
