@@ -12,6 +12,19 @@ from django.db import models
 from pgvector.django import HnswIndex, VectorField
 
 from catalog.models import Product
+from ml.slots import SLOTS
+
+#: Vector columns with one partial HNSW index per slot (``WHERE slot = '<slot>'``).
+SLOT_INDEXED_COLUMNS = ("fused", "compat")
+
+
+def slot_index_name(column: str, slot: str) -> str:
+    """Name of the partial HNSW index of ``column`` for one slot: ``emb_fused_shoes_hnsw``,
+    ``emb_compat_one_hnsw`` for ``one-piece`` (the first word: Django caps index names at 30 chars)."""
+    return f"emb_{column}_{slot.split('-')[0]}_hnsw"
+
+
+assert len({slot_index_name("compat", s) for s in SLOTS}) == len(SLOTS), "slot index names must be unique"
 
 
 class ModelVersion(models.Model):
@@ -133,11 +146,21 @@ class ProductEmbedding(models.Model):
             HnswIndex(
                 name="emb_fused_hnsw", fields=["fused"], m=16, ef_construction=64, opclasses=["vector_ip_ops"]
             ),
-            HnswIndex(
-                name="emb_compat_hnsw",
-                fields=["compat"],
-                m=16,
-                ef_construction=64,
-                opclasses=["vector_ip_ops"],
+            # One partial HNSW graph per slot for the slot-filtered rankings (complete-the-look, the slot
+            # facet of search and similar items): the pgvector docs' answer to filtering on a column with
+            # few distinct values. The planner picks the slot's graph for ``WHERE slot = 's'``, whose
+            # rows all pass the slot filter, instead of scanning the whole graph for the 1-10% that do.
+            # ``compat`` is only ever ranked within one slot, so it has no whole-table graph.
+            *(
+                HnswIndex(
+                    name=slot_index_name(column, slot),
+                    fields=[column],
+                    condition=models.Q(slot=slot),
+                    m=16,
+                    ef_construction=64,
+                    opclasses=["vector_ip_ops"],
+                )
+                for column in SLOT_INDEXED_COLUMNS
+                for slot in SLOTS
             ),
         ]

@@ -152,18 +152,39 @@ def _ranked(
 ) -> list[tuple]:  # fmt: skip
     """Run ``ORDER BY column <#> query LIMIT k`` with the HNSW settings of ``kind``.
 
-    Unfiltered queries switch sequential scans off (``settings.HNSW_FORCE_INDEX``): on catalogs of
-    ~10k rows PostgreSQL's cost model picks a scan + sort that reads every TOASTed vector (24 ms
-    against 2.6 ms through the index at 10k rows in ``bench_serving``). Every query uses
-    ``hnsw.iterative_scan = relaxed_order`` (all filter on the model version) (pgvector 0.8: the scan continues until k rows pass the
-    filter or ``hnsw.max_scan_tuples`` were visited); rows come back in approximately distance order
-    and are re-sorted exactly here.
+    With ``settings.HNSW_FORCE_INDEX`` (the default) the transaction switches sequential scans, bitmap
+    scans and sorts off (``SET LOCAL``), which leaves an HNSW index scan as the planner's only way to
+    produce rows in distance order. Without that, pgvector 0.8's cost model (which charges for
+    ``hnsw.ef_search``) makes PostgreSQL prefer reading every row of the model version through the
+    B-tree on ``model_version_id`` (or on ``slot``) and sorting them: exact, but 19 ms instead of 1.2 ms
+    at 10k rows at ef_search 100, and seconds at 1M rows (``bench_serving``). JIT is switched off too
+    (compiling costs more than these sub-millisecond plans ever run). A slot filter uses the slot's
+    partial index (migration 0004). Every query uses ``hnsw.iterative_scan`` (all filter on the model
+    version, and the table keeps the vectors of up to ``ML_KEEP_VERSIONS`` versions): the scan
+    continues until k rows pass the filters or ``hnsw.max_scan_tuples`` were visited; with
+    ``relaxed_order`` rows come back in approximately distance order and are re-sorted exactly here.
+
+    Args:
+        filtered: whether ``qs`` filters beyond the model version (kept for callers; the settings
+            are the same either way).
 
     Returns:
         ``[(product_id, inner_product)]`` best first, or ``[(product_id, ip, vector (D,) float32)]``
         with ``vectors=True`` (for MMR).
     """
     return _ranked_many([(qs, query)], column, k, filtered=filtered, kind=kind, vectors=vectors)[0]
+
+
+def ranking_settings_sql(kind: str, k: int) -> str:
+    """The ``SET LOCAL`` statements of a ranking transaction (:func:`_ranked`), as one string (one round
+    trip; integers and a validated setting, nothing to quote)."""
+    sets = [f"SET LOCAL hnsw.ef_search = {ef_search_for(kind, k)}"]
+    if settings.HNSW_FORCE_INDEX:  # only an HNSW scan yields rows in distance order
+        sets += ["SET LOCAL enable_seqscan = off", "SET LOCAL enable_bitmapscan = off",
+                 "SET LOCAL enable_sort = off", "SET LOCAL jit = off"]  # fmt: skip
+    sets += [f"SET LOCAL hnsw.iterative_scan = {settings.HNSW_ITERATIVE_SCAN}",
+             f"SET LOCAL hnsw.max_scan_tuples = {int(settings.HNSW_MAX_SCAN_TUPLES)}"]  # fmt: skip
+    return "; ".join(sets)
 
 
 def _ranked_many(
@@ -174,13 +195,7 @@ def _ranked_many(
     settings (:func:`_ranked`), so complete-the-look pays the round trips once, not once per slot."""
     out: list[list[tuple]] = []
     with transaction.atomic(), connection.cursor() as cur:
-        cur.execute("SET LOCAL hnsw.ef_search = %s", [ef_search_for(kind, k)])
-        if not filtered and settings.HNSW_FORCE_INDEX:
-            cur.execute("SET LOCAL enable_seqscan = off")  # a TOASTed seq scan wins below ~50k rows
-        # Always: every ranking filters on the active model version, and the table keeps the vectors of
-        # up to ML_KEEP_VERSIONS versions, so even an "unfiltered" scan must continue past other versions' rows.
-        cur.execute(f"SET LOCAL hnsw.iterative_scan = {settings.HNSW_ITERATIVE_SCAN}")
-        cur.execute("SET LOCAL hnsw.max_scan_tuples = %s", [settings.HNSW_MAX_SCAN_TUPLES])
+        cur.execute(ranking_settings_sql(kind, k))
         fields = ("product_id", "d", column) if vectors else ("product_id", "d")
         for qs, query in jobs:
             rows = qs.annotate(d=distance_expression(column, query)).order_by("d").values_list(*fields)[:k]

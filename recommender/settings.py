@@ -246,7 +246,8 @@ if HNSW_ITERATIVE_SCAN not in ("relaxed_order", "strict_order"):
         f"HNSW_ITERATIVE_SCAN must be relaxed_order or strict_order, not {HNSW_ITERATIVE_SCAN!r}"
     )
 HNSW_MAX_SCAN_TUPLES = env.int("HNSW_MAX_SCAN_TUPLES", default=20_000)
-#: Unfiltered rankings switch sequential scans off (SET LOCAL), so small catalogs use the HNSW index too.
+#: Rankings switch sequential scans, bitmap scans, sorts and JIT off (SET LOCAL), so the planner serves
+#: them from an HNSW index at every catalog size (``recommender.selectors._ranked`` says why).
 HNSW_FORCE_INDEX = env.bool("HNSW_FORCE_INDEX", default=True)
 #: Rank ``fused``/``compat`` in half precision (``halfvec``), through the expression HNSW indexes that
 #: migration 0003_serving creates when this is true at migrate time (half the index memory).

@@ -21,9 +21,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect
 from django.conf import settings
 from django.db import connections
+from playwright.sync_api import expect
 
 from tests.waiting import wait_for
 

@@ -25,13 +25,11 @@ def _ranking_queries(fn) -> list[str]:
     return [q["sql"] for q in ctx.captured_queries if "<#>" in q["sql"] and "ORDER BY" in q["sql"]]
 
 
-def _plan(sql: str) -> str:
+def _plan(sql: str, kind: str) -> str:
+    """EXPLAIN a ranking query under the very settings its selector sets (``ranking_settings_sql``)."""
     with transaction.atomic(), connection.cursor() as cur:
         cur.execute("ANALYZE recommender_productembedding")
-        # 160 rows: a scan + sort is cheapest; switching those off shows the query *can* use the index.
-        for knob in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
-            cur.execute(f"SET LOCAL {knob} = off")
-        cur.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        cur.execute(selectors.ranking_settings_sql(kind, 10))
         cur.execute("EXPLAIN " + sql)
         return "\n".join(r[0] for r in cur.fetchall())
 
@@ -60,8 +58,14 @@ def test_every_query_type_orders_by_the_bare_operator_on_an_hnsw_index(trained_c
     assert sqls, "the selector ran no ranking query"
     for sql in sqls:
         assert re.search(rf'ORDER BY "?\w*"?\.?"?{column}"? <#> ', sql) or f'{column}" <#>' in sql, sql
-        plan = _plan(sql)
-        assert f"Index Scan using emb_{column}_hnsw" in plan, plan
+        plan = _plan(sql, "complete" if kind == "compatibility" else kind)
+        slot = re.search(r"\.\"slot\" = '([\w-]+)'", sql)
+        if slot:  # a slot filter walks that slot's partial graph (migration 0004)
+            assert f"Index Scan using emb_{column}_{slot.group(1).split('-')[0]}_hnsw" in plan, plan
+        else:
+            assert f"Index Scan using emb_{column}_hnsw" in plan, plan
+    if column == "compat":
+        assert all('."slot" = \'' in sql for sql in sqls)  # compat is only ever ranked within a slot
 
 
 def test_ef_search_and_iterative_scan_come_from_settings_per_query_type(trained_catalog, settings):
@@ -73,18 +77,16 @@ def test_ef_search_and_iterative_scan_come_from_settings_per_query_type(trained_
         selectors.similar_items(product_id=top.pk, k=5, filters=selectors.Filters(slot="shoes"))
         selectors.complete_the_look(product_ids=[top.pk], k=1, slots=["shoes"])
     sets = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith("SET LOCAL")]
+    force = ("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; "
+             "SET LOCAL jit = off; ")  # fmt: skip
+    scan = "SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL hnsw.max_scan_tuples = 5000"
     assert sets == [
-        "SET LOCAL hnsw.ef_search = 123",
-        "SET LOCAL enable_seqscan = off",  # unfiltered: index even on a small table
-        "SET LOCAL hnsw.iterative_scan = relaxed_order",  # always: rows of other model versions are skipped
-        "SET LOCAL hnsw.max_scan_tuples = 5000",
-        "SET LOCAL hnsw.ef_search = 40",
-        "SET LOCAL hnsw.iterative_scan = relaxed_order",
-        "SET LOCAL hnsw.max_scan_tuples = 5000",
-        "SET LOCAL hnsw.ef_search = 64",
-        "SET LOCAL hnsw.iterative_scan = relaxed_order",
-        "SET LOCAL hnsw.max_scan_tuples = 5000",
+        f"SET LOCAL hnsw.ef_search = 123; {force}{scan}",
+        f"SET LOCAL hnsw.ef_search = 40; {force}{scan}",
+        f"SET LOCAL hnsw.ef_search = 64; {force}{scan}",
     ], sets
+    settings.HNSW_FORCE_INDEX = False
+    assert selectors.ranking_settings_sql("search", 10) == f"SET LOCAL hnsw.ef_search = 123; {scan}"
 
 
 def test_halfvec_ranking_uses_the_expression_index_and_matches_full_precision(trained_catalog, settings):
@@ -96,7 +98,7 @@ def test_halfvec_ranking_uses_the_expression_index_and_matches_full_precision(tr
     sqls = _ranking_queries(lambda: selectors.text_search(query="black trousers", k=10))
     half = selectors.text_search(query="black trousers", k=10)
     assert '"fused"::halfvec(512) <#> ' in sqls[0]
-    assert "Index Scan using emb_fused_half_hnsw" in _plan(sqls[0])
+    assert "Index Scan using emb_fused_half_hnsw" in _plan(sqls[0], "search")
     overlap = {h.product.pk for h in full} & {h.product.pk for h in half}
     assert len(overlap) >= 9, (full, half)
     assert [round(h.score, 2) for h in half[:3]] == [round(h.score, 2) for h in full[:3]]

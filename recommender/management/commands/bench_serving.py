@@ -12,7 +12,9 @@ of one ``ModelVersion``, loaded with binary ``COPY``):
   made NULL-able in the bench database and left empty (photo search, the only ``image`` query, is
   the same query shape on another column);
 * slots drawn with fixed shares, so a slot filter matches ~10% (``shoes``) or ~1% (``jewellery``);
-* HNSW indexes (m=16, ef_construction=64, ``vector_ip_ops``) built after the load with a large
+* the model's HNSW indexes on those columns (``ProductEmbedding.Meta.indexes``: the whole-table
+  ``fused`` graph and one partial graph per slot for ``fused`` and ``compat``, m=16,
+  ef_construction=64 unless ``--m``/``--ef-construction``) built after the load with a large
   ``maintenance_work_mem``; optionally the half-precision expression index
   ``(fused::halfvec(512)) halfvec_ip_ops`` of migration 0003_serving (``--halfvec-max-size``);
 * latency (p50/p95, ms) of the real selectors: similar items, text-vector query (the query of a text
@@ -93,6 +95,10 @@ class Command(BaseCommand):
         parser.add_argument("--halfvec-max-size", type=int, default=100_000,
                             help="build and measure the halfvec index up to this size (it doubles the build)")  # fmt: skip
         parser.add_argument("--maintenance-work-mem", default="5GB")
+        parser.add_argument("--m", type=int, default=0, help="HNSW m of every built index (0: the model's)")
+        parser.add_argument(
+            "--ef-construction", type=int, default=0, help="HNSW ef_construction (0: the model's)"
+        )
         parser.add_argument(
             "--parallel-workers", type=int, default=1, help="max_parallel_maintenance_workers"
         )
@@ -121,8 +127,9 @@ class Command(BaseCommand):
             results["machine"] = {"cpus": os.cpu_count(), "load_avg": os.getloadavg()}
             results["settings"] = {"ef_search": settings.HNSW_EF_SEARCH_BY_QUERY,
                                    "iterative_scan": settings.HNSW_ITERATIVE_SCAN,
-                                   "max_scan_tuples": settings.HNSW_MAX_SCAN_TUPLES, "m": 16,
-                                   "ef_construction": 64, "noise": NOISE, "coarse_centres": N_COARSE,
+                                   "max_scan_tuples": settings.HNSW_MAX_SCAN_TUPLES,
+                                   "indexes": {i.name: {"m": i.m, "ef_construction": i.ef_construction}
+                                               for i in serving_indexes(opts)}, "noise": NOISE, "coarse_centres": N_COARSE,
                                    "items_per_fine_centre": ITEMS_PER_FINE}  # fmt: skip
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2))
@@ -186,6 +193,44 @@ def build_index(sql: str, label: str, opts) -> float:
     secs = time.perf_counter() - t0
     logger.info("built %s in %.1f s", label, secs)
     return round(secs, 1)
+
+
+def serving_indexes(opts) -> list:
+    """The model's own HNSW indexes on the columns the bench stores (``fused``, ``compat``), as declared
+    in ``ProductEmbedding.Meta.indexes`` (the whole-table ``fused`` graph and the per-slot partial
+    graphs of migration 0004), with ``--m``/``--ef-construction`` overriding their parameters."""
+    from pgvector.django import HnswIndex
+
+    from recommender.models import ProductEmbedding
+
+    out = []
+    for index in ProductEmbedding._meta.indexes:
+        if not isinstance(index, HnswIndex) or index.fields[0] not in ("fused", "compat"):
+            continue
+        _, args, kwargs = index.deconstruct()
+        kwargs["m"] = opts["m"] or kwargs["m"]
+        kwargs["ef_construction"] = opts["ef_construction"] or kwargs["ef_construction"]
+        out.append(HnswIndex(*args, **kwargs))
+    return out
+
+
+def build_serving_indexes(table: str, dim: int, n: int, opts) -> dict[str, float]:
+    """Build :func:`serving_indexes` (and the halfvec one up to ``--halfvec-max-size``); seconds per
+    group: ``fused`` (whole table), ``fused per slot``, ``compat per slot`` (sums over the slots)."""
+    from recommender.models import ProductEmbedding
+
+    build_s: dict[str, float] = {}
+    for index in serving_indexes(opts):
+        with connection.schema_editor(atomic=False) as editor:
+            sql = str(index.create_sql(ProductEmbedding, editor))
+        group = index.fields[0] + (" per slot" if index.condition is not None else "")
+        build_s[group] = round(build_s.get(group, 0.0) + build_index(sql, index.name, opts), 1)
+    if n <= opts["halfvec_max_size"]:
+        m, efc = opts["m"] or 16, opts["ef_construction"] or 64
+        build_s["fused halfvec"] = build_index(
+            f"CREATE INDEX emb_fused_half_hnsw ON {table} USING hnsw ((fused::halfvec({dim})) "
+            f"halfvec_ip_ops) WITH (m = {m}, ef_construction = {efc})", "fused halfvec hnsw", opts)  # fmt: skip
+    return build_s
 
 
 def synthesize(n: int, rng: np.random.Generator, dim: int, cdim: int):
@@ -280,14 +325,17 @@ def bench_size(n: int, opts) -> dict:
                 raise CommandError(f"--reuse: stored row {ids[i]} differs from the synthetic catalog; reload")
         out = Path(opts["out"])
         before = json.loads(out.read_text())["sizes"].get(str(n), {}) if out.exists() else {}
-        res.update({k: before[k] for k in ("load_s", "build_s") if k in before})  # measured when loaded
+        res.update(
+            {k: before[k] for k in ("load_s", "build_s", "hnsw") if k in before}
+        )  # measured when loaded
         logger.info("reusing %d rows", n)
     else:
         with connection.cursor() as cur:
             cur.execute("TRUNCATE recommender_modelversion RESTART IDENTITY CASCADE")
-            for idx in ("emb_image_hnsw", "emb_text_hnsw", "emb_fused_hnsw", "emb_compat_hnsw",
-                        "emb_fused_half_hnsw", "emb_compat_half_hnsw"):  # fmt: skip
-                cur.execute(f"DROP INDEX IF EXISTS {idx}")
+            cur.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexname LIKE 'emb\\_%%hnsw'",
+                        [table])  # fmt: skip
+            for (idx,) in cur.fetchall():  # every HNSW index: built again after the load, much faster
+                cur.execute(f"DROP INDEX {idx}")
             cur.execute(
                 f"ALTER TABLE {table} ALTER COLUMN image DROP NOT NULL, ALTER COLUMN text DROP NOT NULL"
             )
@@ -300,24 +348,8 @@ def bench_size(n: int, opts) -> dict:
         ids, slots, fused, compat = load_catalog(n, rng, version.pk, dim, cdim)
         res["load_s"] = round(time.perf_counter() - t0, 1)
         logger.info("loaded %d products + vectors in %.1f s", n, res["load_s"])
-        res["build_s"] = {
-            "fused": build_index(
-                f"CREATE INDEX emb_fused_hnsw ON {table} USING hnsw (fused vector_ip_ops) "
-                "WITH (m = 16, ef_construction = 64)",
-                "fused hnsw",
-                opts,
-            ),  # fmt: skip
-            "compat": build_index(
-                f"CREATE INDEX emb_compat_hnsw ON {table} USING hnsw (compat vector_ip_ops) "
-                "WITH (m = 16, ef_construction = 64)",
-                "compat hnsw",
-                opts,
-            ),  # fmt: skip
-        }
-        if n <= opts["halfvec_max_size"]:
-            res["build_s"]["fused_halfvec"] = build_index(
-                f"CREATE INDEX emb_fused_half_hnsw ON {table} USING hnsw ((fused::halfvec({dim})) "
-                "halfvec_ip_ops) WITH (m = 16, ef_construction = 64)", "fused halfvec hnsw", opts)  # fmt: skip
+        res["build_s"] = build_serving_indexes(table, dim, n, opts)
+        res["hnsw"] = {"m": opts["m"] or 16, "ef_construction": opts["ef_construction"] or 64}
         with connection.cursor() as cur:
             cur.execute(f"VACUUM ANALYZE {table}")
             cur.execute("VACUUM ANALYZE catalog_product")
