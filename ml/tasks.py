@@ -117,38 +117,25 @@ def build_train_data(
     the products (by SKU) never enter the image↔text loss and form the text→item evaluation gallery,
     and ``val_fraction`` of the rest validate it.
     """
-    from ml.data import split_is_test
-    from ml.train import TrainData
+    from ml.train import TrainData, category_ids, split_items, split_outfits
 
     index = {p.pk: i for i, p in enumerate(products)}
-
-    def ids(values: list[str]) -> np.ndarray:
-        vocab: dict[str, int] = {}
-        return np.asarray([vocab.setdefault(v, len(vocab)) for v in values], dtype=np.int64)
 
     outfits: dict[int, tuple[str, list[int]]] = {}
     rows = Outfit.objects.values_list("pk", "split", "items__product_id").order_by("pk", "items__position")
     for oid, split, pid in rows:
         if pid in index:
             outfits.setdefault(oid, (split, []))[1].append(index[pid])
-    train, val, test = [], [], []
-    for oid, (split, items) in outfits.items():
-        if len(items) < 2:
-            continue
-        arr = np.asarray(items, dtype=np.int64)
-        if split == Outfit.Split.TEST:
-            test.append(arr)
-        elif split_is_test(f"val-{oid}", val_fraction, seed):
-            val.append(arr)
-        else:
-            train.append(arr)
-    is_heldout = [split_is_test(f"item-{p.sku}", heldout_fraction, seed) for p in products]
-    heldout = [i for i, h in enumerate(is_heldout) if h]
-    val_items = [i for i, (p, h) in enumerate(zip(products, is_heldout))
-                 if not h and split_is_test(f"val-item-{p.sku}", val_fraction, seed)]  # fmt: skip
+    train, val, test = split_outfits(
+        [(oid, np.asarray(items, dtype=np.int64), split == Outfit.Split.TEST)
+         for oid, (split, items) in outfits.items() if len(items) >= 2],
+        val_fraction=val_fraction, seed=seed)  # fmt: skip
+    heldout, val_items = split_items([p.sku for p in products], heldout_fraction=heldout_fraction,
+                                     val_fraction=val_fraction, seed=seed)  # fmt: skip
+    ids = category_ids
     return TrainData(
         image=img, text=txt,
-        heldout_items=np.asarray(heldout, dtype=np.int64), val_items=np.asarray(val_items, dtype=np.int64),
+        heldout_items=heldout, val_items=val_items,
         slots=np.asarray([SLOT_INDEX[p.slot] for p in products], dtype=np.int64),
         types=ids([p.product_type for p in products]),
         outfits=train, val_outfits=val, test_outfits=test,

@@ -557,6 +557,44 @@ def load_heads(path: Path | str) -> tuple[RecommenderHeads, dict[str, Any]]:
     return heads, ck["meta"]
 
 
+def category_ids(values: Sequence[str]) -> np.ndarray:
+    """(N,) int64 ids of string labels, numbered in order of first appearance (``["a", "b", "a"]`` → 0, 1, 0)."""
+    vocab: dict[str, int] = {}
+    return np.asarray([vocab.setdefault(v, len(vocab)) for v in values], dtype=np.int64)
+
+
+def split_outfits(
+    outfits: Sequence[tuple[str, np.ndarray, bool]], *, val_fraction: float, seed: int
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """(train, val, test) outfits: ``(key, items (K,) int64, is_test)``; a non-test outfit goes to
+    validation when ``split_is_test(f"val-{key}", val_fraction, seed)`` (seeded, stable per key)."""
+    from ml.data import split_is_test
+
+    train_o, val_o, test_o = [], [], []
+    for key, items, is_test in outfits:
+        if is_test:
+            test_o.append(items)
+        elif split_is_test(f"val-{key}", val_fraction, seed):
+            val_o.append(items)
+        else:
+            train_o.append(items)
+    return train_o, val_o, test_o
+
+
+def split_items(
+    keys: Sequence[str], *, heldout_fraction: float, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out rows, validation rows), each (M,) int64, for items with stable keys (SKU or article id):
+    held out (``item-<key>``, kept out of the image↔text loss and used as the text→item gallery), and
+    validation among the others (``val-item-<key>``)."""
+    from ml.data import split_is_test
+
+    held = [split_is_test(f"item-{k}", heldout_fraction, seed) for k in keys]
+    val = [i for i, (k, h) in enumerate(zip(keys, held, strict=True))
+           if not h and split_is_test(f"val-item-{k}", val_fraction, seed)]  # fmt: skip
+    return np.flatnonzero(held).astype(np.int64), np.asarray(val, dtype=np.int64)
+
+
 def train_data_from_hm(
     root: Path | str, *, bundle: Any, limit: int | None = None, seed: int = 0, test_fraction: float = 0.15,
     val_fraction: float = 0.1, heldout_fraction: float = 0.1, cache_dir: Path | None = None,
@@ -598,28 +636,19 @@ def train_data_from_hm(
         txt = ex.encode_texts(texts, progress=True)
     if failed:
         logger.warning("%d photos unreadable (zero image features)", len(failed))
-    train_o, val_o, test_o = [], [], []
-    for key, items in outfits_from_baskets(baskets, {a.article_id: a.product_code for a in arts}):
-        arr = np.asarray([index[i] for i in items], dtype=np.int64)
-        if split_is_test(f"hm-basket-{key}", test_fraction, seed):
-            test_o.append(arr)
-        elif split_is_test(f"val-{key}", val_fraction, seed):
-            val_o.append(arr)
-        else:
-            train_o.append(arr)
-    held = [split_is_test(f"item-{a.article_id}", heldout_fraction, seed) for a in arts]
-    val_items = [i for i, (a, h) in enumerate(zip(arts, held))
-                 if not h and split_is_test(f"val-item-{a.article_id}", val_fraction, seed)]  # fmt: skip
-
-    def ids(values: list[str]) -> np.ndarray:
-        vocab: dict[str, int] = {}
-        return np.asarray([vocab.setdefault(v, len(vocab)) for v in values], dtype=np.int64)
-
+    train_o, val_o, test_o = split_outfits(
+        [(key, np.asarray([index[i] for i in items], dtype=np.int64),
+          split_is_test(f"hm-basket-{key}", test_fraction, seed))
+         for key, items in outfits_from_baskets(baskets, {a.article_id: a.product_code for a in arts})],
+        val_fraction=val_fraction, seed=seed)  # fmt: skip
+    heldout, val_items = split_items([a.article_id for a in arts], heldout_fraction=heldout_fraction,
+                                     val_fraction=val_fraction, seed=seed)  # fmt: skip
+    ids = category_ids
     return TrainData(
         image=img, text=txt, slots=np.asarray([SLOT_INDEX[a.slot] for a in arts], dtype=np.int64),
         types=ids([a.product_type for a in arts]), outfits=train_o, val_outfits=val_o, test_outfits=test_o,
         item_ids=np.asarray([int(a.article_id) for a in arts], dtype=np.int64),
-        heldout_items=np.flatnonzero(held).astype(np.int64), val_items=np.asarray(val_items, dtype=np.int64),
+        heldout_items=heldout, val_items=val_items,
         attrs={"section": ids([a.section for a in arts]), "department": ids([a.department for a in arts]),
                "colour": ids([a.colour for a in arts])},
         image_paths=paths, texts=texts,
