@@ -265,7 +265,9 @@ LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "catalog"
+LOGOUT_REDIRECT_URL = "catalog"
 
 # --- Logging: plain text, or one JSON object per line with LOG_FORMAT=json (python-json-logger) ---------
 #: ``plain`` (default) or ``json``. Both carry the request id (recommender.middleware); request lines also

@@ -73,7 +73,9 @@ def site(django_db_setup, django_db_blocker, trained_catalog, hm_root):
             run = TrainingRun.objects.create(params={"epochs": 8, "batch_size": 64, "seed": 0, "patience": 0})
             train_model.apply(kwargs={"run_id": run.pk}, throw=True)
         user, _ = User.objects.get_or_create(username="browser-merch")
-        user.is_staff = True  # merchandisers sign in through the admin's login page
+        user.is_staff = (
+            False  # a merchandiser needs the permission, not staff status (the site's own sign-in)
+        )
         user.set_password(PASSWORD)
         user.save()
         user.user_permissions.add(Permission.objects.get(codename="add_product"))
@@ -176,11 +178,13 @@ def _db(django_db_blocker, fn):
 
 
 def _login(page) -> None:
-    page.goto("/admin/login/?next=/manage/upload")
+    page.goto("/manage/upload")  # a merchandiser page sends an anonymous visitor to the sign-in page
+    page.wait_for_url(re.compile(r"/accounts/login/\?next=/manage/upload$"))
     page.fill("#id_username", "browser-merch")
     page.fill("#id_password", PASSWORD)
-    page.click("input[type=submit]")
+    page.click("button:text('Sign in')")
     page.wait_for_url(re.compile(r"/manage/upload$"))
+    assert page.locator("button:text('Sign out (browser-merch)')").is_visible()
 
 
 def _new_article(hm_root, django_db_blocker, slot: str, skip: int = 0):

@@ -30,6 +30,8 @@ WRITE_METHODS = ("post", "put", "patch", "delete")
 PUBLIC_QUERY_POSTS = {"/api/search/photo/", "/api/complete-the-look/", "/api/compatibility/"}
 #: Pages that accept an anonymous POST because it only reads (search by an uploaded photo).
 PUBLIC_QUERY_PAGES = {"photo-search"}
+#: Sign-in and sign-out take anonymous POSTs by design (Django's LoginView / LogoutView).
+AUTH_PAGES = {"login": 200, "logout": 302}
 
 
 def _schema_paths() -> dict[str, dict]:
@@ -188,8 +190,10 @@ def test_every_page_either_refuses_posts_or_needs_a_merchandiser(client):
         r = client.post(_page_url(p), {})
         if p.name in PUBLIC_QUERY_PAGES:
             assert r.status_code == 200, p.name
+        elif p.name in AUTH_PAGES:
+            assert r.status_code == AUTH_PAGES[p.name], (p.name, r.status_code)
         elif r.status_code == 302:
-            assert r["Location"].startswith("/admin/login/?next="), (p.name, r["Location"])
+            assert r["Location"].startswith("/accounts/login/?next="), (p.name, r["Location"])
             protected.append(p.name)
         else:
             assert r.status_code == 405, f"page {p.name} accepts an anonymous POST ({r.status_code})"
@@ -209,6 +213,24 @@ def test_every_page_either_refuses_posts_or_needs_a_merchandiser(client):
     assert client.get("/manage/upload").status_code == 200
     r = client.post("/models/train", {"epochs": "1"})  # started, or refused because one already runs
     assert r.status_code == 302 and r["Location"].startswith("/models")
+
+
+def test_a_merchandiser_signs_in_without_staff_status_and_never_leaves_the_site(client):
+    _user("merch-signin", merchandiser=True)  # not staff: the admin would refuse this user
+    r = client.post(
+        "/accounts/login/", {"username": "merch-signin", "password": "wrong", "next": "/manage/upload"}
+    )
+    assert r.status_code == 200 and b"Please enter a correct username and password" in r.content
+    assert "_auth_user_id" not in client.session
+    r = client.post(
+        "/accounts/login/", {"username": "merch-signin", "password": "pw", "next": "https://evil.example/"}
+    )
+    assert r.status_code == 302 and r["Location"] == "/"  # an off-site next is ignored
+    r = client.get("/manage/upload")
+    assert r.status_code == 200 and b"Sign out (merch-signin)" in r.content
+    assert b'href="/admin/"' not in r.content  # no admin link for a user the admin would refuse
+    assert client.post("/accounts/logout/").status_code == 302
+    assert client.get("/manage/upload")["Location"] == "/accounts/login/?next=/manage/upload"
 
 
 def test_admin_writes_need_a_staff_login(client):
