@@ -232,11 +232,15 @@ ML_PRETRAINED = env("ML_PRETRAINED", default=None)
 ML_DEVICE = env("ML_DEVICE", default="auto")
 ML_ARTIFACTS_DIR = Path(env("ML_ARTIFACTS_DIR", default=str(VAR_DIR / "models")))
 ML_FEATURE_CACHE_DIR = Path(env("ML_FEATURE_CACHE_DIR", default=str(VAR_DIR / "features")))
-#: ``hnsw.ef_search`` (candidate list size of an HNSW scan): the default, and per query type.
-HNSW_EF_SEARCH = env.int("HNSW_EF_SEARCH", default=100)
+#: ``hnsw.ef_search`` (candidate list size of an HNSW scan) per query type. The whole-table graph
+#: (similar items, text and photo search) needs 300 for Recall@10 >= 0.95 at 1M products; a slot's
+#: partial graph (complete-the-look, slot facets) reaches 0.97-1.0 at 100 (``bench_serving``, README).
+#: ``HNSW_EF_SEARCH`` sets every type at once; ``HNSW_EF_SEARCH_<TYPE>`` one of them.
+HNSW_EF_SEARCH = env.int("HNSW_EF_SEARCH", default=100)  # also for query types not listed below
+_EF_SEARCH_DEFAULTS = {"similar": 300, "search": 300, "photo": 300, "complete": 100}
 HNSW_EF_SEARCH_BY_QUERY = {
-    kind: env.int(f"HNSW_EF_SEARCH_{kind.upper()}", default=HNSW_EF_SEARCH)
-    for kind in ("similar", "search", "photo", "complete")
+    kind: env.int(f"HNSW_EF_SEARCH_{kind.upper()}", default=env.int("HNSW_EF_SEARCH", default=ef))
+    for kind, ef in _EF_SEARCH_DEFAULTS.items()
 }
 #: Filtered queries: pgvector 0.8 iterative scans (``relaxed_order`` re-sorted in Python, or
 #: ``strict_order``) and the most tuples one scan may visit before it gives up (``hnsw.max_scan_tuples``).

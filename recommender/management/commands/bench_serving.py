@@ -128,8 +128,7 @@ class Command(BaseCommand):
             results["settings"] = {"ef_search": settings.HNSW_EF_SEARCH_BY_QUERY,
                                    "iterative_scan": settings.HNSW_ITERATIVE_SCAN,
                                    "max_scan_tuples": settings.HNSW_MAX_SCAN_TUPLES,
-                                   "indexes": {i.name: {"m": i.m, "ef_construction": i.ef_construction}
-                                               for i in serving_indexes(opts)}, "noise": NOISE, "coarse_centres": N_COARSE,
+                                   "noise": NOISE, "coarse_centres": N_COARSE,
                                    "items_per_fine_centre": ITEMS_PER_FINE}  # fmt: skip
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2))
@@ -325,9 +324,7 @@ def bench_size(n: int, opts) -> dict:
                 raise CommandError(f"--reuse: stored row {ids[i]} differs from the synthetic catalog; reload")
         out = Path(opts["out"])
         before = json.loads(out.read_text())["sizes"].get(str(n), {}) if out.exists() else {}
-        res.update(
-            {k: before[k] for k in ("load_s", "build_s", "hnsw") if k in before}
-        )  # measured when loaded
+        res.update({k: before[k] for k in ("load_s", "build_s") if k in before})  # measured when loaded
         logger.info("reusing %d rows", n)
     else:
         with connection.cursor() as cur:
@@ -349,13 +346,51 @@ def bench_size(n: int, opts) -> dict:
         res["load_s"] = round(time.perf_counter() - t0, 1)
         logger.info("loaded %d products + vectors in %.1f s", n, res["load_s"])
         res["build_s"] = build_serving_indexes(table, dim, n, opts)
-        res["hnsw"] = {"m": opts["m"] or 16, "ef_construction": opts["ef_construction"] or 64}
         with connection.cursor() as cur:
             cur.execute(f"VACUUM ANALYZE {table}")
             cur.execute("VACUUM ANALYZE catalog_product")
     res["sizes_mb"] = relation_sizes(table)
+    res["index_params"] = index_params(table)
+    res["prewarm_s"] = prewarm(table)
     res.update(measure(n, opts, version, ids, slots, fused, compat))
     return res
+
+
+def prewarm(table: str) -> float | None:
+    """Read ``table`` (with its TOAST relation: the vectors) and its HNSW indexes into the OS page cache
+    with ``pg_prewarm(..., 'read')``, as a server does after a restart before it takes traffic; returns
+    seconds, or None when the ``pg_prewarm`` extension is not installed (then the warm-up queries alone
+    warm the cache, and the first measured queries still read from disk)."""
+    from django.db import DatabaseError
+
+    t0 = time.perf_counter()
+    with connection.cursor() as cur:
+        try:
+            cur.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        except DatabaseError as exc:
+            logger.warning("no pg_prewarm (%s): measuring without a prewarmed cache", exc)
+            return None
+        cur.execute("SELECT c.oid::regclass::text FROM pg_class c WHERE c.relname = %s OR c.relname LIKE "
+                    "'emb\\_%%hnsw' UNION ALL SELECT reltoastrelid::regclass::text FROM pg_class "
+                    "WHERE relname = %s AND reltoastrelid <> 0", [table, table])  # fmt: skip
+        for (rel,) in cur.fetchall():
+            cur.execute("SELECT pg_prewarm(%s::regclass, 'read')", [rel])
+    secs = round(time.perf_counter() - t0, 1)
+    logger.info("prewarmed %s and its indexes in %.1f s", table, secs)
+    return secs
+
+
+def index_params(table: str) -> dict[str, str]:
+    """The WITH (...) parameters of each HNSW index as PostgreSQL has it (``pg_indexes``), e.g.
+    ``{"emb_fused_hnsw": "m='24', ef_construction='128'"}``: what was measured, also with ``--reuse``."""
+    import re
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s AND indexname LIKE "
+                    "'emb\\_%%hnsw' ORDER BY indexname", [table])  # fmt: skip
+        return {
+            name: (m.group(1) if (m := re.search(r"WITH \((.*?)\)", d)) else "") for name, d in cur.fetchall()
+        }
 
 
 def relation_sizes(table: str) -> dict[str, float]:
@@ -489,6 +524,20 @@ def _has_index(name: str) -> bool:
         return cur.fetchone() is not None
 
 
+def _grouped_sizes(sizes_mb: dict[str, float]) -> dict[str, float]:
+    """Relation sizes with the per-slot partial indexes summed per column (``emb_fused_<slot>_hnsw``)."""
+    import re
+
+    out: dict[str, float] = {}
+    for name, mb in sorted(sizes_mb.items()):
+        m = re.fullmatch(r"emb_(fused|compat)_(?!half_)\w+_hnsw", name)
+        key = f"emb_{m.group(1)}_<slot>_hnsw (sum)" if m else name
+        if name.startswith("recommender_"):
+            key = f"{name} (rows, TOAST and all indexes)"
+        out[key] = round(out.get(key, 0.0) + mb, 1)
+    return out
+
+
 def markdown(results: dict) -> str:
     """The README tables: latency per query type and size, recall per filter and size, sizes."""
     sizes = sorted(results["sizes"], key=int)
@@ -520,8 +569,11 @@ def markdown(results: dict) -> str:
         lines.append(
             f"| build {key} | " + " | ".join(str(r.get("build_s", {}).get(key, "—")) for r in rs) + " |\n"
         )
-    for key in dict.fromkeys(k for r in rs for k in r.get("sizes_mb", {})):
-        lines.append(
-            f"| {key} | " + " | ".join(str(r.get("sizes_mb", {}).get(key, "—")) for r in rs) + " |\n"
-        )
+    for name in ("emb_fused_hnsw", "emb_fused_top_hnsw", "emb_compat_top_hnsw"):
+        cells = [r.get("index_params", {}).get(name, "—").replace("'", "") for r in rs]
+        if any(c != "—" for c in cells):
+            lines.append(f"| parameters {name} | " + " | ".join(cells) + " |\n")
+    sizes = [_grouped_sizes(r.get("sizes_mb", {})) for r in rs]
+    for key in dict.fromkeys(k for g in sizes for k in g):
+        lines.append(f"| {key} MB | " + " | ".join(str(g.get(key, "—")) for g in sizes) + " |\n")
     return "".join(lines)
