@@ -38,8 +38,8 @@ format: venv
 	$(PY) -m ruff format .
 
 ## bench: throughput figures written to ml/benchmarks/results/{towers,pipeline,serving,http,import}.json (README "Benchmarks")
-## (the 1M-product serving size builds HNSW indexes for ~1 h on 2 cores: BENCH_SIZES="10000 100000" skips it)
-bench: venv
+## (the 1M-product serving size loads and indexes for ~20 min on 2 cores: BENCH_SIZES="10000 100000" skips it)
+bench: venv migrate
 	$(PY) -m ml.benchmarks.bench_towers
 	$(PY) manage.py bench_pipeline
 	$(PY) manage.py bench_serving --sizes $(BENCH_SIZES)

@@ -58,6 +58,11 @@ class Command(BaseCommand):
 
     def handle(self, *args, **opts):
         from catalog.models import Product
+
+        if Product._meta.db_table not in connection.introspection.table_names():
+            raise CommandError(
+                "the database has no tables yet: run `make migrate` (python manage.py migrate) first"
+            )
         from catalog.services import catalog_import_hm
         from ml.benchmarks.bench_towers import time_forward
         from ml.config import TrainConfig
