@@ -24,7 +24,7 @@ def merch_client(client):
 
 def test_upload_needs_login_and_permission(client):
     r = client.get("/manage/upload")
-    assert r.status_code == 302 and "/admin/login/" in r["Location"]
+    assert r.status_code == 302 and r["Location"] == "/accounts/login/?next=/manage/upload"
     User.objects.create_user("shopper-page", password="pw")
     client.login(username="shopper-page", password="pw")
     assert client.get("/manage/upload").status_code == 403
