@@ -22,6 +22,7 @@ from recommender import runtime, selectors
 from recommender.celery import app
 from recommender.models import ModelVersion, ProductEmbedding, TrainingRun
 from recommender.services import training_run_start
+from tests.uploads import api_upload
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -79,13 +80,7 @@ def test_import_train_on_worker_query_and_upload(worker, hm_root):
     user.user_permissions.add(Permission.objects.get(codename="add_product"))
     api = APIClient()
     api.force_authenticate(user)
-    photo = new.image_path.read_bytes()
-    r = api.post("/api/products/", {"sku": "UPLOAD-" + new.article_id, "title": new.title, "slot": new.slot,
-                                    "product_type": new.product_type, "colour": new.colour,
-                                    "description": new.description, "image": io.BytesIO(photo)},
-                 format="multipart")  # fmt: skip
-    assert r.status_code == 201, r.content
-    pid = r.json()["id"]
+    pid, photo = api_upload(api, new)
     _wait(lambda: ProductEmbedding.objects.filter(product_id=pid, model_version=version).exists(), 120,
           "the uploaded product's embedding task")  # fmt: skip
     from PIL import Image

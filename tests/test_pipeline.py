@@ -38,6 +38,7 @@ from recommender.services import (
     model_version_create,
     training_run_start,
 )
+from tests.uploads import api_upload
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -154,16 +155,6 @@ def _new_article(hm_root: Path, slot: str, skip: int = 0):
     }
     fresh = [a for a in articles if a.article_id not in known and a.slot == slot]
     return fresh[skip]
-
-
-def _upload(api: APIClient, art) -> tuple[int, bytes]:
-    photo = art.image_path.read_bytes()
-    r = api.post("/api/products/", {"sku": "UPLOAD-" + art.article_id, "title": art.title, "slot": art.slot,
-                                    "product_type": art.product_type, "colour": art.colour,
-                                    "description": art.description, "image": io.BytesIO(photo)},
-                 format="multipart")  # fmt: skip
-    assert r.status_code == 201, r.content
-    return r.json()["id"], photo
 
 
 def _similar_ids(pid: int) -> list[int]:
@@ -284,7 +275,7 @@ class TestWithAWarmWorker:
         assert _vector_rows(version) == {pid: 1 for pid in ids}
 
     def test_uploaded_product_is_its_own_nearest_neighbour(self, catalog, warm, hm_root):
-        pid, photo = _upload(_merchandiser(), _new_article(hm_root, "top"))
+        pid, photo = api_upload(_merchandiser(), _new_article(hm_root, "top"))
         _wait(lambda: ProductEmbedding.objects.filter(product_id=pid, model_version=catalog).exists(), 120,
               "the upload's embedding task", every=0.05)  # fmt: skip
         hits = selectors.photo_search(image=Image.open(io.BytesIO(photo)), k=3)
@@ -351,7 +342,7 @@ def test_upload_while_redis_is_down_is_embedded_once_redis_is_back(catalog, tmp_
             assert not runtime.redis_ping(private)
             api = _merchandiser()
             t = time.perf_counter()
-            pid, _ = _upload(api, _new_article(hm_root, "bottom"))
+            pid, _ = api_upload(api, _new_article(hm_root, "bottom"))
             took = time.perf_counter() - t
             assert took < 15, f"the upload blocked {took:.1f} s on the dead broker"  # liveness, not speed
             assert not ProductEmbedding.objects.filter(product_id=pid).exists()
