@@ -5,6 +5,7 @@ EPOCHS  ?= 30
 ADDR    ?= 127.0.0.1:8000
 VAR_DIR ?= var
 BENCH_SIZES ?= 10000 100000 1000000
+HM_DATA_DIR ?= ../shared/data/hm
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
@@ -50,7 +51,7 @@ migrate: venv
 	$(PY) manage.py migrate
 
 import: venv
-	$(PY) manage.py import_catalog hm ../shared/data/hm $(if $(filter-out 0,$(LIMIT)),--limit $(LIMIT))
+	$(PY) manage.py import_catalog hm $(HM_DATA_DIR) $(if $(filter-out 0,$(LIMIT)),--limit $(LIMIT))
 
 worker: venv
 	$(PY) -m celery -A recommender worker -Q embedding,training -c 1 --loglevel INFO

@@ -397,6 +397,7 @@ def product_update(
         product.save()
         if embed and any(f in changed for f in (*EMBEDDED_FIELDS, "image")):
             queue_embedding([product.pk])
+        _retire_cached_answers()  # the old title, price or photo must not be served from the cache
     return changed
 
 
@@ -418,6 +419,13 @@ def product_delete(*, product: Product) -> None:
                     storage.delete(name)
 
         transaction.on_commit(remove_files)
+        _retire_cached_answers()  # cached answers must not list the deleted product
+
+
+def _retire_cached_answers() -> None:
+    from recommender.answer_cache import invalidate  # the serving cache lives in the recommender app
+
+    invalidate()
 
 
 def outfit_delete(*, outfit: Outfit) -> None:

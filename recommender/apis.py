@@ -16,7 +16,6 @@ from django.conf import settings
 from django.core.cache import cache
 from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from redis.exceptions import RedisError
 from rest_framework import generics, status
 from rest_framework.exceptions import APIException, Throttled, ValidationError
 from rest_framework.parsers import MultiPartParser
@@ -30,7 +29,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from catalog.images import ImageError, clean_upload, read_upload
 from catalog.models import Product
 from catalog.services import product_create
-from recommender import selectors
+from recommender import answer_cache, selectors
 from recommender import serializers as s
 from recommender.models import ModelVersion, TrainingRun
 from recommender.permissions import MERCHANDISER_PERM
@@ -127,10 +126,6 @@ def _filters(data: dict) -> selectors.Filters:
                                                           "price_min", "price_max")})  # fmt: skip
 
 
-#: What a cache that is down raises (redis-py's connection/timeout errors, socket errors).
-CACHE_ERRORS = (RedisError, OSError)
-
-
 class ScopedThrottle(ScopedRateThrottle):
     """DRF's scoped throttle (``throttle_scope`` on the view), rates read from settings at request time.
 
@@ -146,28 +141,37 @@ class ScopedThrottle(ScopedRateThrottle):
     def allow_request(self, request, view) -> bool:
         try:
             return super().allow_request(request, view)
-        except CACHE_ERRORS as exc:
+        except answer_cache.CACHE_ERRORS as exc:
             logger.warning(
                 "throttle %s skipped, cache unavailable: %s", getattr(view, "throttle_scope", "?"), exc
             )
             return True
 
 
-def _cache_key(*, version: ModelVersion, name: str, params: dict[str, Any]) -> str:
-    """``answer:v<id>-<created µs>:<name>:<sha256 of the params>``: activating a version changes every key.
+def _cache_key(
+    *, version: ModelVersion, name: str, params: dict[str, Any], generation: int | None = None
+) -> str:
+    """``answer:v<id>-<created µs>:g<generation>:<name>:<sha256 of the params>``.
 
-    The creation time makes keys unique even when a rebuilt database reuses version ids.
+    Activating a version changes every key, and so does any catalog change shoppers must see
+    (:mod:`recommender.answer_cache` bumps the generation). The creation time makes keys unique even when a
+    rebuilt database reuses version ids.
+
+    Raises:
+        RedisError, OSError: reading the generation from a cache that is down.
     """
+    gen = answer_cache.generation() if generation is None else generation
     blob = json.dumps(params, sort_keys=True, default=str).encode()
     stamp = int(version.created_at.timestamp() * 1e6)
-    return f"answer:v{version.pk}-{stamp}:{name}:{hashlib.sha256(blob).hexdigest()[:32]}"
+    return f"answer:v{version.pk}-{stamp}:g{gen}:{name}:{hashlib.sha256(blob).hexdigest()[:32]}"
 
 
 def cached_answer(*, name: str, params: dict[str, Any], compute: Callable[[], Any]) -> Any:
     """A JSON-ready answer from the cache, or ``compute()`` stored for ``RECOMMENDATION_CACHE_SECONDS``.
 
-    The key carries the active model version (:func:`_cache_key`), so activation or rollback never
-    serves answers of the previous version. Any cache error degrades to computing the answer (logged),
+    The key carries the active model version and the catalog generation (:func:`_cache_key`), so
+    activation, rollback, a new product becoming searchable, an edit or a deletion never serve an older
+    answer. Any cache error degrades to computing the answer (logged),
     never to a 500.
 
     Raises:
@@ -176,10 +180,11 @@ def cached_answer(*, name: str, params: dict[str, Any], compute: Callable[[], An
     seconds = settings.RECOMMENDATION_CACHE_SECONDS
     if seconds <= 0:
         return compute()
-    key = _cache_key(version=selectors.active_version(), name=name, params=params)
+    version = selectors.active_version()
     try:
+        key = _cache_key(version=version, name=name, params=params)
         hit = cache.get(key)
-    except CACHE_ERRORS as exc:  # connection refused, timeout: answer without the cache
+    except answer_cache.CACHE_ERRORS as exc:  # connection refused, timeout: answer without the cache
         logger.warning("cache read failed (%s); answering without the cache", exc)
         return compute()
     if hit is not None:
@@ -187,7 +192,7 @@ def cached_answer(*, name: str, params: dict[str, Any], compute: Callable[[], An
     data = compute()
     try:
         cache.set(key, data, seconds)
-    except CACHE_ERRORS as exc:
+    except answer_cache.CACHE_ERRORS as exc:
         logger.warning("cache write failed (%s)", exc)
     return data
 

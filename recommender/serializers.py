@@ -198,3 +198,18 @@ class TrainingRunCreateSerializer(serializers.Serializer):
     unfreeze_text_layers = serializers.IntegerField(required=False, min_value=0, max_value=6)
     tower_lr = serializers.FloatField(required=False, min_value=1e-8, max_value=1e-2)
     amp = serializers.ChoiceField(choices=["bf16", "fp16", "off"], required=False)
+
+    def validate(self, attrs):
+        """Refuse fields this serializer does not know (``{"params": {...}}``, a misspelt ``epoch``):
+        silently ignoring them would start a run with defaults the merchandiser did not ask for.
+
+        Raises:
+            ValidationError: ``{"<field>": ["unknown field; the parameters are: ..."]}``.
+        """
+        unknown = sorted(set(getattr(self, "initial_data", {}) or {}) - set(self.fields))
+        if unknown:
+            known = ", ".join(self.fields)
+            raise serializers.ValidationError(
+                {f: [f"unknown field; the parameters are: {known}"] for f in unknown}
+            )
+        return attrs

@@ -16,6 +16,7 @@ from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from catalog.models import Outfit, Product
+from recommender import answer_cache
 from recommender.models import ModelVersion, ProductEmbedding, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -243,6 +244,8 @@ def embeddings_write(
             )
         if progress is not None:
             progress(min(start + batch_size, len(order)), len(order))
+    if written and ModelVersion.objects.filter(pk=version.pk, is_active=True).exists():
+        answer_cache.invalidate()  # new or changed vectors of the served version: retire cached answers
     return written
 
 

@@ -206,6 +206,16 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",  # pages' session, CSRF enforced
     ],
     "EXCEPTION_HANDLER": "recommender.apis.exception_handler",
+    # Client IP for the throttles: with 0 the socket's address, never a client-sent X-Forwarded-For
+    # (which would hand every caller a fresh allowance per made-up address). Behind N trusted proxies
+    # that append to X-Forwarded-For, set N (compose: 1, for the TLS proxy in front of gunicorn).
+    "NUM_PROXIES": env.int("DJANGO_NUM_PROXIES", default=0),
+    # JSON bodies through a parser that answers 400 for nesting too deep for Python's json module.
+    "DEFAULT_PARSER_CLASSES": [
+        "recommender.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     # Per-scope rates (requests per client IP, or per user when logged in), e.g. "30/min".
     "DEFAULT_THROTTLE_RATES": {
         "search": env.str("THROTTLE_RATE_SEARCH", default="120/min"),
@@ -227,6 +237,8 @@ SPECTACULAR_SETTINGS = {
 EMBEDDING_DIM = env.int("EMBEDDING_DIM", default=512)
 #: Dimension of the type-aware compatibility vectors.
 COMPAT_DIM = env.int("COMPAT_DIM", default=128)
+#: The H&M sample folder (read at run time, never copied into the repo): the demo's and benchmarks' default.
+HM_DATA_DIR = Path(env("HM_DATA_DIR", default=str(BASE_DIR.parent / "shared" / "data" / "hm")))
 ML_MODEL_NAME = env("ML_MODEL_NAME", default="hm-effnetlite0-minilm")
 ML_PRETRAINED = env("ML_PRETRAINED", default=None)
 ML_DEVICE = env("ML_DEVICE", default="auto")

@@ -570,7 +570,9 @@ def _product_form_values(post) -> dict[str, str]:
         "description",
         "variant_group",
     )
-    return {f: _param(post, f, 5000 if f == "description" else 255) for f in fields}
+    # Not cut to the fields' limits: product_validate reports an over-long value with its real length
+    # ("title: 5000 characters is over the limit of 255") instead of storing it silently shortened.
+    return {f: _param(post, f, max_len=100_000) for f in fields}
 
 
 def _price(raw: str, errors: list[str]) -> Decimal | None:

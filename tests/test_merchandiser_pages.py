@@ -45,6 +45,18 @@ def test_broken_image_upload_shows_inline_error_and_creates_nothing(merch_client
     assert not Product.objects.filter(sku="PAGE-1").exists()
 
 
+def test_over_long_fields_are_refused_with_their_real_length_not_cut(merch_client, hm_root):
+    photo = next((hm_root / "images").glob("*/*.jpg"))
+    for field, value, message in (("title", "t" * 5000, "title: 5000 characters is over the limit of 255"),
+                                  ("colour", "c" * 1000, "colour: 1000 characters is over the limit of 64")):  # fmt: skip
+        with photo.open("rb") as f:
+            r = merch_client.post("/manage/upload", {"sku": "PAGE-LONG", "title": "Tee", "slot": "top",
+                                                     field: value, "image": f})  # fmt: skip
+        body = r.content.decode()
+        assert r.status_code == 200 and "Nothing was created" in body and message in body, field
+    assert not Product.objects.filter(sku="PAGE-LONG").exists()
+
+
 def test_valid_upload_redirects_to_the_new_product(merch_client, hm_root, settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path
     photo = next((hm_root / "images").glob("*/*.jpg"))

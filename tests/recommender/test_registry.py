@@ -284,3 +284,16 @@ def test_api_training_run_with_tower_fine_tuning_serves_the_tuned_towers(trained
         ):
             TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.FAILED)
         model_version_activate(version=trained_catalog)
+
+
+@pytest.mark.django_db
+def test_a_training_run_with_unknown_parameters_is_refused_not_started_with_defaults(merch):
+    before = TrainingRun.objects.count()
+    for body in ({"params": {"epochs": -1}}, {"epoch": 3}):
+        r = merch.post("/api/training-runs/", body, format="json")
+        assert r.status_code == 400, r.content
+        (field,) = body
+        assert r.json()["error"]["details"][field][0].startswith(
+            "unknown field; the parameters are: epochs, "
+        )
+    assert TrainingRun.objects.count() == before

@@ -175,6 +175,22 @@ def test_search_is_throttled_with_a_json_429(trained_catalog, api, settings):
     assert api.get(f"/api/products/{pid}/similar/", REMOTE_ADDR=ip).status_code == 200
 
 
+def test_a_made_up_x_forwarded_for_does_not_buy_a_fresh_allowance(trained_catalog, api, settings):
+    _rates(settings, search="2/min")
+    ip = "10.9.3.1"
+    for _ in range(2):
+        assert api.get("/api/search/", {"q": "dress", "k": 2}, REMOTE_ADDR=ip).status_code == 200
+    for forged in ("9.9.9.9", "9.9.9.10, 8.8.8.8"):  # NUM_PROXIES = 0: the header is not trusted
+        r = api.get("/api/search/", {"q": "dress", "k": 2}, REMOTE_ADDR=ip, HTTP_X_FORWARDED_FOR=forged)
+        assert r.status_code == 429, forged
+
+
+def test_json_nested_too_deeply_is_a_400_not_a_500(trained_catalog, api):
+    body = '{"product_ids": ' + "[" * 5000 + "1" + "]" * 5000 + "}"
+    err = _error(api.post("/api/compatibility/", body, content_type="application/json"), 400)
+    assert err["code"] == "parse_error" and "nested too deeply" in err["message"]
+
+
 def test_photo_search_and_upload_are_throttled(trained_catalog, api, settings, hm_root):
     _rates(settings, photo_search="1/min", upload="1/min")
     ip = "10.9.2.1"
@@ -215,3 +231,35 @@ def test_openapi_documents_the_serving_parameters(api):
     assert "429" in schema["paths"]["/api/search/photo/"]["post"]["responses"]
     mmr = next(p for p in schema["paths"]["/api/search/"]["get"]["parameters"] if p["name"] == "mmr")
     assert "Carbonell" in mmr["description"]
+
+
+def test_catalog_changes_retire_cached_answers(
+    trained_catalog, api, settings, django_capture_on_commit_callbacks
+):
+    """An edited price, and vectors written for the served version, are never answered from the cache."""
+    from decimal import Decimal
+
+    import numpy as np
+
+    from catalog.services import product_update
+    from recommender.models import ProductEmbedding
+    from recommender.services import embeddings_write
+
+    settings.RECOMMENDATION_CACHE_SECONDS = 60
+    pid = _ids(3)[2]
+    url = f"/api/products/{pid}/similar/"
+    first = api.get(url, {"k": 3, "exclude_variants": "false"}).json()["results"]
+    top = Product.objects.get(pk=first[0]["product"]["id"])
+    with django_capture_on_commit_callbacks(execute=True):
+        assert product_update(product=top, data={"price": Decimal("123.45")}) == ["price"]
+    again = api.get(url, {"k": 3, "exclude_variants": "false"}).json()["results"]
+    assert again[0]["product"]["id"] == top.pk and again[0]["product"]["price"] == "123.45"
+
+    # The product's own vector written again as another item's: that item becomes its nearest neighbour.
+    other = next(p for p in _ids(40) if p not in {pid, *(h["product"]["id"] for h in again)})
+    emb = ProductEmbedding.objects.get(model_version=trained_catalog, product_id=pid)
+    vec = {c: np.asarray([getattr(emb, c)], dtype=np.float32) for c in ("image", "text", "fused", "compat")}
+    with django_capture_on_commit_callbacks(execute=True):
+        embeddings_write(version=trained_catalog, product_ids=[other], **vec)
+    latest = api.get(url, {"k": 3, "exclude_variants": "false"}).json()["results"]
+    assert latest[0]["product"]["id"] == other and latest[0]["score"] == pytest.approx(1.0, abs=1e-4)

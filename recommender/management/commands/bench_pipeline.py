@@ -53,7 +53,7 @@ class Command(BaseCommand):
         parser.add_argument("--items", type=int, default=256, help="products to embed and train on")
         parser.add_argument("--epochs", type=int, default=3)
         parser.add_argument("--uploads", type=int, default=10, help="uploads timed through a warm worker")
-        parser.add_argument("--data", default=str(settings.BASE_DIR.parent / "shared" / "data" / "hm"))
+        parser.add_argument("--data", default=str(settings.HM_DATA_DIR), help="the H&M sample (HM_DATA_DIR)")
         parser.add_argument("--out", default=str(RESULTS))
 
     def handle(self, *args, **opts):

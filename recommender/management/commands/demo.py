@@ -23,7 +23,7 @@ class Command(BaseCommand):
     help = "Import the H&M sample, train on Celery, embed, and serve (the `make demo` path)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--data", default=str(settings.BASE_DIR.parent / "shared" / "data" / "hm"))
+        parser.add_argument("--data", default=str(settings.HM_DATA_DIR), help="the H&M sample (HM_DATA_DIR)")
         parser.add_argument("--limit", type=int, default=0, help="import at most N articles (0 = all)")
         parser.add_argument("--epochs", type=int, default=30)
         parser.add_argument("--addr", default="127.0.0.1:8000")
