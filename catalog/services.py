@@ -38,8 +38,9 @@ logger = logging.getLogger(__name__)
 SKU_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def queue_embedding(product_ids: Sequence[int]) -> None:
-    """Queue ``ml.tasks.embed_products`` for these ids once the transaction commits.
+def queue_embedding(product_ids: Sequence[int], version_id: int | None = None) -> None:
+    """Queue ``ml.tasks.embed_products`` for these ids once the transaction commits, for the active
+    model version (or ``version_id``, e.g. the rollback target).
 
     Never raises into the request and gives up within ~2 s when the broker (Redis) is down
     (``CELERY_BROKER_CONNECTION_TIMEOUT``, ``CELERY_TASK_PUBLISH_RETRY_POLICY``): the product is
@@ -53,7 +54,7 @@ def queue_embedding(product_ids: Sequence[int]) -> None:
         from ml.tasks import embed_products
 
         try:
-            embed_products.delay(product_ids=ids)
+            embed_products.delay(product_ids=ids, version_id=version_id)
         except Exception as exc:  # broker down: the reconciliation task embeds them later
             logger.warning(
                 "could not queue embedding of %d products (%s); reconcile will catch up", len(ids), exc

@@ -438,7 +438,9 @@ class ModelVersionActivateApi(APIView):
     def post(self, request: Request, pk: int) -> Response:
         version = _get_or_404(ModelVersion, pk, "model version")
         return Response(
-            s.ModelVersionSerializer(model_version_activate(version=version, require_complete=True)).data
+            s.ModelVersionSerializer(
+                model_version_activate(version=version, require_complete=True, queue_missing=True)
+            ).data
         )
 
 
@@ -447,7 +449,7 @@ class ModelVersionRollbackApi(APIView):
 
     @extend_schema(request=None, responses=s.ModelVersionSerializer)
     def post(self, request: Request) -> Response:
-        return Response(s.ModelVersionSerializer(model_version_rollback()).data)
+        return Response(s.ModelVersionSerializer(model_version_rollback(queue_missing=True)).data)
 
 
 class TrainingRunCancelApi(APIView):

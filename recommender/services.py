@@ -296,12 +296,16 @@ class VersionNotReady(ValueError):
     """The model version cannot serve yet (failed, or products lack its vectors)."""
 
 
-def model_version_activate(*, version: ModelVersion, require_complete: bool = False) -> ModelVersion:
+def model_version_activate(
+    *, version: ModelVersion, require_complete: bool = False, queue_missing: bool = False
+) -> ModelVersion:
     """Make ``version`` the one the site serves, in one transaction (the previous one stays, inactive).
 
     Args:
         require_complete: refuse unless every product has a vector row for this version (manual
             activation and rollback; the training task activates right after embedding everything).
+        queue_missing: when refused for missing vectors, queue their embedding for this version (the
+            merchandiser's activate and rollback actions: the same action succeeds once it ran).
 
     Raises:
         VersionNotReady: the version failed, has no vectors, or (``require_complete``) misses some.
@@ -318,8 +322,19 @@ def model_version_activate(*, version: ModelVersion, require_complete: bool = Fa
         raise VersionNotReady(f"model version {version.pk} has no vectors yet")
     missing = Product.objects.count() - have
     if require_complete and missing > 0:
+        if not queue_missing:
+            raise VersionNotReady(
+                f"model version {version.pk} lacks vectors for {missing} products; re-embed first"
+            )
+        # Products created or changed while another version served have no vectors of this one: embed
+        # them now, so the same action succeeds once the worker is done (seconds for a few products).
+        from catalog.services import queue_embedding
+
+        ids = list(Product.objects.exclude(embeddings__model_version=version).values_list("pk", flat=True))
+        queue_embedding(ids, version_id=version.pk)
         raise VersionNotReady(
-            f"model version {version.pk} lacks vectors for {missing} products; re-embed first"
+            f"model version {version.pk} lacks vectors for {len(ids)} products (created or changed since "
+            "it served); their embedding is queued: try again in a minute"
         )
     with transaction.atomic():
         ModelVersion.objects.select_for_update().filter(is_active=True).exclude(pk=version.pk).update(
@@ -344,8 +359,11 @@ def model_version_rollback_target() -> ModelVersion | None:
     return earlier.order_by("-activated_at").first()
 
 
-def model_version_rollback() -> ModelVersion:
+def model_version_rollback(*, queue_missing: bool = False) -> ModelVersion:
     """Activate the version that was active before the current one (one action, one transaction).
+
+    Args:
+        queue_missing: as in :func:`model_version_activate`.
 
     Raises:
         VersionNotReady: there is no earlier activated version that is complete.
@@ -353,7 +371,7 @@ def model_version_rollback() -> ModelVersion:
     previous = model_version_rollback_target()
     if previous is None:
         raise VersionNotReady("no earlier model version to roll back to")
-    return model_version_activate(version=previous, require_complete=True)
+    return model_version_activate(version=previous, require_complete=True, queue_missing=queue_missing)
 
 
 def training_run_cancel(*, run: TrainingRun) -> TrainingRun:

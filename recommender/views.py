@@ -514,7 +514,7 @@ def model_version_activate_page(request: HttpRequest, pk: int) -> HttpResponse:
             messages.error(request, f"There is no model version {pk}.")
         else:
             try:
-                model_version_activate(version=version, require_complete=True)
+                model_version_activate(version=version, require_complete=True, queue_missing=True)
             except VersionNotReady as exc:
                 messages.error(request, f"Not activated: {exc}.")
             else:
@@ -529,7 +529,7 @@ def model_version_rollback_page(request: HttpRequest) -> HttpResponse:
 
     if request.method == "POST":
         try:
-            version = model_version_rollback()
+            version = model_version_rollback(queue_missing=True)
         except VersionNotReady as exc:
             messages.error(request, f"No rollback: {exc}.")
         else:

@@ -37,14 +37,28 @@ def _copy_version(source: ModelVersion, product_ids: list[int]) -> ModelVersion:
     return v
 
 
-def test_activation_refuses_a_version_with_missing_vectors(trained_catalog, merch):
-    partial = _copy_version(trained_catalog, list(Product.objects.values_list("pk", flat=True)[:5]))
-    r = merch.post(f"/api/model-versions/{partial.pk}/activate/")
+def test_activation_refuses_a_version_with_missing_vectors_and_queues_them(
+    trained_catalog, merch, monkeypatch, django_capture_on_commit_callbacks
+):
+    """A version missing some products' vectors (created while another served) is refused with a 409,
+    their embedding for that version is queued, and once it ran the same activation succeeds."""
+    from ml import tasks
+
+    ids = list(Product.objects.order_by("pk").values_list("pk", flat=True))
+    partial = _copy_version(trained_catalog, ids[:-3])
+    sent = []
+    monkeypatch.setattr(tasks.embed_products, "delay", lambda **kw: sent.append(kw))
+    with django_capture_on_commit_callbacks(execute=True):
+        r = merch.post(f"/api/model-versions/{partial.pk}/activate/")
     assert r.status_code == 409
-    missing = Product.objects.count() - 5
     assert r.json()["error"] == {"code": "version_not_ready", "details": {},
-                                 "message": f"model version {partial.pk} lacks vectors for {missing} products; re-embed first"}  # fmt: skip
+                                 "message": f"model version {partial.pk} lacks vectors for 3 products (created or "
+                                            "changed since it served); their embedding is queued: try again in a minute"}  # fmt: skip
     assert ModelVersion.objects.get(is_active=True) == trained_catalog
+    assert sent == [{"product_ids": ids[-3:], "version_id": partial.pk}]
+    tasks.embed_products.apply(kwargs=sent[0], throw=True)  # what the worker does with that message
+    assert merch.post(f"/api/model-versions/{partial.pk}/activate/").status_code == 200
+    assert ModelVersion.objects.get(is_active=True) == partial
 
 
 def test_activate_then_roll_back(trained_catalog, merch):
