@@ -409,6 +409,24 @@ def complete_the_look(
     return out
 
 
+def one_look(picks: Sequence[SlotPicks]) -> list[Hit]:
+    """The best pick of each slot, as one wearable look: when both a one-piece and a top or bottom were
+    suggested (a partial outfit with neither), keep the one-piece or the top + bottom, whichever has the
+    higher mean compatibility; never a dress together with a top and trousers.
+
+    Returns:
+        One :class:`Hit` per kept slot, in the order of ``picks``.
+    """
+    best = {sp.slot: sp.hits[0] for sp in picks if sp.hits}
+    separates = [best[s] for s in (TOP, BOTTOM) if s in best]
+    if ONE_PIECE in best and separates:
+        drop = (
+            (TOP, BOTTOM) if best[ONE_PIECE].score >= np.mean([h.score for h in separates]) else (ONE_PIECE,)
+        )
+        best = {slot: hit for slot, hit in best.items() if slot not in drop}
+    return [best[sp.slot] for sp in picks if sp.slot in best]
+
+
 def _distinct_variants(hits: list[Hit]) -> list[Hit]:
     """Keep the best hit of each variant group (colour variants are alternatives of one product)."""
     seen: set[str] = set()

@@ -41,6 +41,7 @@ from recommender.selectors import (
     UnknownProducts,
     active_version,
     complete_the_look,
+    one_look,
     outfit_compatibility,
     photo_search,
     similar_items,
@@ -216,7 +217,7 @@ def product_page(request: HttpRequest, pk: int) -> HttpResponse:
             for sp in looks
             if sp.hits
         ]
-        context["look_url"] = _outfit_url([pk, *(sp.hits[0].product.pk for sp in looks if sp.hits)])
+        context["look_url"] = _outfit_url([pk, *(h.product.pk for h in one_look(looks))])
     return render(request, "recommender/product.html", context)
 
 

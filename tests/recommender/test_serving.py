@@ -193,3 +193,21 @@ def test_complete_the_look_runs_its_slot_queries_in_one_transaction(trained_cata
     ranking = [q for q in sqls if "<#>" in q]
     assert len(picks) == len(ranking) == len(selectors.missing_slots(["top"])) >= 5
     assert sum(q.startswith("SET LOCAL hnsw.ef_search") for q in sqls) == 1
+
+
+def test_the_look_of_a_jacket_is_a_dress_or_separates_never_both(trained_catalog, client):
+    from ml.slots import BOTTOM, ONE_PIECE, TOP
+
+    jacket = Product.objects.filter(slot="outerwear").first()
+    picks = selectors.complete_the_look(product_ids=[jacket.pk], k=2)
+    suggested = {sp.slot for sp in picks if sp.hits}
+    assert ONE_PIECE in suggested and {TOP, BOTTOM} & suggested  # both kinds offered as picks...
+    look = {h.product.slot for h in selectors.one_look(picks)}
+    assert not (ONE_PIECE in look and look & {TOP, BOTTOM}), look  # ...but the look wears one of them
+    best = {sp.slot: sp.hits[0].score for sp in picks if sp.hits}
+    separates = [best[s] for s in (TOP, BOTTOM) if s in best]
+    assert (ONE_PIECE in look) == (best[ONE_PIECE] >= sum(separates) / len(separates))
+    url = re.search(r'href="(/outfit\?ids=[\d,]+)"', client.get(f"/products/{jacket.pk}").content.decode())
+    ids = [int(i) for i in url.group(1).split("=")[1].split(",")]
+    slots = set(Product.objects.filter(pk__in=ids).values_list("slot", flat=True))
+    assert not (ONE_PIECE in slots and slots & {TOP, BOTTOM}), slots
