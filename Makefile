@@ -65,7 +65,7 @@ serve: venv
 
 ## stop: stop the demo's worker and the embedded PostgreSQL
 stop:
-	-test -f $(VAR_DIR)/worker.pid && kill -TERM -$$(cat $(VAR_DIR)/worker.pid) 2>/dev/null; rm -f $(VAR_DIR)/worker.pid
+	-pid=$$(cat $(VAR_DIR)/worker.pid 2>/dev/null) && ps -o args= -p "$$pid" | grep -q celery && kill -TERM -"$$pid"; rm -f $(VAR_DIR)/worker.pid
 	-$(PY) -c "from pathlib import Path; from recommender.db import stop_embedded; print('stopped embedded PostgreSQL' if stop_embedded(Path('$(VAR_DIR)')) else 'embedded PostgreSQL not running')"
 
 clean: stop

@@ -255,9 +255,12 @@ def test_merchandiser_upload_is_embedded_by_the_worker_and_found_by_search(page,
     page.click("button:text('Upload')")
     page.wait_for_url(re.compile(r"/products/\d+\?uploaded=1$"))
     pk = int(re.search(r"/products/(\d+)", page.url).group(1))
-    # The page polls the index status until the worker has stored the vectors.
-    page.locator("#index-status .pill-ready").wait_for(timeout=120_000)
-    assert "Embedded for the active model" in page.locator("#index-status").inner_text()
+    # The page polls the index status until the worker has stored the vectors, then (if it was rendered
+    # before them) reloads itself once so its recommendations appear: auto-waiting assertions ride the reload.
+    expect(page.locator("#index-status .pill-ready")).to_be_visible(timeout=120_000)
+    expect(page.locator("#index-status")).to_contain_text("Embedded for the active model")
+    expect(page.locator("[data-recs-unavailable]")).to_have_count(0, timeout=15_000)
+    expect(page.locator("a.card-link").first).to_be_visible()  # similar items / complete-the-look shown
     assert _db(django_db_blocker, lambda: Product.objects.get(pk=pk).sku) == f"UI-{art.article_id}"
 
     page.goto(f"/search?q={art.title} {art.colour} {art.product_type}")

@@ -217,6 +217,8 @@ def test_every_page_either_refuses_posts_or_needs_a_merchandiser(client):
 
 def test_a_merchandiser_signs_in_without_staff_status_and_never_leaves_the_site(client):
     _user("merch-signin", merchandiser=True)  # not staff: the admin would refuse this user
+    page = client.get("/search", {"q": "red dress"}).content.decode()
+    assert 'href="/accounts/login/?next=/search%3Fq%3Dred%2Bdress"' in page  # back to the same search
     r = client.post(
         "/accounts/login/", {"username": "merch-signin", "password": "wrong", "next": "/manage/upload"}
     )

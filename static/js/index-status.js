@@ -1,5 +1,6 @@
 // Product page (merchandisers): while the product is "indexing…", poll its index status every 2 s and
-// say so once its vectors for the active model are stored.
+// say so once its vectors for the active model are stored; if the page could not show recommendations
+// yet (no vectors when it was rendered), reload it once so similar items and complete-the-look appear.
 (function () {
   "use strict";
   var box = document.getElementById("index-status");
@@ -12,6 +13,7 @@
           box.removeAttribute("data-pending");
           box.innerHTML = '<span class="pill pill-ready">indexed</span> Embedded for the active model v' +
             s.version_id + ": searchable and recommended.";
+          if (document.querySelector("[data-recs-unavailable]")) window.location.reload();
         } else {
           window.setTimeout(poll, 2000);
         }

@@ -108,6 +108,7 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS("phase timings (s): " + json.dumps(timings)))
         if opts["no_serve"]:
             runtime.stop_worker(worker)
+            (var / "worker.pid").unlink(missing_ok=True)
             return
         from recommender import selectors
 
@@ -120,3 +121,4 @@ class Command(BaseCommand):
             call_command("runserver", opts["addr"], use_reloader=False)
         finally:
             runtime.stop_worker(worker)
+            (var / "worker.pid").unlink(missing_ok=True)  # `make stop` must never signal a reused pid
