@@ -520,6 +520,7 @@ class ImageArchive:
             self.members[path] = info
             by_base.setdefault(path.rsplit("/", 1)[-1], []).append(path)
         self._by_base = {b: paths[0] for b, paths in by_base.items() if len(paths) == 1}
+        self._ambiguous = {b: sorted(paths) for b, paths in by_base.items() if len(paths) > 1}
 
     def read(self, ref: str) -> tuple[str, bytes]:
         """The member a CSV ``image`` value names, and its bytes (at most :data:`MAX_UPLOAD_BYTES`).
@@ -533,6 +534,9 @@ class ImageArchive:
             raise ValueError(f"{ref!r} is not a safe path inside the zip (absolute or with '..'); not opened")
         path = path if path in self.members else self._by_base.get(path, path)
         info = self.members.get(path)
+        if info is None and path in self._ambiguous:
+            raise ValueError(f"{ref!r} matches {len(self._ambiguous[path])} files in {self.name} "
+                             f"({', '.join(self._ambiguous[path][:3])}); give its path inside the zip")  # fmt: skip
         if info is None:
             raise ValueError(f"{ref!r} is not in {self.name}")
         if info.file_size > MAX_UPLOAD_BYTES:

@@ -183,12 +183,16 @@ def test_product_update_requeues_embedding_only_when_text_slot_or_photo_change(
     result = product_import_csv(csv_bytes=_csv([_row(a)]),
                                 zip_bytes=_zip({f"photos/{a.article_id}.jpg": a.image_path.read_bytes()}))  # fmt: skip
     product = Product.objects.get(pk=result.product_ids[0])
+
+    def kinds(callbacks) -> list[str]:  # what each on-commit callback does: queue an embedding, retire cache
+        return ["cache" if c.__qualname__ == "invalidate.<locals>.bump" else "embed" for c in callbacks]
+
     with django_capture_on_commit_callbacks() as callbacks:
         assert product_update(product=product, data={"price": Decimal("3.50")}) == ["price"]
-    assert callbacks == []  # the price is not embedded
+    assert kinds(callbacks) == ["cache"]  # the price is not embedded, but cached answers show it
     with django_capture_on_commit_callbacks() as callbacks:
         assert product_update(product=product, data={"title": "Renamed tights"}) == ["title"]
-    assert len(callbacks) == 1
+    assert kinds(callbacks) == ["embed", "cache"]
     with django_capture_on_commit_callbacks() as callbacks:
         assert product_update(product=product, data={}, image_bytes=a.image_path.read_bytes()) == []
     assert callbacks == []  # the same photo again is no change
@@ -196,3 +200,19 @@ def test_product_update_requeues_embedding_only_when_text_slot_or_photo_change(
         product_update(product=product, data={"slot": "hat", "title": "Other"})
     product.refresh_from_db()
     assert product.title == "Renamed tights" and product.slot == a.slot
+
+
+def test_a_bare_file_name_that_two_zip_members_share_is_called_ambiguous(articles):
+    a = articles[0]
+    photo = a.image_path.read_bytes()
+    photos = _zip({f"a/{a.article_id}.jpg": photo, f"b/{a.article_id}.jpg": photo})
+    result = product_import_csv(csv_bytes=_csv([_row(a, image=f"{a.article_id}.jpg")]), zip_bytes=photos)
+    assert [(r.row, r.field, r.message) for r in result.rejections] == [
+        (
+            2,
+            "image",
+            f"'{a.article_id}.jpg' matches 2 files in images zip (a/{a.article_id}.jpg, "
+            f"b/{a.article_id}.jpg); give its path inside the zip",
+        )  # fmt: skip
+    ]
+    assert not Product.objects.filter(sku=f"IMP-{a.article_id}").exists()
