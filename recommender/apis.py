@@ -265,7 +265,15 @@ class ProductListApi(generics.ListAPIView):
         ser.is_valid(raise_exception=True)
         data = dict(ser.validated_data)
         image = data.pop("image")
-        product = product_create(image_bytes=read_upload(image, name=data["sku"]), **data)
+        try:
+            product = product_create(image_bytes=read_upload(image, name=data["sku"]), **data)
+        except ImageError as exc:  # the photo: name the field, like every other validation error
+            raise ValidationError({"image": [str(exc)]}) from exc
+        except ValueError as exc:  # product_validate / a duplicate SKU: "<field>: <reason>"
+            field, sep, reason = str(exc).partition(": ")
+            if sep and field in ser.fields:
+                raise ValidationError({field: [reason]}) from exc
+            raise
         return Response(s.ProductSerializer(product).data, status=status.HTTP_201_CREATED)
 
 
@@ -389,6 +397,10 @@ class CompatibilityApi(APIView):
         ser = s.ProductIdsSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
         ids = ser.validated_data["product_ids"]
+        if len(ids) < 2:  # a set needs a pair; said like the serializer's own limits, on the field
+            raise ValidationError(
+                {"product_ids": [f"give 2 to {s.MAX_OUTFIT_ITEMS} distinct product ids (got {len(ids)})"]}
+            )
 
         def compute() -> dict:
             try:

@@ -139,6 +139,8 @@ class ProductIdsSerializer(serializers.Serializer):
     product_ids = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), min_length=1, max_length=100,
         help_text=f"1 to {MAX_OUTFIT_ITEMS} distinct product ids (repeats count once)",
+        error_messages={"max_length": f"give at most {MAX_OUTFIT_ITEMS} distinct product ids "
+                                      "(and at most 100 entries, repeats included)"},
     )  # fmt: skip
     k = serializers.IntegerField(required=False, default=4, min_value=1, max_value=20,
                                  help_text="items per slot (complete-the-look: the pick and k-1 alternates)")  # fmt: skip

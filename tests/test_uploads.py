@@ -28,11 +28,11 @@ def _bad_files() -> list[tuple[str, bytes, str, str]]:
     """(file name, bytes, message from the API, message on the page) for SKU ``BAD-1``."""
     jpeg = _noise_jpeg()
     return [
-        ("document.jpg", b"%PDF-1.4\nnot a photo\n" * 8, "BAD-1: not an image file Pillow can read",
+        ("document.jpg", b"%PDF-1.4\nnot a photo\n" * 8, "image: BAD-1: not an image file Pillow can read",
          "BAD-1: not an image file Pillow can read"),
-        ("bomb.png", _png_of_size(20000, 20000), "BAD-1: 400000000 pixels, over the 40000000 pixel limit",
+        ("bomb.png", _png_of_size(20000, 20000), "image: BAD-1: 400000000 pixels, over the 40000000 pixel limit",
          "BAD-1: 400000000 pixels, over the 40000000 pixel limit"),
-        ("cut.jpg", jpeg[:40], "BAD-1: broken or truncated image (Truncated File Read)",
+        ("cut.jpg", jpeg[:40], "image: BAD-1: broken or truncated image (Truncated File Read)",
          "BAD-1: broken or truncated image (Truncated File Read)"),
         # DRF's FileField refuses an empty file before our code runs; the page reaches clean_image
         ("empty.jpg", b"", "image: The submitted file is empty.", "BAD-1: empty file"),
@@ -47,6 +47,7 @@ def test_api_refuses_each_bad_file_with_its_message(merch):
         r = api.post("/api/products/", {"sku": "BAD-1", "title": "Bad", "slot": "top", "image": upload})
         assert r.status_code == 400, (name, r.content)
         assert r.json()["error"]["code"] == "invalid" and r.json()["error"]["message"] == message, name
+        assert list(r.json()["error"]["details"]) == ["image"], name  # the field, for a form to mark
     assert not Product.objects.filter(sku="BAD-1").exists()
 
 

@@ -74,8 +74,15 @@ def test_unknown_ids_in_a_body_are_400_and_name_the_ids(trained_catalog, api):
         err = _error(r, 400)
         assert err == {"code": "unknown_products", "details": {"ids": [987654321, 987654322]},
                        "message": "product_ids: unknown product id(s): [987654321, 987654322]"}  # fmt: skip
-    err = _error(api.post("/api/compatibility/", {"product_ids": [good]}, format="json"), 400)
-    assert err["message"] == "give 2 to 8 distinct product ids (got 1)"
+    for ids in ([good], [good, good]):  # one distinct id, however often repeated, is not a set
+        err = _error(api.post("/api/compatibility/", {"product_ids": ids}, format="json"), 400)
+        assert err["message"] == "product_ids: give 2 to 8 distinct product ids (got 1)"
+        assert err["details"] == {"product_ids": ["give 2 to 8 distinct product ids (got 1)"]}
+    for url in ("/api/compatibility/", "/api/complete-the-look/"):
+        err = _error(api.post(url, {"product_ids": list(range(1, 1001))}, format="json"), 400)
+        assert err["message"] == (
+            "product_ids: give at most 8 distinct product ids (and at most 100 entries, repeats included)"
+        )
 
 
 def test_search_pages_are_consecutive_slices_of_one_ranking(trained_catalog, api):
@@ -161,23 +168,30 @@ def _rates(settings, **rates) -> None:
                                "DEFAULT_THROTTLE_RATES": {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], **rates}}  # fmt: skip
 
 
+def _fresh_ip() -> str:
+    """A client address no earlier run used: throttle counts live in Redis for a minute, across runs."""
+    import random
+
+    return "10." + ".".join(str(random.randrange(1, 255)) for _ in range(3))
+
+
 def test_search_is_throttled_with_a_json_429(trained_catalog, api, settings):
     _rates(settings, search="2/min")
-    ip = "10.9.1.1"
+    ip = _fresh_ip()
     for _ in range(2):
         assert api.get("/api/search/", {"q": "dress", "k": 2}, REMOTE_ADDR=ip).status_code == 200
     err = _error(api.get("/api/search/", {"q": "dress", "k": 2}, REMOTE_ADDR=ip), 429)
     assert err["code"] == "throttled"
     assert err["message"].startswith("Request was throttled. Expected available in ")
     assert 0 < err["details"]["retry_after_s"] <= 60
-    assert api.get("/api/search/", {"q": "dress", "k": 2}, REMOTE_ADDR="10.9.1.2").status_code == 200
+    assert api.get("/api/search/", {"q": "dress", "k": 2}, REMOTE_ADDR=_fresh_ip()).status_code == 200
     pid = _ids(1)[0]  # similar items and the catalog are not in the search scope
     assert api.get(f"/api/products/{pid}/similar/", REMOTE_ADDR=ip).status_code == 200
 
 
 def test_a_made_up_x_forwarded_for_does_not_buy_a_fresh_allowance(trained_catalog, api, settings):
     _rates(settings, search="2/min")
-    ip = "10.9.3.1"
+    ip = _fresh_ip()
     for _ in range(2):
         assert api.get("/api/search/", {"q": "dress", "k": 2}, REMOTE_ADDR=ip).status_code == 200
     for forged in ("9.9.9.9", "9.9.9.10, 8.8.8.8"):  # NUM_PROXIES = 0: the header is not trusted
@@ -193,7 +207,7 @@ def test_json_nested_too_deeply_is_a_400_not_a_500(trained_catalog, api):
 
 def test_photo_search_and_upload_are_throttled(trained_catalog, api, settings, hm_root):
     _rates(settings, photo_search="1/min", upload="1/min")
-    ip = "10.9.2.1"
+    ip = _fresh_ip()
     bad = {"image": io.BytesIO(b"%PDF-1.4 not an image")}
     assert api.post("/api/search/photo/", bad, format="multipart", REMOTE_ADDR=ip).status_code == 400
     bad = {"image": io.BytesIO(b"%PDF-1.4 not an image")}
