@@ -10,6 +10,8 @@ from __future__ import annotations
 import drf_spectacular.authentication
 from rest_framework import authentication, exceptions
 
+from recommender import login_guard
+
 
 class BasicAuthentication(authentication.BasicAuthentication):
     """``Authorization: Basic <base64 user:password>``; a user name with a NUL byte is a failed login (401)."""
@@ -17,6 +19,8 @@ class BasicAuthentication(authentication.BasicAuthentication):
     def authenticate_credentials(self, userid, password, request=None):
         if "\x00" in userid:
             raise exceptions.AuthenticationFailed("Invalid username/password.")
+        if login_guard.locked_out(request, userid):  # password guessing (recommender.login_guard)
+            raise exceptions.AuthenticationFailed(login_guard.lockout_message())
         return super().authenticate_credentials(userid, password, request)
 
 

@@ -17,7 +17,7 @@ urlpatterns = [
     path("models/<int:pk>/activate", views.model_version_activate_page, name="model-activate"),
     path("models/<int:pk>/compare.png", views.model_compare_png, name="model-compare-png"),
     # Merchandisers sign in here (no staff status needed; the admin keeps its own staff-only login).
-    path("accounts/login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path("accounts/login/", views.SignInView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),  # POST only (Django 5)
     path("manage/upload", views.product_upload_page, name="product-upload"),
     path("manage/products/<int:pk>/edit", views.product_edit_page, name="product-edit"),

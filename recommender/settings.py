@@ -282,6 +282,10 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 LOGIN_URL = "login"
+#: Password guessing (recommender.login_guard): this many failed sign-ins for one user name from one
+#: address lock that pair out for LOGIN_LOCKOUT_S seconds (sign-in page and HTTP basic auth).
+LOGIN_MAX_FAILURES = env.int("LOGIN_MAX_FAILURES", default=10)
+LOGIN_LOCKOUT_S = env.int("LOGIN_LOCKOUT_S", default=900)
 LOGIN_REDIRECT_URL = "catalog"
 LOGOUT_REDIRECT_URL = "catalog"
 

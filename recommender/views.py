@@ -14,8 +14,11 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
+from django.contrib.auth.forms import AuthenticationForm
+from django.contrib.auth.views import LoginView
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -774,3 +777,23 @@ def import_report_csv(request: HttpRequest, pk: int) -> HttpResponse:
     response = HttpResponse(buf.getvalue(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="import-{job.pk}-rejected.csv"'
     return response
+
+
+class SignInForm(AuthenticationForm):
+    """Django's sign-in form, refusing a user name locked out for password guessing
+    (:mod:`recommender.login_guard`) before the password is even checked."""
+
+    def clean(self):
+        from recommender import login_guard
+
+        username = self.cleaned_data.get("username") or ""
+        if username and login_guard.locked_out(self.request, username):
+            raise forms.ValidationError(login_guard.lockout_message(), code="locked_out")
+        return super().clean()
+
+
+class SignInView(LoginView):
+    """``/accounts/login/``: merchandisers sign in (no staff status needed)."""
+
+    authentication_form = SignInForm
+    redirect_authenticated_user = True

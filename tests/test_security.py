@@ -272,3 +272,27 @@ def test_page_posts_need_the_csrf_token(settings, tmp_path):
     r = c.post("/manage/upload", {"sku": "TOKEN-1", "title": "T", "slot": "top", "image": _png("white"),
                                   "csrfmiddlewaretoken": token})  # fmt: skip
     assert r.status_code == 302 and Product.objects.filter(sku="TOKEN-1").exists()  # with the token: created
+
+
+def test_password_guessing_locks_the_user_name_out_on_the_page_and_the_api(client, settings):
+    import base64
+    import uuid
+
+    settings.LOGIN_MAX_FAILURES = 3
+    name = f"merch-guess-{uuid.uuid4().hex[:8]}"  # counts live in Redis for LOGIN_LOCKOUT_S, across runs
+    _user(name, merchandiser=True)
+    for _ in range(3):
+        r = client.post("/accounts/login/", {"username": name, "password": "wrong"})
+        assert r.status_code == 200 and b"Please enter a correct username and password" in r.content
+    r = client.post("/accounts/login/", {"username": name, "password": "pw"})  # the right one, too late
+    assert (
+        r.status_code == 200
+        and b"Too many failed sign-ins for this user name; try again in 15 minutes" in r.content
+    )
+    assert "_auth_user_id" not in client.session
+    basic = "Basic " + base64.b64encode(f"{name}:pw".encode()).decode()
+    r = client.get("/api/model-versions/", HTTP_AUTHORIZATION=basic)
+    assert r.status_code == 401 and r.json()["error"]["message"].startswith("Too many failed sign-ins")
+    other = f"merch-other-{uuid.uuid4().hex[:8]}"  # another user name from the same address is not affected
+    _user(other, merchandiser=True)
+    assert client.post("/accounts/login/", {"username": other, "password": "pw"}).status_code == 302
