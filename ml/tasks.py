@@ -255,7 +255,7 @@ def _train(task, run) -> dict[str, Any]:
             data.image, data.text = img, txt
         timings["training_s"] = time.perf_counter() - t
         if cancelled():
-            update(finished_at=timezone.now(), log="cancelled")
+            update(phase="cancelled", finished_at=timezone.now(), log="cancelled")
             return {"cancelled": run_id}
         version = model_version_create(name=f"{mcfg.name} fine-tuned (run {run_id})",
                                        config={"model": mcfg.to_dict(), "train": cfg.to_dict()})  # fmt: skip
@@ -276,6 +276,11 @@ def _train(task, run) -> dict[str, Any]:
                         "train_samples_per_s": result.samples_per_s, "timings": timings})  # fmt: skip
         ModelVersion.objects.filter(pk=version.pk).update(artifact_path=str(artifact), metrics=metrics)
         version.refresh_from_db()
+        if cancelled():  # cancelled during evaluation: do not embed the catalog for a version nobody wants
+            ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.RETIRED)
+            update(phase="cancelled", finished_at=timezone.now(),
+                   log=f"cancelled after evaluation; version {version.pk} kept for its metrics, not embedded")  # fmt: skip
+            return {"cancelled": run_id, "version": version.pk}
         update(phase="embedding", progress=80.0, log="embedding the catalog")
         t = time.perf_counter()
         embedder.heads = result.heads.eval()
@@ -291,7 +296,11 @@ def _train(task, run) -> dict[str, Any]:
         timings["embedding_s"] = time.perf_counter() - t
         if cancelled():  # cancelled while embedding: keep the vectors, do not switch versions
             ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.READY)
-            update(finished_at=timezone.now(), log=f"cancelled; version {version.pk} kept inactive")
+            update(
+                phase="cancelled",
+                finished_at=timezone.now(),
+                log=f"cancelled; version {version.pk} kept inactive",
+            )
             return {"cancelled": run_id, "version": version.pk}
         model_version_activate(version=version)
         metrics["timings"] = timings

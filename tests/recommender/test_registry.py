@@ -311,3 +311,28 @@ def test_a_training_run_with_unknown_parameters_is_refused_not_started_with_defa
             "unknown field; the parameters are: epochs, "
         )
     assert TrainingRun.objects.count() == before
+
+
+def test_a_run_cancelled_during_evaluation_does_not_embed_the_catalog(trained_catalog, merch, monkeypatch):
+    """The cancel lands while the worker evaluates: the version keeps its metrics but is retired without
+    vectors, the run ends in phase "cancelled", and the active version keeps serving."""
+    import ml.evaluate
+    from ml.tasks import train_model
+
+    r = merch.post("/api/training-runs/", {"epochs": 1, "max_steps": 2, "batch_size": 16}, format="json")
+    run = TrainingRun.objects.get(pk=r.json()["id"])
+    real = ml.evaluate.evaluate_all
+
+    def evaluate_then_cancel(*args, **kwargs):
+        out = real(*args, **kwargs)
+        assert merch.post(f"/api/training-runs/{run.pk}/cancel/").status_code == 200
+        return out
+
+    monkeypatch.setattr(ml.evaluate, "evaluate_all", evaluate_then_cancel)
+    assert train_model.apply(kwargs={"run_id": run.pk}, throw=True).get()["cancelled"] == run.pk
+    run.refresh_from_db()
+    assert (run.status, run.phase) == (TrainingRun.Status.CANCELLED, "cancelled")
+    version = run.model_version
+    assert version.status == ModelVersion.Status.RETIRED and "evaluation" in version.metrics
+    assert not ProductEmbedding.objects.filter(model_version=version).exists()
+    assert ModelVersion.objects.get(is_active=True) == trained_catalog
