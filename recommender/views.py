@@ -34,7 +34,7 @@ from catalog.selectors import (
     product_get,
     product_index_status,
 )
-from ml.slots import SLOT_INDEX
+from ml.slots import SLOT_INDEX, SLOTS
 from recommender.models import ModelVersion, TrainingRun
 from recommender.permissions import MERCHANDISER_PERM
 from recommender.selectors import (
@@ -161,6 +161,8 @@ def search_page(request: HttpRequest) -> HttpResponse:
     }
     if not q:
         context["message"] = "Type what you are looking for, e.g. “black denim jacket”, or search by photo."
+    elif context["slot"] and context["slot"] not in SLOTS:  # say so rather than answer "nothing found"
+        context["message"] = f"There is no slot “{context['slot']}”; choose one of: {', '.join(SLOTS)}."
     else:
         try:
             context["results"] = _scored(text_search(query=q, k=SEARCH_K, filters=_filters_from(request.GET)))
@@ -451,7 +453,6 @@ def models_page(request: HttpRequest) -> HttpResponse:
 def product_upload_page(request: HttpRequest) -> HttpResponse:
     """``/manage/upload``: a merchandiser adds one product; errors show inline and nothing is created."""
     from catalog.services import product_create
-    from ml.slots import SLOTS
 
     values = _product_form_values(request.POST)
     errors: list[str] = []
@@ -594,7 +595,6 @@ def product_edit_page(request: HttpRequest, pk: int) -> HttpResponse:
     """``/manage/products/<pk>/edit``: change details and optionally the photo; errors inline, nothing
     written on error; a changed photo, text or slot re-queues the product's embedding."""
     from catalog.services import EDITABLE_FIELDS, product_update
-    from ml.slots import SLOTS
 
     product = product_get(product_id=pk)
     if product is None:

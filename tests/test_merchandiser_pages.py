@@ -284,3 +284,8 @@ def test_product_page_shows_indexing_status_to_merchandisers_only(
     from django.test import Client
 
     assert "indexing…" not in Client().get(f"/products/{p.pk}").content.decode()  # shoppers never see it
+
+
+def test_search_page_names_an_unknown_slot_instead_of_finding_nothing(client):
+    body = client.get("/search", {"q": "dress", "slot": "hat"}).content.decode()
+    assert "There is no slot “hat”; choose one of: top, bottom, one-piece," in body
