@@ -164,10 +164,21 @@ def search_page(request: HttpRequest) -> HttpResponse:
     elif context["slot"] and context["slot"] not in SLOTS:  # say so rather than answer "nothing found"
         context["message"] = f"There is no slot “{context['slot']}”; choose one of: {', '.join(SLOTS)}."
     else:
+        # Pages are consecutive slices of one ranking (the API's paging): page p ranks p × 24 and shows
+        # the last 24, up to the API's window of MAX_WINDOW ranked items.
+        from recommender.serializers import MAX_WINDOW
+
+        last = MAX_WINDOW // SEARCH_K
+        raw = _param(request.GET, "page", 6)
+        page = min(max(int(raw), 1), last) if raw.isdigit() else 1
         try:
-            context["results"] = _scored(text_search(query=q, k=SEARCH_K, filters=_filters_from(request.GET)))
+            hits = text_search(query=q, k=SEARCH_K * page, filters=_filters_from(request.GET))
         except NoActiveModel:
             context["notice"] = NO_MODEL
+        else:
+            context["results"] = _scored(hits[(page - 1) * SEARCH_K :])
+            context["page"] = page
+            context["has_next"] = len(hits) == SEARCH_K * page and page < last
     return render(request, "recommender/search.html", context)
 
 

@@ -289,3 +289,20 @@ def test_product_page_shows_indexing_status_to_merchandisers_only(
 def test_search_page_names_an_unknown_slot_instead_of_finding_nothing(client):
     body = client.get("/search", {"q": "dress", "slot": "hat"}).content.decode()
     assert "There is no slot “hat”; choose one of: top, bottom, one-piece," in body
+
+
+def test_search_page_two_continues_the_ranking_of_page_one(trained_catalog, client):
+    import re
+
+    from recommender import selectors
+
+    ranking = [h.product.pk for h in selectors.text_search(query="dress", k=48)]
+
+    def shown(page: int) -> tuple[list[int], str]:
+        body = client.get("/search", {"q": "dress", "page": page}).content.decode()
+        return [int(i) for i in re.findall(r'class="card-link" href="/products/(\d+)"', body)], body
+
+    first, body = shown(1)
+    assert first == ranking[:24] and 'href="?q=dress&amp;page=2" rel="next"' in body
+    second, body = shown(2)
+    assert second == ranking[24:48] and 'rel="prev"' in body
