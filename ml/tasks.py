@@ -132,16 +132,14 @@ def build_train_data(
         val_fraction=val_fraction, seed=seed)  # fmt: skip
     heldout, val_items = split_items([p.sku for p in products], heldout_fraction=heldout_fraction,
                                      val_fraction=val_fraction, seed=seed)  # fmt: skip
-    ids = category_ids
     return TrainData(
         image=img, text=txt,
         heldout_items=heldout, val_items=val_items,
         slots=np.asarray([SLOT_INDEX[p.slot] for p in products], dtype=np.int64),
-        types=ids([p.product_type for p in products]),
+        types=category_ids([p.product_type for p in products]),
         outfits=train, val_outfits=val, test_outfits=test,
         item_ids=np.asarray([p.pk for p in products], dtype=np.int64),
-        attrs={"section": ids([p.section for p in products]), "department": ids([p.department for p in products]),
-               "colour": ids([p.colour for p in products])},
+        attrs={a: category_ids([getattr(p, a) for p in products]) for a in ("section", "department", "colour")},
         image_paths=[_image_path(p) for p in products], texts=[p.text for p in products],
     )  # fmt: skip
 

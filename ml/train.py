@@ -643,14 +643,12 @@ def train_data_from_hm(
         val_fraction=val_fraction, seed=seed)  # fmt: skip
     heldout, val_items = split_items([a.article_id for a in arts], heldout_fraction=heldout_fraction,
                                      val_fraction=val_fraction, seed=seed)  # fmt: skip
-    ids = category_ids
     return TrainData(
         image=img, text=txt, slots=np.asarray([SLOT_INDEX[a.slot] for a in arts], dtype=np.int64),
-        types=ids([a.product_type for a in arts]), outfits=train_o, val_outfits=val_o, test_outfits=test_o,
+        types=category_ids([a.product_type for a in arts]), outfits=train_o, val_outfits=val_o, test_outfits=test_o,
         item_ids=np.asarray([int(a.article_id) for a in arts], dtype=np.int64),
         heldout_items=heldout, val_items=val_items,
-        attrs={"section": ids([a.section for a in arts]), "department": ids([a.department for a in arts]),
-               "colour": ids([a.colour for a in arts])},
+        attrs={k: category_ids([getattr(a, k) for a in arts]) for k in ("section", "department", "colour")},
         image_paths=paths, texts=texts,
     )  # fmt: skip
 

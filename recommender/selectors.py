@@ -147,7 +147,7 @@ def distance_expression(column: str, query: np.ndarray):
 
 
 def _ranked(
-    qs: QuerySet, column: str, query: np.ndarray, k: int, *, filtered: bool, kind: str = "similar",
+    qs: QuerySet, column: str, query: np.ndarray, k: int, *, kind: str = "similar",
     vectors: bool = False,
 ) -> list[tuple]:  # fmt: skip
     """Run ``ORDER BY column <#> query LIMIT k`` with the HNSW settings of ``kind``.
@@ -164,15 +164,11 @@ def _ranked(
     continues until k rows pass the filters or ``hnsw.max_scan_tuples`` were visited; with
     ``relaxed_order`` rows come back in approximately distance order and are re-sorted exactly here.
 
-    Args:
-        filtered: whether ``qs`` filters beyond the model version (kept for callers; the settings
-            are the same either way).
-
     Returns:
         ``[(product_id, inner_product)]`` best first, or ``[(product_id, ip, vector (D,) float32)]``
         with ``vectors=True`` (for MMR).
     """
-    return _ranked_many([(qs, query)], column, k, filtered=filtered, kind=kind, vectors=vectors)[0]
+    return _ranked_many([(qs, query)], column, k, kind=kind, vectors=vectors)[0]
 
 
 def ranking_settings_sql(kind: str, k: int) -> str:
@@ -188,7 +184,7 @@ def ranking_settings_sql(kind: str, k: int) -> str:
 
 
 def _ranked_many(
-    jobs: Sequence[tuple[QuerySet, np.ndarray]], column: str, k: int, *, filtered: bool, kind: str,
+    jobs: Sequence[tuple[QuerySet, np.ndarray]], column: str, k: int, *, kind: str,
     vectors: bool = False,
 ) -> list[list[tuple]]:  # fmt: skip
     """Several rankings (one per ``(queryset, query)``) in one transaction with one set of HNSW
@@ -209,7 +205,7 @@ def _ranked_many(
 
 
 def _diverse(
-    qs: QuerySet, column: str, query: np.ndarray, k: int, *, filtered: bool, kind: str, lambda_: float
+    qs: QuerySet, column: str, query: np.ndarray, k: int, *, kind: str, lambda_: float
 ) -> list[tuple[int, float]]:
     """MMR re-ranking (:func:`ml.diversity.mmr`) of a candidate pool fetched from the index.
 
@@ -217,7 +213,7 @@ def _diverse(
     most 1000); returns the k chosen ``[(product_id, inner_product)]`` in MMR order.
     """
     pool = int(min(max(settings.MMR_POOL_FACTOR * k, settings.MMR_POOL_MIN), 1000))
-    cands = _ranked(qs, column, query, pool, filtered=filtered, kind=kind, vectors=True)
+    cands = _ranked(qs, column, query, pool, kind=kind, vectors=True)
     if not cands:
         return []
     vecs = np.stack([c[2] for c in cands])  # (P, D)
@@ -267,11 +263,10 @@ def similar_items(
         qs = qs.exclude(product__variant_group=product.variant_group)
     filters = filters or Filters()
     qs = filters.apply(qs)
-    filtered = exclude_variants or filters != Filters()
     query = np.asarray(getattr(emb, space), dtype=np.float32)
     if mmr_lambda is not None:
-        return _hits(_diverse(qs, space, query, k, filtered=filtered, kind="similar", lambda_=mmr_lambda))
-    return _hits(_ranked(qs, space, query, k, filtered=filtered, kind="similar"))
+        return _hits(_diverse(qs, space, query, k, kind="similar", lambda_=mmr_lambda))
+    return _hits(_ranked(qs, space, query, k, kind="similar"))
 
 
 def _check_lambda(mmr_lambda: float | None) -> None:
@@ -300,10 +295,9 @@ def text_search(
     q = embedder(version).embed_query_text(query)
     filters = filters or Filters()
     qs = filters.apply(ProductEmbedding.objects.filter(model_version=version))
-    filtered = filters != Filters()
     if mmr_lambda is not None:
-        return _hits(_diverse(qs, "fused", q, k, filtered=filtered, kind="search", lambda_=mmr_lambda))
-    return _hits(_ranked(qs, "fused", q, k, filtered=filtered, kind="search"))
+        return _hits(_diverse(qs, "fused", q, k, kind="search", lambda_=mmr_lambda))
+    return _hits(_ranked(qs, "fused", q, k, kind="search"))
 
 
 def photo_search(*, image, k: int = 24, filters: Filters | None = None) -> list[Hit]:
@@ -316,7 +310,7 @@ def photo_search(*, image, k: int = 24, filters: Filters | None = None) -> list[
     q = embedder(version).embed_query_image(image)
     filters = filters or Filters()
     qs = filters.apply(ProductEmbedding.objects.filter(model_version=version))
-    return _hits(_ranked(qs, "image", q, k, filtered=filters != Filters(), kind="photo"))
+    return _hits(_ranked(qs, "image", q, k, kind="photo"))
 
 
 def _outfit_embeddings(version: ModelVersion, product_ids: Sequence[int]) -> list[ProductEmbedding]:
@@ -400,7 +394,7 @@ def complete_the_look(
               .exclude(product__product_type__iexact="unknown"))  # untyped source rows make poor picks  # fmt: skip
         jobs.append((qs, q))
     # 3k rows per slot: room to drop colour variants of a pick
-    ranked = _ranked_many(jobs, "compat", 3 * k, filtered=True, kind="complete")
+    ranked = _ranked_many(jobs, "compat", 3 * k, kind="complete")
     products = Product.objects.in_bulk([pid for pairs in ranked for pid, _ in pairs])
     out = []
     for slot, pairs in zip(targets, ranked, strict=True):

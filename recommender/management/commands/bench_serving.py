@@ -455,7 +455,7 @@ def measure(n, opts, version, ids, slots, fused, compat) -> dict:
             qs = base if slot is None else base.filter(slot=slot)
 
             def run(q, qs=qs, slot=slot):
-                return selectors._ranked(qs, "fused", q, k, filtered=slot is not None, kind="search")
+                return selectors._ranked(qs, "fused", q, k, kind="search")
 
             for q in qv[:20]:  # warm the index pages (the build before may have evicted them)
                 run(q)
