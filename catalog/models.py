@@ -49,8 +49,9 @@ class Product(models.Model):
     @property
     def text(self) -> str:
         """The text the text tower embeds (:func:`ml.data.product_text`)."""
-        return product_text(self.title, self.colour, self.product_type, self.audience, self.section,
-                            self.description)  # fmt: skip
+        return product_text(
+            self.title, self.colour, self.product_type, self.audience, self.section, self.description
+        )
 
 
 class Outfit(models.Model):

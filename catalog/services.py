@@ -75,8 +75,14 @@ def _store_image(product: Product, img: CleanImage) -> None:
 
 #: Largest price the ``price`` column holds (``max_digits=10, decimal_places=2``).
 MAX_PRICE = Decimal("99999999.99")
-_MAX_LENGTHS = {"title": 255, "product_type": 64, "colour": 64, "audience": 64, "variant_group": 64,
-                "description": 20_000}  # fmt: skip
+_MAX_LENGTHS = {
+    "title": 255,
+    "product_type": 64,
+    "colour": 64,
+    "audience": 64,
+    "variant_group": 64,
+    "description": 20_000,
+}
 
 
 def product_validate(
@@ -145,17 +151,33 @@ def product_create(
         ValueError: a field fails :func:`product_validate`, or the SKU exists already.
     """
     sku = sku.strip()
-    product_validate(sku=sku, title=title, slot=slot, price=price, description=description,
-                     product_type=product_type, colour=colour, audience=audience,
-                     variant_group=variant_group)  # fmt: skip
+    product_validate(
+        sku=sku,
+        title=title,
+        slot=slot,
+        price=price,
+        description=description,
+        product_type=product_type,
+        colour=colour,
+        audience=audience,
+        variant_group=variant_group,
+    )
     if Product.objects.filter(sku=sku).exists():
         raise ValueError(f"sku: a product with SKU {sku!r} exists already")
     img = clean_image(image_bytes, name=image_name or sku)  # validate before anything is written
     with transaction.atomic():
         product = Product(
-            sku=sku, title=title.strip(), slot=slot, description=description, product_type=product_type,
-            colour=colour, audience=audience, price=price, variant_group=variant_group, source=source,
-        )  # fmt: skip
+            sku=sku,
+            title=title.strip(),
+            slot=slot,
+            description=description,
+            product_type=product_type,
+            colour=colour,
+            audience=audience,
+            price=price,
+            variant_group=variant_group,
+            source=source,
+        )
         _store_image(product, img)
         product.save()
         if embed:
@@ -234,11 +256,18 @@ def catalog_import_hm(
             summary.skipped.append((where, f"image missing: {art.image_path} ({exc.strerror})"))
             continue
         values = {
-            "title": art.title, "description": art.description, "slot": art.slot,
-            "product_type": art.product_type, "product_group": art.product_group, "colour": art.colour,
-            "audience": art.audience, "department": art.department, "section": art.section,
-            "variant_group": art.product_code, "source": Product.Source.HM,
-        }  # fmt: skip
+            "title": art.title,
+            "description": art.description,
+            "slot": art.slot,
+            "product_type": art.product_type,
+            "product_group": art.product_group,
+            "colour": art.colour,
+            "audience": art.audience,
+            "department": art.department,
+            "section": art.section,
+            "variant_group": art.product_code,
+            "source": Product.Source.HM,
+        }
         product = existing.get(art.article_id)
         sha = hashlib.sha256(raw).hexdigest()
         if product is not None and sha == product.image_sha256 and product.image:
@@ -297,14 +326,18 @@ def _import_outfits(
             summary.outfits_unchanged += 1
             continue
         split = Outfit.Split.TEST if is_test else Outfit.Split.TRAIN
-        new_outfits.append((Outfit(external_id=ext, name=f"H&M basket {i}", source=Outfit.Source.BASKET,
-                                   split=split), items))  # fmt: skip
+        new_outfits.append(
+            (Outfit(external_id=ext, name=f"H&M basket {i}", source=Outfit.Source.BASKET, split=split), items)
+        )
     with transaction.atomic():
         Outfit.objects.bulk_create([o for o, _ in new_outfits])
         OutfitItem.objects.bulk_create(
-            [OutfitItem(outfit=o, product_id=products[sku], position=pos)
-             for o, items in new_outfits for pos, sku in enumerate(items)]
-        )  # fmt: skip
+            [
+                OutfitItem(outfit=o, product_id=products[sku], position=pos)
+                for o, items in new_outfits
+                for pos, sku in enumerate(items)
+            ]
+        )
     summary.outfits_created = len(new_outfits)
 
 
@@ -535,8 +568,10 @@ class ImageArchive:
         path = path if path in self.members else self._by_base.get(path, path)
         info = self.members.get(path)
         if info is None and path in self._ambiguous:
-            raise ValueError(f"{ref!r} matches {len(self._ambiguous[path])} files in {self.name} "
-                             f"({', '.join(self._ambiguous[path][:3])}); give its path inside the zip")  # fmt: skip
+            raise ValueError(
+                f"{ref!r} matches {len(self._ambiguous[path])} files in {self.name} "
+                f"({', '.join(self._ambiguous[path][:3])}); give its path inside the zip"
+            )
         if info is None:
             raise ValueError(f"{ref!r} is not in {self.name}")
         if info.file_size > MAX_UPLOAD_BYTES:
@@ -674,8 +709,10 @@ def product_import_csv(
         try:
             if len(fields) != len(header):
                 raise ValueError(f"has {len(fields)} fields; the header has {len(header)}")
-            values = {c: fields[col[c]].strip() if c in col else "" for c in (*IMPORT_REQUIRED_COLUMNS,
-                                                                              *IMPORT_OPTIONAL_COLUMNS)}  # fmt: skip
+            values = {
+                c: fields[col[c]].strip() if c in col else ""
+                for c in (*IMPORT_REQUIRED_COLUMNS, *IMPORT_OPTIONAL_COLUMNS)
+            }
             if sku and sku in first_row_of:
                 raise ValueError(f"sku: SKU {sku!r} appears again (first on row {first_row_of[sku]})")
             first_row_of.setdefault(sku, number)
@@ -717,17 +754,25 @@ def _import_row(values: dict[str, str], archive: ImageArchive | None, *, exists:
             raise
         except ValueError as exc:
             raise ValueError(f"image: {exc}") from None
-    data = {k: values[k] for k in ("title", "slot", "description", "product_type", "colour", "audience",
-                                   "variant_group")}  # fmt: skip
+    data = {
+        k: values[k]
+        for k in ("title", "slot", "description", "product_type", "colour", "audience", "variant_group")
+    }
     existing = Product.objects.filter(sku=values["sku"]).first() if exists else None
     if existing is None:
         if image_bytes is None:
             raise ValueError("image: a new product needs a photo (give its path inside the zip)")
-        product = product_create(sku=values["sku"], image_bytes=image_bytes, image_name=member, price=price,
-                                 embed=False, **data)  # fmt: skip
+        product = product_create(
+            sku=values["sku"], image_bytes=image_bytes, image_name=member, price=price, embed=False, **data
+        )
         return "created", product.pk
-    changed = product_update(product=existing, data={**data, "price": price}, image_bytes=image_bytes,
-                             image_name=member, embed=False)  # fmt: skip
+    changed = product_update(
+        product=existing,
+        data={**data, "price": price},
+        image_bytes=image_bytes,
+        image_name=member,
+        embed=False,
+    )
     return ("updated" if changed else "unchanged"), existing.pk
 
 
@@ -750,8 +795,11 @@ def import_job_create(*, csv_upload, zip_upload=None, user=None) -> ImportJob:
             f"images zip: {zip_upload.size} bytes is over the {IMPORT_MAX_ZIP_BYTES // 2**20} MB limit"
         )
     with transaction.atomic():
-        job = ImportJob(csv_name=csv_upload.name[:255], zip_name=zip_upload.name[:255] if zip_upload else "",
-                        started_by=user if user is not None and user.pk else None)  # fmt: skip
+        job = ImportJob(
+            csv_name=csv_upload.name[:255],
+            zip_name=zip_upload.name[:255] if zip_upload else "",
+            started_by=user if user is not None and user.pk else None,
+        )
         token = uuid.uuid4().hex  # stored names never come from user input
         job.csv_file.save(f"{token}.csv", csv_upload, save=False)
         if zip_upload is not None:
@@ -788,9 +836,13 @@ def import_job_run(*, job_id: int, progress_every_s: float = 0.5) -> ImportJob:
         if now - last >= progress_every_s or done == total:
             last = now
             ImportJob.objects.filter(pk=job_id).update(
-                total=total, processed=done, created=res.created, updated=res.updated,
-                unchanged=res.unchanged, rejected=len(res.rejections),
-            )  # fmt: skip
+                total=total,
+                processed=done,
+                created=res.created,
+                updated=res.updated,
+                unchanged=res.unchanged,
+                rejected=len(res.rejections),
+            )
 
     try:
         csv_bytes = _read_field_file(job.csv_file)
@@ -809,13 +861,25 @@ def import_job_run(*, job_id: int, progress_every_s: float = 0.5) -> ImportJob:
         )
     else:
         ImportJob.objects.filter(pk=job_id).update(
-            status=ImportJob.Status.SUCCEEDED, total=result.total, processed=result.total,
-            created=result.created, updated=result.updated, unchanged=result.unchanged,
-            rejected=len(result.rejections), rejections=[r.as_dict() for r in result.rejections],
-            notes=result.notes, finished_at=timezone.now(),
-        )  # fmt: skip
-        logger.info("import job %s: %d created, %d updated, %d unchanged, %d rejected", job_id,
-                    result.created, result.updated, result.unchanged, len(result.rejections))  # fmt: skip
+            status=ImportJob.Status.SUCCEEDED,
+            total=result.total,
+            processed=result.total,
+            created=result.created,
+            updated=result.updated,
+            unchanged=result.unchanged,
+            rejected=len(result.rejections),
+            rejections=[r.as_dict() for r in result.rejections],
+            notes=result.notes,
+            finished_at=timezone.now(),
+        )
+        logger.info(
+            "import job %s: %d created, %d updated, %d unchanged, %d rejected",
+            job_id,
+            result.created,
+            result.updated,
+            result.unchanged,
+            len(result.rejections),
+        )
     job.refresh_from_db()
     return job
 

@@ -15,5 +15,11 @@ def import_job_run_task(*, job_id: int) -> dict[str, int | str]:
         The job's status and counts (also stored on the job, which the import page polls).
     """
     job = import_job_run(job_id=job_id)
-    return {"job": job.pk, "status": job.status, "created": job.created, "updated": job.updated,
-            "unchanged": job.unchanged, "rejected": job.rejected}  # fmt: skip
+    return {
+        "job": job.pk,
+        "status": job.status,
+        "created": job.created,
+        "updated": job.updated,
+        "unchanged": job.unchanged,
+        "rejected": job.rejected,
+    }

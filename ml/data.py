@@ -61,8 +61,9 @@ class HMArticle:
     @property
     def text(self) -> str:
         """Text for the text tower (:func:`product_text`)."""
-        return product_text(self.title, self.colour, self.product_type, self.audience, self.section,
-                            self.description)  # fmt: skip
+        return product_text(
+            self.title, self.colour, self.product_type, self.audience, self.section, self.description
+        )
 
 
 @dataclass(frozen=True)
@@ -120,9 +121,17 @@ def read_articles(root: Path | str) -> tuple[list[HMArticle], list[RowError]]:
 
 #: Longest accepted field, and the catalog's column limits (characters).
 MAX_FIELD_CHARS = 20_000
-FIELD_LIMITS = {"prod_name": 255, "product_code": 64, "product_type_name": 64, "product_group_name": 64,
-                "colour_group_name": 64, "index_group_name": 64, "department_name": 128, "section_name": 128,
-                "detail_desc": MAX_FIELD_CHARS}  # fmt: skip
+FIELD_LIMITS = {
+    "prod_name": 255,
+    "product_code": 64,
+    "product_type_name": 64,
+    "product_group_name": 64,
+    "colour_group_name": 64,
+    "index_group_name": 64,
+    "department_name": 128,
+    "section_name": 128,
+    "detail_desc": MAX_FIELD_CHARS,
+}
 
 
 def _read_row(root: Path, row: dict, line: int, articles: list[HMArticle], errors: list[RowError]) -> None:

@@ -435,8 +435,14 @@ def _named_path(value: str) -> tuple[str, Path]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ml.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--features", required=True, type=Path, help="TrainData .npz file with test_outfits")
-    p.add_argument("--heads", nargs="*", type=_named_path, default=[], metavar="NAME=PATH",
-                   help="fine-tuned heads (ml.train.save_heads files), one row each")  # fmt: skip
+    p.add_argument(
+        "--heads",
+        nargs="*",
+        type=_named_path,
+        default=[],
+        metavar="NAME=PATH",
+        help="fine-tuned heads (ml.train.save_heads files), one row each",
+    )
     p.add_argument("--out", type=Path, default=None, help="write metrics.json, report.md and plots here")
     p.add_argument("--seed", type=int, default=0, help="seed of the FITB questions and negative outfits")
     return p

@@ -277,8 +277,10 @@ class FeatureExtractor:
                 t = tokens[idx]  # (B, L)
                 if pad_id is not None:
                     t = t[:, : max(int(lengths[idx].max()), 1)]  # (B, L') trailing padding only
-                with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                            enabled=self.text_amp):  # fmt: skip
+                with (
+                    torch.inference_mode(),
+                    torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.text_amp),
+                ):
                     y = self.model.encode_text(t.to(self.device))  # (B, E)
                 out[idx.numpy()] = y.float().cpu().numpy()
                 bar.update(len(idx))

@@ -43,9 +43,13 @@ class RecommenderHeads(nn.Module):
     """
 
     def __init__(
-        self, embed_dim: int, compat_dim: int = 128, num_slots: int = len(SLOTS), hidden: int = 512,
+        self,
+        embed_dim: int,
+        compat_dim: int = 128,
+        num_slots: int = len(SLOTS),
+        hidden: int = 512,
         normalize: bool = True,
-    ) -> None:  # fmt: skip
+    ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.compat_dim = compat_dim

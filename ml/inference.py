@@ -103,8 +103,10 @@ class Embedder:
         self.bundle = get_bundle(model_cfg, getattr(heads, "tower_state", None))
         self.heads = heads.eval()
         if heads.embed_dim != self.bundle.embed_dim:
-            raise ValueError(f"heads expect embed_dim {heads.embed_dim}, model {model_cfg.name} gives "
-                             f"{self.bundle.embed_dim}")  # fmt: skip
+            raise ValueError(
+                f"heads expect embed_dim {heads.embed_dim}, model {model_cfg.name} gives "
+                f"{self.bundle.embed_dim}"
+            )
         self.extractor = FeatureExtractor(
             self.bundle, batch_size=batch_size, text_batch_size=text_batch_size, amp=amp
         )

@@ -194,13 +194,21 @@ def build_model(cfg: ModelConfig) -> ClipBundle:
     with torch.inference_mode():
         embed_dim = int(model.encode_text(tokenizer(["a"])).shape[-1])
     if not is_default and embed_dim != cfg.embed_dim:
-        logger.warning("model %s has embed_dim %d (config asked for %d); using %d", name, embed_dim, cfg.embed_dim,
-                       embed_dim)  # fmt: skip
+        logger.warning(
+            "model %s has embed_dim %d (config asked for %d); using %d",
+            name,
+            embed_dim,
+            cfg.embed_dim,
+            embed_dim,
+        )
 
     source = "packages" if pretrained is None and is_default else _weights_source(pretrained)
     # the preprocessing and the text context change the features as much as the weights do
-    pp = json.dumps({"image": model.visual.preprocess_cfg, "context": getattr(tokenizer, "context_length", None)},
-                    sort_keys=True, default=str)  # fmt: skip
+    pp = json.dumps(
+        {"image": model.visual.preprocess_cfg, "context": getattr(tokenizer, "context_length", None)},
+        sort_keys=True,
+        default=str,
+    )
     pp_id = hashlib.sha256(pp.encode()).hexdigest()[:8]
     model_id = f"{name}@{source}/{embed_dim}d/{state_dict_fingerprint(model)[:16]}/pp-{pp_id}"
     model.to(device)

@@ -32,11 +32,23 @@ logger = logging.getLogger(__name__)
 _EMBEDDERS: dict[int, Any] = {}
 
 #: Errors worth retrying: the database or the broker/cache connection dropped for a moment.
-TRANSIENT_ERRORS = (OperationalError, InterfaceError, redis.exceptions.ConnectionError,
-                    redis.exceptions.TimeoutError, kombu.exceptions.OperationalError, ConnectionError, TimeoutError)  # fmt: skip
+TRANSIENT_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    kombu.exceptions.OperationalError,
+    ConnectionError,
+    TimeoutError,
+)
 #: Retry policy of the short tasks: 1, 2, 4, ... s (jittered, at most 120 s apart), 6 tries.
-RETRY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": True, "retry_backoff_max": 120,
-         "retry_jitter": True, "max_retries": 6}  # fmt: skip
+RETRY = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": True,
+    "retry_backoff_max": 120,
+    "retry_jitter": True,
+    "max_retries": 6,
+}
 
 
 #: Time limits of the short tasks (seconds); the soft one raises SoftTimeLimitExceeded inside the task.
@@ -86,8 +98,12 @@ class Heartbeat:
 
 def model_config() -> ModelConfig:
     """The model the settings ask for (``ML_MODEL_NAME``, ``ML_PRETRAINED``, ``EMBEDDING_DIM``, ``ML_DEVICE``)."""
-    return ModelConfig(name=settings.ML_MODEL_NAME, pretrained=settings.ML_PRETRAINED,
-                       embed_dim=settings.EMBEDDING_DIM, device=settings.ML_DEVICE)  # fmt: skip
+    return ModelConfig(
+        name=settings.ML_MODEL_NAME,
+        pretrained=settings.ML_PRETRAINED,
+        embed_dim=settings.EMBEDDING_DIM,
+        device=settings.ML_DEVICE,
+    )
 
 
 def embedder_for(version) -> Any:
@@ -107,9 +123,14 @@ def _image_path(p: Product) -> str:
 
 
 def build_train_data(
-    products: list[Product], img: np.ndarray, txt: np.ndarray, *, val_fraction: float, seed: int,
+    products: list[Product],
+    img: np.ndarray,
+    txt: np.ndarray,
+    *,
+    val_fraction: float,
+    seed: int,
     heldout_fraction: float = 0.1,
-):  # fmt: skip
+):
     """Arrays for :func:`ml.train.train` from products (in order) and their tower features.
 
     Splits (all seeded and stable per SKU / outfit): outfits of the ``test`` split are held out for
@@ -127,25 +148,44 @@ def build_train_data(
         if pid in index:
             outfits.setdefault(oid, (split, []))[1].append(index[pid])
     train, val, test = split_outfits(
-        [(oid, np.asarray(items, dtype=np.int64), split == Outfit.Split.TEST)
-         for oid, (split, items) in outfits.items() if len(items) >= 2],
-        val_fraction=val_fraction, seed=seed)  # fmt: skip
-    heldout, val_items = split_items([p.sku for p in products], heldout_fraction=heldout_fraction,
-                                     val_fraction=val_fraction, seed=seed)  # fmt: skip
+        [
+            (oid, np.asarray(items, dtype=np.int64), split == Outfit.Split.TEST)
+            for oid, (split, items) in outfits.items()
+            if len(items) >= 2
+        ],
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+    heldout, val_items = split_items(
+        [p.sku for p in products], heldout_fraction=heldout_fraction, val_fraction=val_fraction, seed=seed
+    )
     return TrainData(
-        image=img, text=txt,
-        heldout_items=heldout, val_items=val_items,
+        image=img,
+        text=txt,
+        heldout_items=heldout,
+        val_items=val_items,
         slots=np.asarray([SLOT_INDEX[p.slot] for p in products], dtype=np.int64),
         types=category_ids([p.product_type for p in products]),
-        outfits=train, val_outfits=val, test_outfits=test,
+        outfits=train,
+        val_outfits=val,
+        test_outfits=test,
         item_ids=np.asarray([p.pk for p in products], dtype=np.int64),
-        attrs={a: category_ids([getattr(p, a) for p in products]) for a in ("section", "department", "colour")},
-        image_paths=[_image_path(p) for p in products], texts=[p.text for p in products],
-    )  # fmt: skip
+        attrs={
+            a: category_ids([getattr(p, a) for p in products]) for a in ("section", "department", "colour")
+        },
+        image_paths=[_image_path(p) for p in products],
+        texts=[p.text for p in products],
+    )
 
 
-@shared_task(bind=True, name="ml.tasks.train_model", acks_late=True, reject_on_worker_lost=False,
-             time_limit=settings.ML_TRAIN_TIME_LIMIT_S, soft_time_limit=settings.ML_TRAIN_TIME_LIMIT_S - 60)  # fmt: skip
+@shared_task(
+    bind=True,
+    name="ml.tasks.train_model",
+    acks_late=True,
+    reject_on_worker_lost=False,
+    time_limit=settings.ML_TRAIN_TIME_LIMIT_S,
+    soft_time_limit=settings.ML_TRAIN_TIME_LIMIT_S - 60,
+)
 def train_model(self, run_id: int) -> dict[str, Any]:
     """Fine-tune on the catalog, register a model version, embed every product, then activate it.
 
@@ -215,21 +255,36 @@ def _train(task, run) -> dict[str, Any]:
         if len(products) < 2:
             raise ValueError(f"the catalog has {len(products)} products; import or upload some first")
         t = time.perf_counter()
-        embedder = Embedder(mcfg, zero_shot_heads(mcfg.embed_dim, cfg.compat_dim, cfg.seed),
-                            cache_dir=settings.ML_FEATURE_CACHE_DIR)  # fmt: skip
-        img, txt, failed = embedder.tower_features([_image_path(p) for p in products], [p.text for p in products],
-                                                   progress=True)  # fmt: skip
+        embedder = Embedder(
+            mcfg,
+            zero_shot_heads(mcfg.embed_dim, cfg.compat_dim, cfg.seed),
+            cache_dir=settings.ML_FEATURE_CACHE_DIR,
+        )
+        img, txt, failed = embedder.tower_features(
+            [_image_path(p) for p in products], [p.text for p in products], progress=True
+        )
         timings["features_s"] = time.perf_counter() - t
-        update(progress=20.0, log=f"tower features of {len(products)} products in {timings['features_s']:.1f} s "
-               f"({len(failed)} unreadable photos)")  # fmt: skip
+        update(
+            progress=20.0,
+            log=f"tower features of {len(products)} products in {timings['features_s']:.1f} s "
+            f"({len(failed)} unreadable photos)",
+        )
         data = build_train_data(products, img, txt, val_fraction=cfg.val_fraction, seed=cfg.seed)
-        update(phase="training", log=f"training on {len(data.outfits)} outfits, {len(data.val_outfits)} for "
-               f"validation, {len(data.test_outfits)} held out")  # fmt: skip
+        update(
+            phase="training",
+            log=f"training on {len(data.outfits)} outfits, {len(data.val_outfits)} for "
+            f"validation, {len(data.test_outfits)} held out",
+        )
 
         def on_epoch(info: dict[str, Any]) -> None:
-            update(progress=20.0 + 50.0 * info["progress"], step=info["step"], loss=info["loss"],
-                   history=info["history"], log=f"epoch {info['epoch']} step {info['step']} loss {info['loss']:.4f} "
-                   f"val FITB {info['val_fitb']:.3f} val R@10 {info['val_r10']:.3f}")  # fmt: skip
+            update(
+                progress=20.0 + 50.0 * info["progress"],
+                step=info["step"],
+                loss=info["loss"],
+                history=info["history"],
+                log=f"epoch {info['epoch']} step {info['step']} loss {info['loss']:.4f} "
+                f"val FITB {info['val_fitb']:.3f} val R@10 {info['val_r10']:.3f}",
+            )
 
         t = time.perf_counter()
         ckdir = Path(settings.ML_ARTIFACTS_DIR) / f"run-{run_id}"
@@ -248,15 +303,18 @@ def _train(task, run) -> dict[str, Any]:
         )
         if result.heads.tower_state:  # features of the tuned towers for evaluation and the catalog vectors
             embedder = Embedder(mcfg, result.heads, cache_dir=settings.ML_FEATURE_CACHE_DIR)
-            img, txt, _ = embedder.tower_features([_image_path(p) for p in products],
-                                                  [p.text for p in products], progress=True)  # fmt: skip
+            img, txt, _ = embedder.tower_features(
+                [_image_path(p) for p in products], [p.text for p in products], progress=True
+            )
             data.image, data.text = img, txt
         timings["training_s"] = time.perf_counter() - t
         if cancelled():
             update(phase="cancelled", finished_at=timezone.now(), log="cancelled")
             return {"cancelled": run_id}
-        version = model_version_create(name=f"{mcfg.name} fine-tuned (run {run_id})",
-                                       config={"model": mcfg.to_dict(), "train": cfg.to_dict()})  # fmt: skip
+        version = model_version_create(
+            name=f"{mcfg.name} fine-tuned (run {run_id})",
+            config={"model": mcfg.to_dict(), "train": cfg.to_dict()},
+        )
         ModelVersion.objects.filter(pk=version.pk).update(trained_on=snapshot)
         artifact = Path(settings.ML_ARTIFACTS_DIR) / f"version-{version.pk}" / "heads.pt"
         save_heads(artifact, result.heads, {"model": mcfg.to_dict(), "train": cfg.to_dict()})
@@ -270,14 +328,24 @@ def _train(task, run) -> dict[str, Any]:
             write_report(results, artifact.parent, history=result.history, data=data, heads=result.heads)
             metrics = {"evaluation": results}
         timings["evaluation_s"] = time.perf_counter() - t
-        metrics.update({"train_steps": result.steps, "best_epoch": result.best_epoch, "best_val": result.best_val,
-                        "train_samples_per_s": result.samples_per_s, "timings": timings})  # fmt: skip
+        metrics.update(
+            {
+                "train_steps": result.steps,
+                "best_epoch": result.best_epoch,
+                "best_val": result.best_val,
+                "train_samples_per_s": result.samples_per_s,
+                "timings": timings,
+            }
+        )
         ModelVersion.objects.filter(pk=version.pk).update(artifact_path=str(artifact), metrics=metrics)
         version.refresh_from_db()
         if cancelled():  # cancelled during evaluation: do not embed the catalog for a version nobody wants
             ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.RETIRED)
-            update(phase="cancelled", finished_at=timezone.now(),
-                   log=f"cancelled after evaluation; version {version.pk} kept for its metrics, not embedded")  # fmt: skip
+            update(
+                phase="cancelled",
+                finished_at=timezone.now(),
+                log=f"cancelled after evaluation; version {version.pk} kept for its metrics, not embedded",
+            )
             return {"cancelled": run_id, "version": version.pk}
         update(phase="embedding", progress=80.0, log="embedding the catalog")
         t = time.perf_counter()
@@ -286,11 +354,21 @@ def _train(task, run) -> dict[str, Any]:
 
         def on_batch(done: int, total: int) -> None:
             rate = done / max(time.perf_counter() - t, 1e-9)
-            update(progress=80.0 + 19.0 * done / max(total, 1), items_per_s=rate,
-                   log=f"embedded {done}/{total} products ({rate:.0f} items/s)")  # fmt: skip
+            update(
+                progress=80.0 + 19.0 * done / max(total, 1),
+                items_per_s=rate,
+                log=f"embedded {done}/{total} products ({rate:.0f} items/s)",
+            )
 
-        embeddings_write(version=version, product_ids=[p.pk for p in products], image=vecs.image, text=vecs.text,
-                         fused=vecs.fused, compat=vecs.compat, progress=on_batch)  # fmt: skip
+        embeddings_write(
+            version=version,
+            product_ids=[p.pk for p in products],
+            image=vecs.image,
+            text=vecs.text,
+            fused=vecs.fused,
+            compat=vecs.compat,
+            progress=on_batch,
+        )
         timings["embedding_s"] = time.perf_counter() - t
         if cancelled():  # cancelled while embedding: keep the vectors, do not switch versions
             ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.READY)
@@ -303,8 +381,13 @@ def _train(task, run) -> dict[str, Any]:
         model_version_activate(version=version)
         metrics["timings"] = timings
         ModelVersion.objects.filter(pk=version.pk).update(metrics=metrics)
-        update(status=TrainingRun.Status.SUCCEEDED, phase="done", progress=100.0, finished_at=timezone.now(),
-               log=f"version {version.pk} active")  # fmt: skip
+        update(
+            status=TrainingRun.Status.SUCCEEDED,
+            phase="done",
+            progress=100.0,
+            finished_at=timezone.now(),
+            log=f"version {version.pk} active",
+        )
         try:
             embed_missing.delay()  # products created while we trained
         except Exception as exc:  # broker down: the next reconciliation does it
@@ -314,14 +397,24 @@ def _train(task, run) -> dict[str, Any]:
         logger.exception("training run %s failed", run_id)
         if version is not None:
             ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.FAILED)
-        update(status=TrainingRun.Status.FAILED, finished_at=timezone.now(),
-               error=f"{type(exc).__name__}: {exc}"[:2000],  # the traceback goes to the worker log only
-               log=f"failed: {type(exc).__name__}: {exc}")  # fmt: skip
+        update(
+            status=TrainingRun.Status.FAILED,
+            finished_at=timezone.now(),
+            error=f"{type(exc).__name__}: {exc}"[:2000],  # the traceback goes to the worker log only
+            log=f"failed: {type(exc).__name__}: {exc}",
+        )
         raise
 
 
-@shared_task(bind=True, name="ml.tasks.embed_products", acks_late=True, reject_on_worker_lost=True,
-             ignore_result=True, **EMBED_LIMITS, **RETRY)  # fmt: skip
+@shared_task(
+    bind=True,
+    name="ml.tasks.embed_products",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+    **EMBED_LIMITS,
+    **RETRY,
+)
 def embed_products(self, product_ids: list[int], version_id: int | None = None) -> dict[str, Any]:
     """Embed these products with the active (or given) model version and upsert their vectors.
 
@@ -344,14 +437,23 @@ def embed_products(self, product_ids: list[int], version_id: int | None = None) 
         return {"embedded": 0, "reason": "no such products"}
     t = time.perf_counter()
     vecs = embedder_for(version).embed_items([_image_path(p) for p in products], [p.text for p in products])
-    n = embeddings_write(version=version, product_ids=[p.pk for p in products], image=vecs.image, text=vecs.text,
-                         fused=vecs.fused, compat=vecs.compat)  # fmt: skip
-    return {"embedded": n, "version": version.pk, "seconds": time.perf_counter() - t,
-            "failed_images": [products[r].pk for r, _ in vecs.failed]}  # fmt: skip
+    n = embeddings_write(
+        version=version,
+        product_ids=[p.pk for p in products],
+        image=vecs.image,
+        text=vecs.text,
+        fused=vecs.fused,
+        compat=vecs.compat,
+    )
+    return {
+        "embedded": n,
+        "version": version.pk,
+        "seconds": time.perf_counter() - t,
+        "failed_images": [products[r].pk for r, _ in vecs.failed],
+    }
 
 
-@shared_task(name="ml.tasks.embed_missing", ignore_result=True, **EMBED_LIMITS,
-             **RETRY)  # fmt: skip
+@shared_task(name="ml.tasks.embed_missing", ignore_result=True, **EMBED_LIMITS, **RETRY)
 def embed_missing(batch_size: int = 256) -> dict[str, Any]:
     """Reconciliation: queue embedding of every product that has no vector for the active version.
 
@@ -390,8 +492,7 @@ def reconcile() -> dict[str, Any]:
     return {"failed_runs": lost, "requeued_runs": requeued, **embed_missing.run()}
 
 
-@shared_task(name="ml.tasks.prune_model_versions", ignore_result=True, **EMBED_LIMITS,
-             **RETRY)  # fmt: skip
+@shared_task(name="ml.tasks.prune_model_versions", ignore_result=True, **EMBED_LIMITS, **RETRY)
 def prune_model_versions(keep: int | None = None) -> dict[str, Any]:
     """Retention: delete vectors and artifacts of versions beyond the newest ``keep`` (``ML_KEEP_VERSIONS``),
     never the active one or the rollback target (:func:`recommender.services.model_versions_prune`)."""
@@ -432,5 +533,12 @@ def retrain_if_changed(min_fraction: float | None = None, force: bool = False) -
     return {"changed": changed, "started": run.pk, "reason": reason}
 
 
-__all__ = ["train_model", "embed_products", "embed_missing", "reconcile", "prune_model_versions",
-           "retrain_if_changed", "Heartbeat"]  # fmt: skip
+__all__ = [
+    "train_model",
+    "embed_products",
+    "embed_missing",
+    "reconcile",
+    "prune_model_versions",
+    "retrain_if_changed",
+    "Heartbeat",
+]

@@ -175,8 +175,11 @@ class TowerTuner:
         These keys are all a serving model needs on top of the base weights (:func:`tuned_bundle`).
         """
         prefixes = tuple(f"{n}." for n in self.modules)
-        return {k: v.detach().to("cpu", copy=True).contiguous()
-                for k, v in self.model.state_dict().items() if k.startswith(prefixes)}  # fmt: skip
+        return {
+            k: v.detach().to("cpu", copy=True).contiguous()
+            for k, v in self.model.state_dict().items()
+            if k.startswith(prefixes)
+        }
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Load tower weights saved by :meth:`state_dict` (raises ValueError on unknown keys)."""

@@ -106,9 +106,23 @@ class TrainData:
             attrs["image_paths"] = np.asarray([str(p) for p in self.image_paths], dtype=str)
         if self.texts is not None:
             attrs["texts"] = np.asarray(self.texts, dtype=str)
-        np.savez(path, image=self.image, text=self.text, slots=self.slots, types=self.types, outfits=of,
-                 outfit_offsets=oo, val_outfits=vf, val_offsets=vo, test_outfits=tf, test_offsets=to,
-                 item_ids=ids, heldout_items=self.heldout_items, val_items=self.val_items, **attrs)  # fmt: skip
+        np.savez(
+            path,
+            image=self.image,
+            text=self.text,
+            slots=self.slots,
+            types=self.types,
+            outfits=of,
+            outfit_offsets=oo,
+            val_outfits=vf,
+            val_offsets=vo,
+            test_outfits=tf,
+            test_offsets=to,
+            item_ids=ids,
+            heldout_items=self.heldout_items,
+            val_items=self.val_items,
+            **attrs,
+        )
 
     @classmethod
     def load(cls, path: Path | str) -> TrainData:
@@ -118,15 +132,21 @@ class TrainData:
         def unpack(flat: np.ndarray, off: np.ndarray) -> list[np.ndarray]:
             return [flat[off[i] : off[i + 1]] for i in range(len(off) - 1)]
 
-        return cls(image=z["image"].astype(np.float32), text=z["text"].astype(np.float32), slots=z["slots"],
-                   types=z["types"], outfits=unpack(z["outfits"], z["outfit_offsets"]),
-                   val_outfits=unpack(z["val_outfits"], z["val_offsets"]), item_ids=z["item_ids"],
-                   test_outfits=unpack(z["test_outfits"], z["test_offsets"]) if "test_outfits" in z else [],
-                   attrs={k[5:]: z[k] for k in z.files if k.startswith("attr_")},
-                   heldout_items=z["heldout_items"] if "heldout_items" in z else np.zeros(0, np.int64),
-                   val_items=z["val_items"] if "val_items" in z else np.zeros(0, np.int64),
-                   image_paths=z["image_paths"].tolist() if "image_paths" in z else None,
-                   texts=z["texts"].tolist() if "texts" in z else None)  # fmt: skip
+        return cls(
+            image=z["image"].astype(np.float32),
+            text=z["text"].astype(np.float32),
+            slots=z["slots"],
+            types=z["types"],
+            outfits=unpack(z["outfits"], z["outfit_offsets"]),
+            val_outfits=unpack(z["val_outfits"], z["val_offsets"]),
+            item_ids=z["item_ids"],
+            test_outfits=unpack(z["test_outfits"], z["test_offsets"]) if "test_outfits" in z else [],
+            attrs={k[5:]: z[k] for k in z.files if k.startswith("attr_")},
+            heldout_items=z["heldout_items"] if "heldout_items" in z else np.zeros(0, np.int64),
+            val_items=z["val_items"] if "val_items" in z else np.zeros(0, np.int64),
+            image_paths=z["image_paths"].tolist() if "image_paths" in z else None,
+            texts=z["texts"].tolist() if "texts" in z else None,
+        )
 
 
 @dataclass
@@ -314,9 +334,16 @@ def train(
             raise ValueError(
                 f"model {bundle.model_id} gives {bundle.embed_dim}-d features, the data has {e}-d"
             )
-        tuner = TowerTuner(bundle, image_paths=data.image_paths, texts=data.texts,
-                           image_blocks=cfg.unfreeze_last_blocks, text_layers=cfg.unfreeze_text_layers,
-                           amp=cfg.amp, channels_last=cfg.channels_last, num_workers=cfg.num_workers)  # fmt: skip
+        tuner = TowerTuner(
+            bundle,
+            image_paths=data.image_paths,
+            texts=data.texts,
+            image_blocks=cfg.unfreeze_last_blocks,
+            text_layers=cfg.unfreeze_text_layers,
+            amp=cfg.amp,
+            channels_last=cfg.channels_last,
+            num_workers=cfg.num_workers,
+        )
         device = tuner.device
     heads = RecommenderHeads(e, cfg.compat_dim, num_slots=len(SLOTS), normalize=cfg.normalize).to(device)
     clip_loss = ClipLoss(init_temperature=cfg.temperature).to(device)
@@ -357,16 +384,26 @@ def train(
     n_train = len(train_items)
     bs = min(cfg.batch_size, n_train)
     steps_per_epoch = max(1, n_train // bs)
-    history: dict[str, list[float]] = {"loss": [], "infonce": [], "triplet": [], "type": [], "val_fitb": [], "val_r10": [],
-                                       "val": [], "temperature": []}  # fmt: skip
+    history: dict[str, list[float]] = {
+        "loss": [],
+        "infonce": [],
+        "triplet": [],
+        "type": [],
+        "val_fitb": [],
+        "val_r10": [],
+        "val": [],
+        "temperature": [],
+    }
     start_epoch, step, best_val, best_epoch, stale = 0, 0, -math.inf, -1, 0
     best_state = {k: v.clone() for k, v in heads.state_dict().items()}
     best_towers = tuner.state_dict() if tuner is not None else None
     if resume is not None:
         ck = torch.load(resume, map_location=device, weights_only=False)
         if bool(ck.get("towers")) != (tuner is not None):
-            raise ValueError(f"{resume}: checkpoint {'has' if ck.get('towers') else 'has no'} tower weights, "
-                             f"the config {'tunes' if tuner is not None else 'freezes'} the towers")  # fmt: skip
+            raise ValueError(
+                f"{resume}: checkpoint {'has' if ck.get('towers') else 'has no'} tower weights, "
+                f"the config {'tunes' if tuner is not None else 'freezes'} the towers"
+            )
         heads.load_state_dict(ck["heads"])
         clip_loss.load_state_dict(ck["clip"])
         type_loss.load_state_dict(ck["type"])
@@ -421,9 +458,14 @@ def train(
                 else:
                     valid = torch.ones(d_an.shape, dtype=torch.bool)
                     # mined on the CPU, where the seeded generator lives (a no-op copy on the CPU)
-                    neg_pos = mine_hard_negatives(d_ap.detach().cpu(), d_an.detach().cpu(), valid,
-                                                  strategy=cfg.miner, margin=cfg.margin,
-                                                  generator=gen).to(device)  # (B,)  # fmt: skip
+                    neg_pos = mine_hard_negatives(
+                        d_ap.detach().cpu(),
+                        d_an.detach().cpu(),
+                        valid,
+                        strategy=cfg.miner,
+                        margin=cfg.margin,
+                        generator=gen,
+                    ).to(device)  # (B,)
                     fn = fc[torch.arange(bs, device=device), neg_pos]  # (B, C)
                     l_tri = triplet(fa * m, fp * m, fn * m)
             loss = cfg.w_infonce * l_nce + cfg.w_triplet * l_tri + cfg.w_type * l_type
@@ -479,10 +521,21 @@ def train(
         )
         if checkpoint_dir is not None:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            ck = {"heads": heads.state_dict(), "clip": clip_loss.state_dict(), "type": type_loss.state_dict(),
-                  "opt": opt.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(gen, rng),
-                  "epoch": epoch, "step": step, "history": history, "best_val": best_val,
-                  "best_epoch": best_epoch, "best_heads": best_state, "config": cfg.to_dict()}  # fmt: skip
+            ck = {
+                "heads": heads.state_dict(),
+                "clip": clip_loss.state_dict(),
+                "type": type_loss.state_dict(),
+                "opt": opt.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": _rng_state(gen, rng),
+                "epoch": epoch,
+                "step": step,
+                "history": history,
+                "best_val": best_val,
+                "best_epoch": best_epoch,
+                "best_heads": best_state,
+                "config": cfg.to_dict(),
+            }
             if tuner is not None:
                 ck.update(
                     towers=tuner.state_dict(), best_towers=best_towers, bank_image=image, bank_text=text
@@ -516,8 +569,13 @@ def train(
 
 def _rng_state(gen: torch.Generator, rng: np.random.Generator) -> dict[str, Any]:
     """Every random stream a run draws from (for an exact resume)."""
-    state = {"gen": gen.get_state(), "numpy": rng.bit_generator.state, "torch": torch.get_rng_state(),
-             "python": random.getstate(), "np_global": np.random.get_state()}  # fmt: skip
+    state = {
+        "gen": gen.get_state(),
+        "numpy": rng.bit_generator.state,
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "np_global": np.random.get_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -540,9 +598,18 @@ def save_heads(path: Path, heads: RecommenderHeads, meta: dict[str, Any]) -> Non
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": heads.state_dict(), "embed_dim": heads.embed_dim,
-                "compat_dim": heads.compat_dim, "num_slots": heads.num_slots, "normalize": heads.normalize,
-                "meta": meta, "towers": heads.tower_state}, tmp)  # fmt: skip
+    torch.save(
+        {
+            "state_dict": heads.state_dict(),
+            "embed_dim": heads.embed_dim,
+            "compat_dim": heads.compat_dim,
+            "num_slots": heads.num_slots,
+            "normalize": heads.normalize,
+            "meta": meta,
+            "towers": heads.tower_state,
+        },
+        tmp,
+    )
     tmp.replace(path)
 
 
@@ -590,15 +657,25 @@ def split_items(
     from ml.data import split_is_test
 
     held = [split_is_test(f"item-{k}", heldout_fraction, seed) for k in keys]
-    val = [i for i, (k, h) in enumerate(zip(keys, held, strict=True))
-           if not h and split_is_test(f"val-item-{k}", val_fraction, seed)]  # fmt: skip
+    val = [
+        i
+        for i, (k, h) in enumerate(zip(keys, held, strict=True))
+        if not h and split_is_test(f"val-item-{k}", val_fraction, seed)
+    ]
     return np.flatnonzero(held).astype(np.int64), np.asarray(val, dtype=np.int64)
 
 
 def train_data_from_hm(
-    root: Path | str, *, bundle: Any, limit: int | None = None, seed: int = 0, test_fraction: float = 0.15,
-    val_fraction: float = 0.1, heldout_fraction: float = 0.1, cache_dir: Path | None = None,
-) -> TrainData:  # fmt: skip
+    root: Path | str,
+    *,
+    bundle: Any,
+    limit: int | None = None,
+    seed: int = 0,
+    test_fraction: float = 0.15,
+    val_fraction: float = 0.1,
+    heldout_fraction: float = 0.1,
+    cache_dir: Path | None = None,
+) -> TrainData:
     """:class:`TrainData` straight from the H&M sample folder, without Django or a database.
 
     The same splits as the catalog import + ``ml.tasks.build_train_data`` (seeded, stable per basket /
@@ -637,20 +714,35 @@ def train_data_from_hm(
     if failed:
         logger.warning("%d photos unreadable (zero image features)", len(failed))
     train_o, val_o, test_o = split_outfits(
-        [(key, np.asarray([index[i] for i in items], dtype=np.int64),
-          split_is_test(f"hm-basket-{key}", test_fraction, seed))
-         for key, items in outfits_from_baskets(baskets, {a.article_id: a.product_code for a in arts})],
-        val_fraction=val_fraction, seed=seed)  # fmt: skip
-    heldout, val_items = split_items([a.article_id for a in arts], heldout_fraction=heldout_fraction,
-                                     val_fraction=val_fraction, seed=seed)  # fmt: skip
+        [
+            (
+                key,
+                np.asarray([index[i] for i in items], dtype=np.int64),
+                split_is_test(f"hm-basket-{key}", test_fraction, seed),
+            )
+            for key, items in outfits_from_baskets(baskets, {a.article_id: a.product_code for a in arts})
+        ],
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+    heldout, val_items = split_items(
+        [a.article_id for a in arts], heldout_fraction=heldout_fraction, val_fraction=val_fraction, seed=seed
+    )
     return TrainData(
-        image=img, text=txt, slots=np.asarray([SLOT_INDEX[a.slot] for a in arts], dtype=np.int64),
-        types=category_ids([a.product_type for a in arts]), outfits=train_o, val_outfits=val_o, test_outfits=test_o,
+        image=img,
+        text=txt,
+        slots=np.asarray([SLOT_INDEX[a.slot] for a in arts], dtype=np.int64),
+        types=category_ids([a.product_type for a in arts]),
+        outfits=train_o,
+        val_outfits=val_o,
+        test_outfits=test_o,
         item_ids=np.asarray([int(a.article_id) for a in arts], dtype=np.int64),
-        heldout_items=heldout, val_items=val_items,
+        heldout_items=heldout,
+        val_items=val_items,
         attrs={k: category_ids([getattr(a, k) for a in arts]) for k in ("section", "department", "colour")},
-        image_paths=paths, texts=texts,
-    )  # fmt: skip
+        image_paths=paths,
+        texts=texts,
+    )
 
 
 def zero_shot_heads(embed_dim: int, compat_dim: int, seed: int = 0) -> RecommenderHeads:
@@ -698,15 +790,24 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
 
         bundle = build_model(mcfg)
     if args.hm_root is not None:
-        data = train_data_from_hm(args.hm_root, bundle=bundle, limit=args.limit or None, seed=cfg.seed,
-                                  val_fraction=cfg.val_fraction, cache_dir=args.feature_cache)  # fmt: skip
+        data = train_data_from_hm(
+            args.hm_root,
+            bundle=bundle,
+            limit=args.limit or None,
+            seed=cfg.seed,
+            val_fraction=cfg.val_fraction,
+            cache_dir=args.feature_cache,
+        )
         if args.save_features is not None:
             data.save(args.save_features)
     else:
         data = TrainData.load(args.features)
     result = train(data, cfg, checkpoint_dir=args.out / "checkpoints", resume=args.resume, bundle=bundle)
-    save_heads(args.out / "heads.pt", result.heads,
-               {"model": mcfg.to_dict(), "train_config": cfg.to_dict(), "history": result.history})  # fmt: skip
+    save_heads(
+        args.out / "heads.pt",
+        result.heads,
+        {"model": mcfg.to_dict(), "train_config": cfg.to_dict(), "history": result.history},
+    )
     (args.out / "history.json").write_text(json.dumps(result.history, indent=1))
     if data.test_outfits:  # held-out metrics (ml.evaluate), with the tuned towers' features when tuned
         from ml.evaluate import evaluate_heads

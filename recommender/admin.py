@@ -18,5 +18,13 @@ class ModelVersionAdmin(admin.ModelAdmin):
 class TrainingRunAdmin(admin.ModelAdmin):
     list_display = ("id", "status", "phase", "progress", "step", "loss", "created_at", "finished_at")
     list_filter = ("status",)
-    readonly_fields = ("params", "history", "log_tail", "error", "celery_task_id", "created_at", "started_at",
-                       "finished_at")  # fmt: skip
+    readonly_fields = (
+        "params",
+        "history",
+        "log_tail",
+        "error",
+        "celery_task_id",
+        "created_at",
+        "started_at",
+        "finished_at",
+    )

@@ -48,20 +48,30 @@ logger = logging.getLogger(__name__)
 def exception_handler(exc, context):
     """DRF exception handler producing the single JSON error format, also for selector errors."""
     if isinstance(exc, selectors.UnknownProducts):
-        return Response({"error": {"code": "unknown_products", "message": str(exc), "details": {"ids": exc.ids}}},
-                        status=status.HTTP_404_NOT_FOUND)  # fmt: skip
+        return Response(
+            {"error": {"code": "unknown_products", "message": str(exc), "details": {"ids": exc.ids}}},
+            status=status.HTTP_404_NOT_FOUND,
+        )
     if isinstance(exc, selectors.NoActiveModel):
-        return Response({"error": {"code": "no_active_model", "message": str(exc), "details": {}}},
-                        status=status.HTTP_409_CONFLICT)  # fmt: skip
+        return Response(
+            {"error": {"code": "no_active_model", "message": str(exc), "details": {}}},
+            status=status.HTTP_409_CONFLICT,
+        )
     if isinstance(exc, TrainingRunBusy):
-        return Response({"error": {"code": "training_busy", "message": str(exc), "details": {"run": exc.run.pk}}},
-                        status=status.HTTP_409_CONFLICT)  # fmt: skip
+        return Response(
+            {"error": {"code": "training_busy", "message": str(exc), "details": {"run": exc.run.pk}}},
+            status=status.HTTP_409_CONFLICT,
+        )
     if isinstance(exc, VersionNotReady):
-        return Response({"error": {"code": "version_not_ready", "message": str(exc), "details": {}}},
-                        status=status.HTTP_409_CONFLICT)  # fmt: skip
+        return Response(
+            {"error": {"code": "version_not_ready", "message": str(exc), "details": {}}},
+            status=status.HTTP_409_CONFLICT,
+        )
     if isinstance(exc, (ValueError, ImageError)) and not isinstance(exc, APIException):
-        return Response({"error": {"code": "invalid", "message": str(exc), "details": {}}},
-                        status=status.HTTP_400_BAD_REQUEST)  # fmt: skip
+        return Response(
+            {"error": {"code": "invalid", "message": str(exc), "details": {}}},
+            status=status.HTTP_400_BAD_REQUEST,
+        )
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -83,8 +93,15 @@ def exception_handler(exc, context):
     return response
 
 
-_STATUS_CODES = {400: "invalid", 401: "not_authenticated", 403: "permission_denied", 404: "not_found",
-                 405: "method_not_allowed", 415: "unsupported_media_type", 429: "throttled"}  # fmt: skip
+_STATUS_CODES = {
+    400: "invalid",
+    401: "not_authenticated",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    415: "unsupported_media_type",
+    429: "throttled",
+}
 
 
 def _flatten_errors(details, prefix: str = "") -> str:
@@ -109,8 +126,10 @@ def api_not_found(request, *args, **kwargs):
     """Unknown ``/api/`` paths answer the JSON error format, not Django's HTML 404 page."""
     from django.http import JsonResponse
 
-    return JsonResponse({"error": {"code": "not_found", "message": f"no API endpoint at {request.path}",
-                                   "details": {}}}, status=404)  # fmt: skip
+    return JsonResponse(
+        {"error": {"code": "not_found", "message": f"no API endpoint at {request.path}", "details": {}}},
+        status=404,
+    )
 
 
 def _get_or_404(model, pk: int, label: str):
@@ -122,8 +141,9 @@ def _get_or_404(model, pk: int, label: str):
 
 
 def _filters(data: dict) -> selectors.Filters:
-    return selectors.Filters(**{k: data.get(k) for k in ("slot", "product_type", "colour", "audience",
-                                                          "price_min", "price_max")})  # fmt: skip
+    return selectors.Filters(
+        **{k: data.get(k) for k in ("slot", "product_type", "colour", "audience", "price_min", "price_max")}
+    )
 
 
 class ScopedThrottle(ScopedRateThrottle):
@@ -208,9 +228,13 @@ def _page(request: Request, *, hits: list, page: int, k: int) -> dict[str, Any]:
         query["page"] = str(p)
         return f"{base}?{query.urlencode()}"
 
-    return {"page": page, "k": k, "next": url(page + 1) if has_next else None,
-            "previous": url(page - 1) if page > 1 else None,
-            "results": s.HitSerializer(results, many=True).data}  # fmt: skip
+    return {
+        "page": page,
+        "k": k,
+        "next": url(page + 1) if has_next else None,
+        "previous": url(page - 1) if page > 1 else None,
+        "results": s.HitSerializer(results, many=True).data,
+    }
 
 
 def _unknown_ids_are_400(exc: selectors.UnknownProducts) -> ValidationError:
@@ -306,9 +330,14 @@ class SimilarApi(APIView):
         d = q.validated_data
 
         def compute() -> list[dict]:
-            hits = selectors.similar_items(product_id=pk, k=d["k"] * d["page"], space=d["space"],
-                                           exclude_variants=d["exclude_variants"], filters=_filters(d),
-                                           mmr_lambda=d["mmr"])  # fmt: skip
+            hits = selectors.similar_items(
+                product_id=pk,
+                k=d["k"] * d["page"],
+                space=d["space"],
+                exclude_variants=d["exclude_variants"],
+                filters=_filters(d),
+                mmr_lambda=d["mmr"],
+            )
             return _page(request, hits=hits, page=d["page"], k=d["k"])
 
         return Response(cached_answer(name="similar", params={"pk": pk, **d}, compute=compute))
@@ -329,8 +358,9 @@ class SearchApi(APIView):
         d = q.validated_data
 
         def compute() -> dict:
-            hits = selectors.text_search(query=d["q"], k=d["k"] * d["page"], filters=_filters(d),
-                                         mmr_lambda=d["mmr"])  # fmt: skip
+            hits = selectors.text_search(
+                query=d["q"], k=d["k"] * d["page"], filters=_filters(d), mmr_lambda=d["mmr"]
+            )
             return _page(request, hits=hits, page=d["page"], k=d["k"])
 
         params = {**d, "q": " ".join(d["q"].split()).lower()}  # the text tower lower-cases anyway
@@ -345,8 +375,10 @@ class PhotoSearchApi(APIView):
     throttle_classes = [ScopedThrottle]
     throttle_scope = "photo_search"
 
-    @extend_schema(request={"multipart/form-data": s.PhotoSearchSerializer},
-                   responses={200: s.HitSerializer(many=True), **_ERRORS, **_THROTTLED})  # fmt: skip
+    @extend_schema(
+        request={"multipart/form-data": s.PhotoSearchSerializer},
+        responses={200: s.HitSerializer(many=True), **_ERRORS, **_THROTTLED},
+    )
     def post(self, request: Request) -> Response:
         upload = request.FILES.get("image")
         if upload is None:
@@ -503,13 +535,23 @@ class ImportJobDetailApi(APIView):
             job = import_job_get(job_id=pk)
         except ImportJob.DoesNotExist as exc:
             raise Http404(f"no import job {pk}") from exc
-        return Response({
-            "id": job.pk, "status": job.status, "percent": job.percent, "total": job.total,
-            "processed": job.processed, "created": job.created, "updated": job.updated,
-            "unchanged": job.unchanged, "rejected": job.rejected, "file_error": job.file_error,
-            "notes": job.notes, "rejections": job.rejections[:50],
-            "finished": job.status in (ImportJob.Status.SUCCEEDED, ImportJob.Status.FAILED),
-        })  # fmt: skip
+        return Response(
+            {
+                "id": job.pk,
+                "status": job.status,
+                "percent": job.percent,
+                "total": job.total,
+                "processed": job.processed,
+                "created": job.created,
+                "updated": job.updated,
+                "unchanged": job.unchanged,
+                "rejected": job.rejected,
+                "file_error": job.file_error,
+                "notes": job.notes,
+                "rejections": job.rejections[:50],
+                "finished": job.status in (ImportJob.Status.SUCCEEDED, ImportJob.Status.FAILED),
+            }
+        )
 
 
 class TrainingRunLiveApi(APIView):
@@ -519,11 +561,20 @@ class TrainingRunLiveApi(APIView):
     @extend_schema(responses={200: dict})
     def get(self, request: Request, pk: int) -> Response:
         run = _get_or_404(TrainingRun, pk, "training run")
-        return Response({
-            "id": run.pk, "status": run.status, "phase": run.phase, "progress": run.progress,
-            "step": run.step, "loss": run.loss, "history": run.history or {}, "log_tail": run.log_tail,
-            "error": run.error, "finished": run.status not in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING),
-        })  # fmt: skip
+        return Response(
+            {
+                "id": run.pk,
+                "status": run.status,
+                "phase": run.phase,
+                "progress": run.progress,
+                "step": run.step,
+                "loss": run.loss,
+                "history": run.history or {},
+                "log_tail": run.log_tail,
+                "error": run.error,
+                "finished": run.status not in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING),
+            }
+        )
 
 
 class ProductIndexStatusApi(APIView):

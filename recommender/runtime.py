@@ -53,9 +53,28 @@ def ensure_redis(url: str, var_dir: Path) -> str:
     rdir = var_dir / "redis"
     rdir.mkdir(parents=True, exist_ok=True)
     port = parsed.port or 6379
-    subprocess.run([binary, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes", "--dir", str(rdir),
-                    "--save", "", "--appendonly", "no", "--logfile", str(rdir / "redis.log"),
-                    "--pidfile", str(rdir / "redis.pid")], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "yes",
+            "--dir",
+            str(rdir),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--logfile",
+            str(rdir / "redis.log"),
+            "--pidfile",
+            str(rdir / "redis.pid"),
+        ],
+        check=True,
+    )
     for _ in range(50):
         if redis_ping(url):
             return f"Redis: none answered at {url}, so started {binary} on port {port} (data in {rdir})"
@@ -64,15 +83,38 @@ def ensure_redis(url: str, var_dir: Path) -> str:
 
 
 def start_worker(
-    *, queues: str = "embedding,training", concurrency: int = 1, env: dict[str, str] | None = None,
-    logfile: Path | None = None, name: str = "worker",
-) -> subprocess.Popen:  # fmt: skip
+    *,
+    queues: str = "embedding,training",
+    concurrency: int = 1,
+    env: dict[str, str] | None = None,
+    logfile: Path | None = None,
+    name: str = "worker",
+) -> subprocess.Popen:
     """Start a real ``celery worker`` process for this project (returns the Popen; stop with :func:`stop_worker`)."""
-    cmd = [sys.executable, "-m", "celery", "-A", "recommender", "worker", "-Q", queues, "-c", str(concurrency),
-           "--pool", "prefork", "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "recommender",
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "--pool",
+        "prefork",
+        "-n",
+        f"{name}@%h",
+        "--loglevel",
+        "INFO",
+        "--without-gossip",
+        "--without-mingle",
+    ]
     out = open(logfile, "ab") if logfile else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
-    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)  # fmt: skip
+    return subprocess.Popen(
+        cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def stop_worker(proc: subprocess.Popen, timeout: float = 20.0) -> None:
@@ -132,8 +174,23 @@ def start_redis(port: int, workdir: Path) -> subprocess.Popen:
     if binary is None:
         raise RuntimeError("no redis-server on PATH")
     workdir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     for _ in range(50):
         if redis_ping(f"redis://127.0.0.1:{port}/0", timeout=0.2):
             return proc

@@ -141,15 +141,23 @@ def distance_expression(column: str, query: np.ndarray):
         dim = int(query.shape[0])
         literal = "[" + ",".join(f"{float(v):.7g}" for v in query) + "]"
         table = ProductEmbedding._meta.db_table
-        return RawSQL(f'"{table}"."{column}"::halfvec({dim}) <#> %s::halfvec({dim})', (literal,),
-                      output_field=FloatField())  # fmt: skip
+        return RawSQL(
+            f'"{table}"."{column}"::halfvec({dim}) <#> %s::halfvec({dim})',
+            (literal,),
+            output_field=FloatField(),
+        )
     return MaxInnerProduct(column, query.tolist())
 
 
 def _ranked(
-    qs: QuerySet, column: str, query: np.ndarray, k: int, *, kind: str = "similar",
+    qs: QuerySet,
+    column: str,
+    query: np.ndarray,
+    k: int,
+    *,
+    kind: str = "similar",
     vectors: bool = False,
-) -> list[tuple]:  # fmt: skip
+) -> list[tuple]:
     """Run ``ORDER BY column <#> query LIMIT k`` with the HNSW settings of ``kind``.
 
     With ``settings.HNSW_FORCE_INDEX`` (the default) the transaction switches sequential scans, bitmap
@@ -176,17 +184,27 @@ def ranking_settings_sql(kind: str, k: int) -> str:
     trip; integers and a validated setting, nothing to quote)."""
     sets = [f"SET LOCAL hnsw.ef_search = {ef_search_for(kind, k)}"]
     if settings.HNSW_FORCE_INDEX:  # only an HNSW scan yields rows in distance order
-        sets += ["SET LOCAL enable_seqscan = off", "SET LOCAL enable_bitmapscan = off",
-                 "SET LOCAL enable_sort = off", "SET LOCAL jit = off"]  # fmt: skip
-    sets += [f"SET LOCAL hnsw.iterative_scan = {settings.HNSW_ITERATIVE_SCAN}",
-             f"SET LOCAL hnsw.max_scan_tuples = {int(settings.HNSW_MAX_SCAN_TUPLES)}"]  # fmt: skip
+        sets += [
+            "SET LOCAL enable_seqscan = off",
+            "SET LOCAL enable_bitmapscan = off",
+            "SET LOCAL enable_sort = off",
+            "SET LOCAL jit = off",
+        ]
+    sets += [
+        f"SET LOCAL hnsw.iterative_scan = {settings.HNSW_ITERATIVE_SCAN}",
+        f"SET LOCAL hnsw.max_scan_tuples = {int(settings.HNSW_MAX_SCAN_TUPLES)}",
+    ]
     return "; ".join(sets)
 
 
 def _ranked_many(
-    jobs: Sequence[tuple[QuerySet, np.ndarray]], column: str, k: int, *, kind: str,
+    jobs: Sequence[tuple[QuerySet, np.ndarray]],
+    column: str,
+    k: int,
+    *,
+    kind: str,
     vectors: bool = False,
-) -> list[list[tuple]]:  # fmt: skip
+) -> list[list[tuple]]:
     """Several rankings (one per ``(queryset, query)``) in one transaction with one set of HNSW
     settings (:func:`_ranked`), so complete-the-look pays the round trips once, not once per slot."""
     out: list[list[tuple]] = []
@@ -237,9 +255,14 @@ def _embedding(version: ModelVersion, product_id: int) -> ProductEmbedding:
 
 
 def similar_items(
-    *, product_id: int, k: int = 12, space: str = "fused", exclude_variants: bool = True,
-    filters: Filters | None = None, mmr_lambda: float | None = None,
-) -> list[Hit]:  # fmt: skip
+    *,
+    product_id: int,
+    k: int = 12,
+    space: str = "fused",
+    exclude_variants: bool = True,
+    filters: Filters | None = None,
+    mmr_lambda: float | None = None,
+) -> list[Hit]:
     """Items most similar to a product in the general space (cosine similarity, highest first).
 
     Args:
@@ -353,9 +376,12 @@ def compat_to_unit(score_sum: float, n: int) -> float:
 
 
 def complete_the_look(
-    *, product_ids: Sequence[int], k: int = 4, slots: Sequence[str] | None = None,
+    *,
+    product_ids: Sequence[int],
+    k: int = 4,
+    slots: Sequence[str] | None = None,
     exclude_ids: Sequence[int] = (),
-) -> list[SlotPicks]:  # fmt: skip
+) -> list[SlotPicks]:
     """Best items for each missing slot, ranked by total compatibility with all given items.
 
     One indexed pgvector query per slot: ``ORDER BY compat <#> q_t`` with ``q_t = Σ_i f_i ⊙ m²`` (see
@@ -382,16 +408,24 @@ def complete_the_look(
     f = torch.from_numpy(np.stack([np.asarray(e.compat, dtype=np.float32) for e in embs]))  # (K, C)
     s = torch.as_tensor([SLOT_INDEX[e.slot] for e in embs])
     targets = list(slots) if slots else missing_slots([e.slot for e in embs])
-    variants = [v for v in Product.objects.filter(pk__in=[e.product_id for e in embs]).values_list(
-        "variant_group", flat=True) if v]  # fmt: skip
+    variants = [
+        v
+        for v in Product.objects.filter(pk__in=[e.product_id for e in embs]).values_list(
+            "variant_group", flat=True
+        )
+        if v
+    ]
     given = [*(e.product_id for e in embs), *exclude_ids]
     jobs = []
     for slot in targets:
         with torch.no_grad():
             q = heads.slot_query(f, s, SLOT_INDEX[slot]).numpy()  # (C,)
-        qs = (ProductEmbedding.objects.filter(model_version=version, slot=slot).exclude(product_id__in=given)
-              .exclude(product__variant_group__in=variants)
-              .exclude(product__product_type__iexact="unknown"))  # untyped source rows make poor picks  # fmt: skip
+        qs = (
+            ProductEmbedding.objects.filter(model_version=version, slot=slot)
+            .exclude(product_id__in=given)
+            .exclude(product__variant_group__in=variants)
+            .exclude(product__product_type__iexact="unknown")
+        )  # untyped source rows make poor picks
         jobs.append((qs, q))
     # 3k rows per slot: room to drop colour variants of a pick
     ranked = _ranked_many(jobs, "compat", 3 * k, kind="complete")

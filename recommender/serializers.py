@@ -15,8 +15,22 @@ class ProductSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Product
-        fields = ["id", "sku", "title", "description", "slot", "product_type", "colour", "audience",
-                  "variant_group", "price", "image_url", "thumbnail_url", "created_at", "updated_at"]  # fmt: skip
+        fields = [
+            "id",
+            "sku",
+            "title",
+            "description",
+            "slot",
+            "product_type",
+            "colour",
+            "audience",
+            "variant_group",
+            "price",
+            "image_url",
+            "thumbnail_url",
+            "created_at",
+            "updated_at",
+        ]
 
     def get_image_url(self, obj: Product) -> str | None:
         return obj.image.url if obj.image else None
@@ -76,10 +90,14 @@ class RankedQuerySerializer(FilterSerializer):
     )
     page = serializers.IntegerField(required=False, default=1, min_value=1, help_text="1-based page")
     mmr = serializers.FloatField(
-        required=False, min_value=0.0, max_value=1.0, default=None, allow_null=True,
+        required=False,
+        min_value=0.0,
+        max_value=1.0,
+        default=None,
+        allow_null=True,
         help_text="MMR diversity re-ranking (Carbonell & Goldstein 1998): λ in [0, 1], 1 = plain relevance, "
         "lower = more diverse; omitted = no re-ranking",
-    )  # fmt: skip
+    )
 
     def validate(self, attrs):
         attrs = super().validate(attrs)
@@ -94,8 +112,12 @@ class SimilarQuerySerializer(RankedQuerySerializer):
     k = serializers.IntegerField(
         required=False, default=12, min_value=1, max_value=100, help_text="page size"
     )
-    space = serializers.ChoiceField(choices=["fused", "image", "text"], required=False, default="fused",
-                                    help_text="which vector of the product is the query")  # fmt: skip
+    space = serializers.ChoiceField(
+        choices=["fused", "image", "text"],
+        required=False,
+        default="fused",
+        help_text="which vector of the product is the query",
+    )
     exclude_variants = serializers.BooleanField(
         required=False, default=True, help_text="drop colour variants of the same product"
     )
@@ -137,13 +159,22 @@ MAX_OUTFIT_ITEMS = 8
 
 class ProductIdsSerializer(serializers.Serializer):
     product_ids = serializers.ListField(
-        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1), min_length=1, max_length=100,
+        child=serializers.IntegerField(min_value=1, max_value=2**63 - 1),
+        min_length=1,
+        max_length=100,
         help_text=f"1 to {MAX_OUTFIT_ITEMS} distinct product ids (repeats count once)",
-        error_messages={"max_length": f"give at most {MAX_OUTFIT_ITEMS} distinct product ids "
-                                      "(and at most 100 entries, repeats included)"},
-    )  # fmt: skip
-    k = serializers.IntegerField(required=False, default=4, min_value=1, max_value=20,
-                                 help_text="items per slot (complete-the-look: the pick and k-1 alternates)")  # fmt: skip
+        error_messages={
+            "max_length": f"give at most {MAX_OUTFIT_ITEMS} distinct product ids "
+            "(and at most 100 entries, repeats included)"
+        },
+    )
+    k = serializers.IntegerField(
+        required=False,
+        default=4,
+        min_value=1,
+        max_value=20,
+        help_text="items per slot (complete-the-look: the pick and k-1 alternates)",
+    )
 
     def validate_product_ids(self, value: list[int]) -> list[int]:
         ids = list(dict.fromkeys(value))  # repeated ids count once
@@ -179,8 +210,21 @@ class ModelVersionSerializer(serializers.ModelSerializer):
 class TrainingRunSerializer(serializers.ModelSerializer):
     class Meta:
         model = TrainingRun
-        fields = ["id", "status", "phase", "progress", "step", "loss", "params", "log_tail", "error",
-                  "model_version", "created_at", "started_at", "finished_at"]  # fmt: skip
+        fields = [
+            "id",
+            "status",
+            "phase",
+            "progress",
+            "step",
+            "loss",
+            "params",
+            "log_tail",
+            "error",
+            "model_version",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
         read_only_fields = fields
 
 

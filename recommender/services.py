@@ -157,9 +157,12 @@ def catalog_snapshot() -> dict[str, Any]:
     p = Product.objects.aggregate(n=Count("pk"), max_id=Max("pk"), updated=Max("updated_at"))
     o = Outfit.objects.aggregate(n=Count("pk"), max_id=Max("pk"))
     return {
-        "products": p["n"], "outfits": o["n"], "product_max_id": p["max_id"] or 0,
-        "outfit_max_id": o["max_id"] or 0, "products_updated_at": p["updated"].isoformat() if p["updated"] else None,
-    }  # fmt: skip
+        "products": p["n"],
+        "outfits": o["n"],
+        "product_max_id": p["max_id"] or 0,
+        "outfit_max_id": o["max_id"] or 0,
+        "products_updated_at": p["updated"].isoformat() if p["updated"] else None,
+    }
 
 
 def catalog_changed_fraction(*, since: dict[str, Any]) -> float:
@@ -230,8 +233,10 @@ def embeddings_write(
     for name, arr in (("image", image), ("text", text), ("fused", fused), ("compat", compat)):
         bad = ~np.isfinite(np.asarray(arr, dtype=np.float32)).all(axis=1) if n else np.zeros(0, bool)
         if bad.any():
-            raise ValueError(f"{name} vectors of products {[product_ids[i] for i in np.flatnonzero(bad)[:10]]} "
-                             "are not finite")  # fmt: skip
+            raise ValueError(
+                f"{name} vectors of products {[product_ids[i] for i in np.flatnonzero(bad)[:10]]} "
+                "are not finite"
+            )
     last = {int(pid): i for i, pid in enumerate(product_ids)}  # one row per product in a batch
     order = sorted(last.values())
     write = _write_copy if method == "copy" else _write_bulk_create
@@ -251,13 +256,25 @@ def embeddings_write(
 
 def _write_bulk_create(version, ids, image, text, fused, compat) -> int:
     slots = dict(Product.objects.filter(pk__in=ids).values_list("pk", "slot"))
-    rows = [ProductEmbedding(product_id=pid, model_version=version, slot=slots[pid], image=image[i],
-                             text=text[i], fused=fused[i], compat=compat[i])
-            for i, pid in enumerate(ids) if pid in slots]  # fmt: skip
+    rows = [
+        ProductEmbedding(
+            product_id=pid,
+            model_version=version,
+            slot=slots[pid],
+            image=image[i],
+            text=text[i],
+            fused=fused[i],
+            compat=compat[i],
+        )
+        for i, pid in enumerate(ids)
+        if pid in slots
+    ]
     ProductEmbedding.objects.bulk_create(
-        rows, update_conflicts=True, unique_fields=["product", "model_version"],
+        rows,
+        update_conflicts=True,
+        unique_fields=["product", "model_version"],
         update_fields=["slot", "image", "text", "fused", "compat", "updated_at"],
-    )  # fmt: skip
+    )
     return len(rows)
 
 
@@ -418,9 +435,11 @@ def model_versions_prune(*, keep: int | None = None) -> list[int]:
     target = model_version_rollback_target()
     if target is not None:
         kept.add(target.pk)
-    kept |= set(TrainingRun.objects.filter(
-        status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING], model_version__isnull=False
-    ).values_list("model_version_id", flat=True))  # fmt: skip
+    kept |= set(
+        TrainingRun.objects.filter(
+            status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING], model_version__isnull=False
+        ).values_list("model_version_id", flat=True)
+    )
     pruned: list[int] = []
     for version in ModelVersion.objects.filter(pruned_at__isnull=True).exclude(pk__in=kept).order_by("pk"):
         with transaction.atomic():

@@ -137,11 +137,13 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True  # workers wait for Redis instead of exiting
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    "socket_connect_timeout": 1, "socket_timeout": 5, "retry_on_timeout": False,
+    "socket_connect_timeout": 1,
+    "socket_timeout": 5,
+    "retry_on_timeout": False,
     # An unacknowledged (acks_late) message is redelivered after this many seconds: longer than the
     # longest training, else a second worker would start the same run while the first still trains.
     "visibility_timeout": ML_TRAIN_TIME_LIMIT_S + 600,
-}  # fmt: skip
+}
 CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = 1  # result backend, seconds
 CELERY_REDIS_SOCKET_TIMEOUT = 5
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
@@ -171,15 +173,17 @@ CELERY_BEAT_SCHEDULE = {
 }
 if ML_RETRAIN_CHANGED_FRACTION > 0:
     CELERY_BEAT_SCHEDULE["retrain-if-changed"] = {
-        "task": "ml.tasks.retrain_if_changed", "schedule": ML_RETRAIN_CHECK_EVERY_S,
-    }  # fmt: skip
+        "task": "ml.tasks.retrain_if_changed",
+        "schedule": ML_RETRAIN_CHECK_EVERY_S,
+    }
 if ML_RETRAIN_CRONTAB:
     from celery.schedules import crontab
 
     CELERY_BEAT_SCHEDULE["retrain-on-schedule"] = {
-        "task": "ml.tasks.retrain_if_changed", "kwargs": {"force": True},
+        "task": "ml.tasks.retrain_if_changed",
+        "kwargs": {"force": True},
         "schedule": crontab.from_string(ML_RETRAIN_CRONTAB),
-    }  # fmt: skip
+    }
 
 # --- Static and media -----------------------------------------------------------------------------
 STATIC_URL = "/static/"

@@ -381,8 +381,11 @@ def _learned_row(version: ModelVersion | None) -> tuple[str, dict[str, float]] |
     if not names:
         return None
     name = "fine-tuned" if "fine-tuned" in names else names[-1]
-    row = {k: float(v) for k, v in evaluation[name].items()
-           if isinstance(v, int | float) and k not in COUNTS and not k.startswith("n_") and v == v}  # fmt: skip
+    row = {
+        k: float(v)
+        for k, v in evaluation[name].items()
+        if isinstance(v, int | float) and k not in COUNTS and not k.startswith("n_") and v == v
+    }
     return name, dict(sorted(row.items(), key=lambda kv: _metric_order(kv[0])))
 
 
@@ -418,9 +421,15 @@ def _comparison(version: ModelVersion) -> dict[str, Any] | None:
     for metric, value in own[1].items():
         other = ref[1].get(metric)
         delta = None if other is None else value - other
-        rows.append({"metric": metric, "value": f"{value:.3f}", "other": "—" if other is None else f"{other:.3f}",
-                     "delta": "—" if delta is None else f"{delta:+.3f}",
-                     "sign": "" if delta is None or abs(delta) < 5e-4 else ("up" if delta > 0 else "down")})  # fmt: skip
+        rows.append(
+            {
+                "metric": metric,
+                "value": f"{value:.3f}",
+                "other": "—" if other is None else f"{other:.3f}",
+                "delta": "—" if delta is None else f"{delta:+.3f}",
+                "sign": "" if delta is None or abs(delta) < 5e-4 else ("up" if delta > 0 else "down"),
+            }
+        )
     return {"against": ref[0], "rows": rows}
 
 
@@ -442,7 +451,7 @@ def models_page(request: HttpRequest) -> HttpResponse:
             "pct": round(min(max(r.progress, 0.0), 100.0)),
             "live": r.status in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING),
             "has_history": bool((r.history or {}).get("loss")),
-        }  # fmt: skip
+        }
         for r in TrainingRun.objects.select_related("model_version")[:10]
     ]
     can_train = request.user.has_perm(MERCHANDISER_PERM)
@@ -475,11 +484,17 @@ def product_upload_page(request: HttpRequest) -> HttpResponse:
         if not errors:
             try:
                 product = product_create(
-                    sku=values["sku"], title=values["title"], slot=values["slot"], image_bytes=read_upload(upload),
-                    description=values["description"], product_type=values["product_type"],
-                    colour=values["colour"], audience=values["audience"], price=price,
+                    sku=values["sku"],
+                    title=values["title"],
+                    slot=values["slot"],
+                    image_bytes=read_upload(upload),
+                    description=values["description"],
+                    product_type=values["product_type"],
+                    colour=values["colour"],
+                    audience=values["audience"],
+                    price=price,
                     variant_group=values["variant_group"],
-                )  # fmt: skip
+                )
             except (ImageError, ValueError) as exc:
                 errors.append(str(exc))
             else:
@@ -489,8 +504,14 @@ def product_upload_page(request: HttpRequest) -> HttpResponse:
 
 #: The training parameters the models page offers (the API's ``TrainingRunCreateSerializer`` validates them).
 TRAIN_FIELDS = ("epochs", "batch_size", "lr", "temperature", "margin", "miner")
-TRAIN_DEFAULTS = {"epochs": "30", "batch_size": "256", "lr": "0.001", "temperature": "0.07", "margin": "0.2",
-                  "miner": "semi-hard"}  # fmt: skip
+TRAIN_DEFAULTS = {
+    "epochs": "30",
+    "batch_size": "256",
+    "lr": "0.001",
+    "temperature": "0.07",
+    "margin": "0.2",
+    "miner": "semi-hard",
+}
 
 
 @_merchandiser
@@ -566,8 +587,9 @@ def model_compare_png(request: HttpRequest, pk: int) -> HttpResponse:
     if not table:
         return HttpResponse(status=404)
     with tempfile.TemporaryDirectory() as tmp:
-        path = plot_metric_bars(table, Path(tmp) / "compare.png", title="Held-out evaluation",
-                                figsize=(7.0, 3.6))  # fmt: skip
+        path = plot_metric_bars(
+            table, Path(tmp) / "compare.png", title="Held-out evaluation", figsize=(7.0, 3.6)
+        )
         png = path.read_bytes()
     response = HttpResponse(png, content_type="image/png")
     response["Cache-Control"] = "max-age=60"
@@ -635,8 +657,11 @@ def product_edit_page(request: HttpRequest, pk: int) -> HttpResponse:
         values = {f: "" if getattr(product, f) is None else str(getattr(product, f)) for f in EDITABLE_FIELDS}
         values["sku"] = product.sku
     values["sku"] = product.sku
-    return render(request, "recommender/product_edit.html",
-                  {"product": product, "values": values, "errors": errors, "slots": SLOTS})  # fmt: skip
+    return render(
+        request,
+        "recommender/product_edit.html",
+        {"product": product, "values": values, "errors": errors, "slots": SLOTS},
+    )
 
 
 @_merchandiser
@@ -652,8 +677,9 @@ def product_delete_page(request: HttpRequest, pk: int) -> HttpResponse:
         product_delete(product=product)
         messages.success(request, f"Deleted {title}.")
         return redirect("catalog")
-    return render(request, "recommender/product_delete.html",
-                  {"product": product, "n_outfits": product.outfits.count()})  # fmt: skip
+    return render(
+        request, "recommender/product_delete.html", {"product": product, "n_outfits": product.outfits.count()}
+    )
 
 
 @_merchandiser
@@ -729,8 +755,9 @@ def import_page(request: HttpRequest) -> HttpResponse:
             errors.append("csv: choose the products CSV")
         else:
             try:
-                job = import_job_create(csv_upload=csv_upload, zip_upload=request.FILES.get("images"),
-                                        user=request.user)  # fmt: skip
+                job = import_job_create(
+                    csv_upload=csv_upload, zip_upload=request.FILES.get("images"), user=request.user
+                )
             except ImportFileError as exc:
                 errors.append(str(exc))
             else:

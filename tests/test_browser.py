@@ -85,14 +85,22 @@ def site(django_db_setup, django_db_blocker, trained_catalog, hm_root):
     logs.mkdir(parents=True, exist_ok=True)
     runtime.ensure_redis(settings.CELERY_BROKER_URL, settings.VAR_DIR)
     app.control.purge()
-    worker = runtime.start_worker(queues="embedding,training", concurrency=1, logfile=logs / "browser-worker.log",
-                                  name=f"browser-{os.getpid()}", env=env)  # fmt: skip
+    worker = runtime.start_worker(
+        queues="embedding,training",
+        concurrency=1,
+        logfile=logs / "browser-worker.log",
+        name=f"browser-{os.getpid()}",
+        env=env,
+    )
     server_log = (logs / "browser-server.log").open("wb")
     server = subprocess.Popen(
         [sys.executable, "manage.py", "runserver", f"127.0.0.1:{PORT}", "--noreload", "--insecure"],
-        cwd=settings.BASE_DIR, env={**os.environ, **env}, stdout=server_log, stderr=subprocess.STDOUT,
+        cwd=settings.BASE_DIR,
+        env={**os.environ, **env},
+        stdout=server_log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
-    )  # fmt: skip
+    )
     try:
         _wait(lambda: _answers(BASE + "/"), 60, f"the server at {BASE} (see {logs / 'browser-server.log'})")
         assert runtime.wait_for_worker(app, timeout=120), (logs / "browser-worker.log").read_text()[-3000:]
@@ -322,10 +330,20 @@ def test_bulk_import_reaches_100_percent_and_lists_rejected_rows(page, hm_root, 
     page.locator("text=Import finished.").wait_for(timeout=30_000)
     cells = [r.locator("td").all_inner_texts() for r in page.locator("table.rejected tbody tr").all()]
     assert cells == [
-        ["5", f"UI-{good[0].article_id}", "sku", f"SKU 'UI-{good[0].article_id}' appears again (first on row 2)"],
+        [
+            "5",
+            f"UI-{good[0].article_id}",
+            "sku",
+            f"SKU 'UI-{good[0].article_id}' appears again (first on row 2)",
+        ],
         ["6", "UI-NOPHOTO", "image", "'photos/missing.jpg' is not in images zip"],
-        ["7", "UI-EVIL", "image", "'../evil.jpg' is not a safe path inside the zip (absolute or with '..'); not opened"],
-    ]  # fmt: skip
+        [
+            "7",
+            "UI-EVIL",
+            "image",
+            "'../evil.jpg' is not a safe path inside the zip (absolute or with '..'); not opened",
+        ],
+    ]
     assert page.locator("[data-field=created]").inner_text() == "3"
     page.screenshot(path=SHOTS / "import-job.png", full_page=True)
     with page.expect_download() as dl:

@@ -81,8 +81,10 @@ def test_app_services_reuse_one_definition_and_change_only_the_command():
     for name in ("worker", "trainer"):
         assert {k: v for k, v in services[name].items() if k not in ("command", "healthcheck")} == base
     assert {k: v for k, v in services["web"].items() if k not in ("command", "healthcheck", "ports")} == base
-    assert base["depends_on"] == {"db": {"condition": "service_healthy"},
-                                  "redis": {"condition": "service_healthy"}}  # fmt: skip
+    assert base["depends_on"] == {
+        "db": {"condition": "service_healthy"},
+        "redis": {"condition": "service_healthy"},
+    }
 
 
 def test_every_service_command_resolves():
@@ -163,14 +165,25 @@ def test_production_settings_load_from_env_example_and_compose():
     """The settings module with exactly what compose gives the containers (the .env and environment)."""
     app_env = {k: str(v) for k, v in _compose()["services"]["web"]["environment"].items()}
     example = _env_example()
-    app_env["DATABASE_URL"] = re.sub(r"\$\{(\w+)(?::-([^}]*)|:\?[^}]*)\}",
-                                     lambda m: example.get(m[1]) or m[2] or "", app_env["DATABASE_URL"])  # fmt: skip
+    app_env["DATABASE_URL"] = re.sub(
+        r"\$\{(\w+)(?::-([^}]*)|:\?[^}]*)\}",
+        lambda m: example.get(m[1]) or m[2] or "",
+        app_env["DATABASE_URL"],
+    )
     env = {"PATH": os.environ["PATH"], **example, **app_env, "VAR_DIR": str(ROOT / "var" / "compose-check")}
-    code = ("import django; django.setup(); from django.conf import settings as s; "
-            "print(s.DEBUG, s.DATABASES['default']['HOST'], s.DATABASES['default']['PASSWORD'], "
-            "s.CELERY_BROKER_URL, s.SECURE_SSL_REDIRECT, s.LOGGING['handlers']['console']['formatter'])")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                         env={**env, "DJANGO_SETTINGS_MODULE": "recommender.settings"})  # fmt: skip
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(s.DEBUG, s.DATABASES['default']['HOST'], s.DATABASES['default']['PASSWORD'], "
+        "s.CELERY_BROKER_URL, s.SECURE_SSL_REDIRECT, s.LOGGING['handlers']['console']['formatter'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "DJANGO_SETTINGS_MODULE": "recommender.settings"},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [
         "False",

@@ -37,9 +37,15 @@ def worker(transactional_db, tmp_path):
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_bytes(b"")
     proc = runtime.start_worker(
-        queues="embedding,training", concurrency=1, logfile=log, name=f"e2e-{os.getpid()}",
-        env={"DATABASE_URL": runtime.database_url(connection.settings_dict), "DJANGO_SETTINGS_MODULE": "recommender.settings_test"},
-    )  # fmt: skip
+        queues="embedding,training",
+        concurrency=1,
+        logfile=log,
+        name=f"e2e-{os.getpid()}",
+        env={
+            "DATABASE_URL": runtime.database_url(connection.settings_dict),
+            "DJANGO_SETTINGS_MODULE": "recommender.settings_test",
+        },
+    )
     try:
         assert runtime.wait_for_worker(app, timeout=120), log.read_text()[-3000:]
         yield proc
@@ -81,8 +87,11 @@ def test_import_train_on_worker_query_and_upload(worker, hm_root):
     api = APIClient()
     api.force_authenticate(user)
     pid, photo = api_upload(api, new)
-    _wait(lambda: ProductEmbedding.objects.filter(product_id=pid, model_version=version).exists(), 120,
-          "the uploaded product's embedding task")  # fmt: skip
+    _wait(
+        lambda: ProductEmbedding.objects.filter(product_id=pid, model_version=version).exists(),
+        120,
+        "the uploaded product's embedding task",
+    )
     from PIL import Image
 
     hits = selectors.photo_search(image=Image.open(io.BytesIO(photo)), k=3)

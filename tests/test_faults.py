@@ -75,8 +75,12 @@ def private_pg() -> Iterator[PrivatePostgres]:
 
 
 def _env(pg: PrivatePostgres) -> dict[str, str]:
-    return {**os.environ, "DATABASE_URL": pg.url, "DJANGO_SETTINGS_MODULE": "recommender.settings_test",
-            "DB_CONN_MAX_AGE": "600"}  # fmt: skip
+    return {
+        **os.environ,
+        "DATABASE_URL": pg.url,
+        "DJANGO_SETTINGS_MODULE": "recommender.settings_test",
+        "DB_CONN_MAX_AGE": "600",
+    }
 
 
 def _get(path: str) -> tuple[int, bytes]:
@@ -90,14 +94,36 @@ def _get(path: str) -> tuple[int, bytes]:
 @pytest.fixture(scope="module")
 def web(private_pg) -> Iterator[subprocess.Popen]:
     env = _env(private_pg)
-    subprocess.run([sys.executable, "manage.py", "migrate", "--noinput"], cwd=ROOT, env=env, check=True,
-                   capture_output=True, timeout=300)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", PORT)) != 0, f"port {PORT} is taken"
     log = open(settings.VAR_DIR / "logs" / "faults-web.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "recommender.wsgi:application", "--bind",
-                             f"127.0.0.1:{PORT}", "--workers", "1", "--timeout", "120"], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "recommender.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{PORT}",
+            "--workers",
+            "1",
+            "--timeout",
+            "120",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -121,8 +147,13 @@ def worker(private_pg) -> Iterator[subprocess.Popen]:
     log = settings.VAR_DIR / "logs" / "faults-worker.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_bytes(b"")
-    proc = runtime.start_worker(queues=QUEUE, concurrency=1, env={**_env(private_pg), "LOG_FORMAT": "json"},
-                                logfile=log, name=f"faults-{os.getpid()}")  # fmt: skip
+    proc = runtime.start_worker(
+        queues=QUEUE,
+        concurrency=1,
+        env={**_env(private_pg), "LOG_FORMAT": "json"},
+        logfile=log,
+        name=f"faults-{os.getpid()}",
+    )
     try:
         assert runtime.wait_for_worker(app, timeout=120), log.read_text()[-3000:]
         yield proc
@@ -157,7 +188,10 @@ def test_web_and_worker_survive_a_postgres_restart(private_pg, web, worker):
     assert web.poll() is None and worker.poll() is None
 
     # the worker logs through the project's handlers: LOG_FORMAT=json gives one JSON object per line
-    lines = [json.loads(x) for x in (settings.VAR_DIR / "logs" / "faults-worker.log").read_text().splitlines()
-             if x.startswith("{")]  # fmt: skip
+    lines = [
+        json.loads(x)
+        for x in (settings.VAR_DIR / "logs" / "faults-worker.log").read_text().splitlines()
+        if x.startswith("{")
+    ]
     done = [x for x in lines if x["logger"] == "celery.app.trace" and "embed_missing" in x["message"]]
     assert len(done) == 2 and all("succeeded" in x["message"] and x["level"] == "INFO" for x in done)

@@ -52,8 +52,13 @@ def in_test_transaction():
 
 
 @schema.parametrize()
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
-          suppress_health_check=list(HealthCheck))  # fmt: skip
+@settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=list(HealthCheck),
+)
 def test_no_input_makes_the_api_answer_500(
     case, trained_catalog, merchandiser_token, in_test_transaction, settings, tmp_path
 ):
@@ -96,11 +101,16 @@ def test_wrong_types_name_the_field(api):
         ({"product_ids": "1,2"}, 'product_ids: Expected a list of items but got type "str".'),
         ({"product_ids": [1, 2], "k": "four"}, "k: A valid integer is required."),
         ({"product_ids": [{"id": 1}]}, "product_ids[0]: A valid integer is required."),
-        ({"product_ids": [True, 2.5]},
-         "product_ids[0]: A valid integer is required.; product_ids[1]: A valid integer is required."),
+        (
+            {"product_ids": [True, 2.5]},
+            "product_ids[0]: A valid integer is required.; product_ids[1]: A valid integer is required.",
+        ),
         ([1, 2], "non_field_errors: Invalid data. Expected a dictionary, but got list."),
-        ({"product_ids": [2**70]}, "product_ids[0]: Ensure this value is less than or equal to 9223372036854775807."),
-    ]  # fmt: skip
+        (
+            {"product_ids": [2**70]},
+            "product_ids[0]: Ensure this value is less than or equal to 9223372036854775807.",
+        ),
+    ]
     for body, message in cases:
         r = api.post("/api/complete-the-look/", body, format="json")
         assert r.status_code == 400 and _error(r)["message"] == message, (body, r.content)
@@ -134,4 +144,7 @@ def test_credentials_with_a_nul_byte_are_a_failed_login_not_a_500(api):
 def test_the_schema_documents_the_three_ways_to_log_in(api):
     schemes = api.get("/api/schema/?format=json").json()["components"]["securitySchemes"]
     assert {(s["type"], s.get("scheme") or s.get("in")) for s in schemes.values()} == {
-        ("http", "basic"), ("apiKey", "header"), ("apiKey", "cookie")}  # fmt: skip
+        ("http", "basic"),
+        ("apiKey", "header"),
+        ("apiKey", "cookie"),
+    }

@@ -54,10 +54,15 @@ logging.getLogger("recommender.demo").info("outside a request")
 
 @pytest.mark.slow
 def test_log_format_json_writes_one_json_object_per_line():
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "recommender.settings", "LOG_FORMAT": "json",
-           "LOG_LEVEL": "INFO"}  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=120)  # fmt: skip
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "recommender.settings",
+        "LOG_FORMAT": "json",
+        "LOG_LEVEL": "INFO",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stderr.splitlines() if line.startswith("{")]
     requests = [x for x in lines if x["logger"] == "recommender.requests"]
@@ -73,6 +78,7 @@ def test_log_format_json_writes_one_json_object_per_line():
 
 def test_unknown_log_format_is_refused():
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "recommender.settings", "LOG_FORMAT": "xml"}
-    out = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode != 0 and "LOG_FORMAT must be 'plain' or 'json', not 'xml'" in out.stderr

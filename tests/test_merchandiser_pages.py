@@ -47,11 +47,15 @@ def test_broken_image_upload_shows_inline_error_and_creates_nothing(merch_client
 
 def test_over_long_fields_are_refused_with_their_real_length_not_cut(merch_client, hm_root):
     photo = next((hm_root / "images").glob("*/*.jpg"))
-    for field, value, message in (("title", "t" * 5000, "title: 5000 characters is over the limit of 255"),
-                                  ("colour", "c" * 1000, "colour: 1000 characters is over the limit of 64")):  # fmt: skip
+    for field, value, message in (
+        ("title", "t" * 5000, "title: 5000 characters is over the limit of 255"),
+        ("colour", "c" * 1000, "colour: 1000 characters is over the limit of 64"),
+    ):
         with photo.open("rb") as f:
-            r = merch_client.post("/manage/upload", {"sku": "PAGE-LONG", "title": "Tee", "slot": "top",
-                                                     field: value, "image": f})  # fmt: skip
+            r = merch_client.post(
+                "/manage/upload",
+                {"sku": "PAGE-LONG", "title": "Tee", "slot": "top", field: value, "image": f},
+            )
         body = r.content.decode()
         assert r.status_code == 200 and "Nothing was created" in body and message in body, field
     assert not Product.objects.filter(sku="PAGE-LONG").exists()
@@ -62,8 +66,17 @@ def test_valid_upload_redirects_to_the_new_product(merch_client, hm_root, settin
     photo = next((hm_root / "images").glob("*/*.jpg"))
     f = io.BytesIO(photo.read_bytes())
     f.name = photo.name
-    r = merch_client.post("/manage/upload", {"sku": "PAGE-2", "title": "Real photo", "slot": "bottom",
-                                              "colour": "Black", "price": "19.99", "image": f})  # fmt: skip
+    r = merch_client.post(
+        "/manage/upload",
+        {
+            "sku": "PAGE-2",
+            "title": "Real photo",
+            "slot": "bottom",
+            "colour": "Black",
+            "price": "19.99",
+            "image": f,
+        },
+    )
     product = Product.objects.get(sku="PAGE-2")
     assert r.status_code == 302 and r["Location"] == f"/products/{product.pk}?uploaded=1"
     assert str(product.price) == "19.99" and product.image and product.thumbnail
@@ -216,11 +229,26 @@ def test_training_form_validates_every_parameter_like_the_api(merch_client):
     html = merch_client.get(r["Location"]).content.decode()
     assert "The run was not started: lr: Ensure this value is less than or equal to 1.0.; " in html
     assert "miner: &quot;hardest&quot; is not a valid choice." in html
-    merch_client.post("/models/train", {"epochs": "2", "batch_size": "32", "lr": "0.01", "temperature": "0.1",
-                                        "margin": "0.3", "miner": "batch-hard"})  # fmt: skip
+    merch_client.post(
+        "/models/train",
+        {
+            "epochs": "2",
+            "batch_size": "32",
+            "lr": "0.01",
+            "temperature": "0.1",
+            "margin": "0.3",
+            "miner": "batch-hard",
+        },
+    )
     run = TrainingRun.objects.latest("id")
-    assert run.params == {"epochs": 2, "batch_size": 32, "lr": 0.01, "temperature": 0.1, "margin": 0.3,
-                          "miner": "batch-hard"}  # fmt: skip
+    assert run.params == {
+        "epochs": 2,
+        "batch_size": 32,
+        "lr": 0.01,
+        "temperature": 0.1,
+        "margin": 0.3,
+        "miner": "batch-hard",
+    }
 
 
 def _version(name, fitb, active=False, **kw):
@@ -230,8 +258,10 @@ def _version(name, fitb, active=False, **kw):
 
     if active:
         kw.setdefault("activated_at", timezone.now())
-    ev = {"zero-shot": {"fitb": 0.25, "recall@10": 0.01, "n_fitb": 50.0},
-          "fine-tuned": {"fitb": fitb, "recall@10": 0.5, "n_fitb": 50.0}}  # fmt: skip
+    ev = {
+        "zero-shot": {"fitb": 0.25, "recall@10": 0.01, "n_fitb": 50.0},
+        "fine-tuned": {"fitb": fitb, "recall@10": 0.5, "n_fitb": 50.0},
+    }
     return ModelVersion.objects.create(
         name=name, status="ready", is_active=active, metrics={"evaluation": ev}, **kw
     )
@@ -280,7 +310,10 @@ def test_product_page_shows_indexing_status_to_merchandisers_only(
     html = merch_client.get(f"/products/{p.pk}").content.decode()
     assert "indexing…" in html and f"computing its vectors for model v{version.pk}" in html
     assert merch_client.get(f"/api/products/{p.pk}/index-status/").json() == {
-        "product_id": p.pk, "version_id": version.pk, "embedded": False}  # fmt: skip
+        "product_id": p.pk,
+        "version_id": version.pk,
+        "embedded": False,
+    }
     from django.test import Client
 
     assert "indexing…" not in Client().get(f"/products/{p.pk}").content.decode()  # shoppers never see it

@@ -72,8 +72,10 @@ def catalog(trained_catalog, db_access, hm_root):
         run = TrainingRun.objects.create(params={"epochs": 8, "batch_size": 64, "seed": 0, "patience": 0})
         train_model.apply(kwargs={"run_id": run.pk}, throw=True)
         active = ModelVersion.objects.get(is_active=True)
-    marks = {m: (m.objects.order_by("-pk").values_list("pk", flat=True).first() or 0)
-             for m in (Product, ModelVersion, TrainingRun)}  # fmt: skip
+    marks = {
+        m: (m.objects.order_by("-pk").values_list("pk", flat=True).first() or 0)
+        for m in (Product, ModelVersion, TrainingRun)
+    }
     yield active
     TrainingRun.objects.filter(pk__gt=marks[TrainingRun]).delete()
     model_version_activate(version=ModelVersion.objects.get(pk=active.pk))
@@ -91,14 +93,20 @@ def worker(*, broker: str | None = None, **env: str):
     name = f"pipe{os.getpid()}-{next(_names)}"
     log = settings.VAR_DIR / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    extra = {"DATABASE_URL": runtime.database_url(connection.settings_dict),
-             "DJANGO_SETTINGS_MODULE": "recommender.settings_test", **env}  # fmt: skip
+    extra = {
+        "DATABASE_URL": runtime.database_url(connection.settings_dict),
+        "DJANGO_SETTINGS_MODULE": "recommender.settings_test",
+        **env,
+    }
     if broker:
         extra["TEST_REDIS_URL"] = broker
     proc = runtime.start_worker(queues="embedding,training", concurrency=1, logfile=log, name=name, env=extra)
     try:
-        _wait(lambda: proc.poll() is not None or " ready." in log.read_text(errors="replace"), 120,
-              "the worker to be ready")  # fmt: skip
+        _wait(
+            lambda: proc.poll() is not None or " ready." in log.read_text(errors="replace"),
+            120,
+            "the worker to be ready",
+        )
         assert proc.poll() is None, log.read_text()[-3000:]
         yield proc, log
     finally:
@@ -196,12 +204,19 @@ def test_retrain_crontab_and_retention_come_from_the_environment():
     import subprocess
     import sys
 
-    code = ("import django, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'recommender.settings'; django.setup(); "
-            "from django.conf import settings as s; e = s.CELERY_BEAT_SCHEDULE; c = e['retrain-on-schedule']; "
-            "print(c['kwargs'], sorted(c['schedule'].hour), sorted(c['schedule'].day_of_week), "
-            "'retrain-if-changed' in e, s.ML_KEEP_VERSIONS)")  # fmt: skip
-    env = {**os.environ, "ML_RETRAIN_CRONTAB": "30 3 * * 0", "ML_RETRAIN_CHANGED_FRACTION": "0", "ML_KEEP_VERSIONS": "5",
-           "DATABASE_URL": runtime.database_url(connection.settings_dict)}  # fmt: skip
+    code = (
+        "import django, os; os.environ['DJANGO_SETTINGS_MODULE'] = 'recommender.settings'; django.setup(); "
+        "from django.conf import settings as s; e = s.CELERY_BEAT_SCHEDULE; c = e['retrain-on-schedule']; "
+        "print(c['kwargs'], sorted(c['schedule'].hour), sorted(c['schedule'].day_of_week), "
+        "'retrain-if-changed' in e, s.ML_KEEP_VERSIONS)"
+    )
+    env = {
+        **os.environ,
+        "ML_RETRAIN_CRONTAB": "30 3 * * 0",
+        "ML_RETRAIN_CHANGED_FRACTION": "0",
+        "ML_KEEP_VERSIONS": "5",
+        "DATABASE_URL": runtime.database_url(connection.settings_dict),
+    }
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[-2] == "{'force': True} [3] [0] False 5"
@@ -216,8 +231,11 @@ def test_worker_killed_during_training(catalog):
     runtime.purge_queues(app)
     with worker(**fast) as (proc, log):
         run = training_run_start(params={"epochs": 400, "batch_size": 32, "seed": 2, "patience": 0})
-        _wait(lambda: TrainingRun.objects.filter(pk=run.pk, phase="training", step__gt=0).exists(), 120,
-              "the run to be training")  # fmt: skip
+        _wait(
+            lambda: TrainingRun.objects.filter(pk=run.pk, phase="training", step__gt=0).exists(),
+            120,
+            "the run to be training",
+        )
         runtime.kill_worker(proc)
     run.refresh_from_db()
     assert (
@@ -263,21 +281,32 @@ class TestWithAWarmWorker:
         from ml.tasks import embed_products
 
         _, log = warm
-        version = ModelVersion.objects.create(name="twice", config=catalog.config, artifact_path=catalog.artifact_path,
-                                              status=ModelVersion.Status.EMBEDDING)  # fmt: skip
+        version = ModelVersion.objects.create(
+            name="twice",
+            config=catalog.config,
+            artifact_path=catalog.artifact_path,
+            status=ModelVersion.Status.EMBEDDING,
+        )
         ids = list(Product.objects.order_by("pk").values_list("pk", flat=True)[:12])
         for _ in range(2):  # the same message (same task id) twice, as a broker redelivery would
             embed_products.apply_async(
                 kwargs={"product_ids": ids, "version_id": version.pk}, task_id="twice-1"
             )
-        _wait(lambda: log.read_text().count("ml.tasks.embed_products[twice-1] succeeded") == 2, 120,
-              "both deliveries to run")  # fmt: skip
+        _wait(
+            lambda: log.read_text().count("ml.tasks.embed_products[twice-1] succeeded") == 2,
+            120,
+            "both deliveries to run",
+        )
         assert _vector_rows(version) == {pid: 1 for pid in ids}
 
     def test_uploaded_product_is_its_own_nearest_neighbour(self, catalog, warm, hm_root):
         pid, photo = api_upload(_merchandiser(), _new_article(hm_root, "top"))
-        _wait(lambda: ProductEmbedding.objects.filter(product_id=pid, model_version=catalog).exists(), 120,
-              "the upload's embedding task", every=0.05)  # fmt: skip
+        _wait(
+            lambda: ProductEmbedding.objects.filter(product_id=pid, model_version=catalog).exists(),
+            120,
+            "the upload's embedding task",
+            every=0.05,
+        )
         hits = selectors.photo_search(image=Image.open(io.BytesIO(photo)), k=3)
         assert hits[0].product.pk == pid and hits[0].score > 0.99
 
@@ -357,8 +386,11 @@ def test_upload_while_redis_is_down_is_embedded_once_redis_is_back(catalog, tmp_
 
             redis_proc = runtime.start_redis(PRIVATE_REDIS_PORT, tmp_path / "redis")  # Redis is back, empty
             with worker(broker=private):  # its start-up reconciliation finds the product without vectors
-                _wait(lambda: ProductEmbedding.objects.filter(product_id=pid, model_version=catalog).exists(), 120,
-                      "the reconciliation to embed the upload")  # fmt: skip
+                _wait(
+                    lambda: ProductEmbedding.objects.filter(product_id=pid, model_version=catalog).exists(),
+                    120,
+                    "the reconciliation to embed the upload",
+                )
                 rows = _vector_rows(catalog)
                 assert rows[pid] == 1 and set(rows.values()) == {1} and len(rows) == Product.objects.count()
     finally:
@@ -376,8 +408,11 @@ def test_worker_killed_mid_embedding(catalog, tmp_path):
     cold = {"ML_FEATURE_CACHE_DIR": str(tmp_path / "features")}  # real tower inference: slow enough to kill
     with worker(**cold) as (proc, log):
         # Let the start-up reconciliation finish first, or it would embed every missing product in one batch.
-        _wait(lambda: re.search(r"ml\.tasks\.reconcile\[[^\]]+\] succeeded", log.read_text(errors="replace")),
-              60, "the start-up reconciliation")  # fmt: skip
+        _wait(
+            lambda: re.search(r"ml\.tasks\.reconcile\[[^\]]+\] succeeded", log.read_text(errors="replace")),
+            60,
+            "the start-up reconciliation",
+        )
         ProductEmbedding.objects.filter(model_version=catalog, product_id__in=gone).delete()
         for i in range(0, len(gone), 3):
             embed_products.delay(product_ids=gone[i : i + 3], version_id=catalog.pk)

@@ -81,8 +81,11 @@ def test_the_schema_lists_every_api_route_and_the_public_posts_are_queries():
         assert "post" in paths[p]
     from recommender.urls import api
 
-    public = {"/api/" + str(u.pattern) for u in api if getattr(getattr(u.callback, "view_class", None),
-                                                                  "public_post", False)}  # fmt: skip
+    public = {
+        "/api/" + str(u.pattern)
+        for u in api
+        if getattr(getattr(u.callback, "view_class", None), "public_post", False)
+    }
     assert public == PUBLIC_QUERY_POSTS
 
 
@@ -110,8 +113,11 @@ def test_a_user_without_the_merchandiser_permission_gets_403_everywhere():
     for path, method in _write_operations():
         r = getattr(api, method)(_concrete(path), {}, format="json")
         assert r.status_code == 403, (method, path, r.status_code)
-        assert r.json()["error"] == {"code": "permission_denied", "details": {},
-                                     "message": "this action needs a logged-in merchandiser"}  # fmt: skip
+        assert r.json()["error"] == {
+            "code": "permission_denied",
+            "details": {},
+            "message": "this action needs a logged-in merchandiser",
+        }
     assert TrainingRun.objects.filter(started_by__username="shopper-sec").count() == 0
 
 
@@ -197,10 +203,23 @@ def test_every_page_either_refuses_posts_or_needs_a_merchandiser(client):
             protected.append(p.name)
         else:
             assert r.status_code == 405, f"page {p.name} accepts an anonymous POST ({r.status_code})"
-    assert sorted(protected) == sorted([
-        "training-start", "model-activate", "model-rollback", "product-upload", "product-edit", "product-delete",
-        "outfit-list", "outfit-save", "outfit-delete", "import", "import-example", "import-job", "import-report",
-    ])  # fmt: skip
+    assert sorted(protected) == sorted(
+        [
+            "training-start",
+            "model-activate",
+            "model-rollback",
+            "product-upload",
+            "product-edit",
+            "product-delete",
+            "outfit-list",
+            "outfit-save",
+            "outfit-delete",
+            "import",
+            "import-example",
+            "import-job",
+            "import-report",
+        ]
+    )
     _user("shopper-pages", merchandiser=False)
     client.login(username="shopper-pages", password="pw")
     for p in _page_patterns():
@@ -260,17 +279,21 @@ def test_page_posts_need_the_csrf_token(settings, tmp_path):
     c = Client(enforce_csrf_checks=True)
     c.login(username="merch-csrf", password="pw")
     before = TrainingRun.objects.count()
-    for url, data in [("/manage/upload", {"sku": "CSRF-1", "title": "T", "slot": "top", "image": _png()}),
-                      ("/models/train", {"epochs": "1"}),
-                      ("/search/photo", {"image": _png()})]:  # fmt: skip
+    for url, data in [
+        ("/manage/upload", {"sku": "CSRF-1", "title": "T", "slot": "top", "image": _png()}),
+        ("/models/train", {"epochs": "1"}),
+        ("/search/photo", {"image": _png()}),
+    ]:
         r = c.post(url, data)
         assert r.status_code == 403 and b"CSRF verification failed" in r.content, url
     assert TrainingRun.objects.count() == before and not Product.objects.filter(sku="CSRF-1").exists()
     page = c.get("/manage/upload")
     assert page.status_code == 200 and b'name="csrfmiddlewaretoken"' in page.content
     token = c.cookies["csrftoken"].value
-    r = c.post("/manage/upload", {"sku": "TOKEN-1", "title": "T", "slot": "top", "image": _png("white"),
-                                  "csrfmiddlewaretoken": token})  # fmt: skip
+    r = c.post(
+        "/manage/upload",
+        {"sku": "TOKEN-1", "title": "T", "slot": "top", "image": _png("white"), "csrfmiddlewaretoken": token},
+    )
     assert r.status_code == 302 and Product.objects.filter(sku="TOKEN-1").exists()  # with the token: created
 
 

@@ -28,15 +28,27 @@ def _bad_files() -> list[tuple[str, bytes, str, str]]:
     """(file name, bytes, message from the API, message on the page) for SKU ``BAD-1``."""
     jpeg = _noise_jpeg()
     return [
-        ("document.jpg", b"%PDF-1.4\nnot a photo\n" * 8, "image: BAD-1: not an image file Pillow can read",
-         "BAD-1: not an image file Pillow can read"),
-        ("bomb.png", _png_of_size(20000, 20000), "image: BAD-1: 400000000 pixels, over the 40000000 pixel limit",
-         "BAD-1: 400000000 pixels, over the 40000000 pixel limit"),
-        ("cut.jpg", jpeg[:40], "image: BAD-1: broken or truncated image (Truncated File Read)",
-         "BAD-1: broken or truncated image (Truncated File Read)"),
+        (
+            "document.jpg",
+            b"%PDF-1.4\nnot a photo\n" * 8,
+            "image: BAD-1: not an image file Pillow can read",
+            "BAD-1: not an image file Pillow can read",
+        ),
+        (
+            "bomb.png",
+            _png_of_size(20000, 20000),
+            "image: BAD-1: 400000000 pixels, over the 40000000 pixel limit",
+            "BAD-1: 400000000 pixels, over the 40000000 pixel limit",
+        ),
+        (
+            "cut.jpg",
+            jpeg[:40],
+            "image: BAD-1: broken or truncated image (Truncated File Read)",
+            "BAD-1: broken or truncated image (Truncated File Read)",
+        ),
         # DRF's FileField refuses an empty file before our code runs; the page reaches clean_image
         ("empty.jpg", b"", "image: The submitted file is empty.", "BAD-1: empty file"),
-    ]  # fmt: skip
+    ]
 
 
 def test_api_refuses_each_bad_file_with_its_message(merch):
@@ -66,8 +78,10 @@ def test_upload_page_shows_each_bad_file_inline_and_keeps_the_form(merch, client
 
 def test_photo_search_api_refuses_the_bomb_and_a_renamed_document():
     api = APIClient()
-    for data, message in [(_png_of_size(20000, 20000), "image: photo: 400000000 pixels, over the 40000000 pixel limit"),
-                          (b"GIF89a but not really", "image: photo: not an image file Pillow can read")]:  # fmt: skip
+    for data, message in [
+        (_png_of_size(20000, 20000), "image: photo: 400000000 pixels, over the 40000000 pixel limit"),
+        (b"GIF89a but not really", "image: photo: not an image file Pillow can read"),
+    ]:
         r = api.post("/api/search/photo/", {"image": SimpleUploadedFile("x.jpg", data)})
         assert r.status_code == 400 and r.json()["error"]["message"] == message
 
@@ -86,8 +100,15 @@ def test_unusual_formats_are_stored_as_rgb_jpeg_under_a_content_hash_name(merch)
     img.save(rotated, format="JPEG", exif=exif)
     hostile_names = ["../../../etc/passwd.jpg", "photo.php.jpg", "<script>.png"]
     for i, (data, name) in enumerate(zip([grey16, cmyk, rotated.getvalue()], hostile_names, strict=True)):
-        r = api.post("/api/products/", {"sku": f"ODD-{i}", "title": "Odd", "slot": "top",
-                                        "image": SimpleUploadedFile(name, data, "image/png")})  # fmt: skip
+        r = api.post(
+            "/api/products/",
+            {
+                "sku": f"ODD-{i}",
+                "title": "Odd",
+                "slot": "top",
+                "image": SimpleUploadedFile(name, data, "image/png"),
+            },
+        )
         assert r.status_code == 201, r.content
         p = Product.objects.get(sku=f"ODD-{i}")
         assert p.image.name == f"products/{p.image_sha256[:24]}.jpg" and ".." not in p.image.name

@@ -17,9 +17,18 @@ def api_upload(api: APIClient, art) -> tuple[int, bytes]:
         AssertionError: the API did not answer 201 (the message holds its answer).
     """
     photo = art.image_path.read_bytes()
-    r = api.post("/api/products/", {"sku": "UPLOAD-" + art.article_id, "title": art.title, "slot": art.slot,
-                                    "product_type": art.product_type, "colour": art.colour,
-                                    "description": art.description, "image": io.BytesIO(photo)},
-                 format="multipart")  # fmt: skip
+    r = api.post(
+        "/api/products/",
+        {
+            "sku": "UPLOAD-" + art.article_id,
+            "title": art.title,
+            "slot": art.slot,
+            "product_type": art.product_type,
+            "colour": art.colour,
+            "description": art.description,
+            "image": io.BytesIO(photo),
+        },
+        format="multipart",
+    )
     assert r.status_code == 201, r.content
     return r.json()["id"], photo

@@ -136,8 +136,14 @@ def bench_fine_tuning(
     from ml.train import train, train_data_from_hm
 
     base = build_model(ModelConfig(device=str(device)))
-    data = train_data_from_hm(root, bundle=base, limit=n_items, heldout_fraction=0.0, val_fraction=0.1,
-                              cache_dir=REPO / "var" / "features")  # fmt: skip
+    data = train_data_from_hm(
+        root,
+        bundle=base,
+        limit=n_items,
+        heldout_fraction=0.0,
+        val_fraction=0.1,
+        cache_dir=REPO / "var" / "features",
+    )
     n_train = len(data.image) - len(data.val_items)
     steps = min(steps, n_train // batch - 1)
     if steps < 1:
@@ -166,10 +172,21 @@ def bench_fine_tuning(
             per_step[name].append(max(t[1 + steps] - t[1], 1e-9) / steps)
     for name, extra in settings.items():
         s = min(per_step[name])
-        runs[name] = {"step_s": s, "steps_per_s": 1 / s, "samples_per_s": batch / s, "batch_size": batch,
-                      "timed_steps": steps, "repeats": repeats, **extra}  # fmt: skip
-    return {"device": str(device), "items": len(data.image), "runs": runs,
-            "step_time_ratio": runs["towers_1_block_1_layer"]["step_s"] / runs["heads_only"]["step_s"]}  # fmt: skip
+        runs[name] = {
+            "step_s": s,
+            "steps_per_s": 1 / s,
+            "samples_per_s": batch / s,
+            "batch_size": batch,
+            "timed_steps": steps,
+            "repeats": repeats,
+            **extra,
+        }
+    return {
+        "device": str(device),
+        "items": len(data.image),
+        "runs": runs,
+        "step_time_ratio": runs["towers_1_block_1_layer"]["step_s"] / runs["heads_only"]["step_s"],
+    }
 
 
 def bench_images(bundle, paths: list[Path], args: argparse.Namespace, tower: dict, end_to_end: dict) -> None:
@@ -211,8 +228,11 @@ def bench_texts(bundle, texts: list[str], rounds: int) -> dict[str, dict]:
     """``encode_texts`` in batches of 128 (the old default), 32 (the default), 32 under bf16 autocast, and the
     raw text-tower forward (:func:`time_text_forward`'s batches), timed in interleaved rounds so a change
     in the machine's load hits every setting alike. Returns ``{setting: time_call-style dict}``."""
-    settings = {"encode_texts_batch128": dict(text_batch_size=128), "encode_texts": dict(text_batch_size=32),
-                "encode_texts_bf16": dict(text_batch_size=32, amp=True)}  # fmt: skip
+    settings = {
+        "encode_texts_batch128": dict(text_batch_size=128),
+        "encode_texts": dict(text_batch_size=32),
+        "encode_texts_bf16": dict(text_batch_size=32, amp=True),
+    }
     fns: dict[str, Callable[[], object]] = {}
     info: dict[str, dict] = {}
     for name, kw in settings.items():
@@ -229,16 +249,27 @@ def bench_texts(bundle, texts: list[str], rounds: int) -> dict[str, dict]:
             t = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t)
-    return {name: {"items_per_s": len(texts) / statistics.median(ts), "best_items_per_s": len(texts) / min(ts),
-                   "median_s": statistics.median(ts), "n_items": len(texts), "repeats": rounds, **info[name]}
-            for name, ts in times.items()}  # fmt: skip
+    return {
+        name: {
+            "items_per_s": len(texts) / statistics.median(ts),
+            "best_items_per_s": len(texts) / min(ts),
+            "median_s": statistics.median(ts),
+            "n_items": len(texts),
+            "repeats": rounds,
+            **info[name],
+        }
+        for name, ts in times.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--parts", default="image,text,tune", help="what to measure: subset of image,text,tune "
-                   "(a partial run updates only its sections of --out)")  # fmt: skip
+    p.add_argument(
+        "--parts",
+        default="image,text,tune",
+        help="what to measure: subset of image,text,tune (a partial run updates only its sections of --out)",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--iters", type=int, default=6)
@@ -292,8 +323,9 @@ def main(argv: list[str] | None = None) -> dict:
         load["text"] = os.getloadavg()[0]
     if "tune" in parts:
         print("fine-tuning steps ...", flush=True)
-        fine_tuning = bench_fine_tuning(args.hm_root, device, args.tune_items, args.tune_batch, args.tune_steps,
-                                        args.repeats)  # fmt: skip
+        fine_tuning = bench_fine_tuning(
+            args.hm_root, device, args.tune_items, args.tune_batch, args.tune_steps, args.repeats
+        )
         load["tune"] = os.getloadavg()[0]
 
     result = {

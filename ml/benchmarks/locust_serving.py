@@ -18,8 +18,28 @@ from locust import HttpUser, constant, events, task
 IDS = json.loads(open(os.environ["BENCH_IDS"]).read()) if os.environ.get("BENCH_IDS") else {}  # noqa: SIM115
 ENDPOINT = os.environ.get("BENCH_ENDPOINT", "similar")
 STATUS: Counter = Counter()
-WORDS = ["black", "white", "red", "denim", "leather", "cotton", "striped", "floral", "slim", "wide", "ankle",
-         "boots", "dress", "shirt", "jacket", "skirt", "trousers", "bag", "scarf", "knit"]  # fmt: skip
+WORDS = [
+    "black",
+    "white",
+    "red",
+    "denim",
+    "leather",
+    "cotton",
+    "striped",
+    "floral",
+    "slim",
+    "wide",
+    "ankle",
+    "boots",
+    "dress",
+    "shirt",
+    "jacket",
+    "skirt",
+    "trousers",
+    "bag",
+    "scarf",
+    "knit",
+]
 
 
 @events.request.add_listener

@@ -54,8 +54,16 @@ def _zip(members: dict[str, bytes]) -> bytes:
 
 
 def _row(a, sku=None, image=None, price="", slot=None) -> list[str]:
-    return [sku or f"IMP-{a.article_id}", a.title, slot or a.slot, image or f"photos/{a.article_id}.jpg",
-            a.colour, a.product_type, price, a.description]  # fmt: skip
+    return [
+        sku or f"IMP-{a.article_id}",
+        a.title,
+        slot or a.slot,
+        image or f"photos/{a.article_id}.jpg",
+        a.colour,
+        a.product_type,
+        price,
+        a.description,
+    ]
 
 
 def test_valid_rows_are_kept_and_each_bad_row_is_reported(articles):
@@ -87,8 +95,12 @@ def test_valid_rows_are_kept_and_each_bad_row_is_reported(articles):
     assert got[2] == (6, f"IMP-{a[3].article_id}", "image", "'photos/missing.jpg' is not in images zip")
     assert got[3][:3] == (7, f"IMP-{a[4].article_id}", "image")
     assert got[3][3].startswith("photos/broken.jpg: broken or truncated image")
-    assert got[4] == (8, f"IMP-{a[5].article_id}", "image",
-                      "'../evil.jpg' is not a safe path inside the zip (absolute or with '..'); not opened")  # fmt: skip
+    assert got[4] == (
+        8,
+        f"IMP-{a[5].article_id}",
+        "image",
+        "'../evil.jpg' is not a safe path inside the zip (absolute or with '..'); not opened",
+    )
     assert got[5] == (9, "IMP-PRICE", "price", "'cheap' is not a number")
     assert got[6][:3] == (10, "IMP-SLOT", "slot") and got[6][3].startswith("'hat' is not one of ")
     assert len(got) == 7
@@ -116,16 +128,25 @@ def test_second_import_updates_changed_rows_and_skips_unchanged(articles):
 @pytest.mark.parametrize(
     ("csv_bytes", "zip_bytes", "message"),
     [
-        (b"sku,name,photo\nA1,x,y.jpg\n", None,
-         "CSV: missing required column(s): title, slot, image (required: sku, title, slot, image)"),
-        ("sku,title,slot,image\nA1,Café,top,a.jpg\n".encode("latin-1"), None,
-         "CSV: not UTF-8 text (byte 0xe9 on line 2); save the file as UTF-8"),
+        (
+            b"sku,name,photo\nA1,x,y.jpg\n",
+            None,
+            "CSV: missing required column(s): title, slot, image (required: sku, title, slot, image)",
+        ),
+        (
+            "sku,title,slot,image\nA1,Café,top,a.jpg\n".encode("latin-1"),
+            None,
+            "CSV: not UTF-8 text (byte 0xe9 on line 2); save the file as UTF-8",
+        ),
         (b"", None, "CSV: the file is empty"),
         (b"sku,title,slot,image,SKU\n", None, "CSV: column(s) named more than once: sku"),
-        (b"sku,title,slot,image\nA1,x,top,a.jpg\n", b"PK\x03\x04 this is not really a zip",
-         "images zip: not a zip archive (File is not a zip file)"),
+        (
+            b"sku,title,slot,image\nA1,x,top,a.jpg\n",
+            b"PK\x03\x04 this is not really a zip",
+            "images zip: not a zip archive (File is not a zip file)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_unusable_files_are_refused_whole_with_the_reason(csv_bytes, zip_bytes, message):
     before = Product.objects.count()  # the session's trained slice may be there
     with pytest.raises(ImportFileError) as err:
@@ -140,15 +161,23 @@ def test_import_job_records_progress_counts_and_rejections(articles, django_user
     rows = [_row(a[0]), _row(a[1], image="photos/nope.jpg")]
     job = import_job_create(
         csv_upload=SimpleUploadedFile("products.csv", _csv(rows)),
-        zip_upload=SimpleUploadedFile("photos.zip", _zip({f"photos/{a[0].article_id}.jpg": a[0].image_path.read_bytes()})),
+        zip_upload=SimpleUploadedFile(
+            "photos.zip", _zip({f"photos/{a[0].article_id}.jpg": a[0].image_path.read_bytes()})
+        ),
         user=user,
-    )  # fmt: skip
+    )
     assert job.status == ImportJob.Status.QUEUED and job.percent == 0 and job.started_by == user
     job = import_job_run(job_id=job.pk)
     assert (job.status, job.total, job.processed, job.created, job.rejected) == ("succeeded", 2, 2, 1, 1)
     assert job.percent == 100
-    assert job.rejections == [{"row": 3, "sku": f"IMP-{a[1].article_id}", "field": "image",
-                               "message": "'photos/nope.jpg' is not in images zip"}]  # fmt: skip
+    assert job.rejections == [
+        {
+            "row": 3,
+            "sku": f"IMP-{a[1].article_id}",
+            "field": "image",
+            "message": "'photos/nope.jpg' is not in images zip",
+        }
+    ]
     assert import_job_run(job_id=job.pk).created == 1  # a second delivery of the task changes nothing
 
 
@@ -168,20 +197,31 @@ def test_management_command_writes_the_rejection_report(articles, tmp_path):
     (tmp_path / "p.csv").write_bytes(_csv([_row(a), _row(a)]))
     (tmp_path / "p.zip").write_bytes(_zip({f"photos/{a.article_id}.jpg": a.image_path.read_bytes()}))
     out = io.StringIO()
-    call_command("import_products", str(tmp_path / "p.csv"), "--images", str(tmp_path / "p.zip"),
-                 "--report", str(tmp_path / "r.csv"), "--no-progress", stdout=out)  # fmt: skip
+    call_command(
+        "import_products",
+        str(tmp_path / "p.csv"),
+        "--images",
+        str(tmp_path / "p.zip"),
+        "--report",
+        str(tmp_path / "r.csv"),
+        "--no-progress",
+        stdout=out,
+    )
     assert "2 rows: 1 created, 0 updated, 0 unchanged, 1 rejected" in out.getvalue()
     report = list(csv.reader((tmp_path / "r.csv").open(encoding="utf-8")))
-    assert report == [["row", "sku", "field", "message"],
-                      ["3", f"IMP-{a.article_id}", "sku", f"SKU 'IMP-{a.article_id}' appears again (first on row 2)"]]  # fmt: skip
+    assert report == [
+        ["row", "sku", "field", "message"],
+        ["3", f"IMP-{a.article_id}", "sku", f"SKU 'IMP-{a.article_id}' appears again (first on row 2)"],
+    ]
 
 
 def test_product_update_requeues_embedding_only_when_text_slot_or_photo_change(
     articles, django_capture_on_commit_callbacks
 ):
     a = articles[0]
-    result = product_import_csv(csv_bytes=_csv([_row(a)]),
-                                zip_bytes=_zip({f"photos/{a.article_id}.jpg": a.image_path.read_bytes()}))  # fmt: skip
+    result = product_import_csv(
+        csv_bytes=_csv([_row(a)]), zip_bytes=_zip({f"photos/{a.article_id}.jpg": a.image_path.read_bytes()})
+    )
     product = Product.objects.get(pk=result.product_ids[0])
 
     def kinds(callbacks) -> list[str]:  # what each on-commit callback does: queue an embedding, retire cache
@@ -213,6 +253,6 @@ def test_a_bare_file_name_that_two_zip_members_share_is_called_ambiguous(article
             "image",
             f"'{a.article_id}.jpg' matches 2 files in images zip (a/{a.article_id}.jpg, "
             f"b/{a.article_id}.jpg); give its path inside the zip",
-        )  # fmt: skip
+        )
     ]
     assert not Product.objects.filter(sku=f"IMP-{a.article_id}").exists()

@@ -104,8 +104,11 @@ def test_truncated_jpeg_is_refused():
     for cut in (len(raw) // 2, 40):
         with pytest.raises(ImageError) as info:
             clean_image(raw[:cut], name="t.jpg")
-        assert re.fullmatch(r"t\.jpg: broken or truncated image \((image file is truncated \(\d+ bytes not "
-                            r"processed\)|Truncated File Read)\)", str(info.value)), str(info.value)  # fmt: skip
+        assert re.fullmatch(
+            r"t\.jpg: broken or truncated image \((image file is truncated \(\d+ bytes not "
+            r"processed\)|Truncated File Read)\)",
+            str(info.value),
+        ), str(info.value)
 
 
 def test_cmyk_palette_alpha_16_bit_and_1_bit_images_become_rgb():

@@ -81,8 +81,14 @@ def test_similar_item_precision_by_type() -> None:
     # fill the top 10 by index: precision@10 = 2/10 for every query.
     types = np.arange(N) // 3
     feats = 2.0 * np.eye(N, dtype=np.float32)[types]
-    data = TrainData(image=feats, text=feats.copy(), slots=np.zeros(N, dtype=np.int64), types=types,
-                     outfits=[np.array([0, 3])], test_outfits=[np.array([0, 4, 8]), np.array([1, 10])])  # fmt: skip
+    data = TrainData(
+        image=feats,
+        text=feats.copy(),
+        slots=np.zeros(N, dtype=np.int64),
+        types=types,
+        outfits=[np.array([0, 3])],
+        test_outfits=[np.array([0, 4, 8]), np.array([1, 10])],
+    )
     assert evaluate_heads(data, zero_shot_heads(N, 8), seed=0)["p@10_type"] == pytest.approx(0.2)
 
 
@@ -155,8 +161,18 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_data().save(tmp_path / "f.npz")
     save_heads(tmp_path / "h.pt", zero_shot_heads(N, 16, seed=2), {"history": {"loss": [2.0, 1.0]}})
     out = tmp_path / "report"
-    results = main(["--features", str(tmp_path / "f.npz"), "--heads", f"run1={tmp_path / 'h.pt'}",
-                    "--out", str(out), "--seed", "0"])  # fmt: skip
+    results = main(
+        [
+            "--features",
+            str(tmp_path / "f.npz"),
+            "--heads",
+            f"run1={tmp_path / 'h.pt'}",
+            "--out",
+            str(out),
+            "--seed",
+            "0",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "| run1 |" in printed and "| zero-shot |" in printed
     assert results["attribute-match"]["auc"] == 0.75  # attrs survive save/load

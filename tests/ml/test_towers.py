@@ -20,8 +20,9 @@ from ml.train import TrainData, load_heads, save_heads, train, zero_shot_heads
 
 ROOT = Path(__file__).resolve().parents[2]
 HM = Path(os.environ.get("HM_DATA_DIR", ROOT.parent / "shared" / "data" / "hm"))
-TUNE = dict(epochs=2, batch_size=16, seed=0, patience=0, unfreeze_last_blocks=1, unfreeze_text_layers=1,
-            tower_lr=1e-4)  # fmt: skip
+TUNE = dict(
+    epochs=2, batch_size=16, seed=0, patience=0, unfreeze_last_blocks=1, unfreeze_text_layers=1, tower_lr=1e-4
+)
 
 
 def fresh_bundle(device: str = "cpu"):
@@ -39,16 +40,24 @@ def small_data() -> TrainData:
     baskets = read_baskets(HM)
     arts = select_articles(articles, baskets, 16, seed=0)
     index = {a.article_id: i for i, a in enumerate(arts)}
-    outfits = [np.asarray([index[i] for i in items]) for _, items in
-               outfits_from_baskets(baskets, {a.article_id: a.product_code for a in arts})]  # fmt: skip
+    outfits = [
+        np.asarray([index[i] for i in items])
+        for _, items in outfits_from_baskets(baskets, {a.article_id: a.product_code for a in arts})
+    ]
     cache = FeatureCache(ROOT / "var" / "features")
     ex = FeatureExtractor(fresh_bundle(), batch_size=16)
     paths, texts = [str(a.image_path) for a in arts], [a.text for a in arts]
     types = {t: i for i, t in enumerate(sorted({a.product_type for a in arts}))}
-    return TrainData(image=cache.get_or_compute_images(ex, paths), text=cache.get_or_compute_texts(ex, texts),
-                     slots=np.asarray([SLOT_INDEX[a.slot] for a in arts]),
-                     types=np.asarray([types[a.product_type] for a in arts]), outfits=outfits[:-1],
-                     val_outfits=outfits[-1:], image_paths=paths, texts=texts)  # fmt: skip
+    return TrainData(
+        image=cache.get_or_compute_images(ex, paths),
+        text=cache.get_or_compute_texts(ex, texts),
+        slots=np.asarray([SLOT_INDEX[a.slot] for a in arts]),
+        types=np.asarray([types[a.product_type] for a in arts]),
+        outfits=outfits[:-1],
+        val_outfits=outfits[-1:],
+        image_paths=paths,
+        texts=texts,
+    )
 
 
 @pytest.mark.slow
@@ -63,8 +72,14 @@ def test_tower_fine_tuning_trains_only_the_unfrozen_blocks_and_resumes_exactly(s
     assert len(full.history["loss"]) == 2 and all(math.isfinite(v) for v in full.history["loss"])
 
     unfrozen = tower_modules(bundle.model, image_blocks=1, text_layers=1)
-    assert set(unfrozen) == {"visual.trunk.blocks.6.0", "visual.trunk.conv_head", "visual.trunk.bn2",
-                             "visual.head", "text.transformer.encoder.layer.5", "text.proj"}  # fmt: skip
+    assert set(unfrozen) == {
+        "visual.trunk.blocks.6.0",
+        "visual.trunk.conv_head",
+        "visual.trunk.bn2",
+        "visual.head",
+        "text.transformer.encoder.layer.5",
+        "text.proj",
+    }
     prefixes = tuple(f"{n}." for n in unfrozen)
     trained = dict(bundle.model.named_parameters())
     changed = [k for k, p in trained.items() if not torch.equal(p.detach(), base[k])]
@@ -79,8 +94,9 @@ def test_tower_fine_tuning_trains_only_the_unfrozen_blocks_and_resumes_exactly(s
     assert all(torch.equal(v, bundle.model.state_dict()[k].cpu()) for k, v in full.heads.tower_state.items())
     assert np.array_equal(small_data.image, features_before)  # the bank is a copy, never the caller's data
     # checkpoint after epoch 0, resume: epoch 1 gives the same loss as the uninterrupted run
-    first = train(small_data, TrainConfig(**{**TUNE, "epochs": 1}), bundle=fresh_bundle(),
-                  checkpoint_dir=tmp_path)  # fmt: skip
+    first = train(
+        small_data, TrainConfig(**{**TUNE, "epochs": 1}), bundle=fresh_bundle(), checkpoint_dir=tmp_path
+    )
     assert first.history["loss"] == full.history["loss"][:1]
     ck = torch.load(tmp_path / "last.pt", weights_only=False)
     assert set(ck["towers"]) == set(full.heads.tower_state)
@@ -113,8 +129,13 @@ def test_serving_embeds_with_the_tuned_towers(small_data, tmp_path):
 
 
 def test_tower_fine_tuning_needs_paths_and_texts(small_data):
-    data = TrainData(image=small_data.image, text=small_data.text, slots=small_data.slots,
-                     types=small_data.types, outfits=small_data.outfits)  # fmt: skip
+    data = TrainData(
+        image=small_data.image,
+        text=small_data.text,
+        slots=small_data.slots,
+        types=small_data.types,
+        outfits=small_data.outfits,
+    )
     with pytest.raises(ValueError, match="needs TrainData.image_paths"):
         train(data, TrainConfig(**TUNE))
 
@@ -135,14 +156,26 @@ def test_train_data_with_paths_round_trips(small_data, tmp_path):
     back = TrainData.load(tmp_path / "d.npz")
     assert back.image_paths == small_data.image_paths and back.texts == small_data.texts
     with pytest.raises(ValueError, match="texts has 2 entries for 16 items"):
-        TrainData(image=small_data.image, text=small_data.text, slots=small_data.slots, types=small_data.types,
-                  outfits=small_data.outfits, texts=["a", "b"])  # fmt: skip
+        TrainData(
+            image=small_data.image,
+            text=small_data.text,
+            slots=small_data.slots,
+            types=small_data.types,
+            outfits=small_data.outfits,
+            texts=["a", "b"],
+        )
 
 
 def test_cli_help_shows_the_tower_switches():
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    out = subprocess.run([sys.executable, "-m", "ml.train", "--help"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "ml.train", "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0
     for flag in ("--unfreeze-last-blocks", "--unfreeze-text-layers", "--tower-lr", "--amp", "--hm-root"):
         assert flag in out.stdout
@@ -163,11 +196,36 @@ def test_tower_fine_tuning_on_cuda_with_bf16(small_data):
 @pytest.mark.slow
 def test_cli_fine_tunes_the_towers_from_the_hm_folder(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    out = subprocess.run([sys.executable, "-m", "ml.train", "--hm-root", str(HM), "--limit", "40", "--device", "cpu",
-                          "--unfreeze-last-blocks", "1", "--unfreeze-text-layers", "1", "--epochs", "1",
-                          "--batch-size", "16", "--feature-cache", str(ROOT / "var" / "features"),
-                          "--out", str(tmp_path / "run")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ml.train",
+            "--hm-root",
+            str(HM),
+            "--limit",
+            "40",
+            "--device",
+            "cpu",
+            "--unfreeze-last-blocks",
+            "1",
+            "--unfreeze-text-layers",
+            "1",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--feature-cache",
+            str(ROOT / "var" / "features"),
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "tuned towers" in out.stdout and "held-out metrics" in out.stdout
     heads, meta = load_heads(tmp_path / "run" / "heads.pt")

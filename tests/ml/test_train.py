@@ -42,9 +42,16 @@ def real_data() -> TrainData:
     for key, items in outfits:
         (test_o if split_is_test(key, 0.15, 0) else train_o).append(np.asarray([index[i] for i in items]))
     held = [i for i, a in enumerate(arts) if split_is_test(f"item-{a.article_id}", 0.2, 0)]
-    return TrainData(image=img, text=txt, slots=np.asarray([SLOT_INDEX[a.slot] for a in arts]),
-                     types=np.asarray([types[a.product_type] for a in arts]), outfits=train_o[:-20],
-                     val_outfits=train_o[-20:], test_outfits=test_o, heldout_items=np.asarray(held))  # fmt: skip
+    return TrainData(
+        image=img,
+        text=txt,
+        slots=np.asarray([SLOT_INDEX[a.slot] for a in arts]),
+        types=np.asarray([types[a.product_type] for a in arts]),
+        outfits=train_o[:-20],
+        val_outfits=train_o[-20:],
+        test_outfits=test_o,
+        heldout_items=np.asarray(held),
+    )
 
 
 CFG = TrainConfig(epochs=6, batch_size=32, seed=0, patience=0)
@@ -77,8 +84,9 @@ def test_checkpoint_resume_and_save_load(real_data, tmp_path):
         real_data, TrainConfig(epochs=2, batch_size=32, seed=0, patience=0), checkpoint_dir=tmp_path
     )
     assert (tmp_path / "last.pt").exists() and len(first.history["loss"]) == 2
-    resumed = train(real_data, TrainConfig(epochs=4, batch_size=32, seed=0, patience=0),
-                    resume=tmp_path / "last.pt")  # fmt: skip
+    resumed = train(
+        real_data, TrainConfig(epochs=4, batch_size=32, seed=0, patience=0), resume=tmp_path / "last.pt"
+    )
     assert len(resumed.history["loss"]) == 4
     assert resumed.history["loss"][:2] == first.history["loss"]
     save_heads(tmp_path / "heads.pt", resumed.heads, {"note": "x"})
@@ -92,9 +100,26 @@ def test_checkpoint_resume_and_save_load(real_data, tmp_path):
 def test_cli_trains_on_a_features_file_without_django(real_data, tmp_path):
     real_data.save(tmp_path / "f.npz")
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    out = subprocess.run([sys.executable, "-m", "ml.train", "--features", str(tmp_path / "f.npz"), "--out",
-                          str(tmp_path / "run"), "--epochs", "1", "--batch-size", "32"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ml.train",
+            "--features",
+            str(tmp_path / "f.npz"),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert "trained" in out.stdout and (tmp_path / "run" / "heads.pt").exists()
     assert "django" not in out.stderr.lower()
@@ -102,8 +127,14 @@ def test_cli_trains_on_a_features_file_without_django(real_data, tmp_path):
 
 def test_cli_help_works_without_django():
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
-    out = subprocess.run([sys.executable, "-m", "ml.train", "--help"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "ml.train", "--help"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and "--temperature" in out.stdout and "--miner" in out.stdout
 
 

@@ -30,8 +30,13 @@ def test_product_list_filters_by_slot(trained_catalog, api):
 def test_unknown_product_is_404_with_json_error(trained_catalog, api):
     r = api.get("/api/products/999999/similar/")
     assert r.status_code == 404
-    assert r.json() == {"error": {"code": "unknown_products", "message": "unknown product id(s): [999999]",
-                                  "details": {"ids": [999999]}}}  # fmt: skip
+    assert r.json() == {
+        "error": {
+            "code": "unknown_products",
+            "message": "unknown product id(s): [999999]",
+            "details": {"ids": [999999]},
+        }
+    }
 
 
 def test_empty_set_for_compatibility_is_400(trained_catalog, api):
@@ -82,8 +87,11 @@ def test_merchandiser_upload_rejects_broken_image_and_creates_nothing(trained_ca
     buf = io.BytesIO()
     Image.new("RGB", (40, 60), "navy").save(buf, format="PNG")
     truncated = buf.getvalue()[:50]
-    r = api.post("/api/products/", {"sku": "T-2", "title": "Broken", "slot": "top",
-                                    "image": io.BytesIO(truncated)}, format="multipart")  # fmt: skip
+    r = api.post(
+        "/api/products/",
+        {"sku": "T-2", "title": "Broken", "slot": "top", "image": io.BytesIO(truncated)},
+        format="multipart",
+    )
     assert r.status_code == 400
     assert "T-2" in r.json()["error"]["message"]
     assert not Product.objects.filter(sku="T-2").exists()

@@ -25,15 +25,25 @@ def merch() -> APIClient:
 
 def _copy_version(source: ModelVersion, product_ids: list[int]) -> ModelVersion:
     """A new version holding the source's vectors for ``product_ids`` (same heads artifact)."""
-    v = ModelVersion.objects.create(name="copy", config=source.config, artifact_path=source.artifact_path,
-                                    status=ModelVersion.Status.READY)  # fmt: skip
+    v = ModelVersion.objects.create(
+        name="copy",
+        config=source.config,
+        artifact_path=source.artifact_path,
+        status=ModelVersion.Status.READY,
+    )
     rows = list(
         ProductEmbedding.objects.filter(model_version=source, product_id__in=product_ids).order_by(
             "product_id"
         )
     )
-    embeddings_write(version=v, product_ids=[r.product_id for r in rows],
-                     **{c: np.stack([np.asarray(getattr(r, c)) for r in rows]) for c in ("image", "text", "fused", "compat")})  # fmt: skip
+    embeddings_write(
+        version=v,
+        product_ids=[r.product_id for r in rows],
+        **{
+            c: np.stack([np.asarray(getattr(r, c)) for r in rows])
+            for c in ("image", "text", "fused", "compat")
+        },
+    )
     return v
 
 
@@ -51,9 +61,12 @@ def test_activation_refuses_a_version_with_missing_vectors_and_queues_them(
     with django_capture_on_commit_callbacks(execute=True):
         r = merch.post(f"/api/model-versions/{partial.pk}/activate/")
     assert r.status_code == 409
-    assert r.json()["error"] == {"code": "version_not_ready", "details": {},
-                                 "message": f"model version {partial.pk} lacks vectors for 3 products (created or "
-                                            "changed since it served); their embedding is queued: try again in a minute"}  # fmt: skip
+    assert r.json()["error"] == {
+        "code": "version_not_ready",
+        "details": {},
+        "message": f"model version {partial.pk} lacks vectors for 3 products (created or "
+        "changed since it served); their embedding is queued: try again in a minute",
+    }
     assert ModelVersion.objects.get(is_active=True) == trained_catalog
     assert sent == [{"product_ids": ids[-3:], "version_id": partial.pk}]
     tasks.embed_products.apply(kwargs=sent[0], throw=True)  # what the worker does with that message
@@ -193,8 +206,11 @@ def test_one_training_run_at_a_time(trained_catalog, merch):
     busy = TrainingRun.objects.create(params={}, status=TrainingRun.Status.RUNNING)
     r = merch.post("/api/training-runs/", {"epochs": 2}, format="json")
     assert r.status_code == 409
-    assert r.json()["error"] == {"code": "training_busy", "details": {"run": busy.pk},
-                                 "message": f"training run {busy.pk} is still running; wait or cancel it"}  # fmt: skip
+    assert r.json()["error"] == {
+        "code": "training_busy",
+        "details": {"run": busy.pk},
+        "message": f"training run {busy.pk} is still running; wait or cancel it",
+    }
     with pytest.raises(TrainingRunBusy):
         training_run_start(params={})
     with pytest.raises(IntegrityError), transaction.atomic():  # the database enforces it too
@@ -218,8 +234,13 @@ def test_runs_with_a_stale_heartbeat_are_failed_as_worker_lost(trained_catalog):
 
     building = ModelVersion.objects.create(name="half-built", config={}, status=ModelVersion.Status.EMBEDDING)
     then = timezone.now() - timedelta(minutes=10)
-    lost = TrainingRun.objects.create(params={}, status=TrainingRun.Status.RUNNING, started_at=then,
-                                      heartbeat_at=then, model_version=building)  # fmt: skip
+    lost = TrainingRun.objects.create(
+        params={},
+        status=TrainingRun.Status.RUNNING,
+        started_at=then,
+        heartbeat_at=then,
+        model_version=building,
+    )
     assert training_runs_fail_lost(timeout_s=3600) == []  # 10 minutes is not stale under a 1 h limit
     assert training_runs_fail_lost(timeout_s=60) == [lost.pk]
     lost.refresh_from_db()
@@ -229,8 +250,9 @@ def test_runs_with_a_stale_heartbeat_are_failed_as_worker_lost(trained_catalog):
     )
     assert ModelVersion.objects.get(pk=building.pk).status == ModelVersion.Status.FAILED
     assert ModelVersion.objects.get(is_active=True) == trained_catalog
-    alive = TrainingRun.objects.create(params={}, status=TrainingRun.Status.RUNNING, started_at=then,
-                                       heartbeat_at=timezone.now())  # fmt: skip
+    alive = TrainingRun.objects.create(
+        params={}, status=TrainingRun.Status.RUNNING, started_at=then, heartbeat_at=timezone.now()
+    )
     assert training_runs_fail_lost(timeout_s=60) == []
     assert TrainingRun.objects.get(pk=alive.pk).status == TrainingRun.Status.RUNNING
 
@@ -265,8 +287,18 @@ def test_api_training_run_with_tower_fine_tuning_serves_the_tuned_towers(trained
     weights with the heads, and the new version's vectors come from the tuned towers (not the base ones)."""
     from ml.tasks import embedder_for, train_model
 
-    r = merch.post("/api/training-runs/", {"epochs": 1, "max_steps": 2, "batch_size": 16, "unfreeze_last_blocks": 1,
-                                           "unfreeze_text_layers": 1, "tower_lr": 1e-3}, format="json")  # fmt: skip
+    r = merch.post(
+        "/api/training-runs/",
+        {
+            "epochs": 1,
+            "max_steps": 2,
+            "batch_size": 16,
+            "unfreeze_last_blocks": 1,
+            "unfreeze_text_layers": 1,
+            "tower_lr": 1e-3,
+        },
+        format="json",
+    )
     assert r.status_code == 202, r.json()
     run = TrainingRun.objects.get(pk=r.json()["id"])
     assert run.params["unfreeze_last_blocks"] == 1 and run.params["tower_lr"] == 1e-3

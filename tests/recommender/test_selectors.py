@@ -86,8 +86,12 @@ def test_complete_the_look_ranking_equals_summed_pair_scores(trained_catalog):
     given = list(Product.objects.filter(slot__in=["top", "bottom"]).values_list("pk", flat=True)[:2])
     picks = selectors.complete_the_look(product_ids=given, k=2, slots=["shoes"])
     best = picks[0].hits[0].product
-    embs = {e.product_id: e for e in ProductEmbedding.objects.filter(model_version=trained_catalog,
-                                                                     product_id__in=[*given, best.pk])}  # fmt: skip
+    embs = {
+        e.product_id: e
+        for e in ProductEmbedding.objects.filter(
+            model_version=trained_catalog, product_id__in=[*given, best.pk]
+        )
+    }
     f = torch.tensor(np.stack([np.asarray(embs[i].compat) for i in [*given, best.pk]]), dtype=torch.float32)
     from ml.slots import SLOT_INDEX
 

@@ -52,8 +52,13 @@ def test_every_query_type_orders_by_the_bare_operator_on_an_hnsw_index(trained_c
         "complete": lambda: selectors.complete_the_look(product_ids=[top.pk, bottom.pk], k=2),
         "compatibility": lambda: selectors.outfit_compatibility(product_ids=[top.pk, bottom.pk, shoes.pk]),
     }[kind]
-    column = {"similar": "fused", "search": "fused", "photo": "image", "complete": "compat",
-              "compatibility": "compat"}[kind]  # fmt: skip
+    column = {
+        "similar": "fused",
+        "search": "fused",
+        "photo": "image",
+        "complete": "compat",
+        "compatibility": "compat",
+    }[kind]
     sqls = _ranking_queries(run)
     assert sqls, "the selector ran no ranking query"
     for sql in sqls:
@@ -77,8 +82,10 @@ def test_ef_search_and_iterative_scan_come_from_settings_per_query_type(trained_
         selectors.similar_items(product_id=top.pk, k=5, filters=selectors.Filters(slot="shoes"))
         selectors.complete_the_look(product_ids=[top.pk], k=1, slots=["shoes"])
     sets = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith("SET LOCAL")]
-    force = ("SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; "
-             "SET LOCAL jit = off; ")  # fmt: skip
+    force = (
+        "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; "
+        "SET LOCAL jit = off; "
+    )
     scan = "SET LOCAL hnsw.iterative_scan = relaxed_order; SET LOCAL hnsw.max_scan_tuples = 5000"
     assert sets == [
         f"SET LOCAL hnsw.ef_search = 123; {force}{scan}",
@@ -91,8 +98,10 @@ def test_ef_search_and_iterative_scan_come_from_settings_per_query_type(trained_
 
 def test_halfvec_ranking_uses_the_expression_index_and_matches_full_precision(trained_catalog, settings):
     with connection.cursor() as cur:  # the index migration 0003_serving creates when PGVECTOR_HALFVEC is on
-        cur.execute("CREATE INDEX emb_fused_half_hnsw ON recommender_productembedding USING hnsw "
-                    "((fused::halfvec(512)) halfvec_ip_ops)")  # fmt: skip
+        cur.execute(
+            "CREATE INDEX emb_fused_half_hnsw ON recommender_productembedding USING hnsw "
+            "((fused::halfvec(512)) halfvec_ip_ops)"
+        )
     full = selectors.text_search(query="black trousers", k=10)
     settings.PGVECTOR_HALFVEC = True
     sqls = _ranking_queries(lambda: selectors.text_search(query="black trousers", k=10))
@@ -127,8 +136,14 @@ def test_filters_return_exactly_the_matching_rows_in_exact_order(trained_catalog
 def test_similar_items_filters_by_product_type_and_audience(trained_catalog):
     from django.db.models import Count
 
-    row = (Product.objects.exclude(audience="").values("product_type", "audience").annotate(n=Count("id"))
-           .filter(n__gte=4).order_by("n").first())  # fmt: skip
+    row = (
+        Product.objects.exclude(audience="")
+        .values("product_type", "audience")
+        .annotate(n=Count("id"))
+        .filter(n__gte=4)
+        .order_by("n")
+        .first()
+    )
     src = Product.objects.exclude(product_type=row["product_type"]).first()
     f = selectors.Filters(product_type=row["product_type"], audience=row["audience"])
     hits = selectors.similar_items(product_id=src.pk, k=3, exclude_variants=False, filters=f)

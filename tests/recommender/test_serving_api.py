@@ -40,26 +40,77 @@ def _ids(n: int) -> list[int]:
 @pytest.mark.parametrize(
     "method,url,data,message",
     [
-        ("post", "/api/compatibility/", {"product_ids": []}, "product_ids: Ensure this field has at least 1 elements."),
-        ("post", "/api/complete-the-look/", {"product_ids": []},
-         "product_ids: Ensure this field has at least 1 elements."),
-        ("post", "/api/complete-the-look/", {"product_ids": [1], "k": 21},
-         "k: Ensure this value is less than or equal to 20."),
-        ("get", "/api/search/", {"q": "jeans", "k": 0}, "k: Ensure this value is greater than or equal to 1."),
-        ("get", "/api/search/", {"q": "jeans", "k": 101}, "k: Ensure this value is less than or equal to 100."),
+        (
+            "post",
+            "/api/compatibility/",
+            {"product_ids": []},
+            "product_ids: Ensure this field has at least 1 elements.",
+        ),
+        (
+            "post",
+            "/api/complete-the-look/",
+            {"product_ids": []},
+            "product_ids: Ensure this field has at least 1 elements.",
+        ),
+        (
+            "post",
+            "/api/complete-the-look/",
+            {"product_ids": [1], "k": 21},
+            "k: Ensure this value is less than or equal to 20.",
+        ),
+        (
+            "get",
+            "/api/search/",
+            {"q": "jeans", "k": 0},
+            "k: Ensure this value is greater than or equal to 1.",
+        ),
+        (
+            "get",
+            "/api/search/",
+            {"q": "jeans", "k": 101},
+            "k: Ensure this value is less than or equal to 100.",
+        ),
         ("get", "/api/search/", {"q": "x" * 10_000}, "q: Ensure this field has no more than 500 characters."),
         ("get", "/api/search/", {"q": "   "}, "q: This field may not be blank."),
-        ("get", "/api/search/", {"q": "dress", "price_min": 50, "price_max": 10},
-         "price_min: price_min 50.0 is above price_max 10.0"),
+        (
+            "get",
+            "/api/search/",
+            {"q": "dress", "price_min": 50, "price_max": 10},
+            "price_min: price_min 50.0 is above price_max 10.0",
+        ),
         ("get", "/api/search/", {"q": "dress", "slot": "hat"}, 'slot: "hat" is not a valid choice.'),
-        ("get", "/api/search/", {"q": "dress", "price_min": "cheap"}, "price_min: A valid number is required."),
-        ("get", "/api/search/", {"q": "dress", "mmr": 1.5}, "mmr: Ensure this value is less than or equal to 1.0."),
-        ("get", "/api/search/", {"q": "dress", "k": 100, "page": 6}, "page: page × k must be at most 500 (got 6 × 100)"),
-        ("get", "/api/products/{pid}/similar/", {"space": "colour"}, 'space: "colour" is not a valid choice.'),
-        ("post", "/api/compatibility/", {"product_ids": list(range(1, 10))},
-         "product_ids: give at most 8 distinct product ids (got 9)"),
+        (
+            "get",
+            "/api/search/",
+            {"q": "dress", "price_min": "cheap"},
+            "price_min: A valid number is required.",
+        ),
+        (
+            "get",
+            "/api/search/",
+            {"q": "dress", "mmr": 1.5},
+            "mmr: Ensure this value is less than or equal to 1.0.",
+        ),
+        (
+            "get",
+            "/api/search/",
+            {"q": "dress", "k": 100, "page": 6},
+            "page: page × k must be at most 500 (got 6 × 100)",
+        ),
+        (
+            "get",
+            "/api/products/{pid}/similar/",
+            {"space": "colour"},
+            'space: "colour" is not a valid choice.',
+        ),
+        (
+            "post",
+            "/api/compatibility/",
+            {"product_ids": list(range(1, 10))},
+            "product_ids: give at most 8 distinct product ids (got 9)",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_400_with_the_exact_message(trained_catalog, api, method, url, data, message):
     url = url.format(pid=_ids(1)[0])
     r = api.get(url, data) if method == "get" else api.post(url, data, format="json")
@@ -72,8 +123,11 @@ def test_unknown_ids_in_a_body_are_400_and_name_the_ids(trained_catalog, api):
     for url in ("/api/compatibility/", "/api/complete-the-look/"):
         r = api.post(url, {"product_ids": [good, 987654321, 987654322]}, format="json")
         err = _error(r, 400)
-        assert err == {"code": "unknown_products", "details": {"ids": [987654321, 987654322]},
-                       "message": "product_ids: unknown product id(s): [987654321, 987654322]"}  # fmt: skip
+        assert err == {
+            "code": "unknown_products",
+            "details": {"ids": [987654321, 987654322]},
+            "message": "product_ids: unknown product id(s): [987654321, 987654322]",
+        }
     for ids in ([good], [good, good]):  # one distinct id, however often repeated, is not a set
         err = _error(api.post("/api/compatibility/", {"product_ids": ids}, format="json"), 400)
         assert err["message"] == "product_ids: give 2 to 8 distinct product ids (got 1)"
@@ -116,8 +170,12 @@ def test_mmr_parameter_rediversifies_the_api_answer(trained_catalog, api):
 
 def test_photo_search_takes_k_and_filters(trained_catalog, api, hm_root):
     photo = next((hm_root / "images").glob("*/*.jpg")).read_bytes()
-    r = api.post("/api/search/photo/", {"image": io.BytesIO(photo), "k": 3, "slot": "shoes"}, format="multipart",
-                 REMOTE_ADDR="10.9.0.1")  # fmt: skip
+    r = api.post(
+        "/api/search/photo/",
+        {"image": io.BytesIO(photo), "k": 3, "slot": "shoes"},
+        format="multipart",
+        REMOTE_ADDR="10.9.0.1",
+    )
     assert r.status_code == 200, r.content
     n_shoes = Product.objects.filter(slot="shoes").count()
     assert len(r.json()) == min(3, n_shoes) >= 2 and {h["product"]["slot"] for h in r.json()} == {"shoes"}
@@ -138,8 +196,12 @@ def test_hot_answers_come_from_the_cache_keyed_by_model_version(trained_catalog,
     assert api.post("/api/compatibility/", {"product_ids": _ids(2)}, format="json").json() == {
         "sentinel": True
     }
-    other = ModelVersion.objects.create(name="other", config=trained_catalog.config,
-                                        artifact_path=trained_catalog.artifact_path, status="ready")  # fmt: skip
+    other = ModelVersion.objects.create(
+        name="other",
+        config=trained_catalog.config,
+        artifact_path=trained_catalog.artifact_path,
+        status="ready",
+    )
     ModelVersion.objects.filter(pk=trained_catalog.pk).update(is_active=False)
     ModelVersion.objects.filter(pk=other.pk).update(is_active=True)
     r = api.post("/api/compatibility/", {"product_ids": _ids(2)}, format="json")
@@ -149,9 +211,13 @@ def test_hot_answers_come_from_the_cache_keyed_by_model_version(trained_catalog,
 
 
 def test_a_broken_cache_degrades_to_a_normal_answer(trained_catalog, api, settings):
-    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
-                                   "LOCATION": "redis://127.0.0.1:7039/0",  # nothing listens here
-                                   "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2}}}  # fmt: skip
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:7039/0",  # nothing listens here
+            "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+        }
+    }
     settings.RECOMMENDATION_CACHE_SECONDS = 60
     settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {"search": "1/min"}}
     with pytest.raises(RedisConnectionError):  # the cache really is down
@@ -164,8 +230,10 @@ def test_a_broken_cache_degrades_to_a_normal_answer(trained_catalog, api, settin
 
 
 def _rates(settings, **rates) -> None:
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK,
-                               "DEFAULT_THROTTLE_RATES": {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], **rates}}  # fmt: skip
+    settings.REST_FRAMEWORK = {
+        **settings.REST_FRAMEWORK,
+        "DEFAULT_THROTTLE_RATES": {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], **rates},
+    }
 
 
 def _fresh_ip() -> str:
@@ -234,10 +302,15 @@ def test_photo_search_and_upload_are_throttled(trained_catalog, api, settings, h
 def test_openapi_documents_the_serving_parameters(api):
     schema = api.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json").json()
     for path, expected in [
-        ("/api/search/", {"q", "k", "page", "mmr", "slot", "product_type", "colour", "audience", "price_min",
-                          "price_max"}),
-        ("/api/products/{id}/similar/", {"k", "page", "mmr", "space", "exclude_variants", "slot", "price_max"}),
-    ]:  # fmt: skip
+        (
+            "/api/search/",
+            {"q", "k", "page", "mmr", "slot", "product_type", "colour", "audience", "price_min", "price_max"},
+        ),
+        (
+            "/api/products/{id}/similar/",
+            {"k", "page", "mmr", "space", "exclude_variants", "slot", "price_max"},
+        ),
+    ]:
         get = schema["paths"][path]["get"]
         assert expected <= {p["name"] for p in get["parameters"]}
         assert {"200", "400"} <= set(get["responses"])

@@ -52,8 +52,17 @@ class Command(BaseCommand):
         w = csv.writer(buf)
         w.writerow(["sku", "title", "slot", "image", "colour", "product_type", "description"])
         for a in arts:
-            w.writerow([f"BENCH-B-{a.article_id}", a.title, a.slot, f"photos/{a.article_id}.jpg", a.colour,
-                        a.product_type, a.description])  # fmt: skip
+            w.writerow(
+                [
+                    f"BENCH-B-{a.article_id}",
+                    a.title,
+                    a.slot,
+                    f"photos/{a.article_id}.jpg",
+                    a.colour,
+                    a.product_type,
+                    a.description,
+                ]
+            )
         csv_bytes = buf.getvalue().encode()
         zbuf = io.BytesIO()
         with zipfile.ZipFile(zbuf, "w", compression=zipfile.ZIP_STORED) as zf:  # JPEGs do not deflate
@@ -70,8 +79,15 @@ class Command(BaseCommand):
             with transaction.atomic():
                 t = time.perf_counter()
                 for a, data in zip(arts, photos, strict=True):
-                    product_create(sku=f"BENCH-A-{a.article_id}", title=a.title, slot=a.slot, image_bytes=data,
-                                   colour=a.colour, product_type=a.product_type, description=a.description)  # fmt: skip
+                    product_create(
+                        sku=f"BENCH-A-{a.article_id}",
+                        title=a.title,
+                        slot=a.slot,
+                        image_bytes=data,
+                        colour=a.colour,
+                        product_type=a.product_type,
+                        description=a.description,
+                    )
                 times["product_create"] = time.perf_counter() - t
                 t = time.perf_counter()
                 result = product_import_csv(csv_bytes=csv_bytes, zip_bytes=zip_bytes)

@@ -30,9 +30,12 @@ class Command(BaseCommand):
         t0 = time.perf_counter()
         try:
             summary = catalog_import_hm(
-                root=opts["path"], limit=opts["limit"] or None, test_fraction=opts["test_fraction"],
-                seed=opts["seed"], progress=not opts["no_progress"],
-            )  # fmt: skip
+                root=opts["path"],
+                limit=opts["limit"] or None,
+                test_fraction=opts["test_fraction"],
+                seed=opts["seed"],
+                progress=not opts["no_progress"],
+            )
         except (FileNotFoundError, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         for line in summary.lines():

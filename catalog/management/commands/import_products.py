@@ -53,7 +53,9 @@ class Command(BaseCommand):
                 w = csv.writer(fh)
                 w.writerow(["row", "sku", "field", "message"])
                 w.writerows([r.row, r.sku, r.field, r.message] for r in result.rejections)
-        self.stdout.write(self.style.SUCCESS(
-            f"{result.total} rows: {result.created} created, {result.updated} updated, {result.unchanged} "
-            f"unchanged, {len(result.rejections)} rejected in {time.perf_counter() - t0:.1f} s"
-        ))  # fmt: skip
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"{result.total} rows: {result.created} created, {result.updated} updated, {result.unchanged} "
+                f"unchanged, {len(result.rejections)} rejected in {time.perf_counter() - t0:.1f} s"
+            )
+        )

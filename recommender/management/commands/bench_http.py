@@ -80,26 +80,59 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{opts['database']} is empty: run `manage.py bench_serving --sizes 100000` first"
             )
-        ids = {"all": list(Product.objects.values_list("pk", flat=True)[:: max(1, n // 20000)]),
-               "top": list(Product.objects.filter(slot="top").values_list("pk", flat=True)[:5000]),
-               "bottom": list(Product.objects.filter(slot="bottom").values_list("pk", flat=True)[:5000])}  # fmt: skip
+        ids = {
+            "all": list(Product.objects.values_list("pk", flat=True)[:: max(1, n // 20000)]),
+            "top": list(Product.objects.filter(slot="top").values_list("pk", flat=True)[:5000]),
+            "bottom": list(Product.objects.filter(slot="bottom").values_list("pk", flat=True)[:5000]),
+        }
         connections.close_all()
         tmp = Path(tempfile.mkdtemp(prefix="bench_http_"))
         (tmp / "ids.json").write_text(json.dumps(ids))
         base = f"http://127.0.0.1:{opts['port']}"
-        env = {**os.environ, "DATABASE_URL": url, "DJANGO_DEBUG": "false", "DJANGO_SECRET_KEY": "bench-only",
-               "DJANGO_SECURE_SSL_REDIRECT": "false", "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-               "RECOMMENDATION_CACHE_SECONDS": "0", "THROTTLE_RATE_SEARCH": "1000000/min",
-               "LOG_LEVEL": "WARNING", "DB_CONN_MAX_AGE": "600",
-               "OMP_NUM_THREADS": "1"}  # one torch thread per worker: workers × threads ≤ cores  # fmt: skip
-        cmd = [sys.executable, "-m", "gunicorn", "recommender.wsgi:application", "--workers", str(opts["workers"]),
-               "--bind", f"127.0.0.1:{opts['port']}", "--timeout", "120", "--log-level", "warning"]  # fmt: skip
-        logger.info("starting gunicorn (%d workers) on %s against %s (%d products)", opts["workers"], base,
-                    opts["database"], n)  # fmt: skip
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "DJANGO_DEBUG": "false",
+            "DJANGO_SECRET_KEY": "bench-only",
+            "DJANGO_SECURE_SSL_REDIRECT": "false",
+            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "RECOMMENDATION_CACHE_SECONDS": "0",
+            "THROTTLE_RATE_SEARCH": "1000000/min",
+            "LOG_LEVEL": "WARNING",
+            "DB_CONN_MAX_AGE": "600",
+            "OMP_NUM_THREADS": "1",
+        }  # one torch thread per worker: workers × threads ≤ cores
+        cmd = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "recommender.wsgi:application",
+            "--workers",
+            str(opts["workers"]),
+            "--bind",
+            f"127.0.0.1:{opts['port']}",
+            "--timeout",
+            "120",
+            "--log-level",
+            "warning",
+        ]
+        logger.info(
+            "starting gunicorn (%d workers) on %s against %s (%d products)",
+            opts["workers"],
+            base,
+            opts["database"],
+            n,
+        )
         server = subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR, start_new_session=True)
-        results: dict = {"n_products": n, "workers": opts["workers"], "users": opts["users"],
-                         "seconds": opts["seconds"], "measured_at": datetime.now(UTC).isoformat(),
-                         "cpus": os.cpu_count(), "endpoints": {}}  # fmt: skip
+        results: dict = {
+            "n_products": n,
+            "workers": opts["workers"],
+            "users": opts["users"],
+            "seconds": opts["seconds"],
+            "measured_at": datetime.now(UTC).isoformat(),
+            "cpus": os.cpu_count(),
+            "endpoints": {},
+        }
         try:
             self._wait(base, server)
             self._warm(base, ids, opts["workers"])
@@ -141,27 +174,60 @@ class Command(BaseCommand):
 
     def _run(self, ep: str, base: str, tmp: Path, opts) -> dict:
         prefix = tmp / ep
-        env = {**os.environ, "BENCH_IDS": str(tmp / "ids.json"), "BENCH_ENDPOINT": ep,
-               "BENCH_STATUS_OUT": str(tmp / f"{ep}.status.json")}  # fmt: skip
-        cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(opts["users"]),
-               "-r", str(opts["users"]), "-t", f"{opts['seconds']}s", "--host", base, "--csv", str(prefix),
-               "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "30"]  # fmt: skip
+        env = {
+            **os.environ,
+            "BENCH_IDS": str(tmp / "ids.json"),
+            "BENCH_ENDPOINT": ep,
+            "BENCH_STATUS_OUT": str(tmp / f"{ep}.status.json"),
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(LOCUSTFILE),
+            "--headless",
+            "-u",
+            str(opts["users"]),
+            "-r",
+            str(opts["users"]),
+            "-t",
+            f"{opts['seconds']}s",
+            "--host",
+            base,
+            "--csv",
+            str(prefix),
+            "--only-summary",
+            "--loglevel",
+            "WARNING",
+            "--stop-timeout",
+            "30",
+        ]
         subprocess.run(cmd, env=env, check=False, stdout=subprocess.DEVNULL)
         with open(f"{prefix}_stats.csv") as f:
             row = next(r for r in csv.DictReader(f) if r["Name"] == "Aggregated")
         status = json.loads((tmp / f"{ep}.status.json").read_text())
-        return {"requests": int(row["Request Count"]), "failures": int(row["Failure Count"]),
-                "rps": round(float(row["Requests/s"]), 1), "p50_ms": float(row["50%"]),
-                "p99_ms": float(row["99%"]), "mean_ms": round(float(row["Average Response Time"]), 1),
-                "status_codes": status,
-                "5xx": sum(v for k, v in status.items() if k.isdigit() and int(k) >= 500)}  # fmt: skip
+        return {
+            "requests": int(row["Request Count"]),
+            "failures": int(row["Failure Count"]),
+            "rps": round(float(row["Requests/s"]), 1),
+            "p50_ms": float(row["50%"]),
+            "p99_ms": float(row["99%"]),
+            "mean_ms": round(float(row["Average Response Time"]), 1),
+            "status_codes": status,
+            "5xx": sum(v for k, v in status.items() if k.isdigit() and int(k) >= 500),
+        }
 
 
 def markdown(results: dict) -> str:
-    lines = [f"gunicorn {results['workers']} workers, {results['users']} Locust users, {results['seconds']} s per "
-             f"endpoint, {results['n_products']:,} products, {results['cpus']} CPUs\n\n",
-             "| endpoint | requests/s | p50 ms | p99 ms | requests | 5xx |\n|---|---:|---:|---:|---:|---:|\n"]  # fmt: skip
+    lines = [
+        f"gunicorn {results['workers']} workers, {results['users']} Locust users, {results['seconds']} s per "
+        f"endpoint, {results['n_products']:,} products, {results['cpus']} CPUs\n\n",
+        "| endpoint | requests/s | p50 ms | p99 ms | requests | 5xx |\n|---|---:|---:|---:|---:|---:|\n",
+    ]
     for ep, r in results["endpoints"].items():
-        lines.append(f"| {ep.replace('_', ' ')} | {r['rps']} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-                     f"{r['requests']} | {r['5xx']} |\n")  # fmt: skip
+        lines.append(
+            f"| {ep.replace('_', ' ')} | {r['rps']} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+            f"{r['requests']} | {r['5xx']} |\n"
+        )
     return "".join(lines)

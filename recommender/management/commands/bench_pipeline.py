@@ -88,10 +88,13 @@ class Command(BaseCommand):
 
         tmp = Path(tempfile.mkdtemp())
         versions = {
-            m: ModelVersion.objects.create(name=f"bench {m} (temporary)", config={"model": mcfg.to_dict()},
-                                           status=ModelVersion.Status.EMBEDDING)
+            m: ModelVersion.objects.create(
+                name=f"bench {m} (temporary)",
+                config={"model": mcfg.to_dict()},
+                status=ModelVersion.Status.EMBEDDING,
+            )
             for m in ("bulk_create", "copy")
-        }  # fmt: skip
+        }
         ids = [p.pk for p in products]
         try:
             save_heads(tmp / "heads.pt", heads, {})
@@ -105,8 +108,15 @@ class Command(BaseCommand):
             write_s = {}
             for method, version in versions.items():  # same rows, same table, one after the other
                 t = time.perf_counter()
-                embeddings_write(version=version, product_ids=ids, image=vecs.image, text=vecs.text,
-                                 fused=vecs.fused, compat=vecs.compat, method=method)  # fmt: skip
+                embeddings_write(
+                    version=version,
+                    product_ids=ids,
+                    image=vecs.image,
+                    text=vecs.text,
+                    fused=vecs.fused,
+                    compat=vecs.compat,
+                    method=method,
+                )
                 write_s[method] = time.perf_counter() - t
             data = build_train_data(products, img, txt, val_fraction=0.1, seed=0)
             result = train(data, TrainConfig(epochs=opts["epochs"], batch_size=64, patience=0))
@@ -117,17 +127,22 @@ class Command(BaseCommand):
                 f.unlink()
             tmp.rmdir()
         out = {
-            "items": len(products), "device": str(ex.device), "torch_threads": torch.get_num_threads(),
-            "load_avg_1min": os.getloadavg()[0], "raw_image_forward_items_per_s": raw,
+            "items": len(products),
+            "device": str(ex.device),
+            "torch_threads": torch.get_num_threads(),
+            "load_avg_1min": os.getloadavg()[0],
+            "raw_image_forward_items_per_s": raw,
             "inference_items_per_s": len(products) / t_infer,
             "reembed_copy_items_per_s": len(products) / (t_infer + write_s["copy"]),
             "reembed_orm_upsert_items_per_s": len(products) / (t_infer + write_s["bulk_create"]),
             "reembed_from_features_copy_items_per_s": len(products) / (t_heads + write_s["copy"]),
-            "reembed_from_features_orm_upsert_items_per_s": len(products) / (t_heads + write_s["bulk_create"]),
+            "reembed_from_features_orm_upsert_items_per_s": len(products)
+            / (t_heads + write_s["bulk_create"]),
             "db_write_copy_rows_per_s": len(products) / write_s["copy"],
             "db_write_orm_upsert_rows_per_s": len(products) / write_s["bulk_create"],
-            "train_samples_per_s": result.samples_per_s, "train_steps": result.steps,
-        }  # fmt: skip
+            "train_samples_per_s": result.samples_per_s,
+            "train_steps": result.steps,
+        }
         out["reembed_ratio_to_inference"] = out["reembed_copy_items_per_s"] / out["inference_items_per_s"]
         out["reembed_ratio_to_orm_upsert"] = (
             out["reembed_copy_items_per_s"] / out["reembed_orm_upsert_items_per_s"]
@@ -146,22 +161,34 @@ class Command(BaseCommand):
             ("inference alone (decode, towers, heads)", out["inference_items_per_s"], "items/s"),
             ("bulk re-embed, COPY + merge (current)", out["reembed_copy_items_per_s"], "items/s"),
             ("bulk re-embed, ORM upsert (old)", out["reembed_orm_upsert_items_per_s"], "items/s"),
-            ("re-embed from cached tower features, COPY (training run)", out["reembed_from_features_copy_items_per_s"], "items/s"),
-            ("re-embed from cached tower features, ORM upsert (old)", out["reembed_from_features_orm_upsert_items_per_s"], "items/s"),
+            (
+                "re-embed from cached tower features, COPY (training run)",
+                out["reembed_from_features_copy_items_per_s"],
+                "items/s",
+            ),
+            (
+                "re-embed from cached tower features, ORM upsert (old)",
+                out["reembed_from_features_orm_upsert_items_per_s"],
+                "items/s",
+            ),
             ("  pgvector write alone, COPY + merge", out["db_write_copy_rows_per_s"], "rows/s"),
             ("  pgvector write alone, ORM upsert", out["db_write_orm_upsert_rows_per_s"], "rows/s"),
             ("training the heads on cached features", out["train_samples_per_s"], "samples/s"),
-        ]  # fmt: skip
+        ]
         for name, v, unit in rows:
             self.stdout.write(f"{name:58s} {v:10.1f} {unit:10s} ratio to raw {v / raw:6.2f}")
-        self.stdout.write(f"re-embed / inference alone: {out['reembed_ratio_to_inference']:.2f}; "
-                          f"COPY / ORM upsert: {out['reembed_ratio_to_orm_upsert']:.2f} end to end, "
-                          f"{out['db_write_copy_to_orm_upsert']:.2f} for the write alone")  # fmt: skip
+        self.stdout.write(
+            f"re-embed / inference alone: {out['reembed_ratio_to_inference']:.2f}; "
+            f"COPY / ORM upsert: {out['reembed_ratio_to_orm_upsert']:.2f} end to end, "
+            f"{out['db_write_copy_to_orm_upsert']:.2f} for the write alone"
+        )
         if "upload_to_searchable_ms" in out:
             lat = out["upload_to_searchable_ms"]
-            self.stdout.write(f"upload to searchable (warm worker, {lat['n']} uploads): p50 {lat['p50']:.0f} ms, "
-                              f"p95 {lat['p95']:.0f} ms, max {lat['max']:.0f} ms; nearest neighbour of its own "
-                              f"photo {lat['own_nearest']}/{lat['n']}")  # fmt: skip
+            self.stdout.write(
+                f"upload to searchable (warm worker, {lat['n']} uploads): p50 {lat['p50']:.0f} ms, "
+                f"p95 {lat['p95']:.0f} ms, max {lat['max']:.0f} ms; nearest neighbour of its own "
+                f"photo {lat['own_nearest']}/{lat['n']}"
+            )
         self.stdout.write(f"written to {opts['out']}")
 
     def _upload_latency(self, uploads: int, data: Path) -> dict:
@@ -187,8 +214,9 @@ class Command(BaseCommand):
         temp_version = None
         if active is None:  # a zero-shot version serves the benchmark, then goes away
             mcfg = model_config()
-            temp_version = ModelVersion.objects.create(name="bench zero-shot (temporary)",
-                                                       config={"model": mcfg.to_dict()})  # fmt: skip
+            temp_version = ModelVersion.objects.create(
+                name="bench zero-shot (temporary)", config={"model": mcfg.to_dict()}
+            )
             path = Path(settings.ML_ARTIFACTS_DIR) / f"version-{temp_version.pk}" / "heads.pt"
             save_heads(path, zero_shot_heads(mcfg.embed_dim, settings.COMPAT_DIM), {})
             ModelVersion.objects.filter(pk=temp_version.pk).update(artifact_path=str(path))
@@ -204,8 +232,14 @@ class Command(BaseCommand):
             v = emb.embed_items(
                 [p.image.path if p.image else "" for p in products], [p.text for p in products]
             )
-            embeddings_write(version=temp_version, product_ids=[p.pk for p in products], image=v.image,
-                             text=v.text, fused=v.fused, compat=v.compat)  # fmt: skip
+            embeddings_write(
+                version=temp_version,
+                product_ids=[p.pk for p in products],
+                image=v.image,
+                text=v.text,
+                fused=v.fused,
+                compat=v.compat,
+            )
             active = model_version_activate(version=temp_version)
         articles, _ = read_articles(data)
         known = set(Product.objects.values_list("sku", flat=True))
@@ -216,8 +250,13 @@ class Command(BaseCommand):
         log.parent.mkdir(parents=True, exist_ok=True)
         runtime.purge_queues(app, ("embedding",))
         d = connection.settings_dict
-        proc = runtime.start_worker(queues="embedding", concurrency=1, logfile=log, name=f"bench-{os.getpid()}",
-                                    env={"DATABASE_URL": runtime.database_url(d)})  # fmt: skip
+        proc = runtime.start_worker(
+            queues="embedding",
+            concurrency=1,
+            logfile=log,
+            name=f"bench-{os.getpid()}",
+            env={"DATABASE_URL": runtime.database_url(d)},
+        )
         created: list[int] = []
         latencies: list[float] = []
         own_nearest = 0
@@ -227,8 +266,15 @@ class Command(BaseCommand):
             for i, art in enumerate(tqdm(fresh, desc="uploads", unit="upload")):
                 photo = art.image_path.read_bytes()
                 t = time.perf_counter()
-                p = product_create(sku=f"BENCH-{art.article_id}", title=art.title, slot=art.slot, image_bytes=photo,
-                                   description=art.description, product_type=art.product_type, colour=art.colour)  # fmt: skip
+                p = product_create(
+                    sku=f"BENCH-{art.article_id}",
+                    title=art.title,
+                    slot=art.slot,
+                    image_bytes=photo,
+                    description=art.description,
+                    product_type=art.product_type,
+                    colour=art.colour,
+                )
                 created.append(p.pk)
                 deadline = t + 60
                 while not ProductEmbedding.objects.filter(product_id=p.pk, model_version=active).exists():
@@ -249,7 +295,13 @@ class Command(BaseCommand):
                 p.delete()
             if temp_version is not None:
                 temp_version.delete()
-        return {"upload_to_searchable_ms": {
-            "n": len(latencies), "p50": _percentile(latencies, 50), "p95": _percentile(latencies, 95),
-            "max": max(latencies), "mean": statistics.fmean(latencies), "own_nearest": own_nearest,
-        }}  # fmt: skip
+        return {
+            "upload_to_searchable_ms": {
+                "n": len(latencies),
+                "p50": _percentile(latencies, 50),
+                "p95": _percentile(latencies, 95),
+                "max": max(latencies),
+                "mean": statistics.fmean(latencies),
+                "own_nearest": own_nearest,
+            }
+        }

@@ -49,8 +49,16 @@ logger = logging.getLogger("bench_serving")
 RESULTS_DIR = Path(__file__).resolve().parents[3] / "ml" / "benchmarks" / "results"
 
 #: Slot shares of the synthetic catalog: shoes ~10%, jewellery ~1% (the two filter selectivities).
-SLOT_SHARES = {"top": 0.35, "bottom": 0.25, "one-piece": 0.10, "outerwear": 0.09, "shoes": 0.10,
-               "bag": 0.05, "accessory": 0.05, "jewellery": 0.01}  # fmt: skip
+SLOT_SHARES = {
+    "top": 0.35,
+    "bottom": 0.25,
+    "one-piece": 0.10,
+    "outerwear": 0.09,
+    "shoes": 0.10,
+    "bag": 0.05,
+    "accessory": 0.05,
+    "jewellery": 0.01,
+}
 FILTER_SLOTS = {"none": None, "slot~10%": "shoes", "slot~1%": "jewellery"}
 N_COARSE = 200
 ITEMS_PER_FINE = 20
@@ -75,9 +83,13 @@ def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 def percentiles(ms: list[float]) -> dict[str, float]:
     """p50/p95/p99 and mean of latencies in ms."""
     a = np.asarray(ms)
-    return {"p50_ms": round(float(np.percentile(a, 50)), 2), "p95_ms": round(float(np.percentile(a, 95)), 2),
-            "p99_ms": round(float(np.percentile(a, 99)), 2), "mean_ms": round(float(a.mean()), 2),
-            "n": len(ms)}  # fmt: skip
+    return {
+        "p50_ms": round(float(np.percentile(a, 50)), 2),
+        "p95_ms": round(float(np.percentile(a, 95)), 2),
+        "p99_ms": round(float(np.percentile(a, 99)), 2),
+        "mean_ms": round(float(a.mean()), 2),
+        "n": len(ms),
+    }
 
 
 def _vector_bin(v: np.ndarray) -> bytes:
@@ -92,8 +104,12 @@ class Command(BaseCommand):
         parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
         parser.add_argument("--queries", type=int, default=200, help="queries per measurement")
         parser.add_argument("--database", default="recommender_bench", help="prefix: one database per size")
-        parser.add_argument("--halfvec-max-size", type=int, default=100_000,
-                            help="build and measure the halfvec index up to this size (it doubles the build)")  # fmt: skip
+        parser.add_argument(
+            "--halfvec-max-size",
+            type=int,
+            default=100_000,
+            help="build and measure the halfvec index up to this size (it doubles the build)",
+        )
         parser.add_argument("--maintenance-work-mem", default="5GB")
         parser.add_argument("--m", type=int, default=0, help="HNSW m of every built index (0: the model's)")
         parser.add_argument(
@@ -125,11 +141,14 @@ class Command(BaseCommand):
             results = json.loads(out.read_text()) if out.exists() else {"sizes": {}}
             results["sizes"][str(n)] = res
             results["machine"] = {"cpus": os.cpu_count(), "load_avg": os.getloadavg()}
-            results["settings"] = {"ef_search": settings.HNSW_EF_SEARCH_BY_QUERY,
-                                   "iterative_scan": settings.HNSW_ITERATIVE_SCAN,
-                                   "max_scan_tuples": settings.HNSW_MAX_SCAN_TUPLES,
-                                   "noise": NOISE, "coarse_centres": N_COARSE,
-                                   "items_per_fine_centre": ITEMS_PER_FINE}  # fmt: skip
+            results["settings"] = {
+                "ef_search": settings.HNSW_EF_SEARCH_BY_QUERY,
+                "iterative_scan": settings.HNSW_ITERATIVE_SCAN,
+                "max_scan_tuples": settings.HNSW_MAX_SCAN_TUPLES,
+                "noise": NOISE,
+                "coarse_centres": N_COARSE,
+                "items_per_fine_centre": ITEMS_PER_FINE,
+            }
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=2))
             out.with_suffix(".md").write_text(markdown(results))
@@ -164,12 +183,19 @@ def _progress_logger(stop: threading.Event, label: str) -> None:
     import psycopg
 
     sd = connection.settings_dict
-    params = {"dbname": sd["NAME"], "host": sd["HOST"] or None, "port": sd["PORT"] or None,
-              "user": sd["USER"] or None, "password": sd["PASSWORD"] or None}  # fmt: skip
+    params = {
+        "dbname": sd["NAME"],
+        "host": sd["HOST"] or None,
+        "port": sd["PORT"] or None,
+        "user": sd["USER"] or None,
+        "password": sd["PASSWORD"] or None,
+    }
     with psycopg.connect(**{k: v for k, v in params.items() if v}, autocommit=True) as conn:
         while not stop.wait(30):
-            row = conn.execute("SELECT phase, tuples_done, tuples_total, blocks_done, blocks_total "
-                               "FROM pg_stat_progress_create_index").fetchone()  # fmt: skip
+            row = conn.execute(
+                "SELECT phase, tuples_done, tuples_total, blocks_done, blocks_total "
+                "FROM pg_stat_progress_create_index"
+            ).fetchone()
             if row:
                 logger.info("  %s: %s, tuples %s/%s, blocks %s/%s", label, *row)
 
@@ -228,7 +254,10 @@ def build_serving_indexes(table: str, dim: int, n: int, opts) -> dict[str, float
         m, efc = opts["m"] or 16, opts["ef_construction"] or 64
         build_s["fused halfvec"] = build_index(
             f"CREATE INDEX emb_fused_half_hnsw ON {table} USING hnsw ((fused::halfvec({dim})) "
-            f"halfvec_ip_ops) WITH (m = {m}, ef_construction = {efc})", "fused halfvec hnsw", opts)  # fmt: skip
+            f"halfvec_ip_ops) WITH (m = {m}, ef_construction = {efc})",
+            "fused halfvec hnsw",
+            opts,
+        )
     return build_s
 
 
@@ -275,15 +304,36 @@ def load_catalog(n: int, rng: np.random.Generator, version_id: int, dim: int, cd
         ) as cp:
             for i in range(n):
                 slot = slots[i]
-                cp.write_row((f"B{i:08d}", "upload", f"bench item {i}", "", slot, f"{slot} type {i % 7}", "",
-                              ("black", "white", "blue", "red")[i % 4], ("women", "men")[i % 2], "", "",
-                              f"vg{i // 3}", f"{10 + i % 90}.00", "", "", "", now, now))  # fmt: skip
+                cp.write_row(
+                    (
+                        f"B{i:08d}",
+                        "upload",
+                        f"bench item {i}",
+                        "",
+                        slot,
+                        f"{slot} type {i % 7}",
+                        "",
+                        ("black", "white", "blue", "red")[i % 4],
+                        ("women", "men")[i % 2],
+                        "",
+                        "",
+                        f"vg{i // 3}",
+                        f"{10 + i % 90}.00",
+                        "",
+                        "",
+                        "",
+                        now,
+                        now,
+                    )
+                )
         cur.execute(f"SELECT id FROM {table} ORDER BY id")
         ids = np.asarray([r[0] for r in cur.fetchall()], dtype=np.int64)
         ts = int((datetime.now(UTC) - PG_EPOCH).total_seconds() * 1e6)
         header = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
-        with cur.cursor.copy("COPY recommender_productembedding (product_id, model_version_id, slot, fused, "
-                             "compat, updated_at) FROM STDIN (FORMAT BINARY)") as cp:  # fmt: skip
+        with cur.cursor.copy(
+            "COPY recommender_productembedding (product_id, model_version_id, slot, fused, "
+            "compat, updated_at) FROM STDIN (FORMAT BINARY)"
+        ) as cp:
             cp.write(header)
             for start in range(0, n, COPY_STEP):
                 stop = min(n, start + COPY_STEP)
@@ -291,9 +341,15 @@ def load_catalog(n: int, rng: np.random.Generator, version_id: int, dim: int, cd
                 for j in range(start, stop):
                     s = slots[j].encode()
                     fb, cb = _vector_bin(fused[j]), _vector_bin(compat[j])
-                    buf.append(struct.pack(">hiqiqi", 6, 8, int(ids[j]), 8, version_id, len(s)) + s
-                               + struct.pack(">i", len(fb)) + fb + struct.pack(">i", len(cb)) + cb
-                               + struct.pack(">iq", 8, ts))  # fmt: skip
+                    buf.append(
+                        struct.pack(">hiqiqi", 6, 8, int(ids[j]), 8, version_id, len(s))
+                        + s
+                        + struct.pack(">i", len(fb))
+                        + fb
+                        + struct.pack(">i", len(cb))
+                        + cb
+                        + struct.pack(">iq", 8, ts)
+                    )
                 cp.write(b"".join(buf))
                 if (start // COPY_STEP) % 10 == 0:
                     logger.info("  loaded %d / %d embedding rows", stop, n)
@@ -329,8 +385,10 @@ def bench_size(n: int, opts) -> dict:
     else:
         with connection.cursor() as cur:
             cur.execute("TRUNCATE recommender_modelversion RESTART IDENTITY CASCADE")
-            cur.execute("SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexname LIKE 'emb\\_%%hnsw'",
-                        [table])  # fmt: skip
+            cur.execute(
+                "SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexname LIKE 'emb\\_%%hnsw'",
+                [table],
+            )
             for (idx,) in cur.fetchall():  # every HNSW index: built again after the load, much faster
                 cur.execute(f"DROP INDEX {idx}")
             cur.execute(
@@ -339,8 +397,13 @@ def bench_size(n: int, opts) -> dict:
         mcfg = model_config()
         art = Path(settings.VAR_DIR) / "bench-models" / "heads.pt"
         save_heads(art, zero_shot_heads(dim, cdim), {"bench": True})
-        version = ModelVersion.objects.create(name="bench", config={"model": mcfg.to_dict()},
-                                              artifact_path=str(art), status="ready", is_active=True)  # fmt: skip
+        version = ModelVersion.objects.create(
+            name="bench",
+            config={"model": mcfg.to_dict()},
+            artifact_path=str(art),
+            status="ready",
+            is_active=True,
+        )
         t0 = time.perf_counter()
         ids, slots, fused, compat = load_catalog(n, rng, version.pk, dim, cdim)
         res["load_s"] = round(time.perf_counter() - t0, 1)
@@ -370,9 +433,12 @@ def prewarm(table: str) -> float | None:
         except DatabaseError as exc:
             logger.warning("no pg_prewarm (%s): measuring without a prewarmed cache", exc)
             return None
-        cur.execute("SELECT c.oid::regclass::text FROM pg_class c WHERE c.relname = %s OR c.relname LIKE "
-                    "'emb\\_%%hnsw' UNION ALL SELECT reltoastrelid::regclass::text FROM pg_class "
-                    "WHERE relname = %s AND reltoastrelid <> 0", [table, table])  # fmt: skip
+        cur.execute(
+            "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relname = %s OR c.relname LIKE "
+            "'emb\\_%%hnsw' UNION ALL SELECT reltoastrelid::regclass::text FROM pg_class "
+            "WHERE relname = %s AND reltoastrelid <> 0",
+            [table, table],
+        )
         for (rel,) in cur.fetchall():
             cur.execute("SELECT pg_prewarm(%s::regclass, 'read')", [rel])
     secs = round(time.perf_counter() - t0, 1)
@@ -386,8 +452,11 @@ def index_params(table: str) -> dict[str, str]:
     import re
 
     with connection.cursor() as cur:
-        cur.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s AND indexname LIKE "
-                    "'emb\\_%%hnsw' ORDER BY indexname", [table])  # fmt: skip
+        cur.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s AND indexname LIKE "
+            "'emb\\_%%hnsw' ORDER BY indexname",
+            [table],
+        )
         return {
             name: (m.group(1) if (m := re.search(r"WITH \((.*?)\)", d)) else "") for name, d in cur.fetchall()
         }
@@ -396,8 +465,11 @@ def index_params(table: str) -> dict[str, str]:
 def relation_sizes(table: str) -> dict[str, float]:
     """Table and index sizes in MB (``pg_relation_size``)."""
     with connection.cursor() as cur:
-        cur.execute("SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
-                    "WHERE c.relname = %s OR c.relname LIKE 'emb\\_%%hnsw'", [table])  # fmt: skip
+        cur.execute(
+            "SELECT c.relname, pg_total_relation_size(c.oid) FROM pg_class c "
+            "WHERE c.relname = %s OR c.relname LIKE 'emb\\_%%hnsw'",
+            [table],
+        )
         return {name: round(b / 2**20, 1) for name, b in cur.fetchall()}
 
 
@@ -471,8 +543,14 @@ def measure(n, opts, version, ids, slots, fused, compat) -> dict:
             recall[f"{tag} {name}"] = round(float(np.mean(hits)), 4)
             lat[f"text-vector {tag} {name}"] = percentiles(ms)
             lat[f"exact numpy {name}"] = percentiles(exact_ms)
-            logger.info("%s %s: recall@10 %.3f, p95 %.1f ms (exact %.1f ms)", tag, name, recall[f"{tag} {name}"],
-                        lat[f"text-vector {tag} {name}"]["p95_ms"], lat[f"exact numpy {name}"]["p95_ms"])  # fmt: skip
+            logger.info(
+                "%s %s: recall@10 %.3f, p95 %.1f ms (exact %.1f ms)",
+                tag,
+                name,
+                recall[f"{tag} {name}"],
+                lat[f"text-vector {tag} {name}"]["p95_ms"],
+                lat[f"exact numpy {name}"]["p95_ms"],
+            )
     settings.PGVECTOR_HALFVEC = False
     out["recall_at_10"] = recall
     # Real selectors end to end (Django ORM, product rows, serializable hits).
@@ -488,15 +566,19 @@ def measure(n, opts, version, ids, slots, fused, compat) -> dict:
         return _text_e2e(out, opts, rng, k)
     pairs = [[int(rng.choice(tops)), int(rng.choice(bottoms))] for _ in range(nq)]
     lat["complete-the-look, 2 items, 6 slots (selector)"] = percentiles(
-        _timed(lambda p: selectors.complete_the_look(product_ids=p, k=4), pairs)[0])  # fmt: skip
+        _timed(lambda p: selectors.complete_the_look(product_ids=p, k=4), pairs)[0]
+    )
     one = [[int(rng.choice(tops)), int(rng.choice(bottoms))] for _ in range(nq)]
     lat["complete-the-look, 1 slot (selector)"] = percentiles(
-        _timed(lambda p: selectors.complete_the_look(product_ids=p, k=4, slots=["shoes"]), one)[0])  # fmt: skip
+        _timed(lambda p: selectors.complete_the_look(product_ids=p, k=4, slots=["shoes"]), one)[0]
+    )
     quads = [ids[rng.integers(0, n, size=4)].tolist() for _ in range(nq)]
     lat["compatibility, 4 items + replacement (selector)"] = percentiles(
-        _timed(lambda p: selectors.outfit_compatibility(product_ids=p), quads)[0])  # fmt: skip
+        _timed(lambda p: selectors.outfit_compatibility(product_ids=p), quads)[0]
+    )
     lat["compatibility, 4 items, no replacement (selector)"] = percentiles(
-        _timed(lambda p: selectors.outfit_compatibility(product_ids=p, suggest=False), quads)[0])  # fmt: skip
+        _timed(lambda p: selectors.outfit_compatibility(product_ids=p, suggest=False), quads)[0]
+    )
     out["latency"] = lat
     return _text_e2e(out, opts, rng, k)
 
@@ -507,14 +589,35 @@ def _text_e2e(out: dict, opts, rng: np.random.Generator, k: int) -> dict:
 
     lat = out["latency"]
     if not opts["skip_text"]:
-        words = ["black", "white", "red", "denim", "leather", "cotton", "striped", "floral", "slim", "wide",
-                 "ankle", "boots", "dress", "shirt", "jacket", "skirt", "trousers", "bag", "scarf", "knit"]  # fmt: skip
+        words = [
+            "black",
+            "white",
+            "red",
+            "denim",
+            "leather",
+            "cotton",
+            "striped",
+            "floral",
+            "slim",
+            "wide",
+            "ankle",
+            "boots",
+            "dress",
+            "shirt",
+            "jacket",
+            "skirt",
+            "trousers",
+            "bag",
+            "scarf",
+            "knit",
+        ]
         texts = [
             " ".join(rng.choice(words, size=3)) + f" {i}" for i in range(opts["text_queries"])
         ]  # no LRU hits
         selectors.text_search(query="warm up the towers", k=k)
         lat["text search end to end (tower + query)"] = percentiles(
-            _timed(lambda t: selectors.text_search(query=t, k=k), texts)[0])  # fmt: skip
+            _timed(lambda t: selectors.text_search(query=t, k=k), texts)[0]
+        )
     return out
 
 
@@ -546,8 +649,12 @@ def markdown(results: dict) -> str:
     lines = ["### Latency, ms (p50 / p95)\n", head]
     keys = list(dict.fromkeys(k for r in rs for k in r.get("latency", {})))
     for key in keys:
-        cells = [f"{r['latency'][key]['p50_ms']} / {r['latency'][key]['p95_ms']}" if key in r.get("latency", {})
-                 else "—" for r in rs]  # fmt: skip
+        cells = [
+            f"{r['latency'][key]['p50_ms']} / {r['latency'][key]['p95_ms']}"
+            if key in r.get("latency", {})
+            else "—"
+            for r in rs
+        ]
         lines.append(f"| {key} | " + " | ".join(cells) + " |\n")
     lines += ["\n### Exact NumPy search time / index query time (p50; above 1 = the index is faster)\n", head]
     for tag in ("vector", "halfvec"):

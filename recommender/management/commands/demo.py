@@ -103,8 +103,9 @@ class Command(BaseCommand):
         if report.exists():
             self.stdout.write(f"evaluation on the held-out split ({report}):")
             self.stdout.write(report.read_text())
-        (var / "demo_timings.json").write_text(json.dumps({"timings_s": timings, "version": version.pk,
-                                                           "limit": opts["limit"]}, indent=1))  # fmt: skip
+        (var / "demo_timings.json").write_text(
+            json.dumps({"timings_s": timings, "version": version.pk, "limit": opts["limit"]}, indent=1)
+        )
         self.stdout.write(self.style.SUCCESS("phase timings (s): " + json.dumps(timings)))
         if opts["no_serve"]:
             runtime.stop_worker(worker)

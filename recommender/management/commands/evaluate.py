@@ -34,8 +34,11 @@ class Command(BaseCommand):
         if len(products) < 10:
             raise CommandError(f"{len(products)} products: import the catalog first")
         mcfg = model_config()
-        emb = Embedder(mcfg, zero_shot_heads(mcfg.embed_dim, settings.COMPAT_DIM),
-                       cache_dir=settings.ML_FEATURE_CACHE_DIR)  # fmt: skip
+        emb = Embedder(
+            mcfg,
+            zero_shot_heads(mcfg.embed_dim, settings.COMPAT_DIM),
+            cache_dir=settings.ML_FEATURE_CACHE_DIR,
+        )
         img, txt, _ = emb.tower_features(
             [_image_path(p) for p in products], [p.text for p in products], progress=True
         )
