@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.utils.html import format_html
 
 from catalog.models import ImportJob, Outfit, OutfitItem, Product
-from catalog.services import queue_embedding
+from catalog.signals import products_changed_on_commit
 
 
 @admin.register(Product)
@@ -36,7 +36,10 @@ class ProductAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change) -> None:
         super().save_model(request, obj, form, change)
-        queue_embedding([obj.pk])  # vectors follow every edit (after commit)
+        # vectors follow every edit (announced after commit; the recommender re-embeds)
+        products_changed_on_commit(
+            product_ids=[obj.pk], change="updated" if change else "created", vectors_stale=True
+        )
 
 
 class OutfitItemInline(admin.TabularInline):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from catalog.services import import_job_run
+from catalog.imports import import_job_run
 
 
 @shared_task(queue="embedding", acks_late=True)
 def import_job_run_task(*, job_id: int) -> dict[str, int | str]:
-    """Run :class:`catalog.models.ImportJob` ``job_id`` (:func:`catalog.services.import_job_run`).
+    """Run :class:`catalog.models.ImportJob` ``job_id`` (:func:`catalog.imports.import_job_run`).
 
     Returns:
         The job's status and counts (also stored on the job, which the import page polls).

@@ -582,7 +582,7 @@ class ProductIndexStatusApi(APIView):
 
     @extend_schema(responses={200: dict})
     def get(self, request: Request, pk: int) -> Response:
-        from catalog.selectors import product_index_status
+        from recommender.selectors import product_index_status
 
         _get_or_404(Product, pk, "product")
         return Response(product_index_status(product_id=pk).as_dict())

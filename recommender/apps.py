@@ -6,4 +6,7 @@ class RecommenderConfig(AppConfig):
     verbose_name = "Recommender"
 
     def ready(self) -> None:
-        from recommender import login_guard  # noqa: F401  (connects the sign-in failure counters)
+        from recommender import (  # noqa: F401  (connect signal receivers)
+            login_guard,  # sign-in failure counters
+            receivers,  # catalog changes → embeddings queued, cached answers retired
+        )

@@ -9,6 +9,7 @@ from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
 
+from recommender.models import ModelVersion
 from recommender.runtime import redis_ping
 
 
@@ -34,8 +35,6 @@ def healthz(request: HttpRequest) -> JsonResponse:
     checks["redis"]["ms"] = round((time.perf_counter() - t) * 1000, 1)
     active = None
     if checks["database"]["ok"]:
-        from recommender.models import ModelVersion
-
         v = ModelVersion.objects.filter(is_active=True).only("pk", "name").first()
         active = {"id": v.pk, "name": v.name} if v else None
     checks["active_model"] = {"ok": active is not None, "version": active}

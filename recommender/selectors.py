@@ -15,10 +15,8 @@ over a candidate pool fetched from the same index.
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +29,7 @@ from pgvector.django import MaxInnerProduct
 from catalog.models import Product
 from ml.diversity import mmr
 from ml.slots import BOTTOM, ONE_PIECE, OUTFIT_SLOTS, SLOT_INDEX, TOP
+from recommender.model_cache import embedder_for, heads_for
 from recommender.models import ModelVersion, ProductEmbedding
 
 SPACES = ("fused", "image", "text")
@@ -94,28 +93,6 @@ def active_version() -> ModelVersion:
     if version is None:
         raise NoActiveModel("no model version is active yet: run `make demo` or start a training run")
     return version
-
-
-_LOCK = threading.Lock()
-_HEADS: dict[int, Any] = {}
-
-
-def heads_for(version: ModelVersion):
-    """The trained heads of a version (cached per process; small, no towers)."""
-    from ml.train import load_heads
-
-    with _LOCK:
-        if version.pk not in _HEADS:
-            _HEADS[version.pk] = load_heads(version.artifact_path)[0]
-        return _HEADS[version.pk]
-
-
-def embedder(version: ModelVersion):
-    """Towers + heads for query embedding (text search, photo search); built once per process."""
-    from ml.tasks import embedder_for
-
-    with _LOCK:
-        return embedder_for(version)
 
 
 def ef_search_for(kind: str, k: int) -> int:
@@ -315,7 +292,7 @@ def text_search(
         raise ValueError("query must not be empty")
     _check_lambda(mmr_lambda)
     version = active_version()
-    q = embedder(version).embed_query_text(query)
+    q = embedder_for(version).embed_query_text(query)
     filters = filters or Filters()
     qs = filters.apply(ProductEmbedding.objects.filter(model_version=version))
     if mmr_lambda is not None:
@@ -330,7 +307,7 @@ def photo_search(*, image, k: int = 24, filters: Filters | None = None) -> list[
         NoActiveModel.
     """
     version = active_version()
-    q = embedder(version).embed_query_image(image)
+    q = embedder_for(version).embed_query_image(image)
     filters = filters or Filters()
     qs = filters.apply(ProductEmbedding.objects.filter(model_version=version))
     return _hits(_ranked(qs, "image", q, k, kind="photo"))
@@ -525,3 +502,24 @@ def outfit_compatibility(*, product_ids: Sequence[int], suggest: bool = True) ->
     return Compatibility(
         [products[i] for i in ids], score, mat.round(4).tolist(), (ids[wi], ids[wj]), suggestion
     )
+
+
+@dataclass(frozen=True)
+class IndexStatus:
+    """Whether a product has its vectors for the active model version (``version_id`` None: no model)."""
+
+    product_id: int
+    version_id: int | None
+    embedded: bool
+
+    def as_dict(self) -> dict:
+        return {"product_id": self.product_id, "version_id": self.version_id, "embedded": self.embedded}
+
+
+def product_index_status(*, product_id: int) -> IndexStatus:
+    """Is the product embedded for the active model version (searchable, recommendable)? One query each."""
+    version_id = ModelVersion.objects.filter(is_active=True).values_list("pk", flat=True).first()
+    embedded = version_id is not None and (
+        ProductEmbedding.objects.filter(product_id=product_id, model_version_id=version_id).exists()
+    )
+    return IndexStatus(product_id=product_id, version_id=version_id, embedded=embedded)

@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from catalog.models import Outfit, Product
 from recommender import answer_cache
+from recommender.celery import app
 from recommender.models import ModelVersion, ProductEmbedding, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -30,12 +31,50 @@ class TrainingRunBusy(ValueError):
         self.run = run
 
 
+#: Products per ``embed_products`` message.
+EMBED_BATCH = 256
+
+
+def embeddings_queue(
+    *, product_ids: Sequence[int], version_id: int | None = None, on_commit: bool = True
+) -> int:
+    """Queue ``recommender.tasks.embed_products`` for these ids, in batches of :data:`EMBED_BATCH`, once
+    the current transaction commits (``on_commit=False``: at once), for the active model version (or
+    ``version_id``, e.g. the rollback target).
+
+    Never raises into the request and gives up within ~2 s when the broker (Redis) is down
+    (``CELERY_BROKER_CONNECTION_TIMEOUT``, ``CELERY_TASK_PUBLISH_RETRY_POLICY``): the products stay
+    without vectors and ``recommender.tasks.reconcile`` (beat, worker start) embeds them later.
+
+    Returns:
+        The number of messages that will be sent.
+    """
+    from recommender.tasks import embed_products  # the Styleguide's service <-> task pair
+
+    ids = [int(i) for i in product_ids]
+    batches = [ids[i : i + EMBED_BATCH] for i in range(0, len(ids), EMBED_BATCH)]
+
+    def send() -> None:
+        for batch in batches:
+            try:
+                embed_products.delay(product_ids=batch, version_id=version_id)
+            except Exception as exc:  # broker down: the reconciliation task embeds them later
+                logger.warning(
+                    "could not queue embedding of %d products (%s); reconcile will catch up", len(batch), exc
+                )
+                return
+
+    if batches:
+        transaction.on_commit(send) if on_commit else send()
+    return len(batches)
+
+
 #: Key of the transaction-level advisory lock that serialises :func:`training_run_start`.
 _TRAINING_LOCK = 0x7261696E  # "rain"
 
 
 def training_run_send(*, run: TrainingRun) -> bool:
-    """Send ``ml.tasks.train_model`` for a queued run and store the Celery task id.
+    """Send ``recommender.tasks.train_model`` for a queued run and store the Celery task id.
 
     The broker may be down: the error is logged, never raised, and the run stays queued without a task
     id; :func:`training_runs_requeue` (beat and worker start) sends it again later.
@@ -43,7 +82,7 @@ def training_run_send(*, run: TrainingRun) -> bool:
     Returns:
         True when the message was handed to the broker.
     """
-    from ml.tasks import train_model
+    from recommender.tasks import train_model  # the Styleguide's service <-> task pair
 
     try:
         res = train_model.delay(run_id=run.pk)
@@ -55,7 +94,7 @@ def training_run_send(*, run: TrainingRun) -> bool:
 
 
 def training_run_start(*, params: dict[str, Any] | None = None, user=None) -> TrainingRun:
-    """Create a queued :class:`TrainingRun` and send ``ml.tasks.train_model`` once the row is committed.
+    """Create a queued :class:`TrainingRun` and send ``recommender.tasks.train_model`` once the row is committed.
 
     One run at a time: a transaction-level advisory lock serialises concurrent starts, and the
     partial unique index ``one_busy_training_run`` backs it up in the database.
@@ -345,10 +384,8 @@ def model_version_activate(
             )
         # Products created or changed while another version served have no vectors of this one: embed
         # them now, so the same action succeeds once the worker is done (seconds for a few products).
-        from catalog.services import queue_embedding
-
         ids = list(Product.objects.exclude(embeddings__model_version=version).values_list("pk", flat=True))
-        queue_embedding(ids, version_id=version.pk)
+        embeddings_queue(product_ids=ids, version_id=version.pk)
         raise VersionNotReady(
             f"model version {version.pk} lacks vectors for {len(ids)} products (created or changed since "
             "it served); their embedding is queued: try again in a minute"
@@ -403,8 +440,6 @@ def training_run_cancel(*, run: TrainingRun) -> TrainingRun:
         status=TrainingRun.Status.CANCELLED, finished_at=timezone.now()
     )
     if run.status == TrainingRun.Status.QUEUED and run.celery_task_id:
-        from recommender.celery import app
-
         app.control.revoke(run.celery_task_id)  # never starts
     run.refresh_from_db()
     return run

@@ -32,7 +32,6 @@ from catalog.selectors import (
     import_job_list,
     outfit_list_curated,
     product_get,
-    product_index_status,
 )
 from ml.slots import SLOT_INDEX, SLOTS
 from recommender.models import ModelVersion, TrainingRun
@@ -47,6 +46,7 @@ from recommender.selectors import (
     one_look,
     outfit_compatibility,
     photo_search,
+    product_index_status,
     similar_items,
     text_search,
 )

@@ -27,9 +27,9 @@ def trained_catalog(django_db_setup, django_db_blocker, hm_root):
     Session-scoped and committed, so every test sees the same products, outfits and active version.
     Returns the active ``ModelVersion``.
     """
-    from catalog.services import catalog_import_hm
-    from ml.tasks import train_model
+    from catalog.hm_import import catalog_import_hm
     from recommender.models import ModelVersion, TrainingRun
+    from recommender.tasks import train_model
 
     with django_db_blocker.unblock():
         catalog_import_hm(root=hm_root, limit=SLICE, progress=False)

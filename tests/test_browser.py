@@ -59,11 +59,11 @@ def site(django_db_setup, django_db_blocker, trained_catalog, hm_root):
     """
     from django.contrib.auth.models import Permission, User
 
-    from catalog.services import catalog_import_hm
-    from ml.tasks import train_model
+    from catalog.hm_import import catalog_import_hm
     from recommender import runtime
     from recommender.celery import app
     from recommender.models import ModelVersion, TrainingRun
+    from recommender.tasks import train_model
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set CHROMIUM)")
@@ -80,7 +80,7 @@ def site(django_db_setup, django_db_blocker, trained_catalog, hm_root):
         user.save()
         user.user_permissions.add(Permission.objects.get(codename="add_product"))
         db_url = runtime.database_url(connections["default"].settings_dict)
-    env = {"DATABASE_URL": db_url, "DJANGO_SETTINGS_MODULE": "recommender.settings_test"}
+    env = {"DATABASE_URL": db_url, "DJANGO_SETTINGS_MODULE": "recommender.settings.test"}
     logs = settings.VAR_DIR / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     runtime.ensure_redis(settings.CELERY_BROKER_URL, settings.VAR_DIR)

@@ -31,7 +31,7 @@ def _compose() -> dict:
 
 
 def _settings_src() -> str:
-    return (ROOT / "recommender" / "settings.py").read_text()
+    return "\n".join(p.read_text() for p in sorted((ROOT / "recommender" / "settings").glob("*.py")))
 
 
 def _env_example() -> dict[str, str]:
@@ -122,7 +122,7 @@ def test_every_service_command_resolves():
 def test_every_service_command_parses_its_options():
     """``<command> --help`` through the real CLIs: an unknown option or app fails here."""
     services = _compose()["services"]
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "recommender.settings_test"}
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "recommender.settings.test"}
     bin_dir = Path(sys.executable).parent
     for name in APP_SERVICES:
         for argv in _commands(services[name]):

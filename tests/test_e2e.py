@@ -15,8 +15,8 @@ from django.contrib.auth.models import Permission, User
 from django.db import connection
 from rest_framework.test import APIClient
 
+from catalog.hm_import import catalog_import_hm
 from catalog.models import Product
-from catalog.services import catalog_import_hm
 from ml.data import read_articles
 from recommender import runtime, selectors
 from recommender.celery import app
@@ -43,7 +43,7 @@ def worker(transactional_db, tmp_path):
         name=f"e2e-{os.getpid()}",
         env={
             "DATABASE_URL": runtime.database_url(connection.settings_dict),
-            "DJANGO_SETTINGS_MODULE": "recommender.settings_test",
+            "DJANGO_SETTINGS_MODULE": "recommender.settings.test",
         },
     )
     try:

@@ -78,7 +78,7 @@ def _env(pg: PrivatePostgres) -> dict[str, str]:
     return {
         **os.environ,
         "DATABASE_URL": pg.url,
-        "DJANGO_SETTINGS_MODULE": "recommender.settings_test",
+        "DJANGO_SETTINGS_MODULE": "recommender.settings.test",
         "DB_CONN_MAX_AGE": "600",
     }
 
@@ -162,8 +162,8 @@ def worker(private_pg) -> Iterator[subprocess.Popen]:
 
 
 def _task() -> dict:
-    """``ml.tasks.embed_missing`` reads the model registry in the private database (no model yet)."""
-    from ml.tasks import embed_missing
+    """``recommender.tasks.embed_missing`` reads the model registry in the private database (no model yet)."""
+    from recommender.tasks import embed_missing
 
     return embed_missing.apply_async(queue=QUEUE, ignore_result=False).get(
         timeout=120

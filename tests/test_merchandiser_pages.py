@@ -141,8 +141,8 @@ def test_import_page_documents_columns_and_offers_an_example(merch_client):
 
 
 def test_bulk_import_through_the_page_reports_rejected_rows(merch_client, hm_root, settings, tmp_path):
+    from catalog.imports import import_job_run
     from catalog.models import ImportJob
-    from catalog.services import import_job_run
 
     settings.MEDIA_ROOT = tmp_path
     arts = _real_articles(hm_root, 2)

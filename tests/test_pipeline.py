@@ -62,8 +62,8 @@ def db_access(django_db_blocker):
 @pytest.fixture(scope="module")
 def catalog(trained_catalog, db_access, hm_root):
     """The session's trained slice, active; rebuilt when a transactional test flushed it. Cleans up after."""
-    from catalog.services import catalog_import_hm
-    from ml.tasks import train_model
+    from catalog.hm_import import catalog_import_hm
+    from recommender.tasks import train_model
     from tests.conftest import SLICE
 
     active = ModelVersion.objects.filter(is_active=True).first()
@@ -95,7 +95,7 @@ def worker(*, broker: str | None = None, **env: str):
     log.parent.mkdir(parents=True, exist_ok=True)
     extra = {
         "DATABASE_URL": runtime.database_url(connection.settings_dict),
-        "DJANGO_SETTINGS_MODULE": "recommender.settings_test",
+        "DJANGO_SETTINGS_MODULE": "recommender.settings.test",
         **env,
     }
     if broker:
@@ -135,8 +135,8 @@ def _vector_rows(version: ModelVersion) -> dict[int, int]:
 
 def _zero_shot_version(name: str, tmp: Path) -> ModelVersion:
     """A registered, not yet embedded version whose (untrained) heads rank items differently."""
-    from ml.tasks import model_config
     from ml.train import save_heads, zero_shot_heads
+    from recommender.ml_bridge import model_config
 
     mcfg = model_config()
     v = model_version_create(name=name, config={"model": mcfg.to_dict()})
@@ -174,21 +174,24 @@ def test_beat_schedule_routes_and_task_options():
     from django.db import OperationalError
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    from ml import tasks
+    from recommender import tasks
 
     beat = app.conf.beat_schedule
-    assert beat["reconcile"] == {"task": "ml.tasks.reconcile", "schedule": settings.ML_RECONCILE_EVERY_S}
-    assert beat["prune-model-versions"]["task"] == "ml.tasks.prune_model_versions"
-    assert beat["retrain-if-changed"]["task"] == "ml.tasks.retrain_if_changed"
+    assert beat["reconcile"] == {
+        "task": "recommender.tasks.reconcile",
+        "schedule": settings.ML_RECONCILE_EVERY_S,
+    }
+    assert beat["prune-model-versions"]["task"] == "recommender.tasks.prune_model_versions"
+    assert beat["retrain-if-changed"]["task"] == "recommender.tasks.retrain_if_changed"
     assert "retrain-on-schedule" not in beat  # off unless ML_RETRAIN_CRONTAB is set
     assert {e["task"] for e in beat.values()} <= set(app.tasks)  # every scheduled task exists
     route = app.amqp.router.route
-    assert route({}, "ml.tasks.train_model")["queue"].name == "training"
+    assert route({}, "recommender.tasks.train_model")["queue"].name == "training"
     for name in (
-        "ml.tasks.embed_products",
-        "ml.tasks.embed_missing",
-        "ml.tasks.reconcile",
-        "ml.tasks.prune_model_versions",
+        "recommender.tasks.embed_products",
+        "recommender.tasks.embed_missing",
+        "recommender.tasks.reconcile",
+        "recommender.tasks.prune_model_versions",
     ):
         assert route({}, name)["queue"].name == "embedding", name
     train = tasks.train_model
@@ -278,7 +281,7 @@ class TestWithAWarmWorker:
             yield proc, log
 
     def test_same_embedding_message_delivered_twice(self, catalog, warm, tmp_path):
-        from ml.tasks import embed_products
+        from recommender.tasks import embed_products
 
         _, log = warm
         version = ModelVersion.objects.create(
@@ -293,7 +296,7 @@ class TestWithAWarmWorker:
                 kwargs={"product_ids": ids, "version_id": version.pk}, task_id="twice-1"
             )
         _wait(
-            lambda: log.read_text().count("ml.tasks.embed_products[twice-1] succeeded") == 2,
+            lambda: log.read_text().count("recommender.tasks.embed_products[twice-1] succeeded") == 2,
             120,
             "both deliveries to run",
         )
@@ -311,7 +314,7 @@ class TestWithAWarmWorker:
         assert hits[0].product.pk == pid and hits[0].score > 0.99
 
     def test_activation_is_atomic_during_a_re_embed(self, catalog, warm, tmp_path):
-        from ml.tasks import embed_products
+        from recommender.tasks import embed_products
 
         new = _zero_shot_version("re-embed", tmp_path)
         probes = list(
@@ -400,7 +403,7 @@ def test_upload_while_redis_is_down_is_embedded_once_redis_is_back(catalog, tmp_
 
 def test_worker_killed_mid_embedding(catalog, tmp_path):
     """SIGKILL while a re-embed of the active version runs; after a restart every product has one row."""
-    from ml.tasks import embed_products
+    from recommender.tasks import embed_products
 
     ids = list(Product.objects.order_by("pk").values_list("pk", flat=True))
     gone = ids[::2]  # enough batches that the kill lands mid-way even on a quiet machine

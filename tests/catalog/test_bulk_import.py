@@ -11,14 +11,10 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 
+from catalog.imports import ImportFileError, import_job_create, import_job_run, product_import_csv
 from catalog.models import ImportJob, Product
-from catalog.services import (
-    ImportFileError,
-    import_job_create,
-    import_job_run,
-    product_import_csv,
-    product_update,
-)
+from catalog.services import product_update
+from catalog.signals import products_changed
 from ml.data import read_articles
 
 pytestmark = pytest.mark.django_db
@@ -215,27 +211,39 @@ def test_management_command_writes_the_rejection_report(articles, tmp_path):
     ]
 
 
-def test_product_update_requeues_embedding_only_when_text_slot_or_photo_change(
+def test_product_update_announces_stale_vectors_only_when_text_slot_or_photo_change(
     articles, django_capture_on_commit_callbacks
 ):
+    """Every committed edit is announced (cached answers must show it); only a change of what the product
+    embeds (text, slot, photo) says its vectors are stale. Nothing is announced before the commit."""
     a = articles[0]
     result = product_import_csv(
         csv_bytes=_csv([_row(a)]), zip_bytes=_zip({f"photos/{a.article_id}.jpg": a.image_path.read_bytes()})
     )
     product = Product.objects.get(pk=result.product_ids[0])
+    sent: list[tuple[list[int], str, bool]] = []
 
-    def kinds(callbacks) -> list[str]:  # what each on-commit callback does: queue an embedding, retire cache
-        return ["cache" if c.__qualname__ == "invalidate.<locals>.bump" else "embed" for c in callbacks]
+    def listener(sender, *, product_ids, change, vectors_stale, **kwargs):
+        sent.append((product_ids, change, vectors_stale))
 
-    with django_capture_on_commit_callbacks() as callbacks:
-        assert product_update(product=product, data={"price": Decimal("3.50")}) == ["price"]
-    assert kinds(callbacks) == ["cache"]  # the price is not embedded, but cached answers show it
-    with django_capture_on_commit_callbacks() as callbacks:
-        assert product_update(product=product, data={"title": "Renamed tights"}) == ["title"]
-    assert kinds(callbacks) == ["embed", "cache"]
-    with django_capture_on_commit_callbacks() as callbacks:
-        assert product_update(product=product, data={}, image_bytes=a.image_path.read_bytes()) == []
-    assert callbacks == []  # the same photo again is no change
+    products_changed.connect(listener, dispatch_uid="test-listener")
+    try:
+        with django_capture_on_commit_callbacks() as callbacks:
+            assert product_update(product=product, data={"price": Decimal("3.50")}) == ["price"]
+        assert sent == []  # not before the commit
+        for callback in callbacks:
+            callback()
+        assert sent == [([product.pk], "updated", False)]  # the price is not embedded
+        sent.clear()
+        with django_capture_on_commit_callbacks(execute=True):
+            assert product_update(product=product, data={"title": "Renamed tights"}) == ["title"]
+        assert sent == [([product.pk], "updated", True)]
+        sent.clear()
+        with django_capture_on_commit_callbacks(execute=True) as callbacks:
+            assert product_update(product=product, data={}, image_bytes=a.image_path.read_bytes()) == []
+        assert callbacks == [] and sent == []  # the same photo again is no change
+    finally:
+        products_changed.disconnect(dispatch_uid="test-listener")
     with pytest.raises(ValueError, match=r"^slot: 'hat' is not one of"):
         product_update(product=product, data={"slot": "hat", "title": "Other"})
     product.refresh_from_db()

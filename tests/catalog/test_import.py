@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from catalog.hm_import import catalog_import_hm
 from catalog.models import Outfit, OutfitItem, Product
-from catalog.services import catalog_import_hm
 from ml.data import read_articles
 
 

@@ -52,7 +52,7 @@ def test_activation_refuses_a_version_with_missing_vectors_and_queues_them(
 ):
     """A version missing some products' vectors (created while another served) is refused with a 409,
     their embedding for that version is queued, and once it ran the same activation succeeds."""
-    from ml import tasks
+    from recommender import tasks
 
     ids = list(Product.objects.order_by("pk").values_list("pk", flat=True))
     partial = _copy_version(trained_catalog, ids[:-3])
@@ -188,7 +188,7 @@ def test_prune_keeps_the_newest_the_active_and_the_rollback_target(trained_catal
 
 
 def test_prune_task_uses_the_setting(trained_catalog, settings):
-    from ml.tasks import prune_model_versions
+    from recommender.tasks import prune_model_versions
 
     ids = list(Product.objects.values_list("pk", flat=True)[:2])
     extra = [_copy_version(trained_catalog, ids) for _ in range(3)]
@@ -215,7 +215,7 @@ def test_one_training_run_at_a_time(trained_catalog, merch):
         training_run_start(params={})
     with pytest.raises(IntegrityError), transaction.atomic():  # the database enforces it too
         TrainingRun.objects.create(params={}, status=TrainingRun.Status.QUEUED)
-    from ml.tasks import train_model
+    from recommender.tasks import train_model
 
     # a second delivery of a running run's message (or a second worker) does not train it again
     assert train_model.apply(kwargs={"run_id": busy.pk}).get() == {"skipped": f"run {busy.pk} is running"}
@@ -260,8 +260,8 @@ def test_runs_with_a_stale_heartbeat_are_failed_as_worker_lost(trained_catalog):
 def test_retrain_when_the_catalog_changed_enough(trained_catalog):
     from django.utils import timezone
 
-    from ml.tasks import retrain_if_changed
     from recommender.services import catalog_changed_fraction
+    from recommender.tasks import retrain_if_changed
 
     snap = trained_catalog.trained_on
     assert snap["products"] == Product.objects.count() and snap["outfits"] > 0
@@ -285,7 +285,8 @@ def test_retrain_when_the_catalog_changed_enough(trained_catalog):
 def test_api_training_run_with_tower_fine_tuning_serves_the_tuned_towers(trained_catalog, merch):
     """A run started through the API with the tower switches trains the towers' last blocks, saves their
     weights with the heads, and the new version's vectors come from the tuned towers (not the base ones)."""
-    from ml.tasks import embedder_for, train_model
+    from recommender.model_cache import embedder_for
+    from recommender.tasks import train_model
 
     r = merch.post(
         "/api/training-runs/",
@@ -348,19 +349,19 @@ def test_a_training_run_with_unknown_parameters_is_refused_not_started_with_defa
 def test_a_run_cancelled_during_evaluation_does_not_embed_the_catalog(trained_catalog, merch, monkeypatch):
     """The cancel lands while the worker evaluates: the version keeps its metrics but is retired without
     vectors, the run ends in phase "cancelled", and the active version keeps serving."""
-    import ml.evaluate
-    from ml.tasks import train_model
+    from recommender import training
+    from recommender.tasks import train_model
 
     r = merch.post("/api/training-runs/", {"epochs": 1, "max_steps": 2, "batch_size": 16}, format="json")
     run = TrainingRun.objects.get(pk=r.json()["id"])
-    real = ml.evaluate.evaluate_all
+    real = training.evaluate_all
 
     def evaluate_then_cancel(*args, **kwargs):
         out = real(*args, **kwargs)
         assert merch.post(f"/api/training-runs/{run.pk}/cancel/").status_code == 200
         return out
 
-    monkeypatch.setattr(ml.evaluate, "evaluate_all", evaluate_then_cancel)
+    monkeypatch.setattr(training, "evaluate_all", evaluate_then_cancel)
     assert train_model.apply(kwargs={"run_id": run.pk}, throw=True).get()["cancelled"] == run.pk
     run.refresh_from_db()
     assert (run.status, run.phase) == (TrainingRun.Status.CANCELLED, "cancelled")

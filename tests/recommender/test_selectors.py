@@ -9,7 +9,7 @@ from pgvector.django import MaxInnerProduct
 
 from catalog.models import Product
 from ml.slots import OUTFIT_SLOTS
-from recommender import selectors
+from recommender import model_cache, selectors
 from recommender.models import ProductEmbedding
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
@@ -82,7 +82,7 @@ def test_complete_the_look_ranking_equals_summed_pair_scores(trained_catalog):
     """The one-query-per-slot trick: <q_t, f_x> equals the sum of pair scores with every given item."""
     import torch
 
-    heads = selectors.heads_for(trained_catalog)
+    heads = model_cache.heads_for(trained_catalog)
     given = list(Product.objects.filter(slot__in=["top", "bottom"]).values_list("pk", flat=True)[:2])
     picks = selectors.complete_the_look(product_ids=given, k=2, slots=["shoes"])
     best = picks[0].hits[0].product

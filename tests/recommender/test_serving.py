@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from PIL import Image
 
 from catalog.models import Product
-from recommender import selectors
+from recommender import model_cache, selectors
 from recommender.models import ProductEmbedding
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
@@ -126,7 +126,7 @@ def test_filters_return_exactly_the_matching_rows_in_exact_order(trained_catalog
     hits = selectors.text_search(query="summer dress", k=n + 5, filters=f)
     assert len(hits) == n  # every matching row, none else
     assert {h.product.pk for h in hits} == set(match.values_list("pk", flat=True))
-    q = selectors.embedder(trained_catalog).embed_query_text("summer dress")
+    q = model_cache.embedder_for(trained_catalog).embed_query_text("summer dress")
     embs = ProductEmbedding.objects.filter(model_version=trained_catalog, product__in=match)
     exact = sorted(((float(np.dot(np.asarray(e.fused), q)), e.product_id) for e in embs), reverse=True)
     assert [h.product.pk for h in hits] == [pid for _, pid in exact]
@@ -189,7 +189,7 @@ def test_suggested_replacement_is_another_item_that_raises_the_score(trained_cat
 
 
 def test_query_text_cache_is_bounded_and_ignores_whitespace_runs(trained_catalog, monkeypatch):
-    emb = selectors.embedder(trained_catalog)
+    emb = model_cache.embedder_for(trained_catalog)
     a = emb.embed_query_text("black   leather boots ")
     b = emb.embed_query_text("black leather boots")
     assert a is b and np.linalg.norm(a) == pytest.approx(1.0, abs=1e-4)

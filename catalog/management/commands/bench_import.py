@@ -5,7 +5,7 @@ On N real H&M articles and photos (``../shared/data/hm``), on this machine:
 * photo cleaning alone: :func:`catalog.images.clean_image` (decode, EXIF, RGB, JPEG re-encode,
   thumbnail) of each photo: photos/s, the floor of any import;
 * one by one: :func:`catalog.services.product_create` per article (validation, photo, row): items/s;
-* bulk: :func:`catalog.services.product_import_csv` of a CSV + zip of the same articles (CSV parsing,
+* bulk: :func:`catalog.imports.product_import_csv` of a CSV + zip of the same articles (CSV parsing,
   zip reads, per-row validation, the photo checked before the write, then ``product_create``): rows/s.
 
 Everything runs inside one transaction that is rolled back, with photos written to a temporary media
@@ -29,6 +29,11 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from django.test.utils import override_settings
 
+from catalog.images import clean_image
+from catalog.imports import product_import_csv
+from catalog.services import product_create
+from ml.data import read_articles
+
 RESULTS = Path(__file__).resolve().parents[3] / "ml" / "benchmarks" / "results" / "import.json"
 
 
@@ -41,9 +46,6 @@ class Command(BaseCommand):
         parser.add_argument("--out", default=str(RESULTS))
 
     def handle(self, *args, **opts):
-        from catalog.images import clean_image
-        from catalog.services import product_create, product_import_csv
-        from ml.data import read_articles
 
         articles, _ = read_articles(Path(opts["data"]))
         arts = articles[: opts["rows"]]

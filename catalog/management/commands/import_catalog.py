@@ -6,7 +6,7 @@ import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from catalog.services import catalog_import_hm
+from catalog.hm_import import catalog_import_hm
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 """``python manage.py import_products products.csv [--images photos.zip] [--report rejected.csv]``.
 
-The same bulk import as the merchandiser page (:func:`catalog.services.product_import_csv`), run in
+The same bulk import as the merchandiser page (:func:`catalog.imports.product_import_csv`), run in
 this process with a progress bar; rejected rows are printed and optionally written as a CSV report.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from catalog.services import ImportFileError, product_import_csv
+from catalog.imports import ImportFileError, product_import_csv
 
 
 class Command(BaseCommand):

@@ -31,6 +31,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, connections
 
+from catalog.models import Product
+
 logger = logging.getLogger("bench_http")
 RESULTS_DIR = Path(__file__).resolve().parents[3] / "ml" / "benchmarks" / "results"
 ENDPOINTS = ["product_page", "similar", "complete_the_look", "text_search"]
@@ -73,7 +75,6 @@ class Command(BaseCommand):
         url = database_url(opts["database"])
         connections.close_all()
         connection.settings_dict["NAME"] = opts["database"]
-        from catalog.models import Product
 
         n = Product.objects.count()
         if n == 0:

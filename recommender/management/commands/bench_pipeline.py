@@ -38,6 +38,19 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 from tqdm import tqdm
 
+from catalog.hm_import import catalog_import_hm
+from catalog.models import Product
+from catalog.services import product_create
+from ml.benchmarks.bench_towers import time_forward
+from ml.config import TrainConfig
+from ml.data import read_articles
+from ml.inference import Embedder
+from ml.train import save_heads, train, zero_shot_heads
+from recommender import ml_bridge, runtime, selectors
+from recommender.celery import app
+from recommender.models import ModelVersion, ProductEmbedding
+from recommender.services import embeddings_write, model_version_activate
+
 RESULTS = Path(__file__).resolve().parents[3] / "ml" / "benchmarks" / "results" / "pipeline.json"
 
 
@@ -57,27 +70,18 @@ class Command(BaseCommand):
         parser.add_argument("--out", default=str(RESULTS))
 
     def handle(self, *args, **opts):
-        from catalog.models import Product
 
         if Product._meta.db_table not in connection.introspection.table_names():
             raise CommandError(
                 "the database has no tables yet: run `make migrate` (python manage.py migrate) first"
             )
-        from catalog.services import catalog_import_hm
-        from ml.benchmarks.bench_towers import time_forward
-        from ml.config import TrainConfig
-        from ml.inference import Embedder
-        from ml.tasks import _image_path, build_train_data, model_config
-        from ml.train import save_heads, train, zero_shot_heads
-        from recommender.models import ModelVersion
-        from recommender.services import embeddings_write
 
         n = opts["items"]
         if Product.objects.count() < n:
             self.stdout.write(f"importing {n} articles first")
             catalog_import_hm(root=opts["data"], limit=n, progress=False)
         products = list(Product.objects.order_by("pk")[:n])
-        mcfg = model_config()
+        mcfg = ml_bridge.model_config()
         heads = zero_shot_heads(mcfg.embed_dim, settings.COMPAT_DIM)
         emb = Embedder(mcfg, heads, cache_dir=None)
         ex = emb.extractor
@@ -98,7 +102,7 @@ class Command(BaseCommand):
         ids = [p.pk for p in products]
         try:
             save_heads(tmp / "heads.pt", heads, {})
-            paths, texts = [_image_path(p) for p in products], [p.text for p in products]
+            paths, texts = ml_bridge.product_inputs(products)
             t = time.perf_counter()
             img, txt, failed = emb.tower_features(paths, texts, progress=True)
             t_h = time.perf_counter()
@@ -118,7 +122,7 @@ class Command(BaseCommand):
                     method=method,
                 )
                 write_s[method] = time.perf_counter() - t
-            data = build_train_data(products, img, txt, val_fraction=0.1, seed=0)
+            data = ml_bridge.train_data(products, img, txt, val_fraction=0.1, seed=0)
             result = train(data, TrainConfig(epochs=opts["epochs"], batch_size=64, patience=0))
         finally:
             for version in versions.values():
@@ -199,21 +203,11 @@ class Command(BaseCommand):
         """
         from PIL import Image
 
-        from catalog.models import Product
-        from catalog.services import product_create
-        from ml.data import read_articles
-        from ml.tasks import model_config
-        from ml.train import save_heads, zero_shot_heads
-        from recommender import runtime, selectors
-        from recommender.celery import app
-        from recommender.models import ModelVersion, ProductEmbedding
-        from recommender.services import embeddings_write, model_version_activate
-
         self.stdout.write(runtime.ensure_redis(settings.CELERY_BROKER_URL, settings.VAR_DIR))
         active = ModelVersion.objects.filter(is_active=True).first()
         temp_version = None
         if active is None:  # a zero-shot version serves the benchmark, then goes away
-            mcfg = model_config()
+            mcfg = ml_bridge.model_config()
             temp_version = ModelVersion.objects.create(
                 name="bench zero-shot (temporary)", config={"model": mcfg.to_dict()}
             )
@@ -221,17 +215,9 @@ class Command(BaseCommand):
             save_heads(path, zero_shot_heads(mcfg.embed_dim, settings.COMPAT_DIM), {})
             ModelVersion.objects.filter(pk=temp_version.pk).update(artifact_path=str(path))
             temp_version.refresh_from_db()
-            from ml.inference import Embedder
-
-            emb = Embedder(
-                mcfg,
-                zero_shot_heads(mcfg.embed_dim, settings.COMPAT_DIM),
-                cache_dir=settings.ML_FEATURE_CACHE_DIR,
-            )
-            products = list(Product.objects.order_by("pk"))
-            v = emb.embed_items(
-                [p.image.path if p.image else "" for p in products], [p.text for p in products]
-            )
+            emb = ml_bridge.zero_shot_embedder()
+            products = ml_bridge.catalog_products()
+            v = emb.embed_items(*ml_bridge.product_inputs(products))
             embeddings_write(
                 version=temp_version,
                 product_ids=[p.pk for p in products],

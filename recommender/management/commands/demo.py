@@ -16,7 +16,10 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from recommender import runtime
+from recommender import runtime, selectors
+from recommender.celery import app
+from recommender.models import TrainingRun
+from recommender.services import training_run_start
 
 
 class Command(BaseCommand):
@@ -30,10 +33,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-serve", action="store_true")
 
     def handle(self, *args, **opts):
-        from ml.tasks import embed_missing  # noqa: F401  (registers the tasks before the worker starts)
-        from recommender.celery import app
-        from recommender.models import TrainingRun
-        from recommender.services import training_run_start
+        from recommender import tasks  # noqa: F401  (registers the tasks before the worker starts)
 
         timings: dict[str, float] = {}
         var = Path(settings.VAR_DIR)
@@ -111,7 +111,6 @@ class Command(BaseCommand):
             runtime.stop_worker(worker)
             (var / "worker.pid").unlink(missing_ok=True)
             return
-        from recommender import selectors
 
         t = time.perf_counter()
         # build the towers in this process (runserver runs without the reloader) before the first shopper

@@ -12,6 +12,11 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from ml.evaluate import evaluate_all, markdown_table, write_report
+from ml.train import load_heads
+from recommender import ml_bridge
+from recommender.models import ModelVersion
+
 
 class Command(BaseCommand):
     help = "Evaluate model versions on the held-out split (text→item Recall@K/MRR, FITB, AUC, P@10)."
@@ -23,26 +28,11 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=0)
 
     def handle(self, *args, **opts):
-        from catalog.models import Product
-        from ml.evaluate import evaluate_all, markdown_table, write_report
-        from ml.inference import Embedder
-        from ml.tasks import _image_path, build_train_data, model_config
-        from ml.train import load_heads, zero_shot_heads
-        from recommender.models import ModelVersion
-
-        products = list(Product.objects.order_by("pk"))
+        products = ml_bridge.catalog_products()
         if len(products) < 10:
             raise CommandError(f"{len(products)} products: import the catalog first")
-        mcfg = model_config()
-        emb = Embedder(
-            mcfg,
-            zero_shot_heads(mcfg.embed_dim, settings.COMPAT_DIM),
-            cache_dir=settings.ML_FEATURE_CACHE_DIR,
-        )
-        img, txt, _ = emb.tower_features(
-            [_image_path(p) for p in products], [p.text for p in products], progress=True
-        )
-        data = build_train_data(products, img, txt, val_fraction=0.1, seed=opts["seed"])
+        img, txt, _ = ml_bridge.tower_features(ml_bridge.zero_shot_embedder(), products, progress=True)
+        data = ml_bridge.train_data(products, img, txt, val_fraction=0.1, seed=opts["seed"])
         if opts["export"]:
             data.save(opts["export"])
             self.stdout.write(f"features file: {opts['export']}")

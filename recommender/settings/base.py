@@ -1,7 +1,9 @@
-"""Django settings: one module, read from the environment (django-environ, cookiecutter-django style).
+"""Django settings shared by every environment, read from the environment (django-environ,
+cookiecutter-django style).
 
-Every knob is an environment variable; the README has the table. Tests only override
-(``recommender/settings_test.py``).
+Every knob is an environment variable (docs/operations.md has the table). ``production.py`` hardens
+these for a deployment (``DJANGO_DEBUG=false`` selects it through ``recommender.settings``); ``test.py``
+only overrides.
 """
 
 from __future__ import annotations
@@ -11,26 +13,13 @@ from pathlib import Path
 
 import environ
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
 env = environ.Env()
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 
 VAR_DIR = Path(env("VAR_DIR", default=str(BASE_DIR / "var")))
 DEBUG = env.bool("DJANGO_DEBUG", default=True)
-if DEBUG:
-    SECRET_KEY = env("DJANGO_SECRET_KEY", default="dev-only-insecure-key-change-me")
-else:  # production: no default secret, HTTPS-only cookies, HSTS (behind a TLS-terminating proxy)
-    SECRET_KEY = env("DJANGO_SECRET_KEY")  # raises ImproperlyConfigured when unset
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
-    SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=60 * 60 * 24 * 30)
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
-    SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
-    SESSION_COOKIE_SECURE = True
-    CSRF_COOKIE_SECURE = True
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # container health checks call http://127.0.0.1:8000/healthz
-    if not SECURE_HSTS_PRELOAD:  # joining the browsers' preload list is a deliberate, lasting choice
-        SILENCED_SYSTEM_CHECKS = ["security.W021"]
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="dev-only-insecure-key-change-me")  # production.py requires one
 ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
 #: Origins allowed to POST forms when the site is served under another name than its Host header
 #: (e.g. ``https://shop.example.com`` behind a proxy); Django 4+ checks the Origin header.
@@ -122,8 +111,8 @@ CELERY_TASK_TIME_LIMIT = ML_TRAIN_TIME_LIMIT_S  # upper bound for any task; each
 CELERY_TASK_SOFT_TIME_LIMIT = ML_TRAIN_TIME_LIMIT_S - 60
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ROUTES = {
-    "ml.tasks.train_model": {"queue": "training"},
-    "ml.tasks.*": {"queue": "embedding"},  # embedding, reconciliation, pruning: cheap, any worker
+    "recommender.tasks.train_model": {"queue": "training"},
+    "recommender.tasks.*": {"queue": "embedding"},  # embedding, reconciliation, pruning: cheap, any worker
 }
 CELERY_TASK_DEFAULT_QUEUE = "embedding"
 # Broker down: a web request that queues a task gives up within ~2-3 s (connect timeout, two quick
@@ -168,19 +157,19 @@ ML_RETRAIN_CRONTAB = env("ML_RETRAIN_CRONTAB", default="")
 ML_RETRAIN_PARAMS = env.json("ML_RETRAIN_PARAMS", default={})
 
 CELERY_BEAT_SCHEDULE = {
-    "reconcile": {"task": "ml.tasks.reconcile", "schedule": ML_RECONCILE_EVERY_S},
-    "prune-model-versions": {"task": "ml.tasks.prune_model_versions", "schedule": ML_PRUNE_EVERY_S},
+    "reconcile": {"task": "recommender.tasks.reconcile", "schedule": ML_RECONCILE_EVERY_S},
+    "prune-model-versions": {"task": "recommender.tasks.prune_model_versions", "schedule": ML_PRUNE_EVERY_S},
 }
 if ML_RETRAIN_CHANGED_FRACTION > 0:
     CELERY_BEAT_SCHEDULE["retrain-if-changed"] = {
-        "task": "ml.tasks.retrain_if_changed",
+        "task": "recommender.tasks.retrain_if_changed",
         "schedule": ML_RETRAIN_CHECK_EVERY_S,
     }
 if ML_RETRAIN_CRONTAB:
     from celery.schedules import crontab
 
     CELERY_BEAT_SCHEDULE["retrain-on-schedule"] = {
-        "task": "ml.tasks.retrain_if_changed",
+        "task": "recommender.tasks.retrain_if_changed",
         "kwargs": {"force": True},
         "schedule": crontab.from_string(ML_RETRAIN_CRONTAB),
     }

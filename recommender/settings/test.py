@@ -1,7 +1,7 @@
-"""Test settings: only overrides of ``recommender.settings`` (same real PostgreSQL + pgvector, real Redis)."""
+"""Test settings: only overrides of ``recommender.settings.base`` (same real PostgreSQL + pgvector, real Redis)."""
 
-from recommender.settings import *  # noqa: F403
-from recommender.settings import VAR_DIR, env
+from recommender.settings.base import *  # noqa: F403
+from recommender.settings.base import VAR_DIR, env
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 MEDIA_ROOT = VAR_DIR / "test-media"

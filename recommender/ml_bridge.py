@@ -1,0 +1,128 @@
+"""The one bridge from Django rows to ``ml`` inputs: catalog products → photo paths and texts → tower
+features → :class:`ml.train.TrainData`.
+
+``ml`` never imports Django; everything Django-shaped that it needs is built here, once, for the
+training task (:mod:`recommender.training`), ``manage.py evaluate`` and the benchmarks alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from django.conf import settings
+
+from catalog.models import Outfit, Product
+from ml.config import ModelConfig
+from ml.inference import Embedder
+from ml.slots import SLOT_INDEX
+from ml.train import TrainData, category_ids, split_items, split_outfits, zero_shot_heads
+
+
+def model_config() -> ModelConfig:
+    """The model the settings ask for (``ML_MODEL_NAME``, ``ML_PRETRAINED``, ``EMBEDDING_DIM``, ``ML_DEVICE``)."""
+    return ModelConfig(
+        name=settings.ML_MODEL_NAME,
+        pretrained=settings.ML_PRETRAINED,
+        embed_dim=settings.EMBEDDING_DIM,
+        device=settings.ML_DEVICE,
+    )
+
+
+def image_path(product: Product) -> str:
+    """The stored photo's path on disk, or ``""`` for a product without one (it embeds by text)."""
+    return product.image.path if product.image else ""
+
+
+def product_inputs(products: Sequence[Product]) -> tuple[list[str], list[str]]:
+    """What the towers read of each product, in order: ``(photo paths, texts)``."""
+    return [image_path(p) for p in products], [p.text for p in products]
+
+
+def catalog_products() -> list[Product]:
+    """Every product, by primary key (the row order of every array built from the catalog)."""
+    return list(Product.objects.order_by("pk"))
+
+
+def zero_shot_embedder(*, compat_dim: int | None = None, seed: int = 0, cache_dir=None) -> Embedder:
+    """Base towers with untrained heads: tower features for training and evaluation.
+
+    Args:
+        compat_dim: the compatibility space's dimension (default ``COMPAT_DIM``).
+        cache_dir: feature cache folder (default ``ML_FEATURE_CACHE_DIR``; ``False`` for none).
+    """
+    mcfg = model_config()
+    heads = zero_shot_heads(mcfg.embed_dim, compat_dim or settings.COMPAT_DIM, seed)
+    cache = settings.ML_FEATURE_CACHE_DIR if cache_dir is None else (cache_dir or None)
+    return Embedder(mcfg, heads, cache_dir=cache)
+
+
+def tower_features(
+    embedder: Embedder, products: Sequence[Product], *, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
+    """Tower outputs of these products: ``(image (N, E) float32, text (N, E) float32, failed)``;
+    ``failed`` lists ``(row, reason)`` for unreadable photos (see :meth:`ml.inference.Embedder.tower_features`).
+    """
+    paths, texts = product_inputs(products)
+    return embedder.tower_features(paths, texts, progress=progress)
+
+
+def train_data(
+    products: Sequence[Product],
+    img: np.ndarray,
+    txt: np.ndarray,
+    *,
+    val_fraction: float,
+    seed: int,
+    heldout_fraction: float = 0.1,
+) -> TrainData:
+    """Arrays for :func:`ml.train.train` and :mod:`ml.evaluate` from products (in order) and their features.
+
+    Args:
+        products: the rows, in the order of ``img`` / ``txt``.
+        img, txt: (N, E) float32 tower features of ``products``.
+        val_fraction: share of training outfits (and of non-held-out items) used for validation.
+        seed: seed of every split.
+        heldout_fraction: share of products (by SKU) kept out of the image↔text loss: the text→item
+            evaluation gallery.
+
+    Splits (all seeded and stable per SKU / outfit): outfits of the ``test`` split are held out for
+    evaluation; ``val_fraction`` of the other outfits validate early stopping; ``heldout_fraction`` of
+    the products never enter the image↔text loss, and ``val_fraction`` of the rest validate it.
+    """
+    index = {p.pk: i for i, p in enumerate(products)}
+    outfits: dict[int, tuple[str, list[int]]] = {}
+    rows = Outfit.objects.values_list("pk", "split", "items__product_id").order_by("pk", "items__position")
+    for oid, split, pid in rows:
+        if pid in index:
+            outfits.setdefault(oid, (split, []))[1].append(index[pid])
+    train, val, test = split_outfits(
+        [
+            (oid, np.asarray(items, dtype=np.int64), split == Outfit.Split.TEST)
+            for oid, (split, items) in outfits.items()
+            if len(items) >= 2
+        ],
+        val_fraction=val_fraction,
+        seed=seed,
+    )
+    heldout, val_items = split_items(
+        [p.sku for p in products], heldout_fraction=heldout_fraction, val_fraction=val_fraction, seed=seed
+    )
+    paths, texts = product_inputs(products)
+    return TrainData(
+        image=img,
+        text=txt,
+        heldout_items=heldout,
+        val_items=val_items,
+        slots=np.asarray([SLOT_INDEX[p.slot] for p in products], dtype=np.int64),
+        types=category_ids([p.product_type for p in products]),
+        outfits=train,
+        val_outfits=val,
+        test_outfits=test,
+        item_ids=np.asarray([p.pk for p in products], dtype=np.int64),
+        attrs={
+            a: category_ids([getattr(p, a) for p in products]) for a in ("section", "department", "colour")
+        },
+        image_paths=paths,
+        texts=texts,
+    )

@@ -1,0 +1,331 @@
+"""A training run from start to finish: the orchestration behind ``recommender.tasks.train_model``.
+
+Phases, stored on the :class:`~recommender.models.TrainingRun` for the UI: features → training →
+evaluation → embedding (progress % and items/s) → activation. The active version keeps serving until
+the new one has every vector. Rows are read through :mod:`recommender.ml_bridge`, the model is
+trained by :func:`ml.train.train`, and everything is written through :mod:`recommender.services`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from catalog.models import Product
+from ml.config import ModelConfig, TrainConfig
+from ml.evaluate import evaluate_all, write_report
+from ml.inference import Embedder
+from ml.model import build_model
+from ml.train import TrainData, TrainResult, save_heads, train, zero_shot_heads
+from recommender import ml_bridge
+from recommender.models import ModelVersion, TrainingRun
+from recommender.services import (
+    catalog_snapshot,
+    embeddings_write,
+    model_version_activate,
+    model_version_create,
+    training_run_heartbeat,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Progress (%) at which each phase starts.
+PROGRESS = {"features": 1.0, "training": 20.0, "evaluation": 72.0, "embedding": 80.0, "done": 100.0}
+_STOPPED = (TrainingRun.Status.CANCELLED, TrainingRun.Status.FAILED)
+
+
+class Heartbeat:
+    """Context manager: a daemon thread sets ``TrainingRun.heartbeat_at`` every ``interval`` seconds.
+
+    The thread dies with the process, so a SIGKILLed worker leaves a stale heartbeat that
+    :func:`recommender.services.training_runs_fail_lost` detects. The thread uses (and closes) its own
+    database connection; a failed beat is logged and retried at the next interval.
+    """
+
+    def __init__(self, run_id: int, interval: float) -> None:
+        self.run_id, self.interval = run_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-run-{run_id}", daemon=True)
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    training_run_heartbeat(run_id=self.run_id)
+                except Exception as exc:  # the database blinked; try again next interval
+                    logger.warning("heartbeat of run %s failed: %s", self.run_id, exc)
+                    connection.close()
+        finally:
+            connection.close()
+
+    def __enter__(self) -> Heartbeat:
+        training_run_heartbeat(run_id=self.run_id)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
+
+
+class RunLog:
+    """Writes a run's phase, progress and log tail; a cancel or a "worker lost" verdict wins over it."""
+
+    def __init__(self, run_id: int) -> None:
+        self.run_id = run_id
+        self.lines: list[str] = []
+
+    def update(self, **fields: Any) -> None:
+        """Store ``fields`` on the run (``log=`` appends a timestamped line to its tail) and beat."""
+        if "log" in fields:
+            self.lines.append(f"{timezone.now():%H:%M:%S} {fields.pop('log')}")
+            logger.info("run %s: %s", self.run_id, self.lines[-1])
+            fields["log_tail"] = "\n".join(self.lines[-40:])
+        qs = TrainingRun.objects.filter(pk=self.run_id)
+        if "status" in fields:
+            qs = qs.exclude(status__in=_STOPPED)
+        qs.update(heartbeat_at=timezone.now(), **fields)
+
+    def cancelled(self) -> bool:
+        """Was the run cancelled (UI/API) or failed by reconciliation meanwhile?"""
+        return TrainingRun.objects.filter(pk=self.run_id, status__in=_STOPPED).exists()
+
+    def end_cancelled(self, message: str = "cancelled") -> None:
+        self.update(phase="cancelled", finished_at=timezone.now(), log=message)
+
+
+@dataclass
+class _Run:
+    """What the phases of one run share."""
+
+    run_id: int
+    cfg: TrainConfig
+    mcfg: ModelConfig
+    log: RunLog
+    products: list[Product] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def training_run_claim(*, run_id: int) -> TrainingRun | str:
+    """Claim a queued run atomically (of two deliveries of the same message, or two workers, one trains).
+
+    Returns:
+        The claimed run (now ``running``), or why it was skipped (missing, finished, cancelled, or a
+        redelivery of a run a lost worker began).
+    """
+    run = TrainingRun.objects.filter(pk=run_id).first()
+    if run is None:
+        return f"run {run_id} does not exist"
+    claimed = TrainingRun.objects.filter(pk=run_id, status=TrainingRun.Status.QUEUED).update(
+        status=TrainingRun.Status.RUNNING, started_at=timezone.now(), heartbeat_at=timezone.now()
+    )
+    if not claimed:
+        return f"run {run_id} is {TrainingRun.objects.get(pk=run_id).status}"
+    run.refresh_from_db()
+    return run
+
+
+def training_run_execute(*, run: TrainingRun, task_id: str = "") -> dict[str, Any]:
+    """Fine-tune on the catalog, register a model version, embed every product, then activate it.
+
+    A cancel (or a failure verdict) is honoured at every phase boundary and, inside training, at the
+    next epoch. Errors fail the run (and its version) with the reason and are raised again.
+
+    Returns:
+        ``{"run", "version", "metrics"}``, or ``{"cancelled": run id, ...}``.
+    """
+    log = RunLog(run.pk)
+    known = {f.name for f in TrainConfig.__dataclass_fields__.values()}
+    r = _Run(
+        run_id=run.pk,
+        cfg=TrainConfig(**{k: v for k, v in run.params.items() if k in known}),
+        mcfg=ml_bridge.model_config(),
+        log=log,
+    )
+    version = None
+    try:
+        log.update(phase="features", progress=PROGRESS["features"], celery_task_id=task_id, log="started")
+        snapshot = catalog_snapshot()  # before reading: later changes count towards the next retrain
+        embedder, data, failed = _features(r)
+        result = _fit(r, data)
+        if result.heads.tower_state:  # features of the tuned towers for evaluation and the catalog vectors
+            embedder = Embedder(r.mcfg, result.heads, cache_dir=settings.ML_FEATURE_CACHE_DIR)
+            data.image, data.text, _ = ml_bridge.tower_features(embedder, r.products, progress=True)
+        if log.cancelled():
+            log.end_cancelled()
+            return {"cancelled": r.run_id}
+        version, artifact = _register(r, result, snapshot)
+        metrics = _evaluate(r, version, data, result, artifact)
+        if (
+            log.cancelled()
+        ):  # cancelled during evaluation: do not embed the catalog for a version nobody wants
+            ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.RETIRED)
+            log.end_cancelled(
+                f"cancelled after evaluation; version {version.pk} kept for its metrics, not embedded"
+            )
+            return {"cancelled": r.run_id, "version": version.pk}
+        _embed(r, version, embedder, result, data, failed)
+        if log.cancelled():  # cancelled while embedding: keep the vectors, do not switch versions
+            ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.READY)
+            log.end_cancelled(f"cancelled; version {version.pk} kept inactive")
+            return {"cancelled": r.run_id, "version": version.pk}
+        model_version_activate(version=version)
+        metrics["timings"] = r.timings
+        ModelVersion.objects.filter(pk=version.pk).update(metrics=metrics)
+        log.update(
+            status=TrainingRun.Status.SUCCEEDED,
+            phase="done",
+            progress=PROGRESS["done"],
+            finished_at=timezone.now(),
+            log=f"version {version.pk} active",
+        )
+        return {"run": r.run_id, "version": version.pk, "metrics": metrics}
+    except Exception as exc:
+        logger.exception("training run %s failed", r.run_id)
+        if version is not None:
+            ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.FAILED)
+        log.update(
+            status=TrainingRun.Status.FAILED,
+            finished_at=timezone.now(),
+            error=f"{type(exc).__name__}: {exc}"[:2000],  # the traceback goes to the worker log only
+            log=f"failed: {type(exc).__name__}: {exc}",
+        )
+        raise
+
+
+def _features(r: _Run) -> tuple[Embedder, TrainData, list[tuple[int, str]]]:
+    """Tower features of the whole catalog (feature cache) and the training arrays."""
+    r.products = ml_bridge.catalog_products()
+    if len(r.products) < 2:
+        raise ValueError(f"the catalog has {len(r.products)} products; import or upload some first")
+    t = time.perf_counter()
+    embedder = Embedder(
+        r.mcfg,
+        zero_shot_heads(r.mcfg.embed_dim, r.cfg.compat_dim, r.cfg.seed),
+        cache_dir=settings.ML_FEATURE_CACHE_DIR,
+    )
+    img, txt, failed = ml_bridge.tower_features(embedder, r.products, progress=True)
+    r.timings["features_s"] = time.perf_counter() - t
+    r.log.update(
+        progress=PROGRESS["training"],
+        log=f"tower features of {len(r.products)} products in {r.timings['features_s']:.1f} s "
+        f"({len(failed)} unreadable photos)",
+    )
+    data = ml_bridge.train_data(r.products, img, txt, val_fraction=r.cfg.val_fraction, seed=r.cfg.seed)
+    return embedder, data, failed
+
+
+def _fit(r: _Run, data: TrainData) -> TrainResult:
+    """Train the heads (and the towers' last blocks when the config asks), reporting each epoch."""
+    r.log.update(
+        phase="training",
+        log=f"training on {len(data.outfits)} outfits, {len(data.val_outfits)} for validation, "
+        f"{len(data.test_outfits)} held out",
+    )
+    span = PROGRESS["evaluation"] - PROGRESS["training"] - 2.0
+
+    def on_epoch(info: dict[str, Any]) -> None:
+        r.log.update(
+            progress=PROGRESS["training"] + span * info["progress"],
+            step=info["step"],
+            loss=info["loss"],
+            history=info["history"],
+            log=f"epoch {info['epoch']} step {info['step']} loss {info['loss']:.4f} "
+            f"val FITB {info['val_fitb']:.3f} val R@10 {info['val_r10']:.3f}",
+        )
+
+    t = time.perf_counter()
+    result = train(
+        data,
+        r.cfg,
+        progress=on_epoch,
+        checkpoint_dir=Path(settings.ML_ARTIFACTS_DIR) / f"run-{r.run_id}" / "checkpoints",
+        should_stop=r.log.cancelled,
+        bundle=build_model(r.mcfg) if r.cfg.tunes_towers else None,  # a private model to fine-tune
+    )
+    r.timings["training_s"] = time.perf_counter() - t
+    return result
+
+
+def _register(r: _Run, result: TrainResult, snapshot: dict[str, Any]) -> tuple[ModelVersion, Path]:
+    """A new (inactive) model version with the trained heads saved as its artifact."""
+    meta = {"model": r.mcfg.to_dict(), "train": r.cfg.to_dict()}
+    version = model_version_create(name=f"{r.mcfg.name} fine-tuned (run {r.run_id})", config=meta)
+    ModelVersion.objects.filter(pk=version.pk).update(trained_on=snapshot)
+    artifact = Path(settings.ML_ARTIFACTS_DIR) / f"version-{version.pk}" / "heads.pt"
+    save_heads(artifact, result.heads, meta)
+    r.log.update(
+        model_version=version,
+        phase="evaluation",
+        progress=PROGRESS["evaluation"],
+        log="evaluating on the held-out split",
+    )
+    return version, artifact
+
+
+def _evaluate(
+    r: _Run, version: ModelVersion, data: TrainData, result: TrainResult, artifact: Path
+) -> dict[str, Any]:
+    """Held-out evaluation against the baselines, its report beside the artifact; metrics stored."""
+    t = time.perf_counter()
+    metrics: dict[str, Any] = {}
+    if data.test_outfits:
+        results = evaluate_all(data, {"fine-tuned": result.heads}, seed=r.cfg.seed)
+        write_report(results, artifact.parent, history=result.history, data=data, heads=result.heads)
+        metrics = {"evaluation": results}
+    r.timings["evaluation_s"] = time.perf_counter() - t
+    metrics.update(
+        {
+            "train_steps": result.steps,
+            "best_epoch": result.best_epoch,
+            "best_val": result.best_val,
+            "train_samples_per_s": result.samples_per_s,
+            "timings": r.timings,
+        }
+    )
+    ModelVersion.objects.filter(pk=version.pk).update(artifact_path=str(artifact), metrics=metrics)
+    return metrics
+
+
+def _embed(
+    r: _Run,
+    version: ModelVersion,
+    embedder: Embedder,
+    result: TrainResult,
+    data: TrainData,
+    failed: list[tuple[int, str]],
+) -> None:
+    """Vectors of every product for the new version, written in bulk with progress and items/s."""
+    r.log.update(phase="embedding", progress=PROGRESS["embedding"], log="embedding the catalog")
+    t = time.perf_counter()
+    embedder.heads = result.heads.eval()
+    vecs = embedder.vectors_from_features(data.image, data.text, failed)
+    span = PROGRESS["done"] - PROGRESS["embedding"] - 1.0
+
+    def on_batch(done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - t, 1e-9)
+        r.log.update(
+            progress=PROGRESS["embedding"] + span * done / max(total, 1),
+            items_per_s=rate,
+            log=f"embedded {done}/{total} products ({rate:.0f} items/s)",
+        )
+
+    version.refresh_from_db()
+    embeddings_write(
+        version=version,
+        product_ids=[p.pk for p in r.products],
+        image=vecs.image,
+        text=vecs.text,
+        fused=vecs.fused,
+        compat=vecs.compat,
+        progress=on_batch,
+    )
+    r.timings["embedding_s"] = time.perf_counter() - t
