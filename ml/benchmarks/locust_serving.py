@@ -11,35 +11,19 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from collections import Counter
+from pathlib import Path
 
 from locust import HttpUser, constant, events, task
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # Locust runs this file alone: the repo root
+from ml.benchmarks.queries import QUERY_WORDS  # noqa: E402
 
 IDS = json.loads(open(os.environ["BENCH_IDS"]).read()) if os.environ.get("BENCH_IDS") else {}  # noqa: SIM115
 ENDPOINT = os.environ.get("BENCH_ENDPOINT", "similar")
 STATUS: Counter = Counter()
-WORDS = [
-    "black",
-    "white",
-    "red",
-    "denim",
-    "leather",
-    "cotton",
-    "striped",
-    "floral",
-    "slim",
-    "wide",
-    "ankle",
-    "boots",
-    "dress",
-    "shirt",
-    "jacket",
-    "skirt",
-    "trousers",
-    "bag",
-    "scarf",
-    "knit",
-]
+WORDS = list(QUERY_WORDS)
 
 
 @events.request.add_listener

@@ -42,6 +42,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
+from ml.benchmarks.queries import QUERY_WORDS
 from ml.train import save_heads, zero_shot_heads
 from recommender import selectors
 from recommender.bench_data import (
@@ -302,28 +303,7 @@ def _text_e2e(out: dict, opts, rng: np.random.Generator, k: int) -> dict:
 
     lat = out["latency"]
     if not opts["skip_text"]:
-        words = [
-            "black",
-            "white",
-            "red",
-            "denim",
-            "leather",
-            "cotton",
-            "striped",
-            "floral",
-            "slim",
-            "wide",
-            "ankle",
-            "boots",
-            "dress",
-            "shirt",
-            "jacket",
-            "skirt",
-            "trousers",
-            "bag",
-            "scarf",
-            "knit",
-        ]
+        words = list(QUERY_WORDS)
         texts = [
             " ".join(rng.choice(words, size=3)) + f" {i}" for i in range(opts["text_queries"])
         ]  # no LRU hits
