@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ml.mining import DISTANCES, Distance, paired_distances, safe_sqrt
+from ml.distances import DISTANCES, Distance, paired_distances, safe_sqrt
 
 __all__ = [
     "LOSSES",
