@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from ml.config import TrainConfig
-from ml.heads import RecommenderHeads
+from ml.heads import RecommenderHeads, load_heads, zero_shot_heads
 from ml.metrics import (
     compatibility_auc,
     fitb_accuracy,
@@ -51,7 +51,7 @@ from ml.metrics import (
 )
 from ml.plots import plot_embedding_2d, plot_loss_curves, plot_metric_bars
 from ml.slots import SLOTS
-from ml.train import TrainData, fitb_questions, load_heads, zero_shot_heads
+from ml.train import TrainData, fitb_questions
 
 __all__ = [
     "ATTRIBUTE_KEYS",

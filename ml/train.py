@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ml.config import ModelConfig, TrainConfig
-from ml.heads import RecommenderHeads
+from ml.heads import RecommenderHeads, save_heads
 from ml.losses import ClipLoss, SoftmaxClassificationLoss, TripletMarginLoss
 from ml.metrics import fitb_accuracy, recall_at_k
 from ml.mining import mine_hard_negatives
@@ -591,39 +591,6 @@ def _rng_restore(state: dict[str, Any], gen: torch.Generator, rng: np.random.Gen
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def save_heads(path: Path, heads: RecommenderHeads, meta: dict[str, Any]) -> None:
-    """Save trained heads with their metadata (model config, train config, metrics) atomically.
-
-    Fine-tuned tower weights (``heads.tower_state``, from tower fine-tuning) are saved with them.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "state_dict": heads.state_dict(),
-            "embed_dim": heads.embed_dim,
-            "compat_dim": heads.compat_dim,
-            "num_slots": heads.num_slots,
-            "normalize": heads.normalize,
-            "meta": meta,
-            "towers": heads.tower_state,
-        },
-        tmp,
-    )
-    tmp.replace(path)
-
-
-def load_heads(path: Path | str) -> tuple[RecommenderHeads, dict[str, Any]]:
-    """Load heads saved by :func:`save_heads` (with their tuned tower weights in ``heads.tower_state``,
-    ``None`` for frozen towers). Raises FileNotFoundError when the file is missing."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    heads = RecommenderHeads(ck["embed_dim"], ck["compat_dim"], ck["num_slots"], normalize=ck["normalize"])
-    heads.load_state_dict(ck["state_dict"])
-    heads.eval().requires_grad_(False)  # loaded for inference
-    heads.tower_state = ck.get("towers")
-    return heads, ck["meta"]
-
-
 def category_ids(values: Sequence[str]) -> np.ndarray:
     """(N,) int64 ids of string labels, numbered in order of first appearance (``["a", "b", "a"]`` → 0, 1, 0)."""
     vocab: dict[str, int] = {}
@@ -743,12 +710,6 @@ def train_data_from_hm(
         image_paths=paths,
         texts=texts,
     )
-
-
-def zero_shot_heads(embed_dim: int, compat_dim: int, seed: int = 0) -> RecommenderHeads:
-    """Untrained heads (identity general projections, seeded random compatibility MLP)."""
-    torch.manual_seed(seed)
-    return RecommenderHeads(embed_dim, compat_dim).eval()
 
 
 def build_parser() -> argparse.ArgumentParser:

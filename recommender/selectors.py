@@ -102,7 +102,7 @@ _HEADS: dict[int, Any] = {}
 
 def heads_for(version: ModelVersion):
     """The trained heads of a version (cached per process; small, no towers)."""
-    from ml.train import load_heads
+    from ml.heads import load_heads
 
     with _LOCK:
         if version.pk not in _HEADS:

@@ -135,8 +135,8 @@ def _vector_rows(version: ModelVersion) -> dict[int, int]:
 
 def _zero_shot_version(name: str, tmp: Path) -> ModelVersion:
     """A registered, not yet embedded version whose (untrained) heads rank items differently."""
+    from ml.heads import save_heads, zero_shot_heads
     from ml.tasks import model_config
-    from ml.train import save_heads, zero_shot_heads
 
     mcfg = model_config()
     v = model_version_create(name=name, config={"model": mcfg.to_dict()})

@@ -28,7 +28,8 @@ from ml.evaluate import (
     main,
     write_report,
 )
-from ml.train import TrainData, fitb_accuracy_heads, fitb_questions, save_heads, zero_shot_heads
+from ml.heads import save_heads, zero_shot_heads
+from ml.train import TrainData, fitb_accuracy_heads, fitb_questions
 
 N = 12
 TOP, BOTTOM, SHOES = 0, 1, 4  # slot indices (ml.slots.SLOTS)

@@ -66,9 +66,10 @@ class Command(BaseCommand):
         from catalog.services import catalog_import_hm
         from ml.benchmarks.bench_towers import time_forward
         from ml.config import TrainConfig
+        from ml.heads import save_heads, zero_shot_heads
         from ml.inference import Embedder
         from ml.tasks import _image_path, build_train_data, model_config
-        from ml.train import save_heads, train, zero_shot_heads
+        from ml.train import train
         from recommender.models import ModelVersion
         from recommender.services import embeddings_write
 
@@ -202,8 +203,8 @@ class Command(BaseCommand):
         from catalog.models import Product
         from catalog.services import product_create
         from ml.data import read_articles
+        from ml.heads import save_heads, zero_shot_heads
         from ml.tasks import model_config
-        from ml.train import save_heads, zero_shot_heads
         from recommender import runtime, selectors
         from recommender.celery import app
         from recommender.models import ModelVersion, ProductEmbedding

@@ -359,8 +359,8 @@ def load_catalog(n: int, rng: np.random.Generator, version_id: int, dim: int, cd
 
 def bench_size(n: int, opts) -> dict:
     """Load (or reuse) n products, build the indexes, measure; returns the result dict of this size."""
+    from ml.heads import save_heads, zero_shot_heads
     from ml.tasks import model_config
-    from ml.train import save_heads, zero_shot_heads
     from recommender.models import ModelVersion, ProductEmbedding
 
     dim, cdim = settings.EMBEDDING_DIM, settings.COMPAT_DIM

@@ -25,9 +25,9 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         from catalog.models import Product
         from ml.evaluate import evaluate_all, markdown_table, write_report
+        from ml.heads import load_heads, zero_shot_heads
         from ml.inference import Embedder
         from ml.tasks import _image_path, build_train_data, model_config
-        from ml.train import load_heads, zero_shot_heads
         from recommender.models import ModelVersion
 
         products = list(Product.objects.order_by("pk"))
