@@ -133,7 +133,8 @@ def bench_fine_tuning(
     items of the InfoNCE batch (``batch`` photos + texts).
     """
     from ml.config import TrainConfig
-    from ml.train import train, train_data_from_hm
+    from ml.dataset import train_data_from_hm
+    from ml.train import train
 
     base = build_model(ModelConfig(device=str(device)))
     data = train_data_from_hm(
