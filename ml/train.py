@@ -34,7 +34,7 @@ from ml.config import ModelConfig, TrainConfig
 from ml.dataset import NegativeSampler, TrainData, fitb_questions, outfit_pairs, train_data_from_hm
 from ml.heads import RecommenderHeads, save_heads
 from ml.losses import ClipLoss, SoftmaxClassificationLoss, TripletMarginLoss
-from ml.metrics import fitb_accuracy, recall_at_k
+from ml.metrics import fitb_accuracy_heads, text_to_image_recall
 from ml.mining import mine_hard_negatives
 from ml.slots import SLOTS
 
@@ -60,34 +60,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-@torch.no_grad()
-def fitb_accuracy_heads(
-    heads: RecommenderHeads, compat: torch.Tensor, slots: torch.Tensor, questions
-) -> float:
-    """FITB accuracy of the compatibility space: candidate score = mean pair score with the question items.
-
-    Args:
-        compat: (N, C) float32 item vectors from ``heads.compat``; slots: (N,) int64.
-        questions: from :func:`fitb_questions` (answer at index 0; ties count as wrong).
-    """
-    if not questions:
-        return float("nan")
-    scores = []
-    for q, cands in questions:
-        qi = torch.as_tensor(q).repeat_interleave(len(cands)).to(compat.device)
-        ci = torch.as_tensor(cands).repeat(len(q)).to(compat.device)
-        s = heads.pair_score(compat[qi], compat[ci], slots[qi], slots[ci]).view(len(q), len(cands)).mean(0)
-        scores.append(s.cpu().numpy())
-    return fitb_accuracy(np.stack(scores), np.zeros(len(scores), dtype=np.int64), ties="wrong")
-
-
-@torch.no_grad()
-def text_to_image_recall(img: torch.Tensor, txt: torch.Tensor, k: int = 10) -> float:
-    """Recall@k of text→image retrieval, item i's text against all images: (G, E), (G, E) → float."""
-    sims = (txt @ img.T).cpu().numpy()  # (G, G); ties rank against the positive (ml.metrics)
-    return recall_at_k(sims, np.arange(len(sims)), ks=(k,))[k]
 
 
 def train(

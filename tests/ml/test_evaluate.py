@@ -30,7 +30,7 @@ from ml.evaluate import (
     write_report,
 )
 from ml.heads import save_heads, zero_shot_heads
-from ml.train import fitb_accuracy_heads
+from ml.metrics import fitb_accuracy_heads
 
 N = 12
 TOP, BOTTOM, SHOES = 0, 1, 4  # slot indices (ml.slots.SLOTS)
