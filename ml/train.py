@@ -28,14 +28,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ml.config import ModelConfig, TrainConfig
 from ml.dataset import NegativeSampler, TrainData, fitb_questions, outfit_pairs, train_data_from_hm
 from ml.heads import RecommenderHeads, save_heads
-from ml.losses import ClipLoss, SoftmaxClassificationLoss, TripletMarginLoss
+from ml.losses import ClipLoss, SoftmaxClassificationLoss, TypeAwareTripletLoss
 from ml.metrics import fitb_accuracy_heads, text_to_image_recall
-from ml.mining import mine_hard_negatives
 from ml.slots import SLOTS
 
 logger = logging.getLogger(__name__)
@@ -144,7 +142,7 @@ def train(
         device = tuner.device
     heads = RecommenderHeads(e, cfg.compat_dim, num_slots=len(SLOTS), normalize=cfg.normalize).to(device)
     clip_loss = ClipLoss(init_temperature=cfg.temperature).to(device)
-    triplet = TripletMarginLoss(margin=cfg.margin, distance="inner_product", normalize=False)
+    triplet = TypeAwareTripletLoss(margin=cfg.margin, miner=cfg.miner)
     n_types = int(data.types.max()) + 1 if len(data.types) else 1
     type_loss = SoftmaxClassificationLoss(e, n_types).to(device)
     types = torch.from_numpy(data.types.astype(np.int64)).to(device)
@@ -247,24 +245,7 @@ def train(
                 fa, fp = f[inv[:bs]], f[inv[bs : 2 * bs]]
                 fc = f[inv[2 * bs :]].view(bs, cand.shape[1], -1)  # (B, M, C)
                 m = heads.pair_mask(slots[a], slots[p])  # (B, C): the negative shares the positive's slot
-                d_ap = 1 - (fa * m * fp * m).sum(-1)  # (B,)
-                d_an = 1 - ((fa * m).unsqueeze(1) * fc * m.unsqueeze(1)).sum(-1)  # (B, M)
-                if cfg.miner == "batch-all":  # mean over all candidate triplets with a positive loss
-                    viol = F.relu(d_ap.unsqueeze(1) - d_an + cfg.margin)  # (B, M)
-                    l_tri = viol.sum() / (viol > 0).sum().clamp(min=1)
-                else:
-                    valid = torch.ones(d_an.shape, dtype=torch.bool)
-                    # mined on the CPU, where the seeded generator lives (a no-op copy on the CPU)
-                    neg_pos = mine_hard_negatives(
-                        d_ap.detach().cpu(),
-                        d_an.detach().cpu(),
-                        valid,
-                        strategy=cfg.miner,
-                        margin=cfg.margin,
-                        generator=gen,
-                    ).to(device)  # (B,)
-                    fn = fc[torch.arange(bs, device=device), neg_pos]  # (B, C)
-                    l_tri = triplet(fa * m, fp * m, fn * m)
+                l_tri = triplet(fa, fp, fc, m, generator=gen)
             loss = cfg.w_infonce * l_nce + cfg.w_triplet * l_tri + cfg.w_type * l_type
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

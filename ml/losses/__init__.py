@@ -1,5 +1,5 @@
-"""Metric-learning losses: contrastive, triplet, InfoNCE / NT-Xent / CLIP, N-pair, angular, center,
-softmax baseline; plus class centroids for centroid-based retrieval, and a small factory.
+"""Metric-learning losses: contrastive, triplet, type-aware triplet, InfoNCE / NT-Xent / CLIP, N-pair,
+angular, center, softmax baseline; plus class centroids for centroid-based retrieval, and a small factory.
 
 Every loss is an ``nn.Module`` whose docstring cites its paper and gives shapes and the formula. Unless
 stated otherwise inputs are floating point (float32 / float64 / bf16), labels are int64 and the output
@@ -10,7 +10,7 @@ Pick a loss from config with :func:`build_loss` (``build_loss("triplet", margin=
 mining lives in :mod:`ml.mining`.
 
 Modules:
-    margin       -- contrastive and triplet margin losses (hinge on distances)
+    margin       -- contrastive, triplet margin and type-aware triplet losses (hinge on distances)
     in_batch     -- InfoNCE, NT-Xent, CLIP, N-pair and angular losses (softmax over the batch)
     class_based  -- center loss, softmax classification baseline, class centroids
     factory      -- :data:`LOSSES` and :func:`build_loss`
@@ -29,7 +29,7 @@ from ml.losses.class_based import (
 )
 from ml.losses.factory import LOSSES, build_loss
 from ml.losses.in_batch import AngularLoss, ClipLoss, InfoNCELoss, NPairLoss, NTXentLoss
-from ml.losses.margin import ContrastiveLoss, TripletMarginLoss
+from ml.losses.margin import ContrastiveLoss, TripletMarginLoss, TypeAwareTripletLoss
 
 __all__ = [
     "LOSSES",
@@ -42,6 +42,7 @@ __all__ = [
     "NTXentLoss",
     "SoftmaxClassificationLoss",
     "TripletMarginLoss",
+    "TypeAwareTripletLoss",
     "build_loss",
     "centroid_retrieval_query",
     "class_centroids",

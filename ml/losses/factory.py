@@ -8,7 +8,7 @@ from torch import nn
 
 from ml.losses.class_based import CenterLoss, SoftmaxClassificationLoss
 from ml.losses.in_batch import AngularLoss, ClipLoss, InfoNCELoss, NPairLoss, NTXentLoss
-from ml.losses.margin import ContrastiveLoss, TripletMarginLoss
+from ml.losses.margin import ContrastiveLoss, TripletMarginLoss, TypeAwareTripletLoss
 
 #: Loss names accepted by :func:`build_loss`.
 LOSSES: dict[str, type[nn.Module]] = {
@@ -21,6 +21,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "angular": AngularLoss,
     "center": CenterLoss,
     "softmax": SoftmaxClassificationLoss,
+    "type_aware_triplet": TypeAwareTripletLoss,
 }
 
 

@@ -1,14 +1,18 @@
-"""Margin (hinge) losses on pairs and triplets: contrastive and triplet margin.
+"""Margin (hinge) losses on pairs and triplets: contrastive, triplet margin, and the type-aware triplet
+loss that ``ml.train`` optimises in the compatibility space.
 
 Plain PyTorch, no Django. Tests: ``python -m pytest tests/ml/test_losses.py``.
 """
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ml.distances import DISTANCES, Distance, paired_distances, safe_sqrt
 from ml.losses._common import _check_reduction, _check_same_shape, _maybe_normalize, _reduce
+from ml.mining import mine_hard_negatives
 
 
 class ContrastiveLoss(nn.Module):
@@ -104,3 +108,69 @@ class TripletMarginLoss(nn.Module):
         d_an = paired_distances(anchor, negative, self.distance)  # (B,)
         losses = (d_ap - d_an + self.margin).clamp(min=0.0)  # (B,)
         return _reduce(losses, self.reduction)
+
+
+class TypeAwareTripletLoss(nn.Module):
+    """Type-aware triplet loss of Vasileva, Plummer, Dusad, Rajpal, Kumar & Forsyth, "Learning Type-Aware
+    Embeddings for Fashion Compatibility", ECCV 2018, with a negative mined among candidates.
+
+    An (anchor, positive) pair is two items of one outfit, of slots (s_a, s_p); their type-specific
+    subspace is the mask ``m = m_{s_a s_p}`` (``RecommenderHeads.pair_mask``). Distances are inner-product
+    distances of the masked vectors,
+
+        d(a, x) = 1 − <a ⊙ m, x ⊙ m>
+
+    so training ranks exactly as pgvector's inner-product (``<#>``) queries serve. Each anchor has M
+    candidate negatives (items of the positive's slot, ``ml.dataset.NegativeSampler``). With
+    ``miner="batch-all"`` every candidate is a negative and the loss is the mean over the violating ones,
+
+        L = Σ_{b,j} max(0, d(a_b, p_b) − d(a_b, c_bj) + m) / #{terms > 0}
+
+    otherwise :func:`ml.mining.mine_hard_negatives` picks one candidate per anchor (``"batch-hard"``,
+    ``"semi-hard"`` or ``"random"``; mined on the CPU, where ``generator`` lives) and
+
+        L = mean_b max(0, d(a_b, p_b) − d(a_b, n_b) + m)        (:class:`TripletMarginLoss`)
+
+    Shapes:
+        anchor, positive: (B, C) floating point compatibility vectors (unit norm; not normalised here).
+        candidates: (B, M, C), same dtype. mask: (B, C) ≥ 0, the pair's mask (not squared).
+        Output: scalar, dtype of anchor.
+
+    Args:
+        margin: m.
+        miner: ``"batch-hard"``, ``"semi-hard"``, ``"random"`` or ``"batch-all"``; an unknown name
+            raises ValueError from :func:`ml.mining.mine_hard_negatives` at the first forward.
+    """
+
+    def __init__(self, margin: float = 0.2, miner: str = "semi-hard") -> None:
+        super().__init__()
+        self.margin = margin
+        self.miner = miner
+        self.triplet = TripletMarginLoss(margin=margin, distance="inner_product", normalize=False)
+
+    def forward(
+        self,
+        anchor: Tensor,
+        positive: Tensor,
+        candidates: Tensor,
+        mask: Tensor,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        b = anchor.shape[0]
+        d_ap = 1 - (anchor * mask * positive * mask).sum(-1)  # (B,)
+        d_an = 1 - ((anchor * mask).unsqueeze(1) * candidates * mask.unsqueeze(1)).sum(-1)  # (B, M)
+        if self.miner == "batch-all":  # mean over all candidate triplets with a positive loss
+            viol = F.relu(d_ap.unsqueeze(1) - d_an + self.margin)  # (B, M)
+            return viol.sum() / (viol > 0).sum().clamp(min=1)
+        valid = torch.ones(d_an.shape, dtype=torch.bool)
+        # mined on the CPU, where the seeded generator lives (a no-op copy on the CPU)
+        neg_pos = mine_hard_negatives(
+            d_ap.detach().cpu(),
+            d_an.detach().cpu(),
+            valid,
+            strategy=self.miner,
+            margin=self.margin,
+            generator=generator,
+        ).to(anchor.device)  # (B,)
+        negative = candidates[torch.arange(b, device=anchor.device), neg_pos]  # (B, C)
+        return self.triplet(anchor * mask, positive * mask, negative * mask)
