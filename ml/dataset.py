@@ -4,7 +4,7 @@
   loaded from an ``.npz`` file.
 * Splits: :func:`split_outfits` (train / validation / test outfits) and :func:`split_items` (held-out and
   validation products), seeded and stable per key (:func:`ml.data.split_is_test`); :func:`category_ids`
-  numbers string labels.
+  numbers string labels; :func:`training_rows` gives the rows a run trains and validates on.
 * :func:`train_data_from_hm`: a :class:`TrainData` straight from the H&M sample folder
   (``ml.tasks.build_train_data`` builds the same arrays from the catalog's rows).
 * What a training step samples: :func:`outfit_pairs` (anchor, positive) and :class:`NegativeSampler`
@@ -181,6 +181,38 @@ def split_items(
         if not h and split_is_test(f"val-item-{k}", val_fraction, seed)
     ]
     return np.flatnonzero(held).astype(np.int64), np.asarray(val, dtype=np.int64)
+
+
+def training_rows(
+    data: TrainData, val_questions: Sequence[tuple[np.ndarray, np.ndarray]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows a training run reads: ``(train_items (T,), val_items (V,), val_rows (R,))``, int64.
+
+    * ``train_items``: the products of the image↔text loss, all but the held-out (``data.heldout_items``)
+      and validation (``data.val_items``) products;
+    * ``val_items``: the text→image validation gallery, ``data.val_items``; without them the items of
+      ``data.val_outfits``, without those the first 1000 items;
+    * ``val_rows``: every row validation reads, ``val_items`` and the items of ``val_questions``
+      (:func:`fitb_questions` of the validation outfits).
+
+    Raises:
+        ValueError: fewer than 2 products are left for training.
+    """
+    n = len(data.image)
+    excluded = np.zeros(n, dtype=bool)
+    excluded[data.heldout_items] = True
+    excluded[data.val_items] = True
+    train_items = np.flatnonzero(~excluded)
+    if len(train_items) < 2:
+        raise ValueError(f"only {len(train_items)} products left for training after the held-out split")
+    if len(data.val_items):
+        val_items = np.asarray(data.val_items, dtype=np.int64)
+    elif data.val_outfits:
+        val_items = np.unique(np.concatenate(data.val_outfits))
+    else:
+        val_items = np.arange(min(n, 1000))
+    val_rows = np.unique(np.concatenate([val_items, *[np.concatenate(qc) for qc in val_questions]]))
+    return train_items, val_items, val_rows
 
 
 # -----------------------------------------------------------------------------
