@@ -7,8 +7,11 @@ Modules:
     model     -- open_clip model factory (default: EfficientNet-Lite0 + MiniLM towers)
     features  -- batched tower inference and the on-disk feature cache
     towers    -- partial tower fine-tuning: the last image blocks / text layers trained end to end
-    heads     -- trainable heads: general image/text space and the type-aware compatibility space
-    losses    -- contrastive, triplet, InfoNCE/CLIP, N-pair, angular, center losses
+    heads     -- trainable heads: general image/text space and the type-aware compatibility space;
+                 save_heads / load_heads / zero_shot_heads (all that serving needs)
+    dataset   -- TrainData (the arrays a run trains on), splits, training triplets, FITB questions
+    distances -- Euclidean / inner-product distances shared by losses and mining
+    losses    -- (package) contrastive, triplet, type-aware triplet, InfoNCE/CLIP, N-pair, angular, center
     mining    -- offline and online (batch-all, batch-hard, semi-hard) triplet mining
     metrics   -- Recall@K, MRR, FITB accuracy, compatibility AUC, precision@K
     train     -- the training loop; ``python -m ml.train --help``

@@ -5,15 +5,15 @@ Everything is measured on the seeded held-out split of a features file: the outf
 
 * ``co-occurrence``: a category prior, ``log P(type_b | type_a)`` from the training outfits (no features);
 * ``attribute-match``: the number of shared section / department / colour attributes (no features);
-* ``zero-shot``: :func:`ml.train.zero_shot_heads` (the towers' own space, untrained compatibility MLP);
-* each fine-tuned model (heads saved by :func:`ml.train.save_heads`).
+* ``zero-shot``: :func:`ml.heads.zero_shot_heads` (the towers' own space, untrained compatibility MLP);
+* each fine-tuned model (heads saved by :func:`ml.heads.save_heads`).
 
 Columns (all computed with :mod:`ml.metrics`):
 
 * ``recall@1/5/10``, ``mrr``: text→item retrieval; queries are the held-out products' texts, the gallery
   their images (``gallery_size`` items), score = ``text_vec · image_vec`` in the general space.
 * ``fitb``: fill-in-the-blank accuracy, 4 candidates of the answer's product type
-  (:func:`ml.train.fitb_questions`); candidate score = mean pair score with the question items.
+  (:func:`ml.dataset.fitb_questions`); candidate score = mean pair score with the question items.
 * ``auc``: compatibility ROC AUC, held-out outfits against one random outfit each with the same slots;
   outfit score = mean pair score over its item pairs.
 * ``p@10_type``: similar-item precision@10 by product type; queries are the held-out products' fused
@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from ml.config import TrainConfig
-from ml.heads import RecommenderHeads
+from ml.dataset import TrainData, fitb_questions
+from ml.heads import RecommenderHeads, load_heads, zero_shot_heads
 from ml.metrics import (
     compatibility_auc,
     fitb_accuracy,
@@ -51,7 +52,6 @@ from ml.metrics import (
 )
 from ml.plots import plot_embedding_2d, plot_loss_curves, plot_metric_bars
 from ml.slots import SLOTS
-from ml.train import TrainData, fitb_questions, load_heads, zero_shot_heads
 
 __all__ = [
     "ATTRIBUTE_KEYS",
@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_named_path,
         default=[],
         metavar="NAME=PATH",
-        help="fine-tuned heads (ml.train.save_heads files), one row each",
+        help="fine-tuned heads (ml.heads.save_heads files), one row each",
     )
     p.add_argument("--out", type=Path, default=None, help="write metrics.json, report.md and plots here")
     p.add_argument("--seed", type=int, default=0, help="seed of the FITB questions and negative outfits")

@@ -25,6 +25,7 @@ import os
 import sqlite3
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,6 @@ def _thread_prefetch(dataset: ImageFiles, batch_size: int) -> Iterator[tuple[tor
     Works where worker processes cannot start (a Celery prefork worker is a daemonic process).
     Yields ``(x (B, 3, H, W) float32, errors list[str])``.
     """
-    from concurrent.futures import ThreadPoolExecutor
 
     def load(start: int) -> tuple[torch.Tensor, list[str]]:
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]

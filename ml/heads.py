@@ -14,9 +14,15 @@ Two spaces, because similar is not compatible (two tops look alike; a top and je
   outfit ``{i}`` is ``Σ_i s(i, x) = <Σ_i f_i ⊙ m_{s_i t}², f_x> = <q_t, f_x>``: complete-the-look is
   one pgvector inner-product query per missing slot, with the query vector ``q_t`` from
   :meth:`RecommenderHeads.slot_query`.
+
+Heads are saved and loaded with :func:`save_heads` / :func:`load_heads` (what serving needs, without the
+trainer); :func:`zero_shot_heads` gives untrained ones.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +44,7 @@ class RecommenderHeads(nn.Module):
     Attributes:
         tower_state: fine-tuned tower weights that go with these heads (a partial model state dict from
             ``ml.towers.TowerTuner.state_dict``), or ``None`` for frozen towers. Saved and loaded with the
-            heads (``ml.train.save_heads`` / ``load_heads``); ``ml.inference.Embedder`` serves with them.
+            heads (:func:`save_heads` / :func:`load_heads`); ``ml.inference.Embedder`` serves with them.
             Not part of ``state_dict()``.
     """
 
@@ -127,3 +133,65 @@ class RecommenderHeads(nn.Module):
         s = torch.arange(self.num_slots)
         a, b = torch.meshgrid(s, s, indexing="ij")
         return self.pair_mask(a.reshape(-1), b.reshape(-1)).pow(2).reshape(self.num_slots, self.num_slots, -1)
+
+
+def zero_shot_heads(embed_dim: int, compat_dim: int, seed: int = 0) -> RecommenderHeads:
+    """Untrained heads (identity general projections, seeded random compatibility MLP).
+
+    Args:
+        embed_dim: E, the towers' output dimension.
+        compat_dim: C, the compatibility space's dimension.
+        seed: passed to ``torch.manual_seed`` (the global torch RNG) before the weights are drawn.
+
+    Returns:
+        :class:`RecommenderHeads` in eval mode, float32 on the CPU: the towers' own (zero-shot) space.
+    """
+    torch.manual_seed(seed)
+    return RecommenderHeads(embed_dim, compat_dim).eval()
+
+
+def save_heads(path: Path, heads: RecommenderHeads, meta: dict[str, Any]) -> None:
+    """Save trained heads with their metadata (model config, train config, metrics) atomically.
+
+    Fine-tuned tower weights (``heads.tower_state``, from tower fine-tuning) are saved with them.
+
+    Args:
+        path: the file to write (its folder is created); written as ``path.with_suffix(".tmp")``, then
+            renamed, so a reader never sees half a file.
+        heads: the heads; their float32 ``state_dict()``, dimensions and ``tower_state`` are saved.
+        meta: any picklable metadata, returned as is by :func:`load_heads`.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "state_dict": heads.state_dict(),
+            "embed_dim": heads.embed_dim,
+            "compat_dim": heads.compat_dim,
+            "num_slots": heads.num_slots,
+            "normalize": heads.normalize,
+            "meta": meta,
+            "towers": heads.tower_state,
+        },
+        tmp,
+    )
+    tmp.replace(path)
+
+
+def load_heads(path: Path | str) -> tuple[RecommenderHeads, dict[str, Any]]:
+    """Load heads saved by :func:`save_heads`, for inference (serving loads weights with this alone).
+
+    Returns:
+        ``(heads, meta)``: :class:`RecommenderHeads` on the CPU (float32, eval mode, no gradients) with
+        their tuned tower weights in ``heads.tower_state`` (``None`` for frozen towers), and the metadata
+        dict given to :func:`save_heads`.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+    """
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    heads = RecommenderHeads(ck["embed_dim"], ck["compat_dim"], ck["num_slots"], normalize=ck["normalize"])
+    heads.load_state_dict(ck["state_dict"])
+    heads.eval().requires_grad_(False)  # loaded for inference
+    heads.tower_state = ck.get("towers")
+    return heads, ck["meta"]

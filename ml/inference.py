@@ -23,6 +23,7 @@ from ml.config import ModelConfig
 from ml.features import FeatureCache, FeatureExtractor
 from ml.heads import RecommenderHeads
 from ml.model import ClipBundle, build_model
+from ml.towers import tower_state_fingerprint, tuned_bundle
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,6 @@ def get_bundle(cfg: ModelConfig, tower_state: dict[str, torch.Tensor] | None = N
     """
     key = repr(sorted(cfg.to_dict().items()))
     if tower_state:
-        from ml.towers import tower_state_fingerprint, tuned_bundle
-
         key += "+towers-" + tower_state_fingerprint(tower_state)
         if key not in _BUNDLES:
             _BUNDLES[key] = tuned_bundle(cfg, tower_state)
@@ -73,13 +72,13 @@ class Embedder:
     """Towers + trained heads of one model version.
 
     The towers are the base model's, or, when ``heads.tower_state`` holds fine-tuned tower weights
-    (tower fine-tuning, ``ml.towers``; restored by :func:`ml.train.load_heads`), the tuned ones: serving
+    (tower fine-tuning, ``ml.towers``; restored by :func:`ml.heads.load_heads`), the tuned ones: serving
     then embeds with the towers the heads were trained with, and the feature cache keys their outputs
     by a model_id of their own.
 
     Args:
         model_cfg: which open_clip model (must match the one the heads were trained on).
-        heads: the version's heads (or :func:`ml.train.zero_shot_heads`).
+        heads: the version's heads (or :func:`ml.heads.zero_shot_heads`).
         cache_dir: feature cache folder (``None`` = no cache).
         batch_size: images per forward pass.
         text_batch_size: texts per forward pass (length-sorted, dynamically padded).

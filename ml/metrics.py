@@ -1,9 +1,10 @@
 """Evaluation metrics for retrieval, fill-in-the-blank and outfit compatibility.
 
-Pure functions: NumPy arrays in, Python floats out. Higher scores always mean "more similar / more
-compatible" (pass ``-distance`` if you have distances). Every function checks shapes and raises
-``ValueError`` (with the offending shapes in the message) on a mismatch, on empty input or on
-non-finite scores.
+Pure functions: NumPy arrays in, Python floats out; at the end, two torch wrappers score the heads'
+vectors with them (:func:`fitb_accuracy_heads`, :func:`text_to_image_recall`, validation in ``ml.train``).
+Higher scores always mean "more similar / more compatible" (pass ``-distance`` if you have distances).
+Every function checks shapes and raises ``ValueError`` (with the offending shapes in the message) on a
+mismatch, on empty input or on non-finite scores.
 
 Protocols:
     * Recall@K and MRR: the standard single-relevant-item retrieval metrics (Manning, Raghavan &
@@ -21,14 +22,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+import torch
 from sklearn.metrics import roc_auc_score
+
+from ml.heads import RecommenderHeads
 
 __all__ = [
     "compatibility_auc",
     "fitb_accuracy",
+    "fitb_accuracy_heads",
     "mean_reciprocal_rank",
     "precision_at_k_by_label",
     "recall_at_k",
+    "text_to_image_recall",
 ]
 
 
@@ -224,3 +230,50 @@ def precision_at_k_by_label(
     valid = np.arange(order.shape[1])[None, :] < n_left[:, None]  # (Q, k) ignore excluded slots
     hits = (g_labels[order] == q_labels[:, None]) & valid  # (Q, k)
     return float(np.mean(hits.sum(axis=1) / n_left))
+
+
+# -----------------------------------------------------------------------------
+# the heads' vectors (torch): validation metrics of ml.train
+
+
+@torch.no_grad()
+def fitb_accuracy_heads(
+    heads: RecommenderHeads, compat: torch.Tensor, slots: torch.Tensor, questions
+) -> float:
+    """FITB accuracy of the compatibility space: candidate score = mean pair score with the question items.
+
+    Args:
+        heads: the heads whose :meth:`~ml.heads.RecommenderHeads.pair_score` scores item pairs.
+        compat: (N, C) float32 item vectors from ``heads.compat``, on the heads' device.
+        slots: (N,) int64 slot indices, on the same device.
+        questions: from :func:`ml.dataset.fitb_questions`: ``[(question_items (K,), candidates (M,))]``
+            int64, answer at index 0 (ties count as wrong, :func:`fitb_accuracy`).
+
+    Returns:
+        The accuracy in [0, 1]; NaN when there is no question.
+    """
+    if not questions:
+        return float("nan")
+    scores = []
+    for q, cands in questions:
+        qi = torch.as_tensor(q).repeat_interleave(len(cands)).to(compat.device)
+        ci = torch.as_tensor(cands).repeat(len(q)).to(compat.device)
+        s = heads.pair_score(compat[qi], compat[ci], slots[qi], slots[ci]).view(len(q), len(cands)).mean(0)
+        scores.append(s.cpu().numpy())
+    return fitb_accuracy(np.stack(scores), np.zeros(len(scores), dtype=np.int64), ties="wrong")
+
+
+@torch.no_grad()
+def text_to_image_recall(img: torch.Tensor, txt: torch.Tensor, k: int = 10) -> float:
+    """Recall@k of text→image retrieval, item i's text against all G images (:func:`recall_at_k`).
+
+    Args:
+        img: (G, E) float image vectors; txt: (G, E) float text vectors, row i of each the same item
+            (unit norm, so ``txt @ img.T`` are cosines).
+        k: the cut-off.
+
+    Returns:
+        The fraction of texts whose own image ranks within the top k (ties count against it).
+    """
+    sims = (txt @ img.T).cpu().numpy()  # (G, G); ties rank against the positive (ml.metrics)
+    return recall_at_k(sims, np.arange(len(sims)), ks=(k,))[k]

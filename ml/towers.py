@@ -35,7 +35,8 @@ from open_clip.hf_model import HFTextEncoder
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ml.config import ModelConfig
+from ml.config import ModelConfig, TrainConfig
+from ml.dataset import TrainData
 from ml.features import ImageFiles
 from ml.model import ClipBundle, build_model
 
@@ -243,6 +244,35 @@ class TowerTuner:
             dev_idx = idx.to(image.device)
             image[dev_idx] = img.to(image.dtype)
             text[dev_idx] = txt.to(text.dtype)
+
+
+def tower_tuner(data: TrainData, cfg: TrainConfig, bundle: ClipBundle | None = None) -> TowerTuner:
+    """The :class:`TowerTuner` of a training run (``ml.train``): the last ``cfg.unfreeze_last_blocks`` image
+    blocks and ``cfg.unfreeze_text_layers`` text layers of ``bundle`` (default: a new
+    ``build_model(ModelConfig())``), fed with ``data.image_paths`` and ``data.texts``.
+
+    Raises:
+        ValueError: the data has no image paths or texts, or the model's embed_dim is not the features' E.
+    """
+    if data.image_paths is None or data.texts is None:
+        raise ValueError(
+            "tower fine-tuning (unfreeze_last_blocks / unfreeze_text_layers > 0) needs TrainData.image_paths "
+            "and TrainData.texts (e.g. python -m ml.train --hm-root ...)"
+        )
+    bundle = bundle if bundle is not None else build_model(ModelConfig())
+    e = data.image.shape[1]
+    if bundle.embed_dim != e:
+        raise ValueError(f"model {bundle.model_id} gives {bundle.embed_dim}-d features, the data has {e}-d")
+    return TowerTuner(
+        bundle,
+        image_paths=data.image_paths,
+        texts=data.texts,
+        image_blocks=cfg.unfreeze_last_blocks,
+        text_layers=cfg.unfreeze_text_layers,
+        amp=cfg.amp,
+        channels_last=cfg.channels_last,
+        num_workers=cfg.num_workers,
+    )
 
 
 def load_tower_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

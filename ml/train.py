@@ -22,131 +22,32 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ml.config import ModelConfig, TrainConfig
-from ml.heads import RecommenderHeads
-from ml.losses import ClipLoss, SoftmaxClassificationLoss, TripletMarginLoss
-from ml.metrics import fitb_accuracy, recall_at_k
-from ml.mining import mine_hard_negatives
+from ml.dataset import (
+    NegativeSampler,
+    TrainData,
+    fitb_questions,
+    outfit_pairs,
+    train_data_from_hm,
+    training_rows,
+)
+from ml.evaluate import evaluate_heads
+from ml.heads import RecommenderHeads, save_heads
+from ml.losses import ClipLoss, SoftmaxClassificationLoss, TypeAwareTripletLoss
+from ml.metrics import fitb_accuracy_heads, text_to_image_recall
 from ml.slots import SLOTS
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class TrainData:
-    """Everything a run trains on, as arrays (N items, E = embed_dim).
-
-    Attributes:
-        image: (N, E) float32 image-tower outputs (unnormalised).
-        text: (N, E) float32 text-tower outputs.
-        slots: (N,) int64 slot index (``ml.slots.SLOTS``).
-        types: (N,) int64 product-type id (for FITB candidates of the answer's type).
-        outfits: training outfits, each an int64 array of item indices (≥ 2 items).
-        val_outfits: outfits for early stopping (never trained on).
-        item_ids: (N,) the products' ids, to map results back (not used in training).
-        test_outfits: held-out outfits for evaluation only (``ml.evaluate``); never trained on.
-        attrs: extra (N,) int64 attribute ids for the non-learned baselines, e.g. ``{"section": ...,
-            "department": ..., "colour": ...}``.
-        heldout_items: (G,) int64 products never seen by the image↔text loss: the gallery of the
-            text→item evaluation (``ml.evaluate``).
-        val_items: (V,) int64 products also kept out of the image↔text loss, for early stopping.
-        image_paths: N photo files (row order), needed only for tower fine-tuning (``ml.towers``).
-        texts: N product texts, needed only for tower fine-tuning.
-    """
-
-    image: np.ndarray
-    text: np.ndarray
-    slots: np.ndarray
-    types: np.ndarray
-    outfits: list[np.ndarray]
-    val_outfits: list[np.ndarray] = field(default_factory=list)
-    item_ids: np.ndarray | None = None
-    test_outfits: list[np.ndarray] = field(default_factory=list)
-    attrs: dict[str, np.ndarray] = field(default_factory=dict)
-    heldout_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    val_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    image_paths: list[str] | None = None
-    texts: list[str] | None = None
-
-    def __post_init__(self) -> None:
-        n = len(self.image)
-        for name in ("image_paths", "texts"):
-            v = getattr(self, name)
-            if v is not None and len(v) != n:
-                raise ValueError(f"{name} has {len(v)} entries for {n} items")
-        if self.text.shape != self.image.shape:
-            raise ValueError(f"image {self.image.shape} and text {self.text.shape} features differ in shape")
-        if self.slots.shape != (n,) or self.types.shape != (n,):
-            raise ValueError(f"slots {self.slots.shape} / types {self.types.shape} must be ({n},)")
-        for o in [*self.outfits, *self.val_outfits, *self.test_outfits]:
-            if len(o) < 2 or o.max(initial=0) >= n or o.min(initial=0) < 0:
-                raise ValueError(f"outfit {o.tolist()} needs ≥ 2 item indices in [0, {n})")
-
-    def save(self, path: Path | str) -> None:
-        """Write an ``.npz`` file (outfits stored as flat arrays + offsets)."""
-
-        def pack(outs: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-            flat = np.concatenate(outs) if outs else np.zeros(0, np.int64)
-            return flat.astype(np.int64), np.cumsum([0, *[len(o) for o in outs]]).astype(np.int64)
-
-        of, oo = pack(self.outfits)
-        vf, vo = pack(self.val_outfits)
-        tf, to = pack(self.test_outfits)
-        ids = self.item_ids if self.item_ids is not None else np.arange(len(self.image))
-        attrs = {f"attr_{k}": v for k, v in self.attrs.items()}
-        if self.image_paths is not None:
-            attrs["image_paths"] = np.asarray([str(p) for p in self.image_paths], dtype=str)
-        if self.texts is not None:
-            attrs["texts"] = np.asarray(self.texts, dtype=str)
-        np.savez(
-            path,
-            image=self.image,
-            text=self.text,
-            slots=self.slots,
-            types=self.types,
-            outfits=of,
-            outfit_offsets=oo,
-            val_outfits=vf,
-            val_offsets=vo,
-            test_outfits=tf,
-            test_offsets=to,
-            item_ids=ids,
-            heldout_items=self.heldout_items,
-            val_items=self.val_items,
-            **attrs,
-        )
-
-    @classmethod
-    def load(cls, path: Path | str) -> TrainData:
-        """Read a file written by :meth:`save`. Raises FileNotFoundError / KeyError on a bad file."""
-        z = np.load(path)
-
-        def unpack(flat: np.ndarray, off: np.ndarray) -> list[np.ndarray]:
-            return [flat[off[i] : off[i + 1]] for i in range(len(off) - 1)]
-
-        return cls(
-            image=z["image"].astype(np.float32),
-            text=z["text"].astype(np.float32),
-            slots=z["slots"],
-            types=z["types"],
-            outfits=unpack(z["outfits"], z["outfit_offsets"]),
-            val_outfits=unpack(z["val_outfits"], z["val_offsets"]),
-            item_ids=z["item_ids"],
-            test_outfits=unpack(z["test_outfits"], z["test_offsets"]) if "test_outfits" in z else [],
-            attrs={k[5:]: z[k] for k in z.files if k.startswith("attr_")},
-            heldout_items=z["heldout_items"] if "heldout_items" in z else np.zeros(0, np.int64),
-            val_items=z["val_items"] if "val_items" in z else np.zeros(0, np.int64),
-            image_paths=z["image_paths"].tolist() if "image_paths" in z else None,
-            texts=z["texts"].tolist() if "texts" in z else None,
-        )
+_N_CANDIDATES = 32  # candidate negatives per triplet anchor, all of the positive's slot
+_HISTORY = ("loss", "infonce", "triplet", "type", "val_fitb", "val_r10", "val", "temperature")
 
 
 @dataclass
@@ -162,6 +63,10 @@ class TrainResult:
     samples_per_s: float
 
 
+# -----------------------------------------------------------------------------
+# seeds and random streams
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a torch generator for sampling."""
     random.seed(seed)
@@ -170,99 +75,266 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def outfit_pairs(outfits: Sequence[np.ndarray], slots: np.ndarray) -> np.ndarray:
-    """All ordered (anchor, positive) pairs of items of different slots within each outfit: (P, 2) int64."""
-    pairs = [(a, p) for o in outfits for a in o for p in o if a != p and slots[a] != slots[p]]
-    if not pairs:  # outfits of one slot only: fall back to any distinct pair
-        pairs = [(a, p) for o in outfits for a in o for p in o if a != p]
-    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+def _rng_state(gen: torch.Generator, rng: np.random.Generator) -> dict[str, Any]:
+    """Every random stream a run draws from (for an exact resume)."""
+    state = {
+        "gen": gen.get_state(),
+        "numpy": rng.bit_generator.state,
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "np_global": np.random.get_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-class NegativeSampler:
-    """Samples candidate negatives from the positive's slot (half of them of the positive's product type)."""
-
-    def __init__(self, slots: np.ndarray, types: np.ndarray, rng: np.random.Generator) -> None:
-        self.rng = rng
-        self.by_slot = {int(s): np.flatnonzero(slots == s) for s in np.unique(slots)}
-        self.by_type = {int(t): np.flatnonzero(types == t) for t in np.unique(types)}
-        self.slots, self.types = slots, types
-
-    def sample(self, positives: np.ndarray, m: int) -> np.ndarray:
-        """(B,) positive indices → (B, M) candidate negative indices (never the positive itself)."""
-        out = np.empty((len(positives), m), dtype=np.int64)
-        for row, p in enumerate(positives):
-            same_type = self.by_type[int(self.types[p])]
-            pool_t = same_type if len(same_type) > 1 else self.by_slot[int(self.slots[p])]
-            pool_s = self.by_slot[int(self.slots[p])]
-            half = m // 2
-            cand = np.concatenate([self.rng.choice(pool_t, half), self.rng.choice(pool_s, m - half)])
-            clash = cand == p
-            if clash.any():  # replace by any other item of the slot (or anything if the slot has one item)
-                pool = (
-                    pool_s[pool_s != p]
-                    if len(pool_s) > 1
-                    else np.flatnonzero(np.arange(len(self.slots)) != p)
-                )
-                cand[clash] = self.rng.choice(pool, int(clash.sum()))
-            out[row] = cand
-        return out
+def _rng_restore(state: dict[str, Any], gen: torch.Generator, rng: np.random.Generator) -> None:
+    """Put every random stream back where :func:`_rng_state` saw it."""
+    gen.set_state(state["gen"].cpu())
+    rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"].cpu())
+    random.setstate(state["python"])
+    np.random.set_state(state["np_global"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def fitb_questions(
-    outfits: Sequence[np.ndarray], slots: np.ndarray, types: np.ndarray, seed: int, n_candidates: int = 4
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Fill-in-the-blank questions (Polyvore Outfits convention, Vasileva et al. 2018).
+# -----------------------------------------------------------------------------
+# the run's state and its steps
 
-    One item of each outfit is blanked (seeded); the candidates are the answer and ``n_candidates-1``
-    wrong items of the answer's product type (of its slot when the type has too few items), never
-    items of the outfit.
 
-    Returns:
-        ``[(question_items (K,), candidates (n_candidates,)), ...]`` with the answer at candidates[0].
+class _Run:
+    """One training run: what it trains, the data it reads, its random streams and its progress.
+
+    Attributes:
+        heads, clip_loss, type_loss, triplet_loss, opt, scaler: what is trained, on ``device``; tuner: the
+            towers' unfrozen tops (``ml.towers.TowerTuner``), None for frozen towers.
+        gen, rng: the seeded torch / NumPy streams (epoch order and mining / triplet sampling).
+        image, text: (N, E) float32 feature bank on ``device`` (a private copy when the towers are tuned);
+            slots, types: (N,) int64; pairs: (P, 2) int64 outfit pairs; sampler: their candidate negatives.
+        train_items (T,), val_items (V,), val_rows (R,): int64 rows (:func:`ml.dataset.training_rows`).
+        epoch (the last finished, -1 before any), step, history, best_*: the progress a checkpoint saves;
+            stale: epochs in a row without a better ``best_val`` (early stopping; a resumed run starts at 0).
     """
-    rng = np.random.default_rng(seed)
-    by_type = {int(t): np.flatnonzero(types == t) for t in np.unique(types)}
-    by_slot = {int(s): np.flatnonzero(slots == s) for s in np.unique(slots)}
-    out = []
-    for o in outfits:
-        ans = int(o[rng.integers(len(o))])
-        question = np.asarray([i for i in o if i != ans], dtype=np.int64)
-        pool = np.setdiff1d(by_type[int(types[ans])], o)
-        if len(pool) < n_candidates - 1:
-            pool = np.setdiff1d(by_slot[int(slots[ans])], o)
-        if len(pool) < n_candidates - 1:
-            continue
-        wrong = rng.choice(pool, n_candidates - 1, replace=False)
-        out.append((question, np.concatenate([[ans], wrong]).astype(np.int64)))
-    return out
+
+    def __init__(self, data: TrainData, cfg: TrainConfig, bundle: Any) -> None:
+        self.cfg = cfg
+        self.gen = seed_everything(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        tuner = None
+        if cfg.tunes_towers:
+            # lazy: ml.towers imports open_clip (~3 s); only runs that tune the towers need it
+            from ml.towers import tower_tuner
+
+            tuner = tower_tuner(data, cfg, bundle)
+        self.tuner = tuner
+        self.device = device = tuner.device if tuner is not None else torch.device("cpu")
+        # the modules, drawn from the seeded global torch RNG in this order
+        e = data.image.shape[1]
+        heads = RecommenderHeads(e, cfg.compat_dim, num_slots=len(SLOTS), normalize=cfg.normalize)
+        self.heads = heads.to(device)
+        self.clip_loss = ClipLoss(init_temperature=cfg.temperature).to(device)
+        self.triplet_loss = TypeAwareTripletLoss(margin=cfg.margin, miner=cfg.miner)
+        n_types = int(data.types.max()) + 1 if len(data.types) else 1
+        self.type_loss = SoftmaxClassificationLoss(e, n_types).to(device)
+        self.opt = self.build_optimizer()
+        fp16 = tuner is not None and tuner.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)  # fp16 only; bf16 needs no loss scaling
+        # the data
+        self.types = torch.from_numpy(data.types.astype(np.int64)).to(device)
+        self.image = torch.from_numpy(np.ascontiguousarray(data.image, dtype=np.float32))
+        self.text = torch.from_numpy(np.ascontiguousarray(data.text, dtype=np.float32))
+        if tuner is not None:  # a private, writable feature bank (never the caller's arrays)
+            self.image, self.text = self.image.to(device, copy=True), self.text.to(device, copy=True)
+        self.slots = torch.from_numpy(data.slots.astype(np.int64)).to(device)
+        self.pairs = outfit_pairs(data.outfits, data.slots)
+        self.sampler = NegativeSampler(data.slots, data.types, self.rng)
+        self.val_questions = fitb_questions(data.val_outfits, data.slots, data.types, seed=cfg.seed + 1)
+        train_items, self.val_items, self.val_rows = training_rows(data, self.val_questions)
+        self.train_items = torch.from_numpy(train_items)
+        self.batch_size = min(cfg.batch_size, len(self.train_items))
+        self.steps_per_epoch = max(1, len(self.train_items) // self.batch_size)
+        # the progress
+        self.epoch, self.step, self.stale = -1, 0, 0
+        self.history: dict[str, list[float]] = {k: [] for k in _HISTORY}
+        self.best_val, self.best_epoch = -math.inf, -1
+        self.best_state = {k: v.clone() for k, v in self.heads.state_dict().items()}
+        self.best_towers = tuner.state_dict() if tuner is not None else None
+
+    def build_optimizer(self) -> torch.optim.AdamW:
+        """AdamW over the heads' and losses' parameters at ``cfg.lr``, and the unfrozen tower parameters
+        (if any) in their own group at ``cfg.tower_lr``."""
+        params = [*self.heads.parameters(), *self.clip_loss.parameters(), *self.type_loss.parameters()]
+        groups: list[dict[str, Any]] = [{"params": params, "lr": self.cfg.lr}]
+        if self.tuner is not None:
+            groups.append({"params": self.tuner.parameters(), "lr": self.cfg.tower_lr})
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def triplet_loss_of_batch(self) -> torch.Tensor:
+        """The compatibility triplet loss of B random outfit pairs, each anchor with :data:`_N_CANDIDATES`
+        candidate negatives of its positive's slot, in the pair's masked subspace: a scalar."""
+        bs, heads, device = self.batch_size, self.heads, self.device
+        pi = self.pairs[self.rng.integers(len(self.pairs), size=bs)]  # (B, 2)
+        a, p = torch.from_numpy(pi[:, 0]), torch.from_numpy(pi[:, 1])
+        cand = torch.from_numpy(self.sampler.sample(pi[:, 1], _N_CANDIDATES))  # (B, M)
+        uniq, inv = torch.unique(torch.cat([a, p, cand.reshape(-1)]), return_inverse=True)
+        uniq, inv, a, p = uniq.to(device), inv.to(device), a.to(device), p.to(device)
+        f = heads.compat(self.image[uniq], self.text[uniq])  # (U, C)
+        fa, fp = f[inv[:bs]], f[inv[bs : 2 * bs]]
+        fc = f[inv[2 * bs :]].view(bs, cand.shape[1], -1)  # (B, M, C)
+        m = heads.pair_mask(self.slots[a], self.slots[p])  # (B, C): the negative shares the positive's slot
+        return self.triplet_loss(fa, fp, fc, m, generator=self.gen)
+
+    def losses(self, idx: torch.Tensor, f_img: torch.Tensor, f_txt: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The losses of one step on rows (B,) int64 and their (B, E) tower outputs: scalars
+        ``{"loss" (the weighted sum), "infonce", "triplet", "type"}``."""
+        cfg = self.cfg
+        img_v, txt_v = self.heads.general(f_img, f_txt)  # (B, E) each
+        l_nce = self.clip_loss(img_v, txt_v)
+        l_type = torch.zeros((), device=self.device)
+        if cfg.w_type > 0:  # auxiliary product-type classification of both modalities
+            t_idx = self.types[idx.to(self.device)]
+            l_type = (self.type_loss(img_v, t_idx) + self.type_loss(txt_v, t_idx)) / 2
+        l_tri = torch.zeros((), device=self.device)
+        if len(self.pairs) and cfg.w_triplet > 0:
+            l_tri = self.triplet_loss_of_batch()
+        loss = cfg.w_infonce * l_nce + cfg.w_triplet * l_tri + cfg.w_type * l_type
+        return {"loss": loss, "infonce": l_nce, "triplet": l_tri, "type": l_type}
+
+    def train_epoch(self) -> tuple[dict[str, float], int]:
+        """One pass over the training items in a seeded order, ending early at ``cfg.max_steps``.
+
+        Returns:
+            ``({"loss", "infonce", "triplet", "type": mean over the epoch's steps}, steps done)``.
+        """
+        self.heads.train()
+        bs = self.batch_size
+        perm = self.train_items[torch.randperm(len(self.train_items), generator=self.gen)]
+        batches = [perm[it * bs : (it + 1) * bs] for it in range(self.steps_per_epoch)]  # (B,) each
+        if self.tuner is not None:  # tower outputs of the batch, computed now, with gradients
+            source = self.tuner.batches(batches)
+        else:  # cached frozen-tower features
+            source = ((idx, self.image[idx], self.text[idx]) for idx in batches)
+        sums = {"loss": 0.0, "infonce": 0.0, "triplet": 0.0, "type": 0.0}
+        done = 0
+        for idx, f_img, f_txt in source:  # (B,), (B, E), (B, E)
+            losses = self.losses(idx, f_img, f_txt)
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(losses["loss"]).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            if self.tuner is not None:  # the bank follows the towers
+                with torch.no_grad():
+                    dev_idx = idx.to(self.device)
+                    self.image[dev_idx] = f_img.detach()
+                    self.text[dev_idx] = f_txt.detach()
+            self.step += 1
+            done += 1
+            for k in sums:
+                sums[k] += losses[k].item()
+            if self.cfg.max_steps and self.step >= self.cfg.max_steps:
+                break
+        return {k: v / max(done, 1) for k, v in sums.items()}, done
+
+    def validate(self) -> tuple[float, float]:
+        """``(fitb, r10)``: FITB accuracy of the validation outfits (NaN without any) and text→image
+        Recall@10 of the validation items, with the current weights (the towers' too, when tuned)."""
+        self.heads.eval()
+        if self.tuner is not None:  # validation reads the current towers' features
+            self.tuner.refresh(self.image, self.text, self.val_rows, batch_size=self.batch_size)
+        with torch.no_grad():
+            vi = torch.from_numpy(self.val_items).to(self.device)
+            img_v, txt_v = self.heads.general(self.image[vi], self.text[vi])
+            r10 = text_to_image_recall(img_v, txt_v, 10)
+            comp = self.heads.compat(self.image, self.text)
+            fitb = fitb_accuracy_heads(self.heads, comp, self.slots, self.val_questions)
+        return fitb, r10
+
+    def record_epoch(self, epoch: int, losses: dict[str, float], fitb: float, r10: float) -> None:
+        """Append the epoch to the history; keep the weights when the validation score ``val`` (mean of
+        FITB and Recall@10, Recall@10 alone without FITB questions) is the best so far, else count it stale."""
+        val = (r10 + fitb) / 2 if not math.isnan(fitb) else r10
+        for k, v in {**losses, "val_fitb": fitb, "val_r10": r10, "val": val}.items():
+            self.history[k].append(v)
+        self.history["temperature"].append(float(self.clip_loss.temperature))
+        self.epoch = epoch
+        if val > self.best_val:
+            self.best_val, self.best_epoch, self.stale = val, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in self.heads.state_dict().items()}
+            self.best_towers = self.tuner.state_dict() if self.tuner is not None else None
+        else:
+            self.stale += 1
+
+    def stops_early(self) -> bool:
+        """``cfg.max_steps`` reached, or ``cfg.patience`` epochs in a row without a better validation score."""
+        max_steps, patience = self.cfg.max_steps, self.cfg.patience
+        return bool((max_steps and self.step >= max_steps) or (patience and self.stale >= patience))
+
+    def save_checkpoint(self, directory: Path) -> None:
+        """Write ``directory/last.pt`` atomically: all that :meth:`resume` needs to continue exactly."""
+        directory.mkdir(parents=True, exist_ok=True)
+        ck = {
+            "heads": self.heads.state_dict(),
+            "clip": self.clip_loss.state_dict(),
+            "type": self.type_loss.state_dict(),
+            "opt": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(self.gen, self.rng),
+            "epoch": self.epoch,
+            "step": self.step,
+            "history": self.history,
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "best_heads": self.best_state,
+            "config": self.cfg.to_dict(),
+        }
+        if self.tuner is not None:  # the towers' weights and the feature bank they wrote
+            ck |= {"towers": self.tuner.state_dict(), "best_towers": self.best_towers}
+            ck |= {"bank_image": self.image, "bank_text": self.text}
+        torch.save(ck, directory / "last.pt.tmp")
+        (directory / "last.pt.tmp").replace(directory / "last.pt")
+
+    def resume(self, path: Path) -> None:
+        """Continue from a :meth:`save_checkpoint` file: weights, optimiser, progress, feature bank and
+        random streams. Raises ValueError when it and the config disagree on tuning the towers."""
+        tuner = self.tuner
+        ck = torch.load(path, map_location=self.device, weights_only=False)
+        if bool(ck.get("towers")) != (tuner is not None):
+            raise ValueError(
+                f"{path}: checkpoint {'has' if ck.get('towers') else 'has no'} tower weights, "
+                f"the config {'tunes' if tuner is not None else 'freezes'} the towers"
+            )
+        self.heads.load_state_dict(ck["heads"])
+        self.clip_loss.load_state_dict(ck["clip"])
+        self.type_loss.load_state_dict(ck["type"])
+        self.opt.load_state_dict(ck["opt"])
+        self.epoch, self.step, self.history = ck["epoch"], ck["step"], ck["history"]
+        self.best_val, self.best_epoch = ck["best_val"], ck["best_epoch"]
+        self.best_state = ck.get("best_heads", self.best_state)
+        if tuner is not None:
+            tuner.load_state_dict(ck["towers"])
+            self.best_towers = ck.get("best_towers", self.best_towers)
+            self.image.copy_(ck["bank_image"])
+            self.text.copy_(ck["bank_text"])
+        if "scaler" in ck:
+            self.scaler.load_state_dict(ck["scaler"])
+        if "rng" in ck:  # continue the exact random streams (older checkpoints restart them from the seed)
+            _rng_restore(ck["rng"], self.gen, self.rng)
+
+    def best_heads(self) -> RecommenderHeads:
+        """The heads with the best validation weights, on the CPU in eval mode; with tuned towers, the
+        towers get their best weights too, also in ``heads.tower_state``."""
+        self.heads.load_state_dict(self.best_state)
+        heads = self.heads.cpu().eval()
+        if self.tuner is not None and self.best_towers is not None:
+            self.tuner.load_state_dict(self.best_towers)
+            heads.tower_state = self.best_towers
+        return heads
 
 
-@torch.no_grad()
-def fitb_accuracy_heads(
-    heads: RecommenderHeads, compat: torch.Tensor, slots: torch.Tensor, questions
-) -> float:
-    """FITB accuracy of the compatibility space: candidate score = mean pair score with the question items.
-
-    Args:
-        compat: (N, C) float32 item vectors from ``heads.compat``; slots: (N,) int64.
-        questions: from :func:`fitb_questions` (answer at index 0; ties count as wrong).
-    """
-    if not questions:
-        return float("nan")
-    scores = []
-    for q, cands in questions:
-        qi = torch.as_tensor(q).repeat_interleave(len(cands)).to(compat.device)
-        ci = torch.as_tensor(cands).repeat(len(q)).to(compat.device)
-        s = heads.pair_score(compat[qi], compat[ci], slots[qi], slots[ci]).view(len(q), len(cands)).mean(0)
-        scores.append(s.cpu().numpy())
-    return fitb_accuracy(np.stack(scores), np.zeros(len(scores), dtype=np.int64), ties="wrong")
-
-
-@torch.no_grad()
-def text_to_image_recall(img: torch.Tensor, txt: torch.Tensor, k: int = 10) -> float:
-    """Recall@k of text→image retrieval, item i's text against all images: (G, E), (G, E) → float."""
-    sims = (txt @ img.T).cpu().numpy()  # (G, G); ties rank against the positive (ml.metrics)
-    return recall_at_k(sims, np.arange(len(sims)), ks=(k,))[k]
+# -----------------------------------------------------------------------------
+# the run
 
 
 def train(
@@ -279,9 +351,10 @@ def train(
 
     Loss per step: ``cfg.w_infonce · CLIP(image, text)`` (symmetric InfoNCE, Radford et al. 2021) on a
     batch of items + ``cfg.w_type · CE(product type)`` (a softmax classification head on both
-    modalities' vectors) + ``cfg.w_triplet · Triplet(anchor, positive, negative)`` (Schroff et al. 2015) on
-    outfit pairs in the compatibility space, with the masks of the (anchor, positive) slot pair and a
-    negative of the positive's slot chosen by ``cfg.miner`` among 32 candidates. The triplet distance
+    modalities' vectors) + ``cfg.w_triplet · TypeAwareTriplet(anchor, positive, negative)`` (Vasileva et al.
+    2018, :class:`~ml.losses.TypeAwareTripletLoss`) on outfit pairs in the compatibility space, with the mask
+    of the (anchor, positive) slot pair and a negative of the positive's slot chosen by ``cfg.miner`` among
+    32 candidates. The triplet distance
     is ``1 − <a ⊙ m, x ⊙ m>``, so training ranks exactly as pgvector's inner-product queries serve.
 
     Tower fine-tuning (``cfg.unfreeze_last_blocks`` / ``cfg.unfreeze_text_layers`` > 0, ``ml.towers``): the
@@ -315,440 +388,42 @@ def train(
         ValueError: no products left for training; tower fine-tuning without image paths/texts, or with
             a model whose embed_dim differs from the features'.
     """
-    gen = seed_everything(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    n, e = data.image.shape
-    tuner = None
-    device = torch.device("cpu")
-    if cfg.tunes_towers:
-        from ml.model import build_model
-        from ml.towers import TowerTuner
-
-        if data.image_paths is None or data.texts is None:
-            raise ValueError(
-                "tower fine-tuning (unfreeze_last_blocks / unfreeze_text_layers > 0) needs TrainData.image_paths "
-                "and TrainData.texts (e.g. python -m ml.train --hm-root ...)"
-            )
-        bundle = bundle if bundle is not None else build_model(ModelConfig())
-        if bundle.embed_dim != e:
-            raise ValueError(
-                f"model {bundle.model_id} gives {bundle.embed_dim}-d features, the data has {e}-d"
-            )
-        tuner = TowerTuner(
-            bundle,
-            image_paths=data.image_paths,
-            texts=data.texts,
-            image_blocks=cfg.unfreeze_last_blocks,
-            text_layers=cfg.unfreeze_text_layers,
-            amp=cfg.amp,
-            channels_last=cfg.channels_last,
-            num_workers=cfg.num_workers,
-        )
-        device = tuner.device
-    heads = RecommenderHeads(e, cfg.compat_dim, num_slots=len(SLOTS), normalize=cfg.normalize).to(device)
-    clip_loss = ClipLoss(init_temperature=cfg.temperature).to(device)
-    triplet = TripletMarginLoss(margin=cfg.margin, distance="inner_product", normalize=False)
-    n_types = int(data.types.max()) + 1 if len(data.types) else 1
-    type_loss = SoftmaxClassificationLoss(e, n_types).to(device)
-    types = torch.from_numpy(data.types.astype(np.int64)).to(device)
-    params = [*heads.parameters(), *clip_loss.parameters(), *type_loss.parameters()]
-    groups: list[dict[str, Any]] = [{"params": params, "lr": cfg.lr}]
-    if tuner is not None:
-        groups.append({"params": tuner.parameters(), "lr": cfg.tower_lr})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fp16 = tuner is not None and tuner.amp_dtype == torch.float16
-    scaler = torch.amp.GradScaler(device.type, enabled=fp16)  # fp16 only; bf16 needs no loss scaling
-    image = torch.from_numpy(np.ascontiguousarray(data.image, dtype=np.float32))
-    text = torch.from_numpy(np.ascontiguousarray(data.text, dtype=np.float32))
-    if tuner is not None:  # a private, writable feature bank (never the caller's arrays)
-        image, text = image.to(device, copy=True), text.to(device, copy=True)
-    slots = torch.from_numpy(data.slots.astype(np.int64)).to(device)
-    pairs = outfit_pairs(data.outfits, data.slots)
-    sampler = NegativeSampler(data.slots, data.types, rng)
-    val_q = fitb_questions(data.val_outfits, data.slots, data.types, seed=cfg.seed + 1)
-    # products for the image↔text loss: all but the held-out (test) and validation products
-    excluded = np.zeros(n, dtype=bool)
-    excluded[data.heldout_items] = True
-    excluded[data.val_items] = True
-    train_items = torch.from_numpy(np.flatnonzero(~excluded))
-    if len(train_items) < 2:
-        raise ValueError(f"only {len(train_items)} products left for training after the held-out split")
-    if len(data.val_items):
-        val_items = np.asarray(data.val_items, dtype=np.int64)
-    elif data.val_outfits:
-        val_items = np.unique(np.concatenate(data.val_outfits))
-    else:
-        val_items = np.arange(min(n, 1000))
-    # rows validation reads: the retrieval items and every item of a FITB question
-    val_rows = np.unique(np.concatenate([val_items, *[np.concatenate(qc) for qc in val_q]]))
-    n_train = len(train_items)
-    bs = min(cfg.batch_size, n_train)
-    steps_per_epoch = max(1, n_train // bs)
-    history: dict[str, list[float]] = {
-        "loss": [],
-        "infonce": [],
-        "triplet": [],
-        "type": [],
-        "val_fitb": [],
-        "val_r10": [],
-        "val": [],
-        "temperature": [],
-    }
-    start_epoch, step, best_val, best_epoch, stale = 0, 0, -math.inf, -1, 0
-    best_state = {k: v.clone() for k, v in heads.state_dict().items()}
-    best_towers = tuner.state_dict() if tuner is not None else None
+    run = _Run(data, cfg, bundle)
     if resume is not None:
-        ck = torch.load(resume, map_location=device, weights_only=False)
-        if bool(ck.get("towers")) != (tuner is not None):
-            raise ValueError(
-                f"{resume}: checkpoint {'has' if ck.get('towers') else 'has no'} tower weights, "
-                f"the config {'tunes' if tuner is not None else 'freezes'} the towers"
-            )
-        heads.load_state_dict(ck["heads"])
-        clip_loss.load_state_dict(ck["clip"])
-        type_loss.load_state_dict(ck["type"])
-        opt.load_state_dict(ck["opt"])
-        start_epoch, step, history = ck["epoch"] + 1, ck["step"], ck["history"]
-        best_val, best_epoch = ck["best_val"], ck["best_epoch"]
-        best_state = ck.get("best_heads", best_state)
-        if tuner is not None:
-            tuner.load_state_dict(ck["towers"])
-            best_towers = ck.get("best_towers", best_towers)
-            image.copy_(ck["bank_image"])
-            text.copy_(ck["bank_text"])
-        if "scaler" in ck:
-            scaler.load_state_dict(ck["scaler"])
-        if "rng" in ck:  # continue the exact random streams (older checkpoints restart them from the seed)
-            _rng_restore(ck["rng"], gen, rng)
+        run.resume(resume)
     t0, samples = time.perf_counter(), 0
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        heads.train()
-        perm = train_items[torch.randperm(n_train, generator=gen)]
-        batches = [perm[it * bs : (it + 1) * bs] for it in range(steps_per_epoch)]  # (B,) each
-        if tuner is not None:  # tower outputs of the batch, computed now, with gradients
-            source = tuner.batches(batches)
-        else:  # cached frozen-tower features
-            source = ((idx, image[idx], text[idx]) for idx in batches)
-        sums = {"loss": 0.0, "infonce": 0.0, "triplet": 0.0, "type": 0.0}
-        done = 0
-        for idx, f_img, f_txt in source:  # (B,), (B, E), (B, E)
-            img_v, txt_v = heads.general(f_img, f_txt)  # (B, E) each
-            l_nce = clip_loss(img_v, txt_v)
-            l_type = torch.zeros((), device=device)
-            if cfg.w_type > 0:  # auxiliary product-type classification of both modalities
-                t_idx = types[idx.to(device)]
-                l_type = (type_loss(img_v, t_idx) + type_loss(txt_v, t_idx)) / 2
-            l_tri = torch.zeros((), device=device)
-            if len(pairs) and cfg.w_triplet > 0:
-                pi = pairs[rng.integers(len(pairs), size=bs)]  # (B, 2)
-                a, p = torch.from_numpy(pi[:, 0]), torch.from_numpy(pi[:, 1])
-                cand = torch.from_numpy(sampler.sample(pi[:, 1], 32))  # (B, M)
-                uniq, inv = torch.unique(torch.cat([a, p, cand.reshape(-1)]), return_inverse=True)
-                uniq, inv, a, p = uniq.to(device), inv.to(device), a.to(device), p.to(device)
-                f = heads.compat(image[uniq], text[uniq])  # (U, C)
-                fa, fp = f[inv[:bs]], f[inv[bs : 2 * bs]]
-                fc = f[inv[2 * bs :]].view(bs, cand.shape[1], -1)  # (B, M, C)
-                m = heads.pair_mask(slots[a], slots[p])  # (B, C): the negative shares the positive's slot
-                d_ap = 1 - (fa * m * fp * m).sum(-1)  # (B,)
-                d_an = 1 - ((fa * m).unsqueeze(1) * fc * m.unsqueeze(1)).sum(-1)  # (B, M)
-                if cfg.miner == "batch-all":  # mean over all candidate triplets with a positive loss
-                    viol = F.relu(d_ap.unsqueeze(1) - d_an + cfg.margin)  # (B, M)
-                    l_tri = viol.sum() / (viol > 0).sum().clamp(min=1)
-                else:
-                    valid = torch.ones(d_an.shape, dtype=torch.bool)
-                    # mined on the CPU, where the seeded generator lives (a no-op copy on the CPU)
-                    neg_pos = mine_hard_negatives(
-                        d_ap.detach().cpu(),
-                        d_an.detach().cpu(),
-                        valid,
-                        strategy=cfg.miner,
-                        margin=cfg.margin,
-                        generator=gen,
-                    ).to(device)  # (B,)
-                    fn = fc[torch.arange(bs, device=device), neg_pos]  # (B, C)
-                    l_tri = triplet(fa * m, fp * m, fn * m)
-            loss = cfg.w_infonce * l_nce + cfg.w_triplet * l_tri + cfg.w_type * l_type
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            if tuner is not None:  # the bank follows the towers
-                with torch.no_grad():
-                    dev_idx = idx.to(device)
-                    image[dev_idx] = f_img.detach()
-                    text[dev_idx] = f_txt.detach()
-            step += 1
-            done += 1
-            samples += 2 * bs
-            sums["loss"] += loss.item()
-            sums["infonce"] += l_nce.item()
-            sums["triplet"] += l_tri.item()
-            sums["type"] += l_type.item()
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
-        for k in sums:
-            history[k].append(sums[k] / max(done, 1))
-        heads.eval()
-        if tuner is not None:  # validation reads the current towers' features
-            tuner.refresh(image, text, val_rows, batch_size=bs)
-        with torch.no_grad():
-            vi = torch.from_numpy(val_items).to(device)
-            img_v, txt_v = heads.general(image[vi], text[vi])
-            r10 = text_to_image_recall(img_v, txt_v, 10)
-            comp = heads.compat(image, text)
-            fitb = fitb_accuracy_heads(heads, comp, slots, val_q)
-        val = (r10 + fitb) / 2 if not math.isnan(fitb) else r10
-        history["val_fitb"].append(fitb)
-        history["val_r10"].append(r10)
-        history["val"].append(val)
-        history["temperature"].append(float(clip_loss.temperature))
-        if val > best_val:
-            best_val, best_epoch, stale = val, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in heads.state_dict().items()}
-            best_towers = tuner.state_dict() if tuner is not None else None
-        else:
-            stale += 1
+    total_steps = cfg.max_steps or cfg.epochs * run.steps_per_epoch
+    for epoch in range(run.epoch + 1, cfg.epochs):
+        losses, done = run.train_epoch()
+        samples += 2 * run.batch_size * done  # images and texts
+        fitb, r10 = run.validate()
+        run.record_epoch(epoch, losses, fitb, r10)
+        h = run.history
         logger.info(
             "epoch %d step %d loss %.4f infonce %.4f triplet %.4f val_fitb %.3f val_r10 %.3f",
-            epoch,
-            step,
-            history["loss"][-1],
-            history["infonce"][-1],
-            history["triplet"][-1],
-            fitb,
-            r10,
+            *(epoch, run.step, h["loss"][-1], h["infonce"][-1], h["triplet"][-1], fitb, r10),
         )
         if checkpoint_dir is not None:
-            checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            ck = {
-                "heads": heads.state_dict(),
-                "clip": clip_loss.state_dict(),
-                "type": type_loss.state_dict(),
-                "opt": opt.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": _rng_state(gen, rng),
-                "epoch": epoch,
-                "step": step,
-                "history": history,
-                "best_val": best_val,
-                "best_epoch": best_epoch,
-                "best_heads": best_state,
-                "config": cfg.to_dict(),
-            }
-            if tuner is not None:
-                ck.update(
-                    towers=tuner.state_dict(), best_towers=best_towers, bank_image=image, bank_text=text
-                )
-            torch.save(ck, checkpoint_dir / "last.pt.tmp")
-            (checkpoint_dir / "last.pt.tmp").replace(checkpoint_dir / "last.pt")
+            run.save_checkpoint(checkpoint_dir)
         if progress is not None:
             progress(
                 {
                     "epoch": epoch,
-                    "step": step,
-                    "progress": min(1.0, step / max(total_steps, 1)),
-                    "loss": history["loss"][-1],
+                    "step": run.step,
+                    "progress": min(1.0, run.step / max(total_steps, 1)),
+                    "loss": h["loss"][-1],
                     "val_fitb": fitb,
                     "val_r10": r10,
-                    "history": history,
+                    "history": h,
                 }
             )
-        if (cfg.max_steps and step >= cfg.max_steps) or (cfg.patience and stale >= cfg.patience):
+        if run.stops_early() or (should_stop is not None and should_stop()):
             break
-        if should_stop is not None and should_stop():
-            break
-    heads.load_state_dict(best_state)
-    heads = heads.cpu().eval()
-    if tuner is not None and best_towers is not None:
-        tuner.load_state_dict(best_towers)
-        heads.tower_state = best_towers
+    heads = run.best_heads()
     secs = time.perf_counter() - t0
-    return TrainResult(heads, history, step, best_epoch, best_val, secs, samples / max(secs, 1e-9))
-
-
-def _rng_state(gen: torch.Generator, rng: np.random.Generator) -> dict[str, Any]:
-    """Every random stream a run draws from (for an exact resume)."""
-    state = {
-        "gen": gen.get_state(),
-        "numpy": rng.bit_generator.state,
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "np_global": np.random.get_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _rng_restore(state: dict[str, Any], gen: torch.Generator, rng: np.random.Generator) -> None:
-    gen.set_state(state["gen"].cpu())
-    rng.bit_generator.state = state["numpy"]
-    torch.set_rng_state(state["torch"].cpu())
-    random.setstate(state["python"])
-    np.random.set_state(state["np_global"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def save_heads(path: Path, heads: RecommenderHeads, meta: dict[str, Any]) -> None:
-    """Save trained heads with their metadata (model config, train config, metrics) atomically.
-
-    Fine-tuned tower weights (``heads.tower_state``, from tower fine-tuning) are saved with them.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "state_dict": heads.state_dict(),
-            "embed_dim": heads.embed_dim,
-            "compat_dim": heads.compat_dim,
-            "num_slots": heads.num_slots,
-            "normalize": heads.normalize,
-            "meta": meta,
-            "towers": heads.tower_state,
-        },
-        tmp,
+    return TrainResult(
+        heads, run.history, run.step, run.best_epoch, run.best_val, secs, samples / max(secs, 1e-9)
     )
-    tmp.replace(path)
-
-
-def load_heads(path: Path | str) -> tuple[RecommenderHeads, dict[str, Any]]:
-    """Load heads saved by :func:`save_heads` (with their tuned tower weights in ``heads.tower_state``,
-    ``None`` for frozen towers). Raises FileNotFoundError when the file is missing."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    heads = RecommenderHeads(ck["embed_dim"], ck["compat_dim"], ck["num_slots"], normalize=ck["normalize"])
-    heads.load_state_dict(ck["state_dict"])
-    heads.eval().requires_grad_(False)  # loaded for inference
-    heads.tower_state = ck.get("towers")
-    return heads, ck["meta"]
-
-
-def category_ids(values: Sequence[str]) -> np.ndarray:
-    """(N,) int64 ids of string labels, numbered in order of first appearance (``["a", "b", "a"]`` → 0, 1, 0)."""
-    vocab: dict[str, int] = {}
-    return np.asarray([vocab.setdefault(v, len(vocab)) for v in values], dtype=np.int64)
-
-
-def split_outfits(
-    outfits: Sequence[tuple[str, np.ndarray, bool]], *, val_fraction: float, seed: int
-) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """(train, val, test) outfits: ``(key, items (K,) int64, is_test)``; a non-test outfit goes to
-    validation when ``split_is_test(f"val-{key}", val_fraction, seed)`` (seeded, stable per key)."""
-    from ml.data import split_is_test
-
-    train_o, val_o, test_o = [], [], []
-    for key, items, is_test in outfits:
-        if is_test:
-            test_o.append(items)
-        elif split_is_test(f"val-{key}", val_fraction, seed):
-            val_o.append(items)
-        else:
-            train_o.append(items)
-    return train_o, val_o, test_o
-
-
-def split_items(
-    keys: Sequence[str], *, heldout_fraction: float, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(held-out rows, validation rows), each (M,) int64, for items with stable keys (SKU or article id):
-    held out (``item-<key>``, kept out of the image↔text loss and used as the text→item gallery), and
-    validation among the others (``val-item-<key>``)."""
-    from ml.data import split_is_test
-
-    held = [split_is_test(f"item-{k}", heldout_fraction, seed) for k in keys]
-    val = [
-        i
-        for i, (k, h) in enumerate(zip(keys, held, strict=True))
-        if not h and split_is_test(f"val-item-{k}", val_fraction, seed)
-    ]
-    return np.flatnonzero(held).astype(np.int64), np.asarray(val, dtype=np.int64)
-
-
-def train_data_from_hm(
-    root: Path | str,
-    *,
-    bundle: Any,
-    limit: int | None = None,
-    seed: int = 0,
-    test_fraction: float = 0.15,
-    val_fraction: float = 0.1,
-    heldout_fraction: float = 0.1,
-    cache_dir: Path | None = None,
-) -> TrainData:
-    """:class:`TrainData` straight from the H&M sample folder, without Django or a database.
-
-    The same splits as the catalog import + ``ml.tasks.build_train_data`` (seeded, stable per basket /
-    article): ``test_fraction`` of the baskets held out (key ``hm-basket-<i>``), ``val_fraction`` of the
-    others for early stopping, ``heldout_fraction`` of the articles kept out of the image↔text loss.
-    Tower features come from ``bundle`` (through the feature cache when ``cache_dir`` is set); the image
-    paths and texts are kept for tower fine-tuning.
-
-    Args:
-        root: folder with ``articles.csv``, ``baskets.json`` and ``images/``.
-        bundle: the :class:`~ml.model.ClipBundle` computing the frozen tower features.
-        limit: keep about this many articles, whole baskets only (``ml.data.select_articles``); None = all.
-
-    Raises:
-        FileNotFoundError / ValueError: from :func:`ml.data.read_articles` / :func:`ml.data.read_baskets`.
-    """
-    from ml.data import outfits_from_baskets, read_articles, read_baskets, select_articles, split_is_test
-    from ml.features import FeatureCache, FeatureExtractor
-    from ml.slots import SLOT_INDEX
-
-    articles, errors = read_articles(root)
-    for err in errors[:10]:
-        logger.warning("articles.csv line %d (%s) skipped: %s", err.line, err.article_id, err.reason)
-    baskets = read_baskets(root)
-    arts = select_articles(articles, baskets, limit, seed=seed)
-    index = {a.article_id: i for i, a in enumerate(arts)}
-    paths, texts = [str(a.image_path) for a in arts], [a.text for a in arts]
-    ex = FeatureExtractor(bundle, batch_size=32)
-    if cache_dir is not None:
-        cache = FeatureCache(cache_dir)
-        img, failed = cache.get_or_compute_images(ex, paths, progress=True, return_failed=True)
-        txt = cache.get_or_compute_texts(ex, texts)
-    else:
-        img, failed = ex.encode_images(paths, progress=True)
-        txt = ex.encode_texts(texts, progress=True)
-    if failed:
-        logger.warning("%d photos unreadable (zero image features)", len(failed))
-    train_o, val_o, test_o = split_outfits(
-        [
-            (
-                key,
-                np.asarray([index[i] for i in items], dtype=np.int64),
-                split_is_test(f"hm-basket-{key}", test_fraction, seed),
-            )
-            for key, items in outfits_from_baskets(baskets, {a.article_id: a.product_code for a in arts})
-        ],
-        val_fraction=val_fraction,
-        seed=seed,
-    )
-    heldout, val_items = split_items(
-        [a.article_id for a in arts], heldout_fraction=heldout_fraction, val_fraction=val_fraction, seed=seed
-    )
-    return TrainData(
-        image=img,
-        text=txt,
-        slots=np.asarray([SLOT_INDEX[a.slot] for a in arts], dtype=np.int64),
-        types=category_ids([a.product_type for a in arts]),
-        outfits=train_o,
-        val_outfits=val_o,
-        test_outfits=test_o,
-        item_ids=np.asarray([int(a.article_id) for a in arts], dtype=np.int64),
-        heldout_items=heldout,
-        val_items=val_items,
-        attrs={k: category_ids([getattr(a, k) for a in arts]) for k in ("section", "department", "colour")},
-        image_paths=paths,
-        texts=texts,
-    )
-
-
-def zero_shot_heads(embed_dim: int, compat_dim: int, seed: int = 0) -> RecommenderHeads:
-    """Untrained heads (identity general projections, seeded random compatibility MLP)."""
-    torch.manual_seed(seed)
-    return RecommenderHeads(embed_dim, compat_dim).eval()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -786,6 +461,7 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     mcfg = ModelConfig(name=args.model_name, pretrained=args.pretrained, device=args.device)
     bundle = None
     if args.hm_root is not None or cfg.tunes_towers:
+        # lazy: ml.model imports open_clip (~3 s); `--help` and runs on a features file never need it
         from ml.model import build_model
 
         bundle = build_model(mcfg)
@@ -810,11 +486,9 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     )
     (args.out / "history.json").write_text(json.dumps(result.history, indent=1))
     if data.test_outfits:  # held-out metrics (ml.evaluate), with the tuned towers' features when tuned
-        from ml.evaluate import evaluate_heads
-
         eval_data = data
         if result.heads.tower_state and bundle is not None and data.image_paths and data.texts:
-            from ml.features import FeatureExtractor
+            from ml.features import FeatureExtractor  # lazy, as ml.model above: open_clip
 
             ex = FeatureExtractor(bundle, batch_size=cfg.batch_size if bundle.device.type == "cuda" else 32)
             img, _ = ex.encode_images(data.image_paths, progress=True)

@@ -1,5 +1,5 @@
 """The one bridge from Django rows to ``ml`` inputs: catalog products → photo paths and texts → tower
-features → :class:`ml.train.TrainData`.
+features → :class:`ml.dataset.TrainData`.
 
 ``ml`` never imports Django; everything Django-shaped that it needs is built here, once, for the
 training task (:mod:`recommender.training`), ``manage.py evaluate`` and the benchmarks alike.
@@ -14,9 +14,10 @@ from django.conf import settings
 
 from catalog.models import Outfit, Product
 from ml.config import ModelConfig
+from ml.dataset import TrainData, category_ids, split_items, split_outfits
+from ml.heads import zero_shot_heads
 from ml.inference import Embedder
 from ml.slots import SLOT_INDEX
-from ml.train import TrainData, category_ids, split_items, split_outfits, zero_shot_heads
 
 
 def model_config() -> ModelConfig:

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from ml.config import ModelConfig
-from ml.heads import RecommenderHeads
+from ml.heads import RecommenderHeads, load_heads
 from ml.inference import Embedder
-from ml.train import load_heads
 from recommender.models import ModelVersion
 
 

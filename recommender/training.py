@@ -21,10 +21,12 @@ from django.utils import timezone
 
 from catalog.models import Product
 from ml.config import ModelConfig, TrainConfig
+from ml.dataset import TrainData
 from ml.evaluate import evaluate_all, write_report
+from ml.heads import save_heads, zero_shot_heads
 from ml.inference import Embedder
 from ml.model import build_model
-from ml.train import TrainData, TrainResult, save_heads, train, zero_shot_heads
+from ml.train import TrainResult, train
 from recommender import ml_bridge
 from recommender.models import ModelVersion, TrainingRun
 from recommender.services import (

@@ -135,7 +135,7 @@ def _vector_rows(version: ModelVersion) -> dict[int, int]:
 
 def _zero_shot_version(name: str, tmp: Path) -> ModelVersion:
     """A registered, not yet embedded version whose (untrained) heads rank items differently."""
-    from ml.train import save_heads, zero_shot_heads
+    from ml.heads import save_heads, zero_shot_heads
     from recommender.ml_bridge import model_config
 
     mcfg = model_config()

@@ -37,9 +37,11 @@ from pathlib import Path
 
 import torch
 
-from ml.config import ModelConfig
+from ml.config import ModelConfig, TrainConfig
+from ml.dataset import train_data_from_hm
 from ml.features import FeatureExtractor
 from ml.model import build_model
+from ml.train import train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -132,9 +134,6 @@ def bench_fine_tuning(
     run), so model building, setup and the end-of-epoch validation cancel out; the best of ``repeats``. samples/s counts the
     items of the InfoNCE batch (``batch`` photos + texts).
     """
-    from ml.config import TrainConfig
-    from ml.train import train, train_data_from_hm
-
     base = build_model(ModelConfig(device=str(device)))
     data = train_data_from_hm(
         root,

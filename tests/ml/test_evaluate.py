@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from ml.dataset import TrainData, fitb_questions
 from ml.evaluate import (
     METRICS,
     cooccurrence_log_prob,
@@ -28,7 +29,8 @@ from ml.evaluate import (
     main,
     write_report,
 )
-from ml.train import TrainData, fitb_accuracy_heads, fitb_questions, save_heads, zero_shot_heads
+from ml.heads import save_heads, zero_shot_heads
+from ml.metrics import fitb_accuracy_heads
 
 N = 12
 TOP, BOTTOM, SHOES = 0, 1, 4  # slot indices (ml.slots.SLOTS)

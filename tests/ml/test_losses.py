@@ -19,6 +19,7 @@ from ml.losses import (
     NTXentLoss,
     SoftmaxClassificationLoss,
     TripletMarginLoss,
+    TypeAwareTripletLoss,
     build_loss,
     centroid_retrieval_query,
     class_centroids,
@@ -111,6 +112,23 @@ def test_triplet_errors_and_zero_distance_grad() -> None:
     x = torch.ones(3, 4, requires_grad=True)
     TripletMarginLoss(margin=0.5)(x, x, x).backward()  # D(a,p) = D(a,n) = 0
     assert torch.isfinite(x.grad).all()
+
+
+def test_type_aware_triplet_by_hand() -> None:
+    # D(a,x) = 1 - <a⊙m, x⊙m>, margin 0.5, candidates c1=(1,0), c2=(0,1) for both rows
+    # row 0: a=(1,0) p=(0,1) m=(1,1): D(a,p)=1, D(a,c)=(0, 1)
+    #   hard: c1 -> 1 - 0 + .5 = 1.5; semi-hard band (1, 1.5) empty -> hardest c1 -> 1.5
+    # row 1: a=p=(.6,.8) m=(1,0): D(a,p)=1-.36=.64, D(a,c)=(.4, 1)
+    #   hard: c1 -> .64 - .4 + .5 = .74; semi-hard band (.64, 1.14): c2 -> .64 - 1 + .5 = .14
+    # batch-all: mean of the positive terms 1.5, .5, .74, .14 = 2.88 / 4
+    a, p = t([[1, 0], [0.6, 0.8]]), t([[0, 1], [0.6, 0.8]])
+    cands = t([[1, 0], [0, 1]]).expand(2, 2, 2)  # (B, M, C)
+    m = t([[1, 1], [1, 0]])
+    close(TypeAwareTripletLoss(margin=0.5, miner="batch-hard")(a, p, cands, m), (1.5 + 0.74) / 2)
+    close(TypeAwareTripletLoss(margin=0.5, miner="semi-hard")(a, p, cands, m), (1.5 + 0.14) / 2)
+    close(TypeAwareTripletLoss(margin=0.5, miner="batch-all")(a, p, cands, m), 2.88 / 4)
+    with pytest.raises(ValueError):
+        TypeAwareTripletLoss(miner="hardest")(a, p, cands, m)
 
 
 # ---------------------------------------------------------------- InfoNCE / NT-Xent / CLIP

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from ml.distances import paired_distances, pairwise_distances, safe_sqrt
 from ml.mining import (
     batch_all_triplet_loss,
     batch_hard_triplet_loss,
@@ -14,9 +15,6 @@ from ml.mining import (
     mine_batch_hard,
     mine_hard_negatives,
     mine_semi_hard,
-    paired_distances,
-    pairwise_distances,
-    safe_sqrt,
     sample_offline_triplets,
     semi_hard_triplet_loss,
 )

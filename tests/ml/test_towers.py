@@ -15,8 +15,10 @@ import torch
 
 from ml.config import ModelConfig, TrainConfig
 from ml.data import outfits_from_baskets, read_articles, read_baskets, select_articles
+from ml.dataset import TrainData
+from ml.heads import load_heads, save_heads, zero_shot_heads
 from ml.slots import SLOT_INDEX
-from ml.train import TrainData, load_heads, save_heads, train, zero_shot_heads
+from ml.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 HM = Path(os.environ.get("HM_DATA_DIR", ROOT.parent / "shared" / "data" / "hm"))

@@ -13,9 +13,11 @@ import torch
 
 from ml.config import ModelConfig, TrainConfig
 from ml.data import outfits_from_baskets, read_articles, read_baskets, select_articles, split_is_test
-from ml.heads import RecommenderHeads
+from ml.dataset import TrainData
+from ml.heads import RecommenderHeads, load_heads, save_heads, zero_shot_heads
+from ml.metrics import text_to_image_recall
 from ml.slots import SLOT_INDEX
-from ml.train import TrainData, load_heads, save_heads, text_to_image_recall, train, zero_shot_heads
+from ml.train import train
 
 ROOT = Path(__file__).resolve().parents[2]
 HM = Path(os.environ.get("HM_DATA_DIR", ROOT.parent / "shared" / "data" / "hm"))

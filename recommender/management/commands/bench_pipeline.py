@@ -44,8 +44,9 @@ from catalog.services import product_create
 from ml.benchmarks.bench_towers import time_forward
 from ml.config import TrainConfig
 from ml.data import read_articles
+from ml.heads import save_heads, zero_shot_heads
 from ml.inference import Embedder
-from ml.train import save_heads, train, zero_shot_heads
+from ml.train import train
 from recommender import ml_bridge, runtime, selectors
 from recommender.celery import app
 from recommender.models import ModelVersion, ProductEmbedding

@@ -43,7 +43,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 
 from ml.benchmarks.queries import QUERY_WORDS
-from ml.train import save_heads, zero_shot_heads
+from ml.heads import save_heads, zero_shot_heads
 from recommender import selectors
 from recommender.bench_data import (
     ITEMS_PER_FINE,

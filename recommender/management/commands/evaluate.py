@@ -13,7 +13,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from ml.evaluate import evaluate_all, markdown_table, write_report
-from ml.train import load_heads
+from ml.heads import load_heads
 from recommender import ml_bridge
 from recommender.models import ModelVersion
 
