@@ -29,6 +29,7 @@ from django.db.models.expressions import RawSQL
 from pgvector.django import MaxInnerProduct
 
 from catalog.models import Product
+from catalog.selectors import product_index_status  # noqa: F401  TEMPORARY: the function moves here
 from ml.diversity import mmr
 from ml.slots import BOTTOM, ONE_PIECE, OUTFIT_SLOTS, SLOT_INDEX, TOP
 from recommender.filters import Filters
