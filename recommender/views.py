@@ -27,6 +27,7 @@ from django.views.decorators.http import require_safe
 
 from catalog.images import ImageError, clean_upload, read_upload
 from catalog.models import Product
+from catalog.permissions import MERCHANDISER_PERM
 from catalog.selectors import (
     import_job_get,
     import_job_list,
@@ -36,7 +37,6 @@ from catalog.selectors import (
 )
 from ml.slots import SLOT_INDEX, SLOTS
 from recommender.models import ModelVersion, TrainingRun
-from recommender.permissions import MERCHANDISER_PERM
 from recommender.selectors import (
     Filters,
     Hit,
@@ -520,7 +520,7 @@ def training_start_page(request: HttpRequest) -> HttpResponse:
 
     The fields are validated by the API's ``TrainingRunCreateSerializer``; errors come back as messages.
     """
-    from recommender.apis import _flatten_errors
+    from recommender.api import flatten_errors
     from recommender.serializers import TrainingRunCreateSerializer
     from recommender.services import training_run_start
 
@@ -529,7 +529,7 @@ def training_start_page(request: HttpRequest) -> HttpResponse:
     data = {f: request.POST[f].strip() for f in TRAIN_FIELDS if request.POST.get(f, "").strip()}
     ser = TrainingRunCreateSerializer(data=data)
     if not ser.is_valid():
-        messages.error(request, f"The run was not started: {_flatten_errors(ser.errors)}")
+        messages.error(request, f"The run was not started: {flatten_errors(ser.errors)}")
         return redirect("models")
     try:
         run = training_run_start(params=dict(ser.validated_data), user=request.user)
