@@ -53,8 +53,7 @@ class PageForm(forms.Form):
 
 class ConfirmForm(PageForm):
     """Confirms an action named by the URL (delete this product, activate this version): no fields, as
-    Django's own ``DeleteView`` validates an empty form; the POST with its CSRF token is the answer.
-    Errors of the service that acts are added to it."""
+    Django's own ``DeleteView`` validates an empty form; the POST with its CSRF token is the answer."""
 
 
 class QueryTextField(forms.CharField):
