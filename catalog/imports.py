@@ -23,8 +23,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from catalog.images import MAX_UPLOAD_BYTES, ImageError, too_big_message
-from catalog.models import ImportJob, Product
-from catalog.services import product_create, product_update
+from catalog.models import PRODUCT_FIELDS, ImportJob, Product
+from catalog.services import TEXT_FIELDS, product_create, product_update
 from catalog.signals import products_changed_on_commit
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 #: Columns every import CSV needs (header names are matched without case or surrounding spaces).
 IMPORT_REQUIRED_COLUMNS = ("sku", "title", "slot", "image")
 #: Columns an import CSV may add; others are ignored (and named in the job's notes).
-IMPORT_OPTIONAL_COLUMNS = ("description", "product_type", "colour", "audience", "price", "variant_group")
+IMPORT_OPTIONAL_COLUMNS = tuple(f for f in PRODUCT_FIELDS if f not in IMPORT_REQUIRED_COLUMNS)
 IMPORT_MAX_CSV_BYTES = 20 * 1024 * 1024
 IMPORT_MAX_ZIP_BYTES = 1024 * 1024 * 1024
 IMPORT_MAX_ROWS = 50_000
@@ -314,10 +314,7 @@ def _import_row(values: dict[str, str], archive: ImageArchive | None, *, exists:
             raise
         except ValueError as exc:
             raise ValueError(f"image: {exc}") from None
-    data = {
-        k: values[k]
-        for k in ("title", "slot", "description", "product_type", "colour", "audience", "variant_group")
-    }
+    data = {k: values[k] for k in ("title", "slot", *TEXT_FIELDS)}
     existing = Product.objects.filter(sku=values["sku"]).first() if exists else None
     if existing is None:
         if image_bytes is None:

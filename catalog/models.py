@@ -8,6 +8,45 @@ from django.db import models
 from ml.data import product_text
 from ml.slots import SLOTS
 
+#: The details a merchandiser gives a product, in the order the upload and edit pages, the API and the
+#: example import CSV show them: the one list that forms, serializers and templates read.
+PRODUCT_FIELDS = (
+    "sku",
+    "title",
+    "slot",
+    "colour",
+    "product_type",
+    "audience",
+    "price",
+    "description",
+    "variant_group",
+)
+
+#: How each product filter matches, the one rule of the catalog page, the product list API and the
+#: vector queries: the slot exactly (a canonical slot name, validated as a choice), the text facets
+#: whatever their case, the price range inclusively.
+PRODUCT_FILTER_LOOKUPS = {
+    "slot": "slot",
+    "product_type": "product_type__iexact",
+    "colour": "colour__iexact",
+    "audience": "audience__iexact",
+    "price_min": "price__gte",
+    "price_max": "price__lte",
+}
+
+
+class ProductQuerySet(models.QuerySet):
+    def filter_facets(self, **values) -> ProductQuerySet:
+        """The products matching the filters given (:data:`PRODUCT_FILTER_LOOKUPS`); ``None`` and ``""``
+        mean "any"."""
+        return self.filter(
+            **{
+                PRODUCT_FILTER_LOOKUPS[name]: value
+                for name, value in values.items()
+                if name in PRODUCT_FILTER_LOOKUPS and value not in (None, "")
+            }
+        )
+
 
 class Product(models.Model):
     """A catalog item (an H&M article or an uploaded product).
@@ -39,6 +78,8 @@ class Product(models.Model):
     image_sha256 = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = ProductQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]

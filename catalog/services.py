@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import Count, Q
 
 from catalog.images import CleanImage, clean_image
-from catalog.models import Outfit, OutfitItem, Product
+from catalog.models import PRODUCT_FIELDS, Outfit, OutfitItem, Product
 from catalog.signals import products_changed_on_commit
 from ml.slots import SLOTS
 
@@ -38,14 +38,14 @@ def store_image(product: Product, img: CleanImage) -> None:
 
 #: Largest price the ``price`` column holds (``max_digits=10, decimal_places=2``).
 MAX_PRICE = Decimal("99999999.99")
-_MAX_LENGTHS = {
-    "title": 255,
-    "product_type": 64,
-    "colour": 64,
-    "audience": 64,
-    "variant_group": 64,
-    "description": 20_000,
-}
+#: Longest description accepted (characters); other text fields are limited by their column.
+MAX_DESCRIPTION = 20_000
+#: Fields a merchandiser may edit: :data:`catalog.models.PRODUCT_FIELDS` but the SKU (the product's
+#: identity stays).
+EDITABLE_FIELDS = tuple(f for f in PRODUCT_FIELDS if f != "sku")
+#: The free-text ones among them (checked for length and NUL bytes).
+TEXT_FIELDS = tuple(f for f in EDITABLE_FIELDS if f not in ("title", "slot", "price"))
+_MAX_LENGTHS = {f: Product._meta.get_field(f).max_length or MAX_DESCRIPTION for f in ("title", *TEXT_FIELDS)}
 
 
 def product_validate(
@@ -171,17 +171,6 @@ def outfit_create(*, product_ids: Sequence[int], name: str = "") -> Outfit:
 
 # --- edit, delete, curated outfits ------------------------------------------------------------------
 
-#: Fields a merchandiser may edit (the SKU is the product's identity and stays).
-EDITABLE_FIELDS = (
-    "title",
-    "slot",
-    "description",
-    "product_type",
-    "colour",
-    "audience",
-    "price",
-    "variant_group",
-)
 #: Fields whose change alters the product's vectors (the text tower reads :attr:`Product.text`; the slot
 #: is copied onto the vector rows), so they re-queue its embedding, as a new photo does.
 EMBEDDED_FIELDS = ("title", "slot", "description", "product_type", "colour", "audience")
@@ -221,7 +210,7 @@ def product_update(
     for key in EDITABLE_FIELDS:
         if key != "price" and values[key] is None:
             values[key] = ""
-    texts = {k: values[k] for k in ("description", "product_type", "colour", "audience", "variant_group")}
+    texts = {k: values[k] for k in TEXT_FIELDS}
     product_validate(
         sku=product.sku, title=values["title"], slot=values["slot"], price=values["price"], **texts
     )

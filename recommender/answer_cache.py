@@ -1,4 +1,4 @@
-"""Invalidation of the Redis cache of hot recommendation answers (``recommender.apis.cached_answer``).
+"""Invalidation of the Redis cache of hot recommendation answers (``recommender.api.cached_answer``).
 
 Answers are keyed by the active model version and by a **catalog generation**: a counter in the cache
 that every change shoppers must see bumps once its transaction commits (a product's vectors written

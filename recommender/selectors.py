@@ -29,6 +29,7 @@ from pgvector.django import MaxInnerProduct
 from catalog.models import Product
 from ml.diversity import mmr
 from ml.slots import BOTTOM, ONE_PIECE, OUTFIT_SLOTS, SLOT_INDEX, TOP
+from recommender.filters import Filters
 from recommender.model_cache import embedder_for, heads_for
 from recommender.models import ModelVersion, ProductEmbedding
 
@@ -58,33 +59,6 @@ class Hit:
 
     product: Product
     score: float
-
-
-@dataclass
-class Filters:
-    """Optional catalog filters applied inside the vector query."""
-
-    slot: str | None = None
-    product_type: str | None = None
-    colour: str | None = None
-    audience: str | None = None
-    price_min: float | None = None
-    price_max: float | None = None
-
-    def apply(self, qs: QuerySet) -> QuerySet:
-        if self.slot:
-            qs = qs.filter(slot=self.slot)
-        if self.product_type:
-            qs = qs.filter(product__product_type__iexact=self.product_type)
-        if self.colour:
-            qs = qs.filter(product__colour__iexact=self.colour)
-        if self.audience:
-            qs = qs.filter(product__audience__iexact=self.audience)
-        if self.price_min is not None:
-            qs = qs.filter(product__price__gte=self.price_min)
-        if self.price_max is not None:
-            qs = qs.filter(product__price__lte=self.price_max)
-        return qs
 
 
 def active_version() -> ModelVersion:

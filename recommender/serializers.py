@@ -1,81 +1,17 @@
-"""DRF serializers for products, recommendation answers and model registry rows."""
+"""DRF serializers of recommendation answers, their queries and model registry rows (the product and
+filter serializers are the catalog's)."""
 
 from __future__ import annotations
 
 from rest_framework import serializers
 
-from catalog.models import Product
-from ml.slots import SLOTS
+from catalog.serializers import FilterSerializer, ProductSerializer
 from recommender.models import ModelVersion, TrainingRun
-
-
-class ProductSerializer(serializers.ModelSerializer):
-    image_url = serializers.SerializerMethodField()
-    thumbnail_url = serializers.SerializerMethodField()
-
-    class Meta:
-        model = Product
-        fields = [
-            "id",
-            "sku",
-            "title",
-            "description",
-            "slot",
-            "product_type",
-            "colour",
-            "audience",
-            "variant_group",
-            "price",
-            "image_url",
-            "thumbnail_url",
-            "created_at",
-            "updated_at",
-        ]
-
-    def get_image_url(self, obj: Product) -> str | None:
-        return obj.image.url if obj.image else None
-
-    def get_thumbnail_url(self, obj: Product) -> str | None:
-        return obj.thumbnail.url if obj.thumbnail else None
-
-
-SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-
-
-class ProductCreateSerializer(serializers.Serializer):
-    sku = serializers.RegexField(
-        SKU_PATTERN, max_length=64, error_messages={"invalid": "use 1-64 letters, digits, '.', '_' or '-'"}
-    )
-    title = serializers.CharField(max_length=255)
-    slot = serializers.ChoiceField(choices=SLOTS)
-    image = serializers.FileField()
-    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
-    product_type = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
-    colour = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
-    audience = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
-    price = serializers.DecimalField(
-        max_digits=10, decimal_places=2, min_value=0, required=False, allow_null=True, default=None
-    )
 
 
 class HitSerializer(serializers.Serializer):
     product = ProductSerializer()
     score = serializers.FloatField()
-
-
-class FilterSerializer(serializers.Serializer):
-    slot = serializers.ChoiceField(choices=SLOTS, required=False, help_text="outfit slot, e.g. shoes")
-    product_type = serializers.CharField(required=False, max_length=64, help_text="e.g. Trousers")
-    colour = serializers.CharField(required=False, max_length=64, help_text="e.g. Black")
-    audience = serializers.CharField(required=False, max_length=64, help_text="e.g. Ladieswear")
-    price_min = serializers.FloatField(required=False, min_value=0, help_text="lowest price, inclusive")
-    price_max = serializers.FloatField(required=False, min_value=0, help_text="highest price, inclusive")
-
-    def validate(self, attrs):
-        lo, hi = attrs.get("price_min"), attrs.get("price_max")
-        if lo is not None and hi is not None and lo > hi:
-            raise serializers.ValidationError({"price_min": [f"price_min {lo} is above price_max {hi}"]})
-        return attrs
 
 
 #: The deepest result a ranked answer pages into (page × k), so a page never asks the index for more.
@@ -140,18 +76,6 @@ class HitPageSerializer(serializers.Serializer):
     next = serializers.CharField(allow_null=True, help_text="URL of the next page, or null")
     previous = serializers.CharField(allow_null=True, help_text="URL of the previous page, or null")
     results = HitSerializer(many=True)
-
-
-class ErrorBodySerializer(serializers.Serializer):
-    code = serializers.CharField()
-    message = serializers.CharField()
-    details = serializers.DictField()
-
-
-class ErrorSerializer(serializers.Serializer):
-    """The one JSON error format of the API."""
-
-    error = ErrorBodySerializer()
 
 
 MAX_OUTFIT_ITEMS = 8

@@ -1,4 +1,7 @@
-"""URLs: pages at the root, the JSON API under /api/, OpenAPI schema and Swagger UI, admin."""
+"""URLs: pages at the root, the JSON API under /api/, OpenAPI schema and Swagger UI, admin.
+
+The catalog's routes (``catalog.urls``) are spliced in beside the recommender's, names unchanged.
+"""
 
 from django.conf import settings
 from django.contrib import admin
@@ -6,12 +9,13 @@ from django.urls import include, path, re_path
 from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from catalog import urls as catalog_urls
 from recommender import apis
+from recommender.api import api_not_found
 from recommender.health import healthz
 
 api = [
-    path("products/", apis.ProductListApi.as_view(), name="api-products"),
-    path("products/<int:pk>/", apis.ProductDetailApi.as_view(), name="api-product"),
+    *catalog_urls.api_urlpatterns,
     path("products/<int:pk>/similar/", apis.SimilarApi.as_view(), name="api-similar"),
     path("search/", apis.SearchApi.as_view(), name="api-search"),
     path("search/photo/", apis.PhotoSearchApi.as_view(), name="api-photo-search"),
@@ -25,12 +29,11 @@ api = [
     path("training-runs/", apis.TrainingRunListApi.as_view(), name="api-training-runs"),
     path("training-runs/<int:pk>/", apis.TrainingRunDetailApi.as_view(), name="api-training-run"),
     path("training-runs/<int:pk>/cancel/", apis.TrainingRunCancelApi.as_view(), name="api-training-cancel"),
-    path("import-jobs/<int:pk>/", apis.ImportJobDetailApi.as_view(), name="api-import-job"),
     path("training-runs/<int:pk>/live/", apis.TrainingRunLiveApi.as_view(), name="api-training-run-live"),
     path("products/<int:pk>/index-status/", apis.ProductIndexStatusApi.as_view(), name="api-product-index"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
-    re_path(r"^.*$", apis.api_not_found),
+    re_path(r"^.*$", api_not_found),
 ]
 
 urlpatterns = [

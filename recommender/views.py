@@ -1,43 +1,46 @@
-"""Server-rendered shopper pages: catalog, search, product, outfit builder and the model registry.
+"""Server-rendered pages that need the model: search, photo search, product page, outfit builder, and
+the model registry (versions, training runs, activation and rollback); merchandisers sign in here.
 
-Views only parse the request, call selectors (``recommender.selectors``) and shape their answers for
-the templates (percentages, heat-map colours, links). When no model version is active they still
-render, with a notice instead of recommendations.
+Views validate a form (``recommender.forms``), call selectors (``recommender.selectors``) and shape their
+answers for the templates (percentages, heat-map colours, links). When no model version is active they
+still render, with a notice instead of recommendations. The catalog's own pages are ``catalog.views``.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+import tempfile
 from collections.abc import Sequence
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from django import forms
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required, permission_required
-from django.contrib.auth.forms import AuthenticationForm
 from django.contrib.auth.views import LoginView
-from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_safe
 
-from catalog.images import ImageError, clean_upload, read_upload
+from catalog.forms import ConfirmForm
 from catalog.models import Product
-from catalog.selectors import (
-    import_job_get,
-    import_job_list,
-    outfit_list_curated,
-    product_get,
+from catalog.permissions import MERCHANDISER_PERM, merchandiser_required
+from catalog.selectors import product_get
+from catalog.views import not_found
+from ml.evaluate import BASELINES, COUNTS, ZERO_SHOT
+from ml.plots import plot_metric_bars
+from recommender.filters import Filters
+from recommender.forms import (
+    SEARCH_K,
+    OutfitIdsForm,
+    PhotoSearchForm,
+    ProductPageForm,
+    SearchForm,
+    SignInForm,
+    TrainingStartForm,
 )
-from ml.slots import SLOT_INDEX, SLOTS
 from recommender.models import ModelVersion, TrainingRun
-from recommender.permissions import MERCHANDISER_PERM
 from recommender.selectors import (
-    Filters,
     Hit,
     NoActiveModel,
     UnknownProducts,
@@ -50,21 +53,19 @@ from recommender.selectors import (
     similar_items,
     text_search,
 )
+from recommender.services import (
+    VersionNotReady,
+    model_version_activate,
+    model_version_rollback,
+    training_run_start,
+)
 
-PAGE_SIZE = 24
-SEARCH_K = 24
 MAX_OUTFIT = 8
 NO_MODEL = "No model is active yet: run make demo"
 NOT_EMBEDDED = "Recommendations for this item are not ready yet: its vectors are still being computed."
-FILTER_FIELDS = ("slot", "colour", "audience", "product_type")
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-
-
-def _merchandiser(view):
-    """Login (redirect to the admin login) and the merchandiser permission (403 otherwise)."""
-    return login_required(permission_required(MERCHANDISER_PERM, raise_exception=True)(view))
 
 
 def _model_notice() -> str:
@@ -74,29 +75,6 @@ def _model_notice() -> str:
     except NoActiveModel:
         return NO_MODEL
     return NOT_EMBEDDED
-
-
-def _not_found(request: HttpRequest, message: str) -> HttpResponse:
-    return render(request, "recommender/not_found.html", {"message": message}, status=404)
-
-
-def _param(params, key: str, max_len: int = 500) -> str:
-    """A query parameter as clean text: NUL bytes (which PostgreSQL text cannot hold) removed, trimmed."""
-    return (params.get(key) or "").replace("\x00", "").strip()[:max_len]
-
-
-def _filters_from(params) -> Filters:
-    return Filters(**{f: _param(params, f, 64) or None for f in FILTER_FIELDS})
-
-
-def _filter_options() -> dict[str, list[str]]:
-    """Distinct non-empty values of each filterable column (slots in their canonical order)."""
-    options = {}
-    for f in FILTER_FIELDS:
-        values = Product.objects.exclude(**{f: ""}).order_by(f).values_list(f, flat=True).distinct()
-        options[f] = list(values)
-    options["slot"].sort(key=lambda s: SLOT_INDEX.get(s, len(SLOT_INDEX)))
-    return options
 
 
 def _pct(score: float) -> int:
@@ -115,70 +93,33 @@ def _scored(hits: Sequence[Hit]) -> list[dict[str, Any]]:
     ]
 
 
-def _parse_ids(raw: str) -> tuple[list[int], list[str]]:
-    """``"1, 2,x,2"`` -> ``([1, 2], ["x"])``: distinct ids in order, and the tokens that are not ids."""
-    ids: list[int] = []
-    bad: list[str] = []
-    for token in (t.strip() for t in raw.split(",")):
-        if not token:
-            continue
-        if token.isascii() and token.isdigit() and len(token) <= 18:  # fits a bigint
-            if int(token) not in ids:
-                ids.append(int(token))
-        else:
-            bad.append(token)
-    return ids, bad
-
-
 def _outfit_url(ids: Sequence[int]) -> str:
     return f"{reverse('outfit')}?ids={','.join(str(i) for i in ids)}"
 
 
-# --- pages ------------------------------------------------------------------------------------------
-
-
-@require_safe  # a read-only page: POST/PUT/DELETE answer 405
-def catalog_page(request: HttpRequest) -> HttpResponse:
-    """``/``: the product grid, filterable by slot, colour, audience and type, 24 per page."""
-    chosen = {f: _param(request.GET, f, 64) for f in FILTER_FIELDS}
-    qs = Product.objects.filter(**{f: v for f, v in chosen.items() if v}).order_by("id")
-    page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(
-        request,
-        "recommender/catalog.html",
-        {"page": page, "options": _filter_options(), "chosen": chosen, "filtered": any(chosen.values())},
-    )
+# --- search -------------------------------------------------------------------------------------------
 
 
 @require_safe  # a read-only page: POST/PUT/DELETE answer 405
 def search_page(request: HttpRequest) -> HttpResponse:
-    """``/search?q=...&slot=...``: free-text search over the active model's vectors."""
-    q = _param(request.GET, "q")
-    context: dict[str, Any] = {
-        "q": q,
-        "slot": _param(request.GET, "slot", 64),
-        "slots": _filter_options()["slot"],
-    }
+    """``/search?q=...&slot=...&page=2``: free-text search over the active model's vectors; a bad
+    filter (an unknown slot, a price that is no number) is said next to its field."""
+    form = SearchForm(request.GET)
+    valid = form.is_valid()
+    q = form.cleaned_data.get("q", "")
+    context: dict[str, Any] = {"form": form, "q": q, "slots": form.options("slot")["slot"]}
     if not q:
         context["message"] = "Type what you are looking for, e.g. “black denim jacket”, or search by photo."
-    elif context["slot"] and context["slot"] not in SLOTS:  # say so rather than answer "nothing found"
-        context["message"] = f"There is no slot “{context['slot']}”; choose one of: {', '.join(SLOTS)}."
-    else:
-        # Pages are consecutive slices of one ranking (the API's paging): page p ranks p × 24 and shows
-        # the last 24, up to the API's window of MAX_WINDOW ranked items.
-        from recommender.serializers import MAX_WINDOW
-
-        last = MAX_WINDOW // SEARCH_K
-        raw = _param(request.GET, "page", 6)
-        page = min(max(int(raw), 1), last) if raw.isdigit() else 1
+    elif valid:
+        page = form.cleaned_data["page"]
         try:
-            hits = text_search(query=q, k=SEARCH_K * page, filters=_filters_from(request.GET))
+            hits = text_search(query=q, k=SEARCH_K * page, filters=Filters.from_params(form.cleaned_data))
         except NoActiveModel:
             context["notice"] = NO_MODEL
         else:
             context["results"] = _scored(hits[(page - 1) * SEARCH_K :])
             context["page"] = page
-            context["has_next"] = len(hits) == SEARCH_K * page and page < last
+            context["has_next"] = len(hits) == SEARCH_K * page and page < form.fields["page"].last
     return render(request, "recommender/search.html", context)
 
 
@@ -186,32 +127,35 @@ def photo_search_page(request: HttpRequest) -> HttpResponse:
     """``POST /search/photo``: search by an uploaded photo; an unreadable file is an inline error."""
     if request.method != "POST":
         return redirect("search")
-    context: dict[str, Any] = {"q": "", "slot": "", "slots": _filter_options()["slot"], "photo_mode": True}
-    upload = request.FILES.get("image")
-    try:
-        if upload is None:
-            raise ImageError("choose a photo to upload")
-        clean = clean_upload(upload)
-    except ImageError as exc:
-        context["photo_error"] = f"That file could not be used as a photo ({exc})."
-        return render(request, "recommender/search.html", context)
-    context["photo_preview"] = "data:image/jpeg;base64," + base64.b64encode(clean.thumbnail).decode()
-    try:
-        hits = photo_search(image=clean.image, k=SEARCH_K)
-        context["results"] = _scored(hits)
-    except NoActiveModel:
-        context["notice"] = NO_MODEL
+    photo_form = PhotoSearchForm(request.POST, request.FILES)
+    context: dict[str, Any] = {
+        "form": SearchForm(),
+        "photo_form": photo_form,
+        "slots": SearchForm.options("slot")["slot"],
+        "photo_mode": True,
+    }
+    if photo_form.is_valid():
+        clean = photo_form.cleaned_data["image"]
+        context["photo_preview"] = "data:image/jpeg;base64," + base64.b64encode(clean.thumbnail).decode()
+        try:
+            context["results"] = _scored(photo_search(image=clean.image, k=SEARCH_K))
+        except NoActiveModel:
+            context["notice"] = NO_MODEL
     return render(request, "recommender/search.html", context)
+
+
+# --- product page and outfit builder ---------------------------------------------------------------------
 
 
 @require_safe  # a read-only page: POST/PUT/DELETE answer 405
 def product_page(request: HttpRequest, pk: int) -> HttpResponse:
     """``/products/<pk>``: details, similar items and complete-the-look picks for one product."""
-    product = Product.objects.filter(pk=pk).first()
+    product = product_get(product_id=pk)
     if product is None:
-        return _not_found(request, f"There is no product with id {pk}.")
-    outfit_ids, _ = _parse_ids(request.GET.get("outfit", ""))
-    outfit_ids = [i for i in outfit_ids if i != pk][: MAX_OUTFIT - 1]
+        return not_found(request, f"There is no product with id {pk}.")
+    form = ProductPageForm(request.GET)
+    form.is_valid()  # never invalid: ids that are not ids are ignored
+    outfit_ids = [i for i in form.cleaned_data["outfit"] if i != pk][: MAX_OUTFIT - 1]
     context: dict[str, Any] = {
         "product": product,
         "add_url": _outfit_url([*outfit_ids, pk]),
@@ -224,7 +168,7 @@ def product_page(request: HttpRequest, pk: int) -> HttpResponse:
         context["similar"] = _scored(similar_items(product_id=pk, k=8))
         looks = complete_the_look(product_ids=[pk], k=4)
     except UnknownProducts as exc:
-        return _not_found(request, f"Unknown product id(s): {', '.join(map(str, exc.ids))}.")
+        return not_found(request, f"Unknown product id(s): {', '.join(map(str, exc.ids))}.")
     except NoActiveModel:
         context["notice"] = _model_notice()
     else:
@@ -269,23 +213,25 @@ def _weaker_of_pair(ids: list[int], matrix: list[list[float]], pair: tuple[int, 
 @require_safe  # a read-only page: POST/PUT/DELETE answer 405
 def outfit_page(request: HttpRequest) -> HttpResponse:
     """``/outfit?ids=1,2,3``: the outfit builder; all of its state is in ``?ids=`` (shareable)."""
-    requested, bad_tokens = _parse_ids(request.GET.get("ids", ""))
+    form = OutfitIdsForm(request.GET)
+    form.is_valid()  # never invalid: tokens that are not ids are ignored, and named
+    requested, bad_tokens = form.cleaned_data["ids"], form.cleaned_data["ignored"]
     products = Product.objects.in_bulk(requested)
     unknown = [i for i in requested if i not in products]
     ids = [i for i in requested if i in products]
-    messages: list[str] = []
+    notes: list[str] = []
     if bad_tokens:
-        messages.append(f"Ignored {', '.join(repr(t) for t in bad_tokens)}: not product ids.")
+        notes.append(f"Ignored {', '.join(repr(t) for t in bad_tokens)}: not product ids.")
     if unknown:
-        messages.append(f"Unknown product id(s) {', '.join(map(str, unknown))}: ignored.")
+        notes.append(f"Unknown product id(s) {', '.join(map(str, unknown))}: ignored.")
     if len(ids) > MAX_OUTFIT:
-        messages.append(f"An outfit holds at most {MAX_OUTFIT} items; the rest were dropped.")
+        notes.append(f"An outfit holds at most {MAX_OUTFIT} items; the rest were dropped.")
         ids = ids[:MAX_OUTFIT]
     items = [{"product": products[i], "remove_url": _outfit_url([j for j in ids if j != i])} for i in ids]
     context: dict[str, Any] = {
         "items": items,
         "ids": ids,
-        "messages_list": messages,
+        "messages_list": notes,
         "ids_csv": ",".join(map(str, ids)),
         "can_curate": request.user.has_perm(MERCHANDISER_PERM),
     }
@@ -319,10 +265,13 @@ def outfit_page(request: HttpRequest) -> HttpResponse:
                 if sp.hits
             ]
     except UnknownProducts as exc:  # a product deleted between the two queries
-        return _not_found(request, f"Unknown product id(s): {', '.join(map(str, exc.ids))}.")
+        return not_found(request, f"Unknown product id(s): {', '.join(map(str, exc.ids))}.")
     except NoActiveModel:
         context["notice"] = _model_notice()
     return render(request, "recommender/outfit.html", context)
+
+
+# --- model registry -------------------------------------------------------------------------------------
 
 
 def _fmt(value: Any) -> str:
@@ -372,8 +321,6 @@ def _evaluation(evaluation: Any) -> dict[str, Any] | None:
 def _learned_row(version: ModelVersion | None) -> tuple[str, dict[str, float]] | None:
     """The version's own row of its held-out evaluation (``"fine-tuned"``, else the last row that is not
     a baseline or zero-shot), without counts and missing values: ``(row name, {metric: value})``."""
-    from ml.evaluate import BASELINES, COUNTS, ZERO_SHOT
-
     evaluation = ((version.metrics or {}).get("evaluation") if version else None) or {}
     if not isinstance(evaluation, dict):
         return None
@@ -392,8 +339,6 @@ def _learned_row(version: ModelVersion | None) -> tuple[str, dict[str, float]] |
 def _reference(version: ModelVersion) -> tuple[str, dict[str, float]] | None:
     """What a version is compared with: the active version's learned row, or for the active version
     (or when none is active) its own zero-shot row."""
-    from ml.evaluate import ZERO_SHOT
-
     active = ModelVersion.objects.filter(is_active=True).first()
     if active is not None and active.pk != version.pk:
         own = _learned_row(active)
@@ -460,79 +405,23 @@ def models_page(request: HttpRequest) -> HttpResponse:
         "runs": runs,
         "can_train": can_train,
         "can_rollback": can_train and ModelVersion.objects.filter(activated_at__isnull=False).count() > 1,
-        "train_defaults": TRAIN_DEFAULTS,
-        "miners": ["semi-hard", "batch-hard", "batch-all", "random"],
+        "train_form": TrainingStartForm(),
     }
     return render(request, "recommender/models.html", context)
 
 
-# --- merchandiser pages ----------------------------------------------------------------------------
-
-
-@_merchandiser
-def product_upload_page(request: HttpRequest) -> HttpResponse:
-    """``/manage/upload``: a merchandiser adds one product; errors show inline and nothing is created."""
-    from catalog.services import product_create
-
-    values = _product_form_values(request.POST)
-    errors: list[str] = []
-    if request.method == "POST":
-        upload = request.FILES.get("image")
-        price = _price(values["price"], errors)
-        if upload is None:
-            errors.append("image: choose a product photo")
-        if not errors:
-            try:
-                product = product_create(
-                    sku=values["sku"],
-                    title=values["title"],
-                    slot=values["slot"],
-                    image_bytes=read_upload(upload),
-                    description=values["description"],
-                    product_type=values["product_type"],
-                    colour=values["colour"],
-                    audience=values["audience"],
-                    price=price,
-                    variant_group=values["variant_group"],
-                )
-            except (ImageError, ValueError) as exc:
-                errors.append(str(exc))
-            else:
-                return redirect(reverse("product", args=[product.pk]) + "?uploaded=1")
-    return render(request, "recommender/upload.html", {"values": values, "errors": errors, "slots": SLOTS})
-
-
-#: The training parameters the models page offers (the API's ``TrainingRunCreateSerializer`` validates them).
-TRAIN_FIELDS = ("epochs", "batch_size", "lr", "temperature", "margin", "miner")
-TRAIN_DEFAULTS = {
-    "epochs": "30",
-    "batch_size": "256",
-    "lr": "0.001",
-    "temperature": "0.07",
-    "margin": "0.2",
-    "miner": "semi-hard",
-}
-
-
-@_merchandiser
+@merchandiser_required
 def training_start_page(request: HttpRequest) -> HttpResponse:
-    """``POST /models/train``: start a training run from the models page (one at a time).
-
-    The fields are validated by the API's ``TrainingRunCreateSerializer``; errors come back as messages.
-    """
-    from recommender.apis import _flatten_errors
-    from recommender.serializers import TrainingRunCreateSerializer
-    from recommender.services import training_run_start
-
+    """``POST /models/train``: start a training run from the models page (one at a time); what was
+    wrong comes back as a message on the models page."""
     if request.method != "POST":
         return redirect("models")
-    data = {f: request.POST[f].strip() for f in TRAIN_FIELDS if request.POST.get(f, "").strip()}
-    ser = TrainingRunCreateSerializer(data=data)
-    if not ser.is_valid():
-        messages.error(request, f"The run was not started: {_flatten_errors(ser.errors)}")
+    form = TrainingStartForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, f"The run was not started: {form.errors_text()}")
         return redirect("models")
     try:
-        run = training_run_start(params=dict(ser.validated_data), user=request.user)
+        run = training_run_start(params=form.params(), user=request.user)
     except ValueError as exc:
         messages.error(request, str(exc))
     else:
@@ -540,12 +429,10 @@ def training_start_page(request: HttpRequest) -> HttpResponse:
     return redirect("models")
 
 
-@_merchandiser
+@merchandiser_required
 def model_version_activate_page(request: HttpRequest, pk: int) -> HttpResponse:
     """``POST /models/<pk>/activate``: serve this version (refused, with the reason, unless complete)."""
-    from recommender.services import VersionNotReady, model_version_activate
-
-    if request.method == "POST":
+    if request.method == "POST" and ConfirmForm(request.POST).is_valid():
         version = ModelVersion.objects.filter(pk=pk).first()
         if version is None:
             messages.error(request, f"There is no model version {pk}.")
@@ -559,12 +446,10 @@ def model_version_activate_page(request: HttpRequest, pk: int) -> HttpResponse:
     return redirect("models")
 
 
-@_merchandiser
+@merchandiser_required
 def model_version_rollback_page(request: HttpRequest) -> HttpResponse:
     """``POST /models/rollback``: back to the previously active version."""
-    from recommender.services import VersionNotReady, model_version_rollback
-
-    if request.method == "POST":
+    if request.method == "POST" and ConfirmForm(request.POST).is_valid():
         try:
             version = model_version_rollback(queue_missing=True)
         except VersionNotReady as exc:
@@ -578,10 +463,6 @@ def model_version_rollback_page(request: HttpRequest) -> HttpResponse:
 def model_compare_png(request: HttpRequest, pk: int) -> HttpResponse:
     """``/models/<pk>/compare.png``: bars of this version's held-out metrics next to the active one's
     (:func:`ml.plots.plot_metric_bars`, drawn on request; 404 when either has no evaluation)."""
-    import tempfile
-
-    from ml.plots import plot_metric_bars
-
     version = ModelVersion.objects.filter(pk=pk).first()
     table = _comparison_table(version) if version else None
     if not table:
@@ -594,240 +475,6 @@ def model_compare_png(request: HttpRequest, pk: int) -> HttpResponse:
     response = HttpResponse(png, content_type="image/png")
     response["Cache-Control"] = "max-age=60"
     return response
-
-
-def _product_form_values(post) -> dict[str, str]:
-    fields = (
-        "sku",
-        "title",
-        "slot",
-        "product_type",
-        "colour",
-        "audience",
-        "price",
-        "description",
-        "variant_group",
-    )
-    # Not cut to the fields' limits: product_validate reports an over-long value with its real length
-    # ("title: 5000 characters is over the limit of 255") instead of storing it silently shortened.
-    return {f: _param(post, f, max_len=100_000) for f in fields}
-
-
-def _price(raw: str, errors: list[str]) -> Decimal | None:
-    if not raw:
-        return None
-    try:
-        return Decimal(raw)
-    except InvalidOperation:
-        errors.append(f"price: {raw!r} is not a number")
-        return None
-
-
-@_merchandiser
-def product_edit_page(request: HttpRequest, pk: int) -> HttpResponse:
-    """``/manage/products/<pk>/edit``: change details and optionally the photo; errors inline, nothing
-    written on error; a changed photo, text or slot re-queues the product's embedding."""
-    from catalog.services import EDITABLE_FIELDS, product_update
-
-    product = product_get(product_id=pk)
-    if product is None:
-        return _not_found(request, f"There is no product with id {pk}.")
-    errors: list[str] = []
-    if request.method == "POST":
-        values = _product_form_values(request.POST)
-        price = _price(values["price"], errors)
-        upload = request.FILES.get("image")
-        if not errors:
-            try:
-                image_bytes = read_upload(upload) if upload is not None else None
-                changed = product_update(
-                    product=product,
-                    data={**{f: values[f] for f in EDITABLE_FIELDS if f != "price"}, "price": price},
-                    image_bytes=image_bytes,
-                )
-            except (ImageError, ValueError) as exc:
-                errors.append(str(exc))
-            else:
-                if changed:
-                    messages.success(request, f"Saved: {', '.join(changed)} changed.")
-                else:
-                    messages.info(request, "Nothing changed.")
-                return redirect("product", pk=product.pk)
-    else:
-        values = {f: "" if getattr(product, f) is None else str(getattr(product, f)) for f in EDITABLE_FIELDS}
-        values["sku"] = product.sku
-    values["sku"] = product.sku
-    return render(
-        request,
-        "recommender/product_edit.html",
-        {"product": product, "values": values, "errors": errors, "slots": SLOTS},
-    )
-
-
-@_merchandiser
-def product_delete_page(request: HttpRequest, pk: int) -> HttpResponse:
-    """``/manage/products/<pk>/delete``: GET asks for confirmation, POST deletes."""
-    from catalog.services import product_delete
-
-    product = product_get(product_id=pk)
-    if product is None:
-        return _not_found(request, f"There is no product with id {pk}.")
-    if request.method == "POST":
-        title = str(product)
-        product_delete(product=product)
-        messages.success(request, f"Deleted {title}.")
-        return redirect("catalog")
-    return render(
-        request, "recommender/product_delete.html", {"product": product, "n_outfits": product.outfits.count()}
-    )
-
-
-@_merchandiser
-def outfit_list_page(request: HttpRequest) -> HttpResponse:
-    """``/manage/outfits``: curated outfits (training data), 24 per page, each with a delete button."""
-    page = Paginator(outfit_list_curated(), PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "recommender/outfits.html", {"page": page})
-
-
-@_merchandiser
-def outfit_save_page(request: HttpRequest) -> HttpResponse:
-    """``POST /manage/outfits/new`` (from the outfit builder): save ``ids`` as a curated outfit."""
-    from catalog.services import outfit_create
-
-    if request.method != "POST":
-        return redirect("outfit-list")
-    ids, bad = _parse_ids(request.POST.get("ids", ""))
-    name = _param(request.POST, "name", 255)
-    try:
-        if bad:
-            raise ValueError(f"not product ids: {', '.join(repr(t) for t in bad)}")
-        outfit = outfit_create(product_ids=ids, name=name)
-    except ValueError as exc:
-        messages.error(request, f"The outfit was not saved: {exc}.")
-        return redirect(_outfit_url(ids))
-    messages.success(request, f"Saved “{outfit}” ({len(ids)} items) as a curated outfit for training.")
-    return redirect("outfit-list")
-
-
-@_merchandiser
-def outfit_delete_page(request: HttpRequest, pk: int) -> HttpResponse:
-    """``POST /manage/outfits/<pk>/delete``: delete a curated outfit."""
-    from catalog.models import Outfit
-    from catalog.services import outfit_delete
-
-    if request.method == "POST":
-        outfit = Outfit.objects.filter(pk=pk).first()
-        if outfit is None:
-            messages.error(request, f"There is no outfit {pk}.")
-        else:
-            outfit_delete(outfit=outfit)
-            messages.success(request, f"Deleted {outfit}.")
-    return redirect("outfit-list")
-
-
-#: The example CSV offered on the import page (real H&M articles; the zip holds their photos).
-EXAMPLE_CSV = (
-    "sku,title,slot,image,colour,product_type,audience,price,description,variant_group\n"
-    "0108775015,Strap top,top,0108775015.jpg,Black,Vest top,Ladieswear,9.99,"
-    '"Jersey top with narrow shoulder straps.",0108775\n'
-    "0110065001,OP T-shirt (Idro),top,photos/0110065001.jpg,Black,Bra,Lingeries/Tights,,"
-    '"Microfibre T-shirt bra with underwired, moulded, lightly padded cups.",0110065\n'
-)
-
-
-@_merchandiser
-def import_page(request: HttpRequest) -> HttpResponse:
-    """``/manage/import``: upload a CSV and a zip of photos; the import runs on a worker (ImportJob)."""
-    from catalog.services import (
-        IMPORT_MAX_CSV_BYTES,
-        IMPORT_MAX_ZIP_BYTES,
-        IMPORT_OPTIONAL_COLUMNS,
-        IMPORT_REQUIRED_COLUMNS,
-        ImportFileError,
-        import_job_create,
-    )
-    from ml.slots import SLOTS
-
-    errors: list[str] = []
-    if request.method == "POST":
-        csv_upload = request.FILES.get("csv")
-        if csv_upload is None:
-            errors.append("csv: choose the products CSV")
-        else:
-            try:
-                job = import_job_create(
-                    csv_upload=csv_upload, zip_upload=request.FILES.get("images"), user=request.user
-                )
-            except ImportFileError as exc:
-                errors.append(str(exc))
-            else:
-                return redirect("import-job", pk=job.pk)
-    context = {
-        "errors": errors,
-        "jobs": import_job_list(limit=10),
-        "required": IMPORT_REQUIRED_COLUMNS,
-        "optional": IMPORT_OPTIONAL_COLUMNS,
-        "slots": SLOTS,
-        "max_csv_mb": IMPORT_MAX_CSV_BYTES // 2**20,
-        "max_zip_mb": IMPORT_MAX_ZIP_BYTES // 2**20,
-    }
-    return render(request, "recommender/import.html", context)
-
-
-@_merchandiser
-def import_example_csv(request: HttpRequest) -> HttpResponse:
-    """``/manage/import/example.csv``: a CSV with every column, to copy."""
-    response = HttpResponse(EXAMPLE_CSV, content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = 'attachment; filename="products-example.csv"'
-    return response
-
-
-@_merchandiser
-def import_job_page(request: HttpRequest, pk: int) -> HttpResponse:
-    """``/manage/import/<pk>``: progress (polled by static/js/progress.js), counts and rejected rows."""
-    from catalog.models import ImportJob
-
-    try:
-        job = import_job_get(job_id=pk)
-    except ImportJob.DoesNotExist:
-        return _not_found(request, f"There is no import job {pk}.")
-    return render(request, "recommender/import_job.html", {"job": job, "rejections": job.rejections[:200]})
-
-
-@_merchandiser
-def import_report_csv(request: HttpRequest, pk: int) -> HttpResponse:
-    """``/manage/import/<pk>/rejected.csv``: the rejected rows (row, sku, field, message) as CSV."""
-    import csv
-    import io
-
-    from catalog.models import ImportJob
-
-    try:
-        job = import_job_get(job_id=pk)
-    except ImportJob.DoesNotExist:
-        return _not_found(request, f"There is no import job {pk}.")
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["row", "sku", "field", "message"])
-    if job.file_error:
-        writer.writerow(["", "", "file", job.file_error])
-    writer.writerows([r["row"], r["sku"], r["field"], r["message"]] for r in job.rejections)
-    response = HttpResponse(buf.getvalue(), content_type="text/csv; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="import-{job.pk}-rejected.csv"'
-    return response
-
-
-class SignInForm(AuthenticationForm):
-    """Django's sign-in form, refusing a user name locked out for password guessing
-    (:mod:`recommender.login_guard`) before the password is even checked."""
-
-    def clean(self):
-        from recommender import login_guard
-
-        username = self.cleaned_data.get("username") or ""
-        if username and login_guard.locked_out(self.request, username):
-            raise forms.ValidationError(login_guard.lockout_message(), code="locked_out")
-        return super().clean()
 
 
 class SignInView(LoginView):

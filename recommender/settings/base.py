@@ -192,13 +192,17 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 24,
-    "DEFAULT_PERMISSION_CLASSES": ["recommender.permissions.ReadOnlyOrMerchandiser"],
+    "DEFAULT_PERMISSION_CLASSES": ["catalog.permissions.ReadOnlyOrMerchandiser"],
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "recommender.authentication.BasicAuthentication",  # first: a failed login answers 401
         "recommender.authentication.TokenAuthentication",  # "Authorization: Token <key>"
         "rest_framework.authentication.SessionAuthentication",  # pages' session, CSRF enforced
     ],
-    "EXCEPTION_HANDLER": "recommender.apis.exception_handler",
+    # The one error format and the scoped throttle of every endpoint, the catalog's included (which
+    # never imports the recommender app): {"error": {"code", "message", "details"}}; views set
+    # throttle_scope, views without one are not throttled.
+    "EXCEPTION_HANDLER": "recommender.api.exception_handler",
+    "DEFAULT_THROTTLE_CLASSES": ["recommender.api.ScopedThrottle"],
     # Client IP for the throttles: with 0 the socket's address, never a client-sent X-Forwarded-For
     # (which would hand every caller a fresh allowance per made-up address). Behind N trusted proxies
     # that append to X-Forwarded-For, set N (compose: 1, for the TLS proxy in front of gunicorn).

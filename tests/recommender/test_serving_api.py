@@ -15,7 +15,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from rest_framework.test import APIClient
 
 from catalog.models import Product
-from recommender import apis, selectors
+from recommender import api as apis
+from recommender import selectors
 from recommender.models import ModelVersion
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]

@@ -1,0 +1,257 @@
+"""Server-rendered catalog pages: the product grid for shoppers, and the merchandiser pages that change the
+catalog (upload, edit, delete, curated outfits, bulk import).
+
+Each page validates a form (``catalog.forms``) and calls a service to write; a service's error comes back
+on the form, next to the field it names. Merchandiser pages need ``catalog.add_product``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from urllib.parse import quote
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_safe
+
+from catalog.forms import (
+    ConfirmForm,
+    ImportForm,
+    OutfitSaveForm,
+    ProductEditForm,
+    ProductFilterForm,
+    ProductForm,
+)
+from catalog.images import ImageError, read_upload
+from catalog.imports import (
+    IMPORT_OPTIONAL_COLUMNS,
+    IMPORT_REQUIRED_COLUMNS,
+    ImportFileError,
+    import_job_create,
+)
+from catalog.models import ImportJob, Outfit, Product
+from catalog.permissions import merchandiser_required
+from catalog.selectors import import_job_get, import_job_list, outfit_list_curated, product_get
+from catalog.services import outfit_create, outfit_delete, product_create, product_delete, product_update
+from ml.slots import SLOTS
+
+PAGE_SIZE = 24
+
+
+def not_found(request: HttpRequest, message: str) -> HttpResponse:
+    """The site's 404 page with a sentence saying what was not found."""
+    return render(request, "not_found.html", {"message": message}, status=404)
+
+
+# --- shoppers ---------------------------------------------------------------------------------------------
+
+
+@require_safe  # a read-only page: POST/PUT/DELETE answer 405
+def product_list_page(request: HttpRequest) -> HttpResponse:
+    """``/``: the product grid, filterable by slot, colour, audience and type, 24 per page."""
+    form = ProductFilterForm(request.GET)
+    given = form.given()
+    qs = Product.objects.filter_facets(**given) if form.is_valid() else Product.objects.none()
+    page = Paginator(qs.order_by("id"), PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(
+        request,
+        "catalog/product_list.html",
+        {
+            "page": page,
+            "form": form,
+            "options": form.options(),
+            "filtered": bool(given) or not form.is_valid(),
+        },
+    )
+
+
+# --- products ---------------------------------------------------------------------------------------------
+
+
+@merchandiser_required
+def product_upload_page(request: HttpRequest) -> HttpResponse:
+    """``/manage/upload``: a merchandiser adds one product; errors show inline and nothing is created."""
+    form = ProductForm(request.POST, request.FILES) if request.method == "POST" else ProductForm()
+    if form.is_bound and form.is_valid():
+        data = form.product_data()
+        try:
+            product = product_create(image_bytes=read_upload(form.cleaned_data["image"]), **data)
+        except (ImageError, ValueError) as exc:
+            form.add_service_error(exc)
+        else:
+            return redirect(reverse("product", args=[product.pk]) + "?uploaded=1")
+    return render(request, "catalog/product_upload.html", {"form": form})
+
+
+@merchandiser_required
+def product_edit_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """``/manage/products/<pk>/edit``: change details and optionally the photo; errors inline, nothing
+    written on error; a changed photo, text or slot re-queues the product's embedding."""
+    product = product_get(product_id=pk)
+    if product is None:
+        return not_found(request, f"There is no product with id {pk}.")
+    if request.method == "POST":
+        form = ProductEditForm.for_product(product, request.POST, request.FILES)
+    else:
+        form = ProductEditForm.for_product(product)
+    if form.is_bound and form.is_valid():
+        upload = form.cleaned_data["image"]
+        try:
+            changed = product_update(
+                product=product,
+                data=form.product_data(),
+                image_bytes=read_upload(upload) if upload is not None else None,
+            )
+        except (ImageError, ValueError) as exc:
+            form.add_service_error(exc)
+        else:
+            if changed:
+                messages.success(request, f"Saved: {', '.join(changed)} changed.")
+            else:
+                messages.info(request, "Nothing changed.")
+            return redirect("product", pk=product.pk)
+    return render(request, "catalog/product_edit.html", {"product": product, "form": form})
+
+
+@merchandiser_required
+def product_delete_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """``/manage/products/<pk>/delete``: GET asks for confirmation, POST deletes."""
+    product = product_get(product_id=pk)
+    if product is None:
+        return not_found(request, f"There is no product with id {pk}.")
+    form = ConfirmForm(request.POST) if request.method == "POST" else ConfirmForm()
+    if form.is_bound and form.is_valid():
+        title = str(product)
+        product_delete(product=product)
+        messages.success(request, f"Deleted {title}.")
+        return redirect("catalog")
+    return render(
+        request,
+        "catalog/product_delete.html",
+        {"product": product, "form": form, "n_outfits": product.outfits.count()},
+    )
+
+
+# --- curated outfits --------------------------------------------------------------------------------------
+
+
+@merchandiser_required
+def outfit_list_page(request: HttpRequest) -> HttpResponse:
+    """``/manage/outfits``: curated outfits (training data), 24 per page, each with a delete button."""
+    page = Paginator(outfit_list_curated(), PAGE_SIZE).get_page(request.GET.get("page"))
+    return render(request, "catalog/outfit_list.html", {"page": page})
+
+
+@merchandiser_required
+def outfit_save_page(request: HttpRequest) -> HttpResponse:
+    """``POST /manage/outfits/new`` (from the outfit builder): save ``ids`` as a curated outfit; on an
+    error, back to the builder with the reason."""
+    if request.method != "POST":
+        return redirect("outfit-list")
+    form = OutfitSaveForm(request.POST)
+    if form.is_valid():
+        ids = form.cleaned_data["ids"]
+        try:
+            outfit = outfit_create(product_ids=ids, name=form.cleaned_data["name"])
+        except ValueError as exc:
+            form.add_service_error(exc)
+        else:
+            messages.success(
+                request, f"Saved “{outfit}” ({len(ids)} items) as a curated outfit for training."
+            )
+            return redirect("outfit-list")
+    messages.error(request, f"The outfit was not saved: {form.errors_text()}.")
+    return redirect(f"{reverse('outfit')}?ids={quote(form.data.get('ids', ''), safe=',')}")
+
+
+@merchandiser_required
+def outfit_delete_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """``POST /manage/outfits/<pk>/delete``: delete a curated outfit."""
+    if request.method == "POST" and ConfirmForm(request.POST).is_valid():
+        outfit = Outfit.objects.filter(pk=pk).first()
+        if outfit is None:
+            messages.error(request, f"There is no outfit {pk}.")
+        else:
+            outfit_delete(outfit=outfit)
+            messages.success(request, f"Deleted {outfit}.")
+    return redirect("outfit-list")
+
+
+# --- bulk import ------------------------------------------------------------------------------------------
+
+#: The columns of an import CSV: the required ones, then the other product fields.
+IMPORT_COLUMNS = (*IMPORT_REQUIRED_COLUMNS, *IMPORT_OPTIONAL_COLUMNS)
+#: The example CSV offered on the import page (real H&M articles; the zip holds their photos).
+EXAMPLE_CSV = (
+    ",".join(IMPORT_COLUMNS)
+    + "\n"
+    + (
+        "0108775015,Strap top,top,0108775015.jpg,Black,Vest top,Ladieswear,9.99,"
+        '"Jersey top with narrow shoulder straps.",0108775\n'
+        "0110065001,OP T-shirt (Idro),top,photos/0110065001.jpg,Black,Bra,Lingeries/Tights,,"
+        '"Microfibre T-shirt bra with underwired, moulded, lightly padded cups.",0110065\n'
+    )
+)
+
+
+@merchandiser_required
+def import_page(request: HttpRequest) -> HttpResponse:
+    """``/manage/import``: upload a CSV and a zip of photos; the import runs on a worker (ImportJob)."""
+    form = ImportForm(request.POST, request.FILES) if request.method == "POST" else ImportForm()
+    if form.is_bound and form.is_valid():
+        try:
+            job = import_job_create(
+                csv_upload=form.cleaned_data["csv"], zip_upload=form.cleaned_data["images"], user=request.user
+            )
+        except ImportFileError as exc:
+            form.add_service_error(exc)
+        else:
+            return redirect("import-job", pk=job.pk)
+    context = {
+        "form": form,
+        "jobs": import_job_list(limit=10),
+        "required": IMPORT_REQUIRED_COLUMNS,
+        "optional": IMPORT_OPTIONAL_COLUMNS,
+        "slots": SLOTS,
+    }
+    return render(request, "catalog/import.html", context)
+
+
+@merchandiser_required
+def import_example_csv(request: HttpRequest) -> HttpResponse:
+    """``/manage/import/example.csv``: a CSV with every column, to copy."""
+    response = HttpResponse(EXAMPLE_CSV, content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="products-example.csv"'
+    return response
+
+
+@merchandiser_required
+def import_job_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """``/manage/import/<pk>``: progress (polled by static/js/progress.js), counts and rejected rows."""
+    try:
+        job = import_job_get(job_id=pk)
+    except ImportJob.DoesNotExist:
+        return not_found(request, f"There is no import job {pk}.")
+    return render(request, "catalog/import_job.html", {"job": job, "rejections": job.rejections[:200]})
+
+
+@merchandiser_required
+def import_report_csv(request: HttpRequest, pk: int) -> HttpResponse:
+    """``/manage/import/<pk>/rejected.csv``: the rejected rows (row, sku, field, message) as CSV."""
+    try:
+        job = import_job_get(job_id=pk)
+    except ImportJob.DoesNotExist:
+        return not_found(request, f"There is no import job {pk}.")
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["row", "sku", "field", "message"])
+    if job.file_error:
+        writer.writerow(["", "", "file", job.file_error])
+    writer.writerows([r["row"], r["sku"], r["field"], r["message"]] for r in job.rejections)
+    response = HttpResponse(buf.getvalue(), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="import-{job.pk}-rejected.csv"'
+    return response

@@ -1,0 +1,138 @@
+"""Forms of the recommender's pages: search, photo search, the outfit builder's ids, training runs, sign-in.
+
+Like the catalog's (:mod:`catalog.forms`), they only clean input; selectors and services do the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib.auth.forms import AuthenticationForm
+from django.core.exceptions import ValidationError
+
+from catalog.forms import PageForm, ProductFilterForm, QueryTextField, split_ids
+from catalog.images import CleanImage, ImageError, clean_upload
+from ml.config import TrainConfig
+from recommender import login_guard
+from recommender.serializers import MAX_WINDOW
+
+#: Results per search page.
+SEARCH_K = 24
+
+
+class PageNumberField(forms.CharField):
+    """A 1-based page number from a URL: anything that is not one is page 1, and a page past
+    ``last`` is the last (a shopper's link never fails)."""
+
+    def __init__(self, *, last: int, **kwargs: Any) -> None:
+        self.last = last
+        super().__init__(required=False, **kwargs)
+
+    def to_python(self, value: Any) -> int:
+        text = super().to_python(value)[:6]  # int() of thousands of digits is refused
+        return min(max(int(text), 1), self.last) if text.isdigit() else 1
+
+
+class SearchForm(ProductFilterForm):
+    """``/search?q=...&slot=...&page=2``: free text, the product filters and the page.
+
+    Pages are consecutive slices of one ranking (as in the API), up to the API's window of
+    ``MAX_WINDOW`` ranked items.
+    """
+
+    q = QueryTextField(max_length=500)
+    page = PageNumberField(last=MAX_WINDOW // SEARCH_K)
+
+
+class PhotoSearchForm(forms.Form):
+    """``POST /search/photo``: a photo, cleaned like product photos (size, decoding, pixel limits)."""
+
+    image = forms.FileField(
+        allow_empty_file=True,  # the image checks name an empty file
+        error_messages={"required": "choose a photo to upload"},
+        widget=forms.FileInput(attrs={"accept": "image/*"}),
+    )
+
+    def clean_image(self) -> CleanImage:
+        try:
+            return clean_upload(self.cleaned_data["image"])
+        except ImageError as exc:
+            raise ValidationError(str(exc), code="image") from exc
+
+
+class OutfitIdsForm(forms.Form):
+    """``/outfit?ids=1,2,3``, the outfit builder: its product ids. Tokens that are not ids are ignored,
+    and listed in ``cleaned_data["ignored"]`` for the page to say so."""
+
+    ids = forms.Field(required=False)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean()
+        cleaned["ids"], cleaned["ignored"] = split_ids(cleaned.get("ids") or "")
+        return cleaned
+
+
+class ProductPageForm(forms.Form):
+    """``/products/<pk>?outfit=1,2``: the outfit being built, which the page's "add" link extends
+    (tokens that are not ids are ignored)."""
+
+    outfit = forms.Field(required=False)
+
+    def clean_outfit(self) -> list[int]:
+        return split_ids(self.cleaned_data.get("outfit") or "")[0]
+
+
+#: Negative miners the models page offers (``ml.mining``), the default first.
+MINERS = ["semi-hard", "batch-hard", "batch-all", "random"]
+#: DRF's wording, so the page and the API (``TrainingRunCreateSerializer``) say the same.
+_INTEGER = {"invalid": "A valid integer is required."}
+_NUMBER = {"invalid": "A valid number is required."}
+
+
+class TrainingStartForm(PageForm):
+    """``POST /models/train``: the training parameters the models page offers, with the API's limits
+    (``TrainingRunCreateSerializer``; a test keeps them equal). Fields left empty keep their
+    :class:`ml.config.TrainConfig` default, which the page shows."""
+
+    epochs = forms.IntegerField(
+        label="Epochs", required=False, min_value=1, max_value=500, error_messages=_INTEGER
+    )
+    batch_size = forms.IntegerField(
+        label="Batch size", required=False, min_value=2, max_value=4096, error_messages=_INTEGER
+    )
+    lr = forms.FloatField(
+        label="Learning rate", required=False, min_value=1e-6, max_value=1.0, error_messages=_NUMBER
+    )
+    temperature = forms.FloatField(
+        label="Temperature", required=False, min_value=0.001, max_value=1.0, error_messages=_NUMBER
+    )
+    margin = forms.FloatField(
+        label="Triplet margin", required=False, min_value=0.0, max_value=2.0, error_messages=_NUMBER
+    )
+    miner = forms.ChoiceField(
+        label="Negative miner",
+        required=False,
+        choices=[(m, m) for m in MINERS],
+        error_messages={"invalid_choice": '"%(value)s" is not a valid choice.'},
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        defaults = TrainConfig()
+        kwargs.setdefault("initial", {name: getattr(defaults, name) for name in self.base_fields})
+        super().__init__(*args, **kwargs)
+
+    def params(self) -> dict[str, Any]:
+        """The parameters given (the run's ``params``); the others keep the training defaults."""
+        return {k: v for k, v in self.cleaned_data.items() if v not in (None, "")}
+
+
+class SignInForm(AuthenticationForm):
+    """Django's sign-in form, refusing a user name locked out for password guessing
+    (:mod:`recommender.login_guard`) before the password is even checked."""
+
+    def clean(self):
+        username = self.cleaned_data.get("username") or ""
+        if username and login_guard.locked_out(self.request, username):
+            raise forms.ValidationError(login_guard.lockout_message(), code="locked_out")
+        return super().clean()

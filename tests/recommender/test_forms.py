@@ -1,0 +1,43 @@
+"""Recommender page forms: the training form says what the API says; filters parse alike on pages and API."""
+
+from __future__ import annotations
+
+from catalog.serializers import FilterSerializer
+from recommender.filters import Filters
+from recommender.forms import SearchForm, TrainingStartForm
+from recommender.serializers import TrainingRunCreateSerializer
+
+
+def test_the_training_form_has_the_api_limits():
+    api = TrainingRunCreateSerializer().fields
+    for name, field in TrainingStartForm.base_fields.items():
+        if hasattr(field, "min_value"):
+            assert (field.min_value, field.max_value) == (api[name].min_value, api[name].max_value), name
+        else:
+            assert {c for c, _ in field.choices} == set(api[name].choices), name
+
+
+def test_the_training_form_sends_only_what_was_given():
+    form = TrainingStartForm(data={"epochs": "2", "lr": "", "miner": "random"})
+    assert form.is_valid() and form.params() == {"epochs": 2, "miner": "random"}
+    assert TrainingStartForm().initial["epochs"] == 30  # ml.config.TrainConfig's default, shown on the page
+
+
+def test_page_and_api_filters_are_the_same_filters():
+    params = {"q": "dress", "slot": "top", "colour": "Black", "price_min": "5", "price_max": "20"}
+    form = SearchForm(data=params)
+    assert form.is_valid(), form.errors
+    api = FilterSerializer(data=params)
+    assert api.is_valid(), api.errors
+    assert Filters.from_params(form.cleaned_data) == Filters.from_params(api.validated_data)
+    assert Filters.from_params({"slot": "", "price_min": 0}) == Filters(price_min=0)
+
+
+def test_search_form_refuses_an_unknown_slot_and_is_lenient_with_the_rest():
+    form = SearchForm(data={"q": " dress\x00 ", "slot": "hat", "page": "x" * 9000})
+    assert not form.is_valid()
+    assert form.errors["slot"][0].startswith("There is no slot “hat”; choose one of: top, bottom,")
+    assert form.cleaned_data["q"] == "dress" and form.cleaned_data["page"] == 1
+    for page, shown in (("3", 3), ("0", 1), ("9" * 9000, 20), ("-2", 1)):  # 20 pages of 24: the window of 500
+        form = SearchForm(data={"q": "d", "page": page})
+        assert form.is_valid() and form.cleaned_data["page"] == shown, page
