@@ -30,6 +30,7 @@ from django.conf import settings
 
 from recommender import runtime
 from recommender.celery import app
+from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -188,10 +189,14 @@ def test_web_and_worker_survive_a_postgres_restart(private_pg, web, worker):
     assert web.poll() is None and worker.poll() is None
 
     # the worker logs through the project's handlers: LOG_FORMAT=json gives one JSON object per line
-    lines = [
-        json.loads(x)
-        for x in (settings.VAR_DIR / "logs" / "faults-worker.log").read_text().splitlines()
-        if x.startswith("{")
-    ]
-    done = [x for x in lines if x["logger"] == "celery.app.trace" and "embed_missing" in x["message"]]
+    def finished() -> list[dict]:  # Celery logs a task's success just after storing its result: poll
+        lines = [
+            json.loads(x)
+            for x in (settings.VAR_DIR / "logs" / "faults-worker.log").read_text().splitlines()
+            if x.startswith("{")
+        ]
+        done = [x for x in lines if x["logger"] == "celery.app.trace" and "embed_missing" in x["message"]]
+        return done if len(done) >= 2 else []
+
+    done = wait_for(finished, timeout=30, what="both embed_missing tasks in the worker's JSON log")
     assert len(done) == 2 and all("succeeded" in x["message"] and x["level"] == "INFO" for x in done)

@@ -53,7 +53,7 @@ def _wait(predicate, timeout: float, what: str, every: float = 0.2):
 
 
 @pytest.fixture(scope="module")
-def db_access(django_db_blocker):
+def db_access(django_db_setup, django_db_blocker):
     """Committed database access for the whole module (workers must see the rows)."""
     with django_db_blocker.unblock():
         yield
@@ -412,7 +412,9 @@ def test_worker_killed_mid_embedding(catalog, tmp_path):
     with worker(**cold) as (proc, log):
         # Let the start-up reconciliation finish first, or it would embed every missing product in one batch.
         _wait(
-            lambda: re.search(r"ml\.tasks\.reconcile\[[^\]]+\] succeeded", log.read_text(errors="replace")),
+            lambda: re.search(
+                r"recommender\.tasks\.reconcile\[[^\]]+\] succeeded", log.read_text(errors="replace")
+            ),
             60,
             "the start-up reconciliation",
         )
