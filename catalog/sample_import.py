@@ -39,7 +39,7 @@ class ImportSummary:
             f"{len(self.skipped)} skipped",
             f"outfits: {self.outfits_created} created, {self.outfits_unchanged} unchanged, "
             f"{self.outfits_test} held out for evaluation, {self.outfits_dropped} dropped "
-            "(fewer than 2 distinct products after removing colour variants)",
+            "(fewer than 2 of their products imported, colour variants counted once)",
         ]
         reasons = Counter(r.split(":")[0] for _, r in self.skipped)
         for where, reason in self.skipped[:50]:
