@@ -117,8 +117,11 @@ class OutfitNegativeSampler:
     def allowed(self, anchor: int, positive: int, pool: np.ndarray) -> np.ndarray:
         """The items of ``pool`` that may be negatives of this pair: not the anchor, not the positive,
         not a known partner of the anchor."""
-        bad = np.concatenate([self.partners[anchor], [anchor, positive]])
-        return pool[~np.isin(pool, bad)]
+        keep = (pool != anchor) & (pool != positive)
+        part = self.partners[anchor]  # sorted
+        if len(part):
+            keep &= part[np.searchsorted(part, pool).clip(max=len(part) - 1)] != pool
+        return pool[keep]
 
     def has_negatives(self, pairs: np.ndarray) -> np.ndarray:
         """(P,) bool: does the (anchor, positive) pair have at least one allowed negative in the positive's
