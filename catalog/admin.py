@@ -7,6 +7,7 @@ from django.utils.html import format_html
 
 from catalog.models import ImportJob, Outfit, OutfitItem, Product
 from catalog.signals import products_changed_on_commit
+from ml.audience import audience_group
 
 
 @admin.register(Product)
@@ -19,12 +20,14 @@ class ProductAdmin(admin.ModelAdmin):
         "product_type",
         "colour",
         "audience",
+        "audience_group",
         "price",
         "updated_at",
     )
-    list_filter = ("slot", "audience", "source")
+    list_filter = ("slot", "audience_group", "audience", "source")
     search_fields = ("sku", "title", "product_type", "colour", "description")
-    readonly_fields = ("thumb", "image_sha256", "created_at", "updated_at")
+    # derived on save from audience, section and department (ml.audience), never typed in
+    readonly_fields = ("thumb", "audience_group", "image_sha256", "created_at", "updated_at")
 
     @admin.display(description="photo")
     def thumb(self, obj: Product) -> str:
@@ -35,6 +38,7 @@ class ProductAdmin(admin.ModelAdmin):
         )
 
     def save_model(self, request, obj, form, change) -> None:
+        obj.audience_group = audience_group(obj.audience, obj.section, obj.department)
         super().save_model(request, obj, form, change)
         # vectors follow every edit (announced after commit; the recommender re-embeds)
         products_changed_on_commit(

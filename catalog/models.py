@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
+from ml.audience import AUDIENCE_GROUPS, UNISEX
 from ml.data import product_text
 from ml.slots import SLOTS
 
@@ -49,15 +50,19 @@ class ProductQuerySet(models.QuerySet):
 
 
 class Product(models.Model):
-    """A catalog item (an H&M article or an uploaded product).
+    """A catalog item (an H&M article, a MANGO product or an uploaded product).
 
-    ``sku`` is the external id (H&M ``article_id``, 10 digits with its leading zero) and is unique;
-    imports upsert on it. ``variant_group`` is the source's product code: articles sharing it are
-    colour/pattern variants of one product (alternatives, not outfit partners).
+    ``sku`` is the external id (H&M ``article_id``, 10 digits with its leading zero; MANGO
+    ``MNG-<cod_modelo_color>``) and is unique; imports upsert on it. ``variant_group`` is the source's
+    product code: articles sharing it are colour/pattern variants of one product (alternatives, not
+    outfit partners). ``audience`` is the source's own value (H&M index group such as "Divided",
+    MANGO "Female Adult", a merchandiser's text); ``audience_group`` is who it is for, normalised by
+    :func:`ml.audience.audience_group` from ``audience``, ``section`` and ``department`` on every write.
     """
 
     class Source(models.TextChoices):
         HM = "hm", "H&M sample"
+        MANGO = "mango", "MANGO sample"
         UPLOAD = "upload", "Merchandiser upload"
 
     sku = models.CharField("SKU", max_length=64, unique=True)
@@ -69,6 +74,9 @@ class Product(models.Model):
     product_group = models.CharField(max_length=64, blank=True)
     colour = models.CharField(max_length=64, blank=True, db_index=True)
     audience = models.CharField(max_length=64, blank=True, db_index=True)
+    audience_group = models.CharField(
+        max_length=8, choices=[(g, g) for g in AUDIENCE_GROUPS], default=UNISEX, db_index=True
+    )
     department = models.CharField(max_length=128, blank=True)
     section = models.CharField(max_length=128, blank=True)
     variant_group = models.CharField(max_length=64, blank=True, db_index=True)
@@ -96,7 +104,8 @@ class Product(models.Model):
 
 
 class Outfit(models.Model):
-    """A set of products worn together: an H&M co-purchase basket or a merchandiser's curated look.
+    """A set of products worn together: an H&M co-purchase basket, a MANGO stylist's outfit or a
+    merchandiser's curated look.
 
     ``split`` keeps a seeded part of the outfits for evaluation only (never trained on).
     """
@@ -107,6 +116,7 @@ class Outfit(models.Model):
 
     class Source(models.TextChoices):
         BASKET = "basket", "Co-purchase basket"
+        STYLIST = "stylist", "Composed by a stylist"
         CURATED = "curated", "Curated by a merchandiser"
 
     external_id = models.CharField(max_length=64, unique=True, null=True, blank=True)

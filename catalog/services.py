@@ -3,7 +3,7 @@
 Every committed change to products is announced with :data:`catalog.signals.products_changed`
 (sent on commit, so a listener never sees a row that was rolled back); the layers above react (the
 recommender queues embeddings). Imports live in :mod:`catalog.imports` (CSV + zip) and
-:mod:`catalog.hm_import` (the H&M sample).
+:mod:`catalog.hm_import` and :mod:`catalog.mango_import` (the real samples).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from django.db.models import Count, Q
 from catalog.images import CleanImage, clean_image
 from catalog.models import PRODUCT_FIELDS, Outfit, OutfitItem, Product
 from catalog.signals import products_changed_on_commit
+from ml.audience import audience_group
 from ml.slots import SLOTS
 
 #: SKUs: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.
@@ -107,7 +108,8 @@ def product_create(
 ) -> Product:
     """Create a product from an uploaded photo and its details, and queue its embedding.
 
-    ``image_name`` names the photo in error messages (default: the SKU).
+    ``image_name`` names the photo in error messages (default: the SKU). Its ``audience_group`` is
+    derived from ``audience`` (:func:`ml.audience.audience_group`; empty → unisex).
 
     Raises:
         ImageError: the photo is empty, not an image, truncated or too large (nothing is created).
@@ -137,6 +139,7 @@ def product_create(
             product_type=product_type,
             colour=colour,
             audience=audience,
+            audience_group=audience_group(audience),
             price=price,
             variant_group=variant_group,
             source=source,
@@ -196,7 +199,8 @@ def product_update(
         image_name: names the photo in error messages (default: the SKU).
 
     Returns:
-        The names of the fields that changed (``"image"`` for a new photo); empty when nothing did.
+        The names of the fields that changed (``"image"`` for a new photo, ``"audience_group"`` when the
+        normalised audience follows a new ``audience``); empty when nothing did.
 
     Raises:
         ValueError: an unknown field, or a value failing :func:`product_validate` (nothing is written).
@@ -216,6 +220,9 @@ def product_update(
     )
     img = clean_image(image_bytes, name=image_name or product.sku) if image_bytes is not None else None
     changed = [f for f in EDITABLE_FIELDS if getattr(product, f) != values[f]]
+    group = audience_group(values["audience"], product.section, product.department)
+    if group != product.audience_group:
+        changed.append("audience_group")
     if img is not None and (img.sha256 != product.image_sha256 or not product.image):
         changed.append("image")
     if not changed:
@@ -223,6 +230,7 @@ def product_update(
     with transaction.atomic():
         for f in EDITABLE_FIELDS:
             setattr(product, f, values[f])
+        product.audience_group = group
         if "image" in changed:
             store_image(product, img)
         product.save()

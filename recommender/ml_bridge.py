@@ -13,6 +13,7 @@ import numpy as np
 from django.conf import settings
 
 from catalog.models import Outfit, Product
+from ml.audience import audience_ids
 from ml.config import ModelConfig
 from ml.dataset import TrainData, category_ids, split_items, split_outfits
 from ml.heads import zero_shot_heads
@@ -122,7 +123,12 @@ def train_data(
         test_outfits=test,
         item_ids=np.asarray([p.pk for p in products], dtype=np.int64),
         attrs={
-            a: category_ids([getattr(p, a) for p in products]) for a in ("section", "department", "colour")
+            **{
+                a: category_ids([getattr(p, a) for p in products])
+                for a in ("section", "department", "colour")
+            },
+            # who each product is for (ids into ml.audience.AUDIENCE_GROUPS): training pairs keep to fitting ones
+            "audience": audience_ids(p.audience_group for p in products),
         },
         image_paths=paths,
         texts=texts,

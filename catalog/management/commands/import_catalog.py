@@ -1,4 +1,4 @@
-"""``python manage.py import_catalog hm ../shared/data/hm [--limit N]``: import the H&M sample."""
+"""``python manage.py import_catalog {hm,mango} PATH [--limit N]``: import a real catalog sample."""
 
 from __future__ import annotations
 
@@ -7,16 +7,22 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 
 from catalog.hm_import import catalog_import_hm
+from catalog.mango_import import catalog_import_mango
+
+IMPORTERS = {"hm": catalog_import_hm, "mango": catalog_import_mango}
 
 
 class Command(BaseCommand):
-    help = "Import a catalog (upsert by SKU). Sources: hm (the H&M sample folder)."
+    help = (
+        "Import a catalog (upsert by SKU). Sources: hm (the H&M sample folder), "
+        "mango (the MANGO sample folder)."
+    )
 
     def add_arguments(self, parser):
-        parser.add_argument("source", choices=["hm"], help="dataset format")
-        parser.add_argument("path", help="dataset folder, e.g. ../shared/data/hm")
+        parser.add_argument("source", choices=sorted(IMPORTERS), help="dataset format")
+        parser.add_argument("path", help="dataset folder, e.g. ../shared/data/hm or ../shared/data/mango")
         parser.add_argument(
-            "--limit", type=int, default=None, help="import at most N articles (whole baskets)"
+            "--limit", type=int, default=None, help="import at most N products (whole outfits)"
         )
         parser.add_argument("--test-fraction", type=float, default=0.15, help="share of outfits held out")
         parser.add_argument("--seed", type=int, default=0)
@@ -29,7 +35,7 @@ class Command(BaseCommand):
             raise CommandError(f"--test-fraction must be in [0, 1), got {opts['test_fraction']}")
         t0 = time.perf_counter()
         try:
-            summary = catalog_import_hm(
+            summary = IMPORTERS[opts["source"]](
                 root=opts["path"],
                 limit=opts["limit"] or None,
                 test_fraction=opts["test_fraction"],

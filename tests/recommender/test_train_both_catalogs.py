@@ -1,0 +1,46 @@
+"""Training data from a catalog holding both real samples: H&M baskets and MANGO stylist outfits together."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from catalog.hm_import import catalog_import_hm
+from catalog.mango_import import catalog_import_mango
+from catalog.models import Outfit, Product
+from ml.audience import AUDIENCE_GROUPS
+from ml.config import TrainConfig
+from ml.sampling import audience_mix
+from ml.train import _Run, train
+from recommender import ml_bridge
+
+pytestmark = pytest.mark.django_db
+
+
+def test_one_run_learns_from_baskets_and_stylist_outfits(hm_root, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    Outfit.objects.all().delete()
+    Product.objects.all().delete()
+    mango_root = Path(os.environ.get("MANGO_DATA_DIR", hm_root.parent / "mango"))
+    catalog_import_hm(root=hm_root, limit=200, progress=False)
+    catalog_import_mango(root=mango_root, limit=120, progress=False)
+    products = ml_bridge.catalog_products()
+    n = len(products)
+    feats = (
+        np.random.default_rng(0).standard_normal((n, 32)).astype(np.float32)
+    )  # pairs need no real features
+    data = ml_bridge.train_data(products, feats, feats.copy(), val_fraction=0.1, seed=0)
+    groups = [AUDIENCE_GROUPS[i] for i in data.attrs["audience"]]
+    assert groups == [p.audience_group for p in products]
+    source = np.asarray([p.source for p in products])
+    run = _Run(data, TrainConfig(batch_size=32, seed=0, compat_dim=8), None)
+    pair_sources = {tuple(sorted(s)) for s in source[run.pairs].tolist()}
+    assert pair_sources == {("hm", "hm"), ("mango", "mango")}  # both kinds of outfit, never mixed
+    assert audience_mix(run.pairs, data.attrs["audience"])[("men", "women")] == 0
+    result = train(data, TrainConfig(epochs=1, max_steps=3, batch_size=32, seed=0, compat_dim=8, patience=0))
+    assert (
+        result.steps == 3 and np.isfinite(result.history["triplet"][-1]) and result.history["triplet"][-1] > 0
+    )
