@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 from catalog.images import ImageError, clean_upload
 from catalog.models import Product
 from catalog.serializers import ErrorSerializer
-from recommender import selectors
+from recommender import looks, selectors
 from recommender import serializers as s
 from recommender.api import cached_answer, get_or_404, ranked_page, unknown_ids_are_400
 from recommender.filters import Filters
@@ -133,7 +133,7 @@ class CompleteTheLookApi(APIView):
 
         def compute() -> list[dict]:
             try:
-                picks = selectors.complete_the_look(product_ids=ids, k=k)
+                picks = looks.complete_the_look(product_ids=ids, k=k)
             except selectors.UnknownProducts as exc:
                 raise unknown_ids_are_400(exc) from exc
             return s.SlotPicksSerializer(picks, many=True).data
@@ -159,7 +159,7 @@ class CompatibilityApi(APIView):
 
         def compute() -> dict:
             try:
-                result = selectors.outfit_compatibility(product_ids=ids)
+                result = looks.outfit_compatibility(product_ids=ids)
             except selectors.UnknownProducts as exc:
                 raise unknown_ids_are_400(exc) from exc
             return s.CompatibilitySerializer(result).data

@@ -39,15 +39,13 @@ from recommender.forms import (
     SignInForm,
     TrainingStartForm,
 )
+from recommender.looks import complete_the_look, one_look, outfit_compatibility
 from recommender.models import ModelVersion, TrainingRun
 from recommender.selectors import (
     Hit,
     NoActiveModel,
     UnknownProducts,
     active_version,
-    complete_the_look,
-    one_look,
-    outfit_compatibility,
     photo_search,
     product_index_status,
     similar_items,
