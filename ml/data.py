@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ml.audience import audience_group
 from ml.slots import slot_for
 
 REQUIRED_COLUMNS = (
@@ -64,6 +65,11 @@ class HMArticle:
         return product_text(
             self.title, self.colour, self.product_type, self.audience, self.section, self.description
         )
+
+    @property
+    def audience_group(self) -> str:
+        """Who it is for, normalised (:func:`ml.audience.audience_group` of index group, section, department)."""
+        return audience_group(self.audience, self.section, self.department)
 
 
 @dataclass(frozen=True)
@@ -164,7 +170,14 @@ def _read_row(root: Path, row: dict, line: int, articles: list[HMArticle], error
             department=row["department_name"].strip(),
             section=row["section_name"].strip(),
             description=row["detail_desc"].strip(),
-            slot=slot_for(row["product_group_name"], row["product_type_name"]),
+            slot=slot_for(
+                row["product_group_name"],
+                row["product_type_name"],
+                title,
+                row["department_name"],
+                row.get("garment_group_name") or "",
+                row["section_name"],
+            ),
             image_path=image_path_for(root, aid),
             line=line,
         )

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ml.audience import audience_ids
 from ml.data import outfits_from_baskets, read_articles, read_baskets, select_articles, split_is_test
 from ml.slots import SLOT_INDEX
 
@@ -47,7 +48,8 @@ class TrainData:
         item_ids: (N,) the products' ids, to map results back (not used in training).
         test_outfits: held-out outfits for evaluation only (``ml.evaluate``); never trained on.
         attrs: extra (N,) int64 attribute ids for the non-learned baselines, e.g. ``{"section": ...,
-            "department": ..., "colour": ...}``.
+            "department": ..., "colour": ...}``, and ``"audience"`` (indices into
+            ``ml.audience.AUDIENCE_GROUPS``: training pairs keep to audiences that fit, ``ml.sampling``).
         heldout_items: (G,) int64 products never seen by the image↔text loss: the gallery of the
             text→item evaluation (``ml.evaluate``).
         val_items: (V,) int64 products also kept out of the image↔text loss, for early stopping.
@@ -292,7 +294,10 @@ def train_data_from_hm(
         item_ids=np.asarray([int(a.article_id) for a in arts], dtype=np.int64),
         heldout_items=heldout,
         val_items=val_items,
-        attrs={k: category_ids([getattr(a, k) for a in arts]) for k in ("section", "department", "colour")},
+        attrs={
+            **{k: category_ids([getattr(a, k) for a in arts]) for k in ("section", "department", "colour")},
+            "audience": audience_ids((a.audience, a.section, a.department) for a in arts),
+        },
         image_paths=paths,
         texts=texts,
     )

@@ -1,10 +1,12 @@
-"""Normalised outfit slots and the mapping from H&M's product groups/types onto them.
+"""Normalised outfit slots and the mapping of both catalogs' (H&M, MANGO) product groups and types onto them.
 
 A *slot* is the role an item plays in an outfit. Complete-the-look asks for one item per missing
 slot; the type-aware compatibility space (Vasileva et al. 2018) conditions on pairs of slots.
 """
 
 from __future__ import annotations
+
+import re
 
 TOP = "top"
 BOTTOM = "bottom"
@@ -37,62 +39,117 @@ SLOT_INDEX: dict[str, int] = {s: i for i, s in enumerate(SLOTS)}
 #: Slots that make up a dressed look; complete-the-look suggests these (not underwear or swimwear).
 OUTFIT_SLOTS: tuple[str, ...] = (TOP, BOTTOM, ONE_PIECE, OUTERWEAR, SHOES, BAG, ACCESSORY, JEWELLERY)
 
-_OUTERWEAR_TYPES = {"jacket", "coat", "blazer", "cardigan", "outdoor waistcoat", "outdoor trousers"}
-_JEWELLERY_TYPES = {"earring", "necklace", "ring", "bracelet", "earrings"}
-_BAG_TYPES = {
-    "bag",
-    "backpack",
-    "cross-body bag",
-    "shoulder bag",
-    "tote bag",
-    "weekend/gym bag",
-    "bumbag",
-    "wallet",
-    "purse",
-    "accessories set",
+#: Product types of both samples (H&M ``product_type_name``, MANGO ``des_product_type``), lower case, whose
+#: slot the type settles whatever the group says (the group decides the rest: "Pyjama bottom" is
+#: nightwear, "Top" of "Garment Upper body" a top).
+_TYPE_TO_SLOT: dict[str, str] = {
+    name: slot
+    for slot, names in (
+        (
+            TOP,
+            "blouse|bodysuit|hoodie|polo shirt|poloshirt|shirt|sweater|sweatshirt|sweater vest|t-shirt|top",
+        ),
+        (TOP, "vest top|tailored waistcoat"),
+        # H&M's cargo "Outdoor trousers" are trousers, not a coat
+        (
+            BOTTOM,
+            "trousers|outdoor trousers|shorts|bermudas|skirt|skort|jeans|joggers|leggings|leggings/tights",
+        ),
+        (ONE_PIECE, "dress|pichi|jumpsuit|jumpsuit/playsuit|overall|outdoor overall|dungarees|garment set"),
+        (ONE_PIECE, "costumes"),
+        # worn over the rest (MANGO files its vests, overshirts and kaftans as outerwear too)
+        (OUTERWEAR, "jacket|jacket (cazadora)|leather jacket|coat|puffer coat|parka|trenchcoat|cape|poncho"),
+        (OUTERWEAR, "kaftan|overshirt|blazer|cardigan|cardigan vest|vest|outer vest|outdoor waistcoat"),
+        (SHOES, "ankle boots|ballerinas|bootie|boots|clogs|flat shoe|flat shoes|flip flop|heeled sandals"),
+        (SHOES, "heels|other shoe|pumps|sandals|shoes|slippers|sneakers|trainers|wedge"),
+        (BAG, "bag|backpack|belt bag|bucket bag|bumbag|citybag|clutch and pochettes|cross-body bag"),
+        (BAG, "crossbody bag|handbag|mini bag|shoulder bag|tote bag|totes bag|weekend/gym bag|wallet|purse"),
+        (BAG, "card holder"),
+        (JEWELLERY, "bracelet|earring|earrings|necklace|ring"),
+        # H&M's one "Accessories set" is a child's cape costume, not a bag
+        (ACCESSORY, "accessories set"),
+        (UNDERWEAR_NIGHTWEAR, "bras|knicker|shape|dressing gown (bata)|nightgown|pyjama|pyjama cardigan"),
+        (UNDERWEAR_NIGHTWEAR, "pyjama shirt|pyjama shorts|pyjama sweatshirt|pyjama t-shirt|pyjama top"),
+        (UNDERWEAR_NIGHTWEAR, "pyjama trousers|pyjiama sweater"),
+        (SOCKS_TIGHTS, "socks|sock (pack)|tights"),
+        (SWIMWEAR, "bikini pantie|bikini top|swimsuit"),
+    )
+    for name in names.split("|")
 }
-_GROUP_TO_SLOT = {
-    "garment upper body": TOP,
-    "garment lower body": BOTTOM,
-    "garment full body": ONE_PIECE,
-    "shoes": SHOES,
-    "bags": BAG,
-    "accessories": ACCESSORY,
+
+#: Groups that settle the slot before the type does: a "Pyjama jumpsuit/playsuit" is nightwear.
+_NOT_OUTFIT_GROUPS = {
     "underwear": UNDERWEAR_NIGHTWEAR,
     "nightwear": UNDERWEAR_NIGHTWEAR,
     "underwear/nightwear": UNDERWEAR_NIGHTWEAR,
     "swimwear": SWIMWEAR,
     "socks & tights": SOCKS_TIGHTS,
 }
+#: Product groups (H&M ``product_group_name``, MANGO ``des_product_category``) for types not listed above.
+_GROUP_TO_SLOT = {
+    **_NOT_OUTFIT_GROUPS,
+    "garment upper body": TOP,
+    "garment lower body": BOTTOM,
+    "garment full body": ONE_PIECE,
+    "shoes": SHOES,
+    "bags": BAG,
+    "accessories": ACCESSORY,
+    "tops": TOP,
+    "bottoms": BOTTOM,
+    "dresses, jumpsuits and complete set": ONE_PIECE,
+    "outerwear": OUTERWEAR,
+    # not worn: cosmetics, phone cases, stationery, MANGO Home and Beauty (no slot of their own yet)
+    **dict.fromkeys(
+        ("cosmetic", "items", "stationery", "garment and shoe care", "home", "beauty"), ACCESSORY
+    ),
+}
+#: Words of a product's name that make a top or bottom a one-piece: H&M files 27 jumpsuits, playsuits
+#: and dungarees as "Trousers" or "Shorts".
+_ONE_PIECE_NAME = re.compile(r"\b(jumpsuit|playsuit|dungarees?|boiler ?suit|romper|onesie)\b", re.IGNORECASE)
+#: For a product of unknown type and group ("Unknown" in the H&M sample): words of its name,
+#: department, garment group or section, most telling first.
+_HINT_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(rf"\b({words})\b", re.IGNORECASE), slot)
+    for words, slot in (
+        (r"dog|phone|iphone|pouch|braces", ACCESSORY),
+        (r"lingerie|underwear|nightwear|hipster|bras?|push|padded|strapless", UNDERWEAR_NIGHTWEAR),
+        (r"socks?|\d+ ?den", SOCKS_TIGHTS),
+        (r"swimwear|bikini|swimsuit", SWIMWEAR),
+        (r"dress|dresses|jumpsuit|playsuit|dungarees?|boilersuit", ONE_PIECE),
+        (r"jacket|coat|parka|blazer|outdoor|cardigan", OUTERWEAR),
+        (r"trousers?|trs|pants?|jeans|skinny|boyfriend|shorts|skirts?|leggings|tights|denim", BOTTOM),
+        (r"tee|t-shirt|top|blouses?|shirt|sweater|hoodie|knitwear|jersey", TOP),
+        (r"shoes?|boots?|sandals?|sneakers?|loafer", SHOES),
+        (r"bags?|backpack|wallet", BAG),
+        (r"earrings?|necklace|bracelet|ring", JEWELLERY),
+    )
+)
 
 
-def slot_for(product_group: str, product_type: str) -> str:
+def slot_for(product_group: str, product_type: str, *hints: str) -> str:
     """Map a source product group and product type onto one of :data:`SLOTS`.
 
     Args:
-        product_group: H&M ``product_group_name`` (e.g. "Garment Upper body"); case-insensitive.
-        product_type: H&M ``product_type_name`` (e.g. "Jacket"); case-insensitive.
+        product_group: H&M ``product_group_name`` ("Garment Upper body") or MANGO
+            ``des_product_category`` ("Bottoms"); case-insensitive.
+        product_type: H&M ``product_type_name`` ("Jacket") or MANGO ``des_product_type`` ("Jeans").
+        hints: free texts, the product's name first, then e.g. its department, garment group and
+            section ("Noora jumpsuit", "Trouser"): the name turns a top or bottom called a jumpsuit,
+            playsuit or dungarees into a one-piece; all of them place a product of unknown type.
 
     Returns:
-        The slot name. Outerwear types (jacket, coat, blazer, cardigan) win over "upper body";
-        jewellery and bags are split out of "Accessories"; unknown groups fall back to ``accessory``.
+        The slot: an underwear, nightwear, swimwear or socks group settles it; else the type (every
+        type of both samples is listed: "Outdoor trousers" → bottom, "Jumpsuit" → one-piece, "Handbag"
+        → bag); else the group; else the first hint rule a hint matches; else ``accessory``.
     """
     group = (product_group or "").strip().lower()
     ptype = (product_type or "").strip().lower()
-    if ptype in _OUTERWEAR_TYPES:
-        return OUTERWEAR
-    if ptype in _JEWELLERY_TYPES:
-        return JEWELLERY
-    if ptype in _BAG_TYPES:
-        return BAG
-    if ptype in {"leggings/tights"} and group == "garment lower body":
-        return BOTTOM
-    if group in _GROUP_TO_SLOT:
-        return _GROUP_TO_SLOT[group]
-    if ptype in {"dress", "jumpsuit/playsuit", "garment set"}:
+    slot = _NOT_OUTFIT_GROUPS.get(group) or _TYPE_TO_SLOT.get(ptype) or _GROUP_TO_SLOT.get(group)
+    if slot is None:
+        slot = next(
+            (s for pattern, s in _HINT_RULES if any(pattern.search(h or "") for h in hints)),
+            ACCESSORY,
+        )
+    if slot in (TOP, BOTTOM) and hints and _ONE_PIECE_NAME.search(hints[0] or ""):
         return ONE_PIECE
-    if ptype in {"trousers", "shorts", "skirt", "leggings/tights"}:
-        return BOTTOM
-    if ptype in {"boots", "sneakers", "sandals", "flat shoe", "heeled sandals", "pumps", "ballerinas"}:
-        return SHOES
-    return ACCESSORY
+    return slot

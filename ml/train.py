@@ -30,23 +30,17 @@ import numpy as np
 import torch
 
 from ml.config import ModelConfig, TrainConfig
-from ml.dataset import (
-    NegativeSampler,
-    TrainData,
-    fitb_questions,
-    outfit_pairs,
-    train_data_from_hm,
-    training_rows,
-)
+from ml.dataset import TrainData, fitb_questions, train_data_from_hm, training_rows
 from ml.evaluate import evaluate_heads
 from ml.heads import RecommenderHeads, save_heads
 from ml.losses import ClipLoss, SoftmaxClassificationLoss, TypeAwareTripletLoss
 from ml.metrics import fitb_accuracy_heads, text_to_image_recall
+from ml.sampling import OutfitNegativeSampler, training_pairs
 from ml.slots import SLOTS
 
 logger = logging.getLogger(__name__)
 
-_N_CANDIDATES = 32  # candidate negatives per triplet anchor, all of the positive's slot
+_N_CANDIDATES = 32  # candidate negatives per triplet anchor (ml.sampling.OutfitNegativeSampler)
 _HISTORY = ("loss", "infonce", "triplet", "type", "val_fitb", "val_r10", "val", "temperature")
 
 
@@ -112,7 +106,8 @@ class _Run:
             towers' unfrozen tops (``ml.towers.TowerTuner``), None for frozen towers.
         gen, rng: the seeded torch / NumPy streams (epoch order and mining / triplet sampling).
         image, text: (N, E) float32 feature bank on ``device`` (a private copy when the towers are tuned);
-            slots, types: (N,) int64; pairs: (P, 2) int64 outfit pairs; sampler: their candidate negatives.
+            slots, types: (N,) int64; pairs: (P, 2) int64 outfit pairs (``ml.sampling.training_pairs``: outfit
+            slots, audiences that fit, each with a negative left); sampler: their candidate negatives.
         train_items (T,), val_items (V,), val_rows (R,): int64 rows (:func:`ml.dataset.training_rows`).
         epoch (the last finished, -1 before any), step, history, best_*: the progress a checkpoint saves;
             stale: epochs in a row without a better ``best_val`` (early stopping; a resumed run starts at 0).
@@ -148,8 +143,9 @@ class _Run:
         if tuner is not None:  # a private, writable feature bank (never the caller's arrays)
             self.image, self.text = self.image.to(device, copy=True), self.text.to(device, copy=True)
         self.slots = torch.from_numpy(data.slots.astype(np.int64)).to(device)
-        self.pairs = outfit_pairs(data.outfits, data.slots)
-        self.sampler = NegativeSampler(data.slots, data.types, self.rng)
+        self.sampler = OutfitNegativeSampler(data.slots, data.outfits, self.rng)
+        pairs = training_pairs(data.outfits, data.slots, data.attrs.get("audience"))
+        self.pairs = pairs[self.sampler.has_negatives(pairs)]
         self.val_questions = fitb_questions(data.val_outfits, data.slots, data.types, seed=cfg.seed + 1)
         train_items, self.val_items, self.val_rows = training_rows(data, self.val_questions)
         self.train_items = torch.from_numpy(train_items)
@@ -173,11 +169,12 @@ class _Run:
 
     def triplet_loss_of_batch(self) -> torch.Tensor:
         """The compatibility triplet loss of B random outfit pairs, each anchor with :data:`_N_CANDIDATES`
-        candidate negatives of its positive's slot, in the pair's masked subspace: a scalar."""
+        candidate negatives (``ml.sampling.OutfitNegativeSampler``: of its positive's slot and popularity,
+        never a known partner of the anchor), in the pair's masked subspace: a scalar."""
         bs, heads, device = self.batch_size, self.heads, self.device
         pi = self.pairs[self.rng.integers(len(self.pairs), size=bs)]  # (B, 2)
         a, p = torch.from_numpy(pi[:, 0]), torch.from_numpy(pi[:, 1])
-        cand = torch.from_numpy(self.sampler.sample(pi[:, 1], _N_CANDIDATES))  # (B, M)
+        cand = torch.from_numpy(self.sampler.sample(pi[:, 0], pi[:, 1], _N_CANDIDATES))  # (B, M)
         uniq, inv = torch.unique(torch.cat([a, p, cand.reshape(-1)]), return_inverse=True)
         uniq, inv, a, p = uniq.to(device), inv.to(device), a.to(device), p.to(device)
         f = heads.compat(self.image[uniq], self.text[uniq])  # (U, C)
@@ -353,9 +350,9 @@ def train(
     batch of items + ``cfg.w_type · CE(product type)`` (a softmax classification head on both
     modalities' vectors) + ``cfg.w_triplet · TypeAwareTriplet(anchor, positive, negative)`` (Vasileva et al.
     2018, :class:`~ml.losses.TypeAwareTripletLoss`) on outfit pairs in the compatibility space, with the mask
-    of the (anchor, positive) slot pair and a negative of the positive's slot chosen by ``cfg.miner`` among
-    32 candidates. The triplet distance
-    is ``1 − <a ⊙ m, x ⊙ m>``, so training ranks exactly as pgvector's inner-product queries serve.
+    of the (anchor, positive) slot pair and a negative chosen by ``cfg.miner`` among 32 candidates of the
+    positive's slot and popularity, never a known partner of the anchor (``ml.sampling``; the pairs keep
+    to outfit slots and to audiences that fit). The triplet distance is ``1 − <a ⊙ m, x ⊙ m>``, so training ranks exactly as pgvector's inner-product queries serve.
 
     Tower fine-tuning (``cfg.unfreeze_last_blocks`` / ``cfg.unfreeze_text_layers`` > 0, ``ml.towers``): the
     InfoNCE/type batch's tower outputs are computed from its photos and texts at each step, with gradients
