@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from django.conf import settings
 
 from catalog.models import Product
+from ml.hubness import rerank
 from ml.slots import BOTTOM, ONE_PIECE, OUTFIT_SLOTS, SLOT_INDEX, TOP
 from recommender.model_cache import heads_for
 from recommender.models import ModelVersion, ProductEmbedding
@@ -66,21 +68,26 @@ def complete_the_look(
     k: int = 4,
     slots: Sequence[str] | None = None,
     exclude_ids: Sequence[int] = (),
+    reduce_hubs: bool = True,
 ) -> list[SlotPicks]:
     """Best items for each missing slot, ranked by total compatibility with all given items.
 
     One indexed pgvector query per slot: ``ORDER BY compat <#> q_t`` with ``q_t = Σ_i f_i ⊙ m²`` (see
-    ``ml.heads``) and a slot filter. Items of the given products' variant groups are excluded.
+    ``ml.heads``) and a slot filter. Items of the given products' variant groups are excluded. With
+    ``reduce_hubs`` the slot's top ``settings.HUBNESS_POOL`` rows are re-ranked by
+    ``mean compatibility − settings.HUBNESS_PENALTY · hub_score`` (CSLS, :mod:`ml.hubness`), so an
+    item compatible with everything (a hub) stops being everyone's pick.
 
     Args:
         product_ids: the partial outfit (1..8 products).
         k: hits per slot.
         slots: the slots to fill (default: :func:`missing_slots`, never a slot the outfit has).
         exclude_ids: products never to suggest (e.g. the item a replacement is sought for).
+        reduce_hubs: re-rank for hubness (False: the plain compatibility order).
 
     Returns:
         One :class:`SlotPicks` per missing slot (k hits each: the pick and k-1 alternates); scores
-        are mean pair compatibilities in [0, 1].
+        are mean pair compatibilities in [0, 1] (the re-ranking changes the order, not the scores).
 
     Raises:
         ValueError: empty set; UnknownProducts; NoActiveModel.
@@ -112,12 +119,18 @@ def complete_the_look(
             .exclude(product__product_type__iexact="unknown")
         )  # untyped source rows make poor picks
         jobs.append((qs, q))
-    # 3k rows per slot: room to drop colour variants of a pick
-    ranked = ranked_many(jobs, "compat", 3 * k, kind="complete")
-    products = Product.objects.in_bulk([pid for pairs in ranked for pid, _ in pairs])
+    beta = settings.HUBNESS_PENALTY if reduce_hubs else 0.0
+    # at least 3k rows per slot: room to drop colour variants of a pick
+    pool = max(3 * k, settings.HUBNESS_POOL) if beta > 0 else 3 * k
+    ranked = ranked_many(jobs, "compat", pool, kind="complete", extra=("hub_score",))
+    products = Product.objects.in_bulk([pid for rows in ranked for pid, *_ in rows])
+    n = len(embs)
     out = []
-    for slot, pairs in zip(targets, ranked, strict=True):
-        hits = [Hit(products[pid], compat_to_unit(v, len(embs))) for pid, v in pairs if pid in products]
+    for slot, rows in zip(targets, ranked, strict=True):
+        rows = [r for r in rows if r[0] in products]
+        mean = np.asarray([v / n for _, v, _ in rows], dtype=np.float64)  # (P,) mean pair score
+        order = rerank(scores=mean, hub=np.asarray([h for *_, h in rows]), beta=beta) if rows else []
+        hits = [Hit(products[rows[i][0]], compat_to_unit(rows[i][1], n)) for i in order]
         out.append(SlotPicks(slot, _distinct_variants(hits)[:k]))
     return out
 
@@ -163,12 +176,19 @@ class Compatibility:
     suggestion: Hit | None = None
 
 
-def outfit_compatibility(*, product_ids: Sequence[int], suggest: bool = True) -> Compatibility:
+#: Candidates complete-the-look offers for the swap of :func:`outfit_compatibility`.
+SWAP_CANDIDATES = 5
+
+
+def outfit_compatibility(
+    *, product_ids: Sequence[int], suggest: bool = True, reduce_hubs: bool = True
+) -> Compatibility:
     """Score a set of 2..8 products: pair scores ``(1 + <f_i ⊙ m², f_j>) / 2`` and their mean.
 
-    The weakest pair is the lowest off-diagonal entry; the suggested replacement is the best item of
-    that pair's less compatible member's slot given all the others (one indexed query), never that
-    item itself, and only when swapping it in raises the score (else ``suggestion`` is None).
+    The weakest pair is the lowest off-diagonal entry; the suggested replacement is the first of
+    complete-the-look's :data:`SWAP_CANDIDATES` picks for that pair's less compatible member's slot
+    given all the others (one indexed query, re-ranked for hubness unless ``reduce_hubs`` is False)
+    that raises the score; never that item itself (else ``suggestion`` is None).
 
     Raises:
         ValueError: fewer than 2 or more than 8 distinct products; UnknownProducts; NoActiveModel.
@@ -200,13 +220,18 @@ def outfit_compatibility(*, product_ids: Sequence[int], suggest: bool = True) ->
         weaker = wi if np.nanmean(off[wi]) <= np.nanmean(off[wj]) else wj
         others = [ids[x] for x in range(n) if x != weaker]
         picks = complete_the_look(
-            product_ids=others, k=1, slots=[embs[weaker].slot], exclude_ids=[ids[weaker]]
+            product_ids=others,
+            k=SWAP_CANDIDATES,
+            slots=[embs[weaker].slot],
+            exclude_ids=[ids[weaker]],
+            reduce_hubs=reduce_hubs,
         )
-        best = picks[0].hits[0] if picks and picks[0].hits else None
         # Only a swap that raises the outfit's score: the pick's mean pair score with the others must
-        # beat the weaker item's (same [0, 1] scale), else the weaker item is already the best fit.
-        if best is not None and best.score > float(np.nanmean(off[weaker])):
-            suggestion = best
+        # beat the weaker item's (same [0, 1] scale), else the weaker item is already the best fit. The
+        # first such candidate in complete-the-look's order (re-ranked for hubness, so not always the
+        # most compatible one).
+        bar = float(np.nanmean(off[weaker]))
+        suggestion = next((h for h in (picks[0].hits if picks else []) if h.score > bar), None)
     return Compatibility(
         [products[i] for i in ids], score, mat.round(4).tolist(), (ids[wi], ids[wj]), suggestion
     )

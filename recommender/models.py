@@ -121,6 +121,9 @@ class ProductEmbedding(models.Model):
     ``fused``: normalised mean of image and text, for similar items by look and description.
     ``compat``: type-aware compatibility space (complete-the-look), unit norm.
     ``slot`` is copied from the product so filtered index scans need no join.
+    ``hub_score``: ``r(c)`` of the CSLS re-ranking of complete-the-look (:func:`ml.hubness.hub_scores`),
+    the product's mean compatibility with its nearest items of the slots that ask for its slot, under
+    this version; written with the vectors (``recommender.services.embeddings_write``).
     """
 
     product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="embeddings")
@@ -130,6 +133,7 @@ class ProductEmbedding(models.Model):
     text = VectorField(dimensions=settings.EMBEDDING_DIM)
     fused = VectorField(dimensions=settings.EMBEDDING_DIM)
     compat = VectorField(dimensions=settings.COMPAT_DIM)
+    hub_score = models.FloatField(default=0.0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -152,19 +152,26 @@ def ranked_many(
     *,
     kind: str,
     vectors: bool = False,
+    extra: Sequence[str] = (),
 ) -> list[list[tuple]]:
     """Several rankings (one per ``(queryset, query)``) in one transaction with one set of HNSW
-    settings (:func:`_ranked`), so complete-the-look pays the round trips once, not once per slot."""
+    settings (:func:`_ranked`), so complete-the-look pays the round trips once, not once per slot.
+
+    Returns:
+        Per job, ``[(product_id, inner_product, *extra)]`` best first (``extra``: more columns of the
+        row, e.g. ``hub_score``), or ``[(product_id, inner_product, vector)]`` with ``vectors=True``.
+    """
+    assert not (vectors and extra), "vectors or extra columns, not both"
     out: list[list[tuple]] = []
     with transaction.atomic(), connection.cursor() as cur:
         cur.execute(ranking_settings_sql(kind, k))
-        fields = ("product_id", "d", column) if vectors else ("product_id", "d")
+        fields = ("product_id", "d", column) if vectors else ("product_id", "d", *extra)
         for qs, query in jobs:
             rows = qs.annotate(d=distance_expression(column, query)).order_by("d").values_list(*fields)[:k]
             if vectors:
                 ranked = [(pid, -float(d), np.asarray(v, dtype=np.float32)) for pid, d, v in rows]
             else:
-                ranked = [(pid, -float(d)) for pid, d in rows]
+                ranked = [(pid, -float(d), *rest) for pid, d, *rest in rows]
             ranked.sort(key=lambda r: -r[1])
             out.append(ranked)
     return out
