@@ -3,6 +3,11 @@
 Complete-the-look asks one indexed pgvector query per missing slot (``ORDER BY compat <#> q_t`` on that
 slot's partial HNSW graph, :func:`recommender.selectors.ranked_many`); outfit compatibility scores every
 pair of a set with the version's heads and asks complete-the-look for a replacement of its weakest item.
+
+Both keep to the outfit's audience by default: a pick's ``audience_group`` must fit every given item's
+(:func:`audience_filter`, the table being :func:`ml.audience.audience_fits`: the same group, or unisex),
+a filter inside the indexed query (pgvector's iterative index scan keeps k rows coming); ``audience="any"``
+turns it off. Both re-rank each slot's candidates for hubness (:mod:`ml.hubness`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 from django.conf import settings
 
 from catalog.models import Product
+from ml.audience import AUDIENCE_GROUPS, audience_fits
 from ml.hubness import rerank
 from ml.slots import BOTTOM, ONE_PIECE, OUTFIT_SLOTS, SLOT_INDEX, TOP
 from recommender.model_cache import heads_for
@@ -57,6 +63,25 @@ class SlotPicks:
     hits: list[Hit] = field(default_factory=list)
 
 
+#: ``audience`` of complete-the-look and the swap: ``match`` keeps to the outfit's audience, ``any`` mixes.
+AUDIENCE_MODES = ("match", "any")
+
+
+def audience_filter(given: Sequence[str]) -> list[str] | None:
+    """The audience groups a pick may have next to items of the ``given`` groups: those that fit every
+    one of them (:func:`ml.audience.audience_fits`); ``None`` when that is every group (no filter).
+
+    >>> audience_filter(["men"])
+    ['men', 'unisex']
+    >>> audience_filter(["men", "women"])
+    ['unisex']
+    >>> audience_filter(["unisex"]) is None
+    True
+    """
+    fits = [g for g in AUDIENCE_GROUPS if all(audience_fits(g, x) for x in given)]
+    return None if len(fits) == len(AUDIENCE_GROUPS) else fits
+
+
 def compat_to_unit(score_sum: float, n: int) -> float:
     """Mean pair score in [-1, 1] → [0, 1]."""
     return float(np.clip((score_sum / max(n, 1) + 1) / 2, 0, 1))
@@ -68,6 +93,7 @@ def complete_the_look(
     k: int = 4,
     slots: Sequence[str] | None = None,
     exclude_ids: Sequence[int] = (),
+    audience: str = "match",
     reduce_hubs: bool = True,
 ) -> list[SlotPicks]:
     """Best items for each missing slot, ranked by total compatibility with all given items.
@@ -75,14 +101,18 @@ def complete_the_look(
     One indexed pgvector query per slot: ``ORDER BY compat <#> q_t`` with ``q_t = Σ_i f_i ⊙ m²`` (see
     ``ml.heads``) and a slot filter. Items of the given products' variant groups are excluded. With
     ``reduce_hubs`` the slot's top ``settings.HUBNESS_POOL`` rows are re-ranked by
-    ``mean compatibility − settings.HUBNESS_PENALTY · hub_score`` (CSLS, :mod:`ml.hubness`), so an
-    item compatible with everything (a hub) stops being everyone's pick.
+    ``mean compatibility − settings.HUBNESS_PENALTY · hub_score`` (the item's offset,
+    :mod:`recommender.hubness`), so an item compatible with everything (a hub) stops being everyone's
+    pick. With ``audience="match"``
+    only items whose audience group fits every given item's are candidates (:func:`audience_filter`,
+    ``audience_group IN (...)`` inside the indexed query).
 
     Args:
         product_ids: the partial outfit (1..8 products).
         k: hits per slot.
         slots: the slots to fill (default: :func:`missing_slots`, never a slot the outfit has).
         exclude_ids: products never to suggest (e.g. the item a replacement is sought for).
+        audience: ``match`` (keep to the given items' audience) or ``any`` (:data:`AUDIENCE_MODES`).
         reduce_hubs: re-rank for hubness (False: the plain compatibility order).
 
     Returns:
@@ -90,10 +120,12 @@ def complete_the_look(
         are mean pair compatibilities in [0, 1] (the re-ranking changes the order, not the scores).
 
     Raises:
-        ValueError: empty set; UnknownProducts; NoActiveModel.
+        ValueError: empty set or unknown audience mode; UnknownProducts; NoActiveModel.
     """
     if not product_ids:
         raise ValueError("give at least one product id")
+    if audience not in AUDIENCE_MODES:
+        raise ValueError(f"audience must be one of {AUDIENCE_MODES} (got {audience!r})")
     version = active_version()
     embs = outfit_embeddings(version, product_ids)
     heads = heads_for(version)
@@ -108,6 +140,7 @@ def complete_the_look(
         if v
     ]
     given = [*(e.product_id for e in embs), *exclude_ids]
+    groups = audience_filter([e.audience_group for e in embs]) if audience == "match" else None
     jobs = []
     for slot in targets:
         with torch.no_grad():
@@ -118,6 +151,8 @@ def complete_the_look(
             .exclude(product__variant_group__in=variants)
             .exclude(product__product_type__iexact="unknown")
         )  # untyped source rows make poor picks
+        if groups is not None:
+            qs = qs.filter(audience_group__in=groups)
         jobs.append((qs, q))
     beta = settings.HUBNESS_PENALTY if reduce_hubs else 0.0
     # at least 3k rows per slot: room to drop colour variants of a pick
@@ -181,14 +216,15 @@ SWAP_CANDIDATES = 5
 
 
 def outfit_compatibility(
-    *, product_ids: Sequence[int], suggest: bool = True, reduce_hubs: bool = True
+    *, product_ids: Sequence[int], suggest: bool = True, audience: str = "match", reduce_hubs: bool = True
 ) -> Compatibility:
     """Score a set of 2..8 products: pair scores ``(1 + <f_i ⊙ m², f_j>) / 2`` and their mean.
 
     The weakest pair is the lowest off-diagonal entry; the suggested replacement is the first of
     complete-the-look's :data:`SWAP_CANDIDATES` picks for that pair's less compatible member's slot
-    given all the others (one indexed query, re-ranked for hubness unless ``reduce_hubs`` is False)
-    that raises the score; never that item itself (else ``suggestion`` is None).
+    given all the others (one indexed query, re-ranked for hubness unless ``reduce_hubs`` is False,
+    of an audience that fits the others' unless ``audience="any"``) that raises the score; never that
+    item itself (else ``suggestion`` is None).
 
     Raises:
         ValueError: fewer than 2 or more than 8 distinct products; UnknownProducts; NoActiveModel.
@@ -196,6 +232,8 @@ def outfit_compatibility(
     ids = list(dict.fromkeys(int(i) for i in product_ids))
     if not 2 <= len(ids) <= 8:
         raise ValueError(f"give 2 to 8 distinct product ids (got {len(ids)})")
+    if audience not in AUDIENCE_MODES:
+        raise ValueError(f"audience must be one of {AUDIENCE_MODES} (got {audience!r})")
     version = active_version()
     embs = outfit_embeddings(version, ids)
     heads = heads_for(version)
@@ -224,6 +262,7 @@ def outfit_compatibility(
             k=SWAP_CANDIDATES,
             slots=[embs[weaker].slot],
             exclude_ids=[ids[weaker]],
+            audience=audience,
             reduce_hubs=reduce_hubs,
         )
         # Only a swap that raises the outfit's score: the pick's mean pair score with the others must

@@ -16,6 +16,8 @@ from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from catalog.models import Outfit, Product
+from catalog.selectors import product_audience_group
+from ml.audience import UNISEX
 from recommender import answer_cache
 from recommender.celery import app
 from recommender.hubness import hub_scores_for
@@ -251,9 +253,10 @@ def embeddings_write(
     ``INSERT ... SELECT ... ON CONFLICT (product, version) DO UPDATE``; the join with the product table
     supplies ``slot`` and skips products deleted meanwhile. ``bulk_create`` is the Django ORM upsert
     (kept for the benchmark). Each batch commits on its own, so a worker killed half-way keeps what
-    it wrote and a re-run completes it. Each row's ``hub_score`` (complete-the-look's CSLS penalty,
+    it wrote and a re-run completes it. Each row's ``hub_score`` (its offset in complete-the-look,
     :func:`recommender.hubness.hub_scores_for`) is computed first, against these vectors and the
-    version's stored ones, and written with the vectors.
+    version's stored ones, and written with the vectors; so is its ``audience_group``
+    (:func:`product_audience_groups`), which complete-the-look filters on.
 
     Args:
         product_ids: N product ids (a repeated id keeps its last vectors); deleted products are skipped.
@@ -306,13 +309,21 @@ def embeddings_write(
     return written
 
 
+def product_audience_groups(*, product_ids: Sequence[int]) -> dict[int, str]:
+    """Who each product is for (:func:`catalog.selectors.product_audience_group`), as its vector rows
+    store it; deleted products are left out."""
+    return {p.pk: product_audience_group(product=p) for p in Product.objects.filter(pk__in=list(product_ids))}
+
+
 def _write_bulk_create(version, ids, image, text, fused, compat, hub) -> int:
     slots = dict(Product.objects.filter(pk__in=ids).values_list("pk", "slot"))
+    groups = product_audience_groups(product_ids=ids)
     rows = [
         ProductEmbedding(
             product_id=pid,
             model_version=version,
             slot=slots[pid],
+            audience_group=groups[pid],
             image=image[i],
             text=text[i],
             fused=fused[i],
@@ -326,7 +337,16 @@ def _write_bulk_create(version, ids, image, text, fused, compat, hub) -> int:
         rows,
         update_conflicts=True,
         unique_fields=["product", "model_version"],
-        update_fields=["slot", "image", "text", "fused", "compat", "hub_score", "updated_at"],
+        update_fields=[
+            "slot",
+            "audience_group",
+            "image",
+            "text",
+            "fused",
+            "compat",
+            "hub_score",
+            "updated_at",
+        ],
     )
     return len(rows)
 
@@ -337,30 +357,34 @@ def _write_copy(version, ids, image, text, fused, compat, hub) -> int:
 
     table = ProductEmbedding._meta.db_table
     products = Product._meta.db_table
+    groups = product_audience_groups(product_ids=ids)
     connection.ensure_connection()
     with connection.connection.cursor() as cur:  # the raw psycopg 3 cursor (binary COPY)
         register_vector_info(cur, TypeInfo.fetch(cur.connection, "vector"))  # this cursor only
         cur.execute(
             "CREATE TEMP TABLE IF NOT EXISTS _embedding_load (product_id bigint, image vector, "
-            "text vector, fused vector, compat vector, hub_score float8)"
+            "text vector, fused vector, compat vector, hub_score float8, audience_group text)"
         )
         cur.execute("TRUNCATE _embedding_load")
         sql = (
-            "COPY _embedding_load (product_id, image, text, fused, compat, hub_score) "
+            "COPY _embedding_load (product_id, image, text, fused, compat, hub_score, audience_group) "
             "FROM STDIN WITH (FORMAT BINARY)"
         )
         with cur.copy(sql) as copy:
-            copy.set_types(["int8", "vector", "vector", "vector", "vector", "float8"])
+            copy.set_types(["int8", "vector", "vector", "vector", "vector", "float8", "text"])
             for i, pid in enumerate(ids):
-                copy.write_row((pid, image[i], text[i], fused[i], compat[i], float(hub[i])))
+                group = groups.get(pid, UNISEX)  # a deleted product: the join below drops its row
+                copy.write_row((pid, image[i], text[i], fused[i], compat[i], float(hub[i]), group))
         cur.execute(
-            f"INSERT INTO {table} (product_id, model_version_id, slot, image, text, fused, compat, "
-            f"hub_score, updated_at) "
-            f"SELECT l.product_id, %s, p.slot, l.image, l.text, l.fused, l.compat, l.hub_score, now() "
+            f"INSERT INTO {table} (product_id, model_version_id, slot, audience_group, image, text, fused, "
+            f"compat, hub_score, updated_at) "
+            f"SELECT l.product_id, %s, p.slot, l.audience_group, l.image, l.text, l.fused, l.compat, "
+            f"l.hub_score, now() "
             f"FROM _embedding_load l JOIN {products} p ON p.id = l.product_id "
             f"ON CONFLICT (product_id, model_version_id) DO UPDATE SET slot = EXCLUDED.slot, "
-            f"image = EXCLUDED.image, text = EXCLUDED.text, fused = EXCLUDED.fused, "
-            f"compat = EXCLUDED.compat, hub_score = EXCLUDED.hub_score, updated_at = EXCLUDED.updated_at",
+            f"audience_group = EXCLUDED.audience_group, image = EXCLUDED.image, text = EXCLUDED.text, "
+            f"fused = EXCLUDED.fused, compat = EXCLUDED.compat, hub_score = EXCLUDED.hub_score, "
+            f"updated_at = EXCLUDED.updated_at",
             [version.pk],
         )
         return cur.rowcount
