@@ -76,6 +76,7 @@ def test_every_query_type_orders_by_the_bare_operator_on_an_hnsw_index(trained_c
 def test_ef_search_and_iterative_scan_come_from_settings_per_query_type(trained_catalog, settings):
     settings.HNSW_EF_SEARCH_BY_QUERY = {"similar": 40, "search": 123, "photo": 100, "complete": 64}
     settings.HNSW_MAX_SCAN_TUPLES = 5000
+    settings.HUBNESS_POOL = 40  # complete-the-look's LIMIT (the pool it re-ranks), below its ef_search
     top = Product.objects.filter(slot="top").first()
     with CaptureQueriesContext(connection) as ctx:
         selectors.text_search(query="dress", k=5)
