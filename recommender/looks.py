@@ -157,17 +157,20 @@ def complete_the_look(
     beta = settings.HUBNESS_PENALTY if reduce_hubs else 0.0
     # at least 3k rows per slot: room to drop colour variants of a pick
     pool = max(3 * k, settings.HUBNESS_POOL) if beta > 0 else 3 * k
-    ranked = ranked_many(jobs, "compat", pool, kind="complete", extra=("hub_score",))
-    products = Product.objects.in_bulk([pid for rows in ranked for pid, *_ in rows])
+    extra = ("hub_score", "product__variant_group")
+    ranked = ranked_many(jobs, "compat", pool, kind="complete", extra=extra)
     n = len(embs)
-    out = []
-    for slot, rows in zip(targets, ranked, strict=True):
-        rows = [r for r in rows if r[0] in products]
-        mean = np.asarray([v / n for _, v, _ in rows], dtype=np.float64)  # (P,) mean pair score
-        order = rerank(scores=mean, hub=np.asarray([h for *_, h in rows]), beta=beta) if rows else []
-        hits = [Hit(products[rows[i][0]], compat_to_unit(rows[i][1], n)) for i in order]
-        out.append(SlotPicks(slot, _distinct_variants(hits)[:k]))
-    return out
+    chosen: list[list[tuple[int, float]]] = []
+    for rows in ranked:
+        mean = np.asarray([v / n for _, v, _, _ in rows], dtype=np.float64)  # (P,) mean pair score
+        order = rerank(scores=mean, hub=np.asarray([r[2] for r in rows]), beta=beta) if rows else []
+        picks = _distinct_variants([(rows[i][0], rows[i][1], rows[i][3]) for i in order])[:k]
+        chosen.append([(pid, v) for pid, v, _ in picks])
+    products = Product.objects.in_bulk([pid for picks in chosen for pid, _ in picks])  # k per slot
+    return [
+        SlotPicks(slot, [Hit(products[pid], compat_to_unit(v, n)) for pid, v in picks if pid in products])
+        for slot, picks in zip(targets, chosen, strict=True)
+    ]
 
 
 def one_look(picks: Sequence[SlotPicks]) -> list[Hit]:
@@ -188,15 +191,16 @@ def one_look(picks: Sequence[SlotPicks]) -> list[Hit]:
     return [best[sp.slot] for sp in picks if sp.slot in best]
 
 
-def _distinct_variants(hits: list[Hit]) -> list[Hit]:
-    """Keep the best hit of each variant group (colour variants are alternatives of one product)."""
+def _distinct_variants(rows: list[tuple[int, float, str]]) -> list[tuple[int, float, str]]:
+    """Keep the first ``(product_id, score, variant_group)`` of each variant group (colour variants are
+    alternatives of one product)."""
     seen: set[str] = set()
     out = []
-    for h in hits:
-        key = h.product.variant_group or f"pk-{h.product.pk}"
+    for row in rows:
+        key = row[2] or f"pk-{row[0]}"
         if key not in seen:
             seen.add(key)
-            out.append(h)
+            out.append(row)
     return out
 
 
