@@ -112,9 +112,10 @@ def _audience_note(request: HttpRequest, mode: str, products: Sequence[Product])
     allowed = audience_filter(groups)
     return {
         "mode": mode,
+        "items": len(products),
         "groups": [AUDIENCE_WORDS[g] for g in groups],
         "allowed": [AUDIENCE_WORDS[g] for g in allowed] if allowed else None,
-        "toggle_url": f"{request.path}?{query.urlencode()}",
+        "toggle_url": f"{request.path}?{query.urlencode(safe=',')}",
     }
 
 
