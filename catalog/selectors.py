@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db.models import Count, QuerySet
 
 from catalog.models import ImportJob, Outfit, Product
+from ml.audience import audience_group
 
 
 def import_job_list(*, limit: int = 20) -> QuerySet[ImportJob]:
@@ -34,3 +35,11 @@ def outfit_list_curated() -> QuerySet[Outfit]:
 def product_get(*, product_id: int) -> Product | None:
     """The product, or ``None``."""
     return Product.objects.filter(pk=product_id).first()
+
+
+def product_audience_group(*, product: Product) -> str:
+    """Who the product is for, one of :data:`ml.audience.AUDIENCE_GROUPS` ("women", "men", "kids", "baby",
+    "unisex"): :func:`ml.audience.audience_group` of its audience, section and department (the stored
+    ``audience_group`` once the product has one)."""
+    stored = getattr(product, "audience_group", "")
+    return stored or audience_group(product.audience, product.section, product.department)

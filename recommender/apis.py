@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 from catalog.images import ImageError, clean_upload
 from catalog.models import Product
 from catalog.serializers import ErrorSerializer
-from recommender import selectors
+from recommender import looks, selectors
 from recommender import serializers as s
 from recommender.api import cached_answer, get_or_404, ranked_page, unknown_ids_are_400
 from recommender.filters import Filters
@@ -119,7 +119,8 @@ class PhotoSearchApi(APIView):
 
 class CompleteTheLookApi(APIView):
     """Given 1..8 products, the best items for each missing slot (pick + alternates), ranked by total
-    compatibility with all of them; never an item of a slot the outfit already has."""
+    compatibility with all of them (re-ranked so that no item is everyone's pick); never an item of a
+    slot the outfit already has; only items of an audience that fits theirs unless ``audience=any``."""
 
     public_post = True
 
@@ -129,21 +130,24 @@ class CompleteTheLookApi(APIView):
     def post(self, request: Request) -> Response:
         ser = s.ProductIdsSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
-        ids, k = ser.validated_data["product_ids"], ser.validated_data["k"]
+        d = ser.validated_data
+        ids, k, audience = d["product_ids"], d["k"], d["audience"]
 
         def compute() -> list[dict]:
             try:
-                picks = selectors.complete_the_look(product_ids=ids, k=k)
+                picks = looks.complete_the_look(product_ids=ids, k=k, audience=audience)
             except selectors.UnknownProducts as exc:
                 raise unknown_ids_are_400(exc) from exc
             return s.SlotPicksSerializer(picks, many=True).data
 
-        return Response(cached_answer(name="complete", params={"ids": sorted(ids), "k": k}, compute=compute))
+        params = {"ids": sorted(ids), "k": k, "audience": audience}
+        return Response(cached_answer(name="complete", params=params, compute=compute))
 
 
 class CompatibilityApi(APIView):
     """Compatibility score in [0, 1] of a set of 2..8 products, with the pairwise matrix, the weakest
-    pair and a suggested replacement for its weaker item."""
+    pair and a suggested replacement for its weaker item (of an audience that fits the others' unless
+    ``audience=any``)."""
 
     public_post = True
 
@@ -151,7 +155,7 @@ class CompatibilityApi(APIView):
     def post(self, request: Request) -> Response:
         ser = s.ProductIdsSerializer(data=request.data)
         ser.is_valid(raise_exception=True)
-        ids = ser.validated_data["product_ids"]
+        ids, audience = ser.validated_data["product_ids"], ser.validated_data["audience"]
         if len(ids) < 2:  # a set needs a pair; said like the serializer's own limits, on the field
             raise ValidationError(
                 {"product_ids": [f"give 2 to {s.MAX_OUTFIT_ITEMS} distinct product ids (got {len(ids)})"]}
@@ -159,12 +163,13 @@ class CompatibilityApi(APIView):
 
         def compute() -> dict:
             try:
-                result = selectors.outfit_compatibility(product_ids=ids)
+                result = looks.outfit_compatibility(product_ids=ids, audience=audience)
             except selectors.UnknownProducts as exc:
                 raise unknown_ids_are_400(exc) from exc
             return s.CompatibilitySerializer(result).data
 
-        return Response(cached_answer(name="compatibility", params={"ids": ids}, compute=compute))
+        params = {"ids": ids, "audience": audience}
+        return Response(cached_answer(name="compatibility", params=params, compute=compute))
 
 
 class ModelVersionListApi(generics.ListAPIView):

@@ -61,11 +61,24 @@ class PhotoSearchForm(forms.Form):
             raise ValidationError(str(exc), code="image") from exc
 
 
+class AudienceModeField(forms.CharField):
+    """``audience=any`` shows complete-the-look picks of every audience; anything else, or nothing, keeps
+    to the outfit's audience (``match``, :data:`recommender.looks.AUDIENCE_MODES`). Never invalid."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(required=False, **kwargs)
+
+    def to_python(self, value: Any) -> str:
+        return "any" if super().to_python(value) == "any" else "match"
+
+
 class OutfitIdsForm(forms.Form):
-    """``/outfit?ids=1,2,3``, the outfit builder: its product ids. Tokens that are not ids are ignored,
-    and listed in ``cleaned_data["ignored"]`` for the page to say so."""
+    """``/outfit?ids=1,2,3&audience=any``, the outfit builder: its product ids (tokens that are not ids
+    are ignored, and listed in ``cleaned_data["ignored"]`` for the page to say so) and the audience
+    mode of its suggestions."""
 
     ids = forms.Field(required=False)
+    audience = AudienceModeField()
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
@@ -74,10 +87,11 @@ class OutfitIdsForm(forms.Form):
 
 
 class ProductPageForm(forms.Form):
-    """``/products/<pk>?outfit=1,2``: the outfit being built, which the page's "add" link extends
-    (tokens that are not ids are ignored)."""
+    """``/products/<pk>?outfit=1,2&audience=any``: the outfit being built, which the page's "add" link
+    extends (tokens that are not ids are ignored), and the audience mode of complete-the-look."""
 
     outfit = forms.Field(required=False)
+    audience = AudienceModeField()
 
     def clean_outfit(self) -> list[int]:
         return split_ids(self.cleaned_data.get("outfit") or "")[0]

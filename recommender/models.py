@@ -12,6 +12,7 @@ from django.db import models
 from pgvector.django import HnswIndex, VectorField
 
 from catalog.models import Product
+from ml.audience import AUDIENCE_GROUPS, UNISEX
 from ml.slots import SLOTS
 
 #: Vector columns with one partial HNSW index per slot (``WHERE slot = '<slot>'``).
@@ -120,16 +121,22 @@ class ProductEmbedding(models.Model):
     ``image``/``text``: general space (image↔text aligned, similar items and text search), unit norm.
     ``fused``: normalised mean of image and text, for similar items by look and description.
     ``compat``: type-aware compatibility space (complete-the-look), unit norm.
-    ``slot`` is copied from the product so filtered index scans need no join.
+    ``slot`` and ``audience_group`` (who the product is for, :func:`ml.audience.audience_group` of its
+    audience, section and department) are copied from the product so filtered index scans need no join.
+    ``hub_score``: the product's offset in complete-the-look under this version, ≥ 0 (its price in "no
+    item fills more than a few percent of its slot's lists", :mod:`recommender.hubness`); written with
+    the vectors (``recommender.services.embeddings_write``).
     """
 
     product = models.ForeignKey(Product, on_delete=models.CASCADE, related_name="embeddings")
     model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="embeddings")
     slot = models.CharField(max_length=32, db_index=True)
+    audience_group = models.CharField(max_length=8, choices=[(g, g) for g in AUDIENCE_GROUPS], default=UNISEX)
     image = VectorField(dimensions=settings.EMBEDDING_DIM)
     text = VectorField(dimensions=settings.EMBEDDING_DIM)
     fused = VectorField(dimensions=settings.EMBEDDING_DIM)
     compat = VectorField(dimensions=settings.COMPAT_DIM)
+    hub_score = models.FloatField(default=0.0)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -14,12 +14,10 @@ over a candidate pool fetched from the same index.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import FloatField, QuerySet
@@ -28,9 +26,8 @@ from pgvector.django import MaxInnerProduct
 
 from catalog.models import Product
 from ml.diversity import mmr
-from ml.slots import BOTTOM, ONE_PIECE, OUTFIT_SLOTS, SLOT_INDEX, TOP
 from recommender.filters import Filters
-from recommender.model_cache import embedder_for, heads_for
+from recommender.model_cache import embedder_for
 from recommender.models import ModelVersion, ProductEmbedding
 
 SPACES = ("fused", "image", "text")
@@ -127,7 +124,7 @@ def _ranked(
         ``[(product_id, inner_product)]`` best first, or ``[(product_id, ip, vector (D,) float32)]``
         with ``vectors=True`` (for MMR).
     """
-    return _ranked_many([(qs, query)], column, k, kind=kind, vectors=vectors)[0]
+    return ranked_many([(qs, query)], column, k, kind=kind, vectors=vectors)[0]
 
 
 def ranking_settings_sql(kind: str, k: int) -> str:
@@ -148,26 +145,33 @@ def ranking_settings_sql(kind: str, k: int) -> str:
     return "; ".join(sets)
 
 
-def _ranked_many(
+def ranked_many(
     jobs: Sequence[tuple[QuerySet, np.ndarray]],
     column: str,
     k: int,
     *,
     kind: str,
     vectors: bool = False,
+    extra: Sequence[str] = (),
 ) -> list[list[tuple]]:
     """Several rankings (one per ``(queryset, query)``) in one transaction with one set of HNSW
-    settings (:func:`_ranked`), so complete-the-look pays the round trips once, not once per slot."""
+    settings (:func:`_ranked`), so complete-the-look pays the round trips once, not once per slot.
+
+    Returns:
+        Per job, ``[(product_id, inner_product, *extra)]`` best first (``extra``: more columns of the
+        row, e.g. ``hub_score``), or ``[(product_id, inner_product, vector)]`` with ``vectors=True``.
+    """
+    assert not (vectors and extra), "vectors or extra columns, not both"
     out: list[list[tuple]] = []
     with transaction.atomic(), connection.cursor() as cur:
         cur.execute(ranking_settings_sql(kind, k))
-        fields = ("product_id", "d", column) if vectors else ("product_id", "d")
+        fields = ("product_id", "d", column) if vectors else ("product_id", "d", *extra)
         for qs, query in jobs:
             rows = qs.annotate(d=distance_expression(column, query)).order_by("d").values_list(*fields)[:k]
             if vectors:
                 ranked = [(pid, -float(d), np.asarray(v, dtype=np.float32)) for pid, d, v in rows]
             else:
-                ranked = [(pid, -float(d)) for pid, d in rows]
+                ranked = [(pid, -float(d), *rest) for pid, d, *rest in rows]
             ranked.sort(key=lambda r: -r[1])
             out.append(ranked)
     return out
@@ -285,197 +289,6 @@ def photo_search(*, image, k: int = 24, filters: Filters | None = None) -> list[
     filters = filters or Filters()
     qs = filters.apply(ProductEmbedding.objects.filter(model_version=version))
     return _hits(_ranked(qs, "image", q, k, kind="photo"))
-
-
-def _outfit_embeddings(version: ModelVersion, product_ids: Sequence[int]) -> list[ProductEmbedding]:
-    ids = list(dict.fromkeys(int(i) for i in product_ids))
-    found = set(Product.objects.filter(pk__in=ids).values_list("pk", flat=True))
-    unknown = [i for i in ids if i not in found]
-    if unknown:
-        raise UnknownProducts(unknown)
-    embs = {
-        e.product_id: e for e in ProductEmbedding.objects.filter(model_version=version, product_id__in=ids)
-    }
-    missing = [i for i in ids if i not in embs]
-    if missing:
-        raise NoActiveModel(f"product(s) {missing} have no vectors for model version {version.pk} yet")
-    return [embs[i] for i in ids]
-
-
-def missing_slots(given: Sequence[str]) -> list[str]:
-    """Outfit slots still open: a one-piece fills top and bottom, and a top or bottom excludes a one-piece."""
-    have = set(given)
-    out = [s for s in OUTFIT_SLOTS if s not in have]
-    if ONE_PIECE in have:
-        out = [s for s in out if s not in (TOP, BOTTOM)]
-    if have & {TOP, BOTTOM}:
-        out = [s for s in out if s != ONE_PIECE]
-    return out
-
-
-@dataclass
-class SlotPicks:
-    """Complete-the-look answer for one slot: the best pick and its alternates."""
-
-    slot: str
-    hits: list[Hit] = field(default_factory=list)
-
-
-def compat_to_unit(score_sum: float, n: int) -> float:
-    """Mean pair score in [-1, 1] → [0, 1]."""
-    return float(np.clip((score_sum / max(n, 1) + 1) / 2, 0, 1))
-
-
-def complete_the_look(
-    *,
-    product_ids: Sequence[int],
-    k: int = 4,
-    slots: Sequence[str] | None = None,
-    exclude_ids: Sequence[int] = (),
-) -> list[SlotPicks]:
-    """Best items for each missing slot, ranked by total compatibility with all given items.
-
-    One indexed pgvector query per slot: ``ORDER BY compat <#> q_t`` with ``q_t = Σ_i f_i ⊙ m²`` (see
-    ``ml.heads``) and a slot filter. Items of the given products' variant groups are excluded.
-
-    Args:
-        product_ids: the partial outfit (1..8 products).
-        k: hits per slot.
-        slots: the slots to fill (default: :func:`missing_slots`, never a slot the outfit has).
-        exclude_ids: products never to suggest (e.g. the item a replacement is sought for).
-
-    Returns:
-        One :class:`SlotPicks` per missing slot (k hits each: the pick and k-1 alternates); scores
-        are mean pair compatibilities in [0, 1].
-
-    Raises:
-        ValueError: empty set; UnknownProducts; NoActiveModel.
-    """
-    if not product_ids:
-        raise ValueError("give at least one product id")
-    version = active_version()
-    embs = _outfit_embeddings(version, product_ids)
-    heads = heads_for(version)
-    f = torch.from_numpy(np.stack([np.asarray(e.compat, dtype=np.float32) for e in embs]))  # (K, C)
-    s = torch.as_tensor([SLOT_INDEX[e.slot] for e in embs])
-    targets = list(slots) if slots else missing_slots([e.slot for e in embs])
-    variants = [
-        v
-        for v in Product.objects.filter(pk__in=[e.product_id for e in embs]).values_list(
-            "variant_group", flat=True
-        )
-        if v
-    ]
-    given = [*(e.product_id for e in embs), *exclude_ids]
-    jobs = []
-    for slot in targets:
-        with torch.no_grad():
-            q = heads.slot_query(f, s, SLOT_INDEX[slot]).numpy()  # (C,)
-        qs = (
-            ProductEmbedding.objects.filter(model_version=version, slot=slot)
-            .exclude(product_id__in=given)
-            .exclude(product__variant_group__in=variants)
-            .exclude(product__product_type__iexact="unknown")
-        )  # untyped source rows make poor picks
-        jobs.append((qs, q))
-    # 3k rows per slot: room to drop colour variants of a pick
-    ranked = _ranked_many(jobs, "compat", 3 * k, kind="complete")
-    products = Product.objects.in_bulk([pid for pairs in ranked for pid, _ in pairs])
-    out = []
-    for slot, pairs in zip(targets, ranked, strict=True):
-        hits = [Hit(products[pid], compat_to_unit(v, len(embs))) for pid, v in pairs if pid in products]
-        out.append(SlotPicks(slot, _distinct_variants(hits)[:k]))
-    return out
-
-
-def one_look(picks: Sequence[SlotPicks]) -> list[Hit]:
-    """The best pick of each slot, as one wearable look: when both a one-piece and a top or bottom were
-    suggested (a partial outfit with neither), keep the one-piece or the top + bottom, whichever has the
-    higher mean compatibility; never a dress together with a top and trousers.
-
-    Returns:
-        One :class:`Hit` per kept slot, in the order of ``picks``.
-    """
-    best = {sp.slot: sp.hits[0] for sp in picks if sp.hits}
-    separates = [best[s] for s in (TOP, BOTTOM) if s in best]
-    if ONE_PIECE in best and separates:
-        drop = (
-            (TOP, BOTTOM) if best[ONE_PIECE].score >= np.mean([h.score for h in separates]) else (ONE_PIECE,)
-        )
-        best = {slot: hit for slot, hit in best.items() if slot not in drop}
-    return [best[sp.slot] for sp in picks if sp.slot in best]
-
-
-def _distinct_variants(hits: list[Hit]) -> list[Hit]:
-    """Keep the best hit of each variant group (colour variants are alternatives of one product)."""
-    seen: set[str] = set()
-    out = []
-    for h in hits:
-        key = h.product.variant_group or f"pk-{h.product.pk}"
-        if key not in seen:
-            seen.add(key)
-            out.append(h)
-    return out
-
-
-@dataclass
-class Compatibility:
-    """Compatibility of a set: mean pairwise score in [0, 1], the matrix and the weakest pair."""
-
-    products: list[Product]
-    score: float
-    matrix: list[list[float]]
-    weakest: tuple[int, int] | None
-    suggestion: Hit | None = None
-
-
-def outfit_compatibility(*, product_ids: Sequence[int], suggest: bool = True) -> Compatibility:
-    """Score a set of 2..8 products: pair scores ``(1 + <f_i ⊙ m², f_j>) / 2`` and their mean.
-
-    The weakest pair is the lowest off-diagonal entry; the suggested replacement is the best item of
-    that pair's less compatible member's slot given all the others (one indexed query), never that
-    item itself, and only when swapping it in raises the score (else ``suggestion`` is None).
-
-    Raises:
-        ValueError: fewer than 2 or more than 8 distinct products; UnknownProducts; NoActiveModel.
-    """
-    ids = list(dict.fromkeys(int(i) for i in product_ids))
-    if not 2 <= len(ids) <= 8:
-        raise ValueError(f"give 2 to 8 distinct product ids (got {len(ids)})")
-    version = active_version()
-    embs = _outfit_embeddings(version, ids)
-    heads = heads_for(version)
-    f = torch.from_numpy(np.stack([np.asarray(e.compat, dtype=np.float32) for e in embs]))
-    s = torch.as_tensor([SLOT_INDEX[e.slot] for e in embs])
-    n = len(ids)
-    mat = np.ones((n, n), dtype=np.float64)
-    pairs = list(itertools.combinations(range(n), 2))
-    with torch.no_grad():
-        a = torch.as_tensor([i for i, _ in pairs])
-        b = torch.as_tensor([j for _, j in pairs])
-        sc = ((heads.pair_score(f[a], f[b], s[a], s[b]) + 1) / 2).clamp(0, 1).numpy()
-    for (i, j), v in zip(pairs, sc, strict=True):
-        mat[i, j] = mat[j, i] = float(v)
-    score = float(np.mean(sc))
-    wi, wj = pairs[int(np.argmin(sc))]
-    products = Product.objects.in_bulk(ids)
-    suggestion = None
-    if suggest:
-        off = mat.copy()
-        np.fill_diagonal(off, np.nan)
-        weaker = wi if np.nanmean(off[wi]) <= np.nanmean(off[wj]) else wj
-        others = [ids[x] for x in range(n) if x != weaker]
-        picks = complete_the_look(
-            product_ids=others, k=1, slots=[embs[weaker].slot], exclude_ids=[ids[weaker]]
-        )
-        best = picks[0].hits[0] if picks and picks[0].hits else None
-        # Only a swap that raises the outfit's score: the pick's mean pair score with the others must
-        # beat the weaker item's (same [0, 1] scale), else the weaker item is already the best fit.
-        if best is not None and best.score > float(np.nanmean(off[weaker])):
-            suggestion = best
-    return Compatibility(
-        [products[i] for i in ids], score, mat.round(4).tolist(), (ids[wi], ids[wj]), suggestion
-    )
 
 
 @dataclass(frozen=True)

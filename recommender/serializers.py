@@ -6,6 +6,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from catalog.serializers import FilterSerializer, ProductSerializer
+from recommender.looks import AUDIENCE_MODES
 from recommender.models import ModelVersion, TrainingRun
 
 
@@ -98,6 +99,13 @@ class ProductIdsSerializer(serializers.Serializer):
         min_value=1,
         max_value=20,
         help_text="items per slot (complete-the-look: the pick and k-1 alternates)",
+    )
+    audience = serializers.ChoiceField(
+        choices=AUDIENCE_MODES,
+        required=False,
+        default="match",
+        help_text="match: only items whose audience (women, men, kids, baby, unisex) fits every given "
+        "item's (the same group, or unisex); any: every audience",
     )
 
     def validate_product_ids(self, value: list[int]) -> list[int]:

@@ -16,8 +16,11 @@ from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from catalog.models import Outfit, Product
+from catalog.selectors import product_audience_group
+from ml.audience import UNISEX
 from recommender import answer_cache
 from recommender.celery import app
+from recommender.hubness import hub_scores_for
 from recommender.models import ModelVersion, ProductEmbedding, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -250,7 +253,10 @@ def embeddings_write(
     ``INSERT ... SELECT ... ON CONFLICT (product, version) DO UPDATE``; the join with the product table
     supplies ``slot`` and skips products deleted meanwhile. ``bulk_create`` is the Django ORM upsert
     (kept for the benchmark). Each batch commits on its own, so a worker killed half-way keeps what
-    it wrote and a re-run completes it.
+    it wrote and a re-run completes it. Each row's ``hub_score`` (its offset in complete-the-look,
+    :func:`recommender.hubness.hub_scores_for`) is computed first, against these vectors and the
+    version's stored ones, and written with the vectors; so is its ``audience_group``
+    (:func:`product_audience_groups`), which complete-the-look filters on.
 
     Args:
         product_ids: N product ids (a repeated id keeps its last vectors); deleted products are skipped.
@@ -279,12 +285,22 @@ def embeddings_write(
     last = {int(pid): i for i, pid in enumerate(product_ids)}  # one row per product in a batch
     order = sorted(last.values())
     write = _write_copy if method == "copy" else _write_bulk_create
+    hub = np.zeros(n, dtype=np.float32)
+    hub[order] = hub_scores_for(
+        version=version, product_ids=[int(product_ids[i]) for i in order], compat=np.asarray(compat)[order]
+    )
     written = 0
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         with transaction.atomic():
             written += write(
-                version, [int(product_ids[i]) for i in idx], image[idx], text[idx], fused[idx], compat[idx]
+                version,
+                [int(product_ids[i]) for i in idx],
+                image[idx],
+                text[idx],
+                fused[idx],
+                compat[idx],
+                hub[idx],
             )
         if progress is not None:
             progress(min(start + batch_size, len(order)), len(order))
@@ -293,17 +309,26 @@ def embeddings_write(
     return written
 
 
-def _write_bulk_create(version, ids, image, text, fused, compat) -> int:
+def product_audience_groups(*, product_ids: Sequence[int]) -> dict[int, str]:
+    """Who each product is for (:func:`catalog.selectors.product_audience_group`), as its vector rows
+    store it; deleted products are left out."""
+    return {p.pk: product_audience_group(product=p) for p in Product.objects.filter(pk__in=list(product_ids))}
+
+
+def _write_bulk_create(version, ids, image, text, fused, compat, hub) -> int:
     slots = dict(Product.objects.filter(pk__in=ids).values_list("pk", "slot"))
+    groups = product_audience_groups(product_ids=ids)
     rows = [
         ProductEmbedding(
             product_id=pid,
             model_version=version,
             slot=slots[pid],
+            audience_group=groups[pid],
             image=image[i],
             text=text[i],
             fused=fused[i],
             compat=compat[i],
+            hub_score=float(hub[i]),
         )
         for i, pid in enumerate(ids)
         if pid in slots
@@ -312,37 +337,54 @@ def _write_bulk_create(version, ids, image, text, fused, compat) -> int:
         rows,
         update_conflicts=True,
         unique_fields=["product", "model_version"],
-        update_fields=["slot", "image", "text", "fused", "compat", "updated_at"],
+        update_fields=[
+            "slot",
+            "audience_group",
+            "image",
+            "text",
+            "fused",
+            "compat",
+            "hub_score",
+            "updated_at",
+        ],
     )
     return len(rows)
 
 
-def _write_copy(version, ids, image, text, fused, compat) -> int:
+def _write_copy(version, ids, image, text, fused, compat, hub) -> int:
     from pgvector.psycopg.vector import register_vector_info
     from psycopg.types import TypeInfo
 
     table = ProductEmbedding._meta.db_table
     products = Product._meta.db_table
+    groups = product_audience_groups(product_ids=ids)
     connection.ensure_connection()
     with connection.connection.cursor() as cur:  # the raw psycopg 3 cursor (binary COPY)
         register_vector_info(cur, TypeInfo.fetch(cur.connection, "vector"))  # this cursor only
         cur.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS _embedding_load "
-            "(product_id bigint, image vector, text vector, fused vector, compat vector)"
+            "CREATE TEMP TABLE IF NOT EXISTS _embedding_load (product_id bigint, image vector, "
+            "text vector, fused vector, compat vector, hub_score float8, audience_group text)"
         )
         cur.execute("TRUNCATE _embedding_load")
-        sql = "COPY _embedding_load (product_id, image, text, fused, compat) FROM STDIN WITH (FORMAT BINARY)"
+        sql = (
+            "COPY _embedding_load (product_id, image, text, fused, compat, hub_score, audience_group) "
+            "FROM STDIN WITH (FORMAT BINARY)"
+        )
         with cur.copy(sql) as copy:
-            copy.set_types(["int8", "vector", "vector", "vector", "vector"])
+            copy.set_types(["int8", "vector", "vector", "vector", "vector", "float8", "text"])
             for i, pid in enumerate(ids):
-                copy.write_row((pid, image[i], text[i], fused[i], compat[i]))
+                group = groups.get(pid, UNISEX)  # a deleted product: the join below drops its row
+                copy.write_row((pid, image[i], text[i], fused[i], compat[i], float(hub[i]), group))
         cur.execute(
-            f"INSERT INTO {table} (product_id, model_version_id, slot, image, text, fused, compat, updated_at) "
-            f"SELECT l.product_id, %s, p.slot, l.image, l.text, l.fused, l.compat, now() "
+            f"INSERT INTO {table} (product_id, model_version_id, slot, audience_group, image, text, fused, "
+            f"compat, hub_score, updated_at) "
+            f"SELECT l.product_id, %s, p.slot, l.audience_group, l.image, l.text, l.fused, l.compat, "
+            f"l.hub_score, now() "
             f"FROM _embedding_load l JOIN {products} p ON p.id = l.product_id "
             f"ON CONFLICT (product_id, model_version_id) DO UPDATE SET slot = EXCLUDED.slot, "
-            f"image = EXCLUDED.image, text = EXCLUDED.text, fused = EXCLUDED.fused, "
-            f"compat = EXCLUDED.compat, updated_at = EXCLUDED.updated_at",
+            f"audience_group = EXCLUDED.audience_group, image = EXCLUDED.image, text = EXCLUDED.text, "
+            f"fused = EXCLUDED.fused, compat = EXCLUDED.compat, hub_score = EXCLUDED.hub_score, "
+            f"updated_at = EXCLUDED.updated_at",
             [version.pk],
         )
         return cur.rowcount

@@ -25,7 +25,7 @@ from django.views.decorators.http import require_safe
 from catalog.forms import ConfirmForm
 from catalog.models import Product
 from catalog.permissions import MERCHANDISER_PERM, merchandiser_required
-from catalog.selectors import product_get
+from catalog.selectors import product_audience_group, product_get
 from catalog.views import not_found
 from ml.evaluate import BASELINES, COUNTS, ZERO_SHOT
 from ml.plots import plot_metric_bars
@@ -39,15 +39,13 @@ from recommender.forms import (
     SignInForm,
     TrainingStartForm,
 )
+from recommender.looks import audience_filter, complete_the_look, one_look, outfit_compatibility
 from recommender.models import ModelVersion, TrainingRun
 from recommender.selectors import (
     Hit,
     NoActiveModel,
     UnknownProducts,
     active_version,
-    complete_the_look,
-    one_look,
-    outfit_compatibility,
     photo_search,
     product_index_status,
     similar_items,
@@ -93,8 +91,32 @@ def _scored(hits: Sequence[Hit]) -> list[dict[str, Any]]:
     ]
 
 
-def _outfit_url(ids: Sequence[int]) -> str:
-    return f"{reverse('outfit')}?ids={','.join(str(i) for i in ids)}"
+def _outfit_url(ids: Sequence[int], audience: str = "match") -> str:
+    any_ = "&audience=any" if audience == "any" else ""
+    return f"{reverse('outfit')}?ids={','.join(str(i) for i in ids)}{any_}"
+
+
+#: How the audience note names each group ("men's and unisex items").
+AUDIENCE_WORDS = {"women": "women's", "men": "men's", "kids": "kids'", "baby": "baby", "unisex": "unisex"}
+
+
+def _audience_note(request: HttpRequest, mode: str, products: Sequence[Product]) -> dict[str, Any]:
+    """What the complete-the-look audience note says: the given products' groups, the groups picks keep
+    to (None: every group fits), the mode and the link that toggles it (the page's other parameters kept)."""
+    query = request.GET.copy()
+    if mode == "any":
+        query.pop("audience", None)
+    else:
+        query["audience"] = "any"
+    groups = sorted({product_audience_group(product=p) for p in products})
+    allowed = audience_filter(groups)
+    return {
+        "mode": mode,
+        "items": len(products),
+        "groups": [AUDIENCE_WORDS[g] for g in groups],
+        "allowed": [AUDIENCE_WORDS[g] for g in allowed] if allowed else None,
+        "toggle_url": f"{request.path}?{query.urlencode(safe=',')}",
+    }
 
 
 # --- search -------------------------------------------------------------------------------------------
@@ -156,17 +178,19 @@ def product_page(request: HttpRequest, pk: int) -> HttpResponse:
     form = ProductPageForm(request.GET)
     form.is_valid()  # never invalid: ids that are not ids are ignored
     outfit_ids = [i for i in form.cleaned_data["outfit"] if i != pk][: MAX_OUTFIT - 1]
+    audience = form.cleaned_data["audience"]
     context: dict[str, Any] = {
         "product": product,
-        "add_url": _outfit_url([*outfit_ids, pk]),
+        "add_url": _outfit_url([*outfit_ids, pk], audience),
         "has_outfit": bool(outfit_ids),
+        "audience": _audience_note(request, audience, [product]),
     }
     if request.user.has_perm(MERCHANDISER_PERM):  # merchandisers see whether the item is indexed yet
         context["can_edit"] = True
         context["index"] = product_index_status(product_id=pk)
     try:
         context["similar"] = _scored(similar_items(product_id=pk, k=8))
-        looks = complete_the_look(product_ids=[pk], k=4)
+        looks = complete_the_look(product_ids=[pk], k=4, audience=audience)
     except UnknownProducts as exc:
         return not_found(request, f"Unknown product id(s): {', '.join(map(str, exc.ids))}.")
     except NoActiveModel:
@@ -177,7 +201,7 @@ def product_page(request: HttpRequest, pk: int) -> HttpResponse:
             for sp in looks
             if sp.hits
         ]
-        context["look_url"] = _outfit_url([pk, *(h.product.pk for h in one_look(looks))])
+        context["look_url"] = _outfit_url([pk, *(h.product.pk for h in one_look(looks))], audience)
     return render(request, "recommender/product.html", context)
 
 
@@ -216,6 +240,7 @@ def outfit_page(request: HttpRequest) -> HttpResponse:
     form = OutfitIdsForm(request.GET)
     form.is_valid()  # never invalid: tokens that are not ids are ignored, and named
     requested, bad_tokens = form.cleaned_data["ids"], form.cleaned_data["ignored"]
+    audience = form.cleaned_data["audience"]
     products = Product.objects.in_bulk(requested)
     unknown = [i for i in requested if i not in products]
     ids = [i for i in requested if i in products]
@@ -227,17 +252,20 @@ def outfit_page(request: HttpRequest) -> HttpResponse:
     if len(ids) > MAX_OUTFIT:
         notes.append(f"An outfit holds at most {MAX_OUTFIT} items; the rest were dropped.")
         ids = ids[:MAX_OUTFIT]
-    items = [{"product": products[i], "remove_url": _outfit_url([j for j in ids if j != i])} for i in ids]
+    items = [
+        {"product": products[i], "remove_url": _outfit_url([j for j in ids if j != i], audience)} for i in ids
+    ]
     context: dict[str, Any] = {
         "items": items,
         "ids": ids,
         "messages_list": notes,
         "ids_csv": ",".join(map(str, ids)),
         "can_curate": request.user.has_perm(MERCHANDISER_PERM),
+        "audience": _audience_note(request, audience, [products[i] for i in ids]),
     }
     try:
         if len(ids) >= 2:
-            compat = outfit_compatibility(product_ids=ids)
+            compat = outfit_compatibility(product_ids=ids, audience=audience)
             context.update(score=compat.score, pct=_pct(compat.score), hue=_hue(compat.score))
             context["heatmap"] = list(
                 zip(compat.products, _heatmap(ids, compat.matrix, compat.weakest), strict=True)
@@ -252,16 +280,16 @@ def outfit_page(request: HttpRequest) -> HttpResponse:
                     context["swap"] = {
                         "in": new,
                         "pct": _pct(compat.suggestion.score),
-                        "url": _outfit_url([new.pk if i == out else i for i in ids]),
+                        "url": _outfit_url([new.pk if i == out else i for i in ids], audience),
                     }
         if 1 <= len(ids) < MAX_OUTFIT:
             context["additions"] = [
                 {
                     **_scored(sp.hits[:1])[0],
                     "slot": sp.slot,
-                    "add_url": _outfit_url([*ids, sp.hits[0].product.pk]),
+                    "add_url": _outfit_url([*ids, sp.hits[0].product.pk], audience),
                 }
-                for sp in complete_the_look(product_ids=ids, k=1)
+                for sp in complete_the_look(product_ids=ids, k=1, audience=audience)
                 if sp.hits
             ]
     except UnknownProducts as exc:  # a product deleted between the two queries

@@ -113,7 +113,13 @@ def test_product_page_shows_details_and_no_model_notice(client, products):
     html = _text(response)
     assert f"<h1>{top.title}</h1>" in html
     assert f"<dd>{top.sku}</dd>" in html and f"<dd>{top.colour}</dd>" in html
-    assert f"<dd>{top.audience}</dd>" in html and f"<dd>{top.product_type}</dd>" in html
+    assert f"<dd>{top.product_type}</dd>" in html
+    # who it is for: the normalised group ("Sport" names no audience: unisex) and the catalog's own value
+    assert top.audience == "Sport"
+    assert (
+        '<dd><span class="audience audience-unisex">unisex</span> <span class="muted">(Sport)</span></dd>'
+        in html
+    )
     assert "19.99" in html
     assert top.description[:40] in html
     assert f'src="{top.image.url}" alt="{top.title}"' in html
@@ -283,3 +289,37 @@ def test_pages_render_recommendations_of_a_trained_model(client, trained_catalog
 
     html = _text(client.get("/models"))
     assert trained_catalog.name in html
+
+
+@pytest.mark.slow
+@pytest.mark.django_db
+def test_product_page_shows_who_each_pick_is_for_and_toggles_the_audience(client, trained_catalog):
+    from catalog.selectors import product_audience_group
+
+    shirt = next(
+        p
+        for p in Product.objects.filter(slot="top").order_by("pk")
+        if product_audience_group(product=p) == "men"
+    )
+
+    def looks_section(html: str) -> str:
+        return html[html.index('id="ctl-h"') : html.index('id="sim-h"')]
+
+    html = _text(client.get(f"/products/{shirt.pk}"))
+    assert (
+        '<dd><span class="audience audience-men">men</span> <span class="muted">(Menswear)</span></dd>'
+        in html
+    )
+    section = looks_section(html)
+    assert "Showing only men&#x27;s and unisex items, to go with this men&#x27;s item." in section
+    picks = re.findall(r'class="audience audience-(\w+)"', section)
+    assert picks == ["men"] * 3  # the slice's two men's bottoms (colour variants once) and its men's blazer
+    toggle = re.search(r'href="([^"]+)" data-audience-toggle>Show every audience<', section).group(1)
+    assert toggle == f"/products/{shirt.pk}?audience=any"
+
+    html = _text(client.get(toggle))
+    section = looks_section(html)
+    assert "Showing items for every audience." in section
+    assert {"women", "kids"} <= set(re.findall(r'class="audience audience-(\w+)"', section))
+    assert f'href="/products/{shirt.pk}?" data-audience-toggle>Only men&#x27;s and unisex items<' in section
+    assert re.search(rf'href="/outfit\?ids={shirt.pk},[\d,]+&amp;audience=any"', html)  # the look keeps it

@@ -9,7 +9,7 @@ from pgvector.django import MaxInnerProduct
 
 from catalog.models import Product
 from ml.slots import OUTFIT_SLOTS
-from recommender import model_cache, selectors
+from recommender import looks, model_cache, selectors
 from recommender.models import ProductEmbedding
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
@@ -67,7 +67,8 @@ def test_filtered_similar_items_return_k_rows_of_the_filter(trained_catalog):
 def test_complete_the_look_never_returns_a_given_slot(trained_catalog):
     top = Product.objects.filter(slot="top").first()
     bottom = Product.objects.filter(slot="bottom").first()
-    picks = selectors.complete_the_look(product_ids=[top.pk, bottom.pk], k=3)
+    # the plain order (no hubness re-ranking) is by score; a top and a bottom of any audience
+    picks = looks.complete_the_look(product_ids=[top.pk, bottom.pk], k=3, audience="any", reduce_hubs=False)
     slots = [sp.slot for sp in picks]
     assert "top" not in slots and "bottom" not in slots and "one-piece" not in slots
     assert set(slots) <= set(OUTFIT_SLOTS)
@@ -84,7 +85,7 @@ def test_complete_the_look_ranking_equals_summed_pair_scores(trained_catalog):
 
     heads = model_cache.heads_for(trained_catalog)
     given = list(Product.objects.filter(slot__in=["top", "bottom"]).values_list("pk", flat=True)[:2])
-    picks = selectors.complete_the_look(product_ids=given, k=2, slots=["shoes"])
+    picks = looks.complete_the_look(product_ids=given, k=2, slots=["shoes"])
     best = picks[0].hits[0].product
     embs = {
         e.product_id: e
@@ -97,13 +98,13 @@ def test_complete_the_look_ranking_equals_summed_pair_scores(trained_catalog):
 
     s = torch.tensor([SLOT_INDEX[embs[i].slot] for i in [*given, best.pk]])
     pair_sum = float(heads.pair_score(f[:2], f[2:].expand(2, -1), s[:2], s[2:].expand(2)).sum())
-    assert picks[0].hits[0].score == pytest.approx(selectors.compat_to_unit(pair_sum, 2), abs=1e-4)
+    assert picks[0].hits[0].score == pytest.approx(looks.compat_to_unit(pair_sum, 2), abs=1e-4)
 
 
 def test_compatibility_is_symmetric_in_order(trained_catalog):
     ids = list(Product.objects.filter(slot__in=["top", "bottom", "shoes"]).values_list("pk", flat=True)[:3])
-    a = selectors.outfit_compatibility(product_ids=ids, suggest=False)
-    b = selectors.outfit_compatibility(product_ids=list(reversed(ids)), suggest=False)
+    a = looks.outfit_compatibility(product_ids=ids, suggest=False)
+    b = looks.outfit_compatibility(product_ids=list(reversed(ids)), suggest=False)
     assert a.score == pytest.approx(b.score, abs=1e-6)
     assert 0.0 <= a.score <= 1.0
     assert set(a.weakest) == set(b.weakest)
@@ -113,9 +114,9 @@ def test_compatibility_is_symmetric_in_order(trained_catalog):
 
 def test_compatibility_errors(trained_catalog):
     with pytest.raises(ValueError, match="2 to 8"):
-        selectors.outfit_compatibility(product_ids=[])
+        looks.outfit_compatibility(product_ids=[])
     with pytest.raises(selectors.UnknownProducts) as exc:
-        selectors.outfit_compatibility(product_ids=[Product.objects.first().pk, 987654321])
+        looks.outfit_compatibility(product_ids=[Product.objects.first().pk, 987654321])
     assert exc.value.ids == [987654321]
 
 

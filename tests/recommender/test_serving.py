@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from PIL import Image
 
 from catalog.models import Product
-from recommender import model_cache, selectors
+from recommender import looks, model_cache, selectors
 from recommender.models import ProductEmbedding
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
@@ -49,8 +49,8 @@ def test_every_query_type_orders_by_the_bare_operator_on_an_hnsw_index(trained_c
         ),
         "search": lambda: selectors.text_search(query="black dress", k=5),
         "photo": lambda: selectors.photo_search(image=_photo(hm_root), k=5),
-        "complete": lambda: selectors.complete_the_look(product_ids=[top.pk, bottom.pk], k=2),
-        "compatibility": lambda: selectors.outfit_compatibility(product_ids=[top.pk, bottom.pk, shoes.pk]),
+        "complete": lambda: looks.complete_the_look(product_ids=[top.pk, bottom.pk], k=2),
+        "compatibility": lambda: looks.outfit_compatibility(product_ids=[top.pk, bottom.pk, shoes.pk]),
     }[kind]
     column = {
         "similar": "fused",
@@ -76,11 +76,12 @@ def test_every_query_type_orders_by_the_bare_operator_on_an_hnsw_index(trained_c
 def test_ef_search_and_iterative_scan_come_from_settings_per_query_type(trained_catalog, settings):
     settings.HNSW_EF_SEARCH_BY_QUERY = {"similar": 40, "search": 123, "photo": 100, "complete": 64}
     settings.HNSW_MAX_SCAN_TUPLES = 5000
+    settings.HUBNESS_POOL = 40  # complete-the-look's LIMIT (the pool it re-ranks), below its ef_search
     top = Product.objects.filter(slot="top").first()
     with CaptureQueriesContext(connection) as ctx:
         selectors.text_search(query="dress", k=5)
         selectors.similar_items(product_id=top.pk, k=5, filters=selectors.Filters(slot="shoes"))
-        selectors.complete_the_look(product_ids=[top.pk], k=1, slots=["shoes"])
+        looks.complete_the_look(product_ids=[top.pk], k=1, slots=["shoes"])
     sets = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith("SET LOCAL")]
     force = (
         "SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; "
@@ -158,7 +159,7 @@ def test_complete_the_look_for_three_items_never_repeats_a_slot(trained_catalog)
         Product.objects.filter(slot=s).exclude(product_type="unknown").first().pk
         for s in ("top", "bottom", "shoes")
     ]
-    picks = selectors.complete_the_look(product_ids=ids, k=3)
+    picks = looks.complete_the_look(product_ids=ids, k=3)
     assert [sp.slot for sp in picks] == ["outerwear", "bag", "accessory", "jewellery"]
     for sp in picks:
         assert {h.product.slot for h in sp.hits} <= {sp.slot}
@@ -172,7 +173,7 @@ def test_suggested_replacement_is_another_item_that_raises_the_score(trained_cat
         list(known.filter(slot=s).values_list("pk", flat=True)[:6]) for s in ("top", "bottom", "shoes")
     ]
     for ids in map(list, zip(*columns, strict=False)):
-        res = selectors.outfit_compatibility(product_ids=ids)
+        res = looks.outfit_compatibility(product_ids=ids)
         m = np.asarray(res.matrix)
         i, j = ids.index(res.weakest[0]), ids.index(res.weakest[1])
         assert m[i, j] == pytest.approx(min(m[a, b] for a in range(3) for b in range(3) if a != b), abs=1e-4)
@@ -183,7 +184,7 @@ def test_suggested_replacement_is_another_item_that_raises_the_score(trained_cat
         new = res.suggestion.product
         assert new.pk not in ids and new.slot == Product.objects.get(pk=ids[weaker]).slot
         swapped = [new.pk if x == ids[weaker] else x for x in ids]
-        better = selectors.outfit_compatibility(product_ids=swapped, suggest=False)
+        better = looks.outfit_compatibility(product_ids=swapped, suggest=False)
         assert better.score > res.score, (better.score, res.score)
     assert suggested >= 1
 
@@ -203,10 +204,10 @@ def test_query_text_cache_is_bounded_and_ignores_whitespace_runs(trained_catalog
 def test_complete_the_look_runs_its_slot_queries_in_one_transaction(trained_catalog):
     top = Product.objects.filter(slot="top").exclude(product_type="unknown").first()
     with CaptureQueriesContext(connection) as ctx:
-        picks = selectors.complete_the_look(product_ids=[top.pk], k=2)
+        picks = looks.complete_the_look(product_ids=[top.pk], k=2)
     sqls = [q["sql"] for q in ctx.captured_queries]
     ranking = [q for q in sqls if "<#>" in q]
-    assert len(picks) == len(ranking) == len(selectors.missing_slots(["top"])) >= 5
+    assert len(picks) == len(ranking) == len(looks.missing_slots(["top"])) >= 5
     assert sum(q.startswith("SET LOCAL hnsw.ef_search") for q in sqls) == 1
 
 
@@ -214,10 +215,10 @@ def test_the_look_of_a_jacket_is_a_dress_or_separates_never_both(trained_catalog
     from ml.slots import BOTTOM, ONE_PIECE, TOP
 
     jacket = Product.objects.filter(slot="outerwear").first()
-    picks = selectors.complete_the_look(product_ids=[jacket.pk], k=2)
+    picks = looks.complete_the_look(product_ids=[jacket.pk], k=2)
     suggested = {sp.slot for sp in picks if sp.hits}
     assert ONE_PIECE in suggested and {TOP, BOTTOM} & suggested  # both kinds offered as picks...
-    look = {h.product.slot for h in selectors.one_look(picks)}
+    look = {h.product.slot for h in looks.one_look(picks)}
     assert not (ONE_PIECE in look and look & {TOP, BOTTOM}), look  # ...but the look wears one of them
     best = {sp.slot: sp.hits[0].score for sp in picks if sp.hits}
     separates = [best[s] for s in (TOP, BOTTOM) if s in best]

@@ -44,7 +44,7 @@ from django.db import connection
 
 from ml.benchmarks.queries import QUERY_WORDS
 from ml.heads import save_heads, zero_shot_heads
-from recommender import selectors
+from recommender import looks, selectors
 from recommender.bench_data import (
     ITEMS_PER_FINE,
     N_COARSE,
@@ -281,18 +281,18 @@ def measure(n, opts, version, ids, slots, fused, compat) -> dict:
         return _text_e2e(out, opts, rng, k)
     pairs = [[int(rng.choice(tops)), int(rng.choice(bottoms))] for _ in range(nq)]
     lat["complete-the-look, 2 items, 6 slots (selector)"] = percentiles(
-        _timed(lambda p: selectors.complete_the_look(product_ids=p, k=4), pairs)[0]
+        _timed(lambda p: looks.complete_the_look(product_ids=p, k=4), pairs)[0]
     )
     one = [[int(rng.choice(tops)), int(rng.choice(bottoms))] for _ in range(nq)]
     lat["complete-the-look, 1 slot (selector)"] = percentiles(
-        _timed(lambda p: selectors.complete_the_look(product_ids=p, k=4, slots=["shoes"]), one)[0]
+        _timed(lambda p: looks.complete_the_look(product_ids=p, k=4, slots=["shoes"]), one)[0]
     )
     quads = [ids[rng.integers(0, n, size=4)].tolist() for _ in range(nq)]
     lat["compatibility, 4 items + replacement (selector)"] = percentiles(
-        _timed(lambda p: selectors.outfit_compatibility(product_ids=p), quads)[0]
+        _timed(lambda p: looks.outfit_compatibility(product_ids=p), quads)[0]
     )
     lat["compatibility, 4 items, no replacement (selector)"] = percentiles(
-        _timed(lambda p: selectors.outfit_compatibility(product_ids=p, suggest=False), quads)[0]
+        _timed(lambda p: looks.outfit_compatibility(product_ids=p, suggest=False), quads)[0]
     )
     out["latency"] = lat
     return _text_e2e(out, opts, rng, k)

@@ -1,0 +1,115 @@
+"""Hubness of complete-the-look, and per-item offsets that cap it. No Django.
+
+In a high-dimensional space a few points, *hubs*, are among the nearest neighbours of very many
+queries (Radovanović, Nanopoulos & Ivanović 2010, "Hubs in space", JMLR): on 3,000 H&M articles,
+complete-the-look put one bag in 92% of the top-5 bag lists of 300 random products, one bottom in 29%.
+
+CSLS (Conneau et al. 2018, "Word translation without parallel data") discounts each candidate by its
+mean similarity to its k nearest queries, ``2·s(q, c) − r(c)``. Measured on that catalog it cuts the
+worst shares by a third to a half (tops 42% → 18%, bottoms 29% → 19%) but no weight of ``r(c)`` gets near
+5%: a large weight turns the items with the lowest ``r`` into new hubs (``docs/recommendations.md``).
+
+So the offsets here target the share itself. Each candidate ``c`` of a slot gets a price ``b(c) ≥ 0``
+and lists rank by ``s(q, c) − b(c)``; the prices are the dual variables of "every query gets its top k,
+no candidate fills more than ``cap`` of the lists" (a capacitated assignment), found by dual ascent on
+the catalog's own products as queries (:func:`capacity_offsets`): an item over capacity gets dearer,
+one under it with a price gets cheaper, as in Bertsekas' auction algorithm. Only items that would
+otherwise be everyone's pick get a price; the rest keep the plain order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def top_k_shares(scores: np.ndarray, k: int) -> np.ndarray:
+    """The share of queries whose top k holds each candidate.
+
+    Args:
+        scores: (Q, N) float32 score of each candidate for each query, ``-inf`` where a candidate is
+            not allowed for that query (never counted).
+        k: list length (fewer candidates than k: all allowed ones).
+
+    Returns:
+        (N,) float64 shares in [0, 1] (0 for an empty query set).
+    """
+    q, n = scores.shape
+    if q == 0 or n == 0:
+        return np.zeros(n)
+    kk = min(k, n)
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]  # (Q, kk) unordered top kk
+    valid = np.take_along_axis(scores, part, axis=1) > -np.inf
+    return np.bincount(part[valid], minlength=n) / q
+
+
+def capacity_offsets(
+    scores: np.ndarray,
+    *,
+    k: int,
+    cap: float,
+    free: np.ndarray | None = None,
+    start: np.ndarray | None = None,
+    steps: int = 300,
+    lr: float = 0.2,
+) -> np.ndarray:
+    """Prices ``b ≥ 0`` such that ranking by ``scores − b`` puts no candidate in more than ``cap`` of
+    the queries' top-k lists, by projected dual ascent ``b ← max(0, b + lr·(share − cap))``.
+
+    Args:
+        scores: (Q, N) float32 compatibility of each candidate with each query, ``-inf`` where not allowed.
+        k: list length.
+        cap: the largest share of lists one candidate may fill (below k/N no prices can reach it).
+        free: (N,) bool, the prices that may change (default all); the others keep ``start``.
+        start: (N,) initial prices (default 0).
+        steps: most ascent steps; stops early once no free candidate is over ``cap``.
+        lr: step size (score units per unit of excess share).
+
+    Returns:
+        (N,) float32 prices, 0 for candidates never over capacity: the first prices that bring every free
+        candidate within ``cap``, else (a cap the lists cannot meet, e.g. an audience with fewer than k
+        items of the slot) the prices of the step with the smallest largest excess, never worse than
+        ``start``.
+    """
+    n = scores.shape[1]
+    b = np.zeros(n, dtype=np.float64) if start is None else np.asarray(start, dtype=np.float64).copy()
+    free = np.ones(n, dtype=bool) if free is None else np.asarray(free, dtype=bool)
+    best, best_excess = b.copy(), np.inf
+    for _ in range(steps):
+        excess = top_k_shares(scores - b[None].astype(np.float32), k) - cap  # (N,)
+        worst = float(excess[free].max(initial=0.0))
+        if worst < best_excess:
+            best, best_excess = b.copy(), worst
+        if worst <= 0:
+            break
+        b[free] = np.maximum(0.0, b[free] + lr * excess[free])
+    return best.astype(np.float32)
+
+
+def rerank(*, scores: np.ndarray, hub: np.ndarray, beta: float = 1.0) -> np.ndarray:
+    """Order of candidates by ``score − β·hub(c)`` (β = 0: the plain order), best first.
+
+    Args:
+        scores: (P,) compatibility of each candidate with the query (the mean pair score).
+        hub: (P,) each candidate's offset (:func:`capacity_offsets`).
+        beta: the weight of the offsets, ≥ 0.
+
+    Returns:
+        (P,) int64 indices into the candidates; ties keep the plain order (a stable sort).
+    """
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0 (got {beta})")
+    key = np.asarray(scores, dtype=np.float64) - beta * np.asarray(hub, dtype=np.float64)
+    return np.argsort(-key, kind="stable")
+
+
+def k_occurrence(lists: Sequence[Sequence[int]]) -> dict[int, float]:
+    """The share of ``lists`` that contain each item (the k-occurrence N_k of Radovanović et al. 2010,
+    over the number of lists): ``{item: share}``, an item counted once per list."""
+    counts: dict[int, int] = {}
+    for items in lists:
+        for item in set(items):
+            counts[item] = counts.get(item, 0) + 1
+    n = max(len(lists), 1)
+    return {item: c / n for item, c in counts.items()}

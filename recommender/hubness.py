@@ -1,0 +1,182 @@
+"""Hub offsets of products under a model version (``ProductEmbedding.hub_score``), computed when their
+vectors are written, so that complete-the-look stops suggesting the same few items to everyone
+(:func:`ml.hubness.capacity_offsets`, :mod:`recommender.looks`).
+
+For each outfit slot, every product of the catalog whose slot asks for it (a top asks for a bottom)
+is a query, scored against the slot's candidates as complete-the-look scores them (the type-aware pair
+score, the default audience rule, never a colour variant of the query); each candidate's offset is its
+price in "no candidate fills more than ``HUBNESS_MAX_SHARE`` of the top-``HUBNESS_K`` lists". A full
+write (a training run embeds the whole catalog) prices every product; a partial write (an upload, an
+edit) prices the written products against the stored prices of the others, which it leaves as they are
+until the next full write or :func:`hub_scores_refresh`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+
+from catalog.models import Product
+from catalog.selectors import product_audience_group
+from ml.hubness import capacity_offsets
+from ml.slots import OUTFIT_SLOTS, SLOT_INDEX
+from recommender import answer_cache
+from recommender.looks import audience_filter, missing_slots
+from recommender.model_cache import heads_for
+from recommender.models import ModelVersion, ProductEmbedding
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Catalog:
+    """The catalog of one version as complete-the-look sees it: one entry per product."""
+
+    compat: np.ndarray  # (N, C) float32 unit vectors
+    slot: np.ndarray  # (N,) str
+    group: np.ndarray  # (N,) str audience group
+    variant: np.ndarray  # (N,) str variant group (the product's own key when it has none)
+    typed: np.ndarray  # (N,) bool: product type known (untyped products are never picks)
+    hub: np.ndarray  # (N,) float32 current offsets
+    free: np.ndarray  # (N,) bool: the offsets being computed (the products being written)
+
+
+def _catalog(
+    version: ModelVersion, product_ids: Sequence[int], compat: np.ndarray
+) -> tuple[_Catalog, list[int]]:
+    """The written products (first, in order; deleted ones left out) and the version's other stored
+    rows; with the positions in ``product_ids`` of the written products kept."""
+    written = Product.objects.in_bulk(list(product_ids))
+    keep = [i for i, pid in enumerate(product_ids) if int(pid) in written]
+    rows = [
+        (
+            compat[i],
+            written[int(product_ids[i])].slot,
+            product_audience_group(product=written[int(product_ids[i])]),
+            written[int(product_ids[i])].variant_group or f"pk-{product_ids[i]}",
+            written[int(product_ids[i])].product_type.lower() != "unknown",
+            0.0,
+            True,
+        )
+        for i in keep
+    ]
+    stored = ProductEmbedding.objects.filter(model_version=version).values_list(
+        "product_id",
+        "compat",
+        "slot",
+        "audience_group",
+        "hub_score",
+        "product__variant_group",
+        "product__product_type",
+    )
+    ids = {int(p) for p in product_ids}
+    rows += [
+        (
+            np.asarray(vec, dtype=np.float32),
+            slot,
+            group,
+            variant or f"pk-{pid}",
+            ptype.lower() != "unknown",
+            hub,
+            False,
+        )
+        for pid, vec, slot, group, hub, variant, ptype in stored
+        if pid not in ids
+    ]
+    dim = compat.shape[1]
+    return _Catalog(
+        compat=np.asarray([r[0] for r in rows], dtype=np.float32).reshape(-1, dim),
+        slot=np.asarray([r[1] for r in rows], dtype=object),
+        group=np.asarray([r[2] for r in rows], dtype=object),
+        variant=np.asarray([r[3] for r in rows], dtype=object),
+        typed=np.asarray([r[4] for r in rows], dtype=bool),
+        hub=np.asarray([r[5] for r in rows], dtype=np.float32),
+        free=np.asarray([r[6] for r in rows], dtype=bool),
+    ), keep
+
+
+def _slot_scores(cat: _Catalog, masks2: np.ndarray, target: str, queries: np.ndarray, cands: np.ndarray):
+    """(Q, N_t) complete-the-look scores of the candidates for each query, ``-inf`` where not allowed."""
+    scores = np.empty((len(queries), len(cands)), dtype=np.float32)
+    for source in set(cat.slot[queries]):
+        rows = cat.slot[queries] == source
+        q = cat.compat[queries[rows]] * masks2[SLOT_INDEX[target], SLOT_INDEX[source]]  # (Q_s, C)
+        scores[rows] = q @ cat.compat[cands].T
+    scores[cat.variant[queries][:, None] == cat.variant[cands][None, :]] = -np.inf
+    for group in set(cat.group[queries]):
+        allowed = audience_filter([group])
+        if allowed is not None:
+            scores[np.ix_(cat.group[queries] == group, ~np.isin(cat.group[cands], allowed))] = -np.inf
+    return scores
+
+
+def hub_scores_for(*, version: ModelVersion, product_ids: Sequence[int], compat: np.ndarray) -> np.ndarray:
+    """Offsets of the products being written under ``version`` (this module's docstring says how).
+
+    Args:
+        product_ids: N distinct product ids (a deleted product gets 0).
+        compat: (N, C) float32 their unit compatibility vectors.
+
+    Returns:
+        (N,) float32 offsets ≥ 0, in the pair score's units; zeros when the version has no heads on disk
+        (a benchmark's or a test's bare version: nothing to score pairs with) or ``HUBNESS_K`` is 0.
+    """
+    n = len(product_ids)
+    out = np.zeros(n, dtype=np.float32)
+    if not n or settings.HUBNESS_K <= 0:
+        return out
+    if not version.artifact_path or not Path(version.artifact_path).exists():
+        logger.info("model version %s has no heads on disk: hub offsets left at 0", version.pk)
+        return out
+    masks2 = heads_for(version).mask_table().detach().numpy()  # (S, S, C)
+    cat, keep = _catalog(version, product_ids, np.asarray(compat, dtype=np.float32))
+    rng = random.Random(version.pk)
+    for target in OUTFIT_SLOTS:
+        cands = np.flatnonzero((cat.slot == target) & cat.typed)
+        if not cat.free[cands].any():
+            continue
+        queries = np.flatnonzero([target in missing_slots([s]) for s in cat.slot])
+        if len(queries) > settings.HUBNESS_QUERIES:  # shares estimated on a fixed sample of queries
+            queries = np.sort(rng.sample(list(queries), settings.HUBNESS_QUERIES))
+        if not len(queries):
+            continue
+        cap = max(settings.HUBNESS_MAX_SHARE, 1.5 * settings.HUBNESS_K / len(cands))
+        cat.hub[cands] = capacity_offsets(
+            _slot_scores(cat, masks2, target, queries, cands),
+            k=settings.HUBNESS_K,
+            cap=cap,
+            free=cat.free[cands],
+            start=cat.hub[cands],
+        )
+    out[keep] = cat.hub[: len(keep)]  # the written products come first in the catalog
+    return out
+
+
+def hub_scores_refresh(*, version: ModelVersion) -> int:
+    """Price every stored row of ``version`` again from its stored vectors, as a full write would (after
+    products were added one by one, or for vectors written before offsets existed); no tower runs.
+
+    Returns:
+        The number of rows updated.
+    """
+    rows = list(
+        ProductEmbedding.objects.filter(model_version=version).values_list("pk", "product_id", "compat")
+    )
+    if not rows:
+        return 0
+    compat = np.stack([np.asarray(v, dtype=np.float32) for _, _, v in rows])  # (N, C)
+    hub = hub_scores_for(version=version, product_ids=[pid for _, pid, _ in rows], compat=compat)
+    ProductEmbedding.objects.bulk_update(
+        [ProductEmbedding(pk=pk, hub_score=float(h)) for (pk, _, _), h in zip(rows, hub, strict=True)],
+        ["hub_score"],
+        batch_size=2000,
+    )
+    if version.is_active:
+        answer_cache.invalidate()  # the served order changes
+    return len(rows)

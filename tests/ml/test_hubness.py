@@ -1,0 +1,47 @@
+"""ml.hubness on scores small enough to follow by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ml.hubness import capacity_offsets, k_occurrence, rerank, top_k_shares
+
+# Four queries, three candidates: every query's best is candidate 0, by margins 0.12, 0.22, 0.07, 0.17.
+SCORES = np.array(
+    [[1.0, 0.88, 0.5], [1.0, 0.78, 0.7], [1.0, 0.93, 0.1], [1.0, 0.6, 0.83]],
+    dtype=np.float32,
+)
+
+
+def test_top_k_shares_count_allowed_candidates_once_per_query():
+    s = np.array([[1.0, -np.inf, 0.5], [-np.inf, -np.inf, -np.inf]], dtype=np.float32)
+    assert top_k_shares(s, 2).tolist() == [0.5, 0.0, 0.5]  # the second query has nothing allowed
+    assert top_k_shares(SCORES, 1).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_the_price_of_a_hub_is_just_enough_to_give_away_its_excess_lists():
+    b = capacity_offsets(SCORES, k=1, cap=0.5, lr=0.1)
+    # steps: share 1 -> b 0.05 (loses nothing), 0.10 (loses the 0.07 margin: share 0.75),
+    # 0.125 (loses the 0.12 margin: share 0.5 = cap) -> stop
+    assert b == pytest.approx([0.125, 0.0, 0.0], abs=1e-6)
+    assert top_k_shares(SCORES - b, 1).tolist() == [0.5, 0.5, 0.0]
+
+
+def test_fixed_prices_stay_as_given():
+    start = np.array([0.2, 0.0, 0.0], dtype=np.float32)
+    b = capacity_offsets(SCORES, k=1, cap=0.5, free=np.array([False, True, True]), start=start)
+    assert b.tolist() == pytest.approx([0.2, 0.0, 0.0])  # candidate 0 keeps only the 0.22 margin
+    assert top_k_shares(SCORES - b, 1).tolist() == [0.25, 0.5, 0.25]
+
+
+def test_rerank_by_score_minus_beta_times_offset():
+    scores, hub = np.array([0.9, 0.8, 0.5]), np.array([0.4, 0.05, 0.0])
+    assert rerank(scores=scores, hub=hub).tolist() == [1, 0, 2]  # keys 0.5, 0.75, 0.5 (stable)
+    assert rerank(scores=scores, hub=hub, beta=0.0).tolist() == [0, 1, 2]
+    with pytest.raises(ValueError):
+        rerank(scores=scores, hub=hub, beta=-1)
+
+
+def test_k_occurrence_counts_an_item_once_per_list():
+    assert k_occurrence([[1, 2], [1, 1, 3], [4]]) == {1: 2 / 3, 2: 1 / 3, 3: 1 / 3, 4: 1 / 3}

@@ -1,0 +1,231 @@
+"""Complete-the-look and the swap keep to the outfit's audience and are re-ranked for hubness, on the
+trained slice of the real H&M sample (160 articles: 140 women's, 15 men's, 5 kids')."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from catalog.models import Product
+from catalog.selectors import product_audience_group
+from ml.hubness import k_occurrence
+from ml.slots import SLOT_INDEX
+from recommender import hubness, looks, model_cache, selectors
+from recommender.models import ProductEmbedding
+
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]
+
+
+def _group(p: Product) -> str:
+    return product_audience_group(product=p)
+
+
+def _first(group: str, slot: str) -> Product:
+    return next(
+        p
+        for p in Product.objects.filter(slot=slot).exclude(product_type__iexact="unknown").order_by("pk")
+        if _group(p) == group
+    )
+
+
+def _pick_groups(picks: list[looks.SlotPicks]) -> list[str]:
+    return [_group(h.product) for sp in picks for h in sp.hits]
+
+
+def test_audience_filter_is_the_fits_table():
+    assert looks.audience_filter(["men"]) == ["men", "unisex"]
+    assert looks.audience_filter(["kids"]) == ["kids", "unisex"]
+    assert looks.audience_filter(["baby"]) == ["baby", "unisex"]
+    assert looks.audience_filter(["men", "unisex"]) == ["men", "unisex"]
+    assert looks.audience_filter(["men", "women"]) == ["unisex"]
+    assert looks.audience_filter(["unisex"]) is None
+
+
+def test_vector_rows_carry_their_products_audience_group(trained_catalog):
+    rows = ProductEmbedding.objects.filter(model_version=trained_catalog).select_related("product")
+    assert all(e.audience_group == _group(e.product) for e in rows)
+    assert Counter(e.audience_group for e in rows) == {"women": 140, "men": 15, "kids": 5}
+
+
+def test_menswear_gets_no_womens_or_kids_items_unless_the_toggle_is_off(trained_catalog):
+    shirt = _first("men", "top")
+    picks = looks.complete_the_look(product_ids=[shirt.pk], k=4)
+    assert set(_pick_groups(picks)) == {"men"}  # the slice has no unisex item
+    # every men's bottom of the slice, colour variants once: the filter inside the index loses none
+    men_bottoms = {p.variant_group for p in Product.objects.filter(slot="bottom") if _group(p) == "men"}
+    bottoms = next(sp for sp in picks if sp.slot == "bottom").hits
+    assert len(bottoms) == len(men_bottoms) == 2
+    assert {h.product.variant_group for h in bottoms} == men_bottoms
+    mixed = looks.complete_the_look(product_ids=[shirt.pk], k=4, audience="any")
+    others = [g for g in _pick_groups(mixed) if g != "men"]
+    assert len(others) >= 5 and set(others) <= {"women", "kids"}, others
+
+
+@pytest.mark.parametrize("group", ["women", "kids"])
+def test_womens_and_kids_items_get_their_own_audience(trained_catalog, group):
+    top = _first(group, "top")
+    got = _pick_groups(looks.complete_the_look(product_ids=[top.pk], k=4))
+    assert got and set(got) == {group}
+    if group == "kids":  # a kids' top next to women's and men's items once the toggle is off
+        assert {"women"} <= set(
+            _pick_groups(looks.complete_the_look(product_ids=[top.pk], k=4, audience="any"))
+        )
+
+
+def _ranking_sqls(fn) -> list[str]:
+    with CaptureQueriesContext(connection) as ctx:
+        fn()
+    return [q["sql"] for q in ctx.captured_queries if "<#>" in q["sql"] and "ORDER BY" in q["sql"]]
+
+
+def test_the_audience_filter_runs_inside_each_slots_hnsw_scan(trained_catalog):
+    shirt = _first("men", "top")
+    sqls = _ranking_sqls(lambda: looks.complete_the_look(product_ids=[shirt.pk], k=4))
+    assert len(sqls) == len(looks.missing_slots(["top"]))
+    for sql in sqls:
+        assert "\"audience_group\" IN ('men', 'unisex')" in sql, sql
+        slot = re.search(r"\.\"slot\" = '([\w-]+)'", sql).group(1)
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute("ANALYZE recommender_productembedding")
+            cur.execute(selectors.ranking_settings_sql("complete", 50))
+            cur.execute("EXPLAIN " + sql)
+            plan = "\n".join(r[0] for r in cur.fetchall())
+        assert f"Index Scan using emb_compat_{slot.split('-')[0]}_hnsw" in plan, plan
+        assert "audience_group" in plan and "Sort" not in plan.split("Index Scan")[0], plan
+    # the iterative scan is what keeps k rows coming past the filter (ranking_settings_sql)
+    assert "SET LOCAL hnsw.iterative_scan = relaxed_order" in selectors.ranking_settings_sql("complete", 5)
+    mixed = _ranking_sqls(lambda: looks.complete_the_look(product_ids=[shirt.pk], k=4, audience="any"))
+    assert mixed and not any("audience_group" in sql for sql in mixed)
+
+
+def test_filtered_pool_equals_the_exact_ranking_of_the_matching_rows(trained_catalog):
+    """With the audience filter the index still returns every matching row, in exact order."""
+    shirt = _first("men", "top")
+    picks = looks.complete_the_look(product_ids=[shirt.pk], k=20, slots=["top"], reduce_hubs=False)
+    heads = model_cache.heads_for(trained_catalog)
+    emb = ProductEmbedding.objects.get(model_version=trained_catalog, product=shirt)
+    f = torch.as_tensor(np.asarray(emb.compat, dtype=np.float32))[None]
+    with torch.no_grad():
+        q = heads.slot_query(f, torch.as_tensor([SLOT_INDEX["top"]]), SLOT_INDEX["top"]).numpy()
+    rows = ProductEmbedding.objects.filter(
+        model_version=trained_catalog, slot="top", audience_group__in=["men", "unisex"]
+    ).exclude(product__variant_group=shirt.variant_group)
+    exact = sorted(((float(np.dot(np.asarray(r.compat), q)), r.product_id) for r in rows), reverse=True)
+    got = [h.product.pk for h in picks[0].hits]
+    # colour variants of a pick are dropped after the ranking: compare against the first of each group
+    seen, expected = set(), []
+    for _, pid in exact:
+        group = Product.objects.get(pk=pid).variant_group or pid
+        if group not in seen:
+            seen.add(group)
+            expected.append(pid)
+    assert got == expected and len(got) == 7
+
+
+def test_the_swap_keeps_to_the_audience_of_the_rest_of_the_outfit(trained_catalog):
+    shirt, trousers, shoes = _first("men", "top"), _first("men", "bottom"), _first("women", "shoes")
+    ids = [shirt.pk, trousers.pk, shoes.pk]
+    res = looks.outfit_compatibility(product_ids=ids)
+    m = np.asarray(res.matrix)
+    i, j = ids.index(res.weakest[0]), ids.index(res.weakest[1])
+    weaker = i if m[i].sum() <= m[j].sum() else j  # the item the swap replaces
+    rest = [_group(Product.objects.get(pk=pid)) for x, pid in enumerate(ids) if x != weaker]
+    allowed = looks.audience_filter(rest)
+    sqls = _ranking_sqls(lambda: looks.outfit_compatibility(product_ids=ids))
+    assert len(sqls) == 1
+    listed = ", ".join(f"'{g}'" for g in allowed)
+    assert f'"audience_group" IN ({listed})' in sqls[0], sqls[0]
+    if res.suggestion is not None:
+        assert _group(res.suggestion.product) in allowed
+    mixed = _ranking_sqls(lambda: looks.outfit_compatibility(product_ids=ids, audience="any"))
+    assert len(mixed) == 1 and "audience_group" not in mixed[0]
+
+
+def test_api_takes_audience_any_and_caches_each_mode_apart(trained_catalog):
+    api = APIClient()
+    shirt = _first("men", "top")
+    match = api.post("/api/complete-the-look/", {"product_ids": [shirt.pk]}, format="json").json()
+    mixed = api.post(
+        "/api/complete-the-look/", {"product_ids": [shirt.pk], "audience": "any"}, format="json"
+    ).json()
+    groups = {
+        mode: {_group(Product.objects.get(pk=h["product"]["id"])) for sp in answer for h in sp["hits"]}
+        for mode, answer in (("match", match), ("any", mixed))
+    }
+    assert groups["match"] == {"men"} and {"women", "kids"} <= groups["any"]
+    r = api.post("/api/compatibility/", {"product_ids": [shirt.pk, 1], "audience": "all"}, format="json")
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == 'audience: "all" is not a valid choice.'
+
+
+def _lists(**kwargs) -> dict[str, list[list[int]]]:
+    """Every product of the slice asks for a look: the top-5 lists of each open slot."""
+    out: dict[str, list[list[int]]] = {}
+    for pid in Product.objects.order_by("pk").values_list("pk", flat=True):
+        for sp in looks.complete_the_look(product_ids=[pid], k=5, **kwargs):
+            out.setdefault(sp.slot, []).append([h.product.pk for h in sp.hits])
+    return out
+
+
+def test_offsets_spread_the_picks_and_keep_them_relevant(trained_catalog, settings):
+    """Every product of the slice asks for a look: the top and bottom most often suggested lose most of
+    their share (the slice's 64 tops and 34 bottoms cap it at 1.5·5/64 and 1.5·5/34), more distinct
+    items are suggested, and the picks stay among the plain ranking's top 20."""
+    plain, spread = _lists(reduce_hubs=False), _lists()
+
+    def share(lists, slot):
+        return max(k_occurrence(lists[slot]).values())
+
+    assert share(plain, "top") > 0.6 and share(spread, "top") < 0.25
+    assert share(plain, "bottom") > 0.75 and share(spread, "bottom") < 0.45
+    for slot in ("outerwear", "one-piece"):  # 18 and 13 items: a high floor, still lower
+        assert share(spread, slot) < share(plain, slot)
+    assert len(k_occurrence(spread["top"])) > len(k_occurrence(plain["top"])) + 5
+    kept = n = 0
+    for pid in Product.objects.order_by("pk").values_list("pk", flat=True):
+        top20 = {
+            sp.slot: {h.product.pk for h in sp.hits}
+            for sp in looks.complete_the_look(product_ids=[pid], k=20, reduce_hubs=False)
+        }
+        for sp in looks.complete_the_look(product_ids=[pid], k=5):
+            n += len(sp.hits)
+            kept += sum(h.product.pk in top20[sp.slot] for h in sp.hits)
+    assert kept / n > 0.95
+    settings.HUBNESS_PENALTY = 0.0  # the mechanism off: the plain order
+    assert _lists() == plain
+
+
+def test_offsets_are_prices_of_the_few_items_over_capacity(trained_catalog):
+    rows = ProductEmbedding.objects.filter(model_version=trained_catalog)
+    priced = rows.filter(hub_score__gt=0)
+    assert 0 < priced.count() < 0.4 * rows.count()
+    assert not rows.filter(hub_score__lt=0).exists()
+    assert set(priced.values_list("slot", flat=True)) <= set(looks.missing_slots([]))
+    # the most often suggested top is priced: it would otherwise fill 66% of the top lists
+    plain = _lists(reduce_hubs=False)["top"]
+    hub, _ = max(k_occurrence(plain).items(), key=lambda kv: kv[1])
+    assert rows.get(product_id=hub).hub_score > 0.03
+
+
+def test_a_partial_write_prices_the_product_against_the_stored_prices(trained_catalog):
+    """An upload or an edit re-embeds one product: its offset is found again with the others' kept."""
+    from recommender.services import embeddings_write
+
+    top = ProductEmbedding.objects.filter(model_version=trained_catalog).order_by("-hub_score").first()
+    before = {e.pk: e.hub_score for e in ProductEmbedding.objects.filter(model_version=trained_catalog)}
+    vec = {c: np.asarray([getattr(top, c)], dtype=np.float32) for c in ("image", "text", "fused", "compat")}
+    embeddings_write(version=trained_catalog, product_ids=[top.product_id], **vec)
+    after = {e.pk: e.hub_score for e in ProductEmbedding.objects.filter(model_version=trained_catalog)}
+    assert {pk: v for pk, v in after.items() if pk != top.pk} == {
+        pk: v for pk, v in before.items() if pk != top.pk
+    }
+    assert after[top.pk] > 0.03  # priced again (alone, not necessarily at the same price)
+    assert hubness.hub_scores_refresh(version=trained_catalog) == len(after)  # a full pricing again
+    assert ProductEmbedding.objects.get(pk=top.pk).hub_score == pytest.approx(top.hub_score, abs=1e-6)
