@@ -470,7 +470,6 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
             args.hm_root,
             bundle=bundle,
             limit=args.limit or None,
-            seed=cfg.seed,
             val_fraction=cfg.val_fraction,
             cache_dir=args.feature_cache,
         )

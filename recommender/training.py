@@ -221,7 +221,7 @@ def _features(r: _Run) -> tuple[Embedder, TrainData, list[tuple[int, str]]]:
         log=f"tower features of {len(r.products)} products in {r.timings['features_s']:.1f} s "
         f"({len(failed)} unreadable photos)",
     )
-    data = ml_bridge.train_data(r.products, img, txt, val_fraction=r.cfg.val_fraction, seed=r.cfg.seed)
+    data = ml_bridge.train_data(r.products, img, txt, val_fraction=r.cfg.val_fraction)
     return embedder, data, failed
 
 

@@ -32,7 +32,7 @@ class Command(BaseCommand):
         if len(products) < 10:
             raise CommandError(f"{len(products)} products: import the catalog first")
         img, txt, _ = ml_bridge.tower_features(ml_bridge.zero_shot_embedder(), products, progress=True)
-        data = ml_bridge.train_data(products, img, txt, val_fraction=0.1, seed=opts["seed"])
+        data = ml_bridge.train_data(products, img, txt, val_fraction=0.1)
         if opts["export"]:
             data.save(opts["export"])
             self.stdout.write(f"features file: {opts['export']}")
