@@ -15,8 +15,8 @@ serving's ``<q_t, f_x>`` with ``q_t = Σ_i f_i ⊙ m_{s_i t}²``, ``ml.heads``).
   alone keep a second pair of trousers out of a look that has trousers?
 
 Ties (coarse baselines score many items alike) are broken at random: a rank is the expected rank of x
-among the items tied with it, a recall the expected share, and the top-10 picks are drawn among ties
-with a seeded generator, so every row sees the same draws.
+among the items tied with it, a recall the expected share, and the items tied at the top-10 cut are
+drawn with a seeded generator.
 """
 
 from __future__ import annotations
@@ -98,9 +98,13 @@ def complementary_set(data: TrainData) -> ComplementarySet:
 
 
 def _top(scores: np.ndarray, items: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """The k best items, ties broken by a random draw: (min(k, G),) int64."""
-    order = np.lexsort((rng.random(len(scores)), -scores))  # last key sorts first
-    return items[order[:k]]
+    """The k best items, those tied at the cut drawn at random: (min(k, G),) int64, in no order."""
+    if len(scores) <= k:
+        return items
+    kth = np.partition(scores, len(scores) - k)[len(scores) - k]  # the k-th highest score
+    above = np.flatnonzero(scores > kth)
+    tied = np.flatnonzero(scores == kth)
+    return items[np.concatenate([above, rng.permutation(tied)[: k - len(above)]])]
 
 
 def _query_group(groups: np.ndarray) -> str:

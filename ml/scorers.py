@@ -166,9 +166,17 @@ def heads_scorer(heads: RecommenderHeads, image: np.ndarray, text: np.ndarray, s
             parts.append(heads.pair_score(compat[ai], compat[bi], slot_t[ai], slot_t[bi]).double().numpy())
         return np.concatenate(parts) if parts else np.zeros(0)
 
+    order = np.argsort(item_slots, kind="stable")  # items grouped by slot
+    f_by_slot = f[order]  # (N, C)
+    bounds = np.searchsorted(item_slots[order], np.arange(m2.shape[0] + 1))  # (S + 1,)
+
     def summed(given: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         # q[s] = Σ_i f_i ⊙ m²[s_i, s]: the serving's slot query for every slot s, (S, C)
         q = np.einsum("kc,ksc->sc", f[given], m2[item_slots[given]])
-        return np.einsum("gc,gc->g", f[candidates], q[item_slots[candidates]])
+        every = np.empty(len(f))  # (N,) every item against its own slot's query
+        every[order] = np.concatenate(
+            [f_by_slot[bounds[s] : bounds[s + 1]] @ q[s] for s in range(len(bounds) - 1)]
+        )
+        return every[candidates]
 
     return Scorer(pair, summed)
