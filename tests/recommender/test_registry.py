@@ -479,3 +479,17 @@ def test_the_quality_gate_keeps_a_worse_version_inactive(trained_catalog, merch,
         assert ModelVersion.objects.get(is_active=True) == version
     finally:
         model_version_activate(version=trained_catalog)
+
+
+def test_manage_py_evaluate_prints_the_matched_protocol_first(trained_catalog, tmp_path):
+    import io
+
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("evaluate", versions=str(trained_catalog.pk), out=str(tmp_path), stdout=out)
+    text = out.getvalue()
+    assert text.index("### Popularity-matched protocol (headline)") < text.index("### Random protocol")
+    row = f"| v{trained_catalog.pk} {trained_catalog.name} |"
+    assert row in text and "| popularity |" in text and "| *best baseline* |" in text
+    assert (tmp_path / "report.md").exists() and (tmp_path / "metrics.json").exists()
