@@ -72,10 +72,8 @@ def test_import_train_on_worker_query_and_upload(worker, hm_root):
     version = ModelVersion.objects.get(is_active=True)
     assert version == run.model_version
     assert ProductEmbedding.objects.filter(model_version=version).count() == Product.objects.count()
-    assert (
-        version.metrics["evaluation"]["fine-tuned"]["recall@10"]
-        > version.metrics["evaluation"]["zero-shot"]["recall@10"]
-    )
+    ev = version.metrics["evaluation"]
+    assert ev["fine-tuned"]["mrr"] > ev["zero-shot"]["mrr"]  # the held-out gallery may hold under 10 items
 
     types = [h.product.product_type for h in selectors.text_search(query="jeans", k=5)]
     assert types.count("Trousers") + types.count("Shorts") >= 3, types
