@@ -1,4 +1,4 @@
-"""The H&M catalog sample: article reader, basket → outfit cleaning, seeded splits. No Django.
+"""The H&M catalog sample: article reader, basket → outfit cleaning, fixed hash splits. No Django.
 
 The data lives outside the repo (``../shared/data/hm``, see its README) and is read at run time.
 """
@@ -6,6 +6,7 @@ The data lives outside the repo (``../shared/data/hm``, see its README) and is r
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import random
 from collections.abc import Iterable, Sequence
@@ -246,13 +247,37 @@ def outfits_from_baskets(
     return out
 
 
-def split_is_test(key: str | int, test_fraction: float, seed: int) -> bool:
-    """Seeded, order-independent split: is this outfit (by stable key) held out for evaluation?
+#: Salt of the held-out split. Fixed for good: changing it moves every outfit and product between the
+#: training and held-out sides, and then no two versions' held-out figures compare.
+SPLIT_SALT = "fashion-heldout-v1"
 
-    Uses ``random.Random(f"{seed}:{key}")`` so an outfit's split never changes when the catalog grows
-    or is imported in another order.
+
+def unit_hash(key: str | int, salt: str = SPLIT_SALT) -> float:
+    """A uniform number in [0, 1) from ``sha256(f"{salt}:{key}")`` (its first 8 bytes / 2**64).
+
+    Depends on the key and the salt alone: not on Python's hash seed, a training seed, the catalog's
+    size or the order rows are read in.
     """
-    return random.Random(f"{seed}:{key}").random() < test_fraction
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def held_out(key: str | int, fraction: float, salt: str = SPLIT_SALT) -> bool:
+    """Is the outfit or product with this stable key (basket id, SKU) on the held-out side?
+
+    ``unit_hash(key, salt) < fraction``: fixed per key, so an outfit's or product's side never changes
+    when the catalog grows, is imported in another order, or a model is trained with another seed.
+    """
+    return unit_hash(key, salt) < fraction
+
+
+def split_is_test(key: str | int, test_fraction: float, seed: int = 0) -> bool:
+    """The catalog import's outfit split: :func:`held_out` with the fixed salt (``seed=0``, the default).
+
+    ``seed`` is the import's own (``import_catalog --seed``), never a training seed; a non-zero one
+    is mixed into the salt, for a deliberately different split.
+    """
+    return held_out(key, test_fraction, SPLIT_SALT if seed == 0 else f"{SPLIT_SALT}:{seed}")
 
 
 def select_articles(

@@ -3,10 +3,12 @@
 * :class:`TrainData`: tower outputs, slots, product types and outfits of N items, as arrays; saved to and
   loaded from an ``.npz`` file.
 * Splits: :func:`split_outfits` (train / validation / test outfits) and :func:`split_items` (held-out and
-  validation products), seeded and stable per key (:func:`ml.data.split_is_test`); :func:`category_ids`
-  numbers string labels; :func:`training_rows` gives the rows a run trains and validates on.
+  validation products), fixed per key by a salted hash (:func:`ml.data.held_out`) and independent of any
+  training seed; :func:`category_ids` numbers string labels; :func:`training_rows` gives the rows a run
+  trains and validates on.
 * :func:`train_data_from_hm`: a :class:`TrainData` straight from the H&M sample folder
-  (``recommender.ml_bridge.train_data`` builds the same arrays from the catalog's rows).
+  (``recommender.ml_bridge.train_data`` builds the same arrays from the catalog's rows);
+  :func:`hm_articles` and :func:`hm_train_data` are its two halves (rows, then arrays from features).
 * What a training step samples: :func:`outfit_pairs` (anchor, positive) and :class:`NegativeSampler`
   (candidate negatives) for the compatibility triplets.
 * :func:`fitb_questions`: fill-in-the-blank questions, for validation (``ml.train``) and evaluation
@@ -24,7 +26,14 @@ from typing import Any
 import numpy as np
 
 from ml.audience import audience_ids
-from ml.data import outfits_from_baskets, read_articles, read_baskets, select_articles, split_is_test
+from ml.data import (
+    HMArticle,
+    held_out,
+    outfits_from_baskets,
+    read_articles,
+    read_baskets,
+    select_articles,
+)
 from ml.slots import SLOT_INDEX
 
 logger = logging.getLogger(__name__)
@@ -47,9 +56,10 @@ class TrainData:
         val_outfits: outfits for early stopping (never trained on).
         item_ids: (N,) the products' ids, to map results back (not used in training).
         test_outfits: held-out outfits for evaluation only (``ml.evaluate``); never trained on.
-        attrs: extra (N,) int64 attribute ids for the non-learned baselines, e.g. ``{"section": ...,
-            "department": ..., "colour": ...}``, and ``"audience"`` (indices into
-            ``ml.audience.AUDIENCE_GROUPS``: training pairs keep to audiences that fit, ``ml.sampling``).
+        attrs: extra (N,) int64 attribute ids: ``section``, ``department``, ``colour`` (the attribute-match
+            baseline), ``audience`` (indices into ``ml.audience.AUDIENCE_GROUPS``: that baseline and
+            the audience coherence of complete-the-look), ``variant`` (the colour-variant group: product
+            code / ``Product.variant_group``; the evaluation protocols never offer an answer's variant).
         heldout_items: (G,) int64 products never seen by the image↔text loss: the gallery of the
             text→item evaluation (``ml.evaluate``).
         val_items: (V,) int64 products also kept out of the image↔text loss, for early stopping.
@@ -155,15 +165,15 @@ def category_ids(values: Sequence[str]) -> np.ndarray:
 
 
 def split_outfits(
-    outfits: Sequence[tuple[str, np.ndarray, bool]], *, val_fraction: float, seed: int
+    outfits: Sequence[tuple[str, np.ndarray, bool]], *, val_fraction: float
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
     """(train, val, test) outfits: ``(key, items (K,) int64, is_test)``; a non-test outfit goes to
-    validation when ``split_is_test(f"val-{key}", val_fraction, seed)`` (seeded, stable per key)."""
+    validation when ``held_out(f"val-{key}", val_fraction)`` (a fixed salted hash of its key)."""
     train_o, val_o, test_o = [], [], []
     for key, items, is_test in outfits:
         if is_test:
             test_o.append(items)
-        elif split_is_test(f"val-{key}", val_fraction, seed):
+        elif held_out(f"val-{key}", val_fraction):
             val_o.append(items)
         else:
             train_o.append(items)
@@ -171,16 +181,17 @@ def split_outfits(
 
 
 def split_items(
-    keys: Sequence[str], *, heldout_fraction: float, val_fraction: float, seed: int
+    keys: Sequence[str], *, heldout_fraction: float, val_fraction: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """(held-out rows, validation rows), each (M,) int64, for items with stable keys (SKU or article id):
     held out (``item-<key>``, kept out of the image↔text loss and used as the text→item gallery), and
-    validation among the others (``val-item-<key>``)."""
-    held = [split_is_test(f"item-{k}", heldout_fraction, seed) for k in keys]
+    validation among the others (``val-item-<key>``); both by :func:`ml.data.held_out` (fixed salted
+    hash), so a product's side never depends on a training seed or on the rest of the catalog."""
+    held = [held_out(f"item-{k}", heldout_fraction) for k in keys]
     val = [
         i
         for i, (k, h) in enumerate(zip(keys, held, strict=True))
-        if not h and split_is_test(f"val-item-{k}", val_fraction, seed)
+        if not h and held_out(f"val-item-{k}", val_fraction)
     ]
     return np.flatnonzero(held).astype(np.int64), np.asarray(val, dtype=np.int64)
 
@@ -226,7 +237,6 @@ def train_data_from_hm(
     *,
     bundle: Any,
     limit: int | None = None,
-    seed: int = 0,
     test_fraction: float = 0.15,
     val_fraction: float = 0.1,
     heldout_fraction: float = 0.1,
@@ -234,16 +244,18 @@ def train_data_from_hm(
 ) -> TrainData:
     """:class:`TrainData` straight from the H&M sample folder, without Django or a database.
 
-    The same splits as the catalog import + ``recommender.ml_bridge.train_data`` (seeded, stable per basket /
-    article): ``test_fraction`` of the baskets held out (key ``hm-basket-<i>``), ``val_fraction`` of the
-    others for early stopping, ``heldout_fraction`` of the articles kept out of the image↔text loss.
+    The same splits as the catalog import + ``recommender.ml_bridge.train_data`` (a fixed salted hash per
+    basket / article, :func:`ml.data.held_out`; no seed): ``test_fraction`` of the baskets held out (key
+    ``hm-basket-<i>``), ``val_fraction`` of the others for early stopping, ``heldout_fraction`` of the
+    articles kept out of the image↔text loss.
     Tower features come from ``bundle`` (through the feature cache when ``cache_dir`` is set); the image
     paths and texts are kept for tower fine-tuning.
 
     Args:
         root: folder with ``articles.csv``, ``baskets.json`` and ``images/``.
         bundle: the :class:`~ml.model.ClipBundle` computing the frozen tower features.
-        limit: keep about this many articles, whole baskets only (``ml.data.select_articles``); None = all.
+        limit: keep about this many articles, whole baskets only (``ml.data.select_articles`` with seed 0,
+            the catalog import's default); None = all.
 
     Raises:
         FileNotFoundError / ValueError: from :func:`ml.data.read_articles` / :func:`ml.data.read_baskets`.
@@ -251,12 +263,7 @@ def train_data_from_hm(
     # lazy: ml.features imports open_clip (~3 s); only this H&M path computes tower features
     from ml.features import FeatureCache, FeatureExtractor
 
-    articles, errors = read_articles(root)
-    for err in errors[:10]:
-        logger.warning("articles.csv line %d (%s) skipped: %s", err.line, err.article_id, err.reason)
-    baskets = read_baskets(root)
-    arts = select_articles(articles, baskets, limit, seed=seed)
-    index = {a.article_id: i for i, a in enumerate(arts)}
+    arts, baskets = hm_articles(root, limit)
     paths, texts = [str(a.image_path) for a in arts], [a.text for a in arts]
     ex = FeatureExtractor(bundle, batch_size=32)
     if cache_dir is not None:
@@ -268,20 +275,54 @@ def train_data_from_hm(
         txt = ex.encode_texts(texts, progress=True)
     if failed:
         logger.warning("%d photos unreadable (zero image features)", len(failed))
+    return hm_train_data(
+        arts,
+        baskets,
+        img,
+        txt,
+        test_fraction=test_fraction,
+        val_fraction=val_fraction,
+        heldout_fraction=heldout_fraction,
+    )
+
+
+def hm_articles(root: Path | str, limit: int | None = None) -> tuple[list[HMArticle], list[list[str]]]:
+    """The H&M sample's valid articles (about ``limit`` of them, whole baskets only, ``select_articles``
+    with seed 0 as the catalog import) and all its baskets; malformed rows are logged and skipped."""
+    articles, errors = read_articles(root)
+    for err in errors[:10]:
+        logger.warning("articles.csv line %d (%s) skipped: %s", err.line, err.article_id, err.reason)
+    baskets = read_baskets(root)
+    return select_articles(articles, baskets, limit, seed=0), baskets
+
+
+def hm_train_data(
+    arts: Sequence[HMArticle],
+    baskets: Sequence[Sequence[str]],
+    img: np.ndarray,
+    txt: np.ndarray,
+    *,
+    test_fraction: float = 0.15,
+    val_fraction: float = 0.1,
+    heldout_fraction: float = 0.1,
+) -> TrainData:
+    """:class:`TrainData` of H&M articles (in order) with their (N, E) tower features: outfits from the
+    baskets (:func:`ml.data.outfits_from_baskets`), the fixed splits of :func:`train_data_from_hm`, and
+    the attributes (section, department, colour, audience group of the index group, variant = product code)."""
+    index = {a.article_id: i for i, a in enumerate(arts)}
     train_o, val_o, test_o = split_outfits(
         [
             (
                 key,
                 np.asarray([index[i] for i in items], dtype=np.int64),
-                split_is_test(f"hm-basket-{key}", test_fraction, seed),
+                held_out(f"hm-basket-{key}", test_fraction),
             )
             for key, items in outfits_from_baskets(baskets, {a.article_id: a.product_code for a in arts})
         ],
         val_fraction=val_fraction,
-        seed=seed,
     )
     heldout, val_items = split_items(
-        [a.article_id for a in arts], heldout_fraction=heldout_fraction, val_fraction=val_fraction, seed=seed
+        [a.article_id for a in arts], heldout_fraction=heldout_fraction, val_fraction=val_fraction
     )
     return TrainData(
         image=img,
@@ -297,9 +338,10 @@ def train_data_from_hm(
         attrs={
             **{k: category_ids([getattr(a, k) for a in arts]) for k in ("section", "department", "colour")},
             "audience": audience_ids((a.audience, a.section, a.department) for a in arts),
+            "variant": category_ids([a.product_code for a in arts]),
         },
-        image_paths=paths,
-        texts=texts,
+        image_paths=[str(a.image_path) for a in arts],
+        texts=[a.text for a in arts],
     )
 
 

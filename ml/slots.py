@@ -7,6 +7,7 @@ slot; the type-aware compatibility space (Vasileva et al. 2018) conditions on pa
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 TOP = "top"
 BOTTOM = "bottom"
@@ -153,3 +154,15 @@ def slot_for(product_group: str, product_type: str, *hints: str) -> str:
     if slot in (TOP, BOTTOM) and hints and _ONE_PIECE_NAME.search(hints[0] or ""):
         return ONE_PIECE
     return slot
+
+
+def missing_slots(given: Iterable[str]) -> list[str]:
+    """Outfit slots still open after ``given`` (complete-the-look's targets, in :data:`OUTFIT_SLOTS` order):
+    a one-piece fills top and bottom, and a top or bottom excludes a one-piece."""
+    have = set(given)
+    out = [s for s in OUTFIT_SLOTS if s not in have]
+    if ONE_PIECE in have:
+        out = [s for s in out if s not in (TOP, BOTTOM)]
+    if have & {TOP, BOTTOM}:
+        out = [s for s in out if s != ONE_PIECE]
+    return out

@@ -30,8 +30,13 @@ import numpy as np
 import torch
 
 from ml.config import ModelConfig, TrainConfig
-from ml.dataset import TrainData, fitb_questions, train_data_from_hm, training_rows
-from ml.evaluate import evaluate_heads
+from ml.dataset import (
+    TrainData,
+    fitb_questions,
+    train_data_from_hm,
+    training_rows,
+)
+from ml.evaluate import evaluate_all, markdown_report, write_report
 from ml.heads import RecommenderHeads, save_heads
 from ml.losses import ClipLoss, SoftmaxClassificationLoss, TypeAwareTripletLoss
 from ml.metrics import fitb_accuracy_heads, text_to_image_recall
@@ -467,7 +472,6 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
             args.hm_root,
             bundle=bundle,
             limit=args.limit or None,
-            seed=cfg.seed,
             val_fraction=cfg.val_fraction,
             cache_dir=args.feature_cache,
         )
@@ -482,20 +486,18 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
         {"model": mcfg.to_dict(), "train_config": cfg.to_dict(), "history": result.history},
     )
     (args.out / "history.json").write_text(json.dumps(result.history, indent=1))
-    if data.test_outfits:  # held-out metrics (ml.evaluate), with the tuned towers' features when tuned
-        eval_data = data
+    if data.test_outfits:  # held-out tables (ml.evaluate), on the tuned towers' features when tuned
+        own = {}
         if result.heads.tower_state and bundle is not None and data.image_paths and data.texts:
             from ml.features import FeatureExtractor  # lazy, as ml.model above: open_clip
 
             ex = FeatureExtractor(bundle, batch_size=cfg.batch_size if bundle.device.type == "cuda" else 32)
             img, _ = ex.encode_images(data.image_paths, progress=True)
-            eval_data = replace(data, image=img, text=ex.encode_texts(data.texts, progress=True))
-        metrics = evaluate_heads(eval_data, result.heads, seed=cfg.seed)
-        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        print(
-            "held-out metrics: "
-            + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
-        )
+            own["fine-tuned"] = (img, ex.encode_texts(data.texts, progress=True))
+        results = evaluate_all(data, {"fine-tuned": result.heads}, features=own)  # fixed protocol seed
+        plot_data = replace(data, image=own["fine-tuned"][0], text=own["fine-tuned"][1]) if own else data
+        write_report(results, args.out, history=result.history, data=plot_data, heads=result.heads)
+        print(markdown_report(results))
     towers = f", tuned towers ({len(result.heads.tower_state)} tensors)" if result.heads.tower_state else ""
     print(
         f"trained {result.steps} steps in {result.seconds:.1f} s ({result.samples_per_s:.0f} samples/s); "

@@ -25,9 +25,9 @@ from django.conf import settings
 from catalog.models import Product
 from catalog.selectors import product_audience_group
 from ml.hubness import capacity_offsets
-from ml.slots import OUTFIT_SLOTS, SLOT_INDEX
+from ml.slots import OUTFIT_SLOTS, SLOT_INDEX, missing_slots
 from recommender import answer_cache
-from recommender.looks import audience_filter, missing_slots
+from recommender.looks import audience_filter
 from recommender.model_cache import heads_for
 from recommender.models import ModelVersion, ProductEmbedding
 

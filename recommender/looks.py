@@ -23,7 +23,7 @@ from django.conf import settings
 from catalog.models import Product
 from ml.audience import AUDIENCE_GROUPS, audience_fits
 from ml.hubness import rerank
-from ml.slots import BOTTOM, ONE_PIECE, OUTFIT_SLOTS, SLOT_INDEX, TOP
+from ml.slots import BOTTOM, ONE_PIECE, SLOT_INDEX, TOP, missing_slots
 from recommender.model_cache import heads_for
 from recommender.models import ModelVersion, ProductEmbedding
 from recommender.selectors import Hit, NoActiveModel, UnknownProducts, active_version, ranked_many
@@ -42,17 +42,6 @@ def outfit_embeddings(version: ModelVersion, product_ids: Sequence[int]) -> list
     if missing:
         raise NoActiveModel(f"product(s) {missing} have no vectors for model version {version.pk} yet")
     return [embs[i] for i in ids]
-
-
-def missing_slots(given: Sequence[str]) -> list[str]:
-    """Outfit slots still open: a one-piece fills top and bottom, and a top or bottom excludes a one-piece."""
-    have = set(given)
-    out = [s for s in OUTFIT_SLOTS if s not in have]
-    if ONE_PIECE in have:
-        out = [s for s in out if s not in (TOP, BOTTOM)]
-    if have & {TOP, BOTTOM}:
-        out = [s for s in out if s != ONE_PIECE]
-    return out
 
 
 @dataclass

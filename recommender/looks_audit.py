@@ -28,7 +28,8 @@ from catalog.models import Outfit, Product
 from catalog.selectors import product_audience_group
 from ml.audience import audience_fits
 from ml.hubness import k_occurrence
-from recommender.looks import complete_the_look, missing_slots
+from ml.slots import missing_slots
+from recommender.looks import complete_the_look
 from recommender.models import ProductEmbedding
 from recommender.selectors import active_version
 

@@ -75,7 +75,6 @@ def train_data(
     txt: np.ndarray,
     *,
     val_fraction: float,
-    seed: int,
     heldout_fraction: float = 0.1,
 ) -> TrainData:
     """Arrays for :func:`ml.train.train` and :mod:`ml.evaluate` from products (in order) and their features.
@@ -84,13 +83,14 @@ def train_data(
         products: the rows, in the order of ``img`` / ``txt``.
         img, txt: (N, E) float32 tower features of ``products``.
         val_fraction: share of training outfits (and of non-held-out items) used for validation.
-        seed: seed of every split.
         heldout_fraction: share of products (by SKU) kept out of the image↔text loss: the text→item
             evaluation gallery.
 
-    Splits (all seeded and stable per SKU / outfit): outfits of the ``test`` split are held out for
-    evaluation; ``val_fraction`` of the other outfits validate early stopping; ``heldout_fraction`` of
-    the products never enter the image↔text loss, and ``val_fraction`` of the rest validate it.
+    Splits, fixed per SKU / outfit and independent of any training seed: outfits of the catalog's
+    ``test`` split (set at import by a salted hash of the basket id, ``ml.data.split_is_test``) are held
+    out for evaluation; ``val_fraction`` of the other outfits validate early stopping; ``heldout_fraction``
+    of the products never enter the image↔text loss, and ``val_fraction`` of the rest validate it (a
+    salted hash of the outfit id / SKU, :func:`ml.data.held_out`).
     """
     index = {p.pk: i for i, p in enumerate(products)}
     outfits: dict[int, tuple[str, list[int]]] = {}
@@ -105,10 +105,9 @@ def train_data(
             if len(items) >= 2
         ],
         val_fraction=val_fraction,
-        seed=seed,
     )
     heldout, val_items = split_items(
-        [p.sku for p in products], heldout_fraction=heldout_fraction, val_fraction=val_fraction, seed=seed
+        [p.sku for p in products], heldout_fraction=heldout_fraction, val_fraction=val_fraction
     )
     paths, texts = product_inputs(products)
     return TrainData(
@@ -127,8 +126,10 @@ def train_data(
                 a: category_ids([getattr(p, a) for p in products])
                 for a in ("section", "department", "colour")
             },
-            # who each product is for (ids into ml.audience.AUDIENCE_GROUPS): training pairs keep to fitting ones
+            # who each product is for (ids into ml.audience.AUDIENCE_GROUPS): training pairs keep to fitting
+            # ones, and the evaluation's audience coherence reads them
             "audience": audience_ids(p.audience_group for p in products),
+            "variant": category_ids([p.variant_group or f"sku-{p.sku}" for p in products]),
         },
         image_paths=paths,
         texts=texts,

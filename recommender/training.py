@@ -4,6 +4,12 @@ Phases, stored on the :class:`~recommender.models.TrainingRun` for the UI: featu
 evaluation → embedding (progress % and items/s) → activation. The active version keeps serving until
 the new one has every vector. Rows are read through :mod:`recommender.ml_bridge`, the model is
 trained by :func:`ml.train.train`, and everything is written through :mod:`recommender.services`.
+
+Activation passes a quality gate (:func:`quality_gate`): the new version is activated only when it beats
+the active one on the popularity-matched protocol (FITB and AUC, both evaluated now on the same fixed
+held-out split, each on the features of its own towers), or, when none is active, the best baseline.
+Otherwise it stays inactive (status ready, every vector written) with the verdict in
+``metrics["gate"]``; a merchandiser can still activate it by hand.
 """
 
 from __future__ import annotations
@@ -11,10 +17,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
@@ -22,8 +29,8 @@ from django.utils import timezone
 from catalog.models import Product
 from ml.config import ModelConfig, TrainConfig
 from ml.dataset import TrainData
-from ml.evaluate import evaluate_all, write_report
-from ml.heads import save_heads, zero_shot_heads
+from ml.evaluate import best_reference, evaluate_all, write_report
+from ml.heads import RecommenderHeads, load_heads, save_heads, zero_shot_heads
 from ml.inference import Embedder
 from ml.model import build_model
 from ml.train import TrainResult, train
@@ -39,6 +46,8 @@ from recommender.services import (
 
 logger = logging.getLogger(__name__)
 
+#: The popularity-matched metrics a new version must improve to be activated automatically.
+GATE_METRICS = ("fitb", "auc")
 #: Progress (%) at which each phase starts.
 PROGRESS = {"features": 1.0, "training": 20.0, "evaluation": 72.0, "embedding": 80.0, "done": 100.0}
 _STOPPED = (TrainingRun.Status.CANCELLED, TrainingRun.Status.FAILED)
@@ -158,14 +167,15 @@ def training_run_execute(*, run: TrainingRun, task_id: str = "") -> dict[str, An
         snapshot = catalog_snapshot()  # before reading: later changes count towards the next retrain
         embedder, data, failed = _features(r)
         result = _fit(r, data)
+        features = (data.image, data.text)  # of the towers the new heads go with
         if result.heads.tower_state:  # features of the tuned towers for evaluation and the catalog vectors
             embedder = Embedder(r.mcfg, result.heads, cache_dir=settings.ML_FEATURE_CACHE_DIR)
-            data.image, data.text, _ = ml_bridge.tower_features(embedder, r.products, progress=True)
+            features = ml_bridge.tower_features(embedder, r.products, progress=True)[:2]
         if log.cancelled():
             log.end_cancelled()
             return {"cancelled": r.run_id}
         version, artifact = _register(r, result, snapshot)
-        metrics = _evaluate(r, version, data, result, artifact)
+        metrics = _evaluate(r, version, data, result, artifact, features)
         if (
             log.cancelled()
         ):  # cancelled during evaluation: do not embed the catalog for a version nobody wants
@@ -174,12 +184,21 @@ def training_run_execute(*, run: TrainingRun, task_id: str = "") -> dict[str, An
                 f"cancelled after evaluation; version {version.pk} kept for its metrics, not embedded"
             )
             return {"cancelled": r.run_id, "version": version.pk}
-        _embed(r, version, embedder, result, data, failed)
+        _embed(r, version, embedder, result, features, failed)
         if log.cancelled():  # cancelled while embedding: keep the vectors, do not switch versions
             ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.READY)
             log.end_cancelled(f"cancelled; version {version.pk} kept inactive")
             return {"cancelled": r.run_id, "version": version.pk}
-        model_version_activate(version=version)
+        gate = metrics["gate"]
+        if gate["passed"]:
+            model_version_activate(version=version)
+            outcome = f"version {version.pk} active ({gate['reason']})"
+        else:
+            ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.READY)
+            outcome = (
+                f"version {version.pk} kept inactive (ready): {gate['reason']}; "
+                "a merchandiser can still activate it by hand"
+            )
         metrics["timings"] = r.timings
         ModelVersion.objects.filter(pk=version.pk).update(metrics=metrics)
         log.update(
@@ -187,7 +206,7 @@ def training_run_execute(*, run: TrainingRun, task_id: str = "") -> dict[str, An
             phase="done",
             progress=PROGRESS["done"],
             finished_at=timezone.now(),
-            log=f"version {version.pk} active",
+            log=outcome,
         )
         return {"run": r.run_id, "version": version.pk, "metrics": metrics}
     except Exception as exc:
@@ -221,7 +240,7 @@ def _features(r: _Run) -> tuple[Embedder, TrainData, list[tuple[int, str]]]:
         log=f"tower features of {len(r.products)} products in {r.timings['features_s']:.1f} s "
         f"({len(failed)} unreadable photos)",
     )
-    data = ml_bridge.train_data(r.products, img, txt, val_fraction=r.cfg.val_fraction, seed=r.cfg.seed)
+    data = ml_bridge.train_data(r.products, img, txt, val_fraction=r.cfg.val_fraction)
     return embedder, data, failed
 
 
@@ -274,15 +293,38 @@ def _register(r: _Run, result: TrainResult, snapshot: dict[str, Any]) -> tuple[M
 
 
 def _evaluate(
-    r: _Run, version: ModelVersion, data: TrainData, result: TrainResult, artifact: Path
+    r: _Run,
+    version: ModelVersion,
+    data: TrainData,
+    result: TrainResult,
+    artifact: Path,
+    features: tuple[np.ndarray, np.ndarray],
 ) -> dict[str, Any]:
-    """Held-out evaluation against the baselines, its report beside the artifact; metrics stored."""
+    """Held-out evaluation against the baselines and the active version, its report beside the artifact,
+    and the quality gate's verdict (:func:`quality_gate`); metrics stored.
+
+    ``data`` holds the base towers' features (the baselines' and zero-shot's), ``features`` those of the
+    towers the new heads go with; the active version is evaluated on its own towers' features
+    (:func:`_incumbent`).
+    """
     t = time.perf_counter()
     metrics: dict[str, Any] = {}
+    incumbent = None
     if data.test_outfits:
-        results = evaluate_all(data, {"fine-tuned": result.heads}, seed=r.cfg.seed)
-        write_report(results, artifact.parent, history=result.history, data=data, heads=result.heads)
+        heads_by_name = {"fine-tuned": result.heads}
+        own = {"fine-tuned": features}
+        incumbent = _incumbent(r, version, data)
+        if incumbent is not None:
+            name, heads, feats = incumbent
+            heads_by_name[name] = heads
+            own[name] = feats
+        results = evaluate_all(data, heads_by_name, features=own)
+        plot_data = replace(data, image=features[0], text=features[1])
+        write_report(results, artifact.parent, history=result.history, data=plot_data, heads=result.heads)
         metrics = {"evaluation": results}
+        metrics["gate"] = quality_gate(results, incumbent=incumbent[0] if incumbent else None)
+    else:
+        metrics["gate"] = {"passed": False, "reason": "no held-out outfits to evaluate on"}
     r.timings["evaluation_s"] = time.perf_counter() - t
     metrics.update(
         {
@@ -297,19 +339,85 @@ def _evaluate(
     return metrics
 
 
+def _incumbent(
+    r: _Run, version: ModelVersion, data: TrainData
+) -> tuple[str, RecommenderHeads, tuple[np.ndarray, np.ndarray]] | None:
+    """The active version to beat: ``(row name, heads, features of its own towers)``, or None when no
+    version is active. Its towers are the base ones (``data``'s features) unless it was trained with
+    another model or fine-tuned towers; then their features are computed (feature cache)."""
+    active = ModelVersion.objects.filter(is_active=True).exclude(pk=version.pk).first()
+    if active is None or not active.artifact_path or not Path(active.artifact_path).exists():
+        return None
+    heads, meta = load_heads(active.artifact_path)
+    model = meta.get("model") or (active.config or {}).get("model") or {}
+    mcfg = ModelConfig(**model) if model else r.mcfg
+    same_towers = not heads.tower_state and (mcfg.name, mcfg.pretrained) == (r.mcfg.name, r.mcfg.pretrained)
+    if same_towers and heads.embed_dim == data.image.shape[1]:
+        feats = (data.image, data.text)
+    else:
+        embedder = Embedder(
+            replace(mcfg, device=r.mcfg.device), heads, cache_dir=settings.ML_FEATURE_CACHE_DIR
+        )
+        feats = ml_bridge.tower_features(embedder, r.products, progress=True)[:2]
+    return f"active v{active.pk}", heads, feats
+
+
+def quality_gate(results: dict[str, dict[str, Any]], *, incumbent: str | None) -> dict[str, Any]:
+    """May the new version (row ``"fine-tuned"``) be activated automatically?
+
+    It must beat, on every metric of :data:`GATE_METRICS` (popularity-matched FITB and AUC), the active
+    version's row ``incumbent`` evaluated on the same protocol, or, when no version is active, the best
+    baseline of that metric (``ml.evaluate.best_reference``: popularity, attribute match, co-occurrence,
+    zero-shot). Strictly: a tie is not better.
+
+    Returns:
+        ``{"passed": bool, "reason": str, "against": {metric: [reference row, value]},
+        "model": {metric: value}}``.
+    """
+    own = results["fine-tuned"]
+    against: dict[str, list[Any]] = {}
+    worse = []
+    for m in GATE_METRICS:
+        ref = (incumbent, results[incumbent].get(m)) if incumbent else best_reference(results, m)
+        value = own.get(m)
+        if ref is None or ref[1] is None or value is None or value != value:
+            return {
+                "passed": False,
+                "reason": f"matched {m} could not be measured",
+                "against": {},
+                "model": {},
+            }
+        against[m] = [ref[0], float(ref[1])]
+        if not value > ref[1]:
+            worse.append(f"{m} {value:.3f} ≤ {ref[1]:.3f} ({ref[0]})")
+    shown = ", ".join(f"{m} {own[m]:.3f} vs {v:.3f} ({n})" for m, (n, v) in against.items())
+    target = incumbent or "the best baseline"
+    reason = (
+        f"beats {target} on the matched protocol: {shown}"
+        if not worse
+        else f"does not beat {target} on the matched protocol: " + "; ".join(worse)
+    )
+    return {
+        "passed": not worse,
+        "reason": reason,
+        "against": against,
+        "model": {m: own[m] for m in GATE_METRICS},
+    }
+
+
 def _embed(
     r: _Run,
     version: ModelVersion,
     embedder: Embedder,
     result: TrainResult,
-    data: TrainData,
+    features: tuple[np.ndarray, np.ndarray],
     failed: list[tuple[int, str]],
 ) -> None:
     """Vectors of every product for the new version, written in bulk with progress and items/s."""
     r.log.update(phase="embedding", progress=PROGRESS["embedding"], log="embedding the catalog")
     t = time.perf_counter()
     embedder.heads = result.heads.eval()
-    vecs = embedder.vectors_from_features(data.image, data.text, failed)
+    vecs = embedder.vectors_from_features(*features, failed)
     span = PROGRESS["done"] - PROGRESS["embedding"] - 1.0
 
     def on_batch(done: int, total: int) -> None:

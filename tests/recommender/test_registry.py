@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 from catalog.models import Product
 from recommender.models import ModelVersion, ProductEmbedding, TrainingRun
 from recommender.services import VersionNotReady, embeddings_write, model_version_activate
+from tests.conftest import activate_if_gated
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
@@ -307,6 +308,9 @@ def test_api_training_run_with_tower_fine_tuning_serves_the_tuned_towers(trained
         train_model.apply(kwargs={"run_id": run.pk}, throw=True)
         run.refresh_from_db()
         assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+        # evaluated on its own tuned towers' features, beside the active version on the base ones
+        assert "fine-tuned" in run.model_version.metrics["evaluation"]
+        activate_if_gated(run)  # 2 steps need not beat the active version
         tuned = ModelVersion.objects.get(is_active=True)
         assert tuned.pk != trained_catalog.pk
         embedder = embedder_for(tuned)
@@ -369,3 +373,123 @@ def test_a_run_cancelled_during_evaluation_does_not_embed_the_catalog(trained_ca
     assert version.status == ModelVersion.Status.RETIRED and "evaluation" in version.metrics
     assert not ProductEmbedding.objects.filter(model_version=version).exists()
     assert ModelVersion.objects.get(is_active=True) == trained_catalog
+
+
+# -----------------------------------------------------------------------------
+# the fixed held-out split and the quality gate
+
+
+def test_the_held_out_split_does_not_move_with_the_training_seed(trained_catalog):
+    """Two runs with different seeds read the same held-out outfits and products (and validation rows)."""
+    from catalog.models import Outfit
+    from ml.config import TrainConfig
+    from recommender import ml_bridge
+    from recommender.training import RunLog, _features, _Run
+
+    splits = []
+    for seed in (0, 7):
+        run = TrainingRun.objects.create(params={"seed": seed}, status=TrainingRun.Status.SUCCEEDED)
+        r = _Run(run_id=run.pk, cfg=TrainConfig(seed=seed), mcfg=ml_bridge.model_config(), log=RunLog(run.pk))
+        _, data, _ = _features(r)
+        splits.append(
+            (
+                [o.tolist() for o in data.test_outfits],
+                [o.tolist() for o in data.val_outfits],
+                data.heldout_items.tolist(),
+                data.val_items.tolist(),
+            )
+        )
+    assert splits[0] == splits[1]
+    test_outfits, _, heldout, _ = splits[0]
+    assert len(test_outfits) == Outfit.objects.filter(split=Outfit.Split.TEST).count() > 0
+    assert 0 < len(heldout) < Product.objects.count() / 4
+
+
+def _gate_results(fitb: float, auc: float, active: tuple[float, float] | None = None) -> dict:
+    rows = {
+        "popularity": {"fitb": 0.25, "auc": 0.5},
+        "attribute-match": {"fitb": 0.40, "auc": 0.62},
+        "co-occurrence": {"fitb": 0.25, "auc": 0.49},
+        "zero-shot": {"fitb": 0.30, "auc": 0.64},
+        "fine-tuned": {"fitb": fitb, "auc": auc},
+    }
+    if active:
+        rows["active v3"] = {"fitb": active[0], "auc": active[1]}
+    return rows
+
+
+def test_quality_gate_verdicts():
+    from recommender.training import quality_gate
+
+    first = quality_gate(_gate_results(0.45, 0.70), incumbent=None)  # beats attribute-match and zero-shot
+    assert first["passed"] and first["against"] == {
+        "fitb": ["attribute-match", 0.40],
+        "auc": ["zero-shot", 0.64],
+    }
+    assert first["reason"].startswith("beats the best baseline on the matched protocol: fitb 0.450 vs 0.400")
+    worse = quality_gate(_gate_results(0.45, 0.60), incumbent=None)
+    assert not worse["passed"] and worse["reason"].endswith("auc 0.600 ≤ 0.640 (zero-shot)")
+    tie = quality_gate(_gate_results(0.50, 0.70, active=(0.50, 0.65)), incumbent="active v3")
+    assert not tie["passed"] and tie["reason"] == (
+        "does not beat active v3 on the matched protocol: fitb 0.500 ≤ 0.500 (active v3)"
+    )
+    assert quality_gate(_gate_results(0.51, 0.66, active=(0.50, 0.65)), incumbent="active v3")["passed"]
+    assert not quality_gate(_gate_results(float("nan"), 0.9), incumbent=None)["passed"]
+
+
+def test_the_quality_gate_keeps_a_worse_version_inactive(trained_catalog, merch, monkeypatch):
+    """A run whose heads score every pair alike (FITB exactly 1/4 with ties split, AUC 1/2) does not beat
+    the active version on the matched protocol: it is embedded but stays inactive (ready) with the reason
+    in its metrics and its log; the active version keeps serving; a merchandiser can still activate it."""
+    import torch
+
+    from recommender import training
+    from recommender.tasks import train_model
+
+    real_train = training.train
+
+    def train_then_flatten(*args, **kwargs):
+        result = real_train(*args, **kwargs)
+        last = result.heads.compat_mlp[-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.fill_(1.0)  # every item the same compatibility vector
+        return result
+
+    monkeypatch.setattr(training, "train", train_then_flatten)
+    before = trained_catalog.metrics["evaluation"]["fine-tuned"]
+    assert before["fitb"] > 0.25 or before["auc"] > 0.5  # so a flat model is worse
+    run = TrainingRun.objects.create(params={"epochs": 1, "max_steps": 2, "batch_size": 16})
+    try:
+        train_model.apply(kwargs={"run_id": run.pk}, throw=True)
+        run.refresh_from_db()
+        assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+        version = run.model_version
+        assert not version.is_active and version.status == ModelVersion.Status.READY
+        assert ModelVersion.objects.get(is_active=True) == trained_catalog
+        ev, gate = version.metrics["evaluation"], version.metrics["gate"]
+        assert ev["fine-tuned"]["fitb"] == 0.25 and ev["fine-tuned"]["auc"] == 0.5
+        incumbent = f"active v{trained_catalog.pk}"
+        assert ev[incumbent]["fitb"] == pytest.approx(before["fitb"])  # re-evaluated on the same split
+        assert gate["passed"] is False and f"does not beat {incumbent}" in gate["reason"]
+        assert f"version {version.pk} kept inactive (ready): does not beat {incumbent}" in run.log_tail
+        assert ProductEmbedding.objects.filter(model_version=version).count() == Product.objects.count()
+        r = merch.post(f"/api/model-versions/{version.pk}/activate/")
+        assert r.status_code == 200, r.content
+        assert ModelVersion.objects.get(is_active=True) == version
+    finally:
+        model_version_activate(version=trained_catalog)
+
+
+def test_manage_py_evaluate_prints_the_matched_protocol_first(trained_catalog, tmp_path):
+    import io
+
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("evaluate", versions=str(trained_catalog.pk), out=str(tmp_path), stdout=out)
+    text = out.getvalue()
+    assert text.index("### Popularity-matched protocol (headline)") < text.index("### Random protocol")
+    row = f"| v{trained_catalog.pk} {trained_catalog.name} |"
+    assert row in text and "| popularity |" in text and "| *best baseline* |" in text
+    assert (tmp_path / "report.md").exists() and (tmp_path / "metrics.json").exists()

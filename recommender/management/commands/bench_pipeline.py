@@ -123,7 +123,7 @@ class Command(BaseCommand):
                     method=method,
                 )
                 write_s[method] = time.perf_counter() - t
-            data = ml_bridge.train_data(products, img, txt, val_fraction=0.1, seed=0)
+            data = ml_bridge.train_data(products, img, txt, val_fraction=0.1)
             result = train(data, TrainConfig(epochs=opts["epochs"], batch_size=64, patience=0))
         finally:
             for version in versions.values():

@@ -1,7 +1,7 @@
 """``python manage.py demo``: the whole path on the real catalog, timed phase by phase.
 
 Starts Redis if none answers, migrates, imports the H&M sample, starts a real Celery worker, trains
-on it (fine-tune → evaluate → embed → activate), prints how long each phase took, then serves the
+on it (fine-tune → evaluate → embed → activate when the quality gate lets it), prints how long each phase took, then serves the
 site at http://127.0.0.1:8000 (``--no-serve`` to stop before serving).
 """
 
@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from recommender import runtime, selectors
 from recommender.celery import app
-from recommender.models import TrainingRun
-from recommender.services import training_run_start
+from recommender.models import ModelVersion, TrainingRun
+from recommender.services import model_version_activate, training_run_start
 
 
 class Command(BaseCommand):
@@ -97,6 +97,16 @@ class Command(BaseCommand):
             raise CommandError(f"training run {run.pk} {run.status}: {run.error[:2000]}")
         phase("train+evaluate+embed on Celery", t)
         version = run.model_version
+        gate = version.metrics.get("gate") or {}
+        self.stdout.write(
+            f"quality gate: {'passed' if gate.get('passed') else 'refused'}: {gate.get('reason')}"
+        )
+        if not version.is_active and not ModelVersion.objects.filter(is_active=True).exists():
+            # the site needs a model to serve: activate it by hand, as a merchandiser could on /models
+            model_version_activate(version=version, require_complete=True)
+            self.stdout.write(
+                self.style.WARNING(f"no version was active: version {version.pk} activated by hand")
+            )
         for k, v in (version.metrics.get("timings") or {}).items():
             self.stdout.write(f"    {k}: {v:.1f} s")
         report = Path(version.artifact_path).parent / "report.md"

@@ -1,38 +1,48 @@
 """``python manage.py evaluate``: held-out evaluation of model versions against the zero-shot model and baselines.
 
-Builds the features file (tower outputs from the feature cache, slots, types, outfits, the seeded
-splits) from the database, optionally saves it for ``python -m ml.train`` / ``python -m ml.evaluate``,
-and writes ``metrics.json``, ``report.md`` and plots.
+Builds the features file (tower outputs from the feature cache, slots, types, outfits, the fixed held-out
+split) from the database, optionally saves it for ``python -m ml.train`` / ``python -m ml.evaluate``,
+evaluates every asked version on the features of its own towers (a version with fine-tuned towers or
+another model gets its own, through the feature cache), prints the tables (the popularity-matched
+protocol first) and writes ``metrics.json``, ``report.md`` and plots.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from ml.evaluate import evaluate_all, markdown_table, write_report
-from ml.heads import load_heads
+from ml.config import ModelConfig
+from ml.evaluate import evaluate_all, markdown_report, write_report
+from ml.heads import RecommenderHeads, load_heads
+from ml.inference import Embedder
+from ml.protocols import PROTOCOL_SEED
 from recommender import ml_bridge
 from recommender.models import ModelVersion
 
 
 class Command(BaseCommand):
-    help = "Evaluate model versions on the held-out split (text→item Recall@K/MRR, FITB, AUC, P@10)."
+    help = (
+        "Evaluate model versions on the held-out split: popularity-matched and random FITB/AUC, "
+        "complementary-item retrieval, text→item Recall@K/MRR, P@10, against the baselines."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--versions", default="active", help="'active', 'all', or comma-separated ids")
         parser.add_argument("--out", default=str(Path(settings.VAR_DIR) / "evaluation"))
         parser.add_argument("--export", default=None, help="also save the features file (.npz) here")
-        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--seed", type=int, default=PROTOCOL_SEED, help="protocol seed (default fixed)")
 
     def handle(self, *args, **opts):
         products = ml_bridge.catalog_products()
         if len(products) < 10:
             raise CommandError(f"{len(products)} products: import the catalog first")
         img, txt, _ = ml_bridge.tower_features(ml_bridge.zero_shot_embedder(), products, progress=True)
-        data = ml_bridge.train_data(products, img, txt, val_fraction=0.1, seed=opts["seed"])
+        data = ml_bridge.train_data(products, img, txt, val_fraction=0.1)
         if opts["export"]:
             data.save(opts["export"])
             self.stdout.write(f"features file: {opts['export']}")
@@ -42,9 +52,24 @@ class Command(BaseCommand):
             versions = ModelVersion.objects.exclude(artifact_path="")
         else:
             versions = ModelVersion.objects.filter(pk__in=[int(v) for v in opts["versions"].split(",")])
-        heads = {f"v{v.pk} {v.name}": load_heads(v.artifact_path)[0] for v in versions if v.artifact_path}
-        results = evaluate_all(data, heads, seed=opts["seed"])
-        last = next(iter(heads.values()), None)
-        paths = write_report(results, Path(opts["out"]), data=data, heads=last)
-        self.stdout.write(markdown_table(results))
+        heads: dict[str, RecommenderHeads] = {}
+        features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        base = ml_bridge.model_config()
+        for v in versions:
+            if not v.artifact_path:
+                continue
+            name = f"v{v.pk} {v.name}"
+            heads[name], meta = load_heads(v.artifact_path)
+            model = meta.get("model") or (v.config or {}).get("model") or {}
+            mcfg = replace(ModelConfig(**model), device=base.device) if model else base
+            if heads[name].tower_state or (mcfg.name, mcfg.pretrained) != (base.name, base.pretrained):
+                embedder = Embedder(mcfg, heads[name], cache_dir=settings.ML_FEATURE_CACHE_DIR)
+                features[name] = ml_bridge.tower_features(embedder, products, progress=True)[:2]
+        results = evaluate_all(data, heads, seed=opts["seed"], features=features)
+        last = next(reversed(heads), None)
+        plot_data = (
+            replace(data, image=features[last][0], text=features[last][1]) if last in features else data
+        )
+        paths = write_report(results, Path(opts["out"]), data=plot_data, heads=heads.get(last))
+        self.stdout.write(markdown_report(results))
         self.stdout.write(f"report: {', '.join(str(p) for p in paths.values())}")

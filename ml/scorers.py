@@ -1,0 +1,182 @@
+"""How each row of the evaluation tables scores items: the learned heads and the non-learned baselines.
+
+A :class:`Scorer` gives two views of one compatibility score:
+
+* ``pair(a, b)``: (P,) item indices, (P,) item indices → (P,) pair scores; FITB and AUC average them
+  (:mod:`ml.protocols`);
+* ``items(given, candidates)``: the summed pair score of every candidate with all given items, the
+  complete-the-look score of the serving side (:mod:`ml.retrieval`).
+
+Rows:
+
+* ``popularity``: an item's popularity, the number of training outfits it appears in; a pair scores
+  ``pop[a] + pop[b]``, so a FITB candidate ranks by its own popularity and an outfit by its items' mean.
+* ``attribute-match``: the number of equal attributes among :data:`ATTRIBUTE_KEYS` (section,
+  department, colour, audience group) present in ``data.attrs``; a FITB candidate scores the mean over
+  question items (the same ranking as the majority/overlap count).
+* ``co-occurrence``: a category prior ``log P(type_b | type_a)`` from the training outfits
+  (:func:`cooccurrence_log_prob`); no features.
+* heads (zero-shot or fine-tuned, :func:`heads_scorer`): the type-aware pair score
+  ``<f_a ⊙ m_ab², f_b>`` of :class:`ml.heads.RecommenderHeads`; ``items`` is the serving's query
+  ``q_t = Σ_i f_i ⊙ m_{s_i t}²`` dotted with each candidate (``RecommenderHeads.slot_query``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ml.dataset import TrainData
+from ml.heads import RecommenderHeads
+from ml.protocols import PairFn, item_popularity
+
+__all__ = [
+    "ATTRIBUTE_KEYS",
+    "BASELINES",
+    "Scorer",
+    "attribute_scorer",
+    "baseline_scorers",
+    "cooccurrence_log_prob",
+    "cooccurrence_scorer",
+    "heads_scorer",
+    "popularity_scorer",
+]
+
+POPULARITY, ATTRIBUTE_MATCH, COOCCURRENCE = "popularity", "attribute-match", "co-occurrence"
+#: Row names of the non-learned baselines, in table order.
+BASELINES: tuple[str, ...] = (POPULARITY, ATTRIBUTE_MATCH, COOCCURRENCE)
+#: ``TrainData.attrs`` keys the attribute-match baseline compares (missing keys are skipped).
+ATTRIBUTE_KEYS: tuple[str, ...] = ("section", "department", "colour", "audience")
+
+_CHUNK_PAIRS = 65536  # item pairs per heads.pair_score call
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A pair score, and the summed score of candidates with given items.
+
+    Attributes:
+        pair: ``pair(a (P,), b (P,)) → (P,)`` float64 pair scores.
+        summed: optional fast ``summed(given (K,), candidates (G,)) → (G,)`` float64; without it
+            :meth:`items` sums ``pair`` over the given items.
+    """
+
+    pair: PairFn
+    summed: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+
+    def items(self, given: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """(G,) float64: ``Σ_i pair(given_i, c)`` for every candidate c."""
+        if self.summed is not None:
+            return self.summed(given, candidates)
+        total = np.zeros(len(candidates), dtype=np.float64)
+        for g in given:
+            total += self.pair(np.full(len(candidates), int(g), dtype=np.int64), candidates)
+        return total
+
+
+# -----------------------------------------------------------------------------
+# baselines
+
+
+def popularity_scorer(data: TrainData) -> Scorer:
+    """Popularity: ``pop[a] + pop[b]``, pop = number of training outfits (``data.outfits``) an item is in."""
+    pop = item_popularity(data.outfits, len(data.types)).astype(np.float64)  # (N,)
+    return Scorer(lambda a, b: pop[a] + pop[b])
+
+
+def attribute_scorer(data: TrainData) -> Scorer | None:
+    """Attribute match: the number of equal :data:`ATTRIBUTE_KEYS`; None when ``data.attrs`` has none."""
+    attrs = [np.asarray(data.attrs[k]) for k in ATTRIBUTE_KEYS if k in data.attrs]
+    if not attrs:
+        return None
+    return Scorer(lambda a, b: sum((v[a] == v[b]).astype(np.float64) for v in attrs))
+
+
+def cooccurrence_log_prob(outfits: Sequence[np.ndarray], type_index: np.ndarray, n_types: int) -> np.ndarray:
+    """Category co-occurrence prior ``log P(type_b | type_a)`` with add-one smoothing.
+
+    Args:
+        outfits: training outfits, each (K,) int64 item indices.
+        type_index: (N,) int64 contiguous type index in ``[0, n_types)`` of every item.
+        n_types: T, the number of product types (the smoothing vocabulary).
+
+    Returns:
+        (T, T) float64 ``log((c_ab + 1) / (Σ_b c_ab + T))``, where ``c_ab`` counts every unordered pair
+        of distinct outfit items once in each direction (symmetric counts).
+    """
+    counts = np.zeros((n_types, n_types), dtype=np.float64)  # (T, T)
+    for o in outfits:
+        t = type_index[np.asarray(o)]  # (K,)
+        i, j = np.meshgrid(np.arange(len(t)), np.arange(len(t)), indexing="ij")
+        keep = i != j
+        np.add.at(counts, (t[i[keep]], t[j[keep]]), 1.0)
+    return np.log((counts + 1.0) / (counts.sum(1, keepdims=True) + n_types))
+
+
+def cooccurrence_scorer(data: TrainData) -> Scorer:
+    """Co-occurrence: ``log P(type_b | type_a)`` estimated on ``data.outfits`` (:func:`cooccurrence_log_prob`).
+    It cannot tell apart items of one product type."""
+    _, type_index = np.unique(data.types, return_inverse=True)  # (N,) contiguous type ids
+    type_index = type_index.reshape(-1).astype(np.int64)
+    logp = cooccurrence_log_prob(data.outfits, type_index, int(type_index.max()) + 1)  # (T, T)
+    return Scorer(lambda a, b: logp[type_index[a], type_index[b]])
+
+
+def baseline_scorers(data: TrainData) -> dict[str, Scorer]:
+    """The baselines of :data:`BASELINES` that ``data`` supports, in table order."""
+    out = {POPULARITY: popularity_scorer(data)}
+    attr = attribute_scorer(data)
+    if attr is not None:
+        out[ATTRIBUTE_MATCH] = attr
+    out[COOCCURRENCE] = cooccurrence_scorer(data)
+    return out
+
+
+# -----------------------------------------------------------------------------
+# learned heads
+
+
+@torch.no_grad()
+def heads_scorer(heads: RecommenderHeads, image: np.ndarray, text: np.ndarray, slots: np.ndarray) -> Scorer:
+    """The type-aware compatibility score of ``heads`` on tower features.
+
+    Args:
+        heads: trained or zero-shot heads (eval mode is set).
+        image, text: (N, E) float32 tower outputs of every item (the towers the heads were trained with).
+        slots: (N,) int64 slot indices.
+    """
+    heads.eval()
+    img = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))  # (N, E)
+    txt = torch.from_numpy(np.ascontiguousarray(text, dtype=np.float32))  # (N, E)
+    compat = heads.compat(img, txt)  # (N, C) unit norm
+    slot_t = torch.from_numpy(np.asarray(slots, dtype=np.int64))  # (N,)
+    f = compat.double().numpy()  # (N, C)
+    m2 = heads.mask_table().double().numpy()  # (S, S, C) squared pair masks, symmetric in the slots
+    item_slots = np.asarray(slots, dtype=np.int64)
+
+    @torch.no_grad()
+    def pair(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        parts = []
+        for start in range(0, len(a), _CHUNK_PAIRS):
+            ai = torch.from_numpy(a[start : start + _CHUNK_PAIRS])
+            bi = torch.from_numpy(b[start : start + _CHUNK_PAIRS])
+            parts.append(heads.pair_score(compat[ai], compat[bi], slot_t[ai], slot_t[bi]).double().numpy())
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    order = np.argsort(item_slots, kind="stable")  # items grouped by slot
+    f_by_slot = f[order]  # (N, C)
+    bounds = np.searchsorted(item_slots[order], np.arange(m2.shape[0] + 1))  # (S + 1,)
+
+    def summed(given: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        # q[s] = Σ_i f_i ⊙ m²[s_i, s]: the serving's slot query for every slot s, (S, C)
+        q = np.einsum("kc,ksc->sc", f[given], m2[item_slots[given]])
+        every = np.empty(len(f))  # (N,) every item against its own slot's query
+        every[order] = np.concatenate(
+            [f_by_slot[bounds[s] : bounds[s + 1]] @ q[s] for s in range(len(bounds) - 1)]
+        )
+        return every[candidates]
+
+    return Scorer(pair, summed)
