@@ -153,7 +153,11 @@ class _Matcher:
         self.banned[idx] = True
         try:
             n = n_above + n_below
-            by = {"type": self.by_type[int(self.types[like])], "slot": self.by_slot[int(self.slots[like])]}
+            same_slot = self.by_slot[int(self.slots[like])]
+            by = {  # a product type may span slots (a "Trousers" that is a jumpsuit): the slot always holds
+                "type": np.intersect1d(self.by_type[int(self.types[like])], same_slot),
+                "slot": same_slot,
+            }
             for pool in (by[name] for name in pools):
                 pool = pool[~self.banned[pool] & (self.variant[pool] != self.variant[like])]
                 above = pool[self.pop[pool] >= self.pop[like]]

@@ -31,7 +31,6 @@ def test_audience_groups() -> None:
         "MEN": "men",
         "Girls 2-8": "kids",
         "newborn": "baby",
-        "baby and kids": "kids",
         "Unisex": "unisex",
         "garden": "unisex",
     }

@@ -76,8 +76,9 @@ def test_same_seed_same_run(real_data):
     a = train(real_data, TrainConfig(epochs=2, batch_size=32, seed=3, patience=0))
     b = train(real_data, TrainConfig(epochs=2, batch_size=32, seed=3, patience=0))
     c = train(real_data, TrainConfig(epochs=2, batch_size=32, seed=4, patience=0))
-    assert a.history["loss"] == b.history["loss"]
-    assert a.history["loss"] != c.history["loss"]
+    # Same seed, same run up to float summation order (a loaded CPU can split a reduction differently).
+    assert np.allclose(a.history["loss"], b.history["loss"], rtol=1e-6, atol=0)
+    assert not np.allclose(a.history["loss"], c.history["loss"], rtol=1e-3, atol=0)
 
 
 @pytest.mark.slow

@@ -183,8 +183,9 @@ def test_offsets_spread_the_picks_and_keep_them_relevant(trained_catalog, settin
     def share(lists, slot):
         return max(k_occurrence(lists[slot]).values())
 
-    assert share(plain, "top") > 0.6 and share(spread, "top") < 0.25
-    assert share(plain, "bottom") > 0.75 and share(spread, "bottom") < 0.45
+    # hubs exist (the plain ranking repeats one top and one bottom in most lists), and the offsets cut them
+    assert share(plain, "top") > 0.5 and share(spread, "top") < min(0.25, share(plain, "top") / 2)
+    assert share(plain, "bottom") > 0.5 and share(spread, "bottom") < min(0.45, share(plain, "bottom") / 1.5)
     for slot in ("outerwear", "one-piece"):  # 18 and 13 items: a high floor, still lower
         assert share(spread, slot) < share(plain, slot)
     assert len(k_occurrence(spread["top"])) > len(k_occurrence(plain["top"])) + 5

@@ -32,7 +32,7 @@ def test_one_run_learns_from_baskets_and_stylist_outfits(hm_root, settings, tmp_
     feats = (
         np.random.default_rng(0).standard_normal((n, 32)).astype(np.float32)
     )  # pairs need no real features
-    data = ml_bridge.train_data(products, feats, feats.copy(), val_fraction=0.1, seed=0)
+    data = ml_bridge.train_data(products, feats, feats.copy(), val_fraction=0.1)
     groups = [AUDIENCE_GROUPS[i] for i in data.attrs["audience"]]
     assert groups == [p.audience_group for p in products]
     source = np.asarray([p.source for p in products])
