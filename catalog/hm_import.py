@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm import tqdm
-
 from catalog.models import Outfit, Product
-from catalog.sample_import import ImportSummary, outfits_create, product_upsert_from_file
+from catalog.sample_import import ImportSummary, SampleRow, outfits_create, products_upsert_from_files
 from catalog.signals import products_changed_on_commit
 from ml import data as hm
 
@@ -50,30 +48,29 @@ def catalog_import_hm(
         summary.skipped.append((f"articles.csv line {err.line}", f"bad row: {err.reason}"))
     baskets = hm.read_baskets(root)
     articles = hm.select_articles(articles, baskets, limit, seed=seed)
-    existing = {p.sku: p for p in Product.objects.filter(sku__in=[a.article_id for a in articles])}
-    for art in tqdm(articles, desc="import products", unit="item", disable=not progress):
-        values = {
-            "title": art.title,
-            "description": art.description,
-            "slot": art.slot,
-            "product_type": art.product_type,
-            "product_group": art.product_group,
-            "colour": art.colour,
-            "audience": art.audience,
-            "audience_group": art.audience_group,
-            "department": art.department,
-            "section": art.section,
-            "variant_group": art.product_code,
-            "source": Product.Source.HM,
-        }
-        product_upsert_from_file(
+    rows = [
+        SampleRow(
             sku=art.article_id,
-            values=values,
+            values={
+                "title": art.title,
+                "description": art.description,
+                "slot": art.slot,
+                "product_type": art.product_type,
+                "product_group": art.product_group,
+                "colour": art.colour,
+                "audience": art.audience,
+                "audience_group": art.audience_group,
+                "department": art.department,
+                "section": art.section,
+                "variant_group": art.product_code,
+                "source": Product.Source.HM,
+            },
             image_path=art.image_path,
-            existing=existing.get(art.article_id),
-            summary=summary,
             where=f"article {art.article_id} (line {art.line})",
         )
+        for art in articles
+    ]
+    products_upsert_from_files(rows, summary=summary, progress=progress)
     _import_outfits(baskets, summary, test_fraction=test_fraction, seed=seed)
     products_changed_on_commit(product_ids=summary.changed_ids, change="updated", vectors_stale=True)
     return summary

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm import tqdm
-
 from catalog.models import Outfit, Product
-from catalog.sample_import import ImportSummary, outfits_create, product_upsert_from_file
+from catalog.sample_import import ImportSummary, SampleRow, outfits_create, products_upsert_from_files
 from catalog.signals import products_changed_on_commit
 from ml import mango
 
@@ -50,33 +48,32 @@ def catalog_import_mango(
         summary.skipped.append((f"products.csv line {err.line}", f"bad row: {err.reason}"))
     raw_outfits = mango.read_outfits(root)
     products = mango.select_products(products, raw_outfits, limit, seed=seed)
-    existing = {p.sku: p for p in Product.objects.filter(sku__in=[m.sku for m in products])}
-    for m in tqdm(products, desc="import products", unit="item", disable=not progress):
-        values = {
-            "title": m.title,
-            "description": m.description,
-            "slot": m.slot,
-            "product_type": m.product_type,
-            "product_group": m.category,
-            "colour": m.colour,
-            "audience": m.audience,
-            "audience_group": m.audience_group,
-            "department": m.family,
-            "section": m.line,
-            "variant_group": m.variant_group,
-            "source": Product.Source.MANGO,
-        }
-        product_upsert_from_file(
+    rows = [
+        SampleRow(
             sku=m.sku,
-            values=values,
+            values={
+                "title": m.title,
+                "description": m.description,
+                "slot": m.slot,
+                "product_type": m.product_type,
+                "product_group": m.category,
+                "colour": m.colour,
+                "audience": m.audience,
+                "audience_group": m.audience_group,
+                "department": m.family,
+                "section": m.line,
+                "variant_group": m.variant_group,
+                "source": Product.Source.MANGO,
+            },
             image_path=m.image_path,
-            existing=existing.get(m.sku),
-            summary=summary,
             where=f"product {m.product_id} (line {m.line_no})",
         )
-    rows = Product.objects.filter(source=Product.Source.MANGO).values_list("sku", "id", "variant_group")
-    ids = {sku.removeprefix(mango.SKU_PREFIX): pk for sku, pk, _ in rows}
-    models = {sku.removeprefix(mango.SKU_PREFIX): model for sku, _, model in rows}
+        for m in products
+    ]
+    products_upsert_from_files(rows, summary=summary, progress=progress)
+    stored = Product.objects.filter(source=Product.Source.MANGO).values_list("sku", "id", "variant_group")
+    ids = {sku.removeprefix(mango.SKU_PREFIX): pk for sku, pk, _ in stored}
+    models = {sku.removeprefix(mango.SKU_PREFIX): model for sku, _, model in stored}
     outfits = []
     for oid, items in raw_outfits:
         kept = mango.clean_outfit(items, models)

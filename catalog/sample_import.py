@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from django.db import transaction
+from tqdm import tqdm
 
 from catalog.images import ImageError, clean_image
 from catalog.models import Outfit, OutfitItem, Product
@@ -49,7 +50,32 @@ class ImportSummary:
         return out
 
 
-def product_upsert_from_file(
+@dataclass(frozen=True)
+class SampleRow:
+    """One product of a sample, as its import wants it stored: ``where`` names it in skip reasons."""
+
+    sku: str
+    values: dict[str, Any]
+    image_path: Path
+    where: str
+
+
+def products_upsert_from_files(rows: Sequence[SampleRow], *, summary: ImportSummary, progress: bool) -> None:
+    """Create or update (by SKU) the products of ``rows`` with their photos (:func:`_product_upsert_from_file`
+    each), one query for the existing ones, with a tqdm bar when ``progress``."""
+    existing = {p.sku: p for p in Product.objects.filter(sku__in=[r.sku for r in rows])}
+    for row in tqdm(rows, desc="import products", unit="item", disable=not progress):
+        _product_upsert_from_file(
+            sku=row.sku,
+            values=row.values,
+            image_path=row.image_path,
+            existing=existing.get(row.sku),
+            summary=summary,
+            where=row.where,
+        )
+
+
+def _product_upsert_from_file(
     *,
     sku: str,
     values: dict[str, Any],
