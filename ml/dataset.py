@@ -196,6 +196,50 @@ def split_items(
     return np.flatnonzero(held).astype(np.int64), np.asarray(val, dtype=np.int64)
 
 
+def train_data_from_items(
+    img: np.ndarray,
+    txt: np.ndarray,
+    *,
+    keys: Sequence[str],
+    item_ids: Sequence[int],
+    slots: Sequence[str],
+    types: Sequence[str],
+    attrs: dict[str, np.ndarray],
+    outfits: Sequence[tuple[str, np.ndarray, bool]],
+    image_paths: list[str],
+    texts: list[str],
+    val_fraction: float,
+    heldout_fraction: float,
+) -> TrainData:
+    """:class:`TrainData` of N items (in order) from their (N, E) float32 tower features and columns: the
+    outfits split by :func:`split_outfits`, the items by :func:`split_items` on their stable ``keys``
+    (SKU or article id). Shared by the H&M builder (:func:`hm_train_data`) and the catalog's
+    (``recommender.ml_bridge.train_data``).
+
+    Args:
+        keys, item_ids, slots, types, image_paths, texts: one value per item.
+        attrs: (N,) int64 attribute ids (section, department, colour, audience, variant).
+        outfits: ``(key, item rows (K,) int64, is_test)`` per outfit.
+    """
+    train_o, val_o, test_o = split_outfits(outfits, val_fraction=val_fraction)
+    heldout, val_items = split_items(keys, heldout_fraction=heldout_fraction, val_fraction=val_fraction)
+    return TrainData(
+        image=img,
+        text=txt,
+        slots=np.asarray([SLOT_INDEX[s] for s in slots], dtype=np.int64),
+        types=category_ids(types),
+        outfits=train_o,
+        val_outfits=val_o,
+        test_outfits=test_o,
+        item_ids=np.asarray(item_ids, dtype=np.int64),
+        heldout_items=heldout,
+        val_items=val_items,
+        attrs=attrs,
+        image_paths=image_paths,
+        texts=texts,
+    )
+
+
 def training_rows(
     data: TrainData, val_questions: Sequence[tuple[np.ndarray, np.ndarray]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -310,8 +354,19 @@ def hm_train_data(
     baskets (:func:`ml.data.outfits_from_baskets`), the fixed splits of :func:`train_data_from_hm`, and
     the attributes (section, department, colour, audience group of the index group, variant = product code)."""
     index = {a.article_id: i for i, a in enumerate(arts)}
-    train_o, val_o, test_o = split_outfits(
-        [
+    return train_data_from_items(
+        img,
+        txt,
+        keys=[a.article_id for a in arts],
+        item_ids=[int(a.article_id) for a in arts],
+        slots=[a.slot for a in arts],
+        types=[a.product_type for a in arts],
+        attrs={
+            **{k: category_ids([getattr(a, k) for a in arts]) for k in ("section", "department", "colour")},
+            "audience": audience_ids((a.audience, a.section, a.department) for a in arts),
+            "variant": category_ids([a.product_code for a in arts]),
+        },
+        outfits=[
             (
                 key,
                 np.asarray([index[i] for i in items], dtype=np.int64),
@@ -319,29 +374,10 @@ def hm_train_data(
             )
             for key, items in outfits_from_baskets(baskets, {a.article_id: a.product_code for a in arts})
         ],
-        val_fraction=val_fraction,
-    )
-    heldout, val_items = split_items(
-        [a.article_id for a in arts], heldout_fraction=heldout_fraction, val_fraction=val_fraction
-    )
-    return TrainData(
-        image=img,
-        text=txt,
-        slots=np.asarray([SLOT_INDEX[a.slot] for a in arts], dtype=np.int64),
-        types=category_ids([a.product_type for a in arts]),
-        outfits=train_o,
-        val_outfits=val_o,
-        test_outfits=test_o,
-        item_ids=np.asarray([int(a.article_id) for a in arts], dtype=np.int64),
-        heldout_items=heldout,
-        val_items=val_items,
-        attrs={
-            **{k: category_ids([getattr(a, k) for a in arts]) for k in ("section", "department", "colour")},
-            "audience": audience_ids((a.audience, a.section, a.department) for a in arts),
-            "variant": category_ids([a.product_code for a in arts]),
-        },
         image_paths=[str(a.image_path) for a in arts],
         texts=[a.text for a in arts],
+        val_fraction=val_fraction,
+        heldout_fraction=heldout_fraction,
     )
 
 

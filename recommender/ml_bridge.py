@@ -8,6 +8,8 @@ training task (:mod:`recommender.training`), ``manage.py evaluate`` and the benc
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -15,10 +17,9 @@ from django.conf import settings
 from catalog.models import Outfit, Product
 from ml.audience import audience_ids
 from ml.config import ModelConfig
-from ml.dataset import TrainData, category_ids, split_items, split_outfits
-from ml.heads import zero_shot_heads
+from ml.dataset import TrainData, category_ids, train_data_from_items
+from ml.heads import RecommenderHeads, zero_shot_heads
 from ml.inference import Embedder
-from ml.slots import SLOT_INDEX
 
 
 def model_config() -> ModelConfig:
@@ -46,17 +47,38 @@ def catalog_products() -> list[Product]:
     return list(Product.objects.order_by("pk"))
 
 
-def zero_shot_embedder(*, compat_dim: int | None = None, seed: int = 0, cache_dir=None) -> Embedder:
-    """Base towers with untrained heads: tower features for training and evaluation.
+def zero_shot_embedder(*, compat_dim: int | None = None, seed: int = 0) -> Embedder:
+    """Base towers with untrained heads, through the feature cache (``ML_FEATURE_CACHE_DIR``): tower
+    features for training and evaluation.
 
     Args:
         compat_dim: the compatibility space's dimension (default ``COMPAT_DIM``).
-        cache_dir: feature cache folder (default ``ML_FEATURE_CACHE_DIR``; ``False`` for none).
+        seed: seed of the untrained heads.
     """
     mcfg = model_config()
     heads = zero_shot_heads(mcfg.embed_dim, compat_dim or settings.COMPAT_DIM, seed)
-    cache = settings.ML_FEATURE_CACHE_DIR if cache_dir is None else (cache_dir or None)
-    return Embedder(mcfg, heads, cache_dir=cache)
+    return Embedder(mcfg, heads, cache_dir=settings.ML_FEATURE_CACHE_DIR)
+
+
+def own_features(
+    heads: RecommenderHeads,
+    model: dict[str, Any],
+    products: Sequence[Product],
+    *,
+    base: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The tower features a version's heads go with: ``base`` (the (N, E) float32 image and text
+    features of the settings' model) when the heads use that model's untuned towers, else the features
+    of their own towers (another model in ``model``, the version's ``ModelConfig`` as a dict, or
+    fine-tuned towers in ``heads.tower_state``), computed through the feature cache on this device.
+    """
+    ours = model_config()
+    mcfg = replace(ModelConfig(**model), device=ours.device) if model else ours
+    same_towers = not heads.tower_state and (mcfg.name, mcfg.pretrained) == (ours.name, ours.pretrained)
+    if same_towers and heads.embed_dim == base[0].shape[1]:
+        return base
+    embedder = Embedder(mcfg, heads, cache_dir=settings.ML_FEATURE_CACHE_DIR)
+    return tower_features(embedder, products, progress=True)[:2]
 
 
 def tower_features(
@@ -98,29 +120,14 @@ def train_data(
     for oid, split, pid in rows:
         if pid in index:
             outfits.setdefault(oid, (split, []))[1].append(index[pid])
-    train, val, test = split_outfits(
-        [
-            (oid, np.asarray(items, dtype=np.int64), split == Outfit.Split.TEST)
-            for oid, (split, items) in outfits.items()
-            if len(items) >= 2
-        ],
-        val_fraction=val_fraction,
-    )
-    heldout, val_items = split_items(
-        [p.sku for p in products], heldout_fraction=heldout_fraction, val_fraction=val_fraction
-    )
     paths, texts = product_inputs(products)
-    return TrainData(
-        image=img,
-        text=txt,
-        heldout_items=heldout,
-        val_items=val_items,
-        slots=np.asarray([SLOT_INDEX[p.slot] for p in products], dtype=np.int64),
-        types=category_ids([p.product_type for p in products]),
-        outfits=train,
-        val_outfits=val,
-        test_outfits=test,
-        item_ids=np.asarray([p.pk for p in products], dtype=np.int64),
+    return train_data_from_items(
+        img,
+        txt,
+        keys=[p.sku for p in products],
+        item_ids=[p.pk for p in products],
+        slots=[p.slot for p in products],
+        types=[p.product_type for p in products],
         attrs={
             **{
                 a: category_ids([getattr(p, a) for p in products])
@@ -131,6 +138,13 @@ def train_data(
             "audience": audience_ids(p.audience_group for p in products),
             "variant": category_ids([p.variant_group or f"sku-{p.sku}" for p in products]),
         },
+        outfits=[
+            (oid, np.asarray(items, dtype=np.int64), split == Outfit.Split.TEST)
+            for oid, (split, items) in outfits.items()
+            if len(items) >= 2
+        ],
         image_paths=paths,
         texts=texts,
+        val_fraction=val_fraction,
+        heldout_fraction=heldout_fraction,
     )

@@ -59,9 +59,3 @@ def embedder_for(version: ModelVersion) -> Embedder:
             cfg = ModelConfig(**version.config["model"])
             entry.embedder = Embedder(cfg, entry.heads, cache_dir=settings.ML_FEATURE_CACHE_DIR)
         return entry.embedder
-
-
-def forget(version_id: int) -> None:
-    """Drop a version from the cache (its vectors and artifact were pruned)."""
-    with _LOCK:
-        _VERSIONS.pop(version_id, None)

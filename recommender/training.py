@@ -30,7 +30,7 @@ from catalog.models import Product
 from ml.config import ModelConfig, TrainConfig
 from ml.dataset import TrainData
 from ml.evaluate import best_reference, evaluate_all, write_report
-from ml.heads import RecommenderHeads, load_heads, save_heads, zero_shot_heads
+from ml.heads import RecommenderHeads, load_heads, save_heads
 from ml.inference import Embedder
 from ml.model import build_model
 from ml.train import TrainResult, train
@@ -228,11 +228,7 @@ def _features(r: _Run) -> tuple[Embedder, TrainData, list[tuple[int, str]]]:
     if len(r.products) < 2:
         raise ValueError(f"the catalog has {len(r.products)} products; import or upload some first")
     t = time.perf_counter()
-    embedder = Embedder(
-        r.mcfg,
-        zero_shot_heads(r.mcfg.embed_dim, r.cfg.compat_dim, r.cfg.seed),
-        cache_dir=settings.ML_FEATURE_CACHE_DIR,
-    )
+    embedder = ml_bridge.zero_shot_embedder(compat_dim=r.cfg.compat_dim, seed=r.cfg.seed)
     img, txt, failed = ml_bridge.tower_features(embedder, r.products, progress=True)
     r.timings["features_s"] = time.perf_counter() - t
     r.log.update(
@@ -350,15 +346,7 @@ def _incumbent(
         return None
     heads, meta = load_heads(active.artifact_path)
     model = meta.get("model") or (active.config or {}).get("model") or {}
-    mcfg = ModelConfig(**model) if model else r.mcfg
-    same_towers = not heads.tower_state and (mcfg.name, mcfg.pretrained) == (r.mcfg.name, r.mcfg.pretrained)
-    if same_towers and heads.embed_dim == data.image.shape[1]:
-        feats = (data.image, data.text)
-    else:
-        embedder = Embedder(
-            replace(mcfg, device=r.mcfg.device), heads, cache_dir=settings.ML_FEATURE_CACHE_DIR
-        )
-        feats = ml_bridge.tower_features(embedder, r.products, progress=True)[:2]
+    feats = ml_bridge.own_features(heads, model, r.products, base=(data.image, data.text))
     return f"active v{active.pk}", heads, feats
 
 

@@ -16,10 +16,8 @@ import numpy as np
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from ml.config import ModelConfig
 from ml.evaluate import evaluate_all, markdown_report, write_report
 from ml.heads import RecommenderHeads, load_heads
-from ml.inference import Embedder
 from ml.protocols import PROTOCOL_SEED
 from recommender import ml_bridge
 from recommender.models import ModelVersion
@@ -54,17 +52,15 @@ class Command(BaseCommand):
             versions = ModelVersion.objects.filter(pk__in=[int(v) for v in opts["versions"].split(",")])
         heads: dict[str, RecommenderHeads] = {}
         features: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-        base = ml_bridge.model_config()
         for v in versions:
             if not v.artifact_path:
                 continue
             name = f"v{v.pk} {v.name}"
             heads[name], meta = load_heads(v.artifact_path)
             model = meta.get("model") or (v.config or {}).get("model") or {}
-            mcfg = replace(ModelConfig(**model), device=base.device) if model else base
-            if heads[name].tower_state or (mcfg.name, mcfg.pretrained) != (base.name, base.pretrained):
-                embedder = Embedder(mcfg, heads[name], cache_dir=settings.ML_FEATURE_CACHE_DIR)
-                features[name] = ml_bridge.tower_features(embedder, products, progress=True)[:2]
+            own = ml_bridge.own_features(heads[name], model, products, base=(data.image, data.text))
+            if own[0] is not data.image:
+                features[name] = own
         results = evaluate_all(data, heads, seed=opts["seed"], features=features)
         last = next(reversed(heads), None)
         plot_data = (
