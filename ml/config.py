@@ -35,6 +35,10 @@ class ModelConfig:
         return asdict(self)
 
 
+#: The compatibility losses a run can train with (``TrainConfig.compat_loss``).
+COMPAT_LOSSES: tuple[str, ...] = ("infonce", "triplet")
+
+
 @dataclass
 class TrainConfig:
     """Hyper-parameters of a fine-tuning run (heads on cached frozen-tower features by default).
@@ -46,11 +50,16 @@ class TrainConfig:
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         temperature: initial InfoNCE temperature τ (the logit scale starts at 1/τ, learnable, clamped at 100).
-        margin: triplet margin m.
+        margin: triplet margin m (``compat_loss="triplet"``).
         miner: ``"batch-hard"``, ``"semi-hard"``, ``"batch-all"`` or ``"random"`` (offline: the sampled
-            negative as is) for the compatibility triplets.
+            negative as is) for the compatibility triplets (``compat_loss="triplet"``).
+        compat_loss: the compatibility loss over an (anchor, positive) outfit pair and its candidate
+            negatives (``ml.sampling``): ``"infonce"`` (softmax cross-entropy of the positive among them,
+            ``ml.losses.CandidateInfoNCELoss``) or ``"triplet"`` (``ml.losses.TypeAwareTripletLoss`` with
+            ``miner`` and ``margin``).
+        compat_temperature: τ of ``compat_loss="infonce"`` (fixed): logits are pair scores / τ.
         w_infonce: weight of the symmetric image↔text InfoNCE loss.
-        w_triplet: weight of the compatibility triplet loss.
+        w_compat: weight of the compatibility loss.
         w_type: weight of an auxiliary product-type softmax classification loss on the general image and
             text vectors (keeps items of one type together for similar-item retrieval; 0 = off).
         compat_dim: dimension of the type-aware compatibility space.
@@ -79,8 +88,10 @@ class TrainConfig:
     temperature: float = 0.07
     margin: float = 0.2
     miner: str = "semi-hard"
+    compat_loss: str = "infonce"
+    compat_temperature: float = 0.1
     w_infonce: float = 1.0
-    w_triplet: float = 1.0
+    w_compat: float = 1.0
     w_type: float = 0.5
     compat_dim: int = 128
     normalize: bool = True
@@ -93,6 +104,12 @@ class TrainConfig:
     amp: str = "bf16"
     channels_last: bool = True
     num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.compat_loss not in COMPAT_LOSSES:
+            raise ValueError(f"compat_loss {self.compat_loss!r}: expected one of {', '.join(COMPAT_LOSSES)}")
+        if self.compat_temperature <= 0:
+            raise ValueError(f"compat_temperature must be > 0, got {self.compat_temperature}")
 
     @property
     def tunes_towers(self) -> bool:

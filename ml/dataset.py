@@ -304,21 +304,12 @@ def train_data_from_hm(
     Raises:
         FileNotFoundError / ValueError: from :func:`ml.data.read_articles` / :func:`ml.data.read_baskets`.
     """
-    # lazy: ml.features imports open_clip (~3 s); only this H&M path computes tower features
-    from ml.features import FeatureCache, FeatureExtractor
+    from ml.features import tower_features  # lazy: open_clip (~3 s)
 
     arts, baskets = hm_articles(root, limit)
-    paths, texts = [str(a.image_path) for a in arts], [a.text for a in arts]
-    ex = FeatureExtractor(bundle, batch_size=32)
-    if cache_dir is not None:
-        cache = FeatureCache(cache_dir)
-        img, failed = cache.get_or_compute_images(ex, paths, progress=True, return_failed=True)
-        txt = cache.get_or_compute_texts(ex, texts)
-    else:
-        img, failed = ex.encode_images(paths, progress=True)
-        txt = ex.encode_texts(texts, progress=True)
-    if failed:
-        logger.warning("%d photos unreadable (zero image features)", len(failed))
+    img, txt = tower_features(
+        bundle, [str(a.image_path) for a in arts], [a.text for a in arts], cache_dir=cache_dir
+    )
     return hm_train_data(
         arts,
         baskets,

@@ -459,3 +459,30 @@ def _file_sha256(path: str | Path) -> str | None:
             return hashlib.file_digest(f, "sha256").hexdigest()
     except OSError:
         return None
+
+
+def tower_features(
+    bundle: ClipBundle, image_paths: Sequence[str], texts: Sequence[str], *, cache_dir: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frozen tower features of N items for a training run read straight from a sample folder.
+
+    Args:
+        bundle: the :class:`~ml.model.ClipBundle` whose towers encode.
+        image_paths: N photo paths; an unreadable one gets zero features (logged, not raised).
+        texts: N product texts.
+        cache_dir: a :class:`FeatureCache` folder (keyed by file hash and model), or None to compute all.
+
+    Returns:
+        ``(image, text)``, each (N, E) float32.
+    """
+    ex = FeatureExtractor(bundle, batch_size=32)
+    if cache_dir is not None:
+        cache = FeatureCache(cache_dir)
+        img, failed = cache.get_or_compute_images(ex, image_paths, progress=True, return_failed=True)
+        txt = cache.get_or_compute_texts(ex, texts)
+    else:
+        img, failed = ex.encode_images(image_paths, progress=True)
+        txt = ex.encode_texts(texts, progress=True)
+    if failed:
+        logger.warning("%d photos unreadable (zero image features)", len(failed))
+    return img, txt

@@ -11,14 +11,21 @@ so both samples can live in one catalog.
 from __future__ import annotations
 
 import csv
+import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from ml.audience import audience_group
+import numpy as np
+
+from ml.audience import audience_group, audience_ids
 from ml.data import RowError, product_text, split_is_test
+from ml.dataset import TrainData, category_ids, train_data_from_items
 from ml.slots import slot_for
+
+logger = logging.getLogger(__name__)
 
 SKU_PREFIX = "MNG-"
 REQUIRED_COLUMNS = (
@@ -358,3 +365,76 @@ def select_products(
         if len(chosen) >= limit:
             break
     return [p for p in products if p.product_id in chosen]
+
+
+def mango_train_data(
+    products: Sequence[MangoProduct],
+    outfits: Sequence[tuple[str, Sequence[str]]],
+    img: np.ndarray,
+    txt: np.ndarray,
+    *,
+    test_fraction: float = 0.15,
+    val_fraction: float = 0.1,
+    heldout_fraction: float = 0.1,
+    seed: int = 0,
+) -> TrainData:
+    """:class:`ml.dataset.TrainData` of MANGO products (in order) with their (N, E) float32 tower features.
+
+    The same splits as ``import_catalog mango`` + ``recommender.ml_bridge.train_data``: an outfit is held
+    out by :func:`outfit_is_test` (a fixed hash of its id; ``seed`` is the import's, never a training
+    seed), products by their SKU (:func:`ml.dataset.split_items`). Outfits keep one product per model
+    (:func:`clean_outfit`) and need two products of this selection. Attributes: section = line,
+    department = family, colour, audience group, variant = model.
+    """
+    index = {p.product_id: i for i, p in enumerate(products)}
+    model_of = {p.product_id: p.model for p in products}
+    rows = []
+    for oid, items in outfits:
+        kept = [index[pid] for pid in clean_outfit(items, model_of) if pid in index]
+        if len(kept) >= 2:
+            rows.append(
+                (outfit_key(oid), np.asarray(kept, dtype=np.int64), outfit_is_test(oid, test_fraction, seed))
+            )
+    return train_data_from_items(
+        img,
+        txt,
+        keys=[p.sku for p in products],
+        item_ids=list(range(len(products))),
+        slots=[p.slot for p in products],
+        types=[p.product_type for p in products],
+        attrs={
+            "section": category_ids([p.line for p in products]),
+            "department": category_ids([p.family for p in products]),
+            "colour": category_ids([p.colour for p in products]),
+            "audience": audience_ids(p.audience_group for p in products),
+            "variant": category_ids([p.model for p in products]),
+        },
+        outfits=rows,
+        image_paths=[str(p.image_path) for p in products],
+        texts=[p.text for p in products],
+        val_fraction=val_fraction,
+        heldout_fraction=heldout_fraction,
+    )
+
+
+def train_data_from_mango(
+    root: Path | str, *, bundle: Any, limit: int | None = None, cache_dir: Path | None = None, **splits: float
+) -> TrainData:
+    """:class:`ml.dataset.TrainData` straight from the MANGO sample folder (no Django): the products of
+    about ``limit`` whole outfits (:func:`select_products`, seed 0 as the import), tower features from
+    ``bundle`` (through the feature cache when ``cache_dir`` is set), then :func:`mango_train_data`.
+
+    Raises:
+        FileNotFoundError / ValueError: from :func:`read_products` / :func:`read_outfits`.
+    """
+    from ml.features import tower_features  # lazy: open_clip (~3 s)
+
+    products, errors = read_products(root)
+    for err in errors[:10]:
+        logger.warning("products.csv line %d (%s) skipped: %s", err.line, err.article_id, err.reason)
+    outfits = read_outfits(root)
+    products = select_products(products, outfits, limit)
+    img, txt = tower_features(
+        bundle, [str(p.image_path) for p in products], [p.text for p in products], cache_dir=cache_dir
+    )
+    return mango_train_data(products, outfits, img, txt, **splits)

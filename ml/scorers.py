@@ -14,6 +14,9 @@ Rows:
 * ``attribute-match``: the number of equal attributes among :data:`ATTRIBUTE_KEYS` (section,
   department, colour, audience group) present in ``data.attrs``; a FITB candidate scores the mean over
   question items (the same ranking as the majority/overlap count).
+* ``pair-memory``: how many training outfits hold both items (``summed``: the candidate's count with
+  the given items): memorised pairs, what a collaborative model knows; scores 0 on every pair the
+  matched protocol asks about (``ml.protocols.novel_subset``), so it sits at chance there.
 * ``co-occurrence``: a category prior ``log P(type_b | type_a)`` from the training outfits
   (:func:`cooccurrence_log_prob`); no features.
 * heads (zero-shot or fine-tuned, :func:`heads_scorer`): the type-aware pair score
@@ -28,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import sparse
 
 from ml.dataset import TrainData
 from ml.heads import RecommenderHeads
@@ -42,12 +46,14 @@ __all__ = [
     "cooccurrence_log_prob",
     "cooccurrence_scorer",
     "heads_scorer",
+    "pair_memory_scorer",
     "popularity_scorer",
 ]
 
 POPULARITY, ATTRIBUTE_MATCH, COOCCURRENCE = "popularity", "attribute-match", "co-occurrence"
+PAIR_MEMORY = "pair-memory"
 #: Row names of the non-learned baselines, in table order.
-BASELINES: tuple[str, ...] = (POPULARITY, ATTRIBUTE_MATCH, COOCCURRENCE)
+BASELINES: tuple[str, ...] = (POPULARITY, ATTRIBUTE_MATCH, PAIR_MEMORY, COOCCURRENCE)
 #: ``TrainData.attrs`` keys the attribute-match baseline compares (missing keys are skipped).
 ATTRIBUTE_KEYS: tuple[str, ...] = ("section", "department", "colour", "audience")
 
@@ -95,6 +101,29 @@ def attribute_scorer(data: TrainData) -> Scorer | None:
     return Scorer(lambda a, b: sum((v[a] == v[b]).astype(np.float64) for v in attrs))
 
 
+def pair_memory_scorer(data: TrainData) -> Scorer:
+    """Pair memory: the number of training outfits (``data.outfits``) that hold both items, (P,) float64
+    (a sparse (N, N) count matrix; ``summed`` adds the given items' rows)."""
+    n = len(data.types)
+    rows, cols = [], []
+    for o in data.outfits:
+        items = np.unique(np.asarray(o, dtype=np.int64))
+        i, j = np.meshgrid(items, items, indexing="ij")
+        rows.append(i[i != j])
+        cols.append(j[i != j])
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    counts = sparse.csr_matrix((np.ones(len(r)), (r, c)), shape=(n, n))  # duplicates summed
+
+    def pair(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.asarray(counts[np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)]).ravel()
+
+    def summed(given: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        return np.asarray(counts[np.asarray(given, dtype=np.int64)].sum(0)).ravel()[candidates]
+
+    return Scorer(pair, summed)
+
+
 def cooccurrence_log_prob(outfits: Sequence[np.ndarray], type_index: np.ndarray, n_types: int) -> np.ndarray:
     """Category co-occurrence prior ``log P(type_b | type_a)`` with add-one smoothing.
 
@@ -131,6 +160,7 @@ def baseline_scorers(data: TrainData) -> dict[str, Scorer]:
     attr = attribute_scorer(data)
     if attr is not None:
         out[ATTRIBUTE_MATCH] = attr
+    out[PAIR_MEMORY] = pair_memory_scorer(data)
     out[COOCCURRENCE] = cooccurrence_scorer(data)
     return out
 

@@ -1,4 +1,4 @@
-"""Fine-tuning loop: symmetric image↔text InfoNCE + type-aware compatibility triplets.
+"""Fine-tuning loop: symmetric image↔text InfoNCE + a type-aware compatibility loss (candidate InfoNCE or triplet).
 
 By default the towers are frozen and their outputs cached (``ml.features``), so a run trains only the
 heads (``ml.heads``) and takes minutes on a 2-core CPU for the 11,800-item catalog. Everything here
@@ -28,25 +28,27 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ml.config import ModelConfig, TrainConfig
 from ml.dataset import (
     TrainData,
-    fitb_questions,
     train_data_from_hm,
     training_rows,
 )
 from ml.evaluate import evaluate_all, markdown_report, write_report
 from ml.heads import RecommenderHeads, save_heads
-from ml.losses import ClipLoss, SoftmaxClassificationLoss, TypeAwareTripletLoss
+from ml.losses import CandidateInfoNCELoss, ClipLoss, SoftmaxClassificationLoss, TypeAwareTripletLoss
+from ml.mango import train_data_from_mango
 from ml.metrics import fitb_accuracy_heads, text_to_image_recall
+from ml.protocols import matched_protocol
 from ml.sampling import OutfitNegativeSampler, training_pairs
 from ml.slots import SLOTS
 
 logger = logging.getLogger(__name__)
 
-_N_CANDIDATES = 32  # candidate negatives per triplet anchor (ml.sampling.OutfitNegativeSampler)
-_HISTORY = ("loss", "infonce", "triplet", "type", "val_fitb", "val_r10", "val", "temperature")
+_N_CANDIDATES = 32  # candidate negatives per compatibility anchor (ml.sampling.OutfitNegativeSampler)
+_HISTORY = ("loss", "infonce", "compat", "type", "val_fitb", "val_r10", "val", "temperature")
 
 
 @dataclass
@@ -103,11 +105,23 @@ def _rng_restore(state: dict[str, Any], gen: torch.Generator, rng: np.random.Gen
 # the run's state and its steps
 
 
+def validation_questions(data: TrainData, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """FITB questions of the validation outfits on the popularity-matched protocol
+    (:func:`ml.protocols.matched_protocol` with the validation outfits in the test outfits' place), so
+    early stopping keeps the epoch that is best at compatibility, not at the popularity shortcut the
+    random protocol rewards. ``[(question items (K,), candidates (4,))]`` int64, answer first; empty
+    without validation outfits."""
+    if not data.val_outfits:
+        return []
+    swapped = replace(data, test_outfits=data.val_outfits, val_outfits=data.test_outfits)
+    return matched_protocol(swapped, seed).questions
+
+
 class _Run:
     """One training run: what it trains, the data it reads, its random streams and its progress.
 
     Attributes:
-        heads, clip_loss, type_loss, triplet_loss, opt, scaler: what is trained, on ``device``; tuner: the
+        heads, clip_loss, type_loss, compat_loss, opt, scaler: what is trained, on ``device``; tuner: the
             towers' unfrozen tops (``ml.towers.TowerTuner``), None for frozen towers.
         gen, rng: the seeded torch / NumPy streams (epoch order and mining / triplet sampling).
         image, text: (N, E) float32 feature bank on ``device`` (a private copy when the towers are tuned);
@@ -135,7 +149,11 @@ class _Run:
         heads = RecommenderHeads(e, cfg.compat_dim, num_slots=len(SLOTS), normalize=cfg.normalize)
         self.heads = heads.to(device)
         self.clip_loss = ClipLoss(init_temperature=cfg.temperature).to(device)
-        self.triplet_loss = TypeAwareTripletLoss(margin=cfg.margin, miner=cfg.miner)
+        self.compat_loss: nn.Module = (
+            CandidateInfoNCELoss(cfg.compat_temperature)
+            if cfg.compat_loss == "infonce"
+            else TypeAwareTripletLoss(margin=cfg.margin, miner=cfg.miner)
+        )
         n_types = int(data.types.max()) + 1 if len(data.types) else 1
         self.type_loss = SoftmaxClassificationLoss(e, n_types).to(device)
         self.opt = self.build_optimizer()
@@ -151,7 +169,7 @@ class _Run:
         self.sampler = OutfitNegativeSampler(data.slots, data.outfits, self.rng)
         pairs = training_pairs(data.outfits, data.slots, data.attrs.get("audience"))
         self.pairs = pairs[self.sampler.has_negatives(pairs)]
-        self.val_questions = fitb_questions(data.val_outfits, data.slots, data.types, seed=cfg.seed + 1)
+        self.val_questions = validation_questions(data, seed=cfg.seed + 1)
         train_items, self.val_items, self.val_rows = training_rows(data, self.val_questions)
         self.train_items = torch.from_numpy(train_items)
         self.batch_size = min(cfg.batch_size, len(self.train_items))
@@ -172,10 +190,11 @@ class _Run:
             groups.append({"params": self.tuner.parameters(), "lr": self.cfg.tower_lr})
         return torch.optim.AdamW(groups, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
-    def triplet_loss_of_batch(self) -> torch.Tensor:
-        """The compatibility triplet loss of B random outfit pairs, each anchor with :data:`_N_CANDIDATES`
-        candidate negatives (``ml.sampling.OutfitNegativeSampler``: of its positive's slot and popularity,
-        never a known partner of the anchor), in the pair's masked subspace: a scalar."""
+    def compat_loss_of_batch(self) -> torch.Tensor:
+        """The compatibility loss (``cfg.compat_loss``: candidate InfoNCE or type-aware triplet) of B random
+        outfit pairs, each anchor with :data:`_N_CANDIDATES` candidate negatives
+        (``ml.sampling.OutfitNegativeSampler``: of its positive's slot and popularity, never a known
+        partner of the anchor), in the pair's masked subspace: a scalar."""
         bs, heads, device = self.batch_size, self.heads, self.device
         pi = self.pairs[self.rng.integers(len(self.pairs), size=bs)]  # (B, 2)
         a, p = torch.from_numpy(pi[:, 0]), torch.from_numpy(pi[:, 1])
@@ -186,11 +205,13 @@ class _Run:
         fa, fp = f[inv[:bs]], f[inv[bs : 2 * bs]]
         fc = f[inv[2 * bs :]].view(bs, cand.shape[1], -1)  # (B, M, C)
         m = heads.pair_mask(self.slots[a], self.slots[p])  # (B, C): the negative shares the positive's slot
-        return self.triplet_loss(fa, fp, fc, m, generator=self.gen)
+        if isinstance(self.compat_loss, CandidateInfoNCELoss):
+            return self.compat_loss(fa, fp, fc, m)
+        return self.compat_loss(fa, fp, fc, m, generator=self.gen)
 
     def losses(self, idx: torch.Tensor, f_img: torch.Tensor, f_txt: torch.Tensor) -> dict[str, torch.Tensor]:
         """The losses of one step on rows (B,) int64 and their (B, E) tower outputs: scalars
-        ``{"loss" (the weighted sum), "infonce", "triplet", "type"}``."""
+        ``{"loss" (the weighted sum), "infonce", "compat", "type"}``."""
         cfg = self.cfg
         img_v, txt_v = self.heads.general(f_img, f_txt)  # (B, E) each
         l_nce = self.clip_loss(img_v, txt_v)
@@ -198,17 +219,17 @@ class _Run:
         if cfg.w_type > 0:  # auxiliary product-type classification of both modalities
             t_idx = self.types[idx.to(self.device)]
             l_type = (self.type_loss(img_v, t_idx) + self.type_loss(txt_v, t_idx)) / 2
-        l_tri = torch.zeros((), device=self.device)
-        if len(self.pairs) and cfg.w_triplet > 0:
-            l_tri = self.triplet_loss_of_batch()
-        loss = cfg.w_infonce * l_nce + cfg.w_triplet * l_tri + cfg.w_type * l_type
-        return {"loss": loss, "infonce": l_nce, "triplet": l_tri, "type": l_type}
+        l_compat = torch.zeros((), device=self.device)
+        if len(self.pairs) and cfg.w_compat > 0:
+            l_compat = self.compat_loss_of_batch()
+        loss = cfg.w_infonce * l_nce + cfg.w_compat * l_compat + cfg.w_type * l_type
+        return {"loss": loss, "infonce": l_nce, "compat": l_compat, "type": l_type}
 
     def train_epoch(self) -> tuple[dict[str, float], int]:
         """One pass over the training items in a seeded order, ending early at ``cfg.max_steps``.
 
         Returns:
-            ``({"loss", "infonce", "triplet", "type": mean over the epoch's steps}, steps done)``.
+            ``({"loss", "infonce", "compat", "type": mean over the epoch's steps}, steps done)``.
         """
         self.heads.train()
         bs = self.batch_size
@@ -218,7 +239,7 @@ class _Run:
             source = self.tuner.batches(batches)
         else:  # cached frozen-tower features
             source = ((idx, self.image[idx], self.text[idx]) for idx in batches)
-        sums = {"loss": 0.0, "infonce": 0.0, "triplet": 0.0, "type": 0.0}
+        sums = {"loss": 0.0, "infonce": 0.0, "compat": 0.0, "type": 0.0}
         done = 0
         for idx, f_img, f_txt in source:  # (B,), (B, E), (B, E)
             losses = self.losses(idx, f_img, f_txt)
@@ -353,16 +374,20 @@ def train(
 
     Loss per step: ``cfg.w_infonce · CLIP(image, text)`` (symmetric InfoNCE, Radford et al. 2021) on a
     batch of items + ``cfg.w_type · CE(product type)`` (a softmax classification head on both
-    modalities' vectors) + ``cfg.w_triplet · TypeAwareTriplet(anchor, positive, negative)`` (Vasileva et al.
-    2018, :class:`~ml.losses.TypeAwareTripletLoss`) on outfit pairs in the compatibility space, with the mask
-    of the (anchor, positive) slot pair and a negative chosen by ``cfg.miner`` among 32 candidates of the
-    positive's slot and popularity, never a known partner of the anchor (``ml.sampling``; the pairs keep
-    to outfit slots and to audiences that fit). The triplet distance is ``1 − <a ⊙ m, x ⊙ m>``, so training ranks exactly as pgvector's inner-product queries serve.
+    modalities' vectors) + ``cfg.w_compat ·`` the compatibility loss on outfit pairs in the type-aware
+    compatibility space (Vasileva et al. 2018), with the mask of the (anchor, positive) slot pair and 32
+    candidate negatives of the positive's slot and popularity, never a known partner of the anchor
+    (``ml.sampling``; the pairs keep to outfit slots and to audiences that fit): by default InfoNCE of the
+    positive among the candidates (:class:`~ml.losses.CandidateInfoNCELoss`), or with
+    ``compat_loss="triplet"`` :class:`~ml.losses.TypeAwareTripletLoss` on the negative chosen by
+    ``cfg.miner``. Scores are the served pair scores ``<a ⊙ m², x>``, so training ranks exactly as
+    pgvector's inner-product queries serve. Early stopping validates on popularity-matched FITB
+    questions of the validation outfits (:func:`validation_questions`).
 
     Tower fine-tuning (``cfg.unfreeze_last_blocks`` / ``cfg.unfreeze_text_layers`` > 0, ``ml.towers``): the
     InfoNCE/type batch's tower outputs are computed from its photos and texts at each step, with gradients
     into the unfrozen blocks (AdamW param group at ``cfg.tower_lr``; autocast and channels_last on CUDA).
-    The triplet items (up to 34 per anchor) read a feature bank instead: ``data.image``/``data.text``,
+    The compatibility items (up to 34 per anchor) read a feature bank instead: ``data.image``/``data.text``,
     overwritten (detached) with the towers' outputs of every batch and, before validation, of the
     validation items (a memory bank, Wu et al. 2018, "Unsupervised Feature Learning via Non-Parametric
     Instance Discrimination"). Checkpoints then also hold the tower weights; the returned heads carry
@@ -402,8 +427,8 @@ def train(
         run.record_epoch(epoch, losses, fitb, r10)
         h = run.history
         logger.info(
-            "epoch %d step %d loss %.4f infonce %.4f triplet %.4f val_fitb %.3f val_r10 %.3f",
-            *(epoch, run.step, h["loss"][-1], h["infonce"][-1], h["triplet"][-1], fitb, r10),
+            "epoch %d step %d loss %.4f infonce %.4f compat %.4f val_fitb %.3f val_r10 %.3f",
+            *(epoch, run.step, h["loss"][-1], h["infonce"][-1], h["compat"][-1], fitb, r10),
         )
         if checkpoint_dir is not None:
             run.save_checkpoint(checkpoint_dir)
@@ -434,9 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--features", type=Path, help="TrainData .npz file (TrainData.save)")
     src.add_argument("--hm-root", type=Path, help="H&M sample folder (articles.csv, baskets.json, images/)")
-    p.add_argument("--limit", type=int, default=0, help="with --hm-root: about this many articles (0 = all)")
+    src.add_argument(
+        "--mango-root", type=Path, help="MANGO sample folder (products.csv, outfits.csv, images/)"
+    )
     p.add_argument(
-        "--save-features", type=Path, default=None, help="with --hm-root: also write the TrainData .npz"
+        "--limit", type=int, default=0, help="with a sample root: about this many products (0 = all)"
+    )
+    p.add_argument(
+        "--save-features", type=Path, default=None, help="with a sample root: also write the TrainData .npz"
     )
     p.add_argument("--feature-cache", type=Path, default=Path("var/features"), help="feature cache folder")
     p.add_argument("--out", type=Path, default=Path("var/models/cli-run"), help="output folder")
@@ -462,14 +492,16 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     mcfg = ModelConfig(name=args.model_name, pretrained=args.pretrained, device=args.device)
     bundle = None
-    if args.hm_root is not None or cfg.tunes_towers:
+    sample_root = args.hm_root or args.mango_root
+    if sample_root is not None or cfg.tunes_towers:
         # lazy: ml.model imports open_clip (~3 s); `--help` and runs on a features file never need it
         from ml.model import build_model
 
         bundle = build_model(mcfg)
-    if args.hm_root is not None:
-        data = train_data_from_hm(
-            args.hm_root,
+    if sample_root is not None:
+        build = train_data_from_hm if args.hm_root is not None else train_data_from_mango
+        data = build(
+            sample_root,
             bundle=bundle,
             limit=args.limit or None,
             val_fraction=cfg.val_fraction,

@@ -11,7 +11,8 @@ mining lives in :mod:`ml.mining`.
 
 Modules:
     margin       -- contrastive, triplet margin and type-aware triplet losses (hinge on distances)
-    in_batch     -- InfoNCE, NT-Xent, CLIP, N-pair and angular losses (softmax over the batch)
+    in_batch     -- InfoNCE, NT-Xent, CLIP, N-pair and angular losses (softmax over the batch), and
+                    InfoNCE over an outfit pair's candidate negatives
     class_based  -- center loss, softmax classification baseline, class centroids
     factory      -- :data:`LOSSES` and :func:`build_loss`
 
@@ -28,12 +29,20 @@ from ml.losses.class_based import (
     class_centroids,
 )
 from ml.losses.factory import LOSSES, build_loss
-from ml.losses.in_batch import AngularLoss, ClipLoss, InfoNCELoss, NPairLoss, NTXentLoss
+from ml.losses.in_batch import (
+    AngularLoss,
+    CandidateInfoNCELoss,
+    ClipLoss,
+    InfoNCELoss,
+    NPairLoss,
+    NTXentLoss,
+)
 from ml.losses.margin import ContrastiveLoss, TripletMarginLoss, TypeAwareTripletLoss
 
 __all__ = [
     "LOSSES",
     "AngularLoss",
+    "CandidateInfoNCELoss",
     "CenterLoss",
     "ClipLoss",
     "ContrastiveLoss",

@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from ml.losses.class_based import CenterLoss, SoftmaxClassificationLoss
-from ml.losses.in_batch import AngularLoss, ClipLoss, InfoNCELoss, NPairLoss, NTXentLoss
+from ml.losses.in_batch import AngularLoss, CandidateInfoNCELoss, ClipLoss, InfoNCELoss, NPairLoss, NTXentLoss
 from ml.losses.margin import ContrastiveLoss, TripletMarginLoss, TypeAwareTripletLoss
 
 #: Loss names accepted by :func:`build_loss`.
@@ -22,6 +22,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "center": CenterLoss,
     "softmax": SoftmaxClassificationLoss,
     "type_aware_triplet": TypeAwareTripletLoss,
+    "candidate_infonce": CandidateInfoNCELoss,
 }
 
 

@@ -258,3 +258,52 @@ class AngularLoss(nn.Module):
         f = f.masked_fill(own, float("-inf"))
         zero = f.new_zeros(n, 1)  # the "1 +" inside the log
         return torch.logsumexp(torch.cat([zero, f], dim=1), dim=1).mean()
+
+
+class CandidateInfoNCELoss(nn.Module):
+    """InfoNCE of an (anchor, positive) pair against its own candidate negatives, in the pair's type-aware
+    subspace: the compatibility loss of ``TrainConfig(compat_loss="infonce")``.
+
+    Oord et al. 2018's InfoNCE with sampled negatives, as in the complementary-item retrieval objective
+    of Sarkar et al., "OutfitTransformer", WACV 2023: with the squared pair mask ``m²`` of the anchor's
+    and positive's slots (``RecommenderHeads.pair_mask``) and ``s(a, x) = <a ⊙ m², x>`` (the served
+    pair score, pgvector's inner product),
+
+        logits_b = [s(a_b, p_b), s(a_b, c_b1), …, s(a_b, c_bM)] / τ          (B, 1 + M)
+        L = mean_b −log softmax(logits_b)_0
+
+    a smooth maximum over the negatives (LogSumExp), where a triplet loss looks at one of them.
+
+    Shapes:
+        anchor, positive: (B, C) floating point (unit norm; not normalised here).
+        candidates: (B, M, C), same dtype. mask: (B, C) ≥ 0, the pair's mask (not squared).
+        Output: scalar, dtype of anchor.
+
+    Args:
+        temperature: τ > 0, fixed.
+
+    Raises:
+        ValueError: τ <= 0, or shapes that do not match.
+    """
+
+    def __init__(self, temperature: float = 0.1) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+
+    def forward(self, anchor: Tensor, positive: Tensor, candidates: Tensor, mask: Tensor) -> Tensor:
+        _check_same_shape(anchor=anchor, positive=positive, mask=mask)
+        if (
+            candidates.dim() != 3
+            or candidates.shape[0] != anchor.shape[0]
+            or candidates.shape[2] != anchor.shape[1]
+        ):
+            raise ValueError(
+                f"candidates must be (B, M, C) with B, C of anchor {tuple(anchor.shape)}, got {tuple(candidates.shape)}"
+            )
+        q = anchor * mask.pow(2)  # (B, C)
+        s_pos = (q * positive).sum(-1, keepdim=True)  # (B, 1)
+        s_neg = torch.einsum("bc,bmc->bm", q, candidates)  # (B, M)
+        logits = torch.cat([s_pos, s_neg], dim=1) / self.temperature  # (B, 1 + M)
+        return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))

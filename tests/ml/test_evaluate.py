@@ -110,7 +110,7 @@ def test_cooccurrence_prior_by_hand() -> None:
 
 def test_baselines_by_hand() -> None:
     b = evaluate_baselines(make_data(), seed=0)
-    assert list(b) == ["popularity", "attribute-match", "co-occurrence"]
+    assert list(b) == ["popularity", "attribute-match", "pair-memory", "co-occurrence"]
     # Popularity (training outfits: 0 and 4 in 3, 8 in 2, 9-11 in 1), random protocol. O1: every item
     # of it is more popular than the other items of its slot -> right; O2: items 1 and 5 are in no
     # training outfit and 0 (or 4) is among their candidates -> wrong: FITB 1/2. Outfit scores are the
@@ -135,14 +135,14 @@ def test_baselines_by_hand() -> None:
 def test_attribute_baseline_needs_an_attribute() -> None:
     data = make_data()
     data.attrs = {}
-    assert list(evaluate_baselines(data)) == ["popularity", "co-occurrence"]
+    assert list(evaluate_baselines(data)) == ["popularity", "pair-memory", "co-occurrence"]
 
 
 def test_evaluate_all_rows_and_determinism() -> None:
     data = make_data()
     tuned = zero_shot_heads(N, 16, seed=5)
     r = evaluate_all(data, {"tuned": tuned}, seed=1)
-    assert list(r) == ["popularity", "attribute-match", "co-occurrence", "zero-shot", "tuned"]
+    assert list(r) == ["popularity", "attribute-match", "pair-memory", "co-occurrence", "zero-shot", "tuned"]
     assert all(set(row) == set(METRICS) for row in r.values())
     assert r["co-occurrence"]["recall@1"] is None and r["attribute-match"]["p@10_type"] is None
     assert r["zero-shot"]["recall@1"] == pytest.approx(0.8)

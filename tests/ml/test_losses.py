@@ -11,6 +11,7 @@ from torch import nn
 from ml.losses import (
     LOSSES,
     AngularLoss,
+    CandidateInfoNCELoss,
     CenterLoss,
     ClipLoss,
     ContrastiveLoss,
@@ -129,6 +130,25 @@ def test_type_aware_triplet_by_hand() -> None:
     close(TypeAwareTripletLoss(margin=0.5, miner="batch-all")(a, p, cands, m), 2.88 / 4)
     with pytest.raises(ValueError):
         TypeAwareTripletLoss(miner="hardest")(a, p, cands, m)
+
+
+def test_candidate_infonce_by_hand() -> None:
+    # τ = 0.5, s(a, x) = <a ⊙ m², x>. row 0: a=(1,0) p=(0,1) m=(1,1): s_p = 0, s_c = (1, 0)
+    #   -> -0/τ + log(e^0 + e^2 + e^0); row 1: a=p=(.6,.8) m=(1,0): s_p = .36, s_c = (.6, 0)
+    #   -> -.72 + log(e^.72 + e^1.2 + e^0)
+    a, p = t([[1, 0], [0.6, 0.8]]), t([[0, 1], [0.6, 0.8]])
+    cands = t([[1, 0], [0, 1]]).expand(2, 2, 2)  # (B, M, C)
+    m = t([[1, 1], [1, 0]])
+    row0 = math.log(2 + math.e**2)
+    row1 = -0.72 + math.log(math.exp(0.72) + math.exp(1.2) + 1)
+    close(CandidateInfoNCELoss(temperature=0.5)(a, p, cands, m), (row0 + row1) / 2)
+    # a positive far above every candidate costs ~0; the loss is a smooth max over the candidates
+    easy = CandidateInfoNCELoss(temperature=0.01)(t([[1, 0]]), t([[1, 0]]), t([[[0, 1]]]), t([[1, 1]]))
+    assert float(easy) < 1e-6
+    with pytest.raises(ValueError, match="temperature"):
+        CandidateInfoNCELoss(temperature=0)
+    with pytest.raises(ValueError, match="candidates"):
+        CandidateInfoNCELoss()(a, p, cands[:, :, :1], m)
 
 
 # ---------------------------------------------------------------- InfoNCE / NT-Xent / CLIP

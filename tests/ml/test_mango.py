@@ -6,6 +6,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ml import mango
@@ -77,3 +78,24 @@ def test_missing_file_and_columns(tmp_path):
     (tmp_path / "products.csv").write_text("cod_modelo_color,image\n41085800-02,images/x.jpg\n")
     with pytest.raises(ValueError, match="missing column"):
         mango.read_products(tmp_path)
+
+
+def test_train_data_keeps_the_import_split_and_clean_outfits(sample):
+    products, _, outfits = sample
+    chosen = mango.select_products(products, outfits, 600)
+    z = np.zeros((len(chosen), 2), dtype=np.float32)
+    data = mango.mango_train_data(chosen, outfits, z, z.copy())
+    index = {p.product_id: i for i, p in enumerate(chosen)}
+    model = np.asarray([p.model for p in chosen])
+    held = {
+        tuple(
+            sorted(index[pid] for pid in mango.clean_outfit(items, {p.product_id: p.model for p in chosen}))
+        )
+        for oid, items in outfits
+        if mango.outfit_is_test(oid, 0.15, 0)
+    }
+    assert data.test_outfits and {tuple(sorted(o.tolist())) for o in data.test_outfits} <= held
+    for o in [*data.outfits, *data.val_outfits, *data.test_outfits]:
+        assert len(o) >= 2 and len(set(model[o])) == len(o)  # one product per model
+    assert set(np.unique(data.attrs["audience"]).tolist()) and len(data.texts) == len(chosen)
+    assert data.texts[0] == chosen[0].text and data.item_ids.tolist() == list(range(len(chosen)))

@@ -180,3 +180,10 @@ def test_untrained_general_heads_are_the_identity():
     img, txt = heads.general(x, 2 * x)
     assert torch.allclose(img, torch.nn.functional.normalize(x, dim=-1), atol=1e-6)
     assert torch.allclose(txt, img, atol=1e-6)
+
+
+def test_config_refuses_an_unknown_compat_loss() -> None:
+    with pytest.raises(ValueError, match="compat_loss 'arcface'"):
+        TrainConfig(compat_loss="arcface")
+    with pytest.raises(ValueError, match="compat_temperature"):
+        TrainConfig(compat_temperature=0.0)

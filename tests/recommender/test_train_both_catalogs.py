@@ -42,5 +42,5 @@ def test_one_run_learns_from_baskets_and_stylist_outfits(hm_root, settings, tmp_
     assert audience_mix(run.pairs, data.attrs["audience"])[("men", "women")] == 0
     result = train(data, TrainConfig(epochs=1, max_steps=3, batch_size=32, seed=0, compat_dim=8, patience=0))
     assert (
-        result.steps == 3 and np.isfinite(result.history["triplet"][-1]) and result.history["triplet"][-1] > 0
+        result.steps == 3 and np.isfinite(result.history["compat"][-1]) and result.history["compat"][-1] > 0
     )
