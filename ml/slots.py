@@ -127,6 +127,90 @@ _HINT_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 )
 
 
+#: Product groups and types of other public catalogs (the "fashion product images" layout's
+#: ``subCategory`` / ``articleType``, Shopify's product types), lower case, singular.
+_MORE_GROUPS = {
+    "topwear": TOP,
+    "bottomwear": BOTTOM,
+    "dress": ONE_PIECE,
+    "apparel set": ONE_PIECE,
+    "saree": ONE_PIECE,
+    "innerwear": UNDERWEAR_NIGHTWEAR,
+    "loungewear and nightwear": UNDERWEAR_NIGHTWEAR,
+    "sock": SOCKS_TIGHTS,
+    "footwear": SHOES,
+    "flip flop": SHOES,
+    "sandal": SHOES,
+    "shoe": SHOES,
+    "bag": BAG,
+    "wallet": BAG,
+    "jewellery": JEWELLERY,
+    "watch": ACCESSORY,
+    "eyewear": ACCESSORY,
+    "belt": ACCESSORY,
+    "scarve": ACCESSORY,
+    "headwear": ACCESSORY,
+    "cap": ACCESSORY,
+    "tshirt": TOP,
+    "tee": TOP,
+    "kurta": TOP,
+    "tunic": TOP,
+    "tank top": TOP,
+    "jacket": OUTERWEAR,
+    "capri": BOTTOM,
+    "track pant": BOTTOM,
+    "pant": BOTTOM,
+    "casual shoe": SHOES,
+    "sports shoe": SHOES,
+    "formal shoe": SHOES,
+    "heel": SHOES,
+    "flat": SHOES,
+    "brief": UNDERWEAR_NIGHTWEAR,
+    "bra": UNDERWEAR_NIGHTWEAR,
+    "night suit": UNDERWEAR_NIGHTWEAR,
+    # MANGO's accessories whose category ("Accesories, Swim and Intimate") says nothing
+    **dict.fromkeys(
+        (
+            *("sunglasses", "glasses", "glasses case", "kerchief", "scarf", "beanie", "gloves", "foulard"),
+            *("case", "cosmetic bag", "hat", "umbrella", "hairclip", "beach towel", "hairband", "gadget"),
+            *("tie", "keyring", "headband", "turban"),
+        ),
+        ACCESSORY,
+    ),
+}
+
+
+def _singular(text: str) -> str:
+    """``"tshirts"`` -> ``"tshirt"``, ``"track pants"`` -> ``"track pant"``: the last word without a plural
+    ``s`` (``"dress"`` kept)."""
+    return text[:-1] if text.endswith("s") and not text.endswith("ss") else text
+
+
+def slot_from_taxonomy(product_group: str, product_type: str, *hints: str) -> str | None:
+    """The slot the taxonomy gives a source product group and type, or ``None`` when neither they nor a
+    hint name one (:func:`slot_for` without its ``accessory`` fallback; an import lists such a row for
+    review instead of guessing).
+
+    Args:
+        product_group, product_type, hints: as for :func:`slot_for`; a type or group not listed is
+            also tried in the singular ("Tshirts" as "tshirt") and against other public catalogs'
+            groups and types (``_MORE_GROUPS``: "Topwear", "Bottomwear", "Flip Flops").
+    """
+    group = (product_group or "").strip().lower()
+    ptype = (product_type or "").strip().lower()
+    slot = _NOT_OUTFIT_GROUPS.get(group) or _TYPE_TO_SLOT.get(ptype) or _GROUP_TO_SLOT.get(group)
+    if slot is None:
+        for name in (ptype, _singular(ptype), group, _singular(group)):
+            slot = _TYPE_TO_SLOT.get(name) or _MORE_GROUPS.get(name)
+            if slot:
+                break
+    if slot is None:
+        slot = next((s for pattern, s in _HINT_RULES if any(pattern.search(h or "") for h in hints)), None)
+    if slot in (TOP, BOTTOM) and hints and _ONE_PIECE_NAME.search(hints[0] or ""):
+        return ONE_PIECE
+    return slot
+
+
 def slot_for(product_group: str, product_type: str, *hints: str) -> str:
     """Map a source product group and product type onto one of :data:`SLOTS`.
 
@@ -141,19 +225,10 @@ def slot_for(product_group: str, product_type: str, *hints: str) -> str:
     Returns:
         The slot: an underwear, nightwear, swimwear or socks group settles it; else the type (every
         type of both samples is listed: "Outdoor trousers" → bottom, "Jumpsuit" → one-piece, "Handbag"
-        → bag); else the group; else the first hint rule a hint matches; else ``accessory``.
+        → bag); else the group; else the first hint rule a hint matches; else ``accessory``
+        (:func:`slot_from_taxonomy` without the fallback).
     """
-    group = (product_group or "").strip().lower()
-    ptype = (product_type or "").strip().lower()
-    slot = _NOT_OUTFIT_GROUPS.get(group) or _TYPE_TO_SLOT.get(ptype) or _GROUP_TO_SLOT.get(group)
-    if slot is None:
-        slot = next(
-            (s for pattern, s in _HINT_RULES if any(pattern.search(h or "") for h in hints)),
-            ACCESSORY,
-        )
-    if slot in (TOP, BOTTOM) and hints and _ONE_PIECE_NAME.search(hints[0] or ""):
-        return ONE_PIECE
-    return slot
+    return slot_from_taxonomy(product_group, product_type, *hints) or ACCESSORY
 
 
 def missing_slots(given: Iterable[str]) -> list[str]:
