@@ -8,15 +8,20 @@ or SKU check is said once, by the service, for the pages, the API and the CSV im
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 from django import forms
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.db.models import Count
 
 from catalog.images import ImageError
 from catalog.imports import IMPORT_MAX_CSV_BYTES, IMPORT_MAX_ZIP_BYTES
-from catalog.models import PRODUCT_FIELDS, PRODUCT_FILTER_LOOKUPS, Product
+from catalog.mapping import PRESETS, TARGET_LABELS
+from catalog.models import PRODUCT_FIELDS, PRODUCT_FILTER_LOOKUPS, ImportMapping, Product
+from catalog.vocabulary import VOCABULARY_FIELDS, canonical_spellings, vocab_key, vocabulary
+from ml.audience import AUDIENCE_GROUPS
 from ml.slots import SLOT_INDEX, SLOTS
 
 
@@ -215,6 +220,52 @@ class ImportForm(PageForm):
         allow_empty_file=True,
         widget=forms.FileInput(attrs={"accept": ".zip,application/zip"}),
     )
+    mapping = forms.ChoiceField(label="Columns", required=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        saved = list(ImportMapping.objects.values_list("name", flat=True))
+        self.fields["mapping"].choices = [
+            ("", "Show me the file's columns and propose a mapping"),
+            ("Built-in", [(key, label) for key, (label, _c, _m) in PRESETS.items()]),
+            *([("Saved", [(n, n) for n in saved])] if saved else []),
+        ]
+
+
+#: The choice meaning "keep the rule proposed for this field" (a template, an option, several columns).
+PROPOSED = "__proposed__"
+
+
+class MappingFieldForm(forms.Form):
+    """One of our fields on the mapping page: the column it comes from (or the proposed rule, or none)."""
+
+    target = forms.CharField(widget=forms.HiddenInput)
+    source = forms.ChoiceField(required=False)
+
+    def __init__(self, *args: Any, columns: Sequence[str] = (), proposed: dict | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        target = self.initial.get("target") or self.data.get(self.add_prefix("target"), "")
+        rule = (proposed or {}).get(target)
+        choices = [("", "— not in the file —")]
+        if rule is not None and not (len(rule.columns) == 1 and not rule.transform and not rule.template):
+            choices.append((PROPOSED, f"as proposed: {rule.describe()}"))
+        choices += [(c, f"column “{c}”") for c in columns]
+        self.fields["source"].choices = choices
+        self.fields["source"].label = TARGET_LABELS.get(target, target)
+
+
+MappingFormSet = forms.formset_factory(MappingFieldForm, extra=0)
+
+
+class MappingConfirmForm(PageForm):
+    """The mapping page's own fields: save the mapping under a name for the next file (optional)."""
+
+    save_as = forms.CharField(
+        label="Save this mapping as (optional)",
+        required=False,
+        max_length=100,
+        widget=forms.TextInput(attrs={"placeholder": "e.g. Our Shopify store"}),
+    )
 
 
 # --- filters --------------------------------------------------------------------------------------------
@@ -231,9 +282,17 @@ class ProductFilterForm(PageForm):
     slot = QueryTextField(max_length=64)
     colour = QueryTextField(max_length=64)
     audience = QueryTextField(max_length=64)
+    audience_group = QueryTextField(max_length=16)
     product_type = QueryTextField(max_length=64)
     price_min = PriceField()
     price_max = PriceField()
+    sort = QueryTextField(max_length=8)
+
+    def clean_audience_group(self) -> str:
+        group = self.cleaned_data["audience_group"]
+        if group and group not in AUDIENCE_GROUPS:
+            raise ValidationError(f"Choose who it is for among: {', '.join(AUDIENCE_GROUPS)}.")
+        return group
 
     def clean_slot(self) -> str:
         slot = self.cleaned_data["slot"]
@@ -255,6 +314,25 @@ class ProductFilterForm(PageForm):
         return {
             k: v for k, v in self.cleaned_data.items() if k in PRODUCT_FILTER_LOOKUPS and v not in (None, "")
         }
+
+    def facet_counts(self) -> dict[str, list[tuple[str, int]]]:
+        """Each facet of the catalog page with its values and how many products each would show given
+        the other filters chosen (so a value that shows nothing says 0): slot, colour, who it is for and
+        product type; colour and type as the catalog's normalised values (:func:`catalog.vocabulary.vocabulary`),
+        never "Unknown"."""
+        given = self.given()
+        out: dict[str, list[tuple[str, int]]] = {}
+        for facet in ("slot", "colour", "audience_group", "product_type"):
+            qs = Product.objects.filter_facets(**{k: v for k, v in given.items() if k != facet})
+            if facet in VOCABULARY_FIELDS:  # shown in the whole catalog's spelling
+                shown = canonical_spellings(facet) if given else {}
+                terms = vocabulary(facet, qs=qs)
+                out[facet] = [(shown.get(vocab_key(t.value), t.value), t.count) for t in terms]
+                continue
+            counts = dict(qs.values_list(facet).annotate(n=Count("id")).order_by())
+            order = SLOTS if facet == "slot" else AUDIENCE_GROUPS
+            out[facet] = [(v, counts.get(v, 0)) for v in order if counts.get(v) or given.get(facet) == v]
+        return out
 
     @staticmethod
     def options(*facets: str) -> dict[str, list[str]]:
