@@ -205,3 +205,78 @@ def test_import_merges_spellings_into_the_catalogs_values_and_facets_never_show_
     terms = {t.value: t.count for t in vocabulary("colour", qs=qs)}
     assert terms == {"Black": 3}  # "Unknown" is never a value
     assert Product.objects.filter_facets(product_type="earring").filter(sku__startswith="V-").count() == 3
+
+
+@pytest.fixture
+def merch_client(client):
+    from django.contrib.auth.models import Permission, User
+
+    user = User.objects.create_user("mapper", password="pw")
+    user.user_permissions.add(Permission.objects.get(codename="add_product"))
+    client.force_login(user)
+    return client
+
+
+def test_mapping_page_proposes_shopify_and_the_confirmed_mapping_is_saved_and_imported(
+    merch_client, hm_root, django_capture_on_commit_callbacks
+):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from catalog.imports import import_job_run
+    from catalog.models import ImportJob, ImportMapping
+
+    files = {
+        "csv": SimpleUploadedFile("products_export.csv", SHOPIFY_CSV.read_bytes(), "text/csv"),
+        "images": SimpleUploadedFile("photos.zip", shopify_zip(hm_root), "application/zip"),
+    }
+    response = merch_client.post("/manage/import", {**files, "mapping": ""})
+    job = ImportJob.objects.get()
+    assert response.status_code == 302 and response["Location"] == f"/manage/import/{job.pk}/columns"
+    assert job.status == ImportJob.Status.DRAFT  # nothing runs before the columns are confirmed
+    html = merch_client.get(f"/manage/import/{job.pk}/columns").content.decode()
+    assert "This looks like a <strong>Shopify product export</strong>" in html
+    assert "<code>basic-sweater</code>" in html  # sample values of the file's columns
+    assert '<option value="Variant SKU" selected>' in html
+    # the merchandiser changes one field (no variant groups) and saves the mapping by name
+    form = {"form-TOTAL_FORMS": "12", "form-INITIAL_FORMS": "12", "save_as": "Our Shopify store"}
+    from catalog.mapping import TARGETS
+
+    proposed = PRESETS["shopify"][2].fields
+    for i, t in enumerate(TARGETS):
+        rule = proposed.get(t)
+        source = (
+            ""
+            if rule is None or t == "variant_group"
+            else (rule.columns[0] if len(rule.columns) == 1 and not rule.transform else "__proposed__")
+        )
+        form[f"form-{i}-target"], form[f"form-{i}-source"] = t, source
+    with django_capture_on_commit_callbacks(execute=False) as queued:
+        response = merch_client.post(f"/manage/import/{job.pk}/columns", form)
+    assert response["Location"] == f"/manage/import/{job.pk}" and len(queued) == 1
+    saved = ColumnMapping.from_dict(ImportMapping.objects.get(name="Our Shopify store").spec)
+    assert "variant_group" not in saved.fields and saved.fields["colour"].option == "Color"
+    job = import_job_run(job_id=job.pk)
+    assert (job.status, job.created, job.rejected) == ("succeeded", 18, 1)
+    assert Product.objects.get(sku="JA-399061015").variant_group == ""
+    # the saved mapping is offered on the next upload
+    assert '<option value="Our Shopify store">' in merch_client.get("/manage/import").content.decode()
+
+
+def test_mapping_page_requires_the_sku_and_title_columns(merch_client):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from catalog.models import ImportJob
+
+    csv_bytes = b"Ref,Name\nA-1,Linen shirt\n"
+    merch_client.post("/manage/import", {"csv": SimpleUploadedFile("x.csv", csv_bytes, "text/csv")})
+    job = ImportJob.objects.get()
+    form = {
+        "form-TOTAL_FORMS": "1",
+        "form-INITIAL_FORMS": "1",
+        "form-0-target": "title",
+        "form-0-source": "Name",
+    }
+    html = merch_client.post(f"/manage/import/{job.pk}/columns", form).content.decode()
+    assert "Choose the column that holds the SKU (unique product id)." in html
+    job.refresh_from_db()
+    assert job.status == ImportJob.Status.DRAFT
