@@ -61,8 +61,12 @@ def group_values(counts: Iterable[tuple[str, int]]) -> list[Term]:
 
 def key_regex(value: str) -> str:
     """A case-insensitive regular expression (Python and PostgreSQL ``~*``) matching every spelling whose
-    :func:`vocab_key` is ``value``'s: ``"Earrings"`` -> ``^[^0-9a-z]*earrings?[^0-9a-z]*$``. The empty
-    key matches only empty text."""
+    :func:`vocab_key` is ``value``'s: ``"Earrings"`` -> ``^[^0-9a-z]*earrings?[^0-9a-z]*$``.
+
+    Safe on any text: the key keeps only the letters ``a-z`` and digits, so what was typed is matched as
+    words, never as a pattern (``"Bl(ack"`` matches "Bl ack", ``".*"`` matches nothing). A value
+    without a letter or digit has the empty key and matches nothing (``x^``: no text has ``x`` before
+    its start), not the products without a value."""
     words = vocab_key(value).split()
     body = f"{_SEP}+".join(f"{re.escape(w)}s?" for w in words)
-    return f"^{_SEP}*{body}{_SEP}*$" if words else "^$"
+    return f"^{_SEP}*{body}{_SEP}*$" if words else "x^"
