@@ -20,7 +20,15 @@ from catalog.images import ImageError
 from catalog.imports import IMPORT_MAX_CSV_BYTES, IMPORT_MAX_ZIP_BYTES
 from catalog.mapping import PRESETS, TARGET_LABELS
 from catalog.models import PRODUCT_FIELDS, PRODUCT_FILTER_LOOKUPS, ImportMapping, Product
-from catalog.vocabulary import VOCABULARY_FIELDS, canonical_spellings, vocab_key, vocabulary
+from catalog.vocabulary import (
+    VOCABULARY_FIELDS,
+    Term,
+    canonical_spellings,
+    is_unknown,
+    vocab_key,
+    vocabulary,
+    vocabulary_canonical,
+)
 from ml.audience import AUDIENCE_GROUPS
 from ml.slots import SLOT_INDEX, SLOTS
 
@@ -136,6 +144,71 @@ def _text(label: str, *, max_length: int, placeholder: str = "", required: bool 
     return forms.CharField(label=label, required=required, widget=forms.TextInput(attrs=attrs))
 
 
+#: The select's value that reveals the text box of a new vocabulary value.
+NEW_VALUE = "__new__"
+
+
+class VocabularyWidget(forms.MultiWidget):
+    """A select of the catalog's values and, named ``<name>_new``, a text box for a new value, hidden
+    until "Add a new …" is chosen (``site.js`` shows it; without JS it is shown)."""
+
+    def __init__(self, *, noun: str) -> None:
+        new = forms.TextInput(
+            attrs={"maxlength": 64, "aria-label": f"New {noun}", "placeholder": f"new {noun}"}
+        )
+        super().__init__({"": forms.Select(attrs={"data-new-value": NEW_VALUE}), "new": new})
+
+    def decompress(self, value: Any) -> list[str]:
+        return [value or "", ""]
+
+
+class VocabularyField(forms.MultiValueField):
+    """A controlled vocabulary value (colour, product type, audience): one of the catalog's normalised
+    values (:func:`catalog.vocabulary.vocabulary`, with product counts), or a new one typed only after
+    choosing "Add a new …". Cleans to the catalog's spelling: an existing value typed as new in another
+    spelling ("black", "Earrings") becomes the catalog's ("Black", "Earring"); ``""`` for none. The
+    length of a new value is the service's to check (its message says the real length).
+    :meth:`set_terms` gives the choices (the form does, from the database)."""
+
+    def __init__(self, *, field: str, noun: str, label: str) -> None:
+        self.vocab_field, self.noun, self.known = field, noun, {}
+        parts = (forms.CharField(required=False), forms.CharField(required=False))
+        super().__init__(
+            fields=parts,
+            require_all_fields=False,
+            required=False,
+            label=label,
+            widget=VocabularyWidget(noun=noun),
+        )
+        self.set_terms([])
+
+    def set_terms(self, terms: Sequence[Term]) -> None:
+        """The catalog's values of the field, shown as ``"Black (1,204)"``, then "Add a new …"."""
+        self.known = {vocab_key(t.value): t.value for t in terms}
+        self.widget.widgets[0].choices = [
+            ("", "—"),
+            *((t.value, f"{t.value} ({t.count:,})") for t in terms),
+            (NEW_VALUE, f"Add a new {self.noun}…"),
+        ]
+
+    def compress(self, data_list: list[str]) -> str:
+        chosen, new = [*(v or "" for v in data_list), "", ""][:2]
+        chosen, new = chosen.strip(), new.strip()
+        if chosen == NEW_VALUE:
+            if is_unknown(new):
+                raise ValidationError(f"Type the new {self.noun}, or choose one of the catalog's.")
+            return vocabulary_canonical(self.vocab_field, new, known=self.known)
+        if not chosen:
+            if new:  # typed without choosing to add it: said, not dropped
+                raise ValidationError(f"To add “{new}”, choose “Add a new {self.noun}” first.")
+            return ""
+        if vocab_key(chosen) in self.known:
+            return self.known[vocab_key(chosen)]
+        raise ValidationError(
+            f"“{chosen}” is not a {self.noun} of the catalog: choose one, or choose “Add a new {self.noun}” and type it."
+        )
+
+
 class ProductForm(PageForm):
     """``/manage/upload``: a new product, :data:`~catalog.models.PRODUCT_FIELDS` and its photo.
 
@@ -151,9 +224,9 @@ class ProductForm(PageForm):
     )
     title = _text("Title", max_length=255, required=True)
     slot = forms.ChoiceField(label="Outfit slot", choices=[(s, s) for s in SLOTS])
-    colour = _text("Colour", max_length=64, placeholder="e.g. Black")
-    product_type = _text("Product type", max_length=64, placeholder="e.g. Trousers")
-    audience = _text("Audience", max_length=64, placeholder="e.g. Ladieswear")
+    colour = VocabularyField(field="colour", noun="colour", label="Colour")
+    product_type = VocabularyField(field="product_type", noun="product type", label="Product type")
+    audience = VocabularyField(field="audience", noun="audience", label="Audience")
     price = PriceField(label="Price")
     description = forms.CharField(
         label="Description", required=False, widget=forms.Textarea(attrs={"rows": 4, "maxlength": 5000})
@@ -165,6 +238,16 @@ class ProductForm(PageForm):
         error_messages={"required": "choose a product photo"},
         widget=forms.FileInput(attrs={"accept": "image/*", "id": "upload-image"}),
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """The colour, product type and audience choices are the catalog's values (one query each)."""
+        super().__init__(*args, **kwargs)
+        for name in VOCABULARY_FIELDS:
+            field = self.fields[name]
+            field.set_terms(vocabulary(name))
+            current = self.initial.get(name)
+            if current:  # a product's value in another spelling is shown as the catalog's
+                self.initial[name] = field.known.get(vocab_key(current), current)
 
     def product_data(self) -> dict[str, Any]:
         """The cleaned :data:`~catalog.models.PRODUCT_FIELDS` this form has (all but the photo)."""
