@@ -399,3 +399,26 @@ def test_search_page_two_continues_the_ranking_of_page_one(trained_catalog, clie
     assert first == ranking[:24] and 'href="?q=dress&amp;page=2" rel="next"' in body
     second, body = shown(2)
     assert second == ranking[24:48] and 'rel="prev"' in body
+
+
+def test_models_page_explains_metrics_names_early_stopping_and_asks_before_training(merch_client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    TrainingRun.objects.create(
+        params={"epochs": 30, "patience": 5},
+        status=TrainingRun.Status.SUCCEEDED,
+        history={"loss": [1.0 - i / 100 for i in range(15)]},
+        started_at=now - timedelta(minutes=15, seconds=10),
+        finished_at=now,
+    )
+    html = merch_client.get("/models").content.decode()
+    assert "Stopped early at epoch 15 of 30: no better validation score for 5 epochs." in html
+    assert "Expected duration: about 15 minutes" in html
+    assert "return confirm(&#x27;Start a training run? Expected duration: about 15 minutes" in html or (
+        "return confirm('Start a training run? Expected duration: about 15 minutes" in html
+    )
+    assert "<dt>fitb</dt><dd>Fill in the blank" in html and "Chance: 0.25." in html
+    assert "<dt>auc</dt>" in html and "Chance: 0.50." in html
