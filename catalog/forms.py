@@ -8,15 +8,28 @@ or SKU check is said once, by the service, for the pages, the API and the CSV im
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
 from django import forms
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.db.models import Count
 
 from catalog.images import ImageError
 from catalog.imports import IMPORT_MAX_CSV_BYTES, IMPORT_MAX_ZIP_BYTES
-from catalog.models import PRODUCT_FIELDS, PRODUCT_FILTER_LOOKUPS, Product
+from catalog.mapping import PRESETS, TARGET_LABELS
+from catalog.models import PRODUCT_FIELDS, PRODUCT_FILTER_LOOKUPS, ImportMapping, Product
+from catalog.vocabulary import (
+    VOCABULARY_FIELDS,
+    Term,
+    canonical_spellings,
+    is_unknown,
+    vocab_key,
+    vocabulary,
+    vocabulary_canonical,
+)
+from ml.audience import AUDIENCE_GROUPS
 from ml.slots import SLOT_INDEX, SLOTS
 
 
@@ -131,6 +144,71 @@ def _text(label: str, *, max_length: int, placeholder: str = "", required: bool 
     return forms.CharField(label=label, required=required, widget=forms.TextInput(attrs=attrs))
 
 
+#: The select's value that reveals the text box of a new vocabulary value.
+NEW_VALUE = "__new__"
+
+
+class VocabularyWidget(forms.MultiWidget):
+    """A select of the catalog's values and, named ``<name>_new``, a text box for a new value, hidden
+    until "Add a new …" is chosen (``site.js`` shows it; without JS it is shown)."""
+
+    def __init__(self, *, noun: str) -> None:
+        new = forms.TextInput(
+            attrs={"maxlength": 64, "aria-label": f"New {noun}", "placeholder": f"new {noun}"}
+        )
+        super().__init__({"": forms.Select(attrs={"data-new-value": NEW_VALUE}), "new": new})
+
+    def decompress(self, value: Any) -> list[str]:
+        return [value or "", ""]
+
+
+class VocabularyField(forms.MultiValueField):
+    """A controlled vocabulary value (colour, product type, audience): one of the catalog's normalised
+    values (:func:`catalog.vocabulary.vocabulary`, with product counts), or a new one typed only after
+    choosing "Add a new …". Cleans to the catalog's spelling: an existing value typed as new in another
+    spelling ("black", "Earrings") becomes the catalog's ("Black", "Earring"); ``""`` for none. The
+    length of a new value is the service's to check (its message says the real length).
+    :meth:`set_terms` gives the choices (the form does, from the database)."""
+
+    def __init__(self, *, field: str, noun: str, label: str) -> None:
+        self.vocab_field, self.noun, self.known = field, noun, {}
+        parts = (forms.CharField(required=False), forms.CharField(required=False))
+        super().__init__(
+            fields=parts,
+            require_all_fields=False,
+            required=False,
+            label=label,
+            widget=VocabularyWidget(noun=noun),
+        )
+        self.set_terms([])
+
+    def set_terms(self, terms: Sequence[Term]) -> None:
+        """The catalog's values of the field, shown as ``"Black (1,204)"``, then "Add a new …"."""
+        self.known = {vocab_key(t.value): t.value for t in terms}
+        self.widget.widgets[0].choices = [
+            ("", "—"),
+            *((t.value, f"{t.value} ({t.count:,})") for t in terms),
+            (NEW_VALUE, f"Add a new {self.noun}…"),
+        ]
+
+    def compress(self, data_list: list[str]) -> str:
+        chosen, new = [*(v or "" for v in data_list), "", ""][:2]
+        chosen, new = chosen.strip(), new.strip()
+        if chosen == NEW_VALUE:
+            if is_unknown(new):
+                raise ValidationError(f"Type the new {self.noun}, or choose one of the catalog's.")
+            return vocabulary_canonical(self.vocab_field, new, known=self.known)
+        if not chosen:
+            if new:  # typed without choosing to add it: said, not dropped
+                raise ValidationError(f"To add “{new}”, choose “Add a new {self.noun}” first.")
+            return ""
+        if vocab_key(chosen) in self.known:
+            return self.known[vocab_key(chosen)]
+        raise ValidationError(
+            f"“{chosen}” is not a {self.noun} of the catalog: choose one, or choose “Add a new {self.noun}” and type it."
+        )
+
+
 class ProductForm(PageForm):
     """``/manage/upload``: a new product, :data:`~catalog.models.PRODUCT_FIELDS` and its photo.
 
@@ -146,9 +224,9 @@ class ProductForm(PageForm):
     )
     title = _text("Title", max_length=255, required=True)
     slot = forms.ChoiceField(label="Outfit slot", choices=[(s, s) for s in SLOTS])
-    colour = _text("Colour", max_length=64, placeholder="e.g. Black")
-    product_type = _text("Product type", max_length=64, placeholder="e.g. Trousers")
-    audience = _text("Audience", max_length=64, placeholder="e.g. Ladieswear")
+    colour = VocabularyField(field="colour", noun="colour", label="Colour")
+    product_type = VocabularyField(field="product_type", noun="product type", label="Product type")
+    audience = VocabularyField(field="audience", noun="audience", label="Audience")
     price = PriceField(label="Price")
     description = forms.CharField(
         label="Description", required=False, widget=forms.Textarea(attrs={"rows": 4, "maxlength": 5000})
@@ -160,6 +238,16 @@ class ProductForm(PageForm):
         error_messages={"required": "choose a product photo"},
         widget=forms.FileInput(attrs={"accept": "image/*", "id": "upload-image"}),
     )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """The colour, product type and audience choices are the catalog's values (one query each)."""
+        super().__init__(*args, **kwargs)
+        for name in VOCABULARY_FIELDS:
+            field = self.fields[name]
+            field.set_terms(vocabulary(name))
+            current = self.initial.get(name)
+            if current:  # a product's value in another spelling is shown as the catalog's
+                self.initial[name] = field.known.get(vocab_key(current), current)
 
     def product_data(self) -> dict[str, Any]:
         """The cleaned :data:`~catalog.models.PRODUCT_FIELDS` this form has (all but the photo)."""
@@ -215,6 +303,52 @@ class ImportForm(PageForm):
         allow_empty_file=True,
         widget=forms.FileInput(attrs={"accept": ".zip,application/zip"}),
     )
+    mapping = forms.ChoiceField(label="Columns", required=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        saved = list(ImportMapping.objects.values_list("name", flat=True))
+        self.fields["mapping"].choices = [
+            ("", "Show me the file's columns and propose a mapping"),
+            ("Built-in", [(key, label) for key, (label, _c, _m) in PRESETS.items()]),
+            *([("Saved", [(n, n) for n in saved])] if saved else []),
+        ]
+
+
+#: The choice meaning "keep the rule proposed for this field" (a template, an option, several columns).
+PROPOSED = "__proposed__"
+
+
+class MappingFieldForm(forms.Form):
+    """One of our fields on the mapping page: the column it comes from (or the proposed rule, or none)."""
+
+    target = forms.CharField(widget=forms.HiddenInput)
+    source = forms.ChoiceField(required=False)
+
+    def __init__(self, *args: Any, columns: Sequence[str] = (), proposed: dict | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        target = self.initial.get("target") or self.data.get(self.add_prefix("target"), "")
+        rule = (proposed or {}).get(target)
+        choices = [("", "— not in the file —")]
+        if rule is not None and not (len(rule.columns) == 1 and not rule.transform and not rule.template):
+            choices.append((PROPOSED, f"as proposed: {rule.describe()}"))
+        choices += [(c, f"column “{c}”") for c in columns]
+        self.fields["source"].choices = choices
+        self.fields["source"].label = TARGET_LABELS.get(target, target)
+
+
+MappingFormSet = forms.formset_factory(MappingFieldForm, extra=0)
+
+
+class MappingConfirmForm(PageForm):
+    """The mapping page's own fields: save the mapping under a name for the next file (optional)."""
+
+    save_as = forms.CharField(
+        label="Save this mapping as (optional)",
+        required=False,
+        max_length=100,
+        widget=forms.TextInput(attrs={"placeholder": "e.g. Our Shopify store"}),
+    )
 
 
 # --- filters --------------------------------------------------------------------------------------------
@@ -231,9 +365,17 @@ class ProductFilterForm(PageForm):
     slot = QueryTextField(max_length=64)
     colour = QueryTextField(max_length=64)
     audience = QueryTextField(max_length=64)
+    audience_group = QueryTextField(max_length=16)
     product_type = QueryTextField(max_length=64)
     price_min = PriceField()
     price_max = PriceField()
+    sort = QueryTextField(max_length=8)
+
+    def clean_audience_group(self) -> str:
+        group = self.cleaned_data["audience_group"]
+        if group and group not in AUDIENCE_GROUPS:
+            raise ValidationError(f"Choose who it is for among: {', '.join(AUDIENCE_GROUPS)}.")
+        return group
 
     def clean_slot(self) -> str:
         slot = self.cleaned_data["slot"]
@@ -255,6 +397,25 @@ class ProductFilterForm(PageForm):
         return {
             k: v for k, v in self.cleaned_data.items() if k in PRODUCT_FILTER_LOOKUPS and v not in (None, "")
         }
+
+    def facet_counts(self) -> dict[str, list[tuple[str, int]]]:
+        """Each facet of the catalog page with its values and how many products each would show given
+        the other filters chosen (so a value that shows nothing says 0): slot, colour, who it is for and
+        product type; colour and type as the catalog's normalised values (:func:`catalog.vocabulary.vocabulary`),
+        never "Unknown"."""
+        given = self.given()
+        out: dict[str, list[tuple[str, int]]] = {}
+        for facet in ("slot", "colour", "audience_group", "product_type"):
+            qs = Product.objects.filter_facets(**{k: v for k, v in given.items() if k != facet})
+            if facet in VOCABULARY_FIELDS:  # shown in the whole catalog's spelling
+                shown = canonical_spellings(facet) if given else {}
+                terms = vocabulary(facet, qs=qs)
+                out[facet] = [(shown.get(vocab_key(t.value), t.value), t.count) for t in terms]
+                continue
+            counts = dict(qs.values_list(facet).annotate(n=Count("id")).order_by())
+            order = SLOTS if facet == "slot" else AUDIENCE_GROUPS
+            out[facet] = [(v, counts.get(v, 0)) for v in order if counts.get(v) or given.get(facet) == v]
+        return out
 
     @staticmethod
     def options(*facets: str) -> dict[str, list[str]]:

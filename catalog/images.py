@@ -80,7 +80,7 @@ def clean_image(data: bytes, *, name: str = "image") -> CleanImage:
         count = f"{pixels[1]} pixels" if pixels else "too many pixels"
         raise ImageError(f"{name}: {count}, over the {MAX_PIXELS} pixel limit") from exc
     except UnidentifiedImageError as exc:
-        raise ImageError(f"{name}: not an image file Pillow can read") from exc
+        raise ImageError(f"{name}: not a photo we can open (save it as JPEG, PNG or WebP)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{name}: broken or truncated image ({exc})") from exc
     out = io.BytesIO()

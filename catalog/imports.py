@@ -10,22 +10,27 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import re
 import time
 import uuid
-import zipfile
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Count
 from django.utils import timezone
 
-from catalog.images import MAX_UPLOAD_BYTES, ImageError, too_big_message
-from catalog.models import PRODUCT_FIELDS, ImportJob, Product
+from catalog.archives import ImageArchive, ImageFolder, ImportFileError
+from catalog.images import ImageError
+from catalog.mapping import PRESETS, ColumnMapping, MappedRow, mapping_rows, slot_infer
+from catalog.models import PRODUCT_FIELDS, ImportJob, ImportMapping, Product
 from catalog.services import TEXT_FIELDS, product_create, product_update
 from catalog.signals import products_changed_on_commit
+from catalog.vocabulary import VOCABULARY_FIELDS, aliases_record, canonical_spellings
+from ml.vocab import is_unknown, vocab_key
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +42,6 @@ IMPORT_MAX_CSV_BYTES = 20 * 1024 * 1024
 IMPORT_MAX_ZIP_BYTES = 1024 * 1024 * 1024
 IMPORT_MAX_ROWS = 50_000
 _EMBED_BATCH = 256
-
-
-class ImportFileError(ValueError):
-    """A whole import file is unusable (not UTF-8, missing columns, not a zip...); nothing is written."""
 
 
 @dataclass(frozen=True)
@@ -70,81 +71,22 @@ class CsvImportResult:
     product_ids: list[int] = field(default_factory=list)  # created or changed
 
 
-def _zip_path(name: str) -> str | None:
-    """A zip member or CSV image path, normalised (``/`` separators, no ``.`` parts), or ``None`` when it
-    is absolute, has a drive letter or climbs out with ``..`` (never trusted, never opened)."""
-    name = name.replace("\\", "/")
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
-        return None
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if not parts or ".." in parts:
-        return None
-    return "/".join(parts)
-
-
-class ImageArchive:
-    """The photos of an import: a zip read in memory by member name, never extracted to disk.
-
-    Members with unsafe names (absolute, drive letters, ``..``) are ignored and listed in
-    :attr:`unsafe`. A CSV ``image`` value matches a member by its normalised path, else by file name
-    when exactly one member has it.
+def csv_preview(csv_bytes: bytes, *, rows: int = 5) -> tuple[list[str], list[list[str]], int]:
+    """The header (as written), the first ``rows`` data rows and the number of data rows of a CSV, for the
+    mapping page.
 
     Raises:
-        ImportFileError: ``data`` is not a readable zip archive.
+        ImportFileError: as :func:`_csv_table`.
     """
-
-    def __init__(self, data: bytes, *, name: str = "images zip") -> None:
-        self.name = name
-        try:
-            self._zip = zipfile.ZipFile(io.BytesIO(data))
-            infos = self._zip.infolist()
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError) as exc:
-            raise ImportFileError(f"{name}: not a zip archive ({exc})") from exc
-        self.members: dict[str, zipfile.ZipInfo] = {}
-        self.unsafe: list[str] = []
-        by_base: dict[str, list[str]] = {}
-        for info in infos:
-            if info.is_dir():
-                continue
-            path = _zip_path(info.filename)
-            if path is None:
-                self.unsafe.append(info.filename)
-                continue
-            self.members[path] = info
-            by_base.setdefault(path.rsplit("/", 1)[-1], []).append(path)
-        self._by_base = {b: paths[0] for b, paths in by_base.items() if len(paths) == 1}
-        self._ambiguous = {b: sorted(paths) for b, paths in by_base.items() if len(paths) > 1}
-
-    def read(self, ref: str) -> tuple[str, bytes]:
-        """The member a CSV ``image`` value names, and its bytes (at most :data:`MAX_UPLOAD_BYTES`).
-
-        Raises:
-            ValueError: the path is unsafe or not in the zip.
-            ImageError: the member is over the size limit or cannot be decompressed.
-        """
-        path = _zip_path(ref)
-        if path is None:
-            raise ValueError(f"{ref!r} is not a safe path inside the zip (absolute or with '..'); not opened")
-        path = path if path in self.members else self._by_base.get(path, path)
-        info = self.members.get(path)
-        if info is None and path in self._ambiguous:
-            raise ValueError(
-                f"{ref!r} matches {len(self._ambiguous[path])} files in {self.name} "
-                f"({', '.join(self._ambiguous[path][:3])}); give its path inside the zip"
-            )
-        if info is None:
-            raise ValueError(f"{ref!r} is not in {self.name}")
-        if info.file_size > MAX_UPLOAD_BYTES:
-            raise ImageError(too_big_message(path, info.file_size))
-        try:
-            with self._zip.open(info) as fh:
-                return path, fh.read(MAX_UPLOAD_BYTES + 1)
-        except (zipfile.BadZipFile, OSError, ValueError, NotImplementedError, EOFError) as exc:
-            raise ImageError(f"{path}: cannot be read from the zip ({exc})") from exc
+    notes: list[str] = []
+    _, table, _ = _csv_table(csv_bytes, notes, required=())
+    reader = csv.reader(io.StringIO(csv_bytes.decode("utf-8-sig"), newline=""))
+    header = [h.strip() for h in next(reader)]
+    return header, [f for _, f in table[:rows]], len(table)
 
 
 def _csv_table(
-    csv_bytes: bytes, notes: list[str]
+    csv_bytes: bytes, notes: list[str], *, required: Sequence[str] = IMPORT_REQUIRED_COLUMNS
 ) -> tuple[list[str], list[tuple[int, list[str]]], list[Rejection]]:
     """Decode and split the CSV: (header, [(row number, fields)], rejections of unreadable rows).
 
@@ -169,18 +111,18 @@ def _csv_table(
         raise ImportFileError("CSV: the file is empty") from None
     except csv.Error as exc:
         raise ImportFileError(f"CSV: the header cannot be read ({exc})") from exc
-    missing = [c for c in IMPORT_REQUIRED_COLUMNS if c not in header]
+    missing = [c for c in required if c not in header]
     if missing:
         raise ImportFileError(
             f"CSV: missing required column(s): {', '.join(missing)} "
-            f"(required: {', '.join(IMPORT_REQUIRED_COLUMNS)})"
+            f"(required: {', '.join(IMPORT_REQUIRED_COLUMNS)}; or import it with a column mapping)"
         )
     repeated = sorted({h for h in header if h and header.count(h) > 1})
     if repeated:
         raise ImportFileError(f"CSV: column(s) named more than once: {', '.join(repeated)}")
     known = set(IMPORT_REQUIRED_COLUMNS) | set(IMPORT_OPTIONAL_COLUMNS)
     ignored = [h for h in header if h not in known]
-    if ignored:
+    if ignored and required:
         shown = ", ".join(repr(h) for h in ignored[:10]) + (
             f" and {len(ignored) - 10} more" if len(ignored) > 10 else ""
         )
@@ -221,65 +163,94 @@ def product_import_csv(
     *,
     csv_bytes: bytes,
     zip_bytes: bytes | None = None,
+    mapping: ColumnMapping | None = None,
+    image_folder: Path | str | None = None,
+    limit: int | None = None,
     on_progress: Callable[[int, int, CsvImportResult], None] | None = None,
 ) -> CsvImportResult:
     """Create or update (by SKU) products from a CSV, with photos from a zip; bad rows are reported.
 
     Columns: :data:`IMPORT_REQUIRED_COLUMNS` (``image`` is the photo's path inside the zip; it may be
-    empty for an existing SKU, which keeps its photo) and :data:`IMPORT_OPTIONAL_COLUMNS`. Each row is
-    validated completely (fields by :func:`product_validate`, photo by :func:`clean_image`, named by its
-    path in the zip) before it is
-    written in its own transaction (:func:`product_create` / :func:`product_update`), so a bad row never
-    half-writes a product and every valid row is kept. Created and changed products have their
-    embedding queued in batches of 256 once committed.
+    empty for an existing SKU, which keeps its photo) and :data:`IMPORT_OPTIONAL_COLUMNS`, or any columns
+    read through a ``mapping`` (:mod:`catalog.mapping`). A row without a slot gets one from its product
+    type (:func:`catalog.mapping.slot_infer`) or is rejected as needing a review, with the reason.
+    Colour, product type and audience take the catalog's spelling of the same value
+    (:mod:`catalog.vocabulary`; "Unknown" becomes empty), and what each source value became is kept.
+    Each row is validated completely (fields by :func:`product_validate`, photo by :func:`clean_image`,
+    named by its path in the zip) before it is written in its own transaction (:func:`product_create` /
+    :func:`product_update`), so a bad row never half-writes a product and every valid row is kept.
+    Created and changed products have their embedding queued in batches of 256 once committed.
 
     Args:
         csv_bytes: the CSV file (UTF-8, optional BOM; comma-separated, ``"``-quoted).
         zip_bytes: a zip of the photos, or ``None``.
+        mapping: how the columns become our fields; ``None``: the file has our own columns.
+        image_folder: a folder of the photos instead of a zip (the command line's ``--images-dir``).
+        limit: import only the first ``limit`` product rows.
         on_progress: called as ``on_progress(processed, total, result)`` after each row.
 
     Returns:
         Counts, the rejected rows with their reasons (row number, SKU, field, message), file notes.
 
     Raises:
-        ImportFileError: the CSV or the zip is unusable as a whole (see :func:`_csv_table`,
-            :class:`ImageArchive`); nothing is written.
+        ImportFileError: the CSV, the zip or the mapping is unusable as a whole (see :func:`_csv_table`,
+            :class:`ImageArchive`, :func:`catalog.mapping.mapping_rows`); nothing is written.
     """
     result = CsvImportResult()
-    header, rows, unreadable = _csv_table(csv_bytes, result.notes)
-    archive = ImageArchive(zip_bytes) if zip_bytes is not None else None
+    header, table, unreadable = _csv_table(
+        csv_bytes, result.notes, required=() if mapping is not None else IMPORT_REQUIRED_COLUMNS
+    )
+    archive = ImageFolder(image_folder) if image_folder is not None else None
+    archive = ImageArchive(zip_bytes) if zip_bytes is not None else archive
     if archive is not None and archive.unsafe:
         shown = ", ".join(repr(n) for n in archive.unsafe[:10])
         result.notes.append(f"ignored {len(archive.unsafe)} zip member(s) with unsafe paths: {shown}")
+    try:
+        rows = list(_rows(header, table, mapping, result.notes))[:limit]
+    except ValueError as exc:
+        raise ImportFileError(f"CSV: {exc}") from exc
     result.total = len(rows)
-    col = {h: i for i, h in enumerate(header)}
     first_row_of: dict[str, int] = {}
-    skus = list({f[col["sku"]].strip() for _, f in rows if len(f) > col["sku"]})
+    skus = list({r.values["sku"][:64] for r in rows if r.values})
     existing: set[str] = set()
     for i in range(0, len(skus), 1000):  # one query per 1,000 SKUs instead of one per row
         existing.update(Product.objects.filter(sku__in=skus[i : i + 1000]).values_list("sku", flat=True))
+    known = {f: canonical_spellings(f) for f in VOCABULARY_FIELDS}
+    aliases: dict[str, dict[str, str]] = {f: {} for f in VOCABULARY_FIELDS}
+    known_before = {f: set(known[f]) for f in VOCABULARY_FIELDS}
+    catalog_types = _catalog_types()
     pending: list[int] = []
+    columns = [*header, *PRODUCT_FIELDS, "image"]
 
     def flush() -> None:  # one announcement per batch: the recommender embeds them together
         products_changed_on_commit(product_ids=pending, change="updated", vectors_stale=True)
         pending.clear()
 
-    for done, (number, fields) in enumerate(rows, start=1):
-        sku = fields[col["sku"]].strip()[:64] if len(fields) > col["sku"] else ""
+    for done, row in enumerate(rows, start=1):
+        values = row.values
+        sku = values.get("sku", "")[:64]
         try:
-            if len(fields) != len(header):
-                raise ValueError(f"has {len(fields)} fields; the header has {len(header)}")
-            values = {
-                c: fields[col[c]].strip() if c in col else ""
-                for c in (*IMPORT_REQUIRED_COLUMNS, *IMPORT_OPTIONAL_COLUMNS)
-            }
+            if row.error:
+                raise ValueError(row.error)
             if sku and sku in first_row_of:
                 raise ValueError(f"sku: SKU {sku!r} appears again (first on row {first_row_of[sku]})")
-            first_row_of.setdefault(sku, number)
+            first_row_of.setdefault(sku, row.row)
+            if not values["slot"] and not (sku in existing and not values["image"]):
+                slot, how = slot_infer(values, catalog_types)
+                if slot is None:
+                    raise ValueError(f"slot: {how}")
+                values["slot"] = slot
+            sources = {f: values[f] for f in VOCABULARY_FIELDS}
+            for f, raw in sources.items():
+                values[f] = "" if is_unknown(raw) else known[f].get(vocab_key(raw), raw)
             outcome, pid = _import_row(values, archive, exists=sku in existing)
+            for f in VOCABULARY_FIELDS:  # the first spelling imported is the one later rows take
+                if values[f]:
+                    known[f].setdefault(vocab_key(values[f]), values[f])
+                aliases[f][row.sources.get(f, sources[f])] = values[f]
         except (ImageError, ValueError) as exc:
-            where, message = _split_error(exc, header)
-            result.rejections.append(Rejection(number, sku, where, message))
+            where, message = _split_error(exc, columns)
+            result.rejections.append(Rejection(row.row, sku, where, message))
         else:
             setattr(result, outcome, getattr(result, outcome) + 1)
             if outcome != "unchanged":
@@ -290,9 +261,48 @@ def product_import_csv(
         if on_progress is not None:
             on_progress(done, result.total, result)
     flush()
+    for f in VOCABULARY_FIELDS:
+        aliases_record(f, aliases[f].items())
+        added = sorted(v for k, v in known[f].items() if k not in known_before[f])
+        if added:
+            shown = ", ".join(added[:12]) + (f" and {len(added) - 12} more" if len(added) > 12 else "")
+            result.notes.append(f"new {f.replace('_', ' ')} value(s) added to the catalog: {shown}")
     result.rejections.extend(unreadable)
     result.rejections.sort(key=lambda r: r.row)
     return result
+
+
+def _rows(
+    header: list[str], table: list[tuple[int, list[str]]], mapping: ColumnMapping | None, notes: list[str]
+) -> Iterator[MappedRow]:
+    """The CSV rows as our fields: through the mapping, or by our own column names."""
+    if mapping is not None:
+        yield from mapping_rows(mapping, header, table, notes)
+        return
+    col = {h: i for i, h in enumerate(header)}
+    for number, fields in table:
+        if len(fields) != len(header):
+            sku = fields[col["sku"]].strip() if len(fields) > col["sku"] else ""
+            yield MappedRow(
+                number, {"sku": sku}, error=f"has {len(fields)} fields; the header has {len(header)}"
+            )
+            continue
+        values = {
+            c: fields[col[c]].strip() if c in col else ""
+            for c in (*IMPORT_REQUIRED_COLUMNS, *IMPORT_OPTIONAL_COLUMNS)
+        }
+        yield MappedRow(number, values)
+
+
+def _catalog_types() -> dict[str, str]:
+    """``{vocab_key(product type): the slot most products of that type have}``, over the catalog (one query)."""
+    votes: dict[str, Counter[str]] = {}
+    for ptype, slot, n in (
+        Product.objects.values_list("product_type", "slot").annotate(n=Count("id")).order_by()
+    ):
+        if not is_unknown(ptype):
+            votes.setdefault(vocab_key(ptype), Counter())[slot] += n
+    return {k: c.most_common(1)[0][0] for k, c in votes.items()}
 
 
 def _import_row(values: dict[str, str], archive: ImageArchive | None, *, exists: bool) -> tuple[str, int]:
@@ -333,11 +343,26 @@ def _import_row(values: dict[str, str], archive: ImageArchive | None, *, exists:
     return ("updated" if changed else "unchanged"), existing.pk
 
 
-def import_job_create(*, csv_upload, zip_upload=None, user=None) -> ImportJob:
-    """Store the uploaded CSV (and zip) and queue ``catalog.tasks.import_job_run_task`` once committed.
+def _is_own_format(head: bytes) -> bool:
+    """Does a CSV's first line name all of :data:`IMPORT_REQUIRED_COLUMNS` (our own format, no mapping)?"""
+    line = head.decode("utf-8-sig", errors="replace").splitlines()[:1]
+    try:
+        header = {h.strip().lower() for h in next(csv.reader(line))} if line else set()
+    except csv.Error:
+        return False
+    return set(IMPORT_REQUIRED_COLUMNS) <= header
+
+
+def import_job_create(
+    *, csv_upload, zip_upload=None, user=None, mapping: ColumnMapping | None = None
+) -> ImportJob:
+    """Store the uploaded CSV (and zip); queue ``catalog.tasks.import_job_run_task`` once committed when
+    the CSV has our own columns or a ``mapping`` is given, else leave the job a draft waiting for its
+    column mapping (:func:`import_job_confirm`, after the mapping page).
 
     Args:
         csv_upload, zip_upload: Django ``UploadedFile`` objects (the zip may be ``None``).
+        mapping: the column mapping to read the CSV with (a saved one or a preset chosen on the page).
 
     Raises:
         ImportFileError: a file is over its size limit (:data:`IMPORT_MAX_CSV_BYTES`,
@@ -351,25 +376,76 @@ def import_job_create(*, csv_upload, zip_upload=None, user=None) -> ImportJob:
         raise ImportFileError(
             f"images zip: {zip_upload.size} bytes is over the {IMPORT_MAX_ZIP_BYTES // 2**20} MB limit"
         )
+    csv_upload.seek(0)
+    own = _is_own_format(csv_upload.read(65536))
+    csv_upload.seek(0)
     with transaction.atomic():
         job = ImportJob(
             csv_name=csv_upload.name[:255],
             zip_name=zip_upload.name[:255] if zip_upload else "",
             started_by=user if user is not None and user.pk else None,
+            mapping=mapping.as_dict() if mapping is not None else None,
+            status=ImportJob.Status.QUEUED if own or mapping is not None else ImportJob.Status.DRAFT,
         )
         token = uuid.uuid4().hex  # stored names never come from user input
         job.csv_file.save(f"{token}.csv", csv_upload, save=False)
         if zip_upload is not None:
             job.zip_file.save(f"{token}.zip", zip_upload, save=False)
         job.save()
-
-        def send() -> None:
-            from catalog.tasks import import_job_run_task
-
-            import_job_run_task.delay(job_id=job.pk)
-
-        transaction.on_commit(send)
+        if job.status == ImportJob.Status.QUEUED:
+            _queue(job)
     return job
+
+
+def _queue(job: ImportJob) -> None:
+    def send() -> None:
+        from catalog.tasks import import_job_run_task
+
+        import_job_run_task.delay(job_id=job.pk)
+
+    transaction.on_commit(send)
+
+
+def import_job_confirm(*, job: ImportJob, mapping: ColumnMapping, save_as: str = "", user=None) -> ImportJob:
+    """Give a draft job its column mapping and queue it once committed; ``save_as`` also keeps the mapping
+    under that name (:class:`catalog.models.ImportMapping`, replacing one of the same name).
+
+    Raises:
+        ValueError: the job is not a draft any more (already confirmed or run).
+    """
+    with transaction.atomic():
+        updated = ImportJob.objects.filter(pk=job.pk, status=ImportJob.Status.DRAFT).update(
+            mapping=mapping.as_dict(), status=ImportJob.Status.QUEUED
+        )
+        if not updated:
+            raise ValueError(f"import #{job.pk} has started already; its columns cannot be changed now")
+        if save_as:
+            ImportMapping.objects.update_or_create(
+                name=save_as[:100],
+                defaults={
+                    "spec": {**mapping.as_dict(), "name": save_as[:100]},
+                    "created_by": user if user and user.pk else None,
+                },
+            )
+        _queue(job)
+    job.refresh_from_db()
+    return job
+
+
+def import_mapping_get(name: str) -> ColumnMapping:
+    """A saved mapping by name, else a preset by name or label (:data:`catalog.mapping.PRESETS`).
+
+    Raises:
+        ValueError: no saved mapping or preset has this name (naming those there are).
+    """
+    saved = ImportMapping.objects.filter(name=name).first()
+    if saved is not None:
+        return ColumnMapping.from_dict(saved.spec, where=f"saved mapping {name!r}")
+    for key, (label, _cols, mapping) in PRESETS.items():
+        if name in (key, label):
+            return mapping
+    names = [*PRESETS, *ImportMapping.objects.values_list("name", flat=True)]
+    raise ValueError(f"no mapping named {name!r}; there are: {', '.join(names)}")
 
 
 def import_job_run(*, job_id: int, progress_every_s: float = 0.5) -> ImportJob:
@@ -404,8 +480,11 @@ def import_job_run(*, job_id: int, progress_every_s: float = 0.5) -> ImportJob:
     try:
         csv_bytes = _read_field_file(job.csv_file)
         zip_bytes = _read_field_file(job.zip_file) if job.zip_file else None
-        result = product_import_csv(csv_bytes=csv_bytes, zip_bytes=zip_bytes, on_progress=on_progress)
-    except ImportFileError as exc:
+        mapping = ColumnMapping.from_dict(job.mapping) if job.mapping is not None else None
+        result = product_import_csv(
+            csv_bytes=csv_bytes, zip_bytes=zip_bytes, mapping=mapping, on_progress=on_progress
+        )
+    except (ImportFileError, ValueError) as exc:
         ImportJob.objects.filter(pk=job_id).update(
             status=ImportJob.Status.FAILED, file_error=str(exc), finished_at=timezone.now()
         )

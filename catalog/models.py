@@ -8,6 +8,7 @@ from django.db import models
 from ml.audience import AUDIENCE_GROUPS, UNISEX
 from ml.data import product_text
 from ml.slots import SLOTS
+from ml.vocab import key_regex
 
 #: The details a merchandiser gives a product, in the order the upload and edit pages, the API and the
 #: example import CSV show them: the one list that forms, serializers and templates read.
@@ -24,29 +25,38 @@ PRODUCT_FIELDS = (
 )
 
 #: How each product filter matches, the one rule of the catalog page, the product list API and the
-#: vector queries: the slot exactly (a canonical slot name, validated as a choice), the text facets
-#: whatever their case, the price range inclusively.
+#: vector queries: the slot and who it is for exactly (canonical names, validated as choices), the
+#: vocabulary facets by every spelling of the value (case and plural merged: :func:`ml.vocab.key_regex`),
+#: the price range inclusively. Build the filter with :func:`product_filter_kwargs`.
 PRODUCT_FILTER_LOOKUPS = {
     "slot": "slot",
-    "product_type": "product_type__iexact",
-    "colour": "colour__iexact",
-    "audience": "audience__iexact",
+    "audience_group": "audience_group",
+    "product_type": "product_type__iregex",
+    "colour": "colour__iregex",
+    "audience": "audience__iregex",
     "price_min": "price__gte",
     "price_max": "price__lte",
 }
+_REGEX_LOOKUPS = {"product_type", "colour", "audience"}
+
+
+def product_filter_kwargs(values: dict, *, prefix: str = "") -> dict:
+    """ORM filter keyword arguments for the product filters among ``values``
+    (:data:`PRODUCT_FILTER_LOOKUPS`): ``{"colour": "black"}`` -> ``{"colour__iregex": "^...black...$"}``;
+    ``prefix`` puts them on a relation (``"product__"``). ``None`` and ``""`` mean "any"; other names are
+    left out."""
+    return {
+        prefix + PRODUCT_FILTER_LOOKUPS[name]: key_regex(str(value)) if name in _REGEX_LOOKUPS else value
+        for name, value in values.items()
+        if name in PRODUCT_FILTER_LOOKUPS and value not in (None, "")
+    }
 
 
 class ProductQuerySet(models.QuerySet):
     def filter_facets(self, **values) -> ProductQuerySet:
         """The products matching the filters given (:data:`PRODUCT_FILTER_LOOKUPS`); ``None`` and ``""``
         mean "any"."""
-        return self.filter(
-            **{
-                PRODUCT_FILTER_LOOKUPS[name]: value
-                for name, value in values.items()
-                if name in PRODUCT_FILTER_LOOKUPS and value not in (None, "")
-            }
-        )
+        return self.filter(**product_filter_kwargs(values))
 
 
 class Product(models.Model):
@@ -154,6 +164,7 @@ class ImportJob(models.Model):
     """
 
     class Status(models.TextChoices):
+        DRAFT = "draft", "waiting for its column mapping"
         QUEUED = "queued", "queued"
         RUNNING = "running", "running"
         SUCCEEDED = "succeeded", "finished"
@@ -172,6 +183,8 @@ class ImportJob(models.Model):
     rejected = models.PositiveIntegerField(default=0)
     rejections = models.JSONField(default=list, blank=True)
     notes = models.JSONField(default=list, blank=True)  # file-level remarks, e.g. unsafe zip paths ignored
+    # the column mapping the CSV is read with (catalog.mapping.ColumnMapping.as_dict), None: our own format
+    mapping = models.JSONField(null=True, blank=True)
     file_error = models.TextField(blank=True)
     started_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="import_jobs"
@@ -192,3 +205,38 @@ class ImportJob(models.Model):
         if self.status in (self.Status.SUCCEEDED, self.Status.FAILED):
             return 100
         return round(100 * self.processed / self.total) if self.total else 0
+
+
+class ImportMapping(models.Model):
+    """A saved column mapping (``catalog.mapping.ColumnMapping.as_dict()``): how a source's CSV columns
+    become product fields, reusable by name on the import page and by ``import_products --mapping NAME``."""
+
+    name = models.CharField(max_length=100, unique=True)
+    spec = models.JSONField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class VocabularyAlias(models.Model):
+    """What a source value of a vocabulary field became in the catalog ("NEGRO" -> "black", "Dog wear"
+    -> "Dog Wear"), kept by imports (:func:`catalog.vocabulary.aliases_record`)."""
+
+    field = models.CharField(max_length=32)
+    source_value = models.CharField(max_length=128)
+    value = models.CharField(max_length=64)
+
+    class Meta:
+        ordering = ["field", "source_value"]
+        constraints = [models.UniqueConstraint(fields=["field", "source_value"], name="uniq_vocab_alias")]
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.source_value} -> {self.value}"

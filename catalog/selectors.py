@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, QuerySet
+from django.db.models import Case, Count, IntegerField, QuerySet, Value, When
 
 from catalog.models import ImportJob, Outfit, Product
 from ml.audience import audience_group
+from ml.slots import ACCESSORY, BAG, BOTTOM, JEWELLERY, ONE_PIECE, OUTERWEAR, SHOES, TOP
+
+#: Slots a shop window shows first (what an outfit is made of), then bags, accessories and jewellery;
+#: underwear, nightwear, swimwear, socks and tights come last.
+SHOP_FIRST = (TOP, BOTTOM, ONE_PIECE, OUTERWEAR, SHOES)
+SHOP_THEN = (BAG, ACCESSORY, JEWELLERY)
+
+
+def shop_order(qs: QuerySet[Product]) -> QuerySet[Product]:
+    """``qs`` in shop-window order: :data:`SHOP_FIRST` slots, then :data:`SHOP_THEN`, then the rest, each
+    by id."""
+    rank = Case(
+        When(slot__in=SHOP_FIRST, then=Value(0)),
+        When(slot__in=SHOP_THEN, then=Value(1)),
+        default=Value(2),
+        output_field=IntegerField(),
+    )
+    return qs.annotate(shop_rank=rank).order_by("shop_rank", "id")
 
 
 def import_job_list(*, limit: int = 20) -> QuerySet[ImportJob]:

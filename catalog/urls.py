@@ -19,6 +19,7 @@ urlpatterns = [
     path("manage/import", views.import_page, name="import"),
     path("manage/import/example.csv", views.import_example_csv, name="import-example"),
     path("manage/import/<int:pk>", views.import_job_page, name="import-job"),
+    path("manage/import/<int:pk>/columns", views.import_columns_page, name="import-columns"),
     path("manage/import/<int:pk>/rejected.csv", views.import_report_csv, name="import-report"),
 ]
 

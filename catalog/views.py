@@ -19,8 +19,11 @@ from django.urls import reverse
 from django.views.decorators.http import require_safe
 
 from catalog.forms import (
+    PROPOSED,
     ConfirmForm,
     ImportForm,
+    MappingConfirmForm,
+    MappingFormSet,
     OutfitSaveForm,
     ProductEditForm,
     ProductFilterForm,
@@ -31,11 +34,15 @@ from catalog.imports import (
     IMPORT_OPTIONAL_COLUMNS,
     IMPORT_REQUIRED_COLUMNS,
     ImportFileError,
+    csv_preview,
+    import_job_confirm,
     import_job_create,
+    import_mapping_get,
 )
+from catalog.mapping import TARGET_LABELS, TARGETS, ColumnMapping, Rule, mapping_propose
 from catalog.models import ImportJob, Outfit, Product
 from catalog.permissions import merchandiser_required
-from catalog.selectors import import_job_get, import_job_list, outfit_list_curated, product_get
+from catalog.selectors import import_job_get, import_job_list, outfit_list_curated, product_get, shop_order
 from catalog.services import outfit_create, outfit_delete, product_create, product_delete, product_update
 from ml.slots import SLOTS
 
@@ -52,19 +59,24 @@ def not_found(request: HttpRequest, message: str) -> HttpResponse:
 
 @require_safe  # a read-only page: POST/PUT/DELETE answer 405
 def product_list_page(request: HttpRequest) -> HttpResponse:
-    """``/``: the product grid, filterable by slot, colour, audience and type, 24 per page."""
+    """``/``: the product grid, filterable by slot, colour, who it is for and type (each value with its
+    count), 24 per page: outfit garments first, then bags and accessories, underwear and the like last;
+    ``?sort=new`` shows the newest first (new arrivals, where an import's "Open the catalog" leads)."""
     form = ProductFilterForm(request.GET)
     given = form.given()
     qs = Product.objects.filter_facets(**given) if form.is_valid() else Product.objects.none()
-    page = Paginator(qs.order_by("id"), PAGE_SIZE).get_page(request.GET.get("page"))
+    new = form.is_valid() and form.cleaned_data.get("sort") == "new"
+    qs = qs.order_by("-created_at", "-id") if new else shop_order(qs)
+    page = Paginator(qs, PAGE_SIZE).get_page(request.GET.get("page"))
     return render(
         request,
         "catalog/product_list.html",
         {
             "page": page,
             "form": form,
-            "options": form.options(),
+            "facets": form.facet_counts() if form.is_valid() else {},
             "filtered": bool(given) or not form.is_valid(),
+            "new_arrivals": new,
         },
     )
 
@@ -200,16 +212,23 @@ EXAMPLE_CSV = (
 
 @merchandiser_required
 def import_page(request: HttpRequest) -> HttpResponse:
-    """``/manage/import``: upload a CSV and a zip of photos; the import runs on a worker (ImportJob)."""
+    """``/manage/import``: upload a CSV and a zip of photos; the import runs on a worker (ImportJob). A
+    file not in our own format goes to its column mapping page first, unless a mapping was chosen."""
     form = ImportForm(request.POST, request.FILES) if request.method == "POST" else ImportForm()
     if form.is_bound and form.is_valid():
         try:
+            chosen = form.cleaned_data["mapping"]
             job = import_job_create(
-                csv_upload=form.cleaned_data["csv"], zip_upload=form.cleaned_data["images"], user=request.user
+                csv_upload=form.cleaned_data["csv"],
+                zip_upload=form.cleaned_data["images"],
+                user=request.user,
+                mapping=import_mapping_get(chosen) if chosen else None,
             )
-        except ImportFileError as exc:
+        except (ImportFileError, ValueError) as exc:
             form.add_service_error(exc)
         else:
+            if job.status == ImportJob.Status.DRAFT:
+                return redirect("import-columns", pk=job.pk)
             return redirect("import-job", pk=job.pk)
     context = {
         "form": form,
@@ -255,3 +274,86 @@ def import_report_csv(request: HttpRequest, pk: int) -> HttpResponse:
     response = HttpResponse(buf.getvalue(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="import-{job.pk}-rejected.csv"'
     return response
+
+
+@merchandiser_required
+def import_columns_page(request: HttpRequest, pk: int) -> HttpResponse:
+    """``/manage/import/<pk>/columns``: the uploaded CSV's columns with sample values and the proposed
+    mapping to our fields (a preset, by name, by content); the merchandiser confirms or changes each
+    field, may save the mapping by name, and the import is queued."""
+    try:
+        job = import_job_get(job_id=pk)
+    except ImportJob.DoesNotExist:
+        return not_found(request, f"There is no import job {pk}.")
+    if job.status != ImportJob.Status.DRAFT:
+        return redirect("import-job", pk=job.pk)
+    with job.csv_file.open("rb") as fh:
+        csv_bytes = fh.read()
+    try:
+        header, sample, n_rows = csv_preview(csv_bytes, rows=20)
+    except ImportFileError as exc:
+        messages.error(request, f"This file cannot be imported: {exc}")
+        return redirect("import")
+    proposal = mapping_propose(header, sample)
+    rules = proposal.mapping.fields
+    kwargs = {"columns": header, "proposed": rules}
+    if request.method == "POST":
+        formset = MappingFormSet(request.POST, form_kwargs=kwargs)
+        confirm = MappingConfirmForm(request.POST)
+        if formset.is_valid() and confirm.is_valid():
+            chosen: dict[str, Rule] = {}
+            for f in formset.cleaned_data:
+                source, target = f.get("source", ""), f.get("target", "")
+                if target not in TARGETS or not source:
+                    continue
+                keep = source == PROPOSED or (target in rules and rules[target].columns == (source,))
+                chosen[target] = rules[target] if keep and target in rules else Rule(columns=(source,))
+            missing = [TARGET_LABELS[t] for t in ("sku", "title") if t not in chosen]
+            if missing:
+                confirm.add_error(None, f"Choose the column that holds the {' and the '.join(missing)}.")
+            else:
+                mapping = ColumnMapping(
+                    chosen,
+                    proposal.mapping.group_by,
+                    proposal.mapping.fill_down,
+                    confirm.cleaned_data["save_as"],
+                )
+                try:
+                    import_job_confirm(
+                        job=job, mapping=mapping, save_as=confirm.cleaned_data["save_as"], user=request.user
+                    )
+                except ValueError as exc:
+                    messages.error(request, str(exc))
+                return redirect("import-job", pk=job.pk)
+    else:
+        initial = [{"target": t, "source": _initial_source(rules.get(t))} for t in TARGETS]
+        formset = MappingFormSet(initial=initial, form_kwargs=kwargs)
+        confirm = MappingConfirmForm()
+    mapped_to = {c.lower(): TARGET_LABELS[t] for t, r in rules.items() for c in r.columns}
+    columns = [
+        {
+            "name": h,
+            "samples": [row[i] for row in sample[:3] if i < len(row) and row[i].strip()][:3],
+            "to": mapped_to.get(h.lower(), ""),
+        }
+        for i, h in enumerate(header)
+    ]
+    context = {
+        "job": job,
+        "formset": formset,
+        "confirm": confirm,
+        "columns": columns,
+        "n_rows": n_rows,
+        "preset": proposal.preset and proposal.mapping.name,
+        "how": proposal.how,
+    }
+    return render(request, "catalog/import_columns.html", context)
+
+
+def _initial_source(rule: Rule | None) -> str:
+    """The mapping page's initial choice for a proposed rule: its column, or "as proposed"."""
+    if rule is None:
+        return ""
+    if len(rule.columns) == 1 and not rule.transform and not rule.template:
+        return rule.columns[0]
+    return PROPOSED

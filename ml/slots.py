@@ -127,6 +127,120 @@ _HINT_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
 )
 
 
+#: Product groups and types of other public catalogs (the "fashion product images" layout's
+#: ``subCategory`` / ``articleType``, Shopify's product types), lower case, singular.
+_MORE_GROUPS = {
+    "topwear": TOP,
+    "bottomwear": BOTTOM,
+    "dress": ONE_PIECE,
+    "apparel set": ONE_PIECE,
+    "saree": ONE_PIECE,
+    "innerwear": UNDERWEAR_NIGHTWEAR,
+    "loungewear and nightwear": UNDERWEAR_NIGHTWEAR,
+    "sock": SOCKS_TIGHTS,
+    "footwear": SHOES,
+    "flip flop": SHOES,
+    "sandal": SHOES,
+    "shoe": SHOES,
+    "bag": BAG,
+    "wallet": BAG,
+    "jewellery": JEWELLERY,
+    "watch": ACCESSORY,
+    "eyewear": ACCESSORY,
+    "belt": ACCESSORY,
+    "scarve": ACCESSORY,
+    "headwear": ACCESSORY,
+    "cap": ACCESSORY,
+    "tshirt": TOP,
+    "tee": TOP,
+    "kurta": TOP,
+    "tunic": TOP,
+    "tank top": TOP,
+    "jacket": OUTERWEAR,
+    "capri": BOTTOM,
+    "track pant": BOTTOM,
+    "pant": BOTTOM,
+    "casual shoe": SHOES,
+    "sports shoe": SHOES,
+    "formal shoe": SHOES,
+    "heel": SHOES,
+    "flat": SHOES,
+    "brief": UNDERWEAR_NIGHTWEAR,
+    "bra": UNDERWEAR_NIGHTWEAR,
+    "night suit": UNDERWEAR_NIGHTWEAR,
+    # MANGO's accessories whose category ("Accesories, Swim and Intimate") says nothing
+    **dict.fromkeys(
+        (
+            *("sunglasses", "glasses", "glasses case", "kerchief", "scarf", "beanie", "gloves", "foulard"),
+            *("case", "cosmetic bag", "hat", "umbrella", "hairclip", "beach towel", "hairband", "gadget"),
+            *("tie", "keyring", "headband", "turban"),
+        ),
+        ACCESSORY,
+    ),
+}
+
+
+def _singular(text: str) -> str:
+    """``"tshirts"`` -> ``"tshirt"``, ``"track pants"`` -> ``"track pant"``: the last word without a plural
+    ``s`` (``"dress"`` kept)."""
+    return text[:-1] if text.endswith("s") and not text.endswith("ss") else text
+
+
+#: A broad group's slot that the words of the title (then the other hints) refine when no product type
+#: is given: "Garment Upper body" holds jackets and blazers, "Accessories" bags and earrings.
+_REFINE: dict[str, tuple[str, ...]] = {TOP: (OUTERWEAR,), ACCESSORY: (BAG, JEWELLERY)}
+
+#: What settled a slot (:func:`slot_with_evidence`), most reliable first; the last three are low confidence.
+EVIDENCE = ("type", "group", "group+title", "group+text", "words", "none")
+LOW_CONFIDENCE = frozenset({"group+text", "words", "none"})
+
+
+def slot_with_evidence(product_group: str, product_type: str, *hints: str) -> tuple[str | None, str]:
+    """:func:`slot_from_taxonomy` and what settled it, one of :data:`EVIDENCE`: ``"type"`` (the type, or
+    an underwear, nightwear, swimwear or socks group), ``"group"`` (the group alone), ``"group+title"`` /
+    ``"group+text"`` (a broad group refined by the first hint, the title, or by a later one, e.g. the
+    description, when no type is given), ``"words"`` (hint words alone), ``"none"`` (``None``)."""
+    group = (product_group or "").strip().lower()
+    ptype = (product_type or "").strip().lower()
+    slot, how = _NOT_OUTFIT_GROUPS.get(group) or _TYPE_TO_SLOT.get(ptype), "type"
+    if slot is None and group in _GROUP_TO_SLOT:
+        slot, how = _GROUP_TO_SLOT[group], "group"
+    if slot is None:
+        for name in (ptype, _singular(ptype), group, _singular(group)):
+            slot = _TYPE_TO_SLOT.get(name) or _MORE_GROUPS.get(name)
+            if slot:
+                how = "type" if name in (ptype, _singular(ptype)) else "group"
+                break
+    if slot is None:
+        slot = next((s for pattern, s in _HINT_RULES if any(pattern.search(h or "") for h in hints)), None)
+        how = "words" if slot else "none"
+    elif how == "group" and not ptype and slot in _REFINE:
+        for target in _REFINE[slot]:
+            patterns = [p for p, s in _HINT_RULES if s == target]
+            where = [i for i, h in enumerate(hints) if any(p.search(h or "") for p in patterns)]
+            if where:
+                slot, how = target, "group+title" if where[0] == 0 else "group+text"
+                break
+    if slot in (TOP, BOTTOM) and hints and _ONE_PIECE_NAME.search(hints[0] or ""):
+        return ONE_PIECE, how
+    return slot, how
+
+
+def slot_from_taxonomy(product_group: str, product_type: str, *hints: str) -> str | None:
+    """The slot the taxonomy gives a source product group and type, or ``None`` when neither they nor a
+    hint name one (:func:`slot_for` without its ``accessory`` fallback; an import lists such a row for
+    review instead of guessing).
+
+    Args:
+        product_group, product_type, hints: as for :func:`slot_for`; a type or group not listed is
+            also tried in the singular ("Tshirts" as "tshirt") and against other public catalogs'
+            groups and types (``_MORE_GROUPS``: "Topwear", "Bottomwear", "Flip Flops"). Without a
+            type, a broad group's slot is refined by the hints' words (:data:`_REFINE`: "Garment Upper
+            body" + "Padded jacket" -> outerwear).
+    """
+    return slot_with_evidence(product_group, product_type, *hints)[0]
+
+
 def slot_for(product_group: str, product_type: str, *hints: str) -> str:
     """Map a source product group and product type onto one of :data:`SLOTS`.
 
@@ -141,19 +255,10 @@ def slot_for(product_group: str, product_type: str, *hints: str) -> str:
     Returns:
         The slot: an underwear, nightwear, swimwear or socks group settles it; else the type (every
         type of both samples is listed: "Outdoor trousers" → bottom, "Jumpsuit" → one-piece, "Handbag"
-        → bag); else the group; else the first hint rule a hint matches; else ``accessory``.
+        → bag); else the group; else the first hint rule a hint matches; else ``accessory``
+        (:func:`slot_from_taxonomy` without the fallback).
     """
-    group = (product_group or "").strip().lower()
-    ptype = (product_type or "").strip().lower()
-    slot = _NOT_OUTFIT_GROUPS.get(group) or _TYPE_TO_SLOT.get(ptype) or _GROUP_TO_SLOT.get(group)
-    if slot is None:
-        slot = next(
-            (s for pattern, s in _HINT_RULES if any(pattern.search(h or "") for h in hints)),
-            ACCESSORY,
-        )
-    if slot in (TOP, BOTTOM) and hints and _ONE_PIECE_NAME.search(hints[0] or ""):
-        return ONE_PIECE
-    return slot
+    return slot_from_taxonomy(product_group, product_type, *hints) or ACCESSORY
 
 
 def missing_slots(given: Iterable[str]) -> list[str]:

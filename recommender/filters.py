@@ -4,7 +4,8 @@ The pages clean them with a form (``catalog.forms.ProductFilterForm``, errors ne
 API with a serializer (``catalog.serializers.FilterSerializer``, the JSON error format); both hand the
 cleaned values to :meth:`Filters.from_params`, and every filter matches as
 ``catalog.models.PRODUCT_FILTER_LOOKUPS`` says, as on the catalog page and in the product list API: the
-slot exactly, product type, colour and audience whatever their case, the price range inclusively.
+slot exactly, product type, colour and audience by every spelling of the value (case and plural merged), the
+price range inclusively.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 
-from catalog.models import PRODUCT_FILTER_LOOKUPS
+from catalog.models import PRODUCT_FILTER_LOOKUPS, product_filter_kwargs
 
 
 @dataclass
@@ -39,8 +40,8 @@ class Filters:
     def apply(self, qs: QuerySet) -> QuerySet:
         """Filter a ``ProductEmbedding`` queryset: the slot on the vector rows themselves (it is copied
         there, for the per-slot indexes), the other filters on their product."""
-        for name, lookup in PRODUCT_FILTER_LOOKUPS.items():
-            value = getattr(self, name)
-            if value not in (None, ""):
-                qs = qs.filter(**{lookup if name == "slot" else f"product__{lookup}": value})
-        return qs
+        values = {name: getattr(self, name, None) for name in PRODUCT_FILTER_LOOKUPS}
+        slot = values.pop("slot")
+        if slot not in (None, ""):
+            qs = qs.filter(slot=slot)
+        return qs.filter(**product_filter_kwargs(values, prefix="product__"))

@@ -27,6 +27,7 @@ from catalog.models import Product
 from catalog.permissions import MERCHANDISER_PERM, merchandiser_required
 from catalog.selectors import product_audience_group, product_get
 from catalog.views import not_found
+from ml.config import TrainConfig
 from ml.evaluate import BASELINES, COUNTS, ZERO_SHOT
 from ml.plots import plot_metric_bars
 from recommender.filters import Filters
@@ -40,6 +41,7 @@ from recommender.forms import (
     TrainingStartForm,
 )
 from recommender.looks import audience_filter, complete_the_look, one_look, outfit_compatibility
+from recommender.model_words import METRIC_HELP, early_stop_note, expected_duration
 from recommender.models import ModelVersion, TrainingRun
 from recommender.selectors import (
     Hit,
@@ -424,9 +426,18 @@ def models_page(request: HttpRequest) -> HttpResponse:
             "pct": round(min(max(r.progress, 0.0), 100.0)),
             "live": r.status in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING),
             "has_history": bool((r.history or {}).get("loss")),
+            "stopped_early": early_stop_note(
+                status=r.status, params=r.params, history=r.history, default_patience=TrainConfig.patience
+            ),
         }
         for r in TrainingRun.objects.select_related("model_version")[:10]
     ]
+    last = (
+        TrainingRun.objects.filter(status=TrainingRun.Status.SUCCEEDED, started_at__isnull=False)
+        .exclude(finished_at=None)
+        .order_by("-finished_at")
+        .first()
+    )
     can_train = request.user.has_perm(MERCHANDISER_PERM)
     context = {
         "versions": versions,
@@ -434,6 +445,8 @@ def models_page(request: HttpRequest) -> HttpResponse:
         "can_train": can_train,
         "can_rollback": can_train and ModelVersion.objects.filter(activated_at__isnull=False).count() > 1,
         "train_form": TrainingStartForm(),
+        "metric_help": METRIC_HELP,
+        "expected_duration": expected_duration(last.finished_at - last.started_at if last else None),
     }
     return render(request, "recommender/models.html", context)
 

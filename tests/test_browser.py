@@ -254,8 +254,12 @@ def test_merchandiser_upload_is_embedded_by_the_worker_and_found_by_search(page,
     page.fill("input[name=sku]", f"UI-{art.article_id}")
     page.fill("input[name=title]", art.title)
     page.select_option("select[name=slot]", "bottom")
-    page.fill("input[name=product_type]", art.product_type)
-    page.fill("input[name=colour]", art.colour)
+    # colour and type are choices of the catalog's values; a new one is typed after "Add a new …"
+    expect(page.locator("input[name=colour_new]")).to_be_hidden()
+    for name, value in (("product_type", art.product_type), ("colour", art.colour)):
+        page.select_option(f"select[name={name}]", "__new__")
+        expect(page.locator(f"input[name={name}_new]")).to_be_visible()
+        page.fill(f"input[name={name}_new]", value)
     page.fill("textarea[name=description]", art.description)
     page.set_input_files("#upload-image", str(art.image_path))
     # The preview is an <img> with a blob: URL; it has no box (so is not "visible") until the browser

@@ -47,17 +47,17 @@ def test_broken_image_upload_shows_inline_error_and_creates_nothing(merch_client
 
 def test_over_long_fields_are_refused_with_their_real_length_not_cut(merch_client, hm_root):
     photo = next((hm_root / "images").glob("*/*.jpg"))
-    for field, value, message in (
-        ("title", "t" * 5000, "title: 5000 characters is over the limit of 255"),
-        ("colour", "c" * 1000, "colour: 1000 characters is over the limit of 64"),
+    for fields, message in (
+        ({"title": "t" * 5000}, "title: 5000 characters is over the limit of 255"),
+        ({"colour": "__new__", "colour_new": "c" * 1000}, "colour: 1000 characters is over the limit of 64"),
     ):
         with photo.open("rb") as f:
             r = merch_client.post(
                 "/manage/upload",
-                {"sku": "PAGE-LONG", "title": "Tee", "slot": "top", field: value, "image": f},
+                {"sku": "PAGE-LONG", "title": "Tee", "slot": "top", **fields, "image": f},
             )
         body = r.content.decode()
-        assert r.status_code == 200 and "Nothing was created" in body and message in body, field
+        assert r.status_code == 200 and "Nothing was created" in body and message in body, message
     assert not Product.objects.filter(sku="PAGE-LONG").exists()
 
 
@@ -72,7 +72,8 @@ def test_valid_upload_redirects_to_the_new_product(merch_client, hm_root, settin
             "sku": "PAGE-2",
             "title": "Real photo",
             "slot": "bottom",
-            "colour": "Black",
+            "colour": "__new__",
+            "colour_new": "Black",
             "price": "19.99",
             "image": f,
         },
@@ -82,6 +83,65 @@ def test_valid_upload_redirects_to_the_new_product(merch_client, hm_root, settin
     assert str(product.price) == "19.99" and product.image and product.thumbnail
     page = merch_client.get(r["Location"]).content.decode()
     assert "Uploaded. A worker embeds it now" in page and "Real photo" in page
+
+
+def _vocabulary_catalog() -> None:
+    """Products whose colours and types are spelt two ways, as in the H&M sample."""
+    rows = [("Black", "Earring"), ("Black", "Earring"), ("black", "Earrings"), ("White", "Dog Wear")]
+    Product.objects.bulk_create(
+        Product(sku=f"VOC-{i}", title="t", slot="accessory", colour=c, product_type=t, audience="Ladieswear")
+        for i, (c, t) in enumerate(rows)
+    )
+
+
+def test_upload_form_offers_the_catalogs_vocabulary_and_no_free_text(merch_client):
+    _vocabulary_catalog()
+    html = merch_client.get("/manage/upload").content.decode()
+    for name, noun in [("colour", "colour"), ("product_type", "product type"), ("audience", "audience")]:
+        assert f'<select name="{name}"' in html and f'<input type="text" name="{name}"' not in html, name
+        assert f'<option value="__new__">Add a new {noun}…</option>' in html
+        assert f'name="{name}_new"' in html  # the box of a new value, shown when it is chosen
+    assert '<option value="Black">Black (3)</option>' in html  # spellings merged, counted
+    assert '<option value="Earring">Earring (3)</option>' in html and ">Earrings" not in html
+
+
+def test_a_new_vocabulary_value_only_through_the_explicit_option(merch_client, hm_root, settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path
+    _vocabulary_catalog()
+    photo = next((hm_root / "images").glob("*/*.jpg")).read_bytes()
+
+    def upload(sku, **values):
+        f = io.BytesIO(photo)
+        f.name = "p.jpg"
+        data = {"sku": sku, "title": "Hoops", "slot": "accessory", "image": f, **values}
+        return merch_client.post("/manage/upload", data)
+
+    r = upload("VOC-A", colour="Navy")  # not a catalog value, not added explicitly
+    assert r.status_code == 200 and "Navy” is not a colour of the catalog" in r.content.decode()
+    r = upload("VOC-B", colour="", colour_new="Navy")  # typed without choosing "Add a new colour"
+    assert r.status_code == 200 and "choose “Add a new colour” first" in r.content.decode()
+    r = upload("VOC-C", colour="__new__", colour_new="  ")
+    assert r.status_code == 200 and "Type the new colour" in r.content.decode()
+    assert not Product.objects.filter(sku__in=["VOC-A", "VOC-B", "VOC-C"]).exists()
+
+    r = upload(
+        "VOC-D",
+        colour="__new__",
+        colour_new="BLACK",  # an existing value in another spelling: the catalog's spelling
+        product_type="__new__",
+        product_type_new="earrings",
+        audience="__new__",
+        audience_new="Menswear",  # a new value, added explicitly
+    )
+    assert r.status_code == 302, r.content.decode()
+    p = Product.objects.get(sku="VOC-D")
+    assert (p.colour, p.product_type, p.audience) == ("Black", "Earring", "Menswear")
+    upload("VOC-E", colour="black", product_type="Dog wear")  # a chosen value in another spelling
+    assert Product.objects.filter(sku="VOC-E", colour="Black", product_type="Dog Wear").exists()
+
+    html = merch_client.get(f"/manage/products/{Product.objects.get(sku='VOC-2').pk}/edit").content.decode()
+    assert '<option value="Black" selected>Black (5)</option>' in html  # "black" shown as the catalog's
+    assert '<option value="Menswear">Menswear (1)</option>' in html
 
 
 def test_start_training_from_the_models_page_one_at_a_time(merch_client):
@@ -182,7 +242,7 @@ def _own_product(hm_root, sku="EDIT-1"):
 def test_edit_product_saves_changes_and_keeps_the_form_on_errors(merch_client, hm_root, settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path
     p = _own_product(hm_root)
-    form = {"title": "Renamed", "slot": p.slot, "price": "abc", "colour": "Navy"}
+    form = {"title": "Renamed", "slot": p.slot, "price": "abc", "colour": "__new__", "colour_new": "Navy"}
     html = merch_client.post(f"/manage/products/{p.pk}/edit", form).content.decode()
     assert "Nothing was saved" in html and "price: &#x27;abc&#x27; is not a number" in html
     assert 'value="Renamed"' in html
@@ -339,3 +399,26 @@ def test_search_page_two_continues_the_ranking_of_page_one(trained_catalog, clie
     assert first == ranking[:24] and 'href="?q=dress&amp;page=2" rel="next"' in body
     second, body = shown(2)
     assert second == ranking[24:48] and 'rel="prev"' in body
+
+
+def test_models_page_explains_metrics_names_early_stopping_and_asks_before_training(merch_client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    TrainingRun.objects.create(
+        params={"epochs": 30, "patience": 5},
+        status=TrainingRun.Status.SUCCEEDED,
+        history={"loss": [1.0 - i / 100 for i in range(15)]},
+        started_at=now - timedelta(minutes=15, seconds=10),
+        finished_at=now,
+    )
+    html = merch_client.get("/models").content.decode()
+    assert "Stopped early at epoch 15 of 30: no better validation score for 5 epochs." in html
+    assert "Expected duration: about 15 minutes" in html
+    assert "return confirm(&#x27;Start a training run? Expected duration: about 15 minutes" in html or (
+        "return confirm('Start a training run? Expected duration: about 15 minutes" in html
+    )
+    assert "<dt>fitb</dt><dd>Fill in the blank" in html and "Chance: 0.25." in html
+    assert "<dt>auc</dt>" in html and "Chance: 0.50." in html

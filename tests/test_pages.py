@@ -79,7 +79,7 @@ def test_catalog_lists_products_and_filters_by_slot(client, products):
         assert f'src="{p.thumbnail.url}" alt="{p.title}"' in html
         assert f'href="/products/{p.pk}"' in html
     assert "3 products" in html
-    assert '<option value="bottom">bottom</option>' in html
+    assert '<option value="bottom">bottom (1)</option>' in html
     assert f'<option value="{top.colour}">' in html
     assert 'action="/search"' in html  # the search box on every page
 
@@ -88,6 +88,40 @@ def test_catalog_lists_products_and_filters_by_slot(client, products):
     assert f'href="/products/{top.pk}"' not in html and f'href="/products/{shoes.pk}"' not in html
     assert '<option value="bottom" selected>' in html
     assert "1 product match your filters" in html
+
+
+@pytest.mark.django_db
+def test_catalog_shows_garments_first_prices_and_facets_with_counts_never_unknown(client, products):
+    top, bottom, shoes = products["top"], products["bottom"], products["shoes"]
+    Product.objects.bulk_create(
+        [
+            Product(
+                sku="U-1", title="Mystery thing", slot="accessory", colour="Unknown", product_type="Unknown"
+            ),
+            Product(
+                sku="U-2",
+                title="Lace bra",
+                slot="underwear-nightwear",
+                colour=top.colour.lower(),
+                price="9.5",
+            ),
+        ]
+    )
+    html = _text(client.get("/"))
+    assert 'value="Unknown"' not in html  # never a facet value
+    # the lower-case spelling is merged into the catalog's value: one option counting both
+    assert f'<option value="{top.colour}">{top.colour} (2)</option>' in html
+    assert '<p class="card-price">9.50</p>' in html
+    order = [html.index(f'href="/products/{p.pk}"') for p in (top, bottom, shoes)]
+    bra = Product.objects.get(sku="U-2")
+    assert max(order) < html.index(f'href="/products/{bra.pk}"')  # outfit garments before underwear
+    # a facet's counts follow the other filters: with the underwear slot chosen, one product of that colour
+    html = _text(client.get("/", {"slot": "underwear-nightwear"}))
+    assert f'<option value="{top.colour}">{top.colour} (1)</option>' in html
+    # new arrivals: the newest first
+    html = _text(client.get("/", {"sort": "new"}))
+    assert html.index(f'href="/products/{bra.pk}"') < html.index(f'href="/products/{top.pk}"')
+    assert "New arrivals" in html
 
 
 @pytest.mark.django_db
@@ -167,7 +201,10 @@ def test_photo_search_with_garbage_bytes_shows_an_inline_error(client, products)
     assert response.status_code == 200
     html = _text(response)
     assert 'role="alert"' in html
-    assert "That file could not be used as a photo (garbage.jpg: not an image file Pillow can read)." in html
+    assert (
+        "That file could not be used as a photo (garbage.jpg: not a photo we can open (save it as JPEG, PNG or WebP))."
+        in html
+    )
 
 
 @pytest.mark.django_db

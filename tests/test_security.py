@@ -215,6 +215,7 @@ def test_every_page_either_refuses_posts_or_needs_a_merchandiser(client):
             "outfit-save",
             "outfit-delete",
             "import",
+            "import-columns",
             "import-example",
             "import-job",
             "import-report",

@@ -31,8 +31,8 @@ def _bad_files() -> list[tuple[str, bytes, str, str]]:
         (
             "document.jpg",
             b"%PDF-1.4\nnot a photo\n" * 8,
-            "image: BAD-1: not an image file Pillow can read",
-            "BAD-1: not an image file Pillow can read",
+            "image: BAD-1: not a photo we can open (save it as JPEG, PNG or WebP)",
+            "BAD-1: not a photo we can open (save it as JPEG, PNG or WebP)",
         ),
         (
             "bomb.png",
@@ -80,7 +80,7 @@ def test_photo_search_api_refuses_the_bomb_and_a_renamed_document():
     api = APIClient()
     for data, message in [
         (_png_of_size(20000, 20000), "image: photo: 400000000 pixels, over the 40000000 pixel limit"),
-        (b"GIF89a but not really", "image: photo: not an image file Pillow can read"),
+        (b"GIF89a but not really", "image: photo: not a photo we can open (save it as JPEG, PNG or WebP)"),
     ]:
         r = api.post("/api/search/photo/", {"image": SimpleUploadedFile("x.jpg", data)})
         assert r.status_code == 400 and r.json()["error"]["message"] == message

@@ -28,3 +28,22 @@
     });
   });
 })();
+
+// A controlled vocabulary field (colour, product type, audience): its text box for a new value is shown
+// only while "Add a new …" is chosen in its select. Without JS the box stays visible.
+(function () {
+  "use strict";
+  document.addEventListener("DOMContentLoaded", function () {
+    document.querySelectorAll("select[data-new-value]").forEach(function (select) {
+      var box = document.querySelector("input[name='" + select.name + "_new']");
+      if (!box) return;
+      function sync() {
+        var adding = select.value === select.getAttribute("data-new-value");
+        box.hidden = !adding;
+        if (adding && document.activeElement === select) box.focus();
+      }
+      select.addEventListener("change", sync);
+      sync();
+    });
+  });
+})();

@@ -101,7 +101,8 @@ def test_valid_rows_are_kept_and_each_bad_row_is_reported(articles):
     assert got[6][:3] == (10, "IMP-SLOT", "slot") and got[6][3].startswith("'hat' is not one of ")
     assert len(got) == 7
     assert (result.total, result.created, result.updated, result.unchanged) == (10, 3, 0, 0)
-    assert result.notes == ["ignored 1 zip member(s) with unsafe paths: '../evil.jpg'"]
+    assert result.notes[0] == "ignored 1 zip member(s) with unsafe paths: '../evil.jpg'"
+    assert result.notes[1].startswith("new colour value(s) added to the catalog: ")
     kept = Product.objects.get(sku=f"IMP-{a[0].article_id}")
     assert kept.title == a[0].title and kept.price == Decimal("19.99") and kept.image and kept.thumbnail
     assert Product.objects.get(sku="IMP-2").title == a[2].title
@@ -127,7 +128,7 @@ def test_second_import_updates_changed_rows_and_skips_unchanged(articles):
         (
             b"sku,name,photo\nA1,x,y.jpg\n",
             None,
-            "CSV: missing required column(s): title, slot, image (required: sku, title, slot, image)",
+            "CSV: missing required column(s): title, slot, image (required: sku, title, slot, image; or import it with a column mapping)",
         ),
         (
             "sku,title,slot,image\nA1,Café,top,a.jpg\n".encode("latin-1"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import pytest
+
 from catalog.forms import PageForm, PriceField, ProductEditForm, ProductForm, split_ids
 from catalog.images import ImageError
 from catalog.imports import IMPORT_REQUIRED_COLUMNS
@@ -34,6 +36,7 @@ def test_price_field_parses_decimals_and_names_what_is_not_a_number():
             raise AssertionError(text)
 
 
+@pytest.mark.django_db  # the form reads the catalog's vocabularies
 def test_a_service_error_lands_on_the_field_it_names():
     form = ProductForm(data={"sku": "A-1", "title": "T", "slot": "top"}, files={"image": None})
     form.is_valid()

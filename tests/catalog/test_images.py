@@ -78,8 +78,14 @@ def _noise_jpeg() -> bytes:
 def test_bad_files_are_refused_with_a_message_naming_the_file():
     cases = [
         (b"", "a.jpg: empty file"),
-        (b"%PDF-1.4\n% a document renamed to .jpg\n" * 4, "a.jpg: not an image file Pillow can read"),
-        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "a.jpg: not an image file Pillow can read"),
+        (
+            b"%PDF-1.4\n% a document renamed to .jpg\n" * 4,
+            "a.jpg: not a photo we can open (save it as JPEG, PNG or WebP)",
+        ),
+        (
+            b"<svg xmlns='http://www.w3.org/2000/svg'/>",
+            "a.jpg: not a photo we can open (save it as JPEG, PNG or WebP)",
+        ),
         (_png_of_size(20000, 20000), "a.jpg: 400000000 pixels, over the 40000000 pixel limit"),
         (_png_of_size(7000, 7000), "a.jpg: 7000x7000 is 49000000 pixels, over the 40000000 pixel limit"),
         (_png_of_size(8, 300), "a.jpg: 8x300 is too small (each side needs at least 16 px)"),

@@ -73,6 +73,56 @@ def test_every_query_type_orders_by_the_bare_operator_on_an_hnsw_index(trained_c
         assert all('."slot" = \'' in sql for sql in sqls)  # compat is only ever ranked within a slot
 
 
+@pytest.mark.parametrize("kind", ["similar", "search"])
+def test_vocabulary_filters_match_every_spelling_and_keep_the_hnsw_index(trained_catalog, kind):
+    """A colour / type / audience filter is a regular expression on the product (every spelling of the
+    value): the ranking still walks the HNSW graph, the product's filter applied to each row it yields."""
+    from django.db.models import Count
+
+    row = (
+        Product.objects.exclude(audience="")
+        .values("product_type", "colour", "audience")
+        .annotate(n=Count("id"))
+        .order_by("-n")
+        .first()
+    )
+    # another spelling of each value: upper case, singular or plural, punctuation around it
+    kind_ = row["product_type"]
+    f = selectors.Filters(
+        product_type=(kind_[:-1] if kind_.endswith("s") else kind_ + "s").upper(),
+        colour=f" {row['colour'].lower()}!",
+        audience=row["audience"].swapcase(),
+    )
+    top = Product.objects.filter(slot="top").first()
+    run = {
+        "similar": lambda: selectors.similar_items(product_id=top.pk, k=5, filters=f),
+        "search": lambda: selectors.text_search(query="black dress", k=5, filters=f),
+    }[kind]
+    sqls = _ranking_queries(run)
+    assert sqls and all("~*" in sql for sql in sqls), sqls
+    for sql in sqls:
+        assert "Index Scan using emb_fused_hnsw" in _plan(sql, kind), sql
+    hits = run()
+    assert Product.objects.filter_facets(**vars(f)).count() == row["n"], (row, f)
+    assert len(hits) == min(5, row["n"])
+    assert {(h.product.product_type, h.product.colour, h.product.audience) for h in hits} == {
+        (row["product_type"], row["colour"], row["audience"])
+    }
+
+
+@pytest.mark.parametrize("typed", ["Bl(ack", ".*", "black|white", "[a-z]+", "black\\", "'; DROP TABLE x; --"])
+def test_filter_text_is_never_a_pattern(trained_catalog, typed):
+    """What a shopper types in a filter is matched as words, never as a regular expression or SQL: no
+    query error, and a pattern-like value does not widen the match."""
+    Product.objects.filter(pk=Product.objects.first().pk).update(colour="")  # rolled back after
+    hits = selectors.text_search(query="dress", k=20, filters=selectors.Filters(colour=typed))
+    colours = {h.product.colour.casefold() for h in hits}
+    assert colours <= {"black"}, (typed, colours)
+    assert Product.objects.filter_facets(colour=typed).count() == (
+        Product.objects.filter(colour__iexact="black").count() if typed == "black\\" else 0
+    )
+
+
 def test_ef_search_and_iterative_scan_come_from_settings_per_query_type(trained_catalog, settings):
     settings.HNSW_EF_SEARCH_BY_QUERY = {"similar": 40, "search": 123, "photo": 100, "complete": 64}
     settings.HNSW_MAX_SCAN_TUPLES = 5000
