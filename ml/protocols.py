@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -63,6 +63,7 @@ __all__ = [
     "outfit_scores",
     "protocol_metrics",
     "random_protocol",
+    "validation_questions",
     "variant_groups",
 ]
 
@@ -257,6 +258,18 @@ def matched_protocol(
             positives.append(np.asarray(pos, dtype=np.int64))
             negatives.append(np.asarray(neg, dtype=np.int64))
     return Protocol(MATCHED, questions, positives, negatives)
+
+
+def validation_questions(data: TrainData, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """FITB questions of the validation outfits on the popularity-matched protocol
+    (:func:`ml.protocols.matched_protocol` with the validation outfits in the test outfits' place), so
+    early stopping keeps the epoch that is best at compatibility, not at the popularity shortcut the
+    random protocol rewards. ``[(question items (K,), candidates (4,))]`` int64, answer first; empty
+    without validation outfits."""
+    if not data.val_outfits:
+        return []
+    swapped = replace(data, test_outfits=data.val_outfits, val_outfits=data.test_outfits)
+    return matched_protocol(swapped, seed).questions
 
 
 def random_protocol(data: TrainData, seed: int = PROTOCOL_SEED) -> Protocol:

@@ -1,13 +1,8 @@
 """Fine-tuning loop: symmetric image↔text InfoNCE + a type-aware compatibility loss (candidate InfoNCE or triplet).
 
 By default the towers are frozen and their outputs cached (``ml.features``), so a run trains only the
-heads (``ml.heads``) and takes minutes on a 2-core CPU for the 11,800-item catalog. Everything here
-runs without Django, on a features file or straight from the H&M sample:
-
-    python -m ml.train --features var/features/train_data.npz --epochs 20 --out var/models/run1
-    python -m ml.train --hm-root ../shared/data/hm --epochs 20 --out var/models/run2
-
-The features file (``TrainData.save``) holds the tower outputs, slots, product types and outfits.
+heads (``ml.heads``). No Django: ``python -m ml.train --features f.npz`` (a ``TrainData.save`` file),
+``--hm-root ../shared/data/hm`` or ``--mango-root ../shared/data/mango`` (a sample folder).
 With ``--unfreeze-last-blocks k`` / ``--unfreeze-text-layers k`` (a GPU run) the last blocks of the towers
 are trained end to end from the photos and texts (``ml.towers``); the data then needs the image paths
 and texts (``--hm-root`` provides them), and the saved heads file carries the tuned tower weights.
@@ -41,13 +36,15 @@ from ml.heads import RecommenderHeads, save_heads
 from ml.losses import CandidateInfoNCELoss, ClipLoss, SoftmaxClassificationLoss, TypeAwareTripletLoss
 from ml.mango import train_data_from_mango
 from ml.metrics import fitb_accuracy_heads, text_to_image_recall
-from ml.protocols import matched_protocol
+from ml.protocols import validation_questions
 from ml.sampling import OutfitNegativeSampler, training_pairs
 from ml.slots import SLOTS
 
 logger = logging.getLogger(__name__)
 
 _N_CANDIDATES = 32  # candidate negatives per compatibility anchor (ml.sampling.OutfitNegativeSampler)
+#: State-dict prefixes of the compatibility head (``RecommenderHeads.compat_mlp`` and the pair masks).
+_COMPAT_PARAMS = ("compat_mlp.", "mask_logits")
 _HISTORY = ("loss", "infonce", "compat", "type", "val_fitb", "val_r10", "val", "temperature")
 
 
@@ -64,7 +61,6 @@ class TrainResult:
     samples_per_s: float
 
 
-# -----------------------------------------------------------------------------
 # seeds and random streams
 
 
@@ -101,20 +97,7 @@ def _rng_restore(state: dict[str, Any], gen: torch.Generator, rng: np.random.Gen
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-# -----------------------------------------------------------------------------
 # the run's state and its steps
-
-
-def validation_questions(data: TrainData, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """FITB questions of the validation outfits on the popularity-matched protocol
-    (:func:`ml.protocols.matched_protocol` with the validation outfits in the test outfits' place), so
-    early stopping keeps the epoch that is best at compatibility, not at the popularity shortcut the
-    random protocol rewards. ``[(question items (K,), candidates (4,))]`` int64, answer first; empty
-    without validation outfits."""
-    if not data.val_outfits:
-        return []
-    swapped = replace(data, test_outfits=data.val_outfits, val_outfits=data.test_outfits)
-    return matched_protocol(swapped, seed).questions
 
 
 class _Run:
@@ -128,8 +111,10 @@ class _Run:
             slots, types: (N,) int64; pairs: (P, 2) int64 outfit pairs (``ml.sampling.training_pairs``: outfit
             slots, audiences that fit, each with a negative left); sampler: their candidate negatives.
         train_items (T,), val_items (V,), val_rows (R,): int64 rows (:func:`ml.dataset.training_rows`).
-        epoch (the last finished, -1 before any), step, history, best_*: the progress a checkpoint saves;
-            stale: epochs in a row without a better ``best_val`` (early stopping; a resumed run starts at 0).
+        epoch (the last finished, -1 before any), step, history, best_*: the progress a checkpoint saves
+            (``best_compat``: the compatibility head's parameters at its best validation FITB);
+            stale: epochs in a row without a better ``best_val`` nor FITB (early stopping; a resumed run
+            starts at 0).
     """
 
     def __init__(self, data: TrainData, cfg: TrainConfig, bundle: Any) -> None:
@@ -179,6 +164,7 @@ class _Run:
         self.history: dict[str, list[float]] = {k: [] for k in _HISTORY}
         self.best_val, self.best_epoch = -math.inf, -1
         self.best_state = {k: v.clone() for k, v in self.heads.state_dict().items()}
+        self.best_fitb, self.best_compat_epoch, self.best_compat = -math.inf, -1, {}
         self.best_towers = tuner.state_dict() if tuner is not None else None
 
     def build_optimizer(self) -> torch.optim.AdamW:
@@ -282,12 +268,21 @@ class _Run:
             self.history[k].append(v)
         self.history["temperature"].append(float(self.clip_loss.temperature))
         self.epoch = epoch
+        improved = False
         if val > self.best_val:
-            self.best_val, self.best_epoch, self.stale = val, epoch, 0
+            self.best_val, self.best_epoch, improved = val, epoch, True
             self.best_state = {k: v.detach().clone() for k, v in self.heads.state_dict().items()}
             self.best_towers = self.tuner.state_dict() if self.tuner is not None else None
-        else:
-            self.stale += 1
+        if self.tuner is None and not math.isnan(fitb) and fitb > self.best_fitb:
+            # the compatibility head's own best epoch (its parameters are its own on frozen towers):
+            # it overfits the outfits sooner than the image↔text heads fit the texts
+            self.best_fitb, self.best_compat_epoch, improved = fitb, epoch, True
+            self.best_compat = {
+                k: v.detach().clone()
+                for k, v in self.heads.state_dict().items()
+                if k.startswith(_COMPAT_PARAMS)
+            }
+        self.stale = 0 if improved else self.stale + 1
 
     def stops_early(self) -> bool:
         """``cfg.max_steps`` reached, or ``cfg.patience`` epochs in a row without a better validation score."""
@@ -310,6 +305,9 @@ class _Run:
             "best_val": self.best_val,
             "best_epoch": self.best_epoch,
             "best_heads": self.best_state,
+            "best_compat": self.best_compat,
+            "best_fitb": self.best_fitb,
+            "best_compat_epoch": self.best_compat_epoch,
             "config": self.cfg.to_dict(),
         }
         if self.tuner is not None:  # the towers' weights and the feature bank they wrote
@@ -335,6 +333,11 @@ class _Run:
         self.epoch, self.step, self.history = ck["epoch"], ck["step"], ck["history"]
         self.best_val, self.best_epoch = ck["best_val"], ck["best_epoch"]
         self.best_state = ck.get("best_heads", self.best_state)
+        self.best_compat = ck.get("best_compat", {})
+        self.best_fitb, self.best_compat_epoch = (
+            ck.get("best_fitb", -math.inf),
+            ck.get("best_compat_epoch", -1),
+        )
         if tuner is not None:
             tuner.load_state_dict(ck["towers"])
             self.best_towers = ck.get("best_towers", self.best_towers)
@@ -346,9 +349,11 @@ class _Run:
             _rng_restore(ck["rng"], self.gen, self.rng)
 
     def best_heads(self) -> RecommenderHeads:
-        """The heads with the best validation weights, on the CPU in eval mode; with tuned towers, the
-        towers get their best weights too, also in ``heads.tower_state``."""
-        self.heads.load_state_dict(self.best_state)
+        """The heads with the best validation weights, on the CPU in eval mode: the image↔text heads of
+        the epoch with the best validation score, the compatibility head (frozen towers) of the epoch with
+        the best validation FITB; with tuned towers, the towers get their best weights too, also in
+        ``heads.tower_state``."""
+        self.heads.load_state_dict({**self.best_state, **self.best_compat})
         heads = self.heads.cpu().eval()
         if self.tuner is not None and self.best_towers is not None:
             self.tuner.load_state_dict(self.best_towers)

@@ -187,3 +187,24 @@ def test_config_refuses_an_unknown_compat_loss() -> None:
         TrainConfig(compat_loss="arcface")
     with pytest.raises(ValueError, match="compat_temperature"):
         TrainConfig(compat_temperature=0.0)
+
+
+def test_compat_head_keeps_its_own_best_epoch(real_data):
+    """The image↔text heads come from the best validation score, the compatibility head from the best
+    validation FITB: a later epoch with better Recall@10 but worse FITB keeps the earlier compat weights."""
+    from ml.train import _Run
+
+    run = _Run(real_data, TrainConfig(batch_size=32, patience=2), bundle=None)
+    run.record_epoch(0, {"loss": 1.0, "infonce": 1.0, "compat": 1.0, "type": 0.0}, 0.6, 0.1)
+    compat0 = run.heads.compat_mlp[0].weight.detach().clone()
+    with torch.no_grad():  # "training" moves every parameter
+        for p in run.heads.parameters():
+            p.add_(0.01)
+    general1 = run.heads.image_proj.weight.detach().clone()
+    run.record_epoch(1, {"loss": 1.0, "infonce": 1.0, "compat": 1.0, "type": 0.0}, 0.3, 0.9)
+    assert run.best_epoch == 1 and run.best_compat_epoch == 0 and run.stale == 0
+    heads = run.best_heads()
+    assert torch.equal(heads.image_proj.weight, general1) and torch.equal(heads.compat_mlp[0].weight, compat0)
+    run.record_epoch(2, {"loss": 1.0, "infonce": 1.0, "compat": 1.0, "type": 0.0}, 0.3, 0.5)
+    run.record_epoch(3, {"loss": 1.0, "infonce": 1.0, "compat": 1.0, "type": 0.0}, 0.3, 0.5)
+    assert run.stops_early()  # neither improved for `patience` epochs
