@@ -17,6 +17,7 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from catalog.images import ImageError
 from catalog.imports import IMPORT_MAX_CSV_BYTES, IMPORT_MAX_ZIP_BYTES
 from catalog.models import PRODUCT_FIELDS, PRODUCT_FILTER_LOOKUPS, Product
+from ml.audience import AUDIENCE_GROUPS
 from ml.slots import SLOT_INDEX, SLOTS
 
 
@@ -231,6 +232,7 @@ class ProductFilterForm(PageForm):
     slot = QueryTextField(max_length=64)
     colour = QueryTextField(max_length=64)
     audience = QueryTextField(max_length=64)
+    audience_group = QueryTextField(max_length=8)
     product_type = QueryTextField(max_length=64)
     price_min = PriceField()
     price_max = PriceField()
@@ -240,6 +242,14 @@ class ProductFilterForm(PageForm):
         if slot and slot not in SLOTS:  # said rather than answered with "nothing found"
             raise ValidationError(f"There is no slot “{slot}”; choose one of: {', '.join(SLOTS)}.")
         return slot
+
+    def clean_audience_group(self) -> str:
+        group = self.cleaned_data["audience_group"].lower()
+        if group and group not in AUDIENCE_GROUPS:
+            raise ValidationError(
+                f"There is no audience “{group}”; choose one of: {', '.join(AUDIENCE_GROUPS)}."
+            )
+        return group
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
