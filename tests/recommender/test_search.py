@@ -96,12 +96,16 @@ def test_hybrid_is_one_statement_served_by_the_hnsw_and_gin_indexes(trained_cata
         cur.execute("ANALYZE catalog_product; ANALYZE recommender_productembedding")
     from django.db import transaction
 
-    with transaction.atomic(), connection.cursor() as cur:
-        cur.execute(search.search_settings_sql(100))
-        cur.execute("EXPLAIN " + fused[0])
-        plan = "\n".join(r[0] for r in cur.fetchall())
-    assert "emb_fused_hnsw" in plan, plan
-    assert "product_search_gin" in plan, plan
+    def plan(extra: str = "") -> str:
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute(search.search_settings_sql(100) + extra)
+            cur.execute("EXPLAIN " + fused[0])
+            return "\n".join(r[0] for r in cur.fetchall())
+
+    assert "Index Scan using emb_fused_hnsw" in plan(), plan()
+    # at 160 rows the planner may read the whole product table by its primary key instead (on the full
+    # sample it takes the GIN index: docs/recommendations.md); without plain index scans it must be GIN
+    assert "Bitmap Index Scan on product_search_gin" in plan("; SET LOCAL enable_indexscan = off")
 
 
 def test_nonsense_says_no_close_matches(trained_catalog):
