@@ -383,6 +383,14 @@ class ProductFilterForm(PageForm):
             raise ValidationError(f"There is no slot “{slot}”; choose one of: {', '.join(SLOTS)}.")
         return slot
 
+    def clean_audience_group(self) -> str:
+        group = self.cleaned_data["audience_group"].lower()
+        if group and group not in AUDIENCE_GROUPS:
+            raise ValidationError(
+                f"There is no audience “{group}”; choose one of: {', '.join(AUDIENCE_GROUPS)}."
+            )
+        return group
+
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean()
         lo, hi = cleaned.get("price_min"), cleaned.get("price_max")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
+from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
+from django.db.models.functions import Upper
 
 from ml.audience import AUDIENCE_GROUPS, UNISEX
 from ml.data import product_text
@@ -52,6 +55,21 @@ def product_filter_kwargs(values: dict, *, prefix: str = "") -> dict:
     }
 
 
+#: The text search configuration of :attr:`Product.search_vector` and of every query against it.
+SEARCH_CONFIG = "english"
+
+
+def _search_document():
+    """The weighted document of full-text search: title and product type (A), colour (B), description (C),
+    section and department (D); PostgreSQL's ``english`` configuration (stemming, stop words)."""
+    return (
+        SearchVector("title", "product_type", weight="A", config=SEARCH_CONFIG)
+        + SearchVector("colour", weight="B", config=SEARCH_CONFIG)
+        + SearchVector("description", weight="C", config=SEARCH_CONFIG)
+        + SearchVector("section", "department", weight="D", config=SEARCH_CONFIG)
+    )
+
+
 class ProductQuerySet(models.QuerySet):
     def filter_facets(self, **values) -> ProductQuerySet:
         """The products matching the filters given (:data:`PRODUCT_FILTER_LOOKUPS`); ``None`` and ``""``
@@ -96,11 +114,19 @@ class Product(models.Model):
     image_sha256 = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    #: Full-text search document, kept by PostgreSQL itself (a stored generated column, GIN index).
+    search_vector = models.GeneratedField(
+        expression=_search_document(), output_field=SearchVectorField(), db_persist=True
+    )
 
     objects = ProductQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]
+        indexes = [
+            GinIndex(fields=["search_vector"], name="product_search_gin"),
+            models.Index(Upper("title"), name="product_title_upper"),  # exact-title lookups of search
+        ]
 
     def __str__(self) -> str:
         return f"{self.title} ({self.sku})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from catalog.models import PRODUCT_FIELDS, ImportJob, Product
+from ml.audience import AUDIENCE_GROUPS
 from ml.slots import SLOTS
 
 
@@ -52,6 +53,11 @@ class FilterSerializer(serializers.Serializer):
     product_type = serializers.CharField(required=False, max_length=64, help_text="e.g. Trousers")
     colour = serializers.CharField(required=False, max_length=64, help_text="e.g. Black")
     audience = serializers.CharField(required=False, max_length=64, help_text="e.g. Ladieswear")
+    audience_group = serializers.ChoiceField(
+        choices=AUDIENCE_GROUPS,
+        required=False,
+        help_text="who it is for, normalised: women, men, kids, baby, unisex",
+    )
     price_min = serializers.FloatField(required=False, min_value=0, help_text="lowest price, inclusive")
     price_max = serializers.FloatField(required=False, min_value=0, help_text="highest price, inclusive")
 

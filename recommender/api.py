@@ -174,7 +174,9 @@ class ScopedThrottle(ScopedRateThrottle):
 # --- ranked answers: pages and the cache ----------------------------------------------------------------
 
 
-def ranked_page(request: Request, *, hits: list, page: int, k: int) -> dict[str, Any]:
+def ranked_page(
+    request: Request, *, hits: list, page: int, k: int, serializer: type = HitSerializer
+) -> dict[str, Any]:
     """The page ``page`` (k hits) of a ranked answer that holds ``page * k`` hits at most."""
     results = hits[(page - 1) * k : page * k]
     has_next = len(hits) == page * k and (page + 1) * k <= MAX_WINDOW
@@ -190,7 +192,7 @@ def ranked_page(request: Request, *, hits: list, page: int, k: int) -> dict[str,
         "k": k,
         "next": url(page + 1) if has_next else None,
         "previous": url(page - 1) if page > 1 else None,
-        "results": HitSerializer(results, many=True).data,
+        "results": serializer(results, many=True).data,
     }
 
 

@@ -19,7 +19,7 @@ from rest_framework.views import APIView
 from catalog.images import ImageError, clean_upload
 from catalog.models import Product
 from catalog.serializers import ErrorSerializer
-from recommender import looks, selectors
+from recommender import looks, search, selectors
 from recommender import serializers as s
 from recommender.api import cached_answer, get_or_404, ranked_page, unknown_ids_are_400
 from recommender.filters import Filters
@@ -69,12 +69,15 @@ class SimilarApi(APIView):
 
 
 class SearchApi(APIView):
-    """Free-text search ("black leather ankle boots") with optional filters, paginated (throttled)."""
+    """Free-text search ("men black chelsea boots", "dress without sleeves", a SKU) with optional
+    filters, paginated (throttled): audience, colour, type and negations are read from the query
+    (``understood``, each switched off with ``off``), full-text and vector rankings are fused, one
+    product per variant group. ``mmr`` re-ranks the plain vector ranking instead (nothing understood)."""
 
     throttle_scope = "search"
 
     @extend_schema(
-        parameters=[s.SearchQuerySerializer], responses={200: s.HitPageSerializer, **_ERRORS, **_THROTTLED}
+        parameters=[s.SearchQuerySerializer], responses={200: s.SearchPageSerializer, **_ERRORS, **_THROTTLED}
     )
     def get(self, request: Request) -> Response:
         q = s.SearchQuerySerializer(data=request.query_params)
@@ -82,10 +85,21 @@ class SearchApi(APIView):
         d = q.validated_data
 
         def compute() -> dict:
-            hits = selectors.text_search(
-                query=d["q"], k=d["k"] * d["page"], filters=Filters.from_params(d), mmr_lambda=d["mmr"]
-            )
-            return ranked_page(request, hits=hits, page=d["page"], k=d["k"])
+            filters, k = Filters.from_params(d), d["k"] * d["page"]
+            if d["mmr"] is not None:
+                hits = [
+                    search.SearchHit(h.product, h.score)
+                    for h in selectors.text_search(query=d["q"], k=k, filters=filters, mmr_lambda=d["mmr"])
+                ]
+                chips, weak, facets = [], False, {}
+            else:
+                answer = search.product_search(
+                    query=d["q"], k=k, filters=filters, off=d["off"], group_variants=d["group_variants"]
+                )
+                hits, weak, facets = answer.hits, answer.weak, answer.facets
+                chips = [c.as_dict() for c in answer.parsed.chips]
+            page = ranked_page(request, hits=hits, page=d["page"], k=d["k"], serializer=s.SearchHitSerializer)
+            return {**page, "understood": chips, "no_close_matches": weak, "facets": facets}
 
         params = {**d, "q": " ".join(d["q"].split()).lower()}  # the text tower lower-cases anyway
         return Response(cached_answer(name="search", params=params, compute=compute))

@@ -27,6 +27,7 @@ class Filters:
     product_type: str | None = None
     colour: str | None = None
     audience: str | None = None
+    audience_group: str | None = None
     price_min: float | None = None
     price_max: float | None = None
 

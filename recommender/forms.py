@@ -35,14 +35,19 @@ class PageNumberField(forms.CharField):
 
 
 class SearchForm(ProductFilterForm):
-    """``/search?q=...&slot=...&page=2``: free text, the product filters and the page.
+    """``/search?q=...&slot=...&off=audience&page=2``: free text, the product filters, the understood
+    chips switched off and the page.
 
     Pages are consecutive slices of one ranking (as in the API), up to the API's window of
     ``MAX_WINDOW`` ranked items.
     """
 
     q = QueryTextField(max_length=500)
+    off = QueryTextField(max_length=500)  # understood chips switched off, comma-separated keys
     page = PageNumberField(last=MAX_WINDOW // SEARCH_K)
+
+    def clean_off(self) -> list[str]:
+        return sorted({k.strip() for k in self.cleaned_data["off"].split(",") if k.strip()})
 
 
 class PhotoSearchForm(forms.Form):

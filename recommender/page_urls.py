@@ -8,11 +8,11 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from catalog import urls as catalog_urls
-from recommender import views
+from recommender import search_views, views
 
 urlpatterns = [
-    path("search", views.search_page, name="search"),
-    path("search/photo", views.photo_search_page, name="photo-search"),
+    path("search", search_views.search_page, name="search"),
+    path("search/photo", search_views.photo_search_page, name="photo-search"),
     path("products/<int:pk>", views.product_page, name="product"),
     path("outfit", views.outfit_page, name="outfit"),
     path("models", views.models_page, name="models"),

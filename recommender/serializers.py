@@ -61,7 +61,55 @@ class SimilarQuerySerializer(RankedQuerySerializer):
 
 
 class SearchQuerySerializer(RankedQuerySerializer):
-    q = serializers.CharField(max_length=500, help_text="free text, at most 500 characters")
+    q = serializers.CharField(max_length=500, help_text="free text, a SKU or a title; at most 500 characters")
+    off = serializers.CharField(
+        required=False,
+        default="",
+        allow_blank=True,
+        max_length=500,
+        help_text="comma-separated keys of understood chips to switch off (e.g. 'audience,not:sleeves'): "
+        "their words are then plain text",
+    )
+    group_variants = serializers.BooleanField(
+        required=False, default=True, help_text="one product per variant group (its best colour); false: all"
+    )
+
+    def validate_off(self, value: str) -> list[str]:
+        return sorted({k.strip() for k in value.split(",") if k.strip()})
+
+
+class SearchHitSerializer(HitSerializer):
+    """A search hit: ``score`` is the fused relevance (reciprocal-rank sum; 1 or more for an exact SKU
+    or title match), ``variants`` the products of its variant group (its other colours)."""
+
+    variants = serializers.IntegerField()
+
+
+class ChipSerializer(serializers.Serializer):
+    key = serializers.CharField(help_text="what to put in 'off' to switch it off")
+    kind = serializers.CharField(help_text="audience, colour, type, not_colour, not_type or not_words")
+    label = serializers.CharField(help_text="what the page shows, e.g. 'for men', 'without sleeves'")
+    values = serializers.ListField(child=serializers.CharField(), help_text="catalog values or words")
+
+
+class SearchPageSerializer(serializers.Serializer):
+    """One page of a search: a ranked page plus what was understood, facet counts and whether there
+    was no close match."""
+
+    page = serializers.IntegerField()
+    k = serializers.IntegerField()
+    next = serializers.CharField(allow_null=True, help_text="URL of the next page, or null")
+    previous = serializers.CharField(allow_null=True, help_text="URL of the previous page, or null")
+    results = SearchHitSerializer(many=True)
+    understood = ChipSerializer(many=True)
+    no_close_matches = serializers.BooleanField(
+        help_text="true: nothing understood, no word in any product's text and only weak vector matches "
+        "(results are then empty)"
+    )
+    facets = serializers.DictField(
+        child=serializers.ListField(child=serializers.ListField()),
+        help_text="{audience_group|colour|product_type: [[value, count]]} over the ranked candidates",
+    )
 
 
 class PhotoSearchSerializer(FilterSerializer):

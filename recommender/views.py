@@ -1,5 +1,5 @@
-"""Server-rendered pages that need the model: search, photo search, product page, outfit builder, and
-the model registry (versions, training runs, activation and rollback); merchandisers sign in here.
+"""Server-rendered pages that need the model: product page, outfit builder (the search pages are
+:mod:`recommender.search_views`), and the model registry (versions, training runs, activation and rollback); merchandisers sign in here.
 
 Views validate a form (``recommender.forms``), call selectors (``recommender.selectors``) and shape their
 answers for the templates (percentages, heat-map colours, links). When no model version is active they
@@ -8,7 +8,6 @@ still render, with a notice instead of recommendations. The catalog's own pages 
 
 from __future__ import annotations
 
-import base64
 import re
 import tempfile
 from collections.abc import Sequence
@@ -30,13 +29,9 @@ from catalog.views import not_found
 from ml.config import TrainConfig
 from ml.evaluate import BASELINES, COUNTS, ZERO_SHOT
 from ml.plots import plot_metric_bars
-from recommender.filters import Filters
 from recommender.forms import (
-    SEARCH_K,
     OutfitIdsForm,
-    PhotoSearchForm,
     ProductPageForm,
-    SearchForm,
     SignInForm,
     TrainingStartForm,
 )
@@ -48,10 +43,8 @@ from recommender.selectors import (
     NoActiveModel,
     UnknownProducts,
     active_version,
-    photo_search,
     product_index_status,
     similar_items,
-    text_search,
 )
 from recommender.services import (
     VersionNotReady,
@@ -119,53 +112,6 @@ def _audience_note(request: HttpRequest, mode: str, products: Sequence[Product])
         "allowed": [AUDIENCE_WORDS[g] for g in allowed] if allowed else None,
         "toggle_url": f"{request.path}?{query.urlencode(safe=',')}",
     }
-
-
-# --- search -------------------------------------------------------------------------------------------
-
-
-@require_safe  # a read-only page: POST/PUT/DELETE answer 405
-def search_page(request: HttpRequest) -> HttpResponse:
-    """``/search?q=...&slot=...&page=2``: free-text search over the active model's vectors; a bad
-    filter (an unknown slot, a price that is no number) is said next to its field."""
-    form = SearchForm(request.GET)
-    valid = form.is_valid()
-    q = form.cleaned_data.get("q", "")
-    context: dict[str, Any] = {"form": form, "q": q, "slots": form.options("slot")["slot"]}
-    if not q:
-        context["message"] = "Type what you are looking for, e.g. “black denim jacket”, or search by photo."
-    elif valid:
-        page = form.cleaned_data["page"]
-        try:
-            hits = text_search(query=q, k=SEARCH_K * page, filters=Filters.from_params(form.cleaned_data))
-        except NoActiveModel:
-            context["notice"] = NO_MODEL
-        else:
-            context["results"] = _scored(hits[(page - 1) * SEARCH_K :])
-            context["page"] = page
-            context["has_next"] = len(hits) == SEARCH_K * page and page < form.fields["page"].last
-    return render(request, "recommender/search.html", context)
-
-
-def photo_search_page(request: HttpRequest) -> HttpResponse:
-    """``POST /search/photo``: search by an uploaded photo; an unreadable file is an inline error."""
-    if request.method != "POST":
-        return redirect("search")
-    photo_form = PhotoSearchForm(request.POST, request.FILES)
-    context: dict[str, Any] = {
-        "form": SearchForm(),
-        "photo_form": photo_form,
-        "slots": SearchForm.options("slot")["slot"],
-        "photo_mode": True,
-    }
-    if photo_form.is_valid():
-        clean = photo_form.cleaned_data["image"]
-        context["photo_preview"] = "data:image/jpeg;base64," + base64.b64encode(clean.thumbnail).decode()
-        try:
-            context["results"] = _scored(photo_search(image=clean.image, k=SEARCH_K))
-        except NoActiveModel:
-            context["notice"] = NO_MODEL
-    return render(request, "recommender/search.html", context)
 
 
 # --- product page and outfit builder ---------------------------------------------------------------------

@@ -33,6 +33,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    "django.contrib.postgres",  # full-text search (SearchVector, SearchQuery) of text search
     "rest_framework",
     "rest_framework.authtoken",  # API tokens for merchandisers: manage.py drf_create_token <username>
     "drf_spectacular",
@@ -265,6 +266,14 @@ HNSW_FORCE_INDEX = env.bool("HNSW_FORCE_INDEX", default=True)
 #: Rank ``fused``/``compat`` in half precision (``halfvec``), through the expression HNSW indexes that
 #: migration 0003_serving creates when this is true at migrate time (half the index memory).
 PGVECTOR_HALFVEC = env.bool("PGVECTOR_HALFVEC", default=False)
+#: Text search (``recommender.search``): each ranking (vector, full text) contributes its best
+#: SEARCH_POOL rows to the fusion, whatever the page (so pages are slices of one ranking; an answer
+#: ends after the union of those rows); a query of which nothing is understood, no word is in any
+#: product's text and whose best vector match is below SEARCH_WEAK_COSINE answers "no close matches".
+SEARCH_POOL = env.int("SEARCH_POOL", default=200)
+#: The threshold depends on the model: on the 2-epoch full-sample model nonsense scores 0.30-0.35 and
+#: plain queries 0.38 and up; on the tests' 160-article model nonsense 0.17-0.23 (docs/evaluation.md).
+SEARCH_WEAK_COSINE = env.float("SEARCH_WEAK_COSINE", default=0.36)
 #: MMR diversity: candidate pool = max(MMR_POOL_MIN, MMR_POOL_FACTOR * k) rows from the index.
 MMR_POOL_FACTOR = env.int("MMR_POOL_FACTOR", default=5)
 MMR_POOL_MIN = env.int("MMR_POOL_MIN", default=50)

@@ -1,0 +1,278 @@
+"""Text search for shoppers: query understanding, then full-text and vector rankings fused by reciprocal
+rank fusion in one SQL statement, one product per variant group, facets.
+
+One statement (pgvector-python's hybrid search example, ``examples/hybrid_search``):
+
+* ``semantic``: the query's text vector against the products' fused vectors, ``ORDER BY fused <#> q
+  LIMIT pool`` on the HNSW index (the settings of :func:`recommender.selectors.ranking_settings_sql`);
+* ``keyword``: PostgreSQL full-text search on ``catalog_product.search_vector`` (weighted title and type
+  A, colour B, description C, section and department D; GIN index), ranked by how many of the query's
+  words a product matches, then ``ts_rank_cd``;
+* ``exact``: a product whose SKU or whole title is the query, which always ranks first;
+* ``score = Σ 1 / (60 + rank)`` over the rankings a product is in (Cormack, Clarke & Büttcher 2009,
+  "Reciprocal rank fusion outperforms Condorcet and individual rank learning methods"), plus 1 for
+  an exact match.
+
+What the query says (:mod:`recommender.search_query`) filters both rankings inside the statement: its
+audience group, colours and product types, and the colours, types and words it does not want. A
+query of which nothing is understood, no word matches any product's text and whose best vector match
+is below ``settings.SEARCH_WEAK_COSINE`` answers nothing and says so (``weak``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
+
+import numpy as np
+from django.conf import settings
+from django.contrib.postgres.search import SearchQuery, SearchRank
+from django.db import connection, transaction
+from django.db.models import Case, Count, Exists, F, FloatField, IntegerField, OuterRef, Q, Value, When
+
+from catalog.models import SEARCH_CONFIG, Product
+from recommender.filters import Filters
+from recommender.model_cache import embedder_for
+from recommender.models import ModelVersion, ProductEmbedding
+from recommender.search_query import ParsedQuery, query_parse, tokens, vocabulary_build
+from recommender.selectors import NoActiveModel, active_version, distance_expression, ranking_settings_sql
+
+MODES = ("hybrid", "lexical", "vector")
+#: The k of reciprocal rank fusion (the constant of Cormack et al. and of pgvector's example).
+RRF_K = 60
+#: Facets shown with counts, in order: (the parameter that filters on it, the product field).
+FACETS = (("audience_group", "audience_group"), ("colour", "colour"), ("product_type", "product_type"))
+
+
+@dataclass
+class SearchHit:
+    """A ranked product: its fused score (reciprocal-rank sum, 1+ for an exact SKU or title match) and
+    how many products its variant group holds (1 without a group)."""
+
+    product: Product
+    score: float
+    variants: int = 1
+
+
+@dataclass
+class SearchAnswer:
+    """A search's hits, what was understood, whether the match is too weak to show, and facet counts
+    (``{facet: [(value, count)]}`` over the ranked candidates, most frequent first)."""
+
+    hits: list[SearchHit]
+    parsed: ParsedQuery
+    weak: bool = False
+    facets: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+
+
+def _conditions(parsed: ParsedQuery, filters: Filters, prefix: str = "") -> Q:
+    """What the query understood, as one ``Q`` on products (``prefix="product__"`` from vector rows).
+
+    An explicit filter of the same facet (the shopper's own choice) replaces the understood one.
+    """
+    q = Q()
+    p = prefix
+    if parsed.values("audience") and not (filters.audience or filters.audience_group):
+        q &= Q(**{f"{p}audience_group__in": parsed.values("audience")})
+    if parsed.values("colour") and not filters.colour:
+        q &= Q(**{f"{p}colour__in": parsed.values("colour")})
+    if parsed.values("type") and not filters.product_type:
+        q &= Q(**{f"{p}product_type__in": parsed.values("type")})
+    if parsed.values("not_colour"):
+        q &= ~Q(**{f"{p}colour__in": parsed.values("not_colour")})
+    if parsed.values("not_type"):
+        q &= ~Q(**{f"{p}product_type__in": parsed.values("not_type")})
+    for words in sorted(parsed.values("not_words")):
+        said = SearchQuery(words, search_type="phrase", config=SEARCH_CONFIG)
+        base = words[:-1] if words.endswith("s") and " " not in words else words
+        less = SearchQuery(f"{base}less", config=SEARCH_CONFIG)  # "sleeveless" is no mention of sleeves
+        q &= ~Q(**{f"{p}search_vector": said}) | Q(**{f"{p}search_vector": less})
+    return q
+
+
+def _vector_sql(version: ModelVersion, query: np.ndarray, where: Q, filters: Filters, pool: int):
+    qs = filters.apply(ProductEmbedding.objects.filter(model_version=version).filter(where))
+    qs = qs.annotate(d=distance_expression("fused", query)).order_by("d").values_list("product_id", "d")
+    return qs[:pool].query.sql_with_params()
+
+
+def _keyword_sql(
+    terms: list[str], where: Q, filters: Filters, version: ModelVersion | None, pool: int, *, require: bool
+):
+    """The full-text ranking: products matching any term (every product passing ``where`` unless
+    ``require``), by matched terms then ``ts_rank_cd``."""
+    queries = [SearchQuery(t, config=SEARCH_CONFIG) for t in dict.fromkeys(terms)]
+    qs = Product.objects.filter_facets(**_facet_values(filters)).filter(where)
+    if version is not None:  # only what the active model serves
+        qs = qs.filter(Exists(ProductEmbedding.objects.filter(product=OuterRef("pk"), model_version=version)))
+    if not queries:  # nothing but understood words ("men"): what the filters allow, in catalog order
+        qs = qs.annotate(m=Value(0), r=Value(0.0, output_field=FloatField()))
+        return qs.order_by("id").values_list("id", "m", "r")[:pool].query.sql_with_params()
+    anyq = queries[0]
+    for sq in queries[1:]:
+        anyq = anyq | sq
+    if require:
+        qs = qs.filter(search_vector=anyq)
+    matched = sum(
+        (
+            Case(When(search_vector=sq, then=Value(1)), default=Value(0), output_field=IntegerField())
+            for sq in queries
+        ),
+        Value(0),
+    )
+    qs = qs.annotate(m=matched, r=SearchRank(F("search_vector"), anyq, cover_density=True))
+    return qs.order_by("-m", "-r", "id").values_list("id", "m", "r")[:pool].query.sql_with_params()
+
+
+def _facet_values(filters: Filters) -> dict:
+    return {f.name: getattr(filters, f.name) for f in dataclass_fields(filters)}
+
+
+def _exact_sql(text: str):
+    """Products whose SKU or whole title (any case: the ``UPPER(title)`` index) is the query."""
+    qs = Product.objects.filter(Q(sku=text) | Q(title__iexact=text)).order_by()  # no sort: a BitmapOr
+    return qs.values_list("id")[:5].query.sql_with_params()
+
+
+def _fused(parts: list[tuple[str, str, tuple]], limit: int) -> tuple[str, list]:
+    """The one statement: each part's ranking numbered, ``Σ 1/(RRF_K + rank)`` per product."""
+    ctes, unions, params = [], [], []
+    for name, sql, p in parts:
+        params.extend(p)
+        if name == "semantic":
+            ctes.append(
+                f"semantic AS (SELECT product_id AS id, d, ROW_NUMBER() OVER (ORDER BY d) AS r FROM ({sql}) s)"
+            )
+            unions.append(f"SELECT id, 1.0 / ({RRF_K} + r) AS score, -d AS cos, 0 AS lex FROM semantic")
+        elif name == "keyword":
+            ctes.append(
+                f"keyword AS (SELECT id, m, ROW_NUMBER() OVER (ORDER BY m DESC, r DESC, id) AS r FROM ({sql}) k)"
+            )
+            unions.append(
+                f"SELECT id, 1.0 / ({RRF_K} + r) AS score, NULL::float AS cos, m AS lex FROM keyword"
+            )
+        else:
+            ctes.append(f"exact AS ({sql})")
+            unions.append("SELECT id, 1.0 AS score, NULL::float AS cos, 0 AS lex FROM exact")
+    body = " UNION ALL ".join(unions)
+    sql = (
+        f"WITH {', '.join(ctes)} SELECT id, SUM(score) AS score, MAX(cos) AS cos, MAX(lex) AS lex "
+        f"FROM ({body}) u GROUP BY id ORDER BY score DESC, id LIMIT {int(limit)}"
+    )
+    return sql, params
+
+
+def search_settings_sql(pool: int) -> str:
+    """The ``SET LOCAL`` statements of the fused statement: the vector rankings' own
+    (:func:`recommender.selectors.ranking_settings_sql`, so the ``semantic`` part is an HNSW index scan),
+    with bitmap scans allowed again: a GIN index is only ever read by a bitmap scan, and the vector part
+    still cannot use one (sorts stay off, and only the HNSW scan yields rows in distance order)."""
+    return ranking_settings_sql("search", pool) + "; SET LOCAL enable_bitmapscan = on"
+
+
+def product_search(
+    *,
+    query: str,
+    k: int = 24,
+    filters: Filters | None = None,
+    off: Iterable[str] = (),
+    mode: str = "hybrid",
+    understand: bool = True,
+    group_variants: bool = True,
+) -> SearchAnswer:
+    """Search the catalog as a shopper types (see the module docstring).
+
+    Args:
+        query: free text, a SKU or a title.
+        k: how many hits (after variant grouping).
+        filters: the shopper's explicit filters (they replace what the query says of the same facet).
+        off: chip keys (:class:`recommender.search_query.Chip`) the shopper switched off.
+        mode: ``hybrid`` (default), ``lexical`` (full text only: needs no model) or ``vector``.
+        understand: read audience, colour, type and negations from the query (False: plain text).
+        group_variants: one product per variant group, its best-ranked one.
+
+    Returns:
+        A :class:`SearchAnswer`.
+
+    Raises:
+        ValueError: empty query or unknown mode; NoActiveModel (hybrid and vector modes).
+    """
+    text = query.strip()
+    if not text:
+        raise ValueError("query must not be empty")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
+    filters = filters or Filters()
+    if understand:
+        parsed = query_parse(text, vocab=vocabulary_build(), off=off)
+    else:
+        parsed = ParsedQuery(text=text, terms=tokens(text), vector_text=text)
+    version = active_version() if mode != "lexical" else None
+    pool = int(settings.SEARCH_POOL)  # never k's: page 2 must continue the very ranking of page 1
+    parts = []
+    if mode != "lexical":
+        q = embedder_for(version).embed_query_text(parsed.vector_text)
+        parts.append(
+            ("semantic", *_vector_sql(version, q, _conditions(parsed, filters, "product__"), filters, pool))
+        )
+    positive = any(c.kind in ("audience", "colour", "type") for c in parsed.chips)
+    if mode != "vector" and (parsed.terms or (mode == "lexical" and positive)):
+        # lexical-only with an understood audience, colour or type ranks every product they allow
+        require = mode == "hybrid" or not positive
+        where = _conditions(parsed, filters)
+        parts.append(("keyword", *_keyword_sql(parsed.terms, where, filters, version, pool, require=require)))
+    if mode != "vector":
+        parts.append(("exact", *_exact_sql(text)))
+    sql, params = _fused(parts, 2 * pool + 5)  # all of the union: grouping and facets need it
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(search_settings_sql(pool))
+        cur.execute(sql, params)
+        rows = cur.fetchall()  # (id, score, cos, lex)
+    # a lexical match counts when it covers half the query's words ("lorem ipsum dolor" matching
+    # "Dolores" does not), or a SKU or title matched exactly
+    need = (len(set(parsed.terms)) + 1) // 2
+    lexical = any((lex or 0) >= max(need, 1) for *_, lex in rows) or any(score >= 1 for _, score, *_ in rows)
+    best = max((cos for _, _, cos, _ in rows if cos is not None), default=None)
+    weak = (
+        mode == "hybrid"
+        and not parsed.chips
+        and not lexical
+        and (best is None or best < settings.SEARCH_WEAK_COSINE)
+    )
+    if weak:
+        return SearchAnswer(hits=[], parsed=parsed, weak=True)
+    products = Product.objects.in_bulk([r[0] for r in rows])
+    ranked = [(products[pid], float(score)) for pid, score, _, _ in rows if pid in products]
+    if group_variants:
+        ranked = _one_per_group(ranked)
+    counts = _variant_counts([p for p, _ in ranked[:k]]) if group_variants else {}
+    hits = [SearchHit(p, s, counts.get(p.variant_group, 1)) for p, s in ranked[:k]]
+    facets = {
+        name: Counter(getattr(p, attr) for p, _ in ranked if getattr(p, attr)).most_common()
+        for name, attr in FACETS
+    }
+    return SearchAnswer(hits=hits, parsed=parsed, facets=facets)
+
+
+def _one_per_group(ranked: list[tuple[Product, float]]) -> list[tuple[Product, float]]:
+    """The best-ranked product of each variant group (products without a group are their own)."""
+    seen: set[str] = set()
+    out = []
+    for product, score in ranked:
+        if product.variant_group:
+            if product.variant_group in seen:
+                continue
+            seen.add(product.variant_group)
+        out.append((product, score))
+    return out
+
+
+def _variant_counts(products: list[Product]) -> dict[str, int]:
+    groups = {p.variant_group for p in products if p.variant_group}
+    rows = Product.objects.filter(variant_group__in=groups).values("variant_group").annotate(n=Count("id"))
+    return {r["variant_group"]: r["n"] for r in rows}
+
+
+__all__ = ["MODES", "SearchAnswer", "SearchHit", "product_search", "NoActiveModel"]

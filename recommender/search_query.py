@@ -1,0 +1,355 @@
+"""Query understanding of text search: who a query is for, which colours and product types it names, and
+what it does not want, read before retrieval (:mod:`recommender.search` turns them into filters).
+
+The dictionaries come from the catalog's own values (:func:`vocabulary_build`, cached per catalog
+generation): every colour (``"Dark Blue"``, and its last word ``"blue"`` for the whole family: Blue,
+Dark Blue, Light Blue), every product type (``"Leggings/Tights"`` answers to ``leggings`` and
+``tights``, ``"Pyjama set"`` and ``"Pyjama bottom"`` to ``pyjama``), and the audience groups the
+catalog holds, named by the words of :mod:`ml.audience`. A small table of shoppers' synonyms
+(:data:`COLOUR_SYNONYMS`, :data:`TYPE_SYNONYMS`) points at those words and counts only where the
+catalog has the target.
+
+Negation: ``without X``, ``no X``, ``not X``, ``non-X`` and ``X-less`` words (``sleeveless``). A negated
+colour or type excludes it; other negated words exclude products whose text says them
+(``without sleeves``: none whose text mentions sleeves, unless it says ``sleeveless``).
+
+Each understanding is a :class:`Chip` with a key (``audience``, ``colour``, ``type``, ``not:sleeves``)
+that the shopper can switch off (``off=colour``), keeping the words as plain text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from django.core.cache import cache
+
+from catalog.models import Product
+from ml.audience import UNISEX, audience_group
+from recommender import answer_cache
+
+#: Shoppers' colour words → the catalog colour words they mean (used only where the catalog has them).
+COLOUR_SYNONYMS = {
+    "navy": "dark blue",
+    "burgundy": "dark red",
+    "maroon": "dark red",
+    "wine": "dark red",
+    "bordeaux": "dark red",
+    "cream": "off white",
+    "ivory": "off white",
+    "ecru": "off white",
+    "khaki": "greenish khaki",
+    "olive": "greenish khaki",
+    "camel": "beige",
+    "tan": "beige",
+    "nude": "light beige",
+    "brown": "yellowish brown",
+    "charcoal": "dark grey",
+    "gray": "grey",
+    "lilac": "light purple",
+    "lavender": "light purple",
+    "violet": "purple",
+    "mustard": "dark yellow",
+    "teal": "dark turquoise",
+    "mint": "light green",
+    "golden": "gold",
+}
+#: Shoppers' garment words → the catalog type words they mean (the word itself stays searchable text).
+TYPE_SYNONYMS = {
+    "jeans": "trousers",
+    "pants": "trousers",
+    "chinos": "trousers",
+    "joggers": "trousers",
+    "jumper": "sweater",
+    "jumpers": "sweater",
+    "pullover": "sweater",
+    "sweatshirt": "sweater",
+    "tee": "t-shirt",
+    "tees": "t-shirt",
+    "tshirt": "t-shirt",
+    "trainers": "sneakers",
+    "pyjamas": "pyjama",
+    "pajamas": "pyjama",
+    "pajama": "pyjama",
+    "tank": "vest top",
+    "heels": "heeled sandals",
+    "swim shorts": "swimwear bottom",
+    "swimming trunks": "swimwear bottom",
+    "trunks": "swimwear bottom",
+}
+#: Words that start a negation, and how many words it reaches at most.
+NEGATIONS = ("without", "no", "not", "non")
+NEGATION_REACH = 2
+#: Words that end a negation's reach ("no print and long sleeves").
+_BREAKS = {"and", "or", "but", "with", "in", "for", "&"}
+#: "-less" words that are no negation.
+_NOT_LESS = {"unless", "regardless", "less", "bless", "endless", "timeless", "careless"}
+_TOKEN = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*|&")
+MAX_PHRASE = 3
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-case words of a query (``t-shirt`` stays one word; ``men's`` gives ``men``, ``s``)."""
+    return [t for t in _TOKEN.findall(text.lower().replace("’", "'")) if t != "s"]
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Phrases (tuples of words) the catalog answers to: audience group, colour values, product types."""
+
+    audience: dict[tuple[str, ...], str]
+    colour: dict[tuple[str, ...], frozenset[str]]
+    type: dict[tuple[str, ...], frozenset[str]]
+
+    def lookup(self, words: tuple[str, ...]) -> tuple[str, object] | None:
+        """``("audience", group)``, ``("colour", values)``, ``("type", values)`` or None."""
+        for kind in ("audience", "colour", "type"):
+            hit = getattr(self, kind).get(words)
+            if hit:
+                return kind, hit
+        if len(words) == 1 and words[0] in COLOUR_SYNONYMS:
+            hit = self.colour.get(tuple(COLOUR_SYNONYMS[words[0]].split()))
+            if hit:
+                return "colour", hit
+        if " ".join(words) in TYPE_SYNONYMS:
+            hit = self.type.get(tuple(TYPE_SYNONYMS[" ".join(words)].split()))
+            if hit:
+                return "type", hit
+        return None
+
+
+def _plural_forms(word: str) -> set[str]:
+    """The word and its plurals (never a singular made up: "shorts" must not answer to "short")."""
+    return {word} if word.endswith("s") else {word, word + "s", word + "es"}
+
+
+def vocabulary_from_values(
+    *, colours: Iterable[str], types: Iterable[str], groups: Iterable[str]
+) -> Vocabulary:
+    """The dictionaries of a catalog, from its distinct colour and product type values and audience groups.
+
+    A colour value answers to its own words and its last word names the family (``blue``: every value
+    ending in Blue); a type to its name, each ``/``-separated part, and their plurals; the first word of a
+    several-word type (``pyjama``) to every type starting with it, unless it is a type itself. Values such
+    as "Other", "Unknown", "Other accessories" are no words a shopper uses and are left out.
+    """
+    colour: dict[tuple[str, ...], set[str]] = defaultdict(set)
+    for value in colours:
+        words = tuple(tokens(value))
+        if not words or words[0] in ("other", "unknown", "undefined") and len(words) == 1:
+            continue
+        colour[words].add(value)
+        colour[(words[-1],)].add(value)  # the family: "blue" for Blue, Dark Blue, Light Blue
+    kinds: dict[tuple[str, ...], set[str]] = defaultdict(set)
+    heads: dict[str, set[str]] = defaultdict(set)
+    for value in types:
+        if not value or value.lower().startswith(("other", "unknown")):
+            continue
+        for part in [value, *value.split("/")] if "/" in value else [value]:
+            words = tokens(part)
+            if not words:
+                continue
+            for last in _plural_forms(words[-1]):
+                kinds[(*words[:-1], last)].add(value)
+            if len(words) > 1:
+                for head in _plural_forms(words[0]):
+                    heads[head].add(value)
+    for head, values in heads.items():
+        if (head,) not in kinds:
+            kinds[(head,)] = values
+    present = set(groups)
+    audience = {}
+    words = _audience_words()
+    phrases = [(w,) for w in words] + [(a, b) for a in ("baby", "kids", "young") for b in words[-6:-2]]
+    for phrase in phrases:  # ("baby", "girl") is a baby's, as ml.audience reads it
+        group = audience_group(" ".join(phrase))
+        if group in present and group != UNISEX:
+            audience[phrase] = group
+    return Vocabulary(
+        audience=audience,
+        colour={k: frozenset(v) for k, v in colour.items()},
+        type={k: frozenset(v) for k, v in kinds.items()},
+    )
+
+
+def _audience_words() -> list[str]:
+    """Words a shopper names an audience with; :func:`ml.audience.audience_group` says whose they are."""
+    base = ["women", "woman", "womens", "ladies", "lady", "men", "man", "mens", "gents", "male", "female"]
+    return [*base, "kids", "kid", "children", "child", "boys", "boy", "girls", "girl", "baby", "babies"]
+
+
+def vocabulary_build() -> Vocabulary:
+    """The catalog's :class:`Vocabulary` from its distinct values (three indexed DISTINCT queries),
+    cached per catalog generation (:mod:`recommender.answer_cache`) in the Django cache; a cache that
+    is down means building it every time, never an error."""
+    try:
+        key = f"search:vocabulary:g{answer_cache.generation()}:n{Product.objects.count()}"
+        hit = cache.get(key)
+    except answer_cache.CACHE_ERRORS:
+        key, hit = None, None
+    if hit is not None:
+        return hit
+
+    def distinct(name: str) -> list[str]:
+        return list(Product.objects.exclude(**{name: ""}).values_list(name, flat=True).distinct())
+
+    vocab = vocabulary_from_values(
+        colours=distinct("colour"), types=distinct("product_type"), groups=distinct("audience_group")
+    )
+    if key is not None:
+        with contextlib.suppress(*answer_cache.CACHE_ERRORS):  # a cache that is down: built next time too
+            cache.set(key, vocab, 600)
+    return vocab
+
+
+@dataclass(frozen=True)
+class Chip:
+    """One thing understood in a query, shown as a removable chip.
+
+    ``key`` names it in the ``off`` parameter; ``kind`` is ``audience``, ``colour``, ``type``,
+    ``not_colour``, ``not_type`` or ``not_words``; ``values`` the catalog values (or the words) it
+    stands for; ``words`` the query words it was read from.
+    """
+
+    key: str
+    kind: str
+    label: str
+    values: tuple[str, ...]
+    words: str
+
+    def as_dict(self) -> dict:
+        return {"key": self.key, "kind": self.kind, "label": self.label, "values": list(self.values)}
+
+
+@dataclass
+class ParsedQuery:
+    """A query read: its chips, the words left for full-text search (``terms``; negated words are not
+    among them) and the text for the text tower (the query without its negations)."""
+
+    text: str
+    chips: list[Chip] = field(default_factory=list)
+    terms: list[str] = field(default_factory=list)
+    vector_text: str = ""
+
+    def values(self, kind: str) -> set[str]:
+        """The union of the values of this kind's chips."""
+        return {v for c in self.chips if c.kind == kind for v in c.values}
+
+
+_LABELS = {
+    "audience": "for {}",
+    "colour": "colour: {}",
+    "type": "type: {}",
+    "not_colour": "not {}",
+    "not_type": "no {}",
+    "not_words": "without {}",
+}
+
+
+def _chip(kind: str, values: Iterable[str], words: str) -> Chip:
+    values = tuple(sorted(values))
+    shown = values[0].lower() if kind in ("colour", "type") and len(values) == 1 else words
+    key = kind if kind in ("audience", "colour", "type") else f"not:{words}"
+    return Chip(key=key, kind=kind, label=_LABELS[kind].format(shown), values=values, words=words)
+
+
+def _match(words: list[str], i: int, vocab: Vocabulary) -> tuple[int, tuple[str, object]] | None:
+    """The longest known phrase starting at ``words[i]``: (its length, its lookup)."""
+    for n in range(min(MAX_PHRASE, len(words) - i), 0, -1):
+        hit = vocab.lookup(tuple(words[i : i + n]))
+        if hit:
+            return n, hit
+    return None
+
+
+def query_parse(text: str, *, vocab: Vocabulary, off: Iterable[str] = ()) -> ParsedQuery:
+    """Read a shopper's query (see the module docstring).
+
+    Args:
+        text: the query as typed.
+        vocab: the catalog's dictionaries (:func:`vocabulary_build`).
+        off: chip keys switched off by the shopper: their words stay plain text.
+
+    Returns:
+        A :class:`ParsedQuery`; chips of the same kind merge (``black or white``: one colour chip).
+
+    >>> v = vocabulary_from_values(colours=["Dark Blue", "Blue"], types=["Shirt", "Dress"], groups=["men"])
+    >>> p = query_parse("men navy shirt without sleeves", vocab=v)
+    >>> [c.label for c in p.chips], p.terms, p.vector_text
+    (['for men', 'colour: dark blue', 'type: shirt', 'without sleeves'], ['navy', 'shirt'], 'men navy shirt')
+    """
+    off = set(off)
+    words = tokens(text)
+    found: dict[str, set[str]] = defaultdict(set)
+    found_words: dict[str, list[str]] = defaultdict(list)
+    negated: list[Chip] = []
+    terms: list[str] = []
+    kept: list[str] = []  # the text tower's words
+    i = 0
+    while i < len(words):
+        w = words[i]
+        neg_word = w.startswith("non-") and len(w) > 4
+        if w in NEGATIONS or neg_word:
+            rest = [w[4:], *words[i + 1 :]] if neg_word else words[i + 1 :]
+            n, taken = _negation(rest, vocab, negated, off)
+            if taken is not None:  # switched off by the shopper: plain words again
+                terms.extend(taken)
+                kept.extend([w, *taken] if not neg_word else taken)
+            i += n + (0 if neg_word else 1)
+            continue
+        m = _match(words, i, vocab)
+        if m:
+            n, (kind, values) = m
+            phrase = " ".join(words[i : i + n])
+            if kind not in off:
+                found[kind] |= {values} if isinstance(values, str) else set(values)
+                found_words[kind].append(phrase)
+            if kind != "audience" or kind in off:
+                terms.extend(words[i : i + n])
+            kept.extend(words[i : i + n])
+            i += n
+            continue
+        if w.endswith("less") and len(w) > 6 and w not in _NOT_LESS:  # "sleeveless": no sleeves
+            stem = w[:-4] + "s"  # what its text would say: "sleeves"
+            chip = _chip("not_words", [stem], stem)
+            if chip.key not in off:
+                negated.append(chip)
+        if w not in _BREAKS:
+            terms.append(w)
+        kept.append(w)
+        i += 1
+    chips = [_chip(kind, found[kind], " ".join(found_words[kind])) for kind in ("audience", "colour", "type")]
+    chips = [c for c in chips if c.values]
+    seen = set()
+    for c in negated:
+        if c.key not in seen:
+            seen.add(c.key)
+            chips.append(c)
+    return ParsedQuery(text=text, chips=chips, terms=terms, vector_text=" ".join(kept) or text.strip())
+
+
+def _negation(
+    rest: list[str], vocab: Vocabulary, out: list[Chip], off: set[str]
+) -> tuple[int, list[str] | None]:
+    """Read what a negation word reaches in ``rest`` and append its chip. Returns how many words it took,
+    and those words when the shopper switched the chip off (else None)."""
+    m = _match(rest, 0, vocab) if rest else None
+    if m and m[1][0] in ("colour", "type"):
+        n, (kind, values) = m
+        chip = _chip(f"not_{kind}", values, " ".join(rest[:n]))
+    else:
+        n = 0
+        while n < min(NEGATION_REACH, len(rest)) and rest[n] not in _BREAKS and rest[n] not in NEGATIONS:
+            if n and _match(rest, n, vocab):  # "without sleeves men": the audience word is not negated
+                break
+            n += 1
+        if not n:
+            return 0, None
+        chip = _chip("not_words", [" ".join(rest[:n])], " ".join(rest[:n]))
+    if chip.key in off:
+        return n, rest[:n]
+    out.append(chip)
+    return n, None

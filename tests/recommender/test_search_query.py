@@ -1,0 +1,71 @@
+"""Query understanding on the real H&M sample's own colour and type values (no database)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from recommender.search_query import query_parse, tokens, vocabulary_from_values
+
+
+@pytest.fixture(scope="module")
+def vocab(hm_root):
+    with open(hm_root / "articles.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    return vocabulary_from_values(
+        colours={r["colour_group_name"] for r in rows},
+        types={r["product_type_name"] for r in rows},
+        groups={"women", "men", "kids", "baby", "unisex"},
+    )
+
+
+def _chips(parsed) -> dict[str, tuple[str, ...]]:
+    return {c.key: c.values for c in parsed.chips}
+
+
+def test_audience_words_map_to_the_normalised_groups(vocab):
+    assert _chips(query_parse("men slim jeans", vocab=vocab))["audience"] == ("men",)
+    assert _chips(query_parse("women's coat", vocab=vocab))["audience"] == ("women",)
+    assert _chips(query_parse("girls dress", vocab=vocab))["audience"] == ("kids",)
+    assert _chips(query_parse("baby girl bodysuit", vocab=vocab))["audience"] == ("baby",)  # age first
+    assert "men" not in query_parse("men slim jeans", vocab=vocab).terms  # a filter, not a word to match
+
+
+def test_colour_words_come_from_the_catalog_values_and_synonyms(vocab):
+    assert _chips(query_parse("navy linen shirt", vocab=vocab))["colour"] == ("Dark Blue",)
+    assert _chips(query_parse("burgundy sweater", vocab=vocab))["colour"] == ("Dark Red",)
+    assert _chips(query_parse("dark green jacket", vocab=vocab))["colour"] == ("Dark Green",)
+    blue = _chips(query_parse("blue jeans", vocab=vocab))["colour"]
+    assert {"Blue", "Dark Blue", "Light Blue"} <= set(blue)  # a one-word colour is its family
+    assert "colour" not in _chips(query_parse("summer dress", vocab=vocab))
+
+
+def test_type_words_come_from_the_catalog_types(vocab):
+    assert _chips(query_parse("chelsea boots", vocab=vocab))["type"] == ("Boots",)
+    assert _chips(query_parse("striped t-shirt", vocab=vocab))["type"] == ("T-shirt",)
+    assert _chips(query_parse("sports leggings", vocab=vocab))["type"] == ("Leggings/Tights",)
+    assert set(_chips(query_parse("kids pyjamas", vocab=vocab))["type"]) >= {"Pyjama set", "Pyjama bottom"}
+    assert _chips(query_parse("short dress", vocab=vocab))["type"] == ("Dress",)  # "short" is no Shorts
+
+
+def test_negations_become_exclusions(vocab):
+    parsed = query_parse("dress without sleeves", vocab=vocab)
+    assert _chips(parsed) == {"type": ("Dress",), "not:sleeves": ("sleeves",)}
+    assert parsed.vector_text == "dress" and "sleeves" not in parsed.terms
+    assert _chips(query_parse("sleeveless top", vocab=vocab))["not:sleeves"] == ("sleeves",)
+    assert _chips(query_parse("sweater not black", vocab=vocab))["not:black"] == ("Black",)
+    assert _chips(query_parse("t-shirt no print", vocab=vocab))["not:print"] == ("print",)
+    men = query_parse("top without sleeves men", vocab=vocab)  # the audience word is not negated
+    assert _chips(men)["audience"] == ("men",) and _chips(men)["not:sleeves"] == ("sleeves",)
+
+
+def test_a_chip_switched_off_leaves_its_words_as_plain_text(vocab):
+    parsed = query_parse("men dress without sleeves", vocab=vocab, off=["audience", "not:sleeves"])
+    assert set(_chips(parsed)) == {"type"}
+    assert parsed.terms == ["men", "dress", "sleeves"]
+    assert parsed.vector_text == "men dress without sleeves"
+
+
+def test_tokens_keep_hyphenated_words():
+    assert tokens("Men's T-shirt, NO print") == ["men", "t-shirt", "no", "print"]
