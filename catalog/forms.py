@@ -371,12 +371,6 @@ class ProductFilterForm(PageForm):
     price_max = PriceField()
     sort = QueryTextField(max_length=8)
 
-    def clean_audience_group(self) -> str:
-        group = self.cleaned_data["audience_group"]
-        if group and group not in AUDIENCE_GROUPS:
-            raise ValidationError(f"Choose who it is for among: {', '.join(AUDIENCE_GROUPS)}.")
-        return group
-
     def clean_slot(self) -> str:
         slot = self.cleaned_data["slot"]
         if slot and slot not in SLOTS:  # said rather than answered with "nothing found"
