@@ -9,7 +9,7 @@ HM_DATA_DIR ?= ../shared/data/hm
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: venv demo test test-fast lint format bench worker beat serve migrate import train stop clean
+.PHONY: venv demo test test-fast fuzz lint format bench bench-load backup restore worker beat serve migrate import train stop clean
 
 venv: .venv/.installed
 
@@ -26,6 +26,10 @@ demo: venv
 ## test: the whole suite against the real PostgreSQL + pgvector, Redis and a real Celery worker
 test: venv
 	$(PY) -m pytest
+
+## fuzz: schemathesis, randomized, FUZZ_EXAMPLES (200) examples per API operation, anonymous and as a merchandiser
+fuzz: venv
+	FUZZ_RANDOM=1 FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} $(PY) -m pytest tests/test_fuzz.py -k no_input -q
 
 test-fast: venv
 	$(PY) -m pytest -m "not e2e and not slow"
@@ -46,6 +50,20 @@ bench: venv migrate
 	$(PY) manage.py bench_serving --sizes $(BENCH_SIZES)
 	$(PY) manage.py bench_http
 	$(PY) manage.py bench_import
+
+## bench-load: 200 concurrent shoppers for 2 minutes against the demo's gunicorn (after `make demo`):
+## 0 5xx and the server's PostgreSQL connections within their bound, to ml/benchmarks/results/load.json
+bench-load: venv
+	$(PY) manage.py bench_load --users 200 --seconds 120
+
+## backup: database dump + model artifacts + photos to VAR_DIR/backups/<time> (or OUT=folder)
+backup: venv
+	$(PY) manage.py backup $(if $(OUT),--out $(OUT))
+
+## restore: FROM=<backup folder> into an empty database (e.g. a fresh VAR_DIR=var/restored)
+restore: venv
+	@test -n "$(FROM)" || { echo "usage: make restore FROM=var/backups/<folder> [VAR_DIR=var/restored]"; exit 2; }
+	VAR_DIR=$(VAR_DIR) $(PY) manage.py restore $(FROM)
 
 migrate: venv
 	$(PY) manage.py migrate

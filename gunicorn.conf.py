@@ -18,3 +18,6 @@ timeout = 120  # seconds a request may take before its worker is restarted (a te
 graceful_timeout = 30
 backlog = 2048  # connections waiting for a thread (a burst queues here instead of being refused)
 keepalive = 5
+# gunicorn 27's control socket defaults to one path per user (~/.gunicorn/gunicorn.ctl), which every
+# server on the machine would share; nothing here uses it.
+control_socket_disable = True

@@ -90,9 +90,13 @@ if not DATABASES["default"].get("HOST") and "host" in DATABASES["default"].get("
 # (one connection per thread, closed after each request: DB_CONN_MAX_AGE then applies).
 DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=4)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DB_CONN_HEALTH_CHECKS", default=True)
+#: ``application_name`` of this process's connections (pg_stat_activity tells the web from the workers).
+DATABASES["default"].setdefault("OPTIONS", {})["application_name"] = env(
+    "DB_APPLICATION_NAME", default="recommender"
+)
 if DB_POOL_MAX_SIZE > 0:
     DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps the connections; Django requires 0
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+    DATABASES["default"]["OPTIONS"]["pool"] = {
         "min_size": min(env.int("DB_POOL_MIN_SIZE", default=1), DB_POOL_MAX_SIZE),
         "max_size": DB_POOL_MAX_SIZE,
         "timeout": env.float("DB_POOL_TIMEOUT_S", default=10.0),  # then PoolTimeout: a 500, never a hang
@@ -150,12 +154,16 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_timeout": 5,
     "retry_on_timeout": False,
     # An unacknowledged (acks_late) message is redelivered after this many seconds (any live worker
-    # restores it; kombu looks every 10 s): an embedding message whose worker died comes back within
+    # restores it, below): an embedding message whose worker died comes back within
     # BROKER_VISIBILITY_TIMEOUT_S. Above the embedding time limit, so a running embedding is not handed
     # out twice, and above the longest retry countdown (120 s). Training keeps its own 6 h limit: a
     # training message redelivered while its run still trains finds the run claimed and skips
     # (``training_run_claim``: only a queued run starts).
     "visibility_timeout": BROKER_VISIBILITY_TIMEOUT_S,
+    # Each worker looks for such messages every ..._RESTORE_EVERY_S seconds (kombu's default sweep,
+    # 10 s × a throttle of 10, would add up to 100 s).
+    "unacked_restore_interval": env.float("BROKER_RESTORE_EVERY_S", default=10.0),
+    "unacked_restore_throttle": 1,
 }
 CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = 1  # result backend, seconds
 CELERY_REDIS_SOCKET_TIMEOUT = 5
