@@ -9,7 +9,7 @@ HM_DATA_DIR ?= ../shared/data/hm
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: venv demo test test-fast fuzz lint format bench bench-load backup restore worker beat serve migrate import train stop clean
+.PHONY: venv demo test test-fast fuzz soak lint format bench bench-load backup restore worker beat serve migrate import train stop clean
 
 venv: .venv/.installed
 
@@ -55,6 +55,11 @@ bench: venv migrate
 ## 0 5xx and the server's PostgreSQL connections within their bound, to ml/benchmarks/results/load.json
 bench-load: venv
 	$(PY) manage.py bench_load --users 200 --seconds 120
+
+## soak: 10 min of Locust traffic (50 users, uploads included) while the worker is killed and Redis and
+## PostgreSQL restart, on a private copy of the demo's catalog; figures to ml/benchmarks/results/soak.json
+soak: venv
+	$(PY) manage.py soak --users 50 --minutes 10
 
 ## backup: database dump + model artifacts + photos to VAR_DIR/backups/<time> (or OUT=folder)
 backup: venv
