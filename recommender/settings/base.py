@@ -84,7 +84,8 @@ if not DATABASES["default"].get("HOST") and "host" in DATABASES["default"].get("
 # A bounded connection pool per process (psycopg_pool through Django's ``OPTIONS["pool"]``): a process
 # never holds more than DB_POOL_MAX_SIZE connections, whatever its traffic; a thread that finds them
 # all busy waits up to DB_POOL_TIMEOUT_S seconds for one. Connections are checked before they are handed
-# out (CONN_HEALTH_CHECKS → the pool's ``check``), so a PostgreSQL restart costs no request. The bound of
+# out (CONN_HEALTH_CHECKS → the pool's ``check``): a connection a PostgreSQL restart cut is never handed
+# to a request (those running during the restart fail; the pool drops their connections). The bound of
 # a deployment: (web processes × DB_POOL_MAX_SIZE) + (Celery pool processes × DB_POOL_MAX_SIZE) + a few
 # commands ≤ the server's max_connections (100 by default). DB_POOL_MAX_SIZE=0 switches the pool off
 # (one connection per thread, closed after each request: DB_CONN_MAX_AGE then applies).

@@ -287,11 +287,14 @@ class Command(BaseCommand):
         self.stdout.write(f"load done; waiting for the worker to embed the {len(uploaded)} uploads ...")
         stored, rows = self._settle(stack, uploaded)
         per_endpoint: dict[str, dict[str, int]] = {}
+        no_answer: list[dict] = []  # requests that got no HTTP answer (reset, timeout): when and where
         for line in (tmp / "requests.csv").read_text().splitlines():
             t, name, status, _ms = line.split(",")
+            slot = "inside" if chaos.inside(float(t)) else "outside"
             if status.isdigit() and int(status) >= 500:
-                slot = "inside" if chaos.inside(float(t)) else "outside"
                 per_endpoint.setdefault(name, {"inside": 0, "outside": 0})[slot] += 1
+            elif not status.isdigit():
+                no_answer.append({"endpoint": name, "error": status, "window": slot})
         five_in = sum(v["inside"] for v in per_endpoint.values())
         five_out = sum(v["outside"] for v in per_endpoint.values())
         result = {
@@ -311,6 +314,7 @@ class Command(BaseCommand):
             "5xx_inside_fault_windows": five_in,
             "5xx_outside_fault_windows": five_out,
             "5xx_by_endpoint": per_endpoint,
+            "no_answer": no_answer,
             **load,
         }
         result["passed"] = (
