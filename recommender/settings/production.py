@@ -14,8 +14,9 @@ SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=True)
 SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=60 * 60 * 24 * 30)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
 SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=False)
-SESSION_COOKIE_SECURE = True
-CSRF_COOKIE_SECURE = True
+#: Cookies only over HTTPS; ``manage.py demo`` serving plain HTTP sets ``DJANGO_SECURE_COOKIES=false``.
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SECURE_COOKIES", default=True)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # container health checks call http://127.0.0.1:8000/healthz
 if not SECURE_HSTS_PRELOAD:  # joining the browsers' preload list is a deliberate, lasting choice
     SILENCED_SYSTEM_CHECKS = ["security.W021"]

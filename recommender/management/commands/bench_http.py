@@ -100,7 +100,6 @@ class Command(BaseCommand):
             "RECOMMENDATION_CACHE_SECONDS": "0",
             "THROTTLE_RATE_SEARCH": "1000000/min",
             "LOG_LEVEL": "WARNING",
-            "DB_CONN_MAX_AGE": "600",
             "OMP_NUM_THREADS": "1",
         }  # one torch thread per worker: workers × threads ≤ cores
         cmd = [
@@ -110,6 +109,8 @@ class Command(BaseCommand):
             "recommender.wsgi:application",
             "--workers",
             str(opts["workers"]),
+            "--worker-class",
+            "sync",  # one request per process, as measured (gunicorn.conf.py would make them threaded)
             "--bind",
             f"127.0.0.1:{opts['port']}",
             "--timeout",

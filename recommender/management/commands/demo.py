@@ -2,7 +2,9 @@
 
 Starts Redis if none answers, migrates, imports the H&M sample, starts a real Celery worker, trains
 on it (fine-tune → evaluate → embed → activate when the quality gate lets it), prints how long each phase took, then serves the
-site at http://127.0.0.1:8000 (``--no-serve`` to stop before serving).
+site at http://127.0.0.1:8000 through gunicorn (``gunicorn.conf.py``, as compose does: threaded workers,
+a bounded PostgreSQL pool per process) with ``DEBUG`` off unless ``--debug`` (loopback only);
+``--no-serve`` stops before serving. ``make stop`` stops the server and the worker it leaves running.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from recommender import runtime, selectors
+from recommender import runtime
 from recommender.celery import app
 from recommender.models import ModelVersion, TrainingRun
 from recommender.services import model_version_activate, training_run_start
@@ -31,6 +33,9 @@ class Command(BaseCommand):
         parser.add_argument("--epochs", type=int, default=30)
         parser.add_argument("--addr", default="127.0.0.1:8000")
         parser.add_argument("--no-serve", action="store_true")
+        parser.add_argument(
+            "--debug", action="store_true", help="serve with DEBUG on (tracebacks; loopback addresses only)"
+        )
 
     def handle(self, *args, **opts):
         from recommender import tasks  # noqa: F401  (registers the tasks before the worker starts)
@@ -42,6 +47,10 @@ class Command(BaseCommand):
             timings[name] = round(time.perf_counter() - t0, 1)
             self.stdout.write(self.style.SUCCESS(f"[{name}] {timings[name]:.1f} s"))
 
+        try:
+            web_env = runtime.web_env(addr=opts["addr"], var_dir=var, debug=opts["debug"])
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
         t = time.perf_counter()
         try:
             self.stdout.write(runtime.ensure_redis(settings.REDIS_URL, var))
@@ -123,12 +132,31 @@ class Command(BaseCommand):
             return
 
         t = time.perf_counter()
-        # build the towers in this process (runserver runs without the reloader) before the first shopper
-        selectors.text_search(query="warm up", k=1)
-        self.stdout.write(f"query towers loaded in {time.perf_counter() - t:.1f} s")
-        self.stdout.write(self.style.SUCCESS(f"serving at http://{opts['addr']}/  (Ctrl-C stops the server)"))
+        call_command("collectstatic", interactive=False, verbosity=0)  # whitenoise serves STATIC_ROOT
+        web = runtime.start_web(addr=opts["addr"], env=web_env, logfile=var / "logs" / "web.log")
+        (var / "web.pid").write_text(str(web.pid))
+        base = f"http://{opts['addr'].replace('0.0.0.0', '127.0.0.1')}"
         try:
-            call_command("runserver", opts["addr"], use_reloader=False)
+            runtime.wait_for_http(f"{base}/healthz", web)
+            # each gunicorn process builds the query towers on its first text search: do it before a shopper
+            for i in range(8):
+                runtime.wait_for_http(f"{base}/api/search/?q=warm+up+{i}&k=1", web)
+            self.stdout.write(
+                f"gunicorn up and warm in {time.perf_counter() - t:.1f} s; log: {var / 'logs' / 'web.log'}"
+            )
+            mode = "DEBUG on" if opts["debug"] else "DEBUG off"
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"serving at http://{opts['addr']}/  ({mode}; Ctrl-C or `make stop` stops it)"
+                )
+            )
+            web.wait()
+        except KeyboardInterrupt:
+            pass
+        except RuntimeError as exc:
+            raise CommandError(f"{exc}; see {var / 'logs' / 'web.log'}") from exc
         finally:
+            runtime.stop_worker(web)
             runtime.stop_worker(worker)
-            (var / "worker.pid").unlink(missing_ok=True)  # `make stop` must never signal a reused pid
+            for name in ("web.pid", "worker.pid"):  # `make stop` must never signal a reused pid
+                (var / name).unlink(missing_ok=True)
