@@ -270,6 +270,8 @@ EMBEDDING_DIM = env.int("EMBEDDING_DIM", default=512)
 COMPAT_DIM = env.int("COMPAT_DIM", default=128)
 #: The H&M sample folder (read at run time, never copied into the repo): the demo's and benchmarks' default.
 HM_DATA_DIR = Path(env("HM_DATA_DIR", default=str(BASE_DIR.parent / "shared" / "data" / "hm")))
+#: The MANGO styled-outfits sample (``make demo`` imports it beside H&M when the folder exists).
+MANGO_DATA_DIR = Path(env("MANGO_DATA_DIR", default=str(HM_DATA_DIR.parent / "mango")))
 ML_MODEL_NAME = env("ML_MODEL_NAME", default="hm-effnetlite0-minilm")
 ML_PRETRAINED = env("ML_PRETRAINED", default=None)
 ML_DEVICE = env("ML_DEVICE", default="auto")

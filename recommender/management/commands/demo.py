@@ -25,11 +25,21 @@ from recommender.services import model_version_activate, training_run_start
 
 
 class Command(BaseCommand):
-    help = "Import the H&M sample, train on Celery, embed, and serve (the `make demo` path)."
+    help = (
+        "Import the H&M sample and the MANGO stylists' outfits, train on Celery, embed, and serve "
+        "(the `make demo` path)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--data", default=str(settings.HM_DATA_DIR), help="the H&M sample (HM_DATA_DIR)")
-        parser.add_argument("--limit", type=int, default=0, help="import at most N articles (0 = all)")
+        parser.add_argument(
+            "--mango",
+            default=str(settings.MANGO_DATA_DIR),
+            help="the MANGO sample (MANGO_DATA_DIR); its stylists' outfits teach compatibility; '' = skip",
+        )
+        parser.add_argument(
+            "--limit", type=int, default=0, help="import at most N products of each catalog (0 = all)"
+        )
         parser.add_argument("--epochs", type=int, default=30)
         parser.add_argument("--addr", default="127.0.0.1:8000")
         parser.add_argument("--no-serve", action="store_true")
@@ -62,6 +72,10 @@ class Command(BaseCommand):
 
         t = time.perf_counter()
         call_command("import_catalog", "hm", opts["data"], limit=opts["limit"] or None)
+        if opts["mango"] and (Path(opts["mango"]) / "products.csv").exists():
+            call_command("import_catalog", "mango", opts["mango"], limit=opts["limit"] or None)
+        elif opts["mango"]:
+            self.stdout.write(f"no MANGO sample at {opts['mango']}: training on the H&M baskets alone")
         phase("import", t)
 
         t = time.perf_counter()
