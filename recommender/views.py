@@ -26,9 +26,11 @@ from catalog.models import Product
 from catalog.permissions import MERCHANDISER_PERM, merchandiser_required
 from catalog.selectors import product_audience_group, product_get
 from catalog.views import not_found
+from ml.audience import UNISEX
 from ml.config import TrainConfig
 from ml.evaluate import BASELINES, COUNTS, ZERO_SHOT
 from ml.plots import plot_metric_bars
+from recommender.filters import Filters
 from recommender.forms import (
     OutfitIdsForm,
     ProductPageForm,
@@ -137,7 +139,10 @@ def product_page(request: HttpRequest, pk: int) -> HttpResponse:
         context["can_edit"] = True
         context["index"] = product_index_status(product_id=pk)
     try:
-        context["similar"] = _scored(similar_items(product_id=pk, k=8))
+        # similar items keep to the product's audience too (a kids' top: kids' tops), unless audience=any
+        group = product_audience_group(product=product)
+        keep = Filters(audience_group=group) if audience != "any" and group != UNISEX else None
+        context["similar"] = _scored(similar_items(product_id=pk, k=8, filters=keep))
         looks = complete_the_look(product_ids=[pk], k=4, audience=audience)
     except UnknownProducts as exc:
         return not_found(request, f"Unknown product id(s): {', '.join(map(str, exc.ids))}.")

@@ -353,10 +353,13 @@ def test_product_page_shows_who_each_pick_is_for_and_toggles_the_audience(client
     assert picks == ["men"] * 3  # the slice's two men's bottoms (colour variants once) and its men's blazer
     toggle = re.search(r'href="([^"]+)" data-audience-toggle>Show every audience<', section).group(1)
     assert toggle == f"/products/{shirt.pk}?audience=any"
+    similar = html[html.index('id="sim-h"') :]
+    assert set(re.findall(r'class="audience audience-(\w+)"', similar)) == {"men"}  # similar items too
 
     html = _text(client.get(toggle))
     section = looks_section(html)
     assert "Showing items for every audience." in section
+    assert {"women"} <= set(re.findall(r'class="audience audience-(\w+)"', html[html.index('id="sim-h"') :]))
     assert {"women", "kids"} <= set(re.findall(r'class="audience audience-(\w+)"', section))
     assert f'href="/products/{shirt.pk}?" data-audience-toggle>Only men&#x27;s and unisex items<' in section
     assert re.search(rf'href="/outfit\?ids={shirt.pk},[\d,]+&amp;audience=any"', html)  # the look keeps it
