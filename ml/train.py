@@ -38,9 +38,10 @@ from ml.dataset import (
 )
 from ml.evaluate import evaluate_all, markdown_report, write_report
 from ml.heads import RecommenderHeads, save_heads
-from ml.losses import CandidateInfoNCELoss, ClipLoss, SoftmaxClassificationLoss, TypeAwareTripletLoss
+from ml.losses import CenterLoss, SoftmaxClassificationLoss
 from ml.mango import train_data_from_mango
 from ml.metrics import fitb_accuracy_heads, text_to_image_recall
+from ml.objectives import compat_loss, general_loss, takes_generator
 from ml.protocols import matched_protocol
 from ml.sampling import OutfitNegativeSampler, training_pairs
 from ml.slots import SLOTS
@@ -121,7 +122,8 @@ class _Run:
     """One training run: what it trains, the data it reads, its random streams and its progress.
 
     Attributes:
-        heads, clip_loss, type_loss, compat_loss, opt, scaler: what is trained, on ``device``; tuner: the
+        heads, clip_loss (``cfg.general_loss``), type_loss, center_loss (None without ``w_center``),
+            compat_loss, opt, scaler: what is trained, on ``device``; tuner: the
             towers' unfrozen tops (``ml.towers.TowerTuner``), None for frozen towers.
         gen, rng: the seeded torch / NumPy streams (epoch order and mining / triplet sampling).
         image, text: (N, E) float32 feature bank on ``device`` (a private copy when the towers are tuned);
@@ -148,14 +150,10 @@ class _Run:
         e = data.image.shape[1]
         heads = RecommenderHeads(e, cfg.compat_dim, num_slots=len(SLOTS), normalize=cfg.normalize)
         self.heads = heads.to(device)
-        self.clip_loss = ClipLoss(init_temperature=cfg.temperature).to(device)
-        self.compat_loss: nn.Module = (
-            CandidateInfoNCELoss(cfg.compat_temperature)
-            if cfg.compat_loss == "infonce"
-            else TypeAwareTripletLoss(margin=cfg.margin, miner=cfg.miner)
-        )
+        self.clip_loss, self.compat_loss = general_loss(cfg).to(device), compat_loss(cfg)
         n_types = int(data.types.max()) + 1 if len(data.types) else 1
         self.type_loss = SoftmaxClassificationLoss(e, n_types).to(device)
+        self.center_loss = CenterLoss(n_types, e, cfg.normalize).to(device) if cfg.w_center > 0 else None
         self.opt = self.build_optimizer()
         fp16 = tuner is not None and tuner.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)  # fp16 only; bf16 needs no loss scaling
@@ -184,7 +182,8 @@ class _Run:
     def build_optimizer(self) -> torch.optim.AdamW:
         """AdamW over the heads' and losses' parameters at ``cfg.lr``, and the unfrozen tower parameters
         (if any) in their own group at ``cfg.tower_lr``."""
-        params = [*self.heads.parameters(), *self.clip_loss.parameters(), *self.type_loss.parameters()]
+        losses = (self.clip_loss, self.type_loss, self.center_loss or nn.Identity())
+        params = [*self.heads.parameters(), *(p for m in losses for p in m.parameters())]
         groups: list[dict[str, Any]] = [{"params": params, "lr": self.cfg.lr}]
         if self.tuner is not None:
             groups.append({"params": self.tuner.parameters(), "lr": self.cfg.tower_lr})
@@ -205,24 +204,28 @@ class _Run:
         fa, fp = f[inv[:bs]], f[inv[bs : 2 * bs]]
         fc = f[inv[2 * bs :]].view(bs, cand.shape[1], -1)  # (B, M, C)
         m = heads.pair_mask(self.slots[a], self.slots[p])  # (B, C): the negative shares the positive's slot
-        if isinstance(self.compat_loss, CandidateInfoNCELoss):
-            return self.compat_loss(fa, fp, fc, m)
-        return self.compat_loss(fa, fp, fc, m, generator=self.gen)
+        return self.compat_loss(fa, fp, fc, m, **self._gen_kw(self.compat_loss))
+
+    def _gen_kw(self, loss: nn.Module) -> dict[str, Any]:
+        return {"generator": self.gen} if takes_generator(loss) else {}
 
     def losses(self, idx: torch.Tensor, f_img: torch.Tensor, f_txt: torch.Tensor) -> dict[str, torch.Tensor]:
         """The losses of one step on rows (B,) int64 and their (B, E) tower outputs: scalars
-        ``{"loss" (the weighted sum), "infonce", "compat", "type"}``."""
+        ``{"loss" (the weighted sum, with the center loss), "infonce" (the general loss), "compat", "type"}``."""
         cfg = self.cfg
         img_v, txt_v = self.heads.general(f_img, f_txt)  # (B, E) each
-        l_nce = self.clip_loss(img_v, txt_v)
+        l_nce = self.clip_loss(img_v, txt_v, **self._gen_kw(self.clip_loss))
         l_type = torch.zeros((), device=self.device)
+        t_idx = self.types[idx.to(self.device)]
         if cfg.w_type > 0:  # auxiliary product-type classification of both modalities
-            t_idx = self.types[idx.to(self.device)]
             l_type = (self.type_loss(img_v, t_idx) + self.type_loss(txt_v, t_idx)) / 2
+        loss = cfg.w_type * l_type
+        if self.center_loss is not None:  # auxiliary pull towards each product type's center
+            loss = loss + cfg.w_center * (self.center_loss(img_v, t_idx) + self.center_loss(txt_v, t_idx)) / 2
         l_compat = torch.zeros((), device=self.device)
         if len(self.pairs) and cfg.w_compat > 0:
             l_compat = self.compat_loss_of_batch()
-        loss = cfg.w_infonce * l_nce + cfg.w_compat * l_compat + cfg.w_type * l_type
+        loss = loss + cfg.w_infonce * l_nce + cfg.w_compat * l_compat
         return {"loss": loss, "infonce": l_nce, "compat": l_compat, "type": l_type}
 
     def train_epoch(self) -> tuple[dict[str, float], int]:
@@ -280,7 +283,7 @@ class _Run:
         val = (r10 + fitb) / 2 if not math.isnan(fitb) else r10
         for k, v in {**losses, "val_fitb": fitb, "val_r10": r10, "val": val}.items():
             self.history[k].append(v)
-        self.history["temperature"].append(float(self.clip_loss.temperature))
+        self.history["temperature"].append(float(getattr(self.clip_loss, "temperature", 0.0)))
         self.epoch = epoch
         if val > self.best_val:
             self.best_val, self.best_epoch, self.stale = val, epoch, 0
@@ -301,6 +304,7 @@ class _Run:
             "heads": self.heads.state_dict(),
             "clip": self.clip_loss.state_dict(),
             "type": self.type_loss.state_dict(),
+            "center": self.center_loss.state_dict() if self.center_loss is not None else None,
             "opt": self.opt.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": _rng_state(self.gen, self.rng),
@@ -331,6 +335,8 @@ class _Run:
         self.heads.load_state_dict(ck["heads"])
         self.clip_loss.load_state_dict(ck["clip"])
         self.type_loss.load_state_dict(ck["type"])
+        if self.center_loss is not None and ck.get("center"):
+            self.center_loss.load_state_dict(ck["center"])
         self.opt.load_state_dict(ck["opt"])
         self.epoch, self.step, self.history = ck["epoch"], ck["step"], ck["history"]
         self.best_val, self.best_epoch = ck["best_val"], ck["best_epoch"]
@@ -372,15 +378,14 @@ def train(
 ) -> TrainResult:
     """Train :class:`~ml.heads.RecommenderHeads` on cached tower outputs (and, optionally, the towers' tops).
 
-    Loss per step: ``cfg.w_infonce · CLIP(image, text)`` (symmetric InfoNCE, Radford et al. 2021) on a
-    batch of items + ``cfg.w_type · CE(product type)`` (a softmax classification head on both
-    modalities' vectors) + ``cfg.w_compat ·`` the compatibility loss on outfit pairs in the type-aware
+    Loss per step: ``cfg.w_infonce ·`` the general loss (``cfg.general_loss``, ``ml.objectives``; by
+    default CLIP's symmetric InfoNCE, Radford et al. 2021) on a batch of items + ``cfg.w_type · CE(product
+    type)`` (a softmax head on both modalities' vectors) + ``cfg.w_center ·`` a center loss per product type
+    + ``cfg.w_compat ·`` the compatibility loss on outfit pairs in the type-aware
     compatibility space (Vasileva et al. 2018), with the mask of the (anchor, positive) slot pair and 32
     candidate negatives of the positive's slot and popularity, never a known partner of the anchor
-    (``ml.sampling``; the pairs keep to outfit slots and to audiences that fit): by default InfoNCE of the
-    positive among the candidates (:class:`~ml.losses.CandidateInfoNCELoss`), or with
-    ``compat_loss="triplet"`` :class:`~ml.losses.TypeAwareTripletLoss` on the negative chosen by
-    ``cfg.miner``. Scores are the served pair scores ``<a ⊙ m², x>``, so training ranks exactly as
+    (``ml.sampling``; the pairs keep to outfit slots and to audiences that fit): ``cfg.compat_loss``,
+    by default InfoNCE of the positive among the candidates (``ml.objectives``). Scores are the served pair scores ``<a ⊙ m², x>``, so training ranks exactly as
     pgvector's inner-product queries serve. Early stopping validates on popularity-matched FITB
     questions of the validation outfits (:func:`validation_questions`).
 
