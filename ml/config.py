@@ -77,6 +77,7 @@ class TrainConfig:
             text vectors (keeps items of one type together for similar-item retrieval; 0 = off).
         w_center: weight of an auxiliary center loss (Wen et al. 2016) pulling the general image and text
             vectors towards a learnt center per product type (0 = off).
+        n_candidates: candidate negatives per compatibility anchor (``ml.sampling.OutfitNegativeSampler``).
         compat_dim: dimension of the type-aware compatibility space.
         normalize: L2-normalise features onto the unit hypersphere (on by default).
         val_fraction: fraction of training outfits held out for early stopping.
@@ -111,6 +112,7 @@ class TrainConfig:
     w_compat: float = 1.0
     w_type: float = 0.5
     w_center: float = 0.0
+    n_candidates: int = 32
     compat_dim: int = 128
     normalize: bool = True
     val_fraction: float = 0.1
@@ -136,6 +138,8 @@ class TrainConfig:
         ):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} {getattr(self, name)!r}: expected one of {', '.join(valid)}")
+        if self.n_candidates < 1:
+            raise ValueError(f"n_candidates must be >= 1, got {self.n_candidates}")
         for name in ("temperature", "compat_temperature"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")

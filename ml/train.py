@@ -48,7 +48,6 @@ from ml.slots import SLOTS
 
 logger = logging.getLogger(__name__)
 
-_N_CANDIDATES = 32  # candidate negatives per compatibility anchor (ml.sampling.OutfitNegativeSampler)
 _HISTORY = ("loss", "infonce", "compat", "type", "val_fitb", "val_r10", "val", "temperature")
 
 
@@ -191,13 +190,13 @@ class _Run:
 
     def compat_loss_of_batch(self) -> torch.Tensor:
         """The compatibility loss (``cfg.compat_loss``: candidate InfoNCE or type-aware triplet) of B random
-        outfit pairs, each anchor with :data:`_N_CANDIDATES` candidate negatives
+        outfit pairs, each anchor with ``cfg.n_candidates`` candidate negatives
         (``ml.sampling.OutfitNegativeSampler``: of its positive's slot and popularity, never a known
         partner of the anchor), in the pair's masked subspace: a scalar."""
         bs, heads, device = self.batch_size, self.heads, self.device
         pi = self.pairs[self.rng.integers(len(self.pairs), size=bs)]  # (B, 2)
         a, p = torch.from_numpy(pi[:, 0]), torch.from_numpy(pi[:, 1])
-        cand = torch.from_numpy(self.sampler.sample(pi[:, 0], pi[:, 1], _N_CANDIDATES))  # (B, M)
+        cand = torch.from_numpy(self.sampler.sample(pi[:, 0], pi[:, 1], self.cfg.n_candidates))  # (B, M)
         uniq, inv = torch.unique(torch.cat([a, p, cand.reshape(-1)]), return_inverse=True)
         uniq, inv, a, p = uniq.to(device), inv.to(device), a.to(device), p.to(device)
         f = heads.compat(self.image[uniq], self.text[uniq])  # (U, C)
@@ -381,13 +380,13 @@ def train(
     Loss per step: ``cfg.w_infonce ·`` the general loss (``cfg.general_loss``, ``ml.objectives``; by
     default CLIP's symmetric InfoNCE, Radford et al. 2021) on a batch of items + ``cfg.w_type · CE(product
     type)`` (a softmax head on both modalities' vectors) + ``cfg.w_center ·`` a center loss per product type
-    + ``cfg.w_compat ·`` the compatibility loss on outfit pairs in the type-aware
-    compatibility space (Vasileva et al. 2018), with the mask of the (anchor, positive) slot pair and 32
+    + ``cfg.w_compat ·`` the compatibility loss (``cfg.compat_loss``, by default InfoNCE of the positive
+    among the candidates; ``ml.objectives``) on outfit pairs in the type-aware compatibility space
+    (Vasileva et al. 2018), with the mask of the (anchor, positive) slot pair and ``cfg.n_candidates``
     candidate negatives of the positive's slot and popularity, never a known partner of the anchor
-    (``ml.sampling``; the pairs keep to outfit slots and to audiences that fit): ``cfg.compat_loss``,
-    by default InfoNCE of the positive among the candidates (``ml.objectives``). Scores are the served pair scores ``<a ⊙ m², x>``, so training ranks exactly as
-    pgvector's inner-product queries serve. Early stopping validates on popularity-matched FITB
-    questions of the validation outfits (:func:`validation_questions`).
+    (``ml.sampling``; the pairs keep to outfit slots and to audiences that fit). Scores are the served
+    pair scores ``<a ⊙ m², x>``, so training ranks exactly as pgvector's inner-product queries serve.
+    Early stopping validates on popularity-matched FITB questions of the validation outfits.
 
     Tower fine-tuning (``cfg.unfreeze_last_blocks`` / ``cfg.unfreeze_text_layers`` > 0, ``ml.towers``): the
     InfoNCE/type batch's tower outputs are computed from its photos and texts at each step, with gradients
