@@ -370,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds per cell")
     p.add_argument("--steps", type=int, default=STEPS, help="optimiser steps per run")
     p.add_argument("--quick", action="store_true", help="2 cells, 2 seeds, 5 steps (a smoke test)")
+    p.add_argument("--only", default="", help="comma-separated cell names: just these (e.g. at more --steps)")
     p.add_argument(
         "--replot", action="store_true", help="only redraw results.md and the PNGs from results.json"
     )
@@ -389,6 +390,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(1)
     data = TrainData.load(args.features)
     cells, seeds, steps = (quick_grid(), 2, 5) if args.quick else (grid(), args.seeds, args.steps)
+    if args.only:
+        wanted = [n.strip() for n in args.only.split(",")]
+        unknown = sorted(set(wanted) - {c.name for c in cells})
+        if unknown:
+            raise SystemExit(
+                f"--only: unknown cells {unknown}; the cells are: {', '.join(c.name for c in cells)}"
+            )
+        cells = [c for c in cells if c.name in wanted]
     results = run_grid(data, cells, list(range(seeds)), steps, log=lambda s: print(s, flush=True))
     results["features"] = args.features.name
     args.out.mkdir(parents=True, exist_ok=True)
