@@ -35,8 +35,14 @@ class ModelConfig:
         return asdict(self)
 
 
+#: The image↔text losses a run can train the general space with (``TrainConfig.general_loss``).
+GENERAL_LOSSES: tuple[str, ...] = ("clip", "infonce", "ntxent", "npair", "contrastive", "triplet", "angular")
 #: The compatibility losses a run can train with (``TrainConfig.compat_loss``).
-COMPAT_LOSSES: tuple[str, ...] = ("infonce", "triplet")
+COMPAT_LOSSES: tuple[str, ...] = ("infonce", "triplet", "contrastive")
+#: Triplet miners (``TrainConfig.miner``); ``"random"`` is offline mining: a negative drawn at random.
+MINERS: tuple[str, ...] = ("semi-hard", "batch-hard", "batch-all", "random")
+#: General losses with a temperature; only these two can learn it (``learn_temperature``).
+LEARNABLE_TEMPERATURE: tuple[str, ...] = ("clip", "infonce")
 
 
 @dataclass
@@ -49,19 +55,29 @@ class TrainConfig:
         batch_size: items per InfoNCE batch (also outfits per triplet batch).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
-        temperature: initial InfoNCE temperature τ (the logit scale starts at 1/τ, learnable, clamped at 100).
-        margin: triplet margin m (``compat_loss="triplet"``).
-        miner: ``"batch-hard"``, ``"semi-hard"``, ``"batch-all"`` or ``"random"`` (offline: the sampled
-            negative as is) for the compatibility triplets (``compat_loss="triplet"``).
+        general_loss: the image↔text loss of the general space (:data:`GENERAL_LOSSES`, ``ml.objectives``):
+            ``"clip"`` (symmetric InfoNCE, the default), ``"infonce"`` (image→text only), ``"ntxent"``
+            (SimCLR, both modalities in one batch), ``"npair"``, ``"contrastive"`` (all pairs of the batch,
+            ``margin``), ``"triplet"`` (``miner``, ``margin``) or ``"angular"`` (45°, needs ``normalize``).
+        temperature: InfoNCE temperature τ of clip / infonce / ntxent (the logit scale starts at 1/τ).
+        learn_temperature: clip / infonce learn τ (log-scale parameter clamped at 1/τ <= 100); False
+            keeps it fixed. NT-Xent's is always fixed (refused with True); ignored by the losses
+            without a temperature (npair, contrastive, triplet, angular).
+        margin: margin m of the triplet and contrastive losses (both spaces).
+        miner: ``"semi-hard"``, ``"batch-hard"``, ``"batch-all"`` or ``"random"`` (offline: a negative drawn
+            at random) for the triplet losses (``compat_loss`` / ``general_loss="triplet"``).
         compat_loss: the compatibility loss over an (anchor, positive) outfit pair and its candidate
             negatives (``ml.sampling``): ``"infonce"`` (softmax cross-entropy of the positive among them,
-            ``ml.losses.CandidateInfoNCELoss``) or ``"triplet"`` (``ml.losses.TypeAwareTripletLoss`` with
-            ``miner`` and ``margin``).
+            ``ml.losses.CandidateInfoNCELoss``), ``"triplet"`` (``ml.losses.TypeAwareTripletLoss`` with
+            ``miner`` and ``margin``) or ``"contrastive"`` (``ml.losses.CandidateContrastiveLoss``, ``margin``).
         compat_temperature: τ of ``compat_loss="infonce"`` (fixed): logits are pair scores / τ.
-        w_infonce: weight of the symmetric image↔text InfoNCE loss.
+        w_infonce: weight of the general image↔text loss (``general_loss``).
         w_compat: weight of the compatibility loss.
         w_type: weight of an auxiliary product-type softmax classification loss on the general image and
             text vectors (keeps items of one type together for similar-item retrieval; 0 = off).
+        w_center: weight of an auxiliary center loss (Wen et al. 2016) pulling the general image and text
+            vectors towards a learnt center per product type (0 = off).
+        n_candidates: candidate negatives per compatibility anchor (``ml.sampling.OutfitNegativeSampler``).
         compat_dim: dimension of the type-aware compatibility space.
         normalize: L2-normalise features onto the unit hypersphere (on by default).
         val_fraction: fraction of training outfits held out for early stopping.
@@ -85,7 +101,9 @@ class TrainConfig:
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 1e-4
+    general_loss: str = "clip"
     temperature: float = 0.07
+    learn_temperature: bool = True
     margin: float = 0.2
     miner: str = "semi-hard"
     compat_loss: str = "infonce"
@@ -93,6 +111,8 @@ class TrainConfig:
     w_infonce: float = 1.0
     w_compat: float = 1.0
     w_type: float = 0.5
+    w_center: float = 0.0
+    n_candidates: int = 32
     compat_dim: int = 128
     normalize: bool = True
     val_fraction: float = 0.1
@@ -106,10 +126,38 @@ class TrainConfig:
     num_workers: int = 0
 
     def __post_init__(self) -> None:
-        if self.compat_loss not in COMPAT_LOSSES:
-            raise ValueError(f"compat_loss {self.compat_loss!r}: expected one of {', '.join(COMPAT_LOSSES)}")
-        if self.compat_temperature <= 0:
-            raise ValueError(f"compat_temperature must be > 0, got {self.compat_temperature}")
+        """Refuse unknown loss or miner names and combinations that cannot train, naming the field.
+
+        Raises:
+            ValueError: ``"<field> …: <why>"``; the other fields are kept as given.
+        """
+        for name, valid in (
+            ("general_loss", GENERAL_LOSSES),
+            ("compat_loss", COMPAT_LOSSES),
+            ("miner", MINERS),
+        ):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"{name} {getattr(self, name)!r}: expected one of {', '.join(valid)}")
+        if self.n_candidates < 1:
+            raise ValueError(f"n_candidates must be >= 1, got {self.n_candidates}")
+        for name in ("temperature", "compat_temperature"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("w_infonce", "w_compat", "w_type", "w_center"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        uses_margin = self.general_loss in ("triplet", "contrastive") or self.compat_loss != "infonce"
+        if uses_margin and self.margin <= 0:
+            raise ValueError(f"margin must be > 0 for the triplet and contrastive losses, got {self.margin}")
+        if self.learn_temperature and self.general_loss == "ntxent":  # the others have no temperature
+            raise ValueError(
+                "learn_temperature: general_loss 'ntxent' has a fixed temperature; "
+                "set learn_temperature=False (or use 'clip' / 'infonce' to learn it)"
+            )
+        if self.general_loss == "angular" and not self.normalize:
+            raise ValueError(
+                "general_loss 'angular' needs normalize=True: its angle is defined on the unit sphere"
+            )
 
     @property
     def tunes_towers(self) -> bool:

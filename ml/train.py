@@ -33,16 +33,16 @@ from ml.dataset import (
 )
 from ml.evaluate import evaluate_all, markdown_report, write_report
 from ml.heads import RecommenderHeads, save_heads
-from ml.losses import CandidateInfoNCELoss, ClipLoss, SoftmaxClassificationLoss, TypeAwareTripletLoss
+from ml.losses import CenterLoss, SoftmaxClassificationLoss
 from ml.mango import train_data_from_mango
 from ml.metrics import fitb_accuracy_heads, text_to_image_recall
+from ml.objectives import compat_loss, general_loss, takes_generator
 from ml.protocols import validation_questions
 from ml.sampling import OutfitNegativeSampler, training_pairs
 from ml.slots import SLOTS
 
 logger = logging.getLogger(__name__)
 
-_N_CANDIDATES = 32  # candidate negatives per compatibility anchor (ml.sampling.OutfitNegativeSampler)
 #: State-dict prefixes of the compatibility head (``RecommenderHeads.compat_mlp`` and the pair masks).
 _COMPAT_PARAMS = ("compat_mlp.", "mask_logits")
 _HISTORY = ("loss", "infonce", "compat", "type", "val_fitb", "val_r10", "val", "temperature")
@@ -59,9 +59,6 @@ class TrainResult:
     best_val: float
     seconds: float
     samples_per_s: float
-
-
-# seeds and random streams
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -97,14 +94,12 @@ def _rng_restore(state: dict[str, Any], gen: torch.Generator, rng: np.random.Gen
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-# the run's state and its steps
-
-
 class _Run:
     """One training run: what it trains, the data it reads, its random streams and its progress.
 
     Attributes:
-        heads, clip_loss, type_loss, compat_loss, opt, scaler: what is trained, on ``device``; tuner: the
+        heads, clip_loss (``cfg.general_loss``), type_loss, center_loss (None without ``w_center``),
+            compat_loss, opt, scaler: what is trained, on ``device``; tuner: the
             towers' unfrozen tops (``ml.towers.TowerTuner``), None for frozen towers.
         gen, rng: the seeded torch / NumPy streams (epoch order and mining / triplet sampling).
         image, text: (N, E) float32 feature bank on ``device`` (a private copy when the towers are tuned);
@@ -133,14 +128,10 @@ class _Run:
         e = data.image.shape[1]
         heads = RecommenderHeads(e, cfg.compat_dim, num_slots=len(SLOTS), normalize=cfg.normalize)
         self.heads = heads.to(device)
-        self.clip_loss = ClipLoss(init_temperature=cfg.temperature).to(device)
-        self.compat_loss: nn.Module = (
-            CandidateInfoNCELoss(cfg.compat_temperature)
-            if cfg.compat_loss == "infonce"
-            else TypeAwareTripletLoss(margin=cfg.margin, miner=cfg.miner)
-        )
+        self.clip_loss, self.compat_loss = general_loss(cfg).to(device), compat_loss(cfg)
         n_types = int(data.types.max()) + 1 if len(data.types) else 1
         self.type_loss = SoftmaxClassificationLoss(e, n_types).to(device)
+        self.center_loss = CenterLoss(n_types, e, cfg.normalize).to(device) if cfg.w_center > 0 else None
         self.opt = self.build_optimizer()
         fp16 = tuner is not None and tuner.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)  # fp16 only; bf16 needs no loss scaling
@@ -170,7 +161,8 @@ class _Run:
     def build_optimizer(self) -> torch.optim.AdamW:
         """AdamW over the heads' and losses' parameters at ``cfg.lr``, and the unfrozen tower parameters
         (if any) in their own group at ``cfg.tower_lr``."""
-        params = [*self.heads.parameters(), *self.clip_loss.parameters(), *self.type_loss.parameters()]
+        losses = (self.clip_loss, self.type_loss, self.center_loss or nn.Identity())
+        params = [*self.heads.parameters(), *(p for m in losses for p in m.parameters())]
         groups: list[dict[str, Any]] = [{"params": params, "lr": self.cfg.lr}]
         if self.tuner is not None:
             groups.append({"params": self.tuner.parameters(), "lr": self.cfg.tower_lr})
@@ -178,37 +170,41 @@ class _Run:
 
     def compat_loss_of_batch(self) -> torch.Tensor:
         """The compatibility loss (``cfg.compat_loss``: candidate InfoNCE or type-aware triplet) of B random
-        outfit pairs, each anchor with :data:`_N_CANDIDATES` candidate negatives
+        outfit pairs, each anchor with ``cfg.n_candidates`` candidate negatives
         (``ml.sampling.OutfitNegativeSampler``: of its positive's slot and popularity, never a known
         partner of the anchor), in the pair's masked subspace: a scalar."""
         bs, heads, device = self.batch_size, self.heads, self.device
         pi = self.pairs[self.rng.integers(len(self.pairs), size=bs)]  # (B, 2)
         a, p = torch.from_numpy(pi[:, 0]), torch.from_numpy(pi[:, 1])
-        cand = torch.from_numpy(self.sampler.sample(pi[:, 0], pi[:, 1], _N_CANDIDATES))  # (B, M)
+        cand = torch.from_numpy(self.sampler.sample(pi[:, 0], pi[:, 1], self.cfg.n_candidates))  # (B, M)
         uniq, inv = torch.unique(torch.cat([a, p, cand.reshape(-1)]), return_inverse=True)
         uniq, inv, a, p = uniq.to(device), inv.to(device), a.to(device), p.to(device)
         f = heads.compat(self.image[uniq], self.text[uniq])  # (U, C)
         fa, fp = f[inv[:bs]], f[inv[bs : 2 * bs]]
         fc = f[inv[2 * bs :]].view(bs, cand.shape[1], -1)  # (B, M, C)
         m = heads.pair_mask(self.slots[a], self.slots[p])  # (B, C): the negative shares the positive's slot
-        if isinstance(self.compat_loss, CandidateInfoNCELoss):
-            return self.compat_loss(fa, fp, fc, m)
-        return self.compat_loss(fa, fp, fc, m, generator=self.gen)
+        return self.compat_loss(fa, fp, fc, m, **self._gen_kw(self.compat_loss))
+
+    def _gen_kw(self, loss: nn.Module) -> dict[str, Any]:
+        return {"generator": self.gen} if takes_generator(loss) else {}
 
     def losses(self, idx: torch.Tensor, f_img: torch.Tensor, f_txt: torch.Tensor) -> dict[str, torch.Tensor]:
         """The losses of one step on rows (B,) int64 and their (B, E) tower outputs: scalars
-        ``{"loss" (the weighted sum), "infonce", "compat", "type"}``."""
+        ``{"loss" (the weighted sum, with the center loss), "infonce" (the general loss), "compat", "type"}``."""
         cfg = self.cfg
         img_v, txt_v = self.heads.general(f_img, f_txt)  # (B, E) each
-        l_nce = self.clip_loss(img_v, txt_v)
+        l_nce = self.clip_loss(img_v, txt_v, **self._gen_kw(self.clip_loss))
         l_type = torch.zeros((), device=self.device)
+        t_idx = self.types[idx.to(self.device)]
         if cfg.w_type > 0:  # auxiliary product-type classification of both modalities
-            t_idx = self.types[idx.to(self.device)]
             l_type = (self.type_loss(img_v, t_idx) + self.type_loss(txt_v, t_idx)) / 2
+        loss = cfg.w_type * l_type
+        if self.center_loss is not None:  # auxiliary pull towards each product type's center
+            loss = loss + cfg.w_center * (self.center_loss(img_v, t_idx) + self.center_loss(txt_v, t_idx)) / 2
         l_compat = torch.zeros((), device=self.device)
         if len(self.pairs) and cfg.w_compat > 0:
             l_compat = self.compat_loss_of_batch()
-        loss = cfg.w_infonce * l_nce + cfg.w_compat * l_compat + cfg.w_type * l_type
+        loss = loss + cfg.w_infonce * l_nce + cfg.w_compat * l_compat
         return {"loss": loss, "infonce": l_nce, "compat": l_compat, "type": l_type}
 
     def train_epoch(self) -> tuple[dict[str, float], int]:
@@ -266,7 +262,7 @@ class _Run:
         val = (r10 + fitb) / 2 if not math.isnan(fitb) else r10
         for k, v in {**losses, "val_fitb": fitb, "val_r10": r10, "val": val}.items():
             self.history[k].append(v)
-        self.history["temperature"].append(float(self.clip_loss.temperature))
+        self.history["temperature"].append(float(getattr(self.clip_loss, "temperature", 0.0)))
         self.epoch = epoch
         improved = False
         if val > self.best_val:
@@ -296,6 +292,7 @@ class _Run:
             "heads": self.heads.state_dict(),
             "clip": self.clip_loss.state_dict(),
             "type": self.type_loss.state_dict(),
+            "center": self.center_loss.state_dict() if self.center_loss is not None else None,
             "opt": self.opt.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": _rng_state(self.gen, self.rng),
@@ -329,6 +326,8 @@ class _Run:
         self.heads.load_state_dict(ck["heads"])
         self.clip_loss.load_state_dict(ck["clip"])
         self.type_loss.load_state_dict(ck["type"])
+        if self.center_loss is not None and ck.get("center"):
+            self.center_loss.load_state_dict(ck["center"])
         self.opt.load_state_dict(ck["opt"])
         self.epoch, self.step, self.history = ck["epoch"], ck["step"], ck["history"]
         self.best_val, self.best_epoch = ck["best_val"], ck["best_epoch"]
@@ -377,17 +376,16 @@ def train(
 ) -> TrainResult:
     """Train :class:`~ml.heads.RecommenderHeads` on cached tower outputs (and, optionally, the towers' tops).
 
-    Loss per step: ``cfg.w_infonce · CLIP(image, text)`` (symmetric InfoNCE, Radford et al. 2021) on a
-    batch of items + ``cfg.w_type · CE(product type)`` (a softmax classification head on both
-    modalities' vectors) + ``cfg.w_compat ·`` the compatibility loss on outfit pairs in the type-aware
-    compatibility space (Vasileva et al. 2018), with the mask of the (anchor, positive) slot pair and 32
+    Loss per step: ``cfg.w_infonce ·`` the general loss (``cfg.general_loss``, ``ml.objectives``; by
+    default CLIP's symmetric InfoNCE, Radford et al. 2021) on a batch of items + ``cfg.w_type · CE(product
+    type)`` (a softmax head on both modalities' vectors) + ``cfg.w_center ·`` a center loss per product type
+    + ``cfg.w_compat ·`` the compatibility loss (``cfg.compat_loss``, by default InfoNCE of the positive
+    among the candidates; ``ml.objectives``) on outfit pairs in the type-aware compatibility space
+    (Vasileva et al. 2018), with the mask of the (anchor, positive) slot pair and ``cfg.n_candidates``
     candidate negatives of the positive's slot and popularity, never a known partner of the anchor
-    (``ml.sampling``; the pairs keep to outfit slots and to audiences that fit): by default InfoNCE of the
-    positive among the candidates (:class:`~ml.losses.CandidateInfoNCELoss`), or with
-    ``compat_loss="triplet"`` :class:`~ml.losses.TypeAwareTripletLoss` on the negative chosen by
-    ``cfg.miner``. Scores are the served pair scores ``<a ⊙ m², x>``, so training ranks exactly as
-    pgvector's inner-product queries serve. Early stopping validates on popularity-matched FITB
-    questions of the validation outfits (:func:`validation_questions`).
+    (``ml.sampling``; the pairs keep to outfit slots and to audiences that fit). Scores are the served
+    pair scores ``<a ⊙ m², x>``, so training ranks exactly as pgvector's inner-product queries serve.
+    Early stopping validates on popularity-matched FITB questions of the validation outfits.
 
     Tower fine-tuning (``cfg.unfreeze_last_blocks`` / ``cfg.unfreeze_text_layers`` > 0, ``ml.towers``): the
     InfoNCE/type batch's tower outputs are computed from its photos and texts at each step, with gradients

@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 
 from catalog.forms import PageForm, ProductFilterForm, QueryTextField, split_ids
 from catalog.images import CleanImage, ImageError, clean_upload
-from ml.config import TrainConfig
+from ml.config import COMPAT_LOSSES, GENERAL_LOSSES, MINERS, TrainConfig
 from recommender import login_guard
 from recommender.serializers import MAX_WINDOW
 
@@ -102,11 +102,14 @@ class ProductPageForm(forms.Form):
         return split_ids(self.cleaned_data.get("outfit") or "")[0]
 
 
-#: Negative miners the models page offers (``ml.mining``), the default first.
-MINERS = ["semi-hard", "batch-hard", "batch-all", "random"]
 #: DRF's wording, so the page and the API (``TrainingRunCreateSerializer``) say the same.
 _INTEGER = {"invalid": "A valid integer is required."}
 _NUMBER = {"invalid": "A valid number is required."}
+_CHOICE = {"invalid_choice": '"%(value)s" is not a valid choice.'}
+
+
+def _choices(names: tuple[str, ...]) -> list[tuple[str, str]]:
+    return [(n, n) for n in names]
 
 
 class TrainingStartForm(PageForm):
@@ -123,23 +126,67 @@ class TrainingStartForm(PageForm):
     lr = forms.FloatField(
         label="Learning rate", required=False, min_value=1e-6, max_value=1.0, error_messages=_NUMBER
     )
+    general_loss = forms.ChoiceField(
+        label="Image↔text loss", required=False, choices=_choices(GENERAL_LOSSES), error_messages=_CHOICE
+    )
     temperature = forms.FloatField(
         label="Temperature", required=False, min_value=0.001, max_value=1.0, error_messages=_NUMBER
     )
+    learn_temperature = forms.NullBooleanField(
+        label="Learn the temperature",
+        required=False,
+        widget=forms.Select(choices=[("", "default"), ("true", "learnable"), ("false", "fixed")]),
+    )
+    compat_loss = forms.ChoiceField(
+        label="Compatibility loss", required=False, choices=_choices(COMPAT_LOSSES), error_messages=_CHOICE
+    )
+    compat_temperature = forms.FloatField(
+        label="Compatibility temperature",
+        required=False,
+        min_value=0.001,
+        max_value=1.0,
+        error_messages=_NUMBER,
+    )
     margin = forms.FloatField(
-        label="Triplet margin", required=False, min_value=0.0, max_value=2.0, error_messages=_NUMBER
+        label="Margin (triplet, contrastive)",
+        required=False,
+        min_value=0.0,
+        max_value=2.0,
+        error_messages=_NUMBER,
     )
     miner = forms.ChoiceField(
-        label="Negative miner",
+        label="Negative miner", required=False, choices=_choices(MINERS), error_messages=_CHOICE
+    )
+    normalize = forms.NullBooleanField(
+        label="Unit sphere (L2-normalise)",
         required=False,
-        choices=[(m, m) for m in MINERS],
-        error_messages={"invalid_choice": '"%(value)s" is not a valid choice.'},
+        widget=forms.Select(choices=[("", "default"), ("true", "on"), ("false", "off")]),
+    )
+    w_type = forms.FloatField(
+        label="Product-type softmax weight",
+        required=False,
+        min_value=0.0,
+        max_value=10.0,
+        error_messages=_NUMBER,
+    )
+    w_center = forms.FloatField(
+        label="Center loss weight", required=False, min_value=0.0, max_value=10.0, error_messages=_NUMBER
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         defaults = TrainConfig()
         kwargs.setdefault("initial", {name: getattr(defaults, name) for name in self.base_fields})
         super().__init__(*args, **kwargs)
+
+    def clean(self) -> dict[str, Any]:
+        """Refuse a combination :class:`ml.config.TrainConfig` refuses (its message, on its field)."""
+        cleaned = super().clean()
+        if not self.errors:
+            try:
+                TrainConfig(**self.params())
+            except ValueError as exc:
+                self.add_service_error(exc)
+        return cleaned
 
     def params(self) -> dict[str, Any]:
         """The parameters given (the run's ``params``); the others keep the training defaults."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from catalog.serializers import FilterSerializer, ProductSerializer
+from ml.config import COMPAT_LOSSES, GENERAL_LOSSES, MINERS, TrainConfig
 from recommender.looks import AUDIENCE_MODES
 from recommender.models import ModelVersion, TrainingRun
 
@@ -213,11 +214,17 @@ class TrainingRunCreateSerializer(serializers.Serializer):
     max_steps = serializers.IntegerField(required=False, min_value=0)
     batch_size = serializers.IntegerField(required=False, min_value=2, max_value=4096)
     lr = serializers.FloatField(required=False, min_value=1e-6, max_value=1.0)
+    # the losses (ml.objectives; TrainConfig refuses invalid combinations, validate() passes that on)
+    general_loss = serializers.ChoiceField(choices=list(GENERAL_LOSSES), required=False)
     temperature = serializers.FloatField(required=False, min_value=0.001, max_value=1.0)
+    learn_temperature = serializers.BooleanField(required=False)
+    compat_loss = serializers.ChoiceField(choices=list(COMPAT_LOSSES), required=False)
+    compat_temperature = serializers.FloatField(required=False, min_value=0.001, max_value=1.0)
     margin = serializers.FloatField(required=False, min_value=0.0, max_value=2.0)
-    miner = serializers.ChoiceField(
-        choices=["batch-hard", "semi-hard", "batch-all", "random"], required=False
-    )
+    miner = serializers.ChoiceField(choices=list(MINERS), required=False)
+    normalize = serializers.BooleanField(required=False)
+    w_type = serializers.FloatField(required=False, min_value=0.0, max_value=10.0)
+    w_center = serializers.FloatField(required=False, min_value=0.0, max_value=10.0)
     seed = serializers.IntegerField(required=False, min_value=0, max_value=2**31 - 1)
     # Tower fine-tuning (ml.towers): > 0 trains the last blocks/layers end to end (meant for a GPU worker).
     unfreeze_last_blocks = serializers.IntegerField(required=False, min_value=0, max_value=16)
@@ -238,4 +245,11 @@ class TrainingRunCreateSerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 {f: [f"unknown field; the parameters are: {known}"] for f in unknown}
             )
+        try:  # the combination: what ml.config.TrainConfig refuses, with its message
+            TrainConfig(**attrs)
+        except ValueError as exc:
+            field, sep, reason = str(exc).partition(": ")
+            if sep and field in self.fields:
+                raise serializers.ValidationError({field: [reason]}) from exc
+            raise serializers.ValidationError(str(exc)) from exc
         return attrs

@@ -10,7 +10,8 @@ Pick a loss from config with :func:`build_loss` (``build_loss("triplet", margin=
 mining lives in :mod:`ml.mining`.
 
 Modules:
-    margin       -- contrastive, triplet margin and type-aware triplet losses (hinge on distances)
+    margin       -- contrastive, triplet margin and type-aware triplet losses (hinge on distances), and
+                    the contrastive loss over an outfit pair's candidate negatives
     in_batch     -- InfoNCE, NT-Xent, CLIP, N-pair and angular losses (softmax over the batch), and
                     InfoNCE over an outfit pair's candidate negatives
     class_based  -- center loss, softmax classification baseline, class centroids
@@ -37,11 +38,18 @@ from ml.losses.in_batch import (
     NPairLoss,
     NTXentLoss,
 )
-from ml.losses.margin import ContrastiveLoss, TripletMarginLoss, TypeAwareTripletLoss
+from ml.losses.margin import (
+    CandidateContrastiveLoss,
+    ContrastiveLoss,
+    TripletMarginLoss,
+    TypeAwareTripletLoss,
+    contrastive_terms,
+)
 
 __all__ = [
     "LOSSES",
     "AngularLoss",
+    "CandidateContrastiveLoss",
     "CandidateInfoNCELoss",
     "CenterLoss",
     "ClipLoss",
@@ -55,4 +63,5 @@ __all__ = [
     "build_loss",
     "centroid_retrieval_query",
     "class_centroids",
+    "contrastive_terms",
 ]

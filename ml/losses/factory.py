@@ -8,7 +8,12 @@ from torch import nn
 
 from ml.losses.class_based import CenterLoss, SoftmaxClassificationLoss
 from ml.losses.in_batch import AngularLoss, CandidateInfoNCELoss, ClipLoss, InfoNCELoss, NPairLoss, NTXentLoss
-from ml.losses.margin import ContrastiveLoss, TripletMarginLoss, TypeAwareTripletLoss
+from ml.losses.margin import (
+    CandidateContrastiveLoss,
+    ContrastiveLoss,
+    TripletMarginLoss,
+    TypeAwareTripletLoss,
+)
 
 #: Loss names accepted by :func:`build_loss`.
 LOSSES: dict[str, type[nn.Module]] = {
@@ -23,6 +28,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "softmax": SoftmaxClassificationLoss,
     "type_aware_triplet": TypeAwareTripletLoss,
     "candidate_infonce": CandidateInfoNCELoss,
+    "candidate_contrastive": CandidateContrastiveLoss,
 }
 
 

@@ -119,6 +119,8 @@ class ClipLoss(nn.Module):
         max_logit_scale: upper bound on exp(logit_scale), i.e. τ >= 1/max_logit_scale.
         learnable: ``logit_scale`` is an ``nn.Parameter`` (else a buffer).
         normalize: L2-normalise image and text first (CLIP does).
+        symmetric: average both directions (CLIP); False keeps image→text only, i.e. one-directional
+            InfoNCE (:class:`InfoNCELoss`) with a learnable temperature (``TrainConfig.general_loss="infonce"``).
 
     Attributes:
         logit_scale: scalar parameter (or buffer), log(1/τ), not clamped itself except by :meth:`clamp_`.
@@ -134,6 +136,7 @@ class ClipLoss(nn.Module):
         max_logit_scale: float = 100.0,
         learnable: bool = True,
         normalize: bool = True,
+        symmetric: bool = True,
     ) -> None:
         super().__init__()
         if init_temperature <= 0 or max_logit_scale <= 0:
@@ -147,6 +150,7 @@ class ClipLoss(nn.Module):
         else:
             self.register_buffer("logit_scale", init)
         self.normalize = normalize
+        self.symmetric = symmetric
 
     def scale(self) -> Tensor:
         """exp(logit_scale) clamped at max_logit_scale: a scalar tensor, differentiable below the clamp."""
@@ -166,6 +170,8 @@ class ClipLoss(nn.Module):
         image, text = _maybe_normalize(self.normalize, image, text)
         logits = self.scale() * image @ text.t()  # (B, B) image -> text
         targets = torch.arange(image.shape[0], device=image.device)  # (B,)
+        if not self.symmetric:
+            return F.cross_entropy(logits, targets)
         return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
 
 

@@ -15,6 +15,21 @@ from ml.losses._common import _check_reduction, _check_same_shape, _maybe_normal
 from ml.mining import mine_hard_negatives
 
 
+def contrastive_terms(d: Tensor, dissimilar: Tensor, margin: float) -> Tensor:
+    """Hadsell et al.'s per-pair contrastive loss ``½ [(1 − Y) D² + Y max(0, m − D)²]``, elementwise.
+
+    Args:
+        d: distances D >= 0, any shape, floating point.
+        dissimilar: Y of the same shape (1 = dissimilar pair, 0 = similar), any numeric/bool dtype.
+        margin: m.
+
+    Returns:
+        The per-pair losses, shape and dtype of ``d``.
+    """
+    y = dissimilar.to(d.dtype)
+    return 0.5 * ((1.0 - y) * d.pow(2) + y * (margin - d).clamp(min=0.0).pow(2))
+
+
 class ContrastiveLoss(nn.Module):
     """Contrastive (siamese) loss of Hadsell, Chopra & LeCun, "Dimensionality Reduction by Learning an
     Invariant Mapping", CVPR 2006.
@@ -50,11 +65,8 @@ class ContrastiveLoss(nn.Module):
         if y.shape != x1.shape[:1]:
             raise ValueError(f"y must be (B,) = ({x1.shape[0]},), got shape {tuple(y.shape)}")
         x1, x2 = _maybe_normalize(self.normalize, x1, x2)
-        y = y.to(x1.dtype)  # (B,)
-        d_sq = (x1 - x2).pow(2).sum(-1)  # (B,)
-        d = safe_sqrt(d_sq)  # (B,), finite gradient at D = 0
-        losses = 0.5 * ((1.0 - y) * d_sq + y * (self.margin - d).clamp(min=0.0).pow(2))  # (B,)
-        return _reduce(losses, self.reduction)
+        d = safe_sqrt((x1 - x2).pow(2).sum(-1))  # (B,), finite gradient at D = 0
+        return _reduce(contrastive_terms(d, y, self.margin), self.reduction)
 
 
 class TripletMarginLoss(nn.Module):
@@ -174,3 +186,44 @@ class TypeAwareTripletLoss(nn.Module):
         ).to(anchor.device)  # (B,)
         negative = candidates[torch.arange(b, device=anchor.device), neg_pos]  # (B, C)
         return self.triplet(anchor * mask, positive * mask, negative * mask)
+
+
+class CandidateContrastiveLoss(nn.Module):
+    """Contrastive loss (Hadsell, Chopra & LeCun 2006) of an outfit pair and its candidate negatives in the
+    pair's type-aware subspace: the compatibility loss of ``TrainConfig(compat_loss="contrastive")``.
+
+    With the pair's mask m (``RecommenderHeads.pair_mask``) and D(a, x) = ‖a ⊙ m − x ⊙ m‖₂,
+
+        L = mean_b ½ D(a_b, p_b)²  +  mean_{b,j} ½ max(0, margin − D(a_b, c_bj))²
+
+    the similar and the dissimilar pairs averaged separately (as pytorch-metric-learning's reducer does), so
+    the M negatives per anchor do not drown the one positive. Each pair is judged alone: no negative is
+    compared with the positive, unlike the triplet and InfoNCE losses.
+
+    Shapes:
+        anchor, positive: (B, C) floating point. candidates: (B, M, C). mask: (B, C) >= 0. Output: scalar.
+
+    Args:
+        margin: m > 0.
+
+    Raises:
+        ValueError: shapes that do not match or margin <= 0.
+    """
+
+    def __init__(self, margin: float = 0.5) -> None:
+        super().__init__()
+        if margin <= 0:
+            raise ValueError(f"margin must be > 0, got {margin}")
+        self.margin = margin
+
+    def forward(self, anchor: Tensor, positive: Tensor, candidates: Tensor, mask: Tensor) -> Tensor:
+        _check_same_shape(anchor=anchor, positive=positive, mask=mask)
+        if candidates.dim() != 3 or candidates.shape[::2] != anchor.shape:
+            raise ValueError(
+                f"candidates must be (B, M, C) with B, C of anchor, got {tuple(candidates.shape)}"
+            )
+        a = anchor * mask  # (B, C)
+        d_ap = safe_sqrt((a - positive * mask).pow(2).sum(-1))  # (B,)
+        d_an = safe_sqrt((a.unsqueeze(1) - candidates * mask.unsqueeze(1)).pow(2).sum(-1))  # (B, M)
+        pos = contrastive_terms(d_ap, torch.zeros_like(d_ap), self.margin).mean()
+        return pos + contrastive_terms(d_an, torch.ones_like(d_an), self.margin).mean()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from django import forms
+from rest_framework import serializers
+
 from catalog.serializers import FilterSerializer
 from recommender.filters import Filters
 from recommender.forms import SearchForm, TrainingStartForm
@@ -13,6 +16,8 @@ def test_the_training_form_has_the_api_limits():
     for name, field in TrainingStartForm.base_fields.items():
         if hasattr(field, "min_value"):
             assert (field.min_value, field.max_value) == (api[name].min_value, api[name].max_value), name
+        elif isinstance(field, forms.NullBooleanField):  # a select: default / on / off
+            assert isinstance(api[name], serializers.BooleanField), name
         else:
             assert {c for c, _ in field.choices} == set(api[name].choices), name
 
@@ -21,6 +26,19 @@ def test_the_training_form_sends_only_what_was_given():
     form = TrainingStartForm(data={"epochs": "2", "lr": "", "miner": "random"})
     assert form.is_valid() and form.params() == {"epochs": 2, "miner": "random"}
     assert TrainingStartForm().initial["epochs"] == 30  # ml.config.TrainConfig's default, shown on the page
+
+
+def test_the_training_form_and_the_api_refuse_what_train_config_refuses():
+    """NT-Xent has a fixed temperature: asked to learn it, both say so on the field, nothing starts."""
+    bad = {"general_loss": "ntxent", "learn_temperature": "true"}
+    form = TrainingStartForm(data=bad)
+    assert not form.is_valid()
+    assert form.errors["learn_temperature"][0].startswith("general_loss 'ntxent' has a fixed temperature")
+    api = TrainingRunCreateSerializer(data={"general_loss": "ntxent", "learn_temperature": True})
+    assert not api.is_valid()
+    assert str(api.errors["learn_temperature"][0]).startswith("general_loss 'ntxent' has a fixed temperature")
+    ok = TrainingStartForm(data={"general_loss": "ntxent", "learn_temperature": "false", "normalize": ""})
+    assert ok.is_valid() and ok.params() == {"general_loss": "ntxent", "learn_temperature": False}
 
 
 def test_page_and_api_filters_are_the_same_filters():
