@@ -1,7 +1,7 @@
 """The metric-learning ablation: loss × miner × normalisation × temperature / margin, several seeds per cell,
 on cached tower features, scored on the fixed popularity-matched protocol.
 
-    python -m ml.ablation --features /work/main/var/eval12/mango_full.npz --out docs/ablation
+    python -m ml.ablation --features var/eval12/mango_full.npz --out docs/ablation
     python -m ml.ablation --features … --out /tmp/abl --quick        # 2 cells, 2 seeds, a few steps (tests)
 
 Each run trains fresh heads with ``ml.train``'s own step (:class:`ml.train._Run`: the same losses, miners,
