@@ -155,5 +155,5 @@ def test_a_training_run_learns_from_the_cleaned_pairs_of_both_catalogs(both):
     assert np.array_equal(run.pairs, expected[run.sampler.has_negatives(expected)])
     assert len(run.pairs) > 0.99 * len(expected)
     assert audience_mix(run.pairs, audiences)[("men", "women")] == 0
-    loss = run.triplet_loss_of_batch()
+    loss = run.compat_loss_of_batch()
     assert loss.shape == () and torch.isfinite(loss)
