@@ -182,9 +182,9 @@ def test_feature_cache_computes_only_misses(
     calls: list[int] = []
     encode_images, encode_texts = extractor.encode_images, extractor.encode_texts
 
-    def count_images(paths, progress=False):
+    def count_images(paths, progress=False, on_batch=None):
         calls.append(len(paths))
-        return encode_images(paths, progress)
+        return encode_images(paths, progress, on_batch)
 
     def count_texts(texts, progress=False):
         calls.append(len(texts))
@@ -201,12 +201,15 @@ def test_feature_cache_computes_only_misses(
 
     copy = tmp_path / "renamed.jpg"  # same bytes, another name: a hit
     copy.write_bytes(hm_images[0].read_bytes())
+    reported: list[tuple[int, int]] = []
     mixed, failed = cache.get_or_compute_images(
         extractor,
         [hm_images[2], copy, hm_images[3], hm_images[3], tmp_path / "missing.jpg"],
         return_failed=True,
+        on_batch=lambda done, total: reported.append((done, total)),
     )
     assert calls == [3, 2]  # the new image once (not twice) and the missing file
+    assert reported[0] == (3, 5) and reported[-1] == (5, 5)  # hits (and the duplicate) count as done
     assert [i for i, _ in failed] == [4] and not mixed[4].any()
     assert np.array_equal(mixed[:2], first[[2, 0]]) and np.array_equal(mixed[2], mixed[3])
     assert cache.get_or_compute_images(extractor, [tmp_path / "missing.jpg"]).shape == (
