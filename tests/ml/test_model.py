@@ -7,6 +7,7 @@ real towers are marked ``slow``; the default model is built once per module (~2 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import torch
 
 from ml.config import DEFAULT_MODEL_NAME, ModelConfig
 from ml.features import FeatureCache, FeatureExtractor
-from ml.model import ClipBundle, build_model, resolve_device
+from ml.model import ClipBundle, _expected_load_noise_dropped, build_model, resolve_device
 
 REPO = Path(__file__).resolve().parents[2]
 HM_ROOT = Path(os.environ.get("HM_DATA_DIR", REPO.parent / "shared" / "data" / "hm"))
@@ -267,3 +268,14 @@ def test_resolve_device() -> None:
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError):
         resolve_device("gpu-please")
+
+
+def test_building_the_default_model_drops_only_the_expected_load_warnings(caplog, capfd) -> None:
+    with caplog.at_level(logging.INFO):
+        build_model(ModelConfig())
+        with _expected_load_noise_dropped(True):
+            logging.getLogger().warning("some other warning")
+    out = capfd.readouterr()
+    text = caplog.text + out.err + out.out  # transformers logs through its own stderr handler
+    assert "initialized partially" not in text and "LOAD REPORT" not in text and "UNEXPECTED" not in text
+    assert "some other warning" in caplog.text
