@@ -146,7 +146,10 @@ class FeatureExtractor:
     # ----------------------------------------------------------------------------------------------- images
 
     def encode_images(
-        self, paths: Sequence[str | Path], progress: bool = False
+        self,
+        paths: Sequence[str | Path],
+        progress: bool = False,
+        on_batch: Callable[[int, int], None] | None = None,
     ) -> tuple[np.ndarray, list[Failure]]:
         """Encode image files.
 
@@ -155,6 +158,8 @@ class FeatureExtractor:
         Args:
             paths: N image files.
             progress: show a tqdm progress bar (unit: images).
+            on_batch: called after each batch with ``(images done, N)`` (a plain callable, e.g. to
+                record progress on a training run).
 
         Returns:
             ``(features, failed)``: features (N, E) float32, unnormalised; ``failed`` lists
@@ -193,6 +198,8 @@ class FeatureExtractor:
                     out[start : start + len(errors)][ok] = self._encode_image_batch(x)[ok]
                 start += len(errors)
                 bar.update(len(errors))
+                if on_batch is not None:
+                    on_batch(start, len(paths))
         for i, reason in failed:
             logger.warning("image %d (%s) not encoded: %s", i, paths[i], reason)
         return out, failed
@@ -381,6 +388,7 @@ class FeatureCache:
         paths: Sequence[str | Path],
         progress: bool = False,
         return_failed: bool = False,
+        on_batch: Callable[[int, int], None] | None = None,
     ) -> np.ndarray | tuple[np.ndarray, list[Failure]]:
         """Image features from the cache, encoding only the misses (each distinct file content once).
 
@@ -389,19 +397,27 @@ class FeatureCache:
             paths: N image files.
             progress: progress bar while encoding misses.
             return_failed: also return the failures.
+            on_batch: called with ``(images done, N)`` once the cache was read (hits count as done)
+                and after each encoded batch; the last call has done == N.
 
         Returns:
             (N, E) float32, unnormalised; rows of unreadable files are zeros (logged as warnings). With
             ``return_failed``: ``(features, failed)`` as in :meth:`FeatureExtractor.encode_images`.
         """
         keys = [_file_sha256(p) for p in paths]  # None: unreadable, left to the extractor to report
-        return self._get_or_compute(
-            "image",
-            extractor,
-            keys,
-            lambda idx: extractor.encode_images([paths[i] for i in idx], progress=progress),
-            return_failed,
-        )
+        n = len(paths)
+
+        def compute(idx: list[int]) -> tuple[np.ndarray, list[Failure]]:
+            hits = n - len(idx)  # cached or sharing a file content with an encoded one
+            if on_batch is not None:
+                on_batch(hits, n)
+            done = (lambda k, _: on_batch(hits + k, n)) if on_batch is not None else None
+            return extractor.encode_images([paths[i] for i in idx], progress=progress, on_batch=done)
+
+        out = self._get_or_compute("image", extractor, keys, compute, return_failed)
+        if on_batch is not None:
+            on_batch(n, n)
+        return out
 
     def get_or_compute_texts(self, extractor: FeatureExtractor, texts: Sequence[str]) -> np.ndarray:
         """Text features from the cache, encoding only the misses: N texts -> (N, E) float32, unnormalised."""

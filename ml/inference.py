@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,15 +113,26 @@ class Embedder:
         self._text_lru: OrderedDict[str, np.ndarray] = OrderedDict()
         self._text_lru_lock = threading.Lock()  # threaded servers (runserver, gthread) share the Embedder
 
-    def tower_features(self, image_paths: Sequence[str | Path], texts: Sequence[str], progress: bool = False):
-        """Frozen tower outputs: ``(image (N, E), text (N, E), failed)`` float32, unnormalised."""
+    def tower_features(
+        self,
+        image_paths: Sequence[str | Path],
+        texts: Sequence[str],
+        progress: bool = False,
+        on_batch: Callable[[int, int], None] | None = None,
+    ):
+        """Frozen tower outputs: ``(image (N, E), text (N, E), failed)`` float32, unnormalised.
+
+        ``on_batch(photos done, N)`` is called as the photos are read (cache) and encoded.
+        """
         if self.cache is not None:
             img, failed = self.cache.get_or_compute_images(
-                self.extractor, list(image_paths), progress=progress, return_failed=True
+                self.extractor, list(image_paths), progress=progress, return_failed=True, on_batch=on_batch
             )
             txt = self.cache.get_or_compute_texts(self.extractor, list(texts))
         else:
-            img, failed = self.extractor.encode_images(list(image_paths), progress=progress)
+            img, failed = self.extractor.encode_images(
+                list(image_paths), progress=progress, on_batch=on_batch
+            )
             txt = self.extractor.encode_texts(list(texts))
         return img, txt, failed
 

@@ -26,7 +26,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,34 @@ def register_default_model() -> None:
         open_clip.factory._MODEL_CONFIGS[DEFAULT_MODEL_NAME] = default_model_config()
 
 
+class _DropLoadNoise(logging.Filter):
+    """Drops the two expected warnings of building the default model from its towers' own weights:
+    open_clip's "Model ... initialized partially." (no full CLIP checkpoint) and transformers' LOAD
+    REPORT table (MiniLM's pooler weights, UNEXPECTED since the tower pools itself)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not ("initialized partially" in msg or "LOAD REPORT" in msg)
+
+
+@contextmanager
+def _expected_load_noise_dropped(active: bool) -> Iterator[None]:
+    """While building: :class:`_DropLoadNoise` on the root logger (open_clip logs through
+    ``logging.warning``) and on ``transformers.modeling_utils``; other warnings pass."""
+    if not active:
+        yield
+        return
+    loggers = [logging.getLogger(), logging.getLogger("transformers.modeling_utils")]
+    drop = _DropLoadNoise()
+    for lg in loggers:
+        lg.addFilter(drop)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(drop)
+
+
 def build_model(cfg: ModelConfig) -> ClipBundle:
     """Build the model named by ``cfg`` with its preprocessing and tokenizer.
 
@@ -178,7 +207,7 @@ def build_model(cfg: ModelConfig) -> ClipBundle:
 
     # Build on the CPU (so the fingerprint is computed once, on CPU tensors), under a forked RNG so the
     # caller's global torch RNG state is left untouched.
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _expected_load_noise_dropped(is_default):
         torch.manual_seed(0)
         model = open_clip.create_model(name, pretrained=pretrained, device="cpu", **kwargs)
     if is_default and pretrained is None:

@@ -263,6 +263,7 @@ class TrainingRunLiveApi(APIView):
                 "status": run.status,
                 "phase": run.phase,
                 "progress": run.progress,
+                "phase_progress": run.phase_progress or {},
                 "step": run.step,
                 "loss": run.loss,
                 "history": run.history or {},

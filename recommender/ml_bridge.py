@@ -7,7 +7,7 @@ training task (:mod:`recommender.training`), ``manage.py evaluate`` and the benc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -82,13 +82,18 @@ def own_features(
 
 
 def tower_features(
-    embedder: Embedder, products: Sequence[Product], *, progress: bool = False
+    embedder: Embedder,
+    products: Sequence[Product],
+    *,
+    progress: bool = False,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
     """Tower outputs of these products: ``(image (N, E) float32, text (N, E) float32, failed)``;
     ``failed`` lists ``(row, reason)`` for unreadable photos (see :meth:`ml.inference.Embedder.tower_features`).
+    ``on_batch(photos done, N)`` reports how far the photos are.
     """
     paths, texts = product_inputs(products)
-    return embedder.tower_features(paths, texts, progress=progress)
+    return embedder.tower_features(paths, texts, progress=progress, on_batch=on_batch)
 
 
 def train_data(

@@ -100,6 +100,9 @@ class TrainingRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     items_per_s = models.FloatField(null=True, blank=True)  # throughput of the current phase (embedding)
+    # How far the current phase is in items, e.g. {"phase": "features", "done": 64, "total": 160,
+    # "rate": 21.3 (items/s), "eta_s": 4.5}; {} when the phase reports none.
+    phase_progress = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-id"]

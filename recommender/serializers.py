@@ -196,6 +196,7 @@ class TrainingRunSerializer(serializers.ModelSerializer):
             "status",
             "phase",
             "progress",
+            "phase_progress",
             "step",
             "loss",
             "params",

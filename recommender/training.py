@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 GATE_METRICS = ("fitb", "auc")
 #: Progress (%) at which each phase starts.
 PROGRESS = {"features": 1.0, "training": 20.0, "evaluation": 72.0, "embedding": 80.0, "done": 100.0}
+#: Least seconds between two writes of the features phase's progress (the last one is always written).
+FEATURE_PROGRESS_EVERY_S = 1.0
 _STOPPED = (TrainingRun.Status.CANCELLED, TrainingRun.Status.FAILED)
 
 
@@ -229,7 +231,9 @@ def _features(r: _Run) -> tuple[Embedder, TrainData, list[tuple[int, str]]]:
         raise ValueError(f"the catalog has {len(r.products)} products; import or upload some first")
     t = time.perf_counter()
     embedder = ml_bridge.zero_shot_embedder(compat_dim=r.cfg.compat_dim, seed=r.cfg.seed)
-    img, txt, failed = ml_bridge.tower_features(embedder, r.products, progress=True)
+    img, txt, failed = ml_bridge.tower_features(
+        embedder, r.products, progress=True, on_batch=_feature_progress(r)
+    )
     r.timings["features_s"] = time.perf_counter() - t
     r.log.update(
         progress=PROGRESS["training"],
@@ -240,10 +244,39 @@ def _features(r: _Run) -> tuple[Embedder, TrainData, list[tuple[int, str]]]:
     return embedder, data, failed
 
 
+def _feature_progress(r: _Run):
+    """The callback ``on_batch(photos done, N)`` of the features phase: stores ``phase_progress``
+    ``{"phase": "features", "done", "total", "rate" (photos encoded per s), "eta_s"}`` and moves the
+    run's % from ``PROGRESS["features"]`` towards ``PROGRESS["training"]``, at most every
+    :data:`FEATURE_PROGRESS_EVERY_S` seconds (always the last call, done == N)."""
+    start: list[float] = []  # (time, done) of the first call: cache hits do not count towards the rate
+    last = [float("-inf")]
+    span = PROGRESS["training"] - PROGRESS["features"] - 1.0
+
+    def on_batch(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if not start:
+            start.extend((now, done))
+        if done < total and now - last[0] < FEATURE_PROGRESS_EVERY_S:
+            return
+        last[0] = now
+        rate = (done - start[1]) / (now - start[0]) if now > start[0] and done > start[1] else None
+        eta = (total - done) / rate if rate else None
+        r.log.update(
+            progress=PROGRESS["features"] + span * done / max(total, 1),
+            items_per_s=rate,
+            phase_progress={"phase": "features", "done": done, "total": total, "rate": rate, "eta_s": eta},
+        )
+
+    return on_batch
+
+
 def _fit(r: _Run, data: TrainData) -> TrainResult:
     """Train the heads (and the towers' last blocks when the config asks), reporting each epoch."""
     r.log.update(
         phase="training",
+        phase_progress={},
+        items_per_s=None,
         log=f"training on {len(data.outfits)} outfits, {len(data.val_outfits)} for validation, "
         f"{len(data.test_outfits)} held out",
     )

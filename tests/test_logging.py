@@ -82,3 +82,9 @@ def test_unknown_log_format_is_refused():
         [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode != 0 and "LOG_FORMAT must be 'plain' or 'json', not 'xml'" in out.stderr
+
+
+def test_worker_logs_printed_output_as_info_not_warning():
+    from recommender.celery import app
+
+    assert app.conf.worker_redirect_stdouts_level == "INFO"  # a tqdm bar in a task is not a warning

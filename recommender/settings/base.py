@@ -372,3 +372,6 @@ LOGGING = {
 }
 #: Celery workers log through the same handlers (so LOG_FORMAT=json applies to them too).
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+#: What a task prints to stdout/stderr (a library's tqdm bar) is logged as INFO by ``celery.redirected``,
+#: not as a WARNING; training progress is on the run (``TrainingRun.phase_progress``).
+CELERY_WORKER_REDIRECT_STDOUTS_LEVEL = "INFO"

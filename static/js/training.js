@@ -51,6 +51,12 @@
     bar.setAttribute("aria-valuenow", pct);
     bar.firstElementChild.style.width = pct + "%";
     var label = pct + "%";
+    var pp = data.phase_progress || {};
+    if (pp.total) {  // items of the current phase, e.g. photos through the towers during "features"
+      label += " · " + pp.phase + " " + pp.done + "/" + pp.total;
+      if (pp.rate) label += " · " + pp.rate.toFixed(1) + " items/s";
+      if (pp.eta_s !== null && pp.eta_s !== undefined) label += " · " + Math.round(pp.eta_s) + " s left";
+    }
     if (data.loss !== null) label += " · loss " + data.loss.toFixed(4);
     if (data.step) label += " · step " + data.step;
     run.querySelector('[data-field="label"]').textContent = label;

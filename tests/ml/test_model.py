@@ -7,6 +7,7 @@ real towers are marked ``slow``; the default model is built once per module (~2 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import torch
 
 from ml.config import DEFAULT_MODEL_NAME, ModelConfig
 from ml.features import FeatureCache, FeatureExtractor
-from ml.model import ClipBundle, build_model, resolve_device
+from ml.model import ClipBundle, _expected_load_noise_dropped, build_model, resolve_device
 
 REPO = Path(__file__).resolve().parents[2]
 HM_ROOT = Path(os.environ.get("HM_DATA_DIR", REPO.parent / "shared" / "data" / "hm"))
@@ -182,9 +183,9 @@ def test_feature_cache_computes_only_misses(
     calls: list[int] = []
     encode_images, encode_texts = extractor.encode_images, extractor.encode_texts
 
-    def count_images(paths, progress=False):
+    def count_images(paths, progress=False, on_batch=None):
         calls.append(len(paths))
-        return encode_images(paths, progress)
+        return encode_images(paths, progress, on_batch)
 
     def count_texts(texts, progress=False):
         calls.append(len(texts))
@@ -201,12 +202,15 @@ def test_feature_cache_computes_only_misses(
 
     copy = tmp_path / "renamed.jpg"  # same bytes, another name: a hit
     copy.write_bytes(hm_images[0].read_bytes())
+    reported: list[tuple[int, int]] = []
     mixed, failed = cache.get_or_compute_images(
         extractor,
         [hm_images[2], copy, hm_images[3], hm_images[3], tmp_path / "missing.jpg"],
         return_failed=True,
+        on_batch=lambda done, total: reported.append((done, total)),
     )
     assert calls == [3, 2]  # the new image once (not twice) and the missing file
+    assert reported[0] == (3, 5) and reported[-1] == (5, 5)  # hits (and the duplicate) count as done
     assert [i for i, _ in failed] == [4] and not mixed[4].any()
     assert np.array_equal(mixed[:2], first[[2, 0]]) and np.array_equal(mixed[2], mixed[3])
     assert cache.get_or_compute_images(extractor, [tmp_path / "missing.jpg"]).shape == (
@@ -264,3 +268,14 @@ def test_resolve_device() -> None:
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError):
         resolve_device("gpu-please")
+
+
+def test_building_the_default_model_drops_only_the_expected_load_warnings(caplog, capfd) -> None:
+    with caplog.at_level(logging.INFO):
+        build_model(ModelConfig())
+        with _expected_load_noise_dropped(True):
+            logging.getLogger().warning("some other warning")
+    out = capfd.readouterr()
+    text = caplog.text + out.err + out.out  # transformers logs through its own stderr handler
+    assert "initialized partially" not in text and "LOAD REPORT" not in text and "UNEXPECTED" not in text
+    assert "some other warning" in caplog.text

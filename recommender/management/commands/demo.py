@@ -99,10 +99,17 @@ class Command(BaseCommand):
         last = None
         while True:
             run.refresh_from_db()
-            state = (round(run.progress, 1), run.phase, run.step)
+            pp = run.phase_progress or {}
+            state = (round(run.progress, 1), run.phase, run.step, pp.get("done"))
             if state != last:  # redraw only on change, so a logged run stays readable
                 bar.n = state[0]
-                bar.set_postfix_str(f"{run.phase} step {run.step} loss {run.loss or 0:.3f}")
+                if pp.get("total"):  # e.g. features: photos through the towers
+                    eta = pp.get("eta_s")
+                    bar.set_postfix_str(
+                        f"{run.phase} {pp['done']}/{pp['total']}" + (f" ~{eta:.0f} s left" if eta else "")
+                    )
+                else:
+                    bar.set_postfix_str(f"{run.phase} step {run.step} loss {run.loss or 0:.3f}")
                 last = state
             if run.status in (
                 TrainingRun.Status.SUCCEEDED,
