@@ -99,12 +99,15 @@ def site(django_db_setup, django_db_blocker, trained_catalog, hm_root):
     server = subprocess.Popen(
         [sys.executable, "manage.py", "runserver", f"127.0.0.1:{PORT}", "--noreload", "--insecure"],
         cwd=settings.BASE_DIR,
-        env={**os.environ, **env},
+        env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},  # its log shows how far it got, even on a hang
         stdout=server_log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:
+        # Starting (importing torch and the towers) takes minutes on a loaded machine; a server that exits
+        # fails at once with its log instead of after the timeout.
+        runtime.wait_for_http(BASE + "/healthz", server, timeout=240)
         _wait(lambda: _answers(BASE + "/"), 60, f"the server at {BASE} (see {logs / 'browser-server.log'})")
         assert runtime.wait_for_worker(app, timeout=120), (logs / "browser-worker.log").read_text()[-3000:]
         # The first text search loads the text tower in the server process; do it before any page waits.

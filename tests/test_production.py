@@ -101,7 +101,7 @@ def test_a_server_error_shows_the_friendly_page_without_internals(client, settin
     """DEBUG off: pages answer templates/500.html, the API its JSON error; neither carries the exception."""
     from django.db import OperationalError
 
-    from recommender import selectors, views
+    from recommender import search_views, selectors
 
     def broken(**kwargs):
         raise OperationalError(SECRET)
@@ -110,7 +110,7 @@ def test_a_server_error_shows_the_friendly_page_without_internals(client, settin
     client.raise_request_exception = False
     monkeypatch.setattr(selectors, "text_search", broken)  # the API's
     monkeypatch.setattr(selectors, "active_version", broken)  # the API's answer cache asks first
-    monkeypatch.setattr(views, "text_search", broken)  # the page's
+    monkeypatch.setattr(search_views, "product_search", broken)  # the page's (recommender/search_views.py)
     page = client.get("/search", {"q": "black dress"})
     assert page.status_code == 500 and b"Something went wrong" in page.content
     assert b"pgsecret" not in page.content and b"Traceback" not in page.content

@@ -147,7 +147,7 @@ def test_photo_search_rejects_thin_and_broken_images(trained_catalog, api):
     r = api.post("/api/search/photo/", {"image": buf}, format="multipart")
     assert r.status_code == 400 and "too thin or wide" in r.json()["error"]["message"]
     r = api.post("/api/search/photo/", {"image": io.BytesIO(b"%PDF-1.4 not an image")}, format="multipart")
-    assert r.status_code == 400 and "not an image file" in r.json()["error"]["message"]
+    assert r.status_code == 400 and "not a photo we can open" in r.json()["error"]["message"]
 
 
 def test_upload_rejects_unsafe_sku_and_negative_price(trained_catalog, api, hm_root):
