@@ -41,6 +41,29 @@ def trained_catalog(django_db_setup, django_db_blocker, hm_root):
         return ModelVersion.objects.get(is_active=True)
 
 
+def active_trained_slice(hm_root: Path):
+    """The active ``ModelVersion`` with its vectors, for module fixtures that commit (workers, backups).
+
+    A transactional test (``transactional_db``, e.g. ``test_e2e``) flushes the test database, taking the
+    session's ``trained_catalog`` rows with it; another may leave its own version active. Then the slice
+    is imported and trained again here, as ``trained_catalog`` does. Call with database access unblocked.
+    """
+    from catalog.hm_import import catalog_import_hm
+    from recommender.models import ModelVersion, ProductEmbedding, TrainingRun
+    from recommender.tasks import train_model
+
+    active = ModelVersion.objects.filter(is_active=True).first()
+    if active is None or not ProductEmbedding.objects.filter(model_version=active).exists():
+        catalog_import_hm(root=hm_root, limit=SLICE, progress=False)
+        run = TrainingRun.objects.create(params={"epochs": 8, "batch_size": 64, "seed": 0, "patience": 0})
+        train_model.apply(kwargs={"run_id": run.pk}, throw=True)
+        run.refresh_from_db()
+        assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+        activate_if_gated(run)
+        active = ModelVersion.objects.get(is_active=True)
+    return active
+
+
 def activate_if_gated(run) -> None:
     """A finished run's version serves: the quality gate (``recommender.training.quality_gate``) may have
     kept it inactive (a few epochs on a small slice need not beat the baselines); then activate it by hand,

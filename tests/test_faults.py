@@ -40,16 +40,19 @@ QUEUE = "faults"  # a queue of its own, so no other test's task reaches this wor
 
 
 @pytest.fixture(scope="module")
-def source(trained_catalog, django_db_blocker, tmp_path_factory) -> dict:
-    """A backup of the test database (the session's trained slice) and answers to compare with."""
+def source(trained_catalog, django_db_blocker, hm_root, tmp_path_factory) -> dict:
+    """A backup of the test database (the session's trained slice, rebuilt if a transactional test
+    flushed it) and answers to compare with."""
     from catalog.models import Product
     from recommender import selectors
     from recommender.backup import backup_create
+    from tests.conftest import active_trained_slice
 
     with django_db_blocker.unblock():
+        active = active_trained_slice(hm_root)
         out = tmp_path_factory.mktemp("backup") / "b"
         backup_create(out=out)
-        embedded = Product.objects.filter(embeddings__model_version=trained_catalog).order_by("pk")
+        embedded = Product.objects.filter(embeddings__model_version=active).order_by("pk")
         probe = embedded.first().pk
         return {
             "folder": out,

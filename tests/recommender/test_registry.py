@@ -437,28 +437,27 @@ def test_quality_gate_verdicts():
     assert not quality_gate(_gate_results(float("nan"), 0.9), incumbent=None)["passed"]
 
 
-def test_the_quality_gate_keeps_a_worse_version_inactive(trained_catalog, merch, monkeypatch):
-    """A run whose heads score every pair alike (FITB exactly 1/4 with ties split, AUC 1/2) does not beat
-    the active version on the matched protocol: it is embedded but stays inactive (ready) with the reason
-    in its metrics and its log; the active version keeps serving; a merchandiser can still activate it."""
-    import torch
-
+def test_the_quality_gate_keeps_a_version_no_better_than_the_active_one_inactive(
+    trained_catalog, merch, monkeypatch
+):
+    """A run whose heads are the active version's own (so it scores every pair exactly as the active
+    version does, whatever the slice makes of either) does not strictly beat it on the matched protocol:
+    it is embedded but stays inactive (ready) with the reason in its metrics and its log; the active
+    version keeps serving; a merchandiser can still activate it."""
+    from ml.heads import load_heads
     from recommender import training
     from recommender.tasks import train_model
 
     real_train = training.train
+    active_heads, _ = load_heads(trained_catalog.artifact_path)
 
-    def train_then_flatten(*args, **kwargs):
+    def train_then_copy_the_active(*args, **kwargs):
         result = real_train(*args, **kwargs)
-        last = result.heads.compat_mlp[-1]
-        with torch.no_grad():
-            last.weight.zero_()
-            last.bias.fill_(1.0)  # every item the same compatibility vector
+        result.heads.load_state_dict(active_heads.state_dict())
         return result
 
-    monkeypatch.setattr(training, "train", train_then_flatten)
+    monkeypatch.setattr(training, "train", train_then_copy_the_active)
     before = trained_catalog.metrics["evaluation"]["fine-tuned"]
-    assert before["fitb"] > 0.25 or before["auc"] > 0.5  # so a flat model is worse
     run = TrainingRun.objects.create(params={"epochs": 1, "max_steps": 2, "batch_size": 16})
     try:
         train_model.apply(kwargs={"run_id": run.pk}, throw=True)
@@ -468,9 +467,10 @@ def test_the_quality_gate_keeps_a_worse_version_inactive(trained_catalog, merch,
         assert not version.is_active and version.status == ModelVersion.Status.READY
         assert ModelVersion.objects.get(is_active=True) == trained_catalog
         ev, gate = version.metrics["evaluation"], version.metrics["gate"]
-        assert ev["fine-tuned"]["fitb"] == 0.25 and ev["fine-tuned"]["auc"] == 0.5
         incumbent = f"active v{trained_catalog.pk}"
         assert ev[incumbent]["fitb"] == pytest.approx(before["fitb"])  # re-evaluated on the same split
+        for m in ("fitb", "auc"):  # a tie on both gate metrics: not better
+            assert ev["fine-tuned"][m] == ev[incumbent][m]
         assert gate["passed"] is False and f"does not beat {incumbent}" in gate["reason"]
         assert f"version {version.pk} kept inactive (ready): does not beat {incumbent}" in run.log_tail
         assert ProductEmbedding.objects.filter(model_version=version).count() == Product.objects.count()
