@@ -49,13 +49,13 @@ def _zip(members: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def _row(a, sku=None, image=None, price="", slot=None) -> list[str]:
+def _row(a, sku=None, image=None, price="", slot=None, colour=None) -> list[str]:
     return [
         sku or f"IMP-{a.article_id}",
         a.title,
         slot or a.slot,
         image or f"photos/{a.article_id}.jpg",
-        a.colour,
+        colour or a.colour,
         a.product_type,
         price,
         a.description,
@@ -77,7 +77,8 @@ def test_valid_rows_are_kept_and_each_bad_row_is_reported(articles):
         _row(a[5], image="../evil.jpg"),  # row 8: path climbing out of the zip
         _row(a[2], sku="IMP-PRICE", price="cheap"),  # row 9: bad price
         _row(a[2], sku="IMP-SLOT", slot="hat"),  # row 10: unknown slot
-        _row(a[2], sku="IMP-2", image=f"{a[2].article_id}.jpg"),  # row 11: ok, matched by file name
+        # row 11: ok, matched by file name; a colour no catalog has (the session's H&M slice may hold the rest)
+        _row(a[2], sku="IMP-2", image=f"{a[2].article_id}.jpg", colour="Glacier Mint"),
     ]
     result = product_import_csv(csv_bytes=_csv(rows), zip_bytes=_zip(photos))
     got = [(r.row, r.sku, r.field, r.message) for r in result.rejections]
@@ -103,6 +104,7 @@ def test_valid_rows_are_kept_and_each_bad_row_is_reported(articles):
     assert (result.total, result.created, result.updated, result.unchanged) == (10, 3, 0, 0)
     assert result.notes[0] == "ignored 1 zip member(s) with unsafe paths: '../evil.jpg'"
     assert result.notes[1].startswith("new colour value(s) added to the catalog: ")
+    assert "Glacier Mint" in result.notes[1]
     kept = Product.objects.get(sku=f"IMP-{a[0].article_id}")
     assert kept.title == a[0].title and kept.price == Decimal("19.99") and kept.image and kept.thumbnail
     assert Product.objects.get(sku="IMP-2").title == a[2].title

@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 
 from catalog.models import Product
 from recommender import api as apis
-from recommender import selectors
+from recommender import search, selectors
 from recommender.models import ModelVersion
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
@@ -141,13 +141,16 @@ def test_unknown_ids_in_a_body_are_400_and_name_the_ids(trained_catalog, api):
 
 
 def test_search_pages_are_consecutive_slices_of_one_ranking(trained_catalog, api):
-    top10 = [h.product.pk for h in selectors.text_search(query="striped shirt", k=10)]
-    p1 = api.get("/api/search/", {"q": "striped shirt", "k": 5}).json()
-    p2 = api.get("/api/search/", {"q": "striped shirt", "k": 5, "page": 2}).json()
+    # the API's ranking (full-text and vector fused by RRF, one product per variant group); words naming no
+    # type, colour or audience, so no filter is understood and the slice has 10 hits
+    top10 = [h.product.pk for h in search.product_search(query="soft cotton", k=10).hits]
+    assert len(top10) == 10
+    p1 = api.get("/api/search/", {"q": "soft cotton", "k": 5}).json()
+    p2 = api.get("/api/search/", {"q": "soft cotton", "k": 5, "page": 2}).json()
     assert [h["product"]["id"] for h in p1["results"]] == top10[:5]
     assert [h["product"]["id"] for h in p2["results"]] == top10[5:]
     assert p1["page"] == 1 and p1["k"] == 5 and p1["previous"] is None
-    assert p1["next"].endswith("page=2") and "q=striped+shirt" in p1["next"]
+    assert p1["next"].endswith("page=2") and "q=soft+cotton" in p1["next"]
     assert p2["previous"].endswith("page=1")
     pid = _ids(1)[0]
     s1 = api.get(f"/api/products/{pid}/similar/", {"k": 4, "page": 2}).json()
@@ -157,13 +160,12 @@ def test_search_pages_are_consecutive_slices_of_one_ranking(trained_catalog, api
 
 
 def test_mmr_parameter_rediversifies_the_api_answer(trained_catalog, api):
-    plain = api.get("/api/search/", {"q": "dress", "k": 10}).json()["results"]
+    # mmr re-ranks the plain vector ranking (nothing understood, no fusion): its top stays, the rest spreads
+    plain = selectors.text_search(query="dress", k=10)
     diverse = api.get("/api/search/", {"q": "dress", "k": 10, "mmr": 0.3}).json()["results"]
-    assert plain[0]["product"]["id"] == diverse[0]["product"]["id"]
-    assert [h["product"]["id"] for h in plain] != [h["product"]["id"] for h in diverse]
-    assert len({h["product"]["product_type"] for h in diverse}) > len(
-        {h["product"]["product_type"] for h in plain}
-    )
+    assert plain[0].product.pk == diverse[0]["product"]["id"]
+    assert [h.product.pk for h in plain] != [h["product"]["id"] for h in diverse]
+    assert len({h["product"]["product_type"] for h in diverse}) > len({h.product.product_type for h in plain})
     pid = _ids(1)[0]
     r = api.get(f"/api/products/{pid}/similar/", {"k": 5, "mmr": 0.5, "slot": "bottom"})
     assert r.status_code == 200 and {h["product"]["slot"] for h in r.json()["results"]} == {"bottom"}
