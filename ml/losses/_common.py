@@ -29,6 +29,14 @@ def _check_same_shape(**tensors: Tensor) -> None:
         raise ValueError(f"expected (B, D) tensors of one shape, got {shapes}")
 
 
+def _check_candidates(anchor: Tensor, candidates: Tensor) -> None:
+    """Raise ValueError unless ``candidates`` is (B, M, C) with the B and C of ``anchor`` (B, C)."""
+    if candidates.dim() != 3 or candidates.shape[::2] != anchor.shape:
+        raise ValueError(
+            f"candidates must be (B, M, C) with B, C of anchor {tuple(anchor.shape)}, got {tuple(candidates.shape)}"
+        )
+
+
 def _check_labels(x: Tensor, labels: Tensor) -> None:
     if x.dim() != 2:
         raise ValueError(f"features must be (B, D), got shape {tuple(x.shape)}")

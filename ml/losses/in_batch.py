@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ml.losses._common import _check_same_shape, _maybe_normalize
+from ml.losses._common import _check_candidates, _check_same_shape, _maybe_normalize
 
 
 class InfoNCELoss(nn.Module):
@@ -300,14 +300,7 @@ class CandidateInfoNCELoss(nn.Module):
 
     def forward(self, anchor: Tensor, positive: Tensor, candidates: Tensor, mask: Tensor) -> Tensor:
         _check_same_shape(anchor=anchor, positive=positive, mask=mask)
-        if (
-            candidates.dim() != 3
-            or candidates.shape[0] != anchor.shape[0]
-            or candidates.shape[2] != anchor.shape[1]
-        ):
-            raise ValueError(
-                f"candidates must be (B, M, C) with B, C of anchor {tuple(anchor.shape)}, got {tuple(candidates.shape)}"
-            )
+        _check_candidates(anchor, candidates)
         q = anchor * mask.pow(2)  # (B, C)
         s_pos = (q * positive).sum(-1, keepdim=True)  # (B, 1)
         s_neg = torch.einsum("bc,bmc->bm", q, candidates)  # (B, M)

@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ml.distances import DISTANCES, Distance, paired_distances, safe_sqrt
-from ml.losses._common import _check_reduction, _check_same_shape, _maybe_normalize, _reduce
+from ml.losses._common import (
+    _check_candidates,
+    _check_reduction,
+    _check_same_shape,
+    _maybe_normalize,
+    _reduce,
+)
 from ml.mining import mine_hard_negatives
 
 
@@ -218,10 +224,7 @@ class CandidateContrastiveLoss(nn.Module):
 
     def forward(self, anchor: Tensor, positive: Tensor, candidates: Tensor, mask: Tensor) -> Tensor:
         _check_same_shape(anchor=anchor, positive=positive, mask=mask)
-        if candidates.dim() != 3 or candidates.shape[::2] != anchor.shape:
-            raise ValueError(
-                f"candidates must be (B, M, C) with B, C of anchor, got {tuple(candidates.shape)}"
-            )
+        _check_candidates(anchor, candidates)
         a = anchor * mask  # (B, C)
         d_ap = safe_sqrt((a - positive * mask).pow(2).sum(-1))  # (B,)
         d_an = safe_sqrt((a.unsqueeze(1) - candidates * mask.unsqueeze(1)).pow(2).sum(-1))  # (B, M)
