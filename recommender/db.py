@@ -16,6 +16,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 DEFAULT_DB_NAME = "recommender"
+DEFAULT_DB_ALIAS = "default"
 #: pgdata folder → postmaster pid, for the servers this process started (not those it attached to).
 _STARTED: dict[Path, int] = {}
 
@@ -106,3 +107,42 @@ def stop_embedded(var_dir: Path, *, only_pid: int | None = None) -> bool:
         except subprocess.CalledProcessError:
             return False
     return True
+
+
+def replica_database(primary: dict, url_config: dict, alias: str) -> dict:
+    """The ``DATABASES`` entry of a read replica: the primary's settings with the replica's address.
+
+    Args:
+        primary: the primary's entry (``DATABASES["default"]``, pool and options already set).
+        url_config: django-environ's ``db_url_config`` of the replica's URL (a ``?host=<folder>``
+            Unix socket works as for ``DATABASE_URL``).
+        alias: the replica's alias (``replica_0``…); its psycopg pool is named ``recommender-<alias>``.
+
+    Returns:
+        A new dict: ``HOST``/``PORT`` from the URL, ``NAME``/``USER``/``PASSWORD`` from the URL or,
+        when it leaves them out, the primary's; everything else
+        (``CONN_HEALTH_CHECKS``, ``CONN_MAX_AGE``, ``OPTIONS`` with the same pool bounds and
+        ``application_name``) from the primary, and ``TEST["MIRROR"] = "default"`` (tests never create
+        a database on it). Raises ValueError when the URL names another engine than the primary's.
+    """
+    import copy
+
+    entry = copy.deepcopy(primary)
+    if url_config.get("ENGINE") and url_config["ENGINE"] != primary.get("ENGINE"):
+        raise ValueError(
+            f"DATABASE_REPLICA_URLS: {alias} uses {url_config['ENGINE']}, the primary {primary.get('ENGINE')}"
+        )
+    options = dict(url_config.get("OPTIONS") or {})
+    for key in ("HOST", "PORT"):
+        entry[key] = url_config.get(key) or ""
+    for key in ("NAME", "USER", "PASSWORD"):  # a standby holds the primary's databases and roles
+        entry[key] = url_config.get(key) or primary.get(key, "")
+    if not entry["HOST"] and "host" in options:
+        entry["HOST"] = options.pop("host")  # a Unix socket folder
+    if not entry["PORT"] and "port" in options:
+        entry["PORT"] = int(options.pop("port"))  # ?port= beside a socket folder
+    entry["OPTIONS"] = {**entry.get("OPTIONS", {}), **options}
+    if "pool" in entry["OPTIONS"]:
+        entry["OPTIONS"]["pool"] = {**entry["OPTIONS"]["pool"], "name": f"recommender-{alias}"}
+    entry["TEST"] = {**entry.get("TEST", {}), "MIRROR": DEFAULT_DB_ALIAS}
+    return entry

@@ -11,6 +11,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.http import require_safe
 
 from recommender.models import ModelVersion
+from recommender.replicas import replica_status
 from recommender.runtime import redis_ping
 
 logger = logging.getLogger(__name__)
@@ -20,8 +21,11 @@ logger = logging.getLogger(__name__)
 def healthz(request: HttpRequest) -> JsonResponse:
     """200 ``{"status": "ok"|"degraded", ...}`` when PostgreSQL and Redis answer; 503 when either does not.
 
-    ``degraded`` means no model version is active yet (pages answer, recommendations do not).
-    Each check reports its latency in ms.
+    ``degraded`` means no model version is active yet (pages answer, recommendations do not), or a
+    read replica (``DATABASE_REPLICA_URLS``) does not answer or is not a standby: the shoppers' reads
+    routed to it fail. With replicas, ``checks.replicas`` holds each one's
+    :func:`recommender.replicas.replica_status` (replay lag in bytes and seconds). Each check reports
+    its latency in ms.
     """
     checks: dict[str, dict] = {}
     t = time.perf_counter()
@@ -43,6 +47,16 @@ def healthz(request: HttpRequest) -> JsonResponse:
         v = ModelVersion.objects.filter(is_active=True).only("pk", "name").first()
         active = {"id": v.pk, "name": v.name} if v else None
     checks["active_model"] = {"ok": active is not None, "version": active}
+    replicas_ok = True
+    if settings.DATABASE_REPLICAS:  # recommender.replicas: each standby, its replay lag
+        checks["replicas"] = {}
+        for alias in settings.DATABASE_REPLICAS:
+            t = time.perf_counter()
+            checks["replicas"][alias] = {
+                **replica_status(alias),
+                "ms": round((time.perf_counter() - t) * 1000, 1),
+            }
+            replicas_ok = replicas_ok and checks["replicas"][alias]["ok"]
     healthy = checks["database"]["ok"] and checks["redis"]["ok"]
-    status = "ok" if healthy and active else ("degraded" if healthy else "unavailable")
+    status = "ok" if healthy and active and replicas_ok else ("degraded" if healthy else "unavailable")
     return JsonResponse({"status": status, "checks": checks}, status=200 if healthy else 503)

@@ -29,13 +29,14 @@ from dataclasses import fields as dataclass_fields
 import numpy as np
 from django.conf import settings
 from django.contrib.postgres.search import SearchQuery, SearchRank
-from django.db import connection, transaction
+from django.db import connections, transaction
 from django.db.models import Case, Count, Exists, F, FloatField, IntegerField, OuterRef, Q, Value, When
 
 from catalog.models import SEARCH_CONFIG, Product
 from recommender.filters import Filters
 from recommender.model_cache import embedder_for
 from recommender.models import ModelVersion, ProductEmbedding
+from recommender.replicas import read_alias
 from recommender.search_query import ParsedQuery, query_parse, tokens, vocabulary_build
 from recommender.selectors import NoActiveModel, active_version, distance_expression, ranking_settings_sql
 
@@ -226,7 +227,8 @@ def product_search(
     if mode != "vector":
         parts.append(("exact", *_exact_sql(text)))
     sql, params = _fused(parts, 2 * pool + 5)  # all of the union: grouping and facets need it
-    with transaction.atomic(), connection.cursor() as cur:
+    alias = read_alias(Product)  # a replica in a shopper's request (recommender.replicas)
+    with transaction.atomic(using=alias), connections[alias].cursor() as cur:
         cur.execute(search_settings_sql(pool))
         cur.execute(sql, params)
         rows = cur.fetchall()  # (id, score, cos, lex)

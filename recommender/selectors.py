@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connections, transaction
 from django.db.models import FloatField, QuerySet
 from django.db.models.expressions import RawSQL
 from pgvector.django import MaxInnerProduct
@@ -29,6 +29,7 @@ from ml.diversity import mmr
 from recommender.filters import Filters
 from recommender.model_cache import embedder_for
 from recommender.models import ModelVersion, ProductEmbedding
+from recommender.replicas import read_alias
 
 SPACES = ("fused", "image", "text")
 MAX_K = 100
@@ -163,11 +164,17 @@ def ranked_many(
     """
     assert not (vectors and extra), "vectors or extra columns, not both"
     out: list[list[tuple]] = []
-    with transaction.atomic(), connection.cursor() as cur:
+    alias = read_alias(ProductEmbedding)  # a replica in a shopper's request: settings and queries on it
+    with transaction.atomic(using=alias), connections[alias].cursor() as cur:
         cur.execute(ranking_settings_sql(kind, k))
         fields = ("product_id", "d", column) if vectors else ("product_id", "d", *extra)
         for qs, query in jobs:
-            rows = qs.annotate(d=distance_expression(column, query)).order_by("d").values_list(*fields)[:k]
+            rows = (
+                qs.using(alias)
+                .annotate(d=distance_expression(column, query))
+                .order_by("d")
+                .values_list(*fields)[:k]
+            )
             if vectors:
                 ranked = [(pid, -float(d), np.asarray(v, dtype=np.float32)) for pid, d, v in rows]
             else:

@@ -44,6 +44,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "recommender.middleware.RequestLogMiddleware",  # first: times and logs every answer, with a request id
+    "recommender.replicas.ReadReplicaMiddleware",  # before any database read: replica or primary
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -107,6 +108,21 @@ if DB_POOL_MAX_SIZE > 0:
     }
 else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DB_CONN_MAX_AGE", default=0)
+# Read replicas (recommender/replicas.py, docs/scaling.md): PostgreSQL streaming standbys, one URL each,
+# comma-separated. Shoppers' GET requests read one of them; writes, migrations, Celery tasks and commands
+# use the primary. Each replica gets the primary's pool bounds (a process holds up to DB_POOL_MAX_SIZE
+# connections per replica as well). Empty: no replica, the router and middleware change nothing.
+DATABASE_REPLICA_URLS = env.list("DATABASE_REPLICA_URLS", default=[])
+DATABASE_REPLICAS = [f"replica_{i}" for i in range(len(DATABASE_REPLICA_URLS))]
+if DATABASE_REPLICA_URLS:
+    from recommender.db import replica_database
+
+    for _alias, _url in zip(DATABASE_REPLICAS, DATABASE_REPLICA_URLS, strict=True):
+        DATABASES[_alias] = replica_database(DATABASES["default"], env.db_url_config(_url), _alias)
+DATABASE_ROUTERS = ["recommender.replicas.ReplicaRouter"]
+#: Seconds a client reads the primary after one of its requests wrote (read-your-writes; the cookie
+#: ``read_primary``). Above the replicas' replay lag (``/healthz`` reports it).
+DATABASE_REPLICA_PIN_S = env.float("DATABASE_REPLICA_PIN_S", default=5.0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: Celery broker + result backend + cache ---------------------------------------------------
