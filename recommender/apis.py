@@ -110,6 +110,7 @@ class PhotoSearchApi(APIView):
 
     parser_classes = [MultiPartParser]
     public_post = True
+    replica_reads = True  # a POST that only reads: read replicas may answer it (recommender.replicas)
     throttle_scope = "photo_search"
 
     @extend_schema(
@@ -137,6 +138,7 @@ class CompleteTheLookApi(APIView):
     slot the outfit already has; only items of an audience that fits theirs unless ``audience=any``."""
 
     public_post = True
+    replica_reads = True  # a POST that only reads (recommender.replicas)
 
     @extend_schema(
         request=s.ProductIdsSerializer, responses={200: s.SlotPicksSerializer(many=True), **_ERRORS}
@@ -164,6 +166,7 @@ class CompatibilityApi(APIView):
     ``audience=any``)."""
 
     public_post = True
+    replica_reads = True  # a POST that only reads (recommender.replicas)
 
     @extend_schema(request=s.ProductIdsSerializer, responses={200: s.CompatibilitySerializer, **_ERRORS})
     def post(self, request: Request) -> Response:

@@ -6,12 +6,14 @@ health-check and ``application_name`` settings, ``TEST["MIRROR"] = "default"``).
 default): no alias, and neither the router nor the middleware changes anything. The rules:
 
 1. **Only a shopper's read request reads a replica.** :class:`ReadReplicaMiddleware` opens a *read
-   scope* for a ``GET``/``HEAD``/``OPTIONS`` request and picks one replica for the whole request
-   (uniformly at random), so its queries see one server. Everything outside such a scope reads the
-   primary: unsafe methods, Celery tasks (embedding, training, reconciliation: they write, and read
-   what they write), management commands (``migrate``, imports, ``train``), shells.
-2. **Read your writes.** A request that writes (an unsafe method, or a write routed through the ORM
-   during a ``GET``) reads the primary from then on, and its answer carries the cookie
+   scope* for a ``GET``/``HEAD``/``OPTIONS`` request, and for a ``POST`` to a view marked read-only
+   (:func:`replica_reads`: photo search, complete-the-look and compatibility take their input in a
+   body), and picks one replica for the whole request (uniformly at random), so its queries see one
+   server. Everything else reads the primary: other unsafe requests, Celery tasks (embedding,
+   training, reconciliation: they write, and read what they write), management commands
+   (``migrate``, imports, ``train``), shells.
+2. **Read your writes.** A request that writes (an unsafe method to a view not marked read-only, or a
+   write routed through the ORM during any request) reads the primary from then on, and its answer carries the cookie
    ``read_primary`` = the time of the write; the same browser's requests within
    ``DATABASE_REPLICA_PIN_S`` seconds (default 5, above the replicas' usual lag of milliseconds) read
    the primary too. So a merchandiser who uploads a product and is redirected to its page reads it
@@ -49,10 +51,27 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 @dataclass
 class ReadScope:
-    """The database a web request reads from: ``alias`` (a replica) or None (the primary)."""
+    """The database a web request reads from: ``alias`` (a replica) or None (the primary).
+
+    ``pinned``: the client wrote within ``DATABASE_REPLICA_PIN_S`` seconds (its cookie); ``read_only``:
+    an unsafe request to a view marked with :func:`replica_reads`; ``wrote``: a write went through the
+    router during this request.
+    """
 
     alias: str | None
+    pinned: bool = False
+    read_only: bool = False
     wrote: bool = False
+
+
+def replica_reads(view):
+    """Mark a view (function or class) whose ``POST`` only reads, so replicas may answer it.
+
+    A write during such a request still switches the rest of it to the primary and pins the client.
+    Returns the view itself.
+    """
+    view.replica_reads = True
+    return view
 
 
 #: The read scope of the request this thread serves (None outside a request: read the primary).
@@ -121,20 +140,32 @@ class ReadReplicaMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]):
         self.get_response = get_response
 
+    def process_view(self, request: HttpRequest, view_func, view_args, view_kwargs) -> None:
+        """An unsafe request to a view marked with :func:`replica_reads` reads a replica (unless the
+        client is pinned or the request already wrote, e.g. while loading its session)."""
+        scope = _scope.get()
+        if scope is None or request.method in SAFE_METHODS:
+            return None
+        view = getattr(view_func, "view_class", view_func)  # a class-based view's class (DRF, Django)
+        if getattr(view, "replica_reads", False) or getattr(view_func, "replica_reads", False):
+            scope.read_only = True
+            if not scope.pinned and not scope.wrote:
+                scope.alias = random.choice(settings.DATABASE_REPLICAS)
+        return None
+
     def __call__(self, request: HttpRequest) -> HttpResponse:
         replicas = settings.DATABASE_REPLICAS
         if not replicas:
             return self.get_response(request)
-        now = time.time()
         safe = request.method in SAFE_METHODS
-        pinned = not safe or _pinned(request.COOKIES.get(PIN_COOKIE), now)
-        scope = ReadScope(alias=None if pinned else random.choice(replicas))
+        pinned = _pinned(request.COOKIES.get(PIN_COOKIE), time.time())
+        scope = ReadScope(alias=None if pinned or not safe else random.choice(replicas), pinned=pinned)
         token = _scope.set(scope)
         try:
             response = self.get_response(request)
         finally:
             _scope.reset(token)
-        if not safe or scope.wrote:
+        if scope.wrote or not (safe or scope.read_only):
             response.set_cookie(
                 PIN_COOKIE,
                 f"{time.time():.3f}",

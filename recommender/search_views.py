@@ -16,6 +16,7 @@ from django.views.decorators.http import require_safe
 
 from recommender.filters import Filters
 from recommender.forms import SEARCH_K, PhotoSearchForm, SearchForm
+from recommender.replicas import replica_reads
 from recommender.search import SearchAnswer, product_search
 from recommender.selectors import NoActiveModel, photo_search
 from recommender.views import NO_MODEL
@@ -112,6 +113,7 @@ def search_page(request: HttpRequest) -> HttpResponse:
     return render(request, "recommender/search.html", context)
 
 
+@replica_reads  # a POST that only reads: read replicas may answer it
 def photo_search_page(request: HttpRequest) -> HttpResponse:
     """``POST /search/photo``: search by an uploaded photo; an unreadable file is an inline error."""
     if request.method != "POST":

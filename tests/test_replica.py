@@ -5,7 +5,8 @@ A second embedded PostgreSQL is started as a hot standby of the test database's 
 Through the router and its middleware:
 
 1. a shopper's similar-items request runs its HNSW ranking on the standby (a connection for which
-   ``pg_is_in_recovery()`` is true) and nothing on the primary, with the primary's answer;
+   ``pg_is_in_recovery()`` is true) and nothing on the primary, with the primary's answer; so does a
+   complete-the-look ``POST`` (a view marked read-only);
 2. a merchandiser's upload writes the primary, and the next request of that client (the
    ``read_primary`` cookie) reads the primary: read-your-writes;
 3. once embedded on the primary, the new product reaches the standby by replication: the shopper's
@@ -147,6 +148,15 @@ def test_similar_items_come_from_the_standby_and_an_upload_reaches_it(standby, d
         assert [h["product"]["id"] for h in r.json()["results"]] == expected
         assert _ranking_queries(on_standby), on_standby.captured_queries
         assert on_primary.captured_queries == []
+        # a POST that only reads (complete-the-look takes its products in the body) is a replica's too
+        with (
+            CaptureQueriesContext(connection) as on_primary,
+            CaptureQueriesContext(connections[ALIAS]) as on_standby,
+        ):
+            r = shopper.post("/api/complete-the-look/", {"product_ids": [probe]}, format="json")
+        assert r.status_code == 200 and r.json(), r.content
+        assert _ranking_queries(on_standby) and on_primary.captured_queries == []
+        assert PIN_COOKIE not in shopper.cookies
         health = shopper.get("/healthz").json()["checks"]["replicas"][ALIAS]
         assert health["ok"] and health["in_recovery"] and health["lag_bytes"] >= 0, health
 

@@ -15,14 +15,15 @@ from django.test import RequestFactory, override_settings
 
 from catalog.models import Product
 from recommender.db import replica_database
-from recommender.replicas import PIN_COOKIE, ReadReplicaMiddleware, ReplicaRouter
+from recommender.replicas import PIN_COOKIE, ReadReplicaMiddleware, ReplicaRouter, replica_reads
 
 REPLICAS = ["replica_0", "replica_1"]
 
 
-def _serve(request, *, write: bool = False) -> tuple[list[str], HttpResponse]:
-    """Run ``request`` through the middleware; the view records where its reads go (before and after
-    an optional routed write)."""
+def _serve(request, *, write: bool = False, read_only: bool = False) -> tuple[list[str], HttpResponse]:
+    """Run ``request`` through the middleware (``process_view`` included); the view records where its
+    reads go (before and after an optional routed write). ``read_only``: a class-based view marked
+    ``replica_reads`` (as DRF's ``as_view()`` exposes it on ``view_class``)."""
     seen: list[str] = []
 
     def view(req):
@@ -33,7 +34,15 @@ def _serve(request, *, write: bool = False) -> tuple[list[str], HttpResponse]:
             seen.append(router.db_for_read(Product))
         return HttpResponse("ok")
 
-    return seen, ReadReplicaMiddleware(view)(request)
+    if read_only:
+        view.view_class = type("PhotoSearchLike", (), {"replica_reads": True})
+
+    def handler(req):
+        middleware.process_view(req, view, (), {})
+        return view(req)
+
+    middleware = ReadReplicaMiddleware(handler)
+    return seen, middleware(request)
 
 
 def test_without_replicas_nothing_changes():
@@ -66,6 +75,18 @@ def test_a_read_request_reads_one_replica_and_writes_pin_the_client_to_the_prima
     seen, response = _serve(rf.get("/"), write=True)  # a GET that writes reads the primary from then on
     assert seen[0] in REPLICAS and seen[2:] == ["write:default", "default"]
     assert PIN_COOKIE in response.cookies
+
+
+@override_settings(DATABASE_REPLICAS=REPLICAS, DATABASE_REPLICA_PIN_S=5.0)
+def test_a_post_to_a_read_only_view_reads_a_replica():
+    rf = RequestFactory()
+    seen, response = _serve(rf.post("/"), read_only=True)  # photo search, complete-the-look, compatibility
+    assert seen[0] in REPLICAS and seen[1] == seen[0] and PIN_COOKIE not in response.cookies
+    seen, response = _serve(rf.post("/"), read_only=True, write=True)  # it wrote after all: primary, pinned
+    assert seen[0] in REPLICAS and seen[2:] == ["write:default", "default"] and PIN_COOKIE in response.cookies
+    seen, _ = _serve(rf.post("/", HTTP_COOKIE=f"{PIN_COOKIE}={time.time()}"), read_only=True)  # pinned client
+    assert seen == ["default", "default"]
+    assert replica_reads(lambda r: None).replica_reads
 
 
 @override_settings(DATABASE_REPLICAS=REPLICAS)
