@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ml.model import ClipBundle
+from ml.onnx_towers import OnnxTowers, backend_suffix, check_backend, onnx_towers
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,13 @@ class FeatureExtractor:
             process; forced to 0 inside daemonic processes such as Celery prefork workers).
         text_batch_size: texts per forward pass (32 is fastest on a 2-core CPU, see the module docstring).
         amp: bf16 autocast, faster and not bit-identical to float32 (changes :attr:`model_id`): on CUDA both
-            towers; on a CPU with native bf16 (:func:`cpu_has_bf16`) the text tower only; else ignored.
+            towers; on a CPU with native bf16 (:func:`cpu_has_bf16`) the text tower only; else ignored
+            (and ignored under an ONNX backend).
+        backend: ``ModelConfig.tower_backend`` (:data:`ml.config.TOWER_BACKENDS`): ``"torch"``, or on
+            the CPU ``"onnx"`` / ``"onnx-int8"``: both towers in ONNX Runtime (any batch size), exported on
+            first use into ``onnx_dir``. When onnxruntime is missing or the export fails or disagrees with
+            PyTorch, a warning is logged and PyTorch runs (:attr:`backend` says which runs).
+        onnx_dir: the export cache (default :func:`ml.onnx_towers.default_onnx_dir`).
     """
 
     def __init__(
@@ -113,8 +120,11 @@ class FeatureExtractor:
         num_workers: int = 0,
         text_batch_size: int = 32,
         amp: bool = False,
+        backend: str = "torch",
+        onnx_dir: str | Path | None = None,
     ):
         assert batch_size > 0 and text_batch_size > 0 and num_workers >= 0
+        check_backend(backend)
         self.bundle = bundle
         self.model = bundle.model.eval()
         self.device = bundle.device
@@ -133,11 +143,30 @@ class FeatureExtractor:
         self._trace_tried = False
         if channels_last:
             self.model.visual.to(memory_format=torch.channels_last)
+        self.onnx: OnnxTowers | None = None
+        if backend != "torch" and self.device.type != "cpu":
+            logger.info("tower_backend %r is for the CPU; %s runs PyTorch", backend, self.device)
+        elif backend != "torch":
+            try:
+                self.onnx = onnx_towers(bundle, backend, Path(onnx_dir) if onnx_dir is not None else None)
+            except Exception as e:  # ONNX is an optimisation; any failure means PyTorch
+                logger.warning(
+                    "tower_backend %r unavailable (%s: %s); running the towers with PyTorch",
+                    backend,
+                    type(e).__name__,
+                    e,
+                )
+        #: the backend actually running the towers (``"torch"`` after a fallback)
+        self.backend = self.onnx.backend if self.onnx is not None else "torch"
+        if self.onnx is not None:
+            self.text_amp = False  # ONNX Runtime runs float32 (or int8) only
 
     @property
     def model_id(self) -> str:
-        """The bundle's model_id, plus ``+bf16`` when features are computed under autocast."""
-        return self.bundle.model_id + ("+bf16" if self.amp else "+bf16text" if self.text_amp else "")
+        """The feature-cache key: the bundle's model_id, plus ``+bf16`` when features are computed under
+        autocast, plus :func:`ml.onnx_towers.backend_suffix` of the running backend (int8)."""
+        amp = "+bf16" if self.amp else "+bf16text" if self.text_amp else ""
+        return self.bundle.model_id + amp + backend_suffix(self.backend)
 
     @property
     def embed_dim(self) -> int:
@@ -221,6 +250,8 @@ class FeatureExtractor:
         shape it was traced at, so TorchScript never re-specialises; smaller batches (the last one, a single
         query image) run eager.
         """
+        if self.onnx is not None:  # any batch size (dynamic batch axis)
+            return self.onnx.encode_image(x.numpy())
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -284,12 +315,15 @@ class FeatureExtractor:
                 t = tokens[idx]  # (B, L)
                 if pad_id is not None:
                     t = t[:, : max(int(lengths[idx].max()), 1)]  # (B, L') trailing padding only
-                with (
-                    torch.inference_mode(),
-                    torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.text_amp),
-                ):
-                    y = self.model.encode_text(t.to(self.device))  # (B, E)
-                out[idx.numpy()] = y.float().cpu().numpy()
+                if self.onnx is not None:
+                    out[idx.numpy()] = self.onnx.encode_text(t.numpy())
+                else:
+                    with (
+                        torch.inference_mode(),
+                        torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.text_amp),
+                    ):
+                        y = self.model.encode_text(t.to(self.device))  # (B, E)
+                    out[idx.numpy()] = y.float().cpu().numpy()
                 bar.update(len(idx))
         return out
 
