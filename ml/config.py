@@ -15,6 +15,9 @@ DEFAULT_MODEL_NAME = "hm-effnetlite0-minilm"
 
 #: ``ModelConfig.tower_backend`` values (``ml.onnx_towers``).
 TOWER_BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+#: The default backend: ONNX Runtime float32, the same features as PyTorch to ~2e-6 and faster on the CPU
+#: (image tower 2.8x, text tower 1.9x in one run; ``ml/benchmarks/results/towers.json``).
+DEFAULT_TOWER_BACKEND = "onnx"
 
 
 @dataclass
@@ -28,7 +31,7 @@ class ModelConfig:
         embed_dim: output dimension of the model (and of the general vectors stored in pgvector).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
         tower_backend: how the frozen towers run on the CPU (``ml.onnx_towers``): ``"torch"`` (PyTorch,
-            image tower traced + frozen), ``"onnx"`` (ONNX Runtime float32; same features to ~1e-6, same
+            image tower traced + frozen), ``"onnx"`` (default; ONNX Runtime float32, same features to ~1e-6, same
             feature-cache key) or ``"onnx-int8"`` (int8 text tower; features of their own cache key).
             Falls back to ``"torch"`` with a warning when ONNX Runtime cannot run the towers.
     """
@@ -37,7 +40,7 @@ class ModelConfig:
     pretrained: str | None = None
     embed_dim: int = 512
     device: str = "auto"
-    tower_backend: str = "torch"
+    tower_backend: str = DEFAULT_TOWER_BACKEND
 
     def __post_init__(self) -> None:
         """Raises ValueError for an unknown ``tower_backend``, naming the valid ones."""

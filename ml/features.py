@@ -35,6 +35,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ml.config import DEFAULT_TOWER_BACKEND
 from ml.model import ClipBundle
 from ml.onnx_towers import OnnxTowers, backend_suffix, check_backend, onnx_towers
 
@@ -512,7 +513,12 @@ def _file_sha256(path: str | Path) -> str | None:
 
 
 def tower_features(
-    bundle: ClipBundle, image_paths: Sequence[str], texts: Sequence[str], *, cache_dir: Path | None = None
+    bundle: ClipBundle,
+    image_paths: Sequence[str],
+    texts: Sequence[str],
+    *,
+    cache_dir: Path | None = None,
+    backend: str = DEFAULT_TOWER_BACKEND,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frozen tower features of N items for a training run read straight from a sample folder.
 
@@ -521,11 +527,12 @@ def tower_features(
         image_paths: N photo paths; an unreadable one gets zero features (logged, not raised).
         texts: N product texts.
         cache_dir: a :class:`FeatureCache` folder (keyed by file hash and model), or None to compute all.
+        backend: ``ModelConfig.tower_backend`` (default :data:`ml.config.DEFAULT_TOWER_BACKEND`).
 
     Returns:
         ``(image, text)``, each (N, E) float32.
     """
-    ex = FeatureExtractor(bundle, batch_size=32)
+    ex = FeatureExtractor(bundle, batch_size=32, backend=backend)
     if cache_dir is not None:
         cache = FeatureCache(cache_dir)
         img, failed = cache.get_or_compute_images(ex, image_paths, progress=True, return_failed=True)
