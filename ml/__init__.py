@@ -7,6 +7,7 @@ Modules:
     audience  -- free-text audience → women / men / kids / baby / unisex
     model     -- open_clip model factory (default: EfficientNet-Lite0 + MiniLM towers)
     features  -- batched tower inference and the on-disk feature cache
+    onnx_towers -- the frozen towers exported to ONNX and run by ONNX Runtime (``tower_backend``)
     towers    -- partial tower fine-tuning: the last image blocks / text layers trained end to end
     heads     -- trainable heads: general image/text space and the type-aware compatibility space;
                  save_heads / load_heads / zero_shot_heads (all that serving needs)

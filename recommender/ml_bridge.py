@@ -20,15 +20,18 @@ from ml.config import ModelConfig
 from ml.dataset import TrainData, category_ids, train_data_from_items
 from ml.heads import RecommenderHeads, zero_shot_heads
 from ml.inference import Embedder
+from ml.onnx_towers import backend_suffix
 
 
 def model_config() -> ModelConfig:
-    """The model the settings ask for (``ML_MODEL_NAME``, ``ML_PRETRAINED``, ``EMBEDDING_DIM``, ``ML_DEVICE``)."""
+    """The model the settings ask for (``ML_MODEL_NAME``, ``ML_PRETRAINED``, ``EMBEDDING_DIM``, ``ML_DEVICE``,
+    ``ML_TOWER_BACKEND``)."""
     return ModelConfig(
         name=settings.ML_MODEL_NAME,
         pretrained=settings.ML_PRETRAINED,
         embed_dim=settings.EMBEDDING_DIM,
         device=settings.ML_DEVICE,
+        tower_backend=settings.ML_TOWER_BACKEND,
     )
 
 
@@ -74,7 +77,11 @@ def own_features(
     """
     ours = model_config()
     mcfg = replace(ModelConfig(**model), device=ours.device) if model else ours
-    same_towers = not heads.tower_state and (mcfg.name, mcfg.pretrained) == (ours.name, ours.pretrained)
+    same_towers = not heads.tower_state and (
+        mcfg.name,
+        mcfg.pretrained,
+        backend_suffix(mcfg.tower_backend),  # int8 towers give features of their own
+    ) == (ours.name, ours.pretrained, backend_suffix(ours.tower_backend))
     if same_towers and heads.embed_dim == base[0].shape[1]:
         return base
     embedder = Embedder(mcfg, heads, cache_dir=settings.ML_FEATURE_CACHE_DIR)

@@ -29,13 +29,17 @@ import csv
 import json
 import os
 import platform
+import shutil
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ml.config import ModelConfig, TrainConfig
 from ml.dataset import train_data_from_hm
@@ -44,6 +48,8 @@ from ml.model import build_model
 from ml.train import train
 
 REPO = Path(__file__).resolve().parents[2]
+#: What ``--parts`` can name.
+ALL_PARTS = {"image", "text", "tune", "backends"}
 
 
 def _sync(device: torch.device) -> None:
@@ -261,13 +267,159 @@ def bench_texts(bundle, texts: list[str], rounds: int) -> dict[str, dict]:
     }
 
 
+def cosine_stats(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    """Row-wise cosine of (N, E) ``got`` to (N, E) ``ref``: mean, 1st percentile, min; and the largest
+    absolute difference relative to ``ref``'s largest magnitude."""
+    a = ref / np.linalg.norm(ref, axis=1, keepdims=True).clip(1e-12)
+    b = got / np.linalg.norm(got, axis=1, keepdims=True).clip(1e-12)
+    c = (a * b).sum(1)
+    return {
+        "cos_mean": float(c.mean()),
+        "cos_p1": float(np.percentile(c, 1)),
+        "cos_min": float(c.min()),
+        "max_abs_diff_rel": float(np.abs(got - ref).max() / np.abs(ref).max()),
+        "n": len(c),
+    }
+
+
+def interleaved(fns: dict[str, Callable[[], object]], n_items: int, rounds: int) -> dict[str, dict]:
+    """Time each of ``fns`` (each handles ``n_items``) once per round, settings interleaved so a change
+    in the machine's load hits all alike, after one warm-up call each: items/s of the median and the best
+    round (the least disturbed by other processes)."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return {
+        name: {
+            "items_per_s": n_items / statistics.median(ts),
+            "best_items_per_s": n_items / min(ts),
+            "median_s": statistics.median(ts),
+            "n_items": n_items,
+            "rounds": rounds,
+        }
+        for name, ts in times.items()
+    }
+
+
+def bench_backends(bundle, args: argparse.Namespace) -> dict:
+    """Today's PyTorch path against ONNX Runtime (float32, int8) for both towers, in one run.
+
+    Image tower, on ``--images`` real H&M photos decoded once (tower alone, batches of B): PyTorch traced +
+    frozen channels_last (B = 32, today's path), ONNX Runtime float32 at B in ``--onnx-batches``, and ONNX
+    Runtime int8 static quantisation (QDQ, per-channel weights, calibrated on ``--calib-images`` other real
+    photos). Then ``FeatureExtractor.encode_images`` end to end (JPEG decode included) under "torch" and
+    "onnx". Text tower: ``encode_texts`` on ``--texts`` real H&M texts under "torch" (batches of 32),
+    "onnx" at batches of 16 / 32 / 64 and "onnx-int8" (dynamic int8). Each variant's features are compared
+    with today's by cosine (mean, 1st percentile, min). Exports go to a fresh temporary folder, so their
+    cost is measured too.
+    """
+    from ml.features import ImageFiles
+    from ml.onnx_towers import ort_session, quantize_image_static
+
+    n_cal = args.calib_images
+    all_paths, texts = hm_sample(args.hm_root, max(n_cal + args.images, args.texts))
+    cal_paths, paths, texts = all_paths[:n_cal], all_paths[n_cal : n_cal + args.images], texts[: args.texts]
+    torch_fx = FeatureExtractor(bundle, batch_size=32)
+    files = ImageFiles(paths + cal_paths, bundle.preprocess, torch_fx.input_size)
+    print(f"decoding {len(files)} H&M photos once ...", flush=True)
+    x = torch.stack([files[i][0] for i in tqdm(range(len(files)), unit="img")])  # (N, 3, H, W) float32
+    x, cal = x[: len(paths)], x[len(paths) :].numpy()
+    tmp = Path(tempfile.mkdtemp(prefix="onnx-bench-"))
+    try:
+        t = time.perf_counter()
+        onnx_fx = FeatureExtractor(bundle, batch_size=32, backend="onnx", onnx_dir=tmp)
+        export_s = time.perf_counter() - t
+        if onnx_fx.onnx is None:
+            raise RuntimeError("the ONNX export failed (see the warning above)")
+        folder = onnx_fx.onnx.folder
+        print(f"int8 static quantisation of the image tower, {len(cal)} calibration photos ...", flush=True)
+        t = time.perf_counter()
+        quantize_image_static(folder / "image.onnx", folder / "image_int8.onnx", cal)
+        quant_s = time.perf_counter() - t
+        int8_image = ort_session(folder / "image_int8.onnx")
+        t = time.perf_counter()
+        int8_fx = FeatureExtractor(bundle, batch_size=32, backend="onnx-int8", onnx_dir=tmp)
+        int8_text_s = time.perf_counter() - t
+
+        def batched(fn: Callable[[torch.Tensor], np.ndarray], b: int) -> Callable[[], np.ndarray]:
+            return lambda: np.concatenate([fn(x[s : s + b]) for s in range(0, len(x), b)])
+
+        traced = torch_fx._image_encoder()
+
+        def torch_batch(xb: torch.Tensor) -> np.ndarray:
+            with torch.inference_mode():
+                return traced(xb.contiguous(memory_format=torch.channels_last)).numpy()
+
+        image_fns: dict[str, Callable[[], np.ndarray]] = {"torch_traced_frozen_b32": batched(torch_batch, 32)}
+        for b in args.onnx_batches:
+            image_fns[f"onnx_fp32_b{b}"] = batched(lambda xb: onnx_fx.onnx.encode_image(xb.numpy()), b)
+        image_fns["onnx_int8_static_b32"] = batched(
+            lambda xb: int8_image.run(None, {"pixels": xb.numpy()})[0], 32
+        )
+        print(f"image tower: {len(image_fns)} variants on {len(x)} photos, {args.text_rounds} rounds ...")
+        ref = image_fns["torch_traced_frozen_b32"]()
+        image = interleaved(image_fns, len(x), args.text_rounds)
+        for name, fn in image_fns.items():
+            image[name].update(cosine_stats(ref, fn()))
+        print("encode_images end to end (decode included), torch vs onnx ...", flush=True)
+        e2e = interleaved(
+            {
+                "torch": lambda: torch_fx.encode_images(paths),
+                "onnx": lambda: onnx_fx.encode_images(paths),
+            },
+            len(paths),
+            args.text_rounds,
+        )
+        text_fxs = {"torch_b32": torch_fx, "onnx_int8_dynamic_b32": int8_fx}
+        for b in (16, 32, 64):
+            text_fxs[f"onnx_fp32_b{b}"] = FeatureExtractor(
+                bundle, batch_size=32, text_batch_size=b, backend="onnx", onnx_dir=tmp
+            )
+        print(f"text tower: {len(text_fxs)} variants on {len(texts)} texts ...", flush=True)
+        ref_t = torch_fx.encode_texts(texts)
+        text = interleaved(
+            {name: (lambda fx=fx: fx.encode_texts(texts)) for name, fx in text_fxs.items()},
+            len(texts),
+            args.text_rounds,
+        )
+        for name, fx in text_fxs.items():
+            text[name].update(cosine_stats(ref_t, fx.encode_texts(texts)), model_id=fx.model_id)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    base_i = image["torch_traced_frozen_b32"]["best_items_per_s"]
+    base_t = text["torch_b32"]["best_items_per_s"]
+    return {
+        "unit": "photos or texts per second; cosines of each variant's features to today's (torch) ones",
+        "load_avg_1min": os.getloadavg()[0],
+        "ort_threads": onnx_fx.onnx.image.get_session_options().intra_op_num_threads,
+        "export_s": export_s,
+        "int8_static_quantisation_s": quant_s,
+        "int8_text_quantisation_s": int8_text_s,
+        "calibration_photos": len(cal),
+        "image_tower": image,
+        "image_end_to_end": e2e,
+        "text_tower": text,
+        "ratios_to_torch": {  # best rounds
+            **{f"image_{k}": v["best_items_per_s"] / base_i for k, v in image.items()},
+            "image_end_to_end_onnx": e2e["onnx"]["best_items_per_s"] / e2e["torch"]["best_items_per_s"],
+            **{f"text_{k}": v["best_items_per_s"] / base_t for k, v in text.items()},
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument(
         "--parts",
-        default="image,text,tune",
-        help="what to measure: subset of image,text,tune (a partial run updates only its sections of --out)",
+        default="image,text,tune,backends",
+        help="what to measure: subset of image,text,tune,backends (a partial run updates only its sections "
+        "of --out)",
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--warmup", type=int, default=3)
@@ -279,6 +431,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tune-batch", type=int, default=16, help="batch size of the fine-tuning steps")
     p.add_argument("--tune-steps", type=int, default=3, help="timed fine-tuning steps per run")
     p.add_argument("--repeats", type=int, default=2, help="end-to-end runs per setting")
+    p.add_argument("--calib-images", type=int, default=256, help="photos calibrating the int8 image tower")
+    p.add_argument("--onnx-batches", type=lambda v: [int(b) for b in v.split(",")], default=[8, 16, 32, 64])
     p.add_argument(
         "--hm-root", type=Path, default=Path(os.environ.get("HM_DATA_DIR", REPO.parent / "shared/data/hm"))
     )
@@ -286,19 +440,20 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     warnings.simplefilter("ignore")
     parts = set(args.parts.split(","))
-    if not parts <= {"image", "text", "tune"}:
-        raise SystemExit(f"--parts {args.parts!r}: use a comma-separated subset of image,text,tune")
+    if not parts <= ALL_PARTS:
+        raise SystemExit(f"--parts {args.parts!r}: use a comma-separated subset of {','.join(ALL_PARTS)}")
 
     bundle = build_model(ModelConfig(device=args.device))
     device = bundle.device
     size = bundle.model.visual.preprocess_cfg["size"]
-    partial = parts != {"image", "text", "tune"} and args.out.exists()
+    partial = parts != ALL_PARTS and args.out.exists()
     old: dict = json.loads(args.out.read_text()) if partial else {}  # a partial run keeps the other sections
     tower: dict[str, dict] = old.get("image_tower_forward", {})
     end_to_end: dict[str, dict] = old.get("end_to_end", {})
     text_ratios: dict[str, float] = old.get("text_ratios", {})
     fine_tuning: dict = old.get("fine_tuning", {"runs": {}, "step_time_ratio": float("nan")})
     load: dict[str, float] = old.get("load_avg_1min_by_part", {})
+    backends: dict = old.get("backends", {})
     paths, texts = hm_sample(args.hm_root, max(args.images, args.texts))
     paths, texts = paths[: args.images], texts[: args.texts]
     if "image" in parts:
@@ -326,6 +481,10 @@ def main(argv: list[str] | None = None) -> dict:
             args.hm_root, device, args.tune_items, args.tune_batch, args.tune_steps, args.repeats
         )
         load["tune"] = os.getloadavg()[0]
+    if "backends" in parts:
+        print("tower backends: torch vs ONNX Runtime float32 / int8 ...", flush=True)
+        backends = bench_backends(bundle, args)
+        load["backends"] = os.getloadavg()[0]
 
     result = {
         "model_id": bundle.model_id,
@@ -343,6 +502,7 @@ def main(argv: list[str] | None = None) -> dict:
         "end_to_end": end_to_end,
         "text_ratios": text_ratios,
         "fine_tuning": fine_tuning,
+        "backends": backends,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".json.tmp")
@@ -364,6 +524,16 @@ def main(argv: list[str] | None = None) -> dict:
             f"{'fine-tuning ' + name:<45} {r['steps_per_s']:>9.2f} steps/s {r['samples_per_s']:>7.1f} samples/s"
         )
     print(f"{'fine-tuning towers vs heads-only step time':<45} {fine_tuning['step_time_ratio']:>8.1f}x")
+    for tower in ("image_tower", "text_tower"):
+        for name, r in backends.get(tower, {}).items():
+            print(
+                f"{tower + ' ' + name:<45} {r['items_per_s']:>9.1f} best {r['best_items_per_s']:>7.1f}  "
+                f"cos mean {r['cos_mean']:.5f} p1 {r['cos_p1']:.5f} min {r['cos_min']:.5f}"
+            )
+    for name, r in backends.get("image_end_to_end", {}).items():
+        print(
+            f"{'encode_images end to end ' + name:<45} {r['items_per_s']:>9.1f} best {r['best_items_per_s']:>7.1f}"
+        )
     print(f"load average (1 min): {load}; written to {args.out}")
     return result
 

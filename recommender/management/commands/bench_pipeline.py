@@ -11,6 +11,9 @@ Measured in one run on this machine (``make bench``):
   (``bulk_create(update_conflicts=True)``, the old path) and once with binary ``COPY`` into a temporary
   table + one ``INSERT ... ON CONFLICT DO UPDATE`` (the current path): items/s, and each write alone
   in rows/s (the HNSW index inserts dominate both);
+* tower backends (``--backends``, default torch and onnx; ``ModelConfig.tower_backend``): decode + both
+  towers + heads + the ``COPY`` write per backend, items/s and the ratio to torch in this run (the
+  settings' ``ML_TOWER_BACKEND`` gives the main figures above);
 * training: heads on the tower features of those products, samples/s;
 * upload-to-searchable latency: a real ``celery worker`` (queue ``embedding``, warmed by one upload)
   and ``--uploads`` products created through ``catalog.services.product_create``; the clock runs from
@@ -29,6 +32,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +73,12 @@ class Command(BaseCommand):
         parser.add_argument("--uploads", type=int, default=10, help="uploads timed through a warm worker")
         parser.add_argument("--data", default=str(settings.HM_DATA_DIR), help="the H&M sample (HM_DATA_DIR)")
         parser.add_argument("--out", default=str(RESULTS))
+        parser.add_argument(
+            "--backends",
+            default="torch,onnx",
+            help="tower backends timed end to end in this run (ModelConfig.tower_backend), comma-separated; "
+            "the settings' ML_TOWER_BACKEND gives the main figures",
+        )
 
     def handle(self, *args, **opts):
 
@@ -84,7 +94,9 @@ class Command(BaseCommand):
         products = list(Product.objects.order_by("pk")[:n])
         mcfg = ml_bridge.model_config()
         heads = zero_shot_heads(mcfg.embed_dim, settings.COMPAT_DIM)
-        emb = Embedder(mcfg, heads, cache_dir=None)
+        backends = list(dict.fromkeys([mcfg.tower_backend, *opts["backends"].split(",")]))
+        embedders = {b: Embedder(replace(mcfg, tower_backend=b), heads, cache_dir=None) for b in backends}
+        emb = embedders[mcfg.tower_backend]
         ex = emb.extractor
 
         x = torch.randn(32, *ex.input_size)
@@ -98,20 +110,50 @@ class Command(BaseCommand):
                 config={"model": mcfg.to_dict()},
                 status=ModelVersion.Status.EMBEDDING,
             )
-            for m in ("bulk_create", "copy")
+            for m in ("bulk_create", "copy", *(f"copy-{b}" for b in backends))
         }
         ids = [p.pk for p in products]
         try:
             save_heads(tmp / "heads.pt", heads, {})
             paths, texts = ml_bridge.product_inputs(products)
-            t = time.perf_counter()
-            img, txt, failed = emb.tower_features(paths, texts, progress=True)
-            t_h = time.perf_counter()
-            vecs = emb.vectors_from_features(img, txt, failed)
-            t_heads = time.perf_counter() - t_h
-            t_infer = time.perf_counter() - t
+            per_backend: dict[str, dict] = {}
+            for b, e in embedders.items():  # decode + both towers + heads + COPY write, per backend
+                self.stdout.write(f"tower backend {b!r} (running: {e.extractor.backend!r}) ...")
+                e.tower_features(paths[:32], texts[:32])  # warm-up: tracing, first-run allocations
+                t = time.perf_counter()
+                img_b, txt_b, failed_b = e.tower_features(paths, texts, progress=True)
+                t_h = time.perf_counter()
+                vecs_b = e.vectors_from_features(img_b, txt_b, failed_b)
+                t_heads_b = time.perf_counter() - t_h
+                t_infer_b = time.perf_counter() - t
+                t = time.perf_counter()
+                embeddings_write(
+                    version=versions[f"copy-{b}"],
+                    product_ids=ids,
+                    image=vecs_b.image,
+                    text=vecs_b.text,
+                    fused=vecs_b.fused,
+                    compat=vecs_b.compat,
+                    method="copy",
+                )
+                t_write_b = time.perf_counter() - t
+                per_backend[b] = {
+                    "running": e.extractor.backend,
+                    "inference_items_per_s": len(products) / t_infer_b,
+                    "reembed_copy_items_per_s": len(products) / (t_infer_b + t_write_b),
+                    "load_avg_1min": os.getloadavg()[0],
+                    "_out": (img_b, txt_b, failed_b, vecs_b, t_infer_b, t_heads_b),
+                }
+            img, txt, failed, vecs, t_infer, t_heads = per_backend[mcfg.tower_backend]["_out"]
+            for r in per_backend.values():
+                r["reembed_copy_ratio_to_torch"] = (
+                    r["reembed_copy_items_per_s"] / per_backend["torch"]["reembed_copy_items_per_s"]
+                    if "torch" in per_backend
+                    else float("nan")
+                )
             write_s = {}
-            for method, version in versions.items():  # same rows, same table, one after the other
+            for method in ("bulk_create", "copy"):  # same rows, same table, one after the other
+                version = versions[method]
                 t = time.perf_counter()
                 embeddings_write(
                     version=version,
@@ -133,6 +175,9 @@ class Command(BaseCommand):
             tmp.rmdir()
         out = {
             "items": len(products),
+            "tower_backend": mcfg.tower_backend,
+            "tower_backend_running": ex.backend,
+            "backends": {b: {k: v for k, v in r.items() if k != "_out"} for b, r in per_backend.items()},
             "device": str(ex.device),
             "torch_threads": torch.get_num_threads(),
             "load_avg_1min": os.getloadavg()[0],
@@ -182,6 +227,12 @@ class Command(BaseCommand):
         ]
         for name, v, unit in rows:
             self.stdout.write(f"{name:58s} {v:10.1f} {unit:10s} ratio to raw {v / raw:6.2f}")
+        for b, r in out["backends"].items():
+            self.stdout.write(
+                f"tower backend {b:10s} (running {r['running']}): decode + towers + heads + COPY "
+                f"{r['reembed_copy_items_per_s']:7.1f} items/s, {r['reembed_copy_ratio_to_torch']:.2f}x torch "
+                f"(load {r['load_avg_1min']:.1f})"
+            )
         self.stdout.write(
             f"re-embed / inference alone: {out['reembed_ratio_to_inference']:.2f}; "
             f"COPY / ORM upsert: {out['reembed_ratio_to_orm_upsert']:.2f} end to end, "
