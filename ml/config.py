@@ -82,6 +82,8 @@ class TrainConfig:
             (``TrainData.view_image``, ``ml.photo_robustness views``), so a shopper's photo lands near the
             catalog photo (0 = off, the default; > 0 needs view features).
         view_temperature: τ of that NT-Xent (fixed).
+        view_type_loss: also train the product-type softmax (``w_type``) on those views' image vectors, so a
+            phone photo of trousers is classified as trousers (supervised, like SupCon; needs ``w_view`` > 0).
         p_text_view: probability that an item's text in the image↔text loss is one of its paraphrases
             (text-side augmentation: ``TrainData.text_views``, titles rebuilt from the attributes,
             ``ml.department_holdout``) instead of its catalog text (0 = off, the default).
@@ -122,6 +124,7 @@ class TrainConfig:
     w_center: float = 0.0
     w_view: float = 0.0
     view_temperature: float = 0.1
+    view_type_loss: bool = False
     p_text_view: float = 0.0
     n_candidates: int = 32
     compat_dim: int = 128

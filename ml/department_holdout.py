@@ -232,6 +232,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "--variant", action="append", default=None, help=f"one of {', '.join(VARIANTS)} (repeatable)"
     )
     ev.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    ev.add_argument(
+        "--w-compat",
+        type=float,
+        default=TrainConfig.w_compat,
+        help="compatibility loss weight (it never touches the image/text projections; 0 trains faster)",
+    )
     for sp in (para, ev):
         sp.add_argument("--features", type=Path, required=True, help="TrainData .npz with item_ids")
         sp.add_argument("--hm-root", type=Path, default=Path("../shared/data/hm"))
@@ -261,8 +267,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         raise SystemExit(f"--variant {unknown[0]!r}: expected one of {', '.join(VARIANTS)}")
-    results = run(data, rows, {n: VARIANTS[n] for n in names}, base=TrainConfig(epochs=args.epochs))
-    report = {"group": args.group, "gallery": len(rows), "results": results}
+    results = run(
+        data,
+        rows,
+        {n: VARIANTS[n] for n in names},
+        base=TrainConfig(epochs=args.epochs, w_compat=args.w_compat),
+    )
+    report = {
+        "group": args.group,
+        "gallery": len(rows),
+        "config": {"epochs": args.epochs, "w_compat": args.w_compat},
+        "results": results,
+    }
     args.out.write_text(json.dumps(report, indent=1))
     print(f"{args.group}: {len(rows)} products held out of training; texts queried against their photos")
     print(markdown_table(results, args.group))

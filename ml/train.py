@@ -148,6 +148,7 @@ class _Run:
                 raise ValueError("w_view > 0 needs phone-photo view features (TrainData.attach_views)")
             self.view_of = torch.full((len(data.image),), -1, dtype=torch.int64)
             self.view_of[torch.from_numpy(data.view_rows)] = torch.arange(len(data.view_rows))
+            self.view_rows = torch.from_numpy(data.view_rows)  # (M,) view bank index -> data row
             clean = data.image[data.view_rows][:, None, :]  # (M, 1, E)
             self.view_bank = (
                 torch.from_numpy(np.concatenate([clean, data.view_image], axis=1)).float().to(device)
@@ -246,7 +247,9 @@ class _Run:
     def view_loss_of_batch(self, idx: torch.Tensor) -> torch.Tensor:
         """NT-Xent (SimCLR) between two distinct views, drawn from the seeded generator among the clean
         photo and its K phone-photo views, of each batch item (B,) int64 that has views, through the
-        image head: a scalar (0 when fewer than 2 batch items have views)."""
+        image head (+ ``w_type / w_view`` × the product-type softmax of both views with
+        ``cfg.view_type_loss``, so that ``w_view`` × this adds it at ``w_type``): a scalar (0 when fewer
+        than 2 batch items have views)."""
         vi = self.view_of[idx.cpu()]
         vi = vi[vi >= 0]  # (B',)
         if len(vi) < 2:
@@ -257,7 +260,14 @@ class _Run:
         vi, first, second = vi.to(self.device), first.to(self.device), second.to(self.device)
         z1 = self.heads.image_vec(self.view_bank[vi, first])  # (B', E)
         z2 = self.heads.image_vec(self.view_bank[vi, second])
-        return self.view_loss(z1, z2)
+        loss = self.view_loss(z1, z2)
+        if self.cfg.view_type_loss and self.cfg.w_type > 0:  # the views' product types, weighted as w_type
+            rows = self.view_rows[vi].to(self.device)
+            t = self.types[rows]
+            loss = (
+                loss + self.cfg.w_type / self.cfg.w_view * (self.type_loss(z1, t) + self.type_loss(z2, t)) / 2
+            )
+        return loss
 
     def train_epoch(self) -> tuple[dict[str, float], int]:
         """One pass over the training items in a seeded order, ending early at ``cfg.max_steps``.

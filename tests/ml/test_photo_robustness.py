@@ -31,7 +31,10 @@ def test_phone_photos_are_the_same_for_a_seed_and_item_in_any_order(catalog) -> 
     photos = [Image.open(p) for p in paths]
     first = [np.asarray(phone_photo(im, item_rng(5, k))) for k, im in zip(keys, photos, strict=True)]
     # again, in reverse order: each photo depends only on (seed, item)
-    again = [np.asarray(phone_photo(im, item_rng(5, k))) for k, im in reversed(list(zip(keys, photos, strict=True)))]
+    again = [
+        np.asarray(phone_photo(im, item_rng(5, k)))
+        for k, im in reversed(list(zip(keys, photos, strict=True)))
+    ]
     for a, b in zip(first, reversed(again), strict=True):
         assert a.shape == (PHONE_SIZE[1], PHONE_SIZE[0], 3)
         assert np.array_equal(a, b)
@@ -60,7 +63,12 @@ def test_photo_search_metrics_on_a_slice(catalog) -> None:
     gallery, _ = ex.encode_images(catalog.paths[:SLICE])  # (240, E)
     rows = catalog.heldout[catalog.heldout < SLICE]
     queries = phone_photo_features(
-        ex, [catalog.paths[i] for i in rows], [catalog.keys[i] for i in rows], [1000], crop=True, progress=False
+        ex,
+        [catalog.paths[i] for i in rows],
+        [catalog.keys[i] for i in rows],
+        [1000],
+        crop=True,
+        progress=False,
     )  # (Q, 2, E)
     res = evaluate_photo_search(gallery, queries, rows, catalog.types[:SLICE], {"tower": None}, seed=1000)
     assert len(rows) == 24
@@ -73,4 +81,6 @@ def test_photo_search_metrics_on_a_slice(catalog) -> None:
     assert res["random"]["p@10_type"] == pytest.approx(0.058, abs=0.001)
     assert res["type-majority"]["p@10_type"] == pytest.approx(4 / 24)
     # far above the trivial rankings on the same queries
-    assert res["tower"]["p@10_type"] > max(res["random"]["p@10_type"], res["type-majority"]["p@10_type"]) + 0.25
+    assert (
+        res["tower"]["p@10_type"] > max(res["random"]["p@10_type"], res["type-majority"]["p@10_type"]) + 0.25
+    )
