@@ -95,6 +95,16 @@ class TrainConfig:
             text vectors (keeps items of one type together for similar-item retrieval; 0 = off).
         w_center: weight of an auxiliary center loss (Wen et al. 2016) pulling the general image and text
             vectors towards a learnt center per product type (0 = off).
+        w_view: weight of NT-Xent (SimCLR, Chen et al. 2020) between two views of one photo on the image
+            side of the general space: two of its clean photo and its phone-photo views
+            (``TrainData.view_image``, ``ml.photo_robustness views``), so a shopper's photo lands near the
+            catalog photo (0 = off, the default; > 0 needs view features).
+        view_temperature: τ of that NT-Xent (fixed).
+        view_type_loss: also train the product-type softmax (``w_type``) on those views' image vectors, so a
+            phone photo of trousers is classified as trousers (supervised, like SupCon; needs ``w_view`` > 0).
+        p_text_view: probability that an item's text in the image↔text loss is one of its paraphrases
+            (text-side augmentation: ``TrainData.text_views``, titles rebuilt from the attributes,
+            ``ml.department_holdout``) instead of its catalog text (0 = off, the default).
         n_candidates: candidate negatives per compatibility anchor (``ml.sampling.OutfitNegativeSampler``).
         compat_dim: dimension of the type-aware compatibility space.
         normalize: L2-normalise features onto the unit hypersphere (on by default).
@@ -130,6 +140,10 @@ class TrainConfig:
     w_compat: float = 1.0
     w_type: float = 0.5
     w_center: float = 0.0
+    w_view: float = 0.0
+    view_temperature: float = 0.1
+    view_type_loss: bool = False
+    p_text_view: float = 0.0
     n_candidates: int = 32
     compat_dim: int = 128
     normalize: bool = True
@@ -156,12 +170,14 @@ class TrainConfig:
         ):
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name} {getattr(self, name)!r}: expected one of {', '.join(valid)}")
+        if not 0 <= self.p_text_view <= 1:
+            raise ValueError(f"p_text_view must be in [0, 1], got {self.p_text_view}")
         if self.n_candidates < 1:
             raise ValueError(f"n_candidates must be >= 1, got {self.n_candidates}")
-        for name in ("temperature", "compat_temperature"):
+        for name in ("temperature", "compat_temperature", "view_temperature"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("w_infonce", "w_compat", "w_type", "w_center"):
+        for name in ("w_infonce", "w_compat", "w_type", "w_center", "w_view"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         uses_margin = self.general_loss in ("triplet", "contrastive") or self.compat_loss != "infonce"

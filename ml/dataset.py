@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,10 @@ class TrainData:
         val_items: (V,) int64 products also kept out of the image↔text loss, for early stopping.
         image_paths: N photo files (row order), needed only for tower fine-tuning (``ml.towers``).
         texts: N product texts, needed only for tower fine-tuning.
+        view_rows: (M,) int64 rows with phone-photo views; view_image: (M, K, E) float32 image-tower
+            outputs of K phone-photo views of each (``ml.photo_robustness``; read by ``TrainConfig.w_view``).
+        text_view_rows: (M',) int64 rows with paraphrased texts; text_views: (M', P, E) float32 text-tower
+            outputs of P paraphrases of each (``ml.department_holdout``; read by ``TrainConfig.p_text_view``).
     """
 
     image: np.ndarray
@@ -80,9 +84,23 @@ class TrainData:
     val_items: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     image_paths: list[str] | None = None
     texts: list[str] | None = None
+    view_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    view_image: np.ndarray = field(default_factory=lambda: np.zeros((0, 1, 1), np.float32))
+    text_view_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    text_views: np.ndarray = field(default_factory=lambda: np.zeros((0, 1, 1), np.float32))
 
     def __post_init__(self) -> None:
         n = len(self.image)
+        for rows_name, feats_name in (("view_rows", "view_image"), ("text_view_rows", "text_views")):
+            rows, feats = getattr(self, rows_name), getattr(self, feats_name)
+            if not len(rows):
+                continue
+            if feats.shape[::2] != (len(rows), self.image.shape[1]):
+                raise ValueError(
+                    f"{feats_name} {feats.shape} must be ({len(rows)}, K, {self.image.shape[1]})"
+                )
+            if rows.min() < 0 or rows.max() >= n:
+                raise ValueError(f"{rows_name} must be rows in [0, {n})")
         for name in ("image_paths", "texts"):
             v = getattr(self, name)
             if v is not None and len(v) != n:
@@ -126,6 +144,10 @@ class TrainData:
             item_ids=ids,
             heldout_items=self.heldout_items,
             val_items=self.val_items,
+            view_rows=self.view_rows,
+            view_image=self.view_image,
+            text_view_rows=self.text_view_rows,
+            text_views=self.text_views,
             **attrs,
         )
 
@@ -151,7 +173,35 @@ class TrainData:
             val_items=z["val_items"] if "val_items" in z else np.zeros(0, np.int64),
             image_paths=z["image_paths"].tolist() if "image_paths" in z else None,
             texts=z["texts"].tolist() if "texts" in z else None,
+            **{k: z[k] for k in ("view_rows", "view_image", "text_view_rows", "text_views") if k in z},
         )
+
+    def attach_views(self, item_ids: np.ndarray, views: np.ndarray, *, kind: str = "image") -> TrainData:
+        """A copy with view features attached by product id: ``kind="image"``, phone-photo views
+        (``ml.photo_robustness views``) as ``view_rows``/``view_image``; ``"text"``, paraphrased texts
+        as ``text_view_rows``/``text_views``.
+
+        Args:
+            item_ids: (M,) int64 product ids; views: (M, K, E) float32 their views' tower outputs.
+
+        Raises:
+            ValueError: the data has no ``item_ids``, or an id is not among them (says how many).
+        """
+        if self.item_ids is None:
+            raise ValueError("attach_views: the data has no item_ids to match the views' ids")
+        row_of = {int(i): r for r, i in enumerate(self.item_ids)}
+        missing = [int(i) for i in item_ids if int(i) not in row_of]
+        if missing:
+            raise ValueError(
+                f"attach_views: {len(missing)} view ids are not in the data (first {missing[0]})"
+            )
+        rows = np.asarray([row_of[int(i)] for i in item_ids], dtype=np.int64)
+        feats = np.asarray(views, dtype=np.float32)
+        if kind == "text":
+            return replace(self, text_view_rows=rows, text_views=feats)
+        if kind != "image":
+            raise ValueError(f"attach_views: kind {kind!r}, expected 'image' or 'text'")
+        return replace(self, view_rows=rows, view_image=feats)
 
 
 # -----------------------------------------------------------------------------

@@ -86,9 +86,15 @@ class RecommenderHeads(nn.Module):
         Returns:
             ``(image_vec, text_vec)``, each (N, E) float32, unit norm when ``normalize``.
         """
-        img = self.image_proj(F.normalize(image, dim=-1))  # (N, E)
-        txt = self.text_proj(F.normalize(text, dim=-1))  # (N, E)
-        return self._norm(img), self._norm(txt)
+        return self.image_vec(image), self.text_vec(text)
+
+    def image_vec(self, image: torch.Tensor) -> torch.Tensor:
+        """The image side of :meth:`general`: (N, E) float32 image-tower outputs → (N, E) float32."""
+        return self._norm(self.image_proj(F.normalize(image, dim=-1)))
+
+    def text_vec(self, text: torch.Tensor) -> torch.Tensor:
+        """The text side of :meth:`general`: (N, E) float32 text-tower outputs → (N, E) float32."""
+        return self._norm(self.text_proj(F.normalize(text, dim=-1)))
 
     def compat(self, image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Item vectors in the compatibility space: (N, E), (N, E) float32 → (N, C) float32, unit norm."""

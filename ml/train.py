@@ -33,7 +33,7 @@ from ml.dataset import (
 )
 from ml.evaluate import evaluate_all, markdown_report, write_report
 from ml.heads import RecommenderHeads, save_heads
-from ml.losses import CenterLoss, SoftmaxClassificationLoss
+from ml.losses import CenterLoss, NTXentLoss, SoftmaxClassificationLoss
 from ml.mango import train_data_from_mango
 from ml.metrics import fitb_accuracy_heads, text_to_image_recall
 from ml.objectives import compat_loss, general_loss, takes_generator
@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 #: State-dict prefixes of the compatibility head (``RecommenderHeads.compat_mlp`` and the pair masks).
 _COMPAT_PARAMS = ("compat_mlp.", "mask_logits")
-_HISTORY = ("loss", "infonce", "compat", "type", "val_fitb", "val_r10", "val", "temperature")
+_HISTORY = ("loss", "infonce", "compat", "type", "view", "val_fitb", "val_r10", "val", "temperature")
 
 
 @dataclass
@@ -132,6 +132,7 @@ class _Run:
         n_types = int(data.types.max()) + 1 if len(data.types) else 1
         self.type_loss = SoftmaxClassificationLoss(e, n_types).to(device)
         self.center_loss = CenterLoss(n_types, e, cfg.normalize).to(device) if cfg.w_center > 0 else None
+        self.view_loss = NTXentLoss(cfg.view_temperature, normalize=cfg.normalize) if cfg.w_view > 0 else None
         self.opt = self.build_optimizer()
         fp16 = tuner is not None and tuner.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)  # fp16 only; bf16 needs no loss scaling
@@ -142,6 +143,22 @@ class _Run:
         if tuner is not None:  # a private, writable feature bank (never the caller's arrays)
             self.image, self.text = self.image.to(device, copy=True), self.text.to(device, copy=True)
         self.slots = torch.from_numpy(data.slots.astype(np.int64)).to(device)
+        if cfg.w_view > 0:  # (N,) index into the view bank, -1 without views; bank (M, 1 + K, E): clean first
+            if not len(data.view_rows):
+                raise ValueError("w_view > 0 needs phone-photo view features (TrainData.attach_views)")
+            self.view_of = torch.full((len(data.image),), -1, dtype=torch.int64)
+            self.view_of[torch.from_numpy(data.view_rows)] = torch.arange(len(data.view_rows))
+            self.view_rows = torch.from_numpy(data.view_rows)  # (M,) view bank index -> data row
+            clean = data.image[data.view_rows][:, None, :]  # (M, 1, E)
+            self.view_bank = (
+                torch.from_numpy(np.concatenate([clean, data.view_image], axis=1)).float().to(device)
+            )
+        if cfg.p_text_view > 0:  # (N,) index into the paraphrase bank (M', P, E), -1 without paraphrases
+            if not len(data.text_view_rows):
+                raise ValueError("p_text_view > 0 needs paraphrased text features (TrainData.attach_views)")
+            self.text_view_of = torch.full((len(data.image),), -1, dtype=torch.int64)
+            self.text_view_of[torch.from_numpy(data.text_view_rows)] = torch.arange(len(data.text_view_rows))
+            self.text_bank = torch.from_numpy(data.text_views).float().to(device)
         self.sampler = OutfitNegativeSampler(data.slots, data.outfits, self.rng)
         pairs = training_pairs(data.outfits, data.slots, data.attrs.get("audience"))
         self.pairs = pairs[self.sampler.has_negatives(pairs)]
@@ -190,8 +207,11 @@ class _Run:
 
     def losses(self, idx: torch.Tensor, f_img: torch.Tensor, f_txt: torch.Tensor) -> dict[str, torch.Tensor]:
         """The losses of one step on rows (B,) int64 and their (B, E) tower outputs: scalars
-        ``{"loss" (the weighted sum, with the center loss), "infonce" (the general loss), "compat", "type"}``."""
+        ``{"loss" (the weighted sum, with the center loss), "infonce" (the general loss), "compat", "type",
+        "view" (NT-Xent between two views of each batch photo that has views, ``cfg.w_view``)}``."""
         cfg = self.cfg
+        if cfg.p_text_view > 0:
+            f_txt = self.paraphrased(idx, f_txt)
         img_v, txt_v = self.heads.general(f_img, f_txt)  # (B, E) each
         l_nce = self.clip_loss(img_v, txt_v, **self._gen_kw(self.clip_loss))
         l_type = torch.zeros((), device=self.device)
@@ -204,14 +224,56 @@ class _Run:
         l_compat = torch.zeros((), device=self.device)
         if len(self.pairs) and cfg.w_compat > 0:
             l_compat = self.compat_loss_of_batch()
-        loss = loss + cfg.w_infonce * l_nce + cfg.w_compat * l_compat
-        return {"loss": loss, "infonce": l_nce, "compat": l_compat, "type": l_type}
+        l_view = torch.zeros((), device=self.device)
+        if self.view_loss is not None:
+            l_view = self.view_loss_of_batch(idx)
+        loss = loss + cfg.w_infonce * l_nce + cfg.w_compat * l_compat + cfg.w_view * l_view
+        return {"loss": loss, "infonce": l_nce, "compat": l_compat, "type": l_type, "view": l_view}
+
+    def paraphrased(self, idx: torch.Tensor, f_txt: torch.Tensor) -> torch.Tensor:
+        """Text-side augmentation: (B, E) text-tower outputs of the batch rows (B,) with each row that has
+        paraphrases replaced, with probability ``cfg.p_text_view`` (seeded generator), by one of them
+        drawn uniformly: (B, E), a new tensor."""
+        ti = self.text_view_of[idx.cpu()]  # (B,)
+        swap = (ti >= 0) & (torch.rand(len(ti), generator=self.gen) < self.cfg.p_text_view)
+        pick = torch.randint(self.text_bank.shape[1], (len(ti),), generator=self.gen)
+        if not swap.any():
+            return f_txt
+        out = f_txt.clone()
+        rows = swap.nonzero().squeeze(1)  # (S,)
+        out[rows.to(out.device)] = self.text_bank[ti[rows].to(self.device), pick[rows].to(self.device)]
+        return out
+
+    def view_loss_of_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """NT-Xent (SimCLR) between two distinct views, drawn from the seeded generator among the clean
+        photo and its K phone-photo views, of each batch item (B,) int64 that has views, through the
+        image head (+ ``w_type / w_view`` × the product-type softmax of both views with
+        ``cfg.view_type_loss``, so that ``w_view`` × this adds it at ``w_type``): a scalar (0 when fewer
+        than 2 batch items have views)."""
+        vi = self.view_of[idx.cpu()]
+        vi = vi[vi >= 0]  # (B',)
+        if len(vi) < 2:
+            return torch.zeros((), device=self.device)
+        n_views = self.view_bank.shape[1]
+        first = torch.randint(n_views, (len(vi),), generator=self.gen)
+        second = (first + torch.randint(1, n_views, (len(vi),), generator=self.gen)) % n_views  # != first
+        vi, first, second = vi.to(self.device), first.to(self.device), second.to(self.device)
+        z1 = self.heads.image_vec(self.view_bank[vi, first])  # (B', E)
+        z2 = self.heads.image_vec(self.view_bank[vi, second])
+        loss = self.view_loss(z1, z2)
+        if self.cfg.view_type_loss and self.cfg.w_type > 0:  # the views' product types, weighted as w_type
+            rows = self.view_rows[vi].to(self.device)
+            t = self.types[rows]
+            loss = (
+                loss + self.cfg.w_type / self.cfg.w_view * (self.type_loss(z1, t) + self.type_loss(z2, t)) / 2
+            )
+        return loss
 
     def train_epoch(self) -> tuple[dict[str, float], int]:
         """One pass over the training items in a seeded order, ending early at ``cfg.max_steps``.
 
         Returns:
-            ``({"loss", "infonce", "compat", "type": mean over the epoch's steps}, steps done)``.
+            ``({"loss", "infonce", "compat", "type", "view": mean over the epoch's steps}, steps done)``.
         """
         self.heads.train()
         bs = self.batch_size
@@ -221,7 +283,7 @@ class _Run:
             source = self.tuner.batches(batches)
         else:  # cached frozen-tower features
             source = ((idx, self.image[idx], self.text[idx]) for idx in batches)
-        sums = {"loss": 0.0, "infonce": 0.0, "compat": 0.0, "type": 0.0}
+        sums = {"loss": 0.0, "infonce": 0.0, "compat": 0.0, "type": 0.0, "view": 0.0}
         done = 0
         for idx, f_img, f_txt in source:  # (B,), (B, E), (B, E)
             losses = self.losses(idx, f_img, f_txt)
@@ -471,6 +533,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--save-features", type=Path, default=None, help="with a sample root: also write the TrainData .npz"
     )
+    p.add_argument(
+        "--view-features",
+        type=Path,
+        default=None,
+        help="phone-photo view features (.npz of `python -m ml.photo_robustness views`) for --w-view",
+    )
+    p.add_argument(
+        "--text-views",
+        type=Path,
+        default=None,
+        help="paraphrased text features (.npz of `python -m ml.department_holdout paraphrases`) for --p-text-view",
+    )
     p.add_argument("--feature-cache", type=Path, default=Path("var/features"), help="feature cache folder")
     p.add_argument("--out", type=Path, default=Path("var/models/cli-run"), help="output folder")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint last.pt to resume from")
@@ -514,6 +588,12 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
             data.save(args.save_features)
     else:
         data = TrainData.load(args.features)
+    if args.view_features is not None:
+        z = np.load(args.view_features)
+        data = data.attach_views(z["item_ids"], z["views"])
+    if args.text_views is not None:
+        z = np.load(args.text_views)
+        data = data.attach_views(z["item_ids"], z["views"], kind="text")
     result = train(data, cfg, checkpoint_dir=args.out / "checkpoints", resume=args.resume, bundle=bundle)
     save_heads(
         args.out / "heads.pt",
