@@ -313,6 +313,7 @@ def test_pages_render_recommendations_of_a_trained_model(client, trained_catalog
     html = _text(client.get(f"/products/{top.pk}"))
     assert NO_MODEL not in html
     assert "Complete the look" in html and "Similar items" in html
+    assert "score 0." not in html  # similar items without raw cosine scores for shoppers
     assert re.search(r"\d+% compatible", html)
     assert html.count('class="card card-small"') >= 1  # alternates under the picks
 
