@@ -91,15 +91,22 @@ class SearchApi(APIView):
                     search.SearchHit(h.product, h.score)
                     for h in selectors.text_search(query=d["q"], k=k, filters=filters, mmr_lambda=d["mmr"])
                 ]
-                chips, weak, facets = [], False, {}
+                chips, weak, facets, relaxed = [], False, {}, []
             else:
                 answer = search.product_search(
                     query=d["q"], k=k, filters=filters, off=d["off"], group_variants=d["group_variants"]
                 )
                 hits, weak, facets = answer.hits, answer.weak, answer.facets
                 chips = [c.as_dict() for c in answer.parsed.chips]
+                relaxed = [c.as_dict() for c in answer.relaxed]
             page = ranked_page(request, hits=hits, page=d["page"], k=d["k"], serializer=s.SearchHitSerializer)
-            return {**page, "understood": chips, "no_close_matches": weak, "facets": facets}
+            return {
+                **page,
+                "understood": chips,
+                "relaxed": relaxed,
+                "no_close_matches": weak,
+                "facets": facets,
+            }
 
         params = {**d, "q": " ".join(d["q"].split()).lower()}  # the text tower lower-cases anyway
         return Response(cached_answer(name="search", params=params, compute=compute))

@@ -21,7 +21,7 @@ is below ``settings.SEARCH_WEAK_COSINE`` answers nothing and says so (``weak``).
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
@@ -37,7 +37,7 @@ from recommender.filters import Filters
 from recommender.model_cache import embedder_for
 from recommender.models import ModelVersion, ProductEmbedding
 from recommender.replicas import read_alias
-from recommender.search_query import ParsedQuery, query_parse, tokens, vocabulary_build
+from recommender.search_query import Chip, ParsedQuery, query_parse, tokens, vocabulary_build
 from recommender.selectors import NoActiveModel, active_version, distance_expression, ranking_settings_sql
 
 MODES = ("hybrid", "lexical", "vector")
@@ -66,6 +66,7 @@ class SearchAnswer:
     parsed: ParsedQuery
     weak: bool = False
     facets: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    relaxed: list[Chip] = field(default_factory=list)
 
 
 def _conditions(parsed: ParsedQuery, filters: Filters, prefix: str = "") -> Q:
@@ -195,11 +196,40 @@ def product_search(
         group_variants: one product per variant group, its best-ranked one.
 
     Returns:
-        A :class:`SearchAnswer`.
+        A :class:`SearchAnswer`. When what was understood leaves nothing (one catalog's type "Jeans"
+        with another's men's denim filed as "Trousers"), the type, then the colour, is read as plain
+        words instead and named in ``relaxed``; the audience always holds.
 
     Raises:
         ValueError: empty query or unknown mode; NoActiveModel (hybrid and vector modes).
     """
+    answer = _search(query, k, filters, off, mode, understand, group_variants)
+    relaxed: list[Chip] = []
+    for kind in RELAXABLE if settings.SEARCH_RELAX else ():
+        chips = [c for c in answer.parsed.chips if c.kind == kind]
+        if answer.hits or answer.weak or not chips:
+            continue
+        relaxed += chips
+        off = [*off, *(c.key for c in chips)]
+        answer = _search(query, k, filters, off, mode, understand, group_variants)
+    answer.relaxed = relaxed if answer.hits else []
+    return answer
+
+
+#: Chip kinds read as plain words when, as filters, they leave no product: the least certain first.
+RELAXABLE: tuple[str, ...] = ("type", "colour")
+
+
+def _search(
+    query: str,
+    k: int,
+    filters: Filters | None,
+    off: Iterable[str],
+    mode: str,
+    understand: bool,
+    group_variants: bool,
+) -> SearchAnswer:
+    """One pass of :func:`product_search` with the chips in ``off`` read as plain words."""
     text = query.strip()
     if not text:
         raise ValueError("query must not be empty")
@@ -251,11 +281,19 @@ def product_search(
         ranked = _one_per_group(ranked)
     counts = _variant_counts([p for p, _ in ranked[:k]]) if group_variants else {}
     hits = [SearchHit(p, s, counts.get(p.variant_group, 1)) for p, s in ranked[:k]]
-    facets = {
-        name: Counter(getattr(p, attr) for p, _ in ranked if getattr(p, attr)).most_common()
-        for name, attr in FACETS
-    }
+    facets = {name: _facet_counts(getattr(p, attr) for p, _ in ranked) for name, attr in FACETS}
     return SearchAnswer(hits=hits, parsed=parsed, facets=facets)
+
+
+def _facet_counts(values: Iterable[str | None]) -> list[tuple[str, int]]:
+    """``[(value, count)]``, most frequent first, spellings that differ only in case counted as one (two
+    catalogs' "black" and "Black"; the filters match either) under their most common spelling."""
+    spellings: dict[str, Counter] = defaultdict(Counter)
+    for v in values:
+        if v:
+            spellings[v.casefold()][v] += 1
+    merged = [(c.most_common(1)[0][0], sum(c.values())) for c in spellings.values()]
+    return sorted(merged, key=lambda vc: -vc[1])
 
 
 def _one_per_group(ranked: list[tuple[Product, float]]) -> list[tuple[Product, float]]:

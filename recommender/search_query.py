@@ -105,19 +105,23 @@ class Vocabulary:
     type: dict[tuple[str, ...], frozenset[str]]
 
     def lookup(self, words: tuple[str, ...]) -> tuple[str, object] | None:
-        """``("audience", group)``, ``("colour", values)``, ``("type", values)`` or None."""
-        for kind in ("audience", "colour", "type"):
-            hit = getattr(self, kind).get(words)
-            if hit:
-                return kind, hit
-        if len(words) == 1 and words[0] in COLOUR_SYNONYMS:
-            hit = self.colour.get(tuple(COLOUR_SYNONYMS[words[0]].split()))
-            if hit:
-                return "colour", hit
-        if " ".join(words) in TYPE_SYNONYMS:
-            hit = self.type.get(tuple(TYPE_SYNONYMS[" ".join(words)].split()))
-            if hit:
-                return "type", hit
+        """``("audience", group)``, ``("colour", values)``, ``("type", values)`` or None.
+
+        A colour or type word the catalog holds as it is *and* through a synonym means both (one
+        catalog's "navy" and another's "Dark Blue"; "Jeans" and "Trousers").
+        """
+        if words in self.audience:
+            return "audience", self.audience[words]
+        phrase = " ".join(words)
+        for kind, table, synonyms in (
+            ("colour", self.colour, COLOUR_SYNONYMS if len(words) == 1 else {}),
+            ("type", self.type, TYPE_SYNONYMS),
+        ):
+            values = table.get(words, frozenset())
+            if phrase in synonyms:
+                values = values | table.get(tuple(synonyms[phrase].split()), frozenset())
+            if values:
+                return kind, values
         return None
 
 

@@ -105,6 +105,7 @@ def search_page(request: HttpRequest) -> HttpResponse:
             context["chips"] = _search_chips(request, answer, cleaned)
             context["facets"] = _search_facets(request, answer, cleaned)
             context["no_close_matches"] = answer.weak
+            context["relaxed"] = [c.label for c in answer.relaxed]
             context["results"] = [
                 {"product": h.product, "variants": h.variants} for h in hits[(page - 1) * SEARCH_K :]
             ]

@@ -103,6 +103,11 @@ class SearchPageSerializer(serializers.Serializer):
     previous = serializers.CharField(allow_null=True, help_text="URL of the previous page, or null")
     results = SearchHitSerializer(many=True)
     understood = ChipSerializer(many=True)
+    relaxed = ChipSerializer(
+        many=True,
+        help_text="understood chips that, as filters, left nothing with the rest of the query and were "
+        "read as plain words instead (type first, then colour; the audience always holds)",
+    )
     no_close_matches = serializers.BooleanField(
         help_text="true: nothing understood, no word in any product's text and only weak vector matches "
         "(results are then empty)"

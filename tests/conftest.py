@@ -21,6 +21,15 @@ def hm_root() -> Path:
 
 
 @pytest.fixture(scope="session")
+def mango_root(hm_root) -> Path:
+    """The MANGO sample folder (next to the H&M one; ``MANGO_DATA_DIR`` overrides)."""
+    root = Path(os.environ.get("MANGO_DATA_DIR", hm_root.parent / "mango"))
+    if not (root / "products.csv").exists():
+        pytest.fail(f"MANGO sample not found at {root}; set MANGO_DATA_DIR")
+    return root
+
+
+@pytest.fixture(scope="session")
 def trained_catalog(django_db_setup, django_db_blocker, hm_root):
     """Import a slice of the real catalog and train a few epochs (synchronously, no worker).
 

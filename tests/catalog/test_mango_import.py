@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import csv
-import os
 import shutil
 import time
-from pathlib import Path
 
 import pytest
 from django.core.management import call_command
@@ -16,15 +14,6 @@ from catalog.models import Outfit, OutfitItem, Product
 from ml import mango
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(scope="session")
-def mango_root(hm_root) -> Path:
-    """The MANGO sample folder (next to the H&M one; ``MANGO_DATA_DIR`` overrides)."""
-    root = Path(os.environ.get("MANGO_DATA_DIR", hm_root.parent / "mango"))
-    if not (root / "products.csv").exists():
-        pytest.fail(f"MANGO sample not found at {root}; set MANGO_DATA_DIR")
-    return root
 
 
 @pytest.fixture

@@ -136,3 +136,32 @@ def test_api_answer_keeps_its_fields_and_adds_understood_and_facets(trained_cata
     assert {"product", "score", "variants"} <= set(body["results"][0])
     off = client.get("/api/search/", {"q": "men black trousers", "k": 5, "off": "audience"}).json()
     assert "audience" not in {c["key"] for c in off["understood"]}
+
+
+def test_a_type_that_leaves_nothing_is_read_as_words_and_the_audience_holds(
+    trained_catalog, client, settings
+):
+    """Two catalogs file the same garment under different types (MANGO's men-less "Jeans", H&M's men's
+    jeans under "Trousers"): "men <a type only women have>" answers men's items and says so, instead of
+    "Nothing found"."""
+    rows = Product.objects.values_list("product_type", "audience_group")
+    men = {t for t, g in rows if g == "men"}
+    type_ = Counter(t for t, g in rows if g == "women" and t not in men and "/" not in t).most_common(1)[0][0]
+    query = f"men {_type_word(type_)}"
+    answer = search.product_search(query=query, k=10)
+    assert [c.label for c in answer.relaxed] == [f"type: {_type_word(type_)}"], query
+    assert answer.hits and {h.product.audience_group for h in answer.hits} == {"men"}
+    html = client.get("/search", {"q": query}).content.decode()
+    assert f"Nothing matched “type: {_type_word(type_)}”" in html and 'class="card-link"' in html
+    body = client.get("/api/search/", {"q": query, "k": 5}).json()
+    assert [c["key"] for c in body["relaxed"]] == ["type"] and body["results"]
+    # the mechanism off: the filters leave nothing
+    settings.SEARCH_RELAX = False
+    assert search.product_search(query=query, k=10).hits == []
+
+
+def test_facets_count_spellings_that_differ_only_in_case_as_one():
+    assert search._facet_counts(["black", "Black", "black", "Dark Blue", None, ""]) == [
+        ("black", 3),
+        ("Dark Blue", 1),
+    ]

@@ -69,3 +69,22 @@ def test_a_chip_switched_off_leaves_its_words_as_plain_text(vocab):
 
 def test_tokens_keep_hyphenated_words():
     assert tokens("Men's T-shirt, NO print") == ["men", "t-shirt", "no", "print"]
+
+
+def test_two_catalogs_words_mean_both_spellings(hm_root, mango_root):
+    """H&M and MANGO in one shop: "navy" is MANGO's own colour and H&M's "Dark Blue", "jeans" MANGO's
+    type and H&M's "Trousers" (where its men's jeans are filed): a word means both, not the first found."""
+    from ml import mango
+
+    with open(hm_root / "articles.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    products, _ = mango.read_products(mango_root)
+    both = vocabulary_from_values(
+        colours={r["colour_group_name"] for r in rows} | {p.colour for p in products},
+        types={r["product_type_name"] for r in rows} | {p.product_type for p in products},
+        groups={"women", "men", "kids", "baby", "unisex"},
+    )
+    navy = set(_chips(query_parse("navy linen shirt", vocab=both))["colour"])
+    assert "Dark Blue" in navy and "navy" in {v.lower() for v in navy}
+    jeans = set(_chips(query_parse("men slim jeans", vocab=both))["type"])
+    assert {"Trousers", "Jeans"} <= jeans
