@@ -246,25 +246,8 @@ def bench_texts(bundle, texts: list[str], rounds: int) -> dict[str, dict]:
         info[name] = {**kw, "model_id": fx.model_id}
     fns["text_tower_raw_forward"] = text_forward_fn(bundle, texts, 32)
     info["text_tower_raw_forward"] = {"text_batch_size": 32}
-    for fn in fns.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
-    return {
-        name: {
-            "items_per_s": len(texts) / statistics.median(ts),
-            "best_items_per_s": len(texts) / min(ts),
-            "median_s": statistics.median(ts),
-            "n_items": len(texts),
-            "repeats": rounds,
-            **info[name],
-        }
-        for name, ts in times.items()
-    }
+    timed = interleaved(fns, len(texts), rounds)
+    return {name: {**timed[name], **info[name]} for name in fns}
 
 
 def cosine_stats(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
