@@ -88,10 +88,15 @@ def _conditions(parsed: ParsedQuery, filters: Filters, prefix: str = "") -> Q:
         q &= ~Q(**{f"{p}product_type__in": parsed.values("not_type")})
     for words in sorted(parsed.values("not_words")):
         said = SearchQuery(words, search_type="phrase", config=SEARCH_CONFIG)
-        base = words[:-1] if words.endswith("s") and " " not in words else words
-        less = SearchQuery(f"{base}less", config=SEARCH_CONFIG)  # "sleeveless" is no mention of sleeves
+        less = SearchQuery(_less(words), config=SEARCH_CONFIG)  # "sleeveless" is no mention of sleeves
         q &= ~Q(**{f"{p}search_vector": said}) | Q(**{f"{p}search_vector": less})
     return q
+
+
+def _less(words: str) -> str:
+    """The "-less" word of a negated word: ``sleeves`` → ``sleeveless``, ``print`` → ``printless``."""
+    base = words[:-1] if words.endswith("s") and " " not in words else words
+    return f"{base}less"
 
 
 def _vector_sql(version: ModelVersion, query: np.ndarray, where: Q, filters: Filters, pool: int):
@@ -253,7 +258,9 @@ def _search(
         # lexical-only with an understood audience, colour or type ranks every product they allow
         require = mode == "hybrid" or not positive
         where = _conditions(parsed, filters)
-        parts.append(("keyword", *_keyword_sql(parsed.terms, where, filters, version, pool, require=require)))
+        # a product that says "sleeveless" is known to have none; one silent on sleeves may have them
+        terms = parsed.terms + [_less(w) for w in sorted(parsed.values("not_words")) if " " not in w]
+        parts.append(("keyword", *_keyword_sql(terms, where, filters, version, pool, require=require)))
     if mode != "vector":
         parts.append(("exact", *_exact_sql(text)))
     sql, params = _fused(parts, 2 * pool + 5)  # all of the union: grouping and facets need it

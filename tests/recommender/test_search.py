@@ -59,6 +59,20 @@ def test_without_sleeves_returns_no_item_whose_text_says_long_sleeves(trained_ca
     assert any(LONG_SLEEVES.search(h.product.text.lower()) for h in plain.hits), "the guard could not fail"
 
 
+def test_without_sleeves_ranks_what_says_sleeveless_before_what_is_silent(trained_catalog):
+    """A product that says "sleeveless" is a sure answer; one silent on sleeves (MANGO's texts never
+    name them) only may be, and comes after."""
+    texts = [(p.product_type, p.text.lower()) for p in Product.objects.all()]
+    sure = Counter(t for t, x in texts if "sleeveless" in x)
+    silent = Counter(t for t, x in texts if not SLEEVES.search(x) and "sleeveless" not in x)
+    type_ = max((t for t in sure if silent[t]), key=lambda t: min(sure[t], silent[t]))
+    for mode in ("hybrid", "lexical"):  # lexical: the word ranking alone, where the boost is
+        answer = search.product_search(query=f"{_type_word(type_)} without sleeves", k=24, mode=mode)
+        said = [h for h in answer.hits if "sleeveless" in h.product.text.lower()]
+        assert len(said) == sure[type_] and len(answer.hits) > len(said), (mode, type_)
+        assert answer.hits[: len(said)] == said, (mode, [h.product.title for h in answer.hits])
+
+
 def test_a_sku_or_an_exact_title_ranks_first(trained_catalog):
     for product in Product.objects.order_by("?")[:3]:
         assert search.product_search(query=product.sku, k=5).hits[0].product == product
