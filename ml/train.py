@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
@@ -33,13 +32,15 @@ from ml.dataset import (
 )
 from ml.evaluate import evaluate_all, markdown_report, write_report
 from ml.heads import RecommenderHeads, save_heads
-from ml.losses import CenterLoss, NTXentLoss, SoftmaxClassificationLoss
+from ml.losses import CenterLoss, SoftmaxClassificationLoss
 from ml.mango import train_data_from_mango
 from ml.metrics import fitb_accuracy_heads, text_to_image_recall
 from ml.objectives import compat_loss, general_loss, takes_generator
 from ml.protocols import validation_questions
 from ml.sampling import OutfitNegativeSampler, training_pairs
+from ml.seeding import rng_restore, rng_state, seed_everything
 from ml.slots import SLOTS
+from ml.views import PhotoViews, TextViews
 
 logger = logging.getLogger(__name__)
 
@@ -59,39 +60,6 @@ class TrainResult:
     best_val: float
     seconds: float
     samples_per_s: float
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed Python, NumPy and torch; return a torch generator for sampling."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
-
-
-def _rng_state(gen: torch.Generator, rng: np.random.Generator) -> dict[str, Any]:
-    """Every random stream a run draws from (for an exact resume)."""
-    state = {
-        "gen": gen.get_state(),
-        "numpy": rng.bit_generator.state,
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "np_global": np.random.get_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _rng_restore(state: dict[str, Any], gen: torch.Generator, rng: np.random.Generator) -> None:
-    """Put every random stream back where :func:`_rng_state` saw it."""
-    gen.set_state(state["gen"].cpu())
-    rng.bit_generator.state = state["numpy"]
-    torch.set_rng_state(state["torch"].cpu())
-    random.setstate(state["python"])
-    np.random.set_state(state["np_global"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 class _Run:
@@ -132,7 +100,6 @@ class _Run:
         n_types = int(data.types.max()) + 1 if len(data.types) else 1
         self.type_loss = SoftmaxClassificationLoss(e, n_types).to(device)
         self.center_loss = CenterLoss(n_types, e, cfg.normalize).to(device) if cfg.w_center > 0 else None
-        self.view_loss = NTXentLoss(cfg.view_temperature, normalize=cfg.normalize) if cfg.w_view > 0 else None
         self.opt = self.build_optimizer()
         fp16 = tuner is not None and tuner.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(device.type, enabled=fp16)  # fp16 only; bf16 needs no loss scaling
@@ -143,22 +110,8 @@ class _Run:
         if tuner is not None:  # a private, writable feature bank (never the caller's arrays)
             self.image, self.text = self.image.to(device, copy=True), self.text.to(device, copy=True)
         self.slots = torch.from_numpy(data.slots.astype(np.int64)).to(device)
-        if cfg.w_view > 0:  # (N,) index into the view bank, -1 without views; bank (M, 1 + K, E): clean first
-            if not len(data.view_rows):
-                raise ValueError("w_view > 0 needs phone-photo view features (TrainData.attach_views)")
-            self.view_of = torch.full((len(data.image),), -1, dtype=torch.int64)
-            self.view_of[torch.from_numpy(data.view_rows)] = torch.arange(len(data.view_rows))
-            self.view_rows = torch.from_numpy(data.view_rows)  # (M,) view bank index -> data row
-            clean = data.image[data.view_rows][:, None, :]  # (M, 1, E)
-            self.view_bank = (
-                torch.from_numpy(np.concatenate([clean, data.view_image], axis=1)).float().to(device)
-            )
-        if cfg.p_text_view > 0:  # (N,) index into the paraphrase bank (M', P, E), -1 without paraphrases
-            if not len(data.text_view_rows):
-                raise ValueError("p_text_view > 0 needs paraphrased text features (TrainData.attach_views)")
-            self.text_view_of = torch.full((len(data.image),), -1, dtype=torch.int64)
-            self.text_view_of[torch.from_numpy(data.text_view_rows)] = torch.arange(len(data.text_view_rows))
-            self.text_bank = torch.from_numpy(data.text_views).float().to(device)
+        self.photo_views = PhotoViews(data, cfg, device) if cfg.w_view > 0 else None  # ml.views
+        self.text_views = TextViews(data, cfg, device) if cfg.p_text_view > 0 else None
         self.sampler = OutfitNegativeSampler(data.slots, data.outfits, self.rng)
         pairs = training_pairs(data.outfits, data.slots, data.attrs.get("audience"))
         self.pairs = pairs[self.sampler.has_negatives(pairs)]
@@ -210,8 +163,8 @@ class _Run:
         ``{"loss" (the weighted sum, with the center loss), "infonce" (the general loss), "compat", "type",
         "view" (NT-Xent between two views of each batch photo that has views, ``cfg.w_view``)}``."""
         cfg = self.cfg
-        if cfg.p_text_view > 0:
-            f_txt = self.paraphrased(idx, f_txt)
+        if self.text_views is not None:
+            f_txt = self.text_views.swap(idx, f_txt, self.gen)
         img_v, txt_v = self.heads.general(f_img, f_txt)  # (B, E) each
         l_nce = self.clip_loss(img_v, txt_v, **self._gen_kw(self.clip_loss))
         l_type = torch.zeros((), device=self.device)
@@ -225,49 +178,10 @@ class _Run:
         if len(self.pairs) and cfg.w_compat > 0:
             l_compat = self.compat_loss_of_batch()
         l_view = torch.zeros((), device=self.device)
-        if self.view_loss is not None:
-            l_view = self.view_loss_of_batch(idx)
+        if self.photo_views is not None:
+            l_view = self.photo_views.batch_loss(idx, self.heads, self.types, self.type_loss, self.gen)
         loss = loss + cfg.w_infonce * l_nce + cfg.w_compat * l_compat + cfg.w_view * l_view
         return {"loss": loss, "infonce": l_nce, "compat": l_compat, "type": l_type, "view": l_view}
-
-    def paraphrased(self, idx: torch.Tensor, f_txt: torch.Tensor) -> torch.Tensor:
-        """Text-side augmentation: (B, E) text-tower outputs of the batch rows (B,) with each row that has
-        paraphrases replaced, with probability ``cfg.p_text_view`` (seeded generator), by one of them
-        drawn uniformly: (B, E), a new tensor."""
-        ti = self.text_view_of[idx.cpu()]  # (B,)
-        swap = (ti >= 0) & (torch.rand(len(ti), generator=self.gen) < self.cfg.p_text_view)
-        pick = torch.randint(self.text_bank.shape[1], (len(ti),), generator=self.gen)
-        if not swap.any():
-            return f_txt
-        out = f_txt.clone()
-        rows = swap.nonzero().squeeze(1)  # (S,)
-        out[rows.to(out.device)] = self.text_bank[ti[rows].to(self.device), pick[rows].to(self.device)]
-        return out
-
-    def view_loss_of_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        """NT-Xent (SimCLR) between two distinct views, drawn from the seeded generator among the clean
-        photo and its K phone-photo views, of each batch item (B,) int64 that has views, through the
-        image head (+ ``w_type / w_view`` × the product-type softmax of both views with
-        ``cfg.view_type_loss``, so that ``w_view`` × this adds it at ``w_type``): a scalar (0 when fewer
-        than 2 batch items have views)."""
-        vi = self.view_of[idx.cpu()]
-        vi = vi[vi >= 0]  # (B',)
-        if len(vi) < 2:
-            return torch.zeros((), device=self.device)
-        n_views = self.view_bank.shape[1]
-        first = torch.randint(n_views, (len(vi),), generator=self.gen)
-        second = (first + torch.randint(1, n_views, (len(vi),), generator=self.gen)) % n_views  # != first
-        vi, first, second = vi.to(self.device), first.to(self.device), second.to(self.device)
-        z1 = self.heads.image_vec(self.view_bank[vi, first])  # (B', E)
-        z2 = self.heads.image_vec(self.view_bank[vi, second])
-        loss = self.view_loss(z1, z2)
-        if self.cfg.view_type_loss and self.cfg.w_type > 0:  # the views' product types, weighted as w_type
-            rows = self.view_rows[vi].to(self.device)
-            t = self.types[rows]
-            loss = (
-                loss + self.cfg.w_type / self.cfg.w_view * (self.type_loss(z1, t) + self.type_loss(z2, t)) / 2
-            )
-        return loss
 
     def train_epoch(self) -> tuple[dict[str, float], int]:
         """One pass over the training items in a seeded order, ending early at ``cfg.max_steps``.
@@ -357,7 +271,7 @@ class _Run:
             "center": self.center_loss.state_dict() if self.center_loss is not None else None,
             "opt": self.opt.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": _rng_state(self.gen, self.rng),
+            "rng": rng_state(self.gen, self.rng),
             "epoch": self.epoch,
             "step": self.step,
             "history": self.history,
@@ -407,7 +321,7 @@ class _Run:
         if "scaler" in ck:
             self.scaler.load_state_dict(ck["scaler"])
         if "rng" in ck:  # continue the exact random streams (older checkpoints restart them from the seed)
-            _rng_restore(ck["rng"], self.gen, self.rng)
+            rng_restore(ck["rng"], self.gen, self.rng)
 
     def best_heads(self) -> RecommenderHeads:
         """The heads with the best validation weights, on the CPU in eval mode: the image↔text heads of

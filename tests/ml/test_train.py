@@ -208,3 +208,28 @@ def test_compat_head_keeps_its_own_best_epoch(real_data):
     run.record_epoch(2, {"loss": 1.0, "infonce": 1.0, "compat": 1.0, "type": 0.0}, 0.3, 0.5)
     run.record_epoch(3, {"loss": 1.0, "infonce": 1.0, "compat": 1.0, "type": 0.0}, 0.3, 0.5)
     assert run.stops_early()  # neither improved for `patience` epochs
+
+
+def test_photo_views_and_paraphrases_train_through_their_banks(real_data):
+    """``w_view`` adds NT-Xent between two views of each photo that has views (ml.views.PhotoViews) and
+    ``p_text_view`` swaps in paraphrases (TextViews); the views here are the real tower features of every
+    other article, perturbed (the plumbing, not the augmentation, is under test)."""
+    from dataclasses import replace
+
+    n, e = real_data.image.shape
+    data = replace(real_data, item_ids=np.arange(n))
+    ids = np.arange(0, n, 2)
+    noise = np.random.default_rng(0).standard_normal((len(ids), 2, e)).astype(np.float32)
+    data = data.attach_views(ids, real_data.image[ids][:, None, :] + 0.05 * noise)
+    data = data.attach_views(ids, real_data.text[ids][:, None, :] + 0.05 * noise, kind="text")
+    cfg = TrainConfig(epochs=2, batch_size=32, seed=0, patience=0, w_view=1.0, p_text_view=0.5)
+    on = train(data, cfg)
+    assert all(v > 0 for v in on.history["view"]) and np.isfinite(on.history["loss"]).all()
+    again = train(data, cfg)
+    assert np.allclose(
+        again.history["loss"], on.history["loss"], rtol=1e-5
+    )  # views from the seeded generator
+    off = train(data, replace(cfg, w_view=0.0, p_text_view=0.0))
+    assert off.history["view"] == [0.0, 0.0] and not np.allclose(off.history["loss"], on.history["loss"])
+    with pytest.raises(ValueError, match="phone-photo view features"):
+        train(real_data, cfg)
