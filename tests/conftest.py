@@ -36,18 +36,24 @@ def trained_catalog(django_db_setup, django_db_blocker, hm_root):
     Session-scoped and committed, so every test sees the same products, outfits and active version.
     Returns the active ``ModelVersion``.
     """
+    with django_db_blocker.unblock():
+        return _train_slice(hm_root)
+
+
+def _train_slice(hm_root: Path):
+    """Import the slice, train it synchronously (no worker) and return the then active ``ModelVersion``.
+    Call with database access unblocked."""
     from catalog.hm_import import catalog_import_hm
     from recommender.models import ModelVersion, TrainingRun
     from recommender.tasks import train_model
 
-    with django_db_blocker.unblock():
-        catalog_import_hm(root=hm_root, limit=SLICE, progress=False)
-        run = TrainingRun.objects.create(params={"epochs": 8, "batch_size": 64, "seed": 0, "patience": 0})
-        train_model.apply(kwargs={"run_id": run.pk}, throw=True)
-        run.refresh_from_db()
-        assert run.status == TrainingRun.Status.SUCCEEDED, run.error
-        activate_if_gated(run)
-        return ModelVersion.objects.get(is_active=True)
+    catalog_import_hm(root=hm_root, limit=SLICE, progress=False)
+    run = TrainingRun.objects.create(params={"epochs": 8, "batch_size": 64, "seed": 0, "patience": 0})
+    train_model.apply(kwargs={"run_id": run.pk}, throw=True)
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    activate_if_gated(run)
+    return ModelVersion.objects.get(is_active=True)
 
 
 def active_trained_slice(hm_root: Path):
@@ -57,19 +63,11 @@ def active_trained_slice(hm_root: Path):
     session's ``trained_catalog`` rows with it; another may leave its own version active. Then the slice
     is imported and trained again here, as ``trained_catalog`` does. Call with database access unblocked.
     """
-    from catalog.hm_import import catalog_import_hm
-    from recommender.models import ModelVersion, ProductEmbedding, TrainingRun
-    from recommender.tasks import train_model
+    from recommender.models import ModelVersion, ProductEmbedding
 
     active = ModelVersion.objects.filter(is_active=True).first()
     if active is None or not ProductEmbedding.objects.filter(model_version=active).exists():
-        catalog_import_hm(root=hm_root, limit=SLICE, progress=False)
-        run = TrainingRun.objects.create(params={"epochs": 8, "batch_size": 64, "seed": 0, "patience": 0})
-        train_model.apply(kwargs={"run_id": run.pk}, throw=True)
-        run.refresh_from_db()
-        assert run.status == TrainingRun.Status.SUCCEEDED, run.error
-        activate_if_gated(run)
-        active = ModelVersion.objects.get(is_active=True)
+        active = _train_slice(hm_root)
     return active
 
 

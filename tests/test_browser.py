@@ -59,22 +59,14 @@ def site(django_db_setup, django_db_blocker, trained_catalog, hm_root):
     """
     from django.contrib.auth.models import Permission, User
 
-    from catalog.hm_import import catalog_import_hm
     from recommender import runtime
     from recommender.celery import app
-    from recommender.models import ModelVersion, TrainingRun
-    from recommender.tasks import train_model
-    from tests.conftest import activate_if_gated
+    from tests.conftest import active_trained_slice
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"no Chromium at {CHROMIUM}: apt-get install -y chromium (or set CHROMIUM)")
     with django_db_blocker.unblock():
-        if not ModelVersion.objects.filter(is_active=True).exists():  # a transactional test flushed it
-            catalog_import_hm(root=hm_root, limit=160, progress=False)
-            run = TrainingRun.objects.create(params={"epochs": 8, "batch_size": 64, "seed": 0, "patience": 0})
-            train_model.apply(kwargs={"run_id": run.pk}, throw=True)
-            run.refresh_from_db()
-            activate_if_gated(run)
+        active_trained_slice(hm_root)  # rebuilt when a transactional test flushed it
         user, _ = User.objects.get_or_create(username="browser-merch")
         user.is_staff = (
             False  # a merchandiser needs the permission, not staff status (the site's own sign-in)

@@ -63,18 +63,9 @@ def db_access(django_db_setup, django_db_blocker):
 @pytest.fixture(scope="module")
 def catalog(trained_catalog, db_access, hm_root):
     """The session's trained slice, active; rebuilt when a transactional test flushed it. Cleans up after."""
-    from catalog.hm_import import catalog_import_hm
-    from recommender.tasks import train_model
-    from tests.conftest import SLICE
+    from tests.conftest import active_trained_slice
 
-    active = ModelVersion.objects.filter(is_active=True).first()
-    if active is None or not ProductEmbedding.objects.filter(model_version=active).exists():
-        catalog_import_hm(root=hm_root, limit=SLICE, progress=False)
-        run = TrainingRun.objects.create(params={"epochs": 8, "batch_size": 64, "seed": 0, "patience": 0})
-        train_model.apply(kwargs={"run_id": run.pk}, throw=True)
-        run.refresh_from_db()
-        activate_if_gated(run)
-        active = ModelVersion.objects.get(is_active=True)
+    active = active_trained_slice(hm_root)
     marks = {
         m: (m.objects.order_by("-pk").values_list("pk", flat=True).first() or 0)
         for m in (Product, ModelVersion, TrainingRun)
