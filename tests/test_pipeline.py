@@ -465,5 +465,10 @@ def test_embedding_message_comes_back_after_its_worker_dies(catalog, tmp_path):
             lambda: len(_vector_rows(version)) == len(ids), 120, "the message to come back to the live worker"
         )
         assert _vector_rows(version) == {pid: 1 for pid in ids}
-        assert "embed_products[lost-1] succeeded" in live_log.read_text(errors="replace")
+        # the rows commit before the task returns and Celery logs its result: wait for that line too
+        _wait(
+            lambda: "embed_products[lost-1] succeeded" in live_log.read_text(errors="replace"),
+            30,
+            "the live worker to log the task's success",
+        )
         assert live.poll() is None  # the same process all along
