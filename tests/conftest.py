@@ -30,6 +30,36 @@ def mango_root(hm_root) -> Path:
 
 
 @pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """pytest-django's ``django_db_setup``, and the test database of the ``default`` alias in any case.
+
+    pytest-django creates only the databases of the session's tests marked ``django_db`` (or using
+    ``db``); modules that reach the database only through committed session or module fixtures
+    (``test_pipeline``, ``test_browser``), run on their own, would otherwise read, write and flush the
+    developer's own database (the demo's). Raises ``RuntimeError`` when the connection still is not on a
+    ``test_`` database.
+    """
+    from django.db import connection
+    from django.test.utils import setup_databases, teardown_databases
+
+    created = None
+    if not connection.settings_dict["NAME"].startswith("test_"):
+        with django_db_blocker.unblock():
+            connection.close()
+            connection.close_pool()  # a pool opened before the switch would keep the old database
+            created = setup_databases(verbosity=0, interactive=False, aliases={"default"})
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute("SELECT current_database()")
+        name = cursor.fetchone()[0]
+    if not name.startswith("test_"):
+        raise RuntimeError(f"the tests' connection is on database {name!r}, not a test database")
+    yield
+    if created is not None:
+        with django_db_blocker.unblock():
+            teardown_databases(created, verbosity=0)
+
+
+@pytest.fixture(scope="session")
 def trained_catalog(django_db_setup, django_db_blocker, hm_root):
     """Import a slice of the real catalog and train a few epochs (synchronously, no worker).
 
