@@ -15,6 +15,12 @@ no candidate fills more than ``cap`` of the lists" (a capacitated assignment), f
 the catalog's own products as queries (:func:`capacity_offsets`): an item over capacity gets dearer,
 one under it with a price gets cheaper, as in Bertsekas' auction algorithm. Only items that would
 otherwise be everyone's pick get a price; the rest keep the plain order.
+
+Some shares no price can lower: a men's query sees only the men's bags, so where there are three, each
+is in every men's list. Each candidate's cap is therefore at least 1.5× its *even-spread share*
+(:func:`even_spread_shares`, the share it has when every query spreads its k picks evenly over the
+candidates it may get); under one cap for all, such an item stays over it for ever, and the ascent,
+which keeps the step with the smallest largest excess, returns its first step's prices for everyone.
 """
 
 from __future__ import annotations
@@ -44,11 +50,32 @@ def top_k_shares(scores: np.ndarray, k: int) -> np.ndarray:
     return np.bincount(part[valid], minlength=n) / q
 
 
+def even_spread_shares(scores: np.ndarray, k: int) -> np.ndarray:
+    """The share of the queries' top-k lists each candidate fills when every query spreads its k picks
+    evenly over the candidates it may get: ``(1/Q) Σ_{q allows c} min(1, k / m_q)``, ``m_q`` the number
+    of candidates query ``q`` allows. Exact for a candidate whose queries allow at most k candidates
+    (it is in all their lists, at any price); ``k/N`` for every candidate when all are allowed.
+
+    Args:
+        scores: (Q, N) float32 scores, ``-inf`` where a candidate is not allowed for that query.
+        k: list length.
+
+    Returns:
+        (N,) float64 shares in [0, 1] (0 for an empty query set).
+    """
+    q, n = scores.shape
+    if q == 0 or n == 0:
+        return np.zeros(n)
+    allowed = scores > -np.inf  # (Q, N)
+    per_pick = np.minimum(1.0, k / np.maximum(allowed.sum(axis=1), 1))  # (Q,)
+    return (per_pick @ allowed) / q
+
+
 def capacity_offsets(
     scores: np.ndarray,
     *,
     k: int,
-    cap: float,
+    cap: float | np.ndarray,
     free: np.ndarray | None = None,
     start: np.ndarray | None = None,
     steps: int = 300,
@@ -60,7 +87,8 @@ def capacity_offsets(
     Args:
         scores: (Q, N) float32 compatibility of each candidate with each query, ``-inf`` where not allowed.
         k: list length.
-        cap: the largest share of lists one candidate may fill (below k/N no prices can reach it).
+        cap: the largest share of lists one candidate may fill, one for all or (N,) one each (below its
+            :func:`even_spread_shares` no prices can reach it).
         free: (N,) bool, the prices that may change (default all); the others keep ``start``.
         start: (N,) initial prices (default 0).
         steps: most ascent steps; stops early once no free candidate is over ``cap``.
@@ -68,13 +96,13 @@ def capacity_offsets(
 
     Returns:
         (N,) float32 prices, 0 for candidates never over capacity: the first prices that bring every free
-        candidate within ``cap``, else (a cap the lists cannot meet, e.g. an audience with fewer than k
-        items of the slot) the prices of the step with the smallest largest excess, never worse than
-        ``start``.
+        candidate within its cap, else (caps the lists cannot meet) the prices of the step with the
+        smallest largest excess over the caps, never worse than ``start``.
     """
     n = scores.shape[1]
     b = np.zeros(n, dtype=np.float64) if start is None else np.asarray(start, dtype=np.float64).copy()
     free = np.ones(n, dtype=bool) if free is None else np.asarray(free, dtype=bool)
+    cap = np.broadcast_to(np.asarray(cap, dtype=np.float64), (n,))
     best, best_excess = b.copy(), np.inf
     for _ in range(steps):
         excess = top_k_shares(scores - b[None].astype(np.float32), k) - cap  # (N,)

@@ -24,7 +24,7 @@ from django.conf import settings
 
 from catalog.models import Product
 from catalog.selectors import product_audience_group
-from ml.hubness import capacity_offsets
+from ml.hubness import capacity_offsets, even_spread_shares
 from ml.slots import OUTFIT_SLOTS, SLOT_INDEX, missing_slots
 from recommender import answer_cache
 from recommender.looks import audience_filter
@@ -146,9 +146,10 @@ def hub_scores_for(*, version: ModelVersion, product_ids: Sequence[int], compat:
             queries = np.sort(rng.sample(list(queries), settings.HUBNESS_QUERIES))
         if not len(queries):
             continue
-        cap = max(settings.HUBNESS_MAX_SHARE, 1.5 * settings.HUBNESS_K / len(cands))
+        scores = _slot_scores(cat, masks2, target, queries, cands)  # (Q, N_t)
+        cap = np.maximum(settings.HUBNESS_MAX_SHARE, 1.5 * even_spread_shares(scores, settings.HUBNESS_K))
         cat.hub[cands] = capacity_offsets(
-            _slot_scores(cat, masks2, target, queries, cands),
+            scores,
             k=settings.HUBNESS_K,
             cap=cap,
             free=cat.free[cands],

@@ -338,9 +338,9 @@ MMR_POOL_FACTOR = env.int("MMR_POOL_FACTOR", default=5)
 MMR_POOL_MIN = env.int("MMR_POOL_MIN", default=50)
 #: Complete-the-look's hubness reduction (``ml.hubness``, ``recommender.hubness``): each product gets
 #: an offset so that, with the catalog's products as queries, no item fills more than HUBNESS_MAX_SHARE
-#: of its slot's top-HUBNESS_K lists (at least 1.5 k / the slot's size); each slot's top HUBNESS_POOL
-#: rows from the index are re-ranked by ``compatibility − HUBNESS_PENALTY · offset`` (0: the plain
-#: order). Offsets are computed on at most HUBNESS_QUERIES queries per slot (a seeded sample beyond).
+#: of its slot's top-HUBNESS_K lists (at least 1.5× its even-spread share, ``even_spread_shares``);
+#: each slot's top HUBNESS_POOL rows from the index are re-ranked by
+#: ``compatibility − HUBNESS_PENALTY · offset`` (0: the plain order). Offsets are computed on at most HUBNESS_QUERIES queries per slot (a seeded sample beyond).
 HUBNESS_K = env.int("HUBNESS_K", default=5)
 HUBNESS_MAX_SHARE = env.float("HUBNESS_MAX_SHARE", default=0.02)
 HUBNESS_QUERIES = env.int("HUBNESS_QUERIES", default=5000)

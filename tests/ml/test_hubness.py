@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.hubness import capacity_offsets, k_occurrence, rerank, top_k_shares
+from ml.hubness import capacity_offsets, even_spread_shares, k_occurrence, rerank, top_k_shares
 
 # Four queries, three candidates: every query's best is candidate 0, by margins 0.12, 0.22, 0.07, 0.17.
 SCORES = np.array(
@@ -33,6 +33,34 @@ def test_fixed_prices_stay_as_given():
     b = capacity_offsets(SCORES, k=1, cap=0.5, free=np.array([False, True, True]), start=start)
     assert b.tolist() == pytest.approx([0.2, 0.0, 0.0])  # candidate 0 keeps only the 0.22 margin
     assert top_k_shares(SCORES - b, 1).tolist() == [0.25, 0.5, 0.25]
+
+
+NO = -np.inf
+# Six queries, four candidates, k = 1. The three men's queries may only get candidate 0 (the one men's
+# bag); the three women's queries may get 1, 2 or 3 and all prefer 1 (by 0.1, 0.15 and 0.5).
+AUDIENCES = np.array(
+    [[0.9, NO, NO, NO]] * 3 + [[NO, 1.0, 0.9, 0.5], [NO, 1.0, 0.5, 0.85], [NO, 1.0, 0.5, 0.5]],
+    dtype=np.float32,
+)
+
+
+def test_even_spread_shares():
+    # candidate 0: 3 queries x 1 pick / 6; candidates 1..3: 3 queries x 1/3 pick / 6
+    assert even_spread_shares(AUDIENCES, 1) == pytest.approx([0.5, 1 / 6, 1 / 6, 1 / 6])
+    assert even_spread_shares(SCORES, 2) == pytest.approx([2 / 3] * 3)  # k/N when all are allowed
+    assert even_spread_shares(np.zeros((0, 3), dtype=np.float32), 1).tolist() == [0, 0, 0]
+
+
+def test_an_item_no_price_can_move_gets_none_and_the_others_are_still_capped():
+    cap = np.maximum(0.2, 1.5 * even_spread_shares(AUDIENCES, 1))  # [0.75, 0.25, 0.25, 0.25]
+    b = capacity_offsets(AUDIENCES, k=1, cap=cap, lr=0.1)
+    shares = top_k_shares(AUDIENCES - b, 1)
+    assert b[0] == 0.0  # in every men's list at any price
+    assert shares[1] <= 0.25 and shares.tolist() == pytest.approx([0.5, 1 / 6, 1 / 6, 1 / 6])
+    # one cap for all: the men's bag stays over it whatever its price, so no step lowers the largest
+    # excess and the women's hub keeps half the lists
+    uniform = capacity_offsets(AUDIENCES, k=1, cap=0.2, lr=0.1)
+    assert uniform.tolist() == [0.0] * 4 and top_k_shares(AUDIENCES - uniform, 1)[1] == 0.5
 
 
 def test_rerank_by_score_minus_beta_times_offset():
