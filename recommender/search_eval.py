@@ -79,15 +79,20 @@ def catalog_rows() -> dict[int, Row]:
     return rows
 
 
+def _among(value: str, allowed) -> bool:
+    return value.lower() in {a.lower() for a in allowed}
+
+
 def satisfies(row: Row, must: dict) -> bool:
-    """Does a product satisfy every constraint of a benchmark query (keys of ``queries.json``)?"""
-    if must.get("type") and row.type not in must["type"]:
+    """Does a product satisfy every constraint of a benchmark query (keys of ``queries.json``)? Types and
+    colours are compared without case (H&M writes "T-shirt" and "Black", MANGO "T-Shirt" and "black")."""
+    if must.get("type") and not _among(row.type, must["type"]):
         return False
-    if must.get("colour") and row.colour not in must["colour"]:
+    if must.get("colour") and not _among(row.colour, must["colour"]):
         return False
     if must.get("audience") and row.audience not in must["audience"]:
         return False
-    if row.colour in must.get("colour_not", ()):
+    if _among(row.colour, must.get("colour_not", ())):
         return False
     if any(not re.search(rx, row.text) for rx in must.get("text", ())):
         return False

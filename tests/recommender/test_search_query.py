@@ -88,3 +88,27 @@ def test_two_catalogs_words_mean_both_spellings(hm_root, mango_root):
     assert "Dark Blue" in navy and "navy" in {v.lower() for v in navy}
     jeans = set(_chips(query_parse("men slim jeans", vocab=both))["type"])
     assert {"Trousers", "Jeans"} <= jeans
+
+
+def test_the_benchmark_judges_both_samples_in_their_own_words(mango_root):
+    """A MANGO black "T-Shirt" answers "black t-shirt" (H&M writes "T-shirt" and "Black"), MANGO jeans
+    answer "blue jeans" in their denim shades, and a navy MANGO shirt is what "shirt not white" allows
+    but "trousers not blue" would not."""
+    import json
+
+    from ml.mango import read_products
+    from recommender.search_eval import QUERIES, Row, satisfies
+
+    judged = {q["q"]: q for q in json.loads(QUERIES.read_text())["queries"]}
+    products, _ = read_products(mango_root)
+
+    def first(product_type: str, colour: str) -> Row:
+        p = next(p for p in products if p.product_type == product_type and p.colour == colour)
+        return Row(0, p.sku, p.title, p.product_type, p.colour, p.audience_group, p.model, p.text.lower())
+
+    assert satisfies(first("T-Shirt", "black"), judged["black t-shirt"])
+    assert satisfies(first("Jeans", "medium denim"), judged["blue jeans"])
+    assert satisfies(first("Shirt", "navy"), judged["shirt not white"])
+    assert satisfies(first("Shirt", "navy"), judged["navy linen shirt"])  # judged on type and colour
+    assert not satisfies(first("Shirt", "off-white"), judged["shirt not white"])
+    assert not satisfies(first("Trousers", "navy"), judged["trousers not blue"])
