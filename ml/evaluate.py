@@ -100,14 +100,18 @@ TABLES: dict[str, tuple[str, ...]] = {
         "n_fitb_random",
         "n_outfits_random",
     ),
-    "Complementary-item retrieval (rank the whole slot by complete-the-look score)": (*CTL_METRICS, "n_ctl"),
+    "Complementary-item retrieval (rank the whole slot by complete-the-look score)": (
+        *CTL_METRICS,
+        "n_ctl",
+        "n_ctl_novel",
+    ),
     "Text→item retrieval and similar items": (*_TEXT, "gallery_size"),
 }
 #: Every metric, in report order.
 METRICS: tuple[str, ...] = tuple(m for cols in TABLES.values() for m in cols)
 COUNTS: frozenset[str] = frozenset(m for m in METRICS if m.startswith("n_") or m == "gallery_size")
 #: Metrics where lower is better (a rank); every other score is higher-is-better.
-LOWER_IS_BETTER: frozenset[str] = frozenset({"ctl_median_rank"})
+LOWER_IS_BETTER: frozenset[str] = frozenset({"ctl_median_rank", "novel_median_rank"})
 
 _CHUNK_ROWS = 1024  # query rows per score matrix (keeps (Q, N) matrices small on the full catalog)
 

@@ -14,6 +14,11 @@ serving's ``<q_t, f_x>`` with ``q_t = Σ_i f_i ⊙ m_{s_i t}²``, ``ml.heads``).
   slot filter) that lie in a slot the query still misses (``ml.slots.missing_slots``): does the score
   alone keep a second pair of trousers out of a look that has trousers?
 
+* ``novel_recall@10``, ``novel_median_rank``: the same over the *novel* queries only, those whose answer
+  no training outfit ever paired with a query item (``ml.protocols.known_partners`` of the training
+  outfits): the memorisation control of the matched protocol (``novel_subset``) applied here, where a
+  pair-memory scorer has nothing to recall and what ranks the answer is content.
+
 Ties (coarse baselines score many items alike) are broken at random: a rank is the expected rank of x
 among the items tied with it, a recall the expected share, and the items tied at the top-10 cut are
 drawn with a seeded generator.
@@ -29,7 +34,7 @@ import numpy as np
 
 from ml.audience import AUDIENCE_GROUPS, UNISEX, audience_fits
 from ml.dataset import TrainData
-from ml.protocols import PROTOCOL_SEED, variant_groups
+from ml.protocols import PROTOCOL_SEED, known_partners, variant_groups
 from ml.scorers import Scorer
 from ml.slots import SLOT_INDEX, SLOTS, missing_slots
 
@@ -42,6 +47,8 @@ CTL_METRICS: tuple[str, ...] = (
     "ctl_median_rank",
     "audience@10",
     "slot_valid@10",
+    "novel_recall@10",
+    "novel_median_rank",
 )
 _PICKS = 10
 
@@ -56,6 +63,7 @@ class ComplementarySet:
         slots: (N,) int64 slot of every item.
         variant: (N,) int64 colour-variant group of every item (``ml.protocols.variant_groups``).
         audience: (N,) int64 group ids (``ml.audience.AUDIENCE_GROUPS``), or None without the attribute.
+        novel: (Q,) bool per query: no training outfit holds the answer with any query item.
     """
 
     queries: list[tuple[np.ndarray, int]]
@@ -63,6 +71,7 @@ class ComplementarySet:
     slots: np.ndarray
     variant: np.ndarray
     audience: np.ndarray | None
+    novel: np.ndarray
 
     def galleries(self, q: int) -> tuple[np.ndarray, np.ndarray]:
         """``(slot gallery (G,), unfiltered gallery (M,))`` int64 of query q: the answer's slot less the
@@ -85,7 +94,8 @@ def complementary_set(data: TrainData) -> ComplementarySet:
     if not data.test_outfits:
         raise ValueError("data has no test_outfits: build the features file with a held-out split")
     slots = np.asarray(data.slots, dtype=np.int64)
-    queries, open_slots = [], []
+    partners = known_partners(data.outfits, len(slots))  # pairs of the training outfits
+    queries, open_slots, novel = [], [], []
     for o in data.test_outfits:
         o = np.asarray(o, dtype=np.int64)
         for pos, target in enumerate(o.tolist()):
@@ -93,8 +103,11 @@ def complementary_set(data: TrainData) -> ComplementarySet:
             missing = [SLOT_INDEX[s] for s in missing_slots(SLOTS[int(s)] for s in slots[given])]
             open_slots.append(np.isin(np.arange(len(SLOTS)), missing))
             queries.append((given, int(target)))
+            novel.append(not partners[target] & set(given.tolist()))
     audience = np.asarray(data.attrs["audience"], dtype=np.int64) if "audience" in data.attrs else None
-    return ComplementarySet(queries, open_slots, slots, variant_groups(data), audience)
+    return ComplementarySet(
+        queries, open_slots, slots, variant_groups(data), audience, np.asarray(novel, dtype=bool)
+    )
 
 
 def _top(scores: np.ndarray, items: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -126,7 +139,8 @@ def complementary_metrics(
 
     Returns:
         ``{"ctl_recall@k" for k in ks, "ctl_median_rank", "audience@10" (NaN without an audience
-        attribute), "slot_valid@10", "n_ctl": float}``.
+        attribute), "slot_valid@10", "novel_recall@10" (NaN unless 10 in ks), "novel_median_rank"
+        (NaN without a novel query), "n_ctl", "n_ctl_novel": float}``.
     """
     rng = np.random.default_rng(seed)
     recalls = {k: [] for k in ks}
@@ -150,5 +164,11 @@ def complementary_metrics(
     out["ctl_median_rank"] = float(np.median(ranks))
     out["audience@10"] = float(np.mean(fits)) if fits else math.nan
     out["slot_valid@10"] = float(np.mean(valid))
+    novel = cset.novel
+    out["novel_recall@10"] = (
+        float(np.mean(np.asarray(recalls[10])[novel])) if 10 in recalls and novel.any() else math.nan
+    )
+    out["novel_median_rank"] = float(np.median(np.asarray(ranks)[novel])) if novel.any() else math.nan
     out["n_ctl"] = float(len(cset.queries))
+    out["n_ctl_novel"] = float(novel.sum())
     return out

@@ -88,6 +88,21 @@ def test_complementary_retrieval_by_hand() -> None:
     assert m["slot_valid@10"] == pytest.approx((6 / 8 + 6 / 9) / 2)
 
 
+def test_novel_queries_are_those_no_training_outfit_answers() -> None:
+    """Held-out outfit [0, 4, 8] with a training outfit [0, 8]: asking for 0 given 4 and 8, or for 8
+    given 0 and 4, a pair-memory scorer recalls the answer; asking for bottom 4 it has nothing."""
+    data = catalog()
+    data = TrainData(**{**data.__dict__, "outfits": [*data.outfits, np.array([0, 8])]})
+    data.test_outfits[:] = [np.array([0, 4, 8])]
+    cset = complementary_set(data)
+    assert [t for _, t in cset.queries] == [0, 4, 8] and cset.novel.tolist() == [False, True, False]
+    weight = np.array([0.5, 0.9, 0.1, 0.0, 0.2, 0.8, 0.3, 0.6, 0.95, 0.99])
+    m = complementary_metrics(Scorer(lambda a, b: weight[b]), cset)
+    # bottom 4 (0.2) ranks last of 4, 6 (0.3), 7 (0.6): the novel query's rank is 3
+    assert m["novel_median_rank"] == 3.0 and m["novel_recall@10"] == 1.0 and m["n_ctl_novel"] == 1
+    assert m["n_ctl"] == 3
+
+
 def test_ties_count_as_the_expected_rank() -> None:
     cset = complementary_set(catalog())
     m = complementary_metrics(Scorer(lambda a, b: np.zeros(len(b))), cset, ks=(1, 2))
