@@ -91,7 +91,7 @@ class SearchApi(APIView):
                     search.SearchHit(h.product, h.score)
                     for h in selectors.text_search(query=d["q"], k=k, filters=filters, mmr_lambda=d["mmr"])
                 ]
-                chips, weak, facets, relaxed = [], False, {}, []
+                chips, weak, facets, relaxed, corrected = [], False, {}, [], {}
             else:
                 answer = search.product_search(
                     query=d["q"], k=k, filters=filters, off=d["off"], group_variants=d["group_variants"]
@@ -99,12 +99,14 @@ class SearchApi(APIView):
                 hits, weak, facets = answer.hits, answer.weak, answer.facets
                 chips = [c.as_dict() for c in answer.parsed.chips]
                 relaxed = [c.as_dict() for c in answer.relaxed]
+                corrected = answer.corrected
             page = ranked_page(request, hits=hits, page=d["page"], k=d["k"], serializer=s.SearchHitSerializer)
             return {
                 **page,
                 "understood": chips,
                 "relaxed": relaxed,
                 "no_close_matches": weak,
+                "corrected": corrected,
                 "facets": facets,
             }
 

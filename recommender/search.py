@@ -37,7 +37,14 @@ from recommender.filters import Filters
 from recommender.model_cache import embedder_for
 from recommender.models import ModelVersion, ProductEmbedding
 from recommender.replicas import read_alias
-from recommender.search_query import Chip, ParsedQuery, query_parse, tokens, vocabulary_build
+from recommender.search_query import (
+    Chip,
+    ParsedQuery,
+    query_parse,
+    spelling_corrected,
+    tokens,
+    vocabulary_build,
+)
 from recommender.selectors import NoActiveModel, active_version, distance_expression, ranking_settings_sql
 
 MODES = ("hybrid", "lexical", "vector")
@@ -67,6 +74,7 @@ class SearchAnswer:
     weak: bool = False
     facets: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     relaxed: list[Chip] = field(default_factory=list)
+    corrected: dict[str, str] = field(default_factory=dict)  # misspelled word → the catalog word searched
 
 
 def _conditions(parsed: ParsedQuery, filters: Filters, prefix: str = "") -> Q:
@@ -241,8 +249,11 @@ def _search(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
     filters = filters or Filters()
+    corrected: dict[str, str] = {}
     if understand:
-        parsed = query_parse(text, vocab=vocabulary_build(), off=off)
+        vocab = vocabulary_build()
+        text, corrected = spelling_corrected(text, vocab)
+        parsed = query_parse(text, vocab=vocab, off=off)
     else:
         parsed = ParsedQuery(text=text, terms=tokens(text), vector_text=text)
     version = active_version() if mode != "lexical" else None
@@ -274,14 +285,16 @@ def _search(
     need = (len(set(parsed.terms)) + 1) // 2
     lexical = any((lex or 0) >= max(need, 1) for *_, lex in rows) or any(score >= 1 for _, score, *_ in rows)
     best = max((cos for _, _, cos, _ in rows if cos is not None), default=None)
+    # no word the catalog knows (nor a misspelling of one), or a vector match too weak: no close matches
+    unknown = understand and not any(vocab.known(w) for w in parsed.terms)
     weak = (
         mode == "hybrid"
         and not parsed.chips
         and not lexical
-        and (best is None or best < settings.SEARCH_WEAK_COSINE)
+        and (unknown or best is None or best < settings.SEARCH_WEAK_COSINE)
     )
     if weak:
-        return SearchAnswer(hits=[], parsed=parsed, weak=True)
+        return SearchAnswer(hits=[], parsed=parsed, weak=True, corrected=corrected)
     products = Product.objects.in_bulk([r[0] for r in rows])
     ranked = [(products[pid], float(score)) for pid, score, _, _ in rows if pid in products]
     if group_variants:
@@ -289,7 +302,7 @@ def _search(
     counts = _variant_counts([p for p, _ in ranked[:k]]) if group_variants else {}
     hits = [SearchHit(p, s, counts.get(p.variant_group, 1)) for p, s in ranked[:k]]
     facets = {name: _facet_counts(getattr(p, attr) for p, _ in ranked) for name, attr in FACETS}
-    return SearchAnswer(hits=hits, parsed=parsed, facets=facets)
+    return SearchAnswer(hits=hits, parsed=parsed, facets=facets, corrected=corrected)
 
 
 def _facet_counts(values: Iterable[str | None]) -> list[tuple[str, int]]:

@@ -20,12 +20,14 @@ that the shopper can switch off (``off=colour``), keeping the words as plain tex
 from __future__ import annotations
 
 import contextlib
+import difflib
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from django.core.cache import cache
+from django.db import connection
 
 from catalog.models import Product
 from ml.audience import UNISEX, audience_group
@@ -103,6 +105,39 @@ class Vocabulary:
     audience: dict[tuple[str, ...], str]
     colour: dict[tuple[str, ...], frozenset[str]]
     type: dict[tuple[str, ...], frozenset[str]]
+    words: frozenset[str] = frozenset()  # every word of the catalog's titles, types, colours, texts
+    common: tuple[str, ...] = ()  # the words of at least SPELLING_MIN_PRODUCTS products: corrections
+
+    def known(self, word: str) -> bool:
+        """Is ``word`` one the catalog or the query grammar knows (a number counts as known)?"""
+        return (
+            word in self.words
+            or word in NEGATIONS
+            or word.isdigit()
+            or (word,) in self.audience
+            or (word,) in self.colour
+            or (word,) in self.type
+        )
+
+    def correction(self, word: str) -> str | None:
+        """The catalog word closest to a word it does not know (``jeens`` → ``jeans``), or None.
+
+        First the audience, colour and type words, then the words of at least
+        :data:`SPELLING_MIN_PRODUCTS` products (not the one-off model names of titles: "Jens"); in each,
+        the best :func:`difflib.get_close_matches` at ratio ≥ :data:`SPELLING_CUTOFF` among the words
+        of about its length and its first letter. Words shorter than 4 letters are never corrected.
+        """
+        if len(word) < 4 or self.known(word):
+            return None
+        shop = sorted(
+            {w[0] for table in (self.audience, self.colour, self.type) for w in table if len(w) == 1}
+        )
+        for pool in (shop, self.common):
+            near = [w for w in pool if abs(len(w) - len(word)) <= 2 and w[:1] == word[:1]]
+            close = difflib.get_close_matches(word, near, n=1, cutoff=SPELLING_CUTOFF)
+            if close:
+                return close[0]
+        return None
 
     def lookup(self, words: tuple[str, ...]) -> tuple[str, object] | None:
         """``("audience", group)``, ``("colour", values)``, ``("type", values)`` or None.
@@ -125,13 +160,41 @@ class Vocabulary:
         return None
 
 
+#: The least :class:`difflib.SequenceMatcher` ratio of a spelling correction (``sweter`` → ``sweater``
+#: 0.92, ``jaket`` → ``jacket`` 0.91, ``jeens`` → ``jeans`` 0.8).
+SPELLING_CUTOFF = 0.8
+#: A word of fewer products is never a correction (titles' model names: "Jens", "Dolores").
+SPELLING_MIN_PRODUCTS = 5
+
+
+def spelling_corrected(text: str, vocab: Vocabulary) -> tuple[str, dict[str, str]]:
+    """``text`` with each word the catalog does not know replaced by its :meth:`Vocabulary.correction`,
+    and ``{word: correction}``; the text unchanged and ``{}`` when nothing needs correcting.
+
+    >>> v = vocabulary_from_values(colours=["Black"], types=["Jeans"], groups=["men"], word_counts={"slim": 9})
+    >>> spelling_corrected("men sllim jeens", v)
+    ('men slim jeans', {'sllim': 'slim', 'jeens': 'jeans'})
+    """
+    fixes = {w: c for w in dict.fromkeys(tokens(text)) if (c := vocab.correction(w))}
+    if not fixes:
+        return text, {}
+    out = text.lower()
+    for word, fix in fixes.items():
+        out = re.sub(rf"(?<![a-z0-9-]){re.escape(word)}(?![a-z0-9-])", fix, out)
+    return out, fixes
+
+
 def _plural_forms(word: str) -> set[str]:
     """The word and its plurals (never a singular made up: "shorts" must not answer to "short")."""
     return {word} if word.endswith("s") else {word, word + "s", word + "es"}
 
 
 def vocabulary_from_values(
-    *, colours: Iterable[str], types: Iterable[str], groups: Iterable[str]
+    *,
+    colours: Iterable[str],
+    types: Iterable[str],
+    groups: Iterable[str],
+    word_counts: Mapping[str, int] | None = None,
 ) -> Vocabulary:
     """The dictionaries of a catalog, from its distinct colour and product type values and audience groups.
 
@@ -139,7 +202,10 @@ def vocabulary_from_values(
     ending in Blue); a type to its name, each ``/``-separated part, and their plurals; the first word of a
     several-word type (``pyjama``) to every type starting with it, unless it is a type itself. Values such
     as "Other", "Unknown", "Other accessories" are no words a shopper uses and are left out.
+    ``word_counts`` (``{word: number of products whose text has it}``) are the words spelling correction
+    knows.
     """
+    word_counts = word_counts or {}
     colour: dict[tuple[str, ...], set[str]] = defaultdict(set)
     for value in colours:
         words = tuple(tokens(value))
@@ -176,6 +242,8 @@ def vocabulary_from_values(
         audience=audience,
         colour={k: frozenset(v) for k, v in colour.items()},
         type={k: frozenset(v) for k, v in kinds.items()},
+        words=frozenset(word_counts),
+        common=tuple(sorted(w for w, n in word_counts.items() if n >= SPELLING_MIN_PRODUCTS and len(w) > 3)),
     )
 
 
@@ -185,23 +253,40 @@ def _audience_words() -> list[str]:
     return [*base, "kids", "kid", "children", "child", "boys", "boy", "girls", "girl", "baby", "babies"]
 
 
+_LOCAL: dict[str, Vocabulary] = {}
+#: ``ts_stat`` over the products' texts parsed by the ``simple`` configuration (no stemming: the words as
+#: written; ``t-shirt`` and its parts), with the number of products each is in.
+_WORDS_SQL = (
+    "SELECT word, ndoc FROM ts_stat($$SELECT to_tsvector('simple', title || ' ' || product_type || ' ' "
+    "|| colour || ' ' || description) FROM catalog_product$$)"
+)
+
+
 def vocabulary_build() -> Vocabulary:
     """The catalog's :class:`Vocabulary` from its distinct values (three indexed DISTINCT queries),
     cached per catalog generation (:mod:`recommender.answer_cache`) in the Django cache; a cache that
     is down means building it every time, never an error."""
     try:
         key = f"search:vocabulary:g{answer_cache.generation()}:n{Product.objects.count()}"
-        hit = cache.get(key)
+        hit = _LOCAL.get(key) or cache.get(key)
     except answer_cache.CACHE_ERRORS:
         key, hit = None, None
     if hit is not None:
+        _LOCAL.clear()
+        _LOCAL[key] = hit  # this process keeps the last one: no unpickling of the catalog's words per query
         return hit
 
     def distinct(name: str) -> list[str]:
         return list(Product.objects.exclude(**{name: ""}).values_list(name, flat=True).distinct())
 
+    with connection.cursor() as cur:  # every word of the products' texts, with its product count
+        cur.execute(_WORDS_SQL)
+        word_counts = dict(cur.fetchall())
     vocab = vocabulary_from_values(
-        colours=distinct("colour"), types=distinct("product_type"), groups=distinct("audience_group")
+        colours=distinct("colour"),
+        types=distinct("product_type"),
+        groups=distinct("audience_group"),
+        word_counts=word_counts,
     )
     if key is not None:
         with contextlib.suppress(*answer_cache.CACHE_ERRORS):  # a cache that is down: built next time too

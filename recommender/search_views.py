@@ -106,6 +106,7 @@ def search_page(request: HttpRequest) -> HttpResponse:
             context["facets"] = _search_facets(request, answer, cleaned)
             context["no_close_matches"] = answer.weak
             context["relaxed"] = [c.label for c in answer.relaxed]
+            context["corrected"] = answer.corrected
             context["results"] = [
                 {"product": h.product, "variants": h.variants} for h in hits[(page - 1) * SEARCH_K :]
             ]

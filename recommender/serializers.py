@@ -109,8 +109,12 @@ class SearchPageSerializer(serializers.Serializer):
         "read as plain words instead (type first, then colour; the audience always holds)",
     )
     no_close_matches = serializers.BooleanField(
-        help_text="true: nothing understood, no word in any product's text and only weak vector matches "
-        "(results are then empty)"
+        help_text="true: nothing understood and no word in any product's text, and no word the catalog "
+        "knows or only weak vector matches (results are then empty)"
+    )
+    corrected = serializers.DictField(
+        child=serializers.CharField(),
+        help_text="{word typed: catalog word searched instead}: spelling corrections (empty: none)",
     )
     facets = serializers.DictField(
         child=serializers.ListField(child=serializers.ListField()),

@@ -122,10 +122,29 @@ def test_hybrid_is_one_statement_served_by_the_hnsw_and_gin_indexes(trained_cata
     assert "Bitmap Index Scan on product_search_gin" in plan("; SET LOCAL enable_indexscan = off")
 
 
-def test_nonsense_says_no_close_matches(trained_catalog):
+def test_nonsense_says_no_close_matches(trained_catalog, settings):
     answer = search.product_search(query="xyzzy plugh frobozz", k=10)
     assert answer.weak and answer.hits == []
     assert not search.product_search(query="black dress", k=10).weak
+    # with the vector threshold off, no word the catalog knows is what says so (a model whose nonsense
+    # matches score like real ones, as the two-catalog demo model's do, 0.35-0.49)
+    settings.SEARCH_WEAK_COSINE = -1.0
+    assert search.product_search(query="xyzzy plugh frobozz", k=10).weak
+    assert not search.product_search(query="black dress", k=10).weak
+
+
+def test_a_misspelled_word_is_searched_as_the_catalog_word_it_is_closest_to(trained_catalog, client):
+    answer = search.product_search(query="blak trowsers", k=10)
+    assert answer.corrected == {"blak": "black", "trowsers": "trousers"}
+    assert {c.label for c in answer.parsed.chips} == {"colour: black", "type: trousers"}
+    assert answer.hits and all(h.product.product_type == "Trousers" for h in answer.hits)
+    assert not answer.weak
+    body = client.get("/api/search/", {"q": "blak trowsers"}).json()
+    assert body["corrected"] == {"blak": "black", "trowsers": "trousers"} and body["results"]
+    page = client.get("/search", {"q": "blak trowsers"}).content.decode()
+    assert "Showing results for “black”, “trousers”" in page
+    # a word of the catalog is never "corrected" (the slice's titles have "Tilly" and "Bobby")
+    assert search.product_search(query="trousers", k=3).corrected == {}
 
 
 def test_page_shows_understood_chips_that_remove_themselves(trained_catalog, client):
