@@ -15,8 +15,10 @@ One statement (pgvector-python's hybrid search example, ``examples/hybrid_search
 
 What the query says (:mod:`recommender.search_query`) filters both rankings inside the statement: its
 audience group, colours and product types, and the colours, types and words it does not want. A
-query of which nothing is understood, no word matches any product's text and whose best vector match
-is below ``settings.SEARCH_WEAK_COSINE`` answers nothing and says so (``weak``).
+query of which nothing is understood and no word matches any product's text answers nothing and says
+so (``weak``) when no word of it is one the catalog knows or its best vector match is below
+``settings.SEARCH_WEAK_COSINE``. A word the catalog does not know is first searched as the closest one
+it does (:func:`recommender.search_query.spelling_corrected`, in ``SearchAnswer.corrected``).
 """
 
 from __future__ import annotations

@@ -325,7 +325,8 @@ PGVECTOR_HALFVEC = env.bool("PGVECTOR_HALFVEC", default=False)
 #: Text search (``recommender.search``): each ranking (vector, full text) contributes its best
 #: SEARCH_POOL rows to the fusion, whatever the page (so pages are slices of one ranking; an answer
 #: ends after the union of those rows); a query of which nothing is understood, no word is in any
-#: product's text and whose best vector match is below SEARCH_WEAK_COSINE answers "no close matches".
+#: product's text and which has no word the catalog knows or a best vector match below
+#: SEARCH_WEAK_COSINE answers "no close matches".
 SEARCH_POOL = env.int("SEARCH_POOL", default=200)
 #: The threshold depends on the model: on the 2-epoch full-sample model nonsense scores 0.30-0.35 and
 #: plain queries 0.38 and up; on the tests' 160-article model nonsense 0.17-0.23 (docs/evaluation.md).
