@@ -153,8 +153,11 @@ def _exact_sql(text: str):
     return qs.values_list("id")[:5].query.sql_with_params()
 
 
-def _fused(parts: list[tuple[str, str, tuple]], limit: int) -> tuple[str, list]:
-    """The one statement: each part's ranking numbered, ``Σ 1/(RRF_K + rank)`` per product."""
+def _fused(parts: list[tuple[str, str, tuple]], limit: int, cover: int = 0) -> tuple[str, list]:
+    """The one statement: each part's ranking numbered, ``Σ 1/(RRF_K + rank)`` per product, plus
+    ``1/RRF_K`` for a product whose full-text match covers ``cover`` or more of the query's words (when
+    ``cover`` > 0): it then ranks before every product that covers fewer (no single ranking gives more
+    than ``1/(RRF_K + 1)``), in fused order among them."""
     ctes, unions, params = [], [], []
     for name, sql, p in parts:
         params.extend(p)
@@ -175,7 +178,9 @@ def _fused(parts: list[tuple[str, str, tuple]], limit: int) -> tuple[str, list]:
             unions.append("SELECT id, 1.0 AS score, NULL::float AS cos, 0 AS lex FROM exact")
     body = " UNION ALL ".join(unions)
     sql = (
-        f"WITH {', '.join(ctes)} SELECT id, SUM(score) AS score, MAX(cos) AS cos, MAX(lex) AS lex "
+        f"WITH {', '.join(ctes)} SELECT id, SUM(score) "
+        f"+ CASE WHEN {int(cover)} > 0 AND MAX(lex) >= {int(cover)} THEN 1.0 / {RRF_K} ELSE 0 END AS score, "
+        "MAX(cos) AS cos, MAX(lex) AS lex "
         f"FROM ({body}) u GROUP BY id ORDER BY score DESC, id LIMIT {int(limit)}"
     )
     return sql, params
@@ -276,7 +281,10 @@ def _search(
         parts.append(("keyword", *_keyword_sql(terms, where, filters, version, pool, require=require)))
     if mode != "vector":
         parts.append(("exact", *_exact_sql(text)))
-    sql, params = _fused(parts, 2 * pool + 5)  # all of the union: grouping and facets need it
+    # hybrid: what says every free word of the query ranks first ("sports leggings": leggings that say
+    # sport before those the vector ranking finds close)
+    cover = len(set(parsed.terms)) if mode == "hybrid" and settings.SEARCH_COVER_FIRST else 0
+    sql, params = _fused(parts, 2 * pool + 5, cover)  # all of the union: grouping and facets need it
     alias = read_alias(Product)  # a replica in a shopper's request (recommender.replicas)
     with transaction.atomic(using=alias), connections[alias].cursor() as cur:
         cur.execute(search_settings_sql(pool))

@@ -213,6 +213,8 @@ def vocabulary_from_values(
             continue
         colour[words].add(value)
         colour[(words[-1],)].add(value)  # the family: "blue" for Blue, Dark Blue, Light Blue
+        if "-" in words[-1]:  # and "white" for MANGO's off-white, "black" for blue-black
+            colour[(words[-1].rsplit("-", 1)[1],)].add(value)
     kinds: dict[tuple[str, ...], set[str]] = defaultdict(set)
     heads: dict[str, set[str]] = defaultdict(set)
     for value in types:

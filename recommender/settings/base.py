@@ -331,6 +331,8 @@ SEARCH_POOL = env.int("SEARCH_POOL", default=200)
 #: The threshold depends on the model: on the 2-epoch full-sample model nonsense scores 0.30-0.35 and
 #: plain queries 0.38 and up; on the tests' 160-article model nonsense 0.17-0.23 (docs/evaluation.md).
 SEARCH_WEAK_COSINE = env.float("SEARCH_WEAK_COSINE", default=0.36)
+#: Hybrid search ranks the products whose full text has every free word of the query first.
+SEARCH_COVER_FIRST = env.bool("SEARCH_COVER_FIRST", default=True)
 #: An understood type, then colour, that as a filter leaves nothing is read as plain words instead
 #: (``recommender.search.RELAXABLE``; the page says so); the audience always holds.
 SEARCH_RELAX = env.bool("SEARCH_RELAX", default=True)

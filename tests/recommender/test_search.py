@@ -198,3 +198,20 @@ def test_facets_count_spellings_that_differ_only_in_case_as_one():
         ("black", 3),
         ("Dark Blue", 1),
     ]
+
+
+@pytest.mark.parametrize("query", ["cotton top", "lace bra"])
+def test_what_says_every_free_word_ranks_first(trained_catalog, settings, query):
+    """Hybrid: the products whose text has every free word ("cotton" of "cotton top", the type being a
+    filter) come before those only the vector ranking finds close."""
+
+    def says_all(hits, words) -> list[bool]:
+        return [all(re.search(rf"\b{w}", h.product.text.lower()) for w in words) for h in hits]
+
+    answer = search.product_search(query=query, k=20)
+    flags = says_all(answer.hits, answer.parsed.terms)
+    assert any(flags) and not all(flags), (query, flags)
+    assert flags == sorted(flags, reverse=True), (query, flags)  # every True before every False
+    settings.SEARCH_COVER_FIRST = False  # fused order only: what the vector finds close mixes in
+    off = search.product_search(query=query, k=20)
+    assert says_all(off.hits, off.parsed.terms) != sorted(says_all(off.hits, off.parsed.terms), reverse=True)

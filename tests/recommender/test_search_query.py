@@ -88,6 +88,9 @@ def test_two_catalogs_words_mean_both_spellings(hm_root, mango_root):
     assert "Dark Blue" in navy and "navy" in {v.lower() for v in navy}
     jeans = set(_chips(query_parse("men slim jeans", vocab=both))["type"])
     assert {"Trousers", "Jeans"} <= jeans
+    # a hyphenated colour belongs to its last word's family: "not white" leaves out MANGO's off-white
+    not_white = query_parse("shirt not white", vocab=both).values("not_colour")
+    assert {"White", "Off White", "off-white"} <= not_white
 
 
 def test_the_benchmark_judges_both_samples_in_their_own_words(mango_root):
