@@ -153,6 +153,11 @@ def _exact_sql(text: str):
     return qs.values_list("id")[:5].query.sql_with_params()
 
 
+def _in_full_text(word: str) -> bool:
+    """Does any product's full text (``search_vector``, the GIN index) match ``word``?"""
+    return Product.objects.filter(search_vector=SearchQuery(word, config=SEARCH_CONFIG)).exists()
+
+
 def _fused(parts: list[tuple[str, str, tuple]], limit: int, cover: int = 0) -> tuple[str, list]:
     """The one statement: each part's ranking numbered, ``Σ 1/(RRF_K + rank)`` per product, plus
     ``1/RRF_K`` for a product whose full-text match covers ``cover`` or more of the query's words (when
@@ -259,7 +264,7 @@ def _search(
     corrected: dict[str, str] = {}
     if understand:
         vocab = vocabulary_build()
-        text, corrected = spelling_corrected(text, vocab)
+        text, corrected = spelling_corrected(text, vocab, in_catalog=_in_full_text)
         parsed = query_parse(text, vocab=vocab, off=off)
     else:
         parsed = ParsedQuery(text=text, terms=tokens(text), vector_text=text)

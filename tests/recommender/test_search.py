@@ -215,3 +215,37 @@ def test_what_says_every_free_word_ranks_first(trained_catalog, settings, query)
     settings.SEARCH_COVER_FIRST = False  # fused order only: what the vector finds close mixes in
     off = search.product_search(query=query, k=20)
     assert says_all(off.hits, off.parsed.terms) != sorted(says_all(off.hits, off.parsed.terms), reverse=True)
+
+
+def test_a_large_catalogs_vocabulary_reads_a_sample_and_never_corrects_a_word_it_has(
+    trained_catalog, monkeypatch
+):
+    """Above ``SPELLING_SAMPLE`` products the words come from a random sample, their counts scaled
+    back; a word the sample missed but the full text has is kept as typed, not "corrected"."""
+    from django.core.cache import cache
+
+    from recommender import answer_cache, search_query
+
+    def built() -> search_query.Vocabulary:  # not the cached one
+        search_query._LOCAL.clear()
+        cache.delete(f"search:vocabulary:g{answer_cache.generation()}:n{Product.objects.count()}")
+        return search_query.vocabulary_build()
+
+    full = built()
+    monkeypatch.setattr(search_query, "SPELLING_SAMPLE", 40)  # about a quarter of the slice's 160
+    sampled = built()
+    monkeypatch.undo()
+    assert built() == full  # and the cache holds the whole catalog's again for the next tests
+    assert 0 < len(sampled.words) < len(full.words)
+    assert set(sampled.words) <= set(full.words)
+    # words of the catalog the sample missed, that it would "correct" into one it has
+    missed = [
+        w for w in sorted(full.words - sampled.words) if sampled.correction(w) and search._in_full_text(w)
+    ]
+    assert missed, "the sample missed no correctable word: sample less"
+    word = missed[0]
+    assert search_query.spelling_corrected(word, sampled)[1] == {word: sampled.correction(word)}
+    assert search_query.spelling_corrected(word, sampled, in_catalog=search._in_full_text)[1] == {}
+    assert search_query.spelling_corrected("trowsers", sampled, in_catalog=search._in_full_text)[1] == {
+        "trowsers": "trousers"
+    }
