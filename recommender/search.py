@@ -42,6 +42,7 @@ from recommender.replicas import read_alias
 from recommender.search_query import (
     Chip,
     ParsedQuery,
+    Vocabulary,
     query_parse,
     spelling_corrected,
     tokens,
@@ -182,10 +183,9 @@ def _fused(parts: list[tuple[str, str, tuple]], limit: int, cover: int = 0) -> t
             ctes.append(f"exact AS ({sql})")
             unions.append("SELECT id, 1.0 AS score, NULL::float AS cos, 0 AS lex FROM exact")
     body = " UNION ALL ".join(unions)
+    bonus = f" + CASE WHEN MAX(lex) >= {int(cover)} THEN 1.0 / {RRF_K} ELSE 0 END" if cover > 0 else ""
     sql = (
-        f"WITH {', '.join(ctes)} SELECT id, SUM(score) "
-        f"+ CASE WHEN {int(cover)} > 0 AND MAX(lex) >= {int(cover)} THEN 1.0 / {RRF_K} ELSE 0 END AS score, "
-        "MAX(cos) AS cos, MAX(lex) AS lex "
+        f"WITH {', '.join(ctes)} SELECT id, SUM(score){bonus} AS score, MAX(cos) AS cos, MAX(lex) AS lex "
         f"FROM ({body}) u GROUP BY id ORDER BY score DESC, id LIMIT {int(limit)}"
     )
     return sql, params
@@ -228,7 +228,16 @@ def product_search(
     Raises:
         ValueError: empty query or unknown mode; NoActiveModel (hybrid and vector modes).
     """
-    answer = _search(query, k, filters, off, mode, understand, group_variants)
+    text = query.strip()
+    if not text:
+        raise ValueError("query must not be empty")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
+    vocab, corrected = None, {}
+    if understand:  # once for every pass below: the relaxation changes the chips, not the words
+        vocab = vocabulary_build()
+        text, corrected = spelling_corrected(text, vocab, in_catalog=_in_full_text)
+    answer = _search(text, k, filters, off, mode, vocab, group_variants)
     relaxed: list[Chip] = []
     for kind in RELAXABLE if settings.SEARCH_RELAX else ():
         chips = [c for c in answer.parsed.chips if c.kind == kind]
@@ -236,8 +245,9 @@ def product_search(
             continue
         relaxed += chips
         off = [*off, *(c.key for c in chips)]
-        answer = _search(query, k, filters, off, mode, understand, group_variants)
+        answer = _search(text, k, filters, off, mode, vocab, group_variants)
     answer.relaxed = relaxed if answer.hits else []
+    answer.corrected = corrected
     return answer
 
 
@@ -246,25 +256,18 @@ RELAXABLE: tuple[str, ...] = ("type", "colour")
 
 
 def _search(
-    query: str,
+    text: str,
     k: int,
     filters: Filters | None,
     off: Iterable[str],
     mode: str,
-    understand: bool,
+    vocab: Vocabulary | None,
     group_variants: bool,
 ) -> SearchAnswer:
-    """One pass of :func:`product_search` with the chips in ``off`` read as plain words."""
-    text = query.strip()
-    if not text:
-        raise ValueError("query must not be empty")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES} (got {mode!r})")
+    """One pass of :func:`product_search` on the (corrected) ``text``, with the chips in ``off`` read as
+    plain words; ``vocab`` None: nothing is understood."""
     filters = filters or Filters()
-    corrected: dict[str, str] = {}
-    if understand:
-        vocab = vocabulary_build()
-        text, corrected = spelling_corrected(text, vocab, in_catalog=_in_full_text)
+    if vocab is not None:
         parsed = query_parse(text, vocab=vocab, off=off)
     else:
         parsed = ParsedQuery(text=text, terms=tokens(text), vector_text=text)
@@ -301,7 +304,7 @@ def _search(
     lexical = any((lex or 0) >= max(need, 1) for *_, lex in rows) or any(score >= 1 for _, score, *_ in rows)
     best = max((cos for _, _, cos, _ in rows if cos is not None), default=None)
     # no word the catalog knows (nor a misspelling of one), or a vector match too weak: no close matches
-    unknown = understand and not any(vocab.known(w) for w in parsed.terms)
+    unknown = vocab is not None and not any(vocab.known(w) for w in parsed.terms)
     weak = (
         mode == "hybrid"
         and not parsed.chips
@@ -309,7 +312,7 @@ def _search(
         and (unknown or best is None or best < settings.SEARCH_WEAK_COSINE)
     )
     if weak:
-        return SearchAnswer(hits=[], parsed=parsed, weak=True, corrected=corrected)
+        return SearchAnswer(hits=[], parsed=parsed, weak=True)
     products = Product.objects.in_bulk([r[0] for r in rows])
     ranked = [(products[pid], float(score)) for pid, score, _, _ in rows if pid in products]
     if group_variants:
@@ -317,7 +320,7 @@ def _search(
     counts = _variant_counts([p for p, _ in ranked[:k]]) if group_variants else {}
     hits = [SearchHit(p, s, counts.get(p.variant_group, 1)) for p, s in ranked[:k]]
     facets = {name: _facet_counts(getattr(p, attr) for p, _ in ranked) for name, attr in FACETS}
-    return SearchAnswer(hits=hits, parsed=parsed, facets=facets, corrected=corrected)
+    return SearchAnswer(hits=hits, parsed=parsed, facets=facets)
 
 
 def _facet_counts(values: Iterable[str | None]) -> list[tuple[str, int]]:
