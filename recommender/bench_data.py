@@ -12,6 +12,7 @@ import struct
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 from django.core.management import call_command
@@ -209,50 +210,181 @@ def synthesize(n: int, rng: np.random.Generator, dim: int, cdim: int):
 COPY_STEP = 20_000
 
 
-def load_catalog(n: int, rng: np.random.Generator, version_id: int, dim: int, cdim: int):
-    """COPY n products and their fused/compat vectors; returns (ids, slots, fused, compat)."""
+#: The text columns of a bench product, in ``COPY`` order (after ``sku, source``).
+TEXT_COLUMNS = (
+    "title",
+    "description",
+    "product_type",
+    "product_group",
+    "colour",
+    "audience",
+    "audience_group",
+    "department",
+    "section",
+    "variant_group",
+)
 
-    table = Product._meta.db_table
+
+def real_texts(slots: np.ndarray, root) -> list[tuple[str, ...]] | None:
+    """Text columns (:data:`TEXT_COLUMNS`) for each synthetic row: a real H&M article of the same slot,
+    the slot's articles taken in turn, so full-text search and the search vocabulary at N products see
+    the real catalog's words and their frequencies (each article repeated about N / 11,800 times; each
+    repetition its own variant group). None when the H&M sample is not at ``root``.
+
+    Args:
+        slots: (n,) str, the synthetic rows' slots.
+        root: the H&M sample's folder (``articles.csv``).
+    """
+    from ml.data import read_articles
+
+    try:
+        articles, _ = read_articles(root)
+    except (FileNotFoundError, ValueError) as exc:
+        logger.warning("no real product texts (%s): the bench catalog keeps synthetic titles", exc)
+        return None
+    by_slot: dict[str, list] = {}
+    for art in articles:
+        by_slot.setdefault(art.slot, []).append(art)
+    seen: dict[str, int] = {}
+    out: list[tuple[str, ...]] = []
+    for i, slot in enumerate(slots):
+        pool = by_slot.get(str(slot))
+        if not pool:
+            out.append(
+                (f"bench item {i}", "", f"{slot} type {i % 7}", "", "black", "women", "women", "", "", "")
+            )
+            continue
+        j = seen.get(slot, 0)
+        seen[slot] = j + 1
+        art = pool[j % len(pool)]
+        copy = j // len(pool)
+        out.append(
+            (
+                art.title,
+                art.description,
+                art.product_type,
+                art.product_group,
+                art.colour,
+                art.audience,
+                art.audience_group,
+                art.department,
+                art.section,
+                f"{art.product_code}-{copy}",
+            )
+        )
+    return out
+
+
+#: Norm of the Gaussian noise added to a real text's vector for each of its copies (relative to the unit
+#: vector): copies of one article are as close as colour variants (cosine ~0.9 to the original).
+TEXT_NOISE = 0.35
+
+
+def text_tower_vectors(
+    texts: list[tuple[str, ...]], embedder, rng: np.random.Generator, noise: float = TEXT_NOISE
+) -> np.ndarray:
+    """(n, E) float32 unit vectors: each row's product text (:func:`ml.data.product_text` of its
+    :data:`TEXT_COLUMNS`) through the serving version's text tower and heads, plus seeded noise of norm
+    ``noise`` per row, re-normalised. Queries then meet the catalog as in a trained model's space: a
+    "lace top" query lies near lace tops, so a filter on tops passes most of the nearest rows (the
+    clustered synthetic vectors have no relation to the texts: every filter is uncorrelated).
+
+    Each distinct text is encoded once (cached under ``VAR_DIR/bench-models`` by the texts' hash).
+    """
+    import hashlib
+
+    import torch
+    from django.conf import settings
+
+    from ml.data import product_text
+
+    def text_of(row: tuple[str, ...]) -> str:
+        title, description, ptype, _, colour, audience, _, _, section, _ = row
+        return product_text(title, colour, ptype, audience, section, description)
+
+    distinct = sorted({text_of(r) for r in texts})
+    digest = hashlib.sha256("\n".join(distinct).encode()).hexdigest()[:16]
+    cache = Path(settings.VAR_DIR) / "bench-models" / f"text-vectors-{digest}.npy"
+    if cache.exists():
+        base = np.load(cache)
+    else:
+        logger.info("encoding %d distinct product texts with the text tower", len(distinct))
+        feats = torch.from_numpy(embedder.extractor.encode_texts(distinct, progress=True))
+        with torch.no_grad():
+            base = embedder.heads.general(feats, feats)[1].numpy().astype(np.float32)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, base)
+    index = {t: i for i, t in enumerate(distinct)}
+    rows = np.fromiter((index[text_of(r)] for r in texts), dtype=np.int64, count=len(texts))
+    out = base[rows] + rng.standard_normal((len(texts), base.shape[1]), dtype=np.float32) * (
+        noise / np.sqrt(base.shape[1])
+    )
+    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
+
+
+def bench_catalog(
+    n: int,
+    rng: np.random.Generator,
+    dim: int,
+    cdim: int,
+    texts_root=None,
+    vectors: str = "clusters",
+    embedder=None,
+):
+    """The bench catalog of size n, deterministic for a seeded ``rng``: (slots (n,), texts (list of
+    :data:`TEXT_COLUMNS` tuples, or None), fused (n, dim), compat (n, cdim) float32 unit).
+
+    Args:
+        texts_root: the H&M sample whose articles' texts the products take (:func:`real_texts`); None
+            for synthetic titles.
+        vectors: ``clusters`` (:func:`synthesize`'s two-level clusters) or ``texts`` (``fused`` from
+            the products' own texts through ``embedder``, :func:`text_tower_vectors`; needs the texts).
+
+    Raises:
+        ValueError: ``texts`` vectors without real texts or an embedder.
+    """
     slots, fused, compat = synthesize(n, rng, dim, cdim)
+    texts = real_texts(slots, texts_root) if texts_root is not None else None
+    if vectors == "texts":
+        if texts is None or embedder is None:
+            raise ValueError("vectors='texts' needs the H&M sample's texts and the version's embedder")
+        fused = text_tower_vectors(texts, embedder, np.random.default_rng(n + 1))
+    elif vectors != "clusters":
+        raise ValueError(f"vectors must be 'clusters' or 'texts' (got {vectors!r})")
+    return slots, texts, fused, compat
+
+
+def load_catalog(table_rows: tuple, version_id: int):
+    """COPY the products and vectors of :func:`bench_catalog` (``table_rows``: its return value);
+    returns the products' ids (n,) int64 in row order. Synthetic titles ("bench item i") without
+    real texts."""
+
+    slots, texts, fused, compat = table_rows
+    n = len(slots)
+    table = Product._meta.db_table
     now = datetime.now(UTC).isoformat()
     with connection.cursor() as cur:
         cur.execute(f"TRUNCATE {table} RESTART IDENTITY CASCADE")
         with cur.cursor.copy(
-            f"COPY {table} (sku, source, title, description, slot, product_type, product_group, colour, "
-            "audience, department, section, variant_group, price, image, thumbnail, image_sha256, "
-            "created_at, updated_at) FROM STDIN"
+            f"COPY {table} (sku, source, slot, {', '.join(TEXT_COLUMNS)}, price, image, thumbnail, "
+            "image_sha256, created_at, updated_at) FROM STDIN"
         ) as cp:
             for i in range(n):
                 slot = slots[i]
-                cp.write_row(
-                    (
-                        f"B{i:08d}",
-                        "upload",
-                        f"bench item {i}",
-                        "",
-                        slot,
-                        f"{slot} type {i % 7}",
-                        "",
-                        ("black", "white", "blue", "red")[i % 4],
-                        ("women", "men")[i % 2],
-                        "",
-                        "",
-                        f"vg{i // 3}",
-                        f"{10 + i % 90}.00",
-                        "",
-                        "",
-                        "",
-                        now,
-                        now,
-                    )
-                )
+                if texts is not None:
+                    text = texts[i]
+                else:
+                    colour, audience = ("black", "white", "blue", "red")[i % 4], ("women", "men")[i % 2]
+                    text = (f"bench item {i}", "", f"{slot} type {i % 7}", "", colour, audience, audience)
+                    text += ("", "", f"vg{i // 3}")
+                cp.write_row((f"B{i:08d}", "upload", slot, *text, f"{10 + i % 90}.00", "", "", "", now, now))
         cur.execute(f"SELECT id FROM {table} ORDER BY id")
         ids = np.asarray([r[0] for r in cur.fetchall()], dtype=np.int64)
         ts = int((datetime.now(UTC) - PG_EPOCH).total_seconds() * 1e6)
         header = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
         with cur.cursor.copy(
-            "COPY recommender_productembedding (product_id, model_version_id, slot, fused, "
-            "compat, updated_at) FROM STDIN (FORMAT BINARY)"
+            "COPY recommender_productembedding (product_id, model_version_id, slot, audience_group, fused, "
+            "compat, hub_score, updated_at) FROM STDIN (FORMAT BINARY)"
         ) as cp:
             cp.write(header)
             for start in range(0, n, COPY_STEP):
@@ -260,25 +392,30 @@ def load_catalog(n: int, rng: np.random.Generator, version_id: int, dim: int, cd
                 buf = []
                 for j in range(start, stop):
                     s = slots[j].encode()
+                    g = (texts[j][6] if texts is not None else ("women", "men")[j % 2]).encode()
                     fb, cb = _vector_bin(fused[j]), _vector_bin(compat[j])
                     buf.append(
-                        struct.pack(">hiqiqi", 6, 8, int(ids[j]), 8, version_id, len(s))
+                        struct.pack(">hiqiqi", 8, 8, int(ids[j]), 8, version_id, len(s))
                         + s
+                        + struct.pack(">i", len(g))
+                        + g
                         + struct.pack(">i", len(fb))
                         + fb
                         + struct.pack(">i", len(cb))
                         + cb
+                        + struct.pack(">id", 8, 0.0)  # hub_score
                         + struct.pack(">iq", 8, ts)
                     )
                 cp.write(b"".join(buf))
                 if (start // COPY_STEP) % 10 == 0:
                     logger.info("  loaded %d / %d embedding rows", stop, n)
             cp.write(struct.pack(">h", -1))
-    return ids, slots, fused, compat
+    return ids
 
 
 def prewarm(table: str) -> float | None:
-    """Read ``table`` (with its TOAST relation: the vectors) and its HNSW indexes into the OS page cache
+    """Read ``table`` (with its TOAST relation: the vectors), its HNSW indexes, and the products with theirs
+    (full text's GIN index) into the OS page cache
     with ``pg_prewarm(..., 'read')``, as a server does after a restart before it takes traffic; returns
     seconds, or None when the ``pg_prewarm`` extension is not installed (then the warm-up queries alone
     warm the cache, and the first measured queries still read from disk)."""
@@ -294,7 +431,10 @@ def prewarm(table: str) -> float | None:
         cur.execute(
             "SELECT c.oid::regclass::text FROM pg_class c WHERE c.relname = %s OR c.relname LIKE "
             "'emb\\_%%hnsw' UNION ALL SELECT reltoastrelid::regclass::text FROM pg_class "
-            "WHERE relname = %s AND reltoastrelid <> 0",
+            "WHERE relname = %s AND reltoastrelid <> 0 "
+            # the products and their indexes (full text's GIN): what the shoppers' search reads
+            "UNION ALL SELECT 'catalog_product' UNION ALL SELECT indexrelid::regclass::text FROM pg_index "
+            "WHERE indrelid = 'catalog_product'::regclass",
             [table, table],
         )
         for (rel,) in cur.fetchall():

@@ -32,7 +32,19 @@ import numpy as np
 from django.conf import settings
 from django.contrib.postgres.search import SearchQuery, SearchRank
 from django.db import connections, transaction
-from django.db.models import Case, Count, Exists, F, FloatField, IntegerField, OuterRef, Q, Value, When
+from django.db.models import (
+    Case,
+    Count,
+    Exists,
+    ExpressionWrapper,
+    F,
+    FloatField,
+    IntegerField,
+    OuterRef,
+    Q,
+    Value,
+    When,
+)
 
 from catalog.models import SEARCH_CONFIG, Product
 from recommender.filters import Filters
@@ -110,10 +122,45 @@ def _less(words: str) -> str:
     return f"{base}less"
 
 
-def _vector_sql(version: ModelVersion, query: np.ndarray, where: Q, filters: Filters, pool: int):
-    qs = filters.apply(ProductEmbedding.objects.filter(model_version=version).filter(where))
-    qs = qs.annotate(d=distance_expression("fused", query)).order_by("d").values_list("product_id", "d")
-    return qs[:pool].query.sql_with_params()
+def _vector_sql(
+    version: ModelVersion,
+    query: np.ndarray,
+    where: Q,
+    filters: Filters,
+    pool: int,
+    *,
+    among: list[int] | None = None,
+):
+    """The vector ranking: the ``pool`` products closest to ``query`` among those ``where`` and
+    ``filters`` allow; from the HNSW index, or, given ``among`` (every product they allow, few), by
+    computing those products' distances and sorting (``product_id = ANY(...)`` read by the
+    ``(product, version)`` index; ``d + 0`` is no index's expression, so the planner cannot pick the
+    graph)."""
+    if among is not None:
+        qs = ProductEmbedding.objects.filter(model_version=version, product_id__in=among)
+        qs = qs.annotate(d=distance_expression("fused", query))
+        order = ExpressionWrapper(F("d") + Value(0.0), output_field=FloatField())
+    else:
+        qs = filters.apply(ProductEmbedding.objects.filter(model_version=version).filter(where))
+        qs = qs.annotate(d=distance_expression("fused", query))
+        order = F("d")
+    return qs.order_by(order).values_list("product_id", "d")[:pool].query.sql_with_params()
+
+
+def _few_products(parsed: ParsedQuery, filters: Filters) -> list[int] | None:
+    """Every product what the query says (its audience, colour or type) and the shopper's filters allow,
+    when they are at most ``settings.SEARCH_EXACT_MAX_ROWS``; else None. One bounded query (``LIMIT``),
+    only asked when something narrows the catalog: ranking that few exactly is cheaper than an HNSW scan
+    that must walk past every product the filter rejects (pgvector's README, "Filtering")."""
+    limit = int(settings.SEARCH_EXACT_MAX_ROWS)
+    narrowed = any(c.kind in ("audience", "colour", "type") for c in parsed.chips) or any(
+        v not in (None, "") for v in _facet_values(filters).values()
+    )
+    if limit <= 0 or not narrowed:
+        return None
+    qs = Product.objects.filter_facets(**_facet_values(filters)).filter(_conditions(parsed, filters))
+    ids = list(qs.order_by().values_list("id", flat=True)[: limit + 1])
+    return ids if len(ids) <= limit else None
 
 
 def _keyword_sql(
@@ -142,6 +189,25 @@ def _keyword_sql(
     )
     qs = qs.annotate(m=matched, r=SearchRank(F("search_vector"), anyq, cover_density=True))
     return qs.order_by("-m", "-r", "id").values_list("id", "m", "r")[:pool].query.sql_with_params()
+
+
+def _implied(parsed: ParsedQuery, filters: Filters) -> set[str]:
+    """The query's words that its understood type or colour filter already implies: a word of the chip's
+    own phrase that is a word of every catalog value it filters on ("trousers" for the type Trousers,
+    "black" for the colour Black; not "jeans" for Trousers). The value is in every such product's full
+    text (``search_vector`` holds type and colour), so the word cannot rank them. A facet the shopper
+    chose explicitly replaces the chip (:func:`_conditions`): nothing is implied then."""
+    explicit = {"type": filters.product_type, "colour": filters.colour}
+    implied: set[str] = set()
+    for chip in parsed.chips:
+        if chip.kind not in explicit or explicit[chip.kind]:
+            continue
+        values = [set(tokens(v)) for v in chip.values]
+        for word in tokens(chip.words):
+            forms = {word, word.removesuffix("s"), word.removesuffix("es"), f"{word}s", f"{word}es"}
+            if values and all(forms & v for v in values):
+                implied.add(word)
+    return implied
 
 
 def _facet_values(filters: Filters) -> dict:
@@ -195,8 +261,12 @@ def search_settings_sql(pool: int) -> str:
     """The ``SET LOCAL`` statements of the fused statement: the vector rankings' own
     (:func:`recommender.selectors.ranking_settings_sql`, so the ``semantic`` part is an HNSW index scan),
     with bitmap scans allowed again: a GIN index is only ever read by a bitmap scan, and the vector part
-    still cannot use one (sorts stay off, and only the HNSW scan yields rows in distance order)."""
-    return ranking_settings_sql("search", pool) + "; SET LOCAL enable_bitmapscan = on"
+    still cannot use one (sorts stay off, and only the HNSW scan yields rows in distance order); no
+    parallel workers: starting them costs more than the few thousand rows a ranking reads."""
+    return (
+        ranking_settings_sql("search", pool)
+        + "; SET LOCAL enable_bitmapscan = on; SET LOCAL max_parallel_workers_per_gather = 0"
+    )
 
 
 def product_search(
@@ -276,28 +346,35 @@ def _search(
     parts = []
     if mode != "lexical":
         q = embedder_for(version).embed_query_text(parsed.vector_text)
-        parts.append(
-            ("semantic", *_vector_sql(version, q, _conditions(parsed, filters, "product__"), filters, pool))
-        )
+        where = _conditions(parsed, filters, "product__")
+        among = _few_products(parsed, filters)
+        if among != []:  # [] : what the query says leaves no product, nothing to rank
+            parts.append(("semantic", *_vector_sql(version, q, where, filters, pool, among=among)))
     positive = any(c.kind in ("audience", "colour", "type") for c in parsed.chips)
-    if mode != "vector" and (parsed.terms or (mode == "lexical" and positive)):
+    # hybrid: a word the understood type or colour filter implies ("trousers" with type Trousers) ranks
+    # nothing among what that filter allows, and matching it would rank every trouser
+    implied = _implied(parsed, filters) if mode == "hybrid" else set()
+    free = [t for t in parsed.terms if t not in implied]
+    if mode != "vector" and (free or (mode == "lexical" and positive)):
         # lexical-only with an understood audience, colour or type ranks every product they allow
         require = mode == "hybrid" or not positive
         where = _conditions(parsed, filters)
         # a product that says "sleeveless" is known to have none; one silent on sleeves may have them
-        terms = parsed.terms + [_less(w) for w in sorted(parsed.values("not_words")) if " " not in w]
+        terms = free + [_less(w) for w in sorted(parsed.values("not_words")) if " " not in w]
         parts.append(("keyword", *_keyword_sql(terms, where, filters, version, pool, require=require)))
     if mode != "vector":
         parts.append(("exact", *_exact_sql(text)))
     # hybrid: what says every free word of the query ranks first ("sports leggings": leggings that say
     # sport before those the vector ranking finds close)
-    cover = len(set(parsed.terms)) if mode == "hybrid" and settings.SEARCH_COVER_FIRST else 0
-    sql, params = _fused(parts, 2 * pool + 5, cover)  # all of the union: grouping and facets need it
-    alias = read_alias(Product)  # a replica in a shopper's request (recommender.replicas)
-    with transaction.atomic(using=alias), connections[alias].cursor() as cur:
-        cur.execute(search_settings_sql(pool))
-        cur.execute(sql, params)
-        rows = cur.fetchall()  # (id, score, cos, lex)
+    cover = len(set(free)) if mode == "hybrid" and settings.SEARCH_COVER_FIRST else 0
+    rows: list[tuple] = []  # (id, score, cos, lex)
+    if parts:
+        sql, params = _fused(parts, 2 * pool + 5, cover)  # all of the union: grouping and facets need it
+        alias = read_alias(Product)  # a replica in a shopper's request (recommender.replicas)
+        with transaction.atomic(using=alias), connections[alias].cursor() as cur:
+            cur.execute(search_settings_sql(pool))
+            cur.execute(sql, params)
+            rows = cur.fetchall()
     # a lexical match counts when it covers half the query's words ("lorem ipsum dolor" matching
     # "Dolores" does not), or a SKU or title matched exactly
     need = (len(set(parsed.terms)) + 1) // 2
@@ -313,14 +390,33 @@ def _search(
     )
     if weak:
         return SearchAnswer(hits=[], parsed=parsed, weak=True)
-    products = Product.objects.in_bulk([r[0] for r in rows])
-    ranked = [(products[pid], float(score)) for pid, score, _, _ in rows if pid in products]
+    # grouping and facets need four short columns of every candidate; whole rows only for the page
+    light = {
+        r[0]: _Light(*r[1:])
+        for r in Product.objects.filter(pk__in=[r[0] for r in rows])
+        .order_by()
+        .values_list("id", "variant_group", *(attr for _, attr in FACETS))
+    }
+    ranked = [(pid, light[pid], float(score)) for pid, score, _, _ in rows if pid in light]
     if group_variants:
         ranked = _one_per_group(ranked)
-    counts = _variant_counts([p for p, _ in ranked[:k]]) if group_variants else {}
-    hits = [SearchHit(p, s, counts.get(p.variant_group, 1)) for p, s in ranked[:k]]
-    facets = {name: _facet_counts(getattr(p, attr) for p, _ in ranked) for name, attr in FACETS}
+    page = ranked[:k]
+    products = Product.objects.in_bulk([pid for pid, _, _ in page])
+    page = [(products[pid], score) for pid, _, score in page if pid in products]
+    counts = _variant_counts([p for p, _ in page]) if group_variants else {}
+    hits = [SearchHit(p, s, counts.get(p.variant_group, 1)) for p, s in page]
+    facets = {name: _facet_counts(getattr(row, attr) for _, row, _ in ranked) for name, attr in FACETS}
     return SearchAnswer(hits=hits, parsed=parsed, facets=facets)
+
+
+@dataclass(frozen=True)
+class _Light:
+    """What grouping and facets read of a candidate product."""
+
+    variant_group: str
+    audience_group: str
+    colour: str
+    product_type: str
 
 
 def _facet_counts(values: Iterable[str | None]) -> list[tuple[str, int]]:
@@ -334,16 +430,16 @@ def _facet_counts(values: Iterable[str | None]) -> list[tuple[str, int]]:
     return sorted(merged, key=lambda vc: -vc[1])
 
 
-def _one_per_group(ranked: list[tuple[Product, float]]) -> list[tuple[Product, float]]:
+def _one_per_group(ranked: list[tuple[int, _Light, float]]) -> list[tuple[int, _Light, float]]:
     """The best-ranked product of each variant group (products without a group are their own)."""
     seen: set[str] = set()
     out = []
-    for product, score in ranked:
-        if product.variant_group:
-            if product.variant_group in seen:
+    for pid, row, score in ranked:
+        if row.variant_group:
+            if row.variant_group in seen:
                 continue
-            seen.add(product.variant_group)
-        out.append((product, score))
+            seen.add(row.variant_group)
+        out.append((pid, row, score))
     return out
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 from django.core.cache import cache
 from django.db import connection
+from django.db.models import Max
 
 from catalog.models import Product
 from ml.audience import UNISEX, audience_group
@@ -274,13 +275,32 @@ _WORDS_SQL = (
 SPELLING_SAMPLE = 50_000
 
 
+def _vocabulary_key() -> str:
+    """The cache key of the current vocabulary: this database, its catalog generation and its newest
+    product (an index lookup, not a count: a bulk load that bypasses the generation's signals still
+    changes it).
+
+    Raises:
+        RedisError, OSError: the cache is down.
+    """
+    newest = Product.objects.aggregate(m=Max("id"))["m"] or 0
+    return f"search:vocabulary:{connection.settings_dict['NAME']}:g{answer_cache.generation()}:p{newest}"
+
+
+def vocabulary_forget() -> None:
+    """Drop the cached vocabulary (this process's and the shared cache's), so the next search rebuilds
+    it: after a change of the vocabulary's own code, or a catalog change made behind the ORM."""
+    _LOCAL.clear()
+    with contextlib.suppress(*answer_cache.CACHE_ERRORS):
+        cache.delete(_vocabulary_key())
+
+
 def vocabulary_build() -> Vocabulary:
     """The catalog's :class:`Vocabulary` from its distinct values (three indexed DISTINCT queries),
     cached per catalog generation (:mod:`recommender.answer_cache`) in the Django cache; a cache that
     is down means building it every time, never an error."""
-    n = Product.objects.count()
     try:
-        key = f"search:vocabulary:g{answer_cache.generation()}:n{n}"
+        key = _vocabulary_key()
         hit = _LOCAL.get(key) or cache.get(key)
     except answer_cache.CACHE_ERRORS:
         key, hit = None, None
@@ -294,6 +314,7 @@ def vocabulary_build() -> Vocabulary:
 
     # every word of the products' texts with its product count; a large catalog's from a random sample
     # of about SPELLING_SAMPLE products (counts scaled back), so a build stays well under a second
+    n = Product.objects.count()
     share = min(1.0, SPELLING_SAMPLE / max(n, 1))
     sample = "" if share >= 1.0 else f" TABLESAMPLE BERNOULLI ({100 * share:.6f}) REPEATABLE (0)"
     with connection.cursor() as cur:

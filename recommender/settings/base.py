@@ -331,6 +331,10 @@ SEARCH_POOL = env.int("SEARCH_POOL", default=200)
 #: The threshold depends on the model: on the 2-epoch full-sample model nonsense scores 0.30-0.35 and
 #: plain queries 0.38 and up; on the tests' 160-article model nonsense 0.17-0.23 (docs/evaluation.md).
 SEARCH_WEAK_COSINE = env.float("SEARCH_WEAK_COSINE", default=0.36)
+#: When what a query says (type, colour, audience) and the shopper's filters leave at most this many
+#: products, search's vector ranking is exact (their distances computed and sorted) instead of an
+#: iterative HNSW scan, which on a selective filter walks much of the graph to find the few that pass.
+SEARCH_EXACT_MAX_ROWS = env.int("SEARCH_EXACT_MAX_ROWS", default=1_000)
 #: Hybrid search ranks the products whose full text has every free word of the query first.
 SEARCH_COVER_FIRST = env.bool("SEARCH_COVER_FIRST", default=True)
 #: An understood type, then colour, that as a filter leaves nothing is read as plain words instead

@@ -122,6 +122,34 @@ def test_hybrid_is_one_statement_served_by_the_hnsw_and_gin_indexes(trained_cata
     assert "Bitmap Index Scan on product_search_gin" in plan("; SET LOCAL enable_indexscan = off")
 
 
+def test_a_selective_filter_ranks_exactly_with_the_same_answer(trained_catalog, settings):
+    """A query whose type (or audience, colour) leaves few products ranks their vectors exactly instead
+    of walking the HNSW graph past every product the filter rejects; the answer is the graph's."""
+    type_ = Counter(Product.objects.values_list("product_type", flat=True)).most_common(1)[0][0]
+    query = _type_word(type_)
+
+    def fused_sql() -> tuple[str, list[int]]:
+        with CaptureQueriesContext(connection) as ctx:
+            ids = [h.product.pk for h in search.product_search(query=query, k=24).hits]
+        return next(q["sql"] for q in ctx.captured_queries if q["sql"].startswith("WITH semantic AS")), ids
+
+    def plan(sql: str) -> str:
+        from django.db import transaction
+
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute(search.search_settings_sql(100))
+            cur.execute("EXPLAIN " + sql)
+            return "\n".join(r[0] for r in cur.fetchall())
+
+    exact_sql, exact_ids = fused_sql()
+    assert [c.kind for c in search.product_search(query=query, k=1).parsed.chips] == ["type"]
+    assert "emb_fused_hnsw" not in plan(exact_sql)
+    settings.SEARCH_EXACT_MAX_ROWS = 0  # the mechanism switched off: the graph serves it
+    graph_sql, graph_ids = fused_sql()
+    assert "Index Scan using emb_fused_hnsw" in plan(graph_sql)
+    assert exact_ids == graph_ids  # 160 rows: the graph's search is exact too
+
+
 def test_nonsense_says_no_close_matches(trained_catalog, settings):
     answer = search.product_search(query="xyzzy plugh frobozz", k=10)
     assert answer.weak and answer.hits == []
@@ -200,10 +228,11 @@ def test_facets_count_spellings_that_differ_only_in_case_as_one():
     ]
 
 
-@pytest.mark.parametrize("query", ["cotton top", "lace bra"])
+@pytest.mark.parametrize("query", ["slim jeans"])
 def test_what_says_every_free_word_ranks_first(trained_catalog, settings, query):
-    """Hybrid: the products whose text has every free word ("cotton" of "cotton top", the type being a
-    filter) come before those only the vector ranking finds close."""
+    """Hybrid: the products whose text has every free word ("slim" and "jeans" of "slim jeans", the
+    type Trousers being a filter) come before those only the vector ranking finds close. (A word the
+    type implies, "top" of "cotton top", is no term: :func:`search._implied`.)"""
 
     def says_all(hits, words) -> list[bool]:
         return [all(re.search(rf"\b{w}", h.product.text.lower()) for w in words) for h in hits]
@@ -222,13 +251,10 @@ def test_a_large_catalogs_vocabulary_reads_a_sample_and_never_corrects_a_word_it
 ):
     """Above ``SPELLING_SAMPLE`` products the words come from a random sample, their counts scaled
     back; a word the sample missed but the full text has is kept as typed, not "corrected"."""
-    from django.core.cache import cache
-
-    from recommender import answer_cache, search_query
+    from recommender import search_query
 
     def built() -> search_query.Vocabulary:  # not the cached one
-        search_query._LOCAL.clear()
-        cache.delete(f"search:vocabulary:g{answer_cache.generation()}:n{Product.objects.count()}")
+        search_query.vocabulary_forget()
         return search_query.vocabulary_build()
 
     full = built()
@@ -249,3 +275,40 @@ def test_a_large_catalogs_vocabulary_reads_a_sample_and_never_corrects_a_word_it
     assert search_query.spelling_corrected("trowsers", sampled, in_catalog=search._in_full_text)[1] == {
         "trowsers": "trousers"
     }
+
+
+@pytest.mark.parametrize(
+    ("kind", "values", "words", "explicit", "implied"),
+    [
+        ("type", ("Trousers",), "trousers", {}, {"trousers"}),
+        ("type", ("Dress",), "dresses", {}, {"dresses"}),
+        ("type", ("Trousers", "Jeans"), "jeans", {}, set()),  # H&M files its jeans as Trousers
+        ("type", ("Vest top", "Top"), "top", {}, {"top"}),
+        ("colour", ("Black",), "black", {}, {"black"}),
+        ("colour", ("Dark Blue",), "navy", {}, set()),
+        ("type", ("Trousers",), "trousers", {"product_type": "Shorts"}, set()),  # the shopper's own choice
+    ],
+)
+def test_a_word_the_understood_filter_implies_is_no_full_text_term(kind, values, words, explicit, implied):
+    """Every product of type Trousers has "trousers" in its full text: as a term it would rank every one
+    of them (16,000 at 100k products) for nothing; a word the values do not all say stays a term."""
+    from recommender.filters import Filters
+    from recommender.search_query import Chip, ParsedQuery
+
+    chip = Chip(key=kind, kind=kind, label="", values=values, words=words)
+    parsed = ParsedQuery(text=words, chips=[chip], terms=[words], vector_text=words)
+    assert search._implied(parsed, Filters(**explicit)) == implied
+
+
+def test_a_query_of_only_understood_words_ranks_by_vector_within_its_filters(trained_catalog):
+    colour, type_ = Counter(Product.objects.values_list("colour", "product_type")).most_common(1)[0][0]
+    query = f"{colour} {type_}".lower()
+    with CaptureQueriesContext(connection) as ctx:
+        answer = search.product_search(query=query, k=10)
+    fused = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith("WITH semantic AS")]
+    assert len(fused) == 1 and "keyword AS" not in fused[0]
+    assert answer.hits and {(h.product.colour, h.product.product_type) for h in answer.hits} == {
+        (colour, type_)
+    }
+    lexical = search.product_search(query=query, k=10, mode="lexical")  # ranks by its words still
+    assert lexical.hits

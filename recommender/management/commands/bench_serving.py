@@ -49,6 +49,7 @@ from recommender.bench_data import (
     ITEMS_PER_FINE,
     N_COARSE,
     NOISE,
+    bench_catalog,
     bench_database_name,
     build_serving_indexes,
     grouped_sizes,
@@ -58,10 +59,10 @@ from recommender.bench_data import (
     percentiles,
     prewarm,
     relation_sizes,
-    synthesize,
     use_database,
 )
 from recommender.ml_bridge import model_config
+from recommender.model_cache import embedder_for
 from recommender.models import ModelVersion, ProductEmbedding
 
 logger = logging.getLogger("bench_serving")
@@ -104,11 +105,34 @@ class Command(BaseCommand):
         )
         parser.add_argument("--text-queries", type=int, default=50, help="end-to-end text searches")
         parser.add_argument("--skip-text", action="store_true", help="skip the text tower (e2e text search)")
-        parser.add_argument("--out", default=str(RESULTS_DIR / "serving.json"))
+        parser.add_argument(
+            "--skip-shopper", action="store_true", help="skip the shoppers' hybrid search (product_search)"
+        )
+        parser.add_argument(
+            "--texts",
+            default=str(settings.HM_DATA_DIR),
+            help="H&M sample whose articles' texts the bench products take ('' for synthetic titles)",
+        )
+        parser.add_argument(
+            "--vectors",
+            choices=("clusters", "texts"),
+            default="clusters",
+            help="fused vectors: seeded two-level clusters, or the products' real texts through the text "
+            "tower (queries then meet them as in a trained model's space); 'texts' uses its own databases "
+            "(prefix recommender_bench_texts) and results file (serving_texts.json)",
+        )
+        parser.add_argument("--out", default="")
 
     def handle(self, *args, **opts):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
-        out = Path(opts["out"])
+        opts["texts_root"] = Path(opts["texts"]) if opts["texts"] else None
+        texts = opts["vectors"] == "texts"
+        if texts and opts["texts_root"] is None:
+            raise CommandError("--vectors texts needs the products' real texts (--texts)")
+        if texts and opts["database"] == "recommender_bench":
+            opts["database"] = "recommender_bench_texts"
+        out = Path(opts["out"] or RESULTS_DIR / ("serving_texts.json" if texts else "serving.json"))
+        opts["out"] = str(out)
         for n in opts["sizes"]:
             logger.info("=== size %d ===", n)
             use_database(bench_database_name(opts["database"], n))
@@ -139,9 +163,15 @@ def bench_size(n: int, opts) -> dict:
     res: dict = {"n": n, "dim": dim, "compat_dim": cdim, "measured_at": datetime.now(UTC).isoformat()}
     table = ProductEmbedding._meta.db_table
     reuse = opts["reuse"] and ProductEmbedding.objects.count() == n
+    res["vectors"] = opts["vectors"]
+
+    def catalog(version: ModelVersion):
+        embedder = embedder_for(version) if opts["vectors"] == "texts" else None
+        return bench_catalog(n, rng, dim, cdim, opts["texts_root"], opts["vectors"], embedder)
+
     if reuse:
         version = ModelVersion.objects.get(is_active=True)
-        slots, fused, compat = synthesize(n, rng, dim, cdim)  # the same seeded vectors as the load
+        slots, _, fused, compat = catalog(version)  # the same seeded vectors as the load
         ids = np.asarray(ProductEmbedding.objects.order_by("product_id").values_list("product_id", flat=True))
         for i in np.random.default_rng(2).integers(
             0, n, size=50
@@ -176,7 +206,8 @@ def bench_size(n: int, opts) -> dict:
             is_active=True,
         )
         t0 = time.perf_counter()
-        ids, slots, fused, compat = load_catalog(n, rng, version.pk, dim, cdim)
+        slots, texts, fused, compat = rows = catalog(version)
+        ids = load_catalog(rows, version.pk)
         res["load_s"] = round(time.perf_counter() - t0, 1)
         logger.info("loaded %d products + vectors in %.1f s", n, res["load_s"])
         res["build_s"] = build_serving_indexes(table, dim, n, opts)
@@ -311,7 +342,43 @@ def _text_e2e(out: dict, opts, rng: np.random.Generator, k: int) -> dict:
         lat["text search end to end (tower + query)"] = percentiles(
             _timed(lambda t: selectors.text_search(query=t, k=k), texts)[0]
         )
+    if not opts["skip_shopper"]:
+        lat.update(shopper_search_latency(opts["texts_root"] is not None))
     return out
+
+
+def shopper_search_latency(real_texts: bool) -> dict:
+    """p50/p95 (ms) of the shoppers' search page's own call, :func:`recommender.search.product_search`
+    (hybrid: query understanding and spelling, text tower, full-text + vector rankings fused in SQL,
+    variant grouping, facets), over the search benchmark's queries (``search_benchmark/queries.json``).
+
+    Each query runs twice: first with the text tower's query cache cleared (what a new query costs),
+    then again (a repeated query: the tower's LRU answers). One warm-up query first builds the search
+    vocabulary (cached per catalog generation, as in serving).
+    """
+    from recommender.search import product_search
+    from recommender.search_eval import QUERIES
+
+    queries = [q["q"] for q in json.loads(QUERIES.read_text())["queries"]]
+    tag = "" if real_texts else ", synthetic texts"
+    product_search(query="warm up the vocabulary", k=24)
+    lru = embedder_for(ModelVersion.objects.get(is_active=True))._text_lru
+
+    def cold(q: str):
+        lru.clear()
+        return product_search(query=q, k=24)
+
+    return {
+        f"shopper search, hybrid, new query (tower + understanding + SQL){tag}": percentiles(
+            _timed(cold, queries)[0]
+        ),
+        f"shopper search, hybrid, repeated query (tower cached){tag}": percentiles(
+            _timed(lambda q: product_search(query=q, k=24), queries)[0]
+        ),
+        f"shopper search, lexical only{tag}": percentiles(
+            _timed(lambda q: product_search(query=q, k=24, mode="lexical"), queries)[0]
+        ),
+    }
 
 
 def markdown(results: dict) -> str:
