@@ -45,6 +45,7 @@ from django.db.models import (
     Value,
     When,
 )
+from django.db.models.expressions import RawSQL
 
 from catalog.models import SEARCH_CONFIG, Product
 from recommender.filters import Filters
@@ -132,54 +133,77 @@ def _vector_sql(
     among: list[int] | None = None,
 ):
     """The vector ranking: the ``pool`` products closest to ``query`` among those ``where`` and
-    ``filters`` allow; from the HNSW index, or, given ``among`` (every product they allow, few), by
-    computing those products' distances and sorting (``product_id = ANY(...)`` read by the
+    ``filters`` allow; from the HNSW index, or, given ``among`` (those products, few), by computing
+    their distances and sorting (``product_id = ANY(...)`` read by the
     ``(product, version)`` index; ``d + 0`` is no index's expression, so the planner cannot pick the
     graph)."""
+    qs = filters.apply(ProductEmbedding.objects.filter(model_version=version).filter(where))
+    order = F("d")
     if among is not None:
-        qs = ProductEmbedding.objects.filter(model_version=version, product_id__in=among)
-        qs = qs.annotate(d=distance_expression("fused", query))
+        qs = qs.filter(product_id__in=among)
         order = ExpressionWrapper(F("d") + Value(0.0), output_field=FloatField())
-    else:
-        qs = filters.apply(ProductEmbedding.objects.filter(model_version=version).filter(where))
-        qs = qs.annotate(d=distance_expression("fused", query))
-        order = F("d")
+    qs = qs.annotate(d=distance_expression("fused", query))
     return qs.order_by(order).values_list("product_id", "d")[:pool].query.sql_with_params()
 
 
 def _few_products(parsed: ParsedQuery, filters: Filters) -> list[int] | None:
-    """Every product what the query says (its audience, colour or type) and the shopper's filters allow,
-    when they are at most ``settings.SEARCH_EXACT_MAX_ROWS``; else None. One bounded query (``LIMIT``),
-    only asked when something narrows the catalog: ranking that few exactly is cheaper than an HNSW scan
-    that must walk past every product the filter rejects (pgvector's README, "Filtering")."""
+    """Every product what the query says (its audience, colours, types and negations) and the shopper's
+    filters allow, when they are at most ``settings.SEARCH_EXACT_MAX_ROWS``; else None. One bounded
+    query (``LIMIT``), only asked when something narrows the catalog: ranking that few exactly is
+    cheaper than an HNSW scan that must walk past every product the filter rejects (pgvector's README,
+    "Filtering"); a negation ("shirt without sleeves") can leave a few dozen of thousands."""
     limit = int(settings.SEARCH_EXACT_MAX_ROWS)
-    narrowed = any(c.kind in ("audience", "colour", "type") for c in parsed.chips) or any(
+    narrowed = bool(parsed.chips) or any(
         v not in (None, "") for v in _facet_values(filters).values()
     )
     if limit <= 0 or not narrowed:
         return None
-    qs = Product.objects.filter_facets(**_facet_values(filters)).filter(_conditions(parsed, filters))
+    qs = Product.objects.filter_facets(**_facet_values(filters))
+    qs = qs.filter(_conditions(parsed, filters))
     ids = list(qs.order_by().values_list("id", flat=True)[: limit + 1])
     return ids if len(ids) <= limit else None
 
 
 def _keyword_sql(
-    terms: list[str], where: Q, filters: Filters, version: ModelVersion | None, pool: int, *, require: bool
+    terms: list[str],
+    where: Q,
+    filters: Filters,
+    version: ModelVersion | None,
+    pool: int,
+    *,
+    require: bool,
+    frequent: Iterable[str] = (),
+    semantic: bool = False,
 ):
     """The full-text ranking: products matching any term (every product passing ``where`` unless
-    ``require``), by matched terms then ``ts_rank_cd``."""
+    ``require``), by matched terms then ``ts_rank_cd``; the ``pool`` best, as ``(id, m, r)`` rows.
+
+    With ``require``, a term in ``frequent`` (one that thousands of products say: "cotton") brings no
+    product by itself: the candidates are those matching another term, or, when every term is
+    frequent and ``semantic``, the vector ranking's own (the ``semantic`` CTE of :func:`_fused`);
+    frequent terms still count in ``m`` and ``ts_rank_cd``. Ranking every product that says "cotton"
+    costs more than the answer can use: the vector ranking brings the closest of them anyway.
+    """
     queries = [SearchQuery(t, config=SEARCH_CONFIG) for t in dict.fromkeys(terms)]
     qs = Product.objects.filter_facets(**_facet_values(filters)).filter(where)
+    frequent = set(frequent)
+    rare = [SearchQuery(t, config=SEARCH_CONFIG) for t in dict.fromkeys(terms) if t not in frequent]
+    if require and queries and rare and len(rare) < len(queries):
+        bring = rare[0]
+        for sq in rare[1:]:
+            bring = bring | sq
+        qs = qs.filter(search_vector=bring)
+    elif require and queries and not rare and semantic:
+        qs = qs.filter(id__in=RawSQL("SELECT id FROM semantic", ()))
     if version is not None:  # only what the active model serves
         qs = qs.filter(Exists(ProductEmbedding.objects.filter(product=OuterRef("pk"), model_version=version)))
     if not queries:  # nothing but understood words ("men"): what the filters allow, in catalog order
         qs = qs.annotate(m=Value(0), r=Value(0.0, output_field=FloatField()))
         return qs.order_by("id").values_list("id", "m", "r")[:pool].query.sql_with_params()
-    anyq = queries[0]
+    anyq, allq = queries[0], queries[0]
     for sq in queries[1:]:
-        anyq = anyq | sq
-    if require:
-        qs = qs.filter(search_vector=anyq)
+        anyq, allq = anyq | sq, allq & sq
+    rank = SearchRank(F("search_vector"), anyq, cover_density=True)
     matched = sum(
         (
             Case(When(search_vector=sq, then=Value(1)), default=Value(0), output_field=IntegerField())
@@ -187,8 +211,19 @@ def _keyword_sql(
         ),
         Value(0),
     )
-    qs = qs.annotate(m=matched, r=SearchRank(F("search_vector"), anyq, cover_density=True))
-    return qs.order_by("-m", "-r", "id").values_list("id", "m", "r")[:pool].query.sql_with_params()
+    if not require:
+        qs = qs.annotate(m=matched, r=rank)
+        return qs.order_by("-m", "-r", "id").values_list("id", "m", "r")[:pool].query.sql_with_params()
+    # the same order (matched terms, then rank) in two parts: what matches every term, by rank, then the
+    # rest; the outer LIMIT stops before the second part runs when the first fills the pool, so a query
+    # of common words ("wide trousers": 16,000 trousers at 100k) does not rank every partial match
+    every = qs.filter(search_vector=allq).annotate(m=Value(len(queries)), r=rank)
+    sql, params = every.order_by("-r", "id").values_list("id", "m", "r")[:pool].query.sql_with_params()
+    if len(queries) == 1:
+        return sql, params
+    some = qs.filter(search_vector=anyq).exclude(search_vector=allq).annotate(m=matched, r=rank)
+    sql2, params2 = some.order_by("-m", "-r", "id").values_list("id", "m", "r")[:pool].query.sql_with_params()
+    return f"SELECT * FROM (({sql}) UNION ALL ({sql2})) kw LIMIT {int(pool)}", (*params, *params2)
 
 
 def _implied(parsed: ParsedQuery, filters: Filters) -> set[str]:
@@ -361,7 +396,13 @@ def _search(
         where = _conditions(parsed, filters)
         # a product that says "sleeveless" is known to have none; one silent on sleeves may have them
         terms = free + [_less(w) for w in sorted(parsed.values("not_words")) if " " not in w]
-        parts.append(("keyword", *_keyword_sql(terms, where, filters, version, pool, require=require)))
+        limit = int(settings.SEARCH_KEYWORD_MAX_ROWS)
+        frequent = [t for t in terms if vocab is not None and limit and vocab.products_with(t) > limit]
+        semantic = any(name == "semantic" for name, *_ in parts)
+        sql, params = _keyword_sql(
+            terms, where, filters, version, pool, require=require, frequent=frequent, semantic=semantic
+        )
+        parts.append(("keyword", sql, params))
     if mode != "vector":
         parts.append(("exact", *_exact_sql(text)))
     # hybrid: what says every free word of the query ranks first ("sports leggings": leggings that say

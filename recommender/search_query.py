@@ -108,6 +108,13 @@ class Vocabulary:
     type: dict[tuple[str, ...], frozenset[str]]
     words: frozenset[str] = frozenset()  # every word of the catalog's titles, types, colours, texts
     common: tuple[str, ...] = ()  # the words of at least SPELLING_MIN_PRODUCTS products: corrections
+    #: products per word, for the words of at least FREQUENT_MIN_PRODUCTS products (full-text search
+    #: reads how many products a word would bring: ``recommender.search``)
+    frequent: Mapping[str, int] = field(default_factory=dict)
+
+    def products_with(self, word: str) -> int:
+        """About how many products' texts have ``word`` (0 below :data:`FREQUENT_MIN_PRODUCTS`)."""
+        return self.frequent.get(word, 0)
 
     def known(self, word: str) -> bool:
         """Is ``word`` one the catalog or the query grammar knows (a number counts as known)?"""
@@ -166,6 +173,8 @@ class Vocabulary:
 SPELLING_CUTOFF = 0.8
 #: A word of fewer products is never a correction (titles' model names: "Jens", "Dolores").
 SPELLING_MIN_PRODUCTS = 5
+#: The vocabulary keeps the product counts of the words of at least this many products.
+FREQUENT_MIN_PRODUCTS = 200
 
 
 def spelling_corrected(
@@ -255,6 +264,7 @@ def vocabulary_from_values(
         type={k: frozenset(v) for k, v in kinds.items()},
         words=frozenset(word_counts),
         common=tuple(sorted(w for w, n in word_counts.items() if n >= SPELLING_MIN_PRODUCTS and len(w) > 3)),
+        frequent={w: n for w, n in word_counts.items() if n >= FREQUENT_MIN_PRODUCTS},
     )
 
 
@@ -265,6 +275,9 @@ def _audience_words() -> list[str]:
 
 
 _LOCAL: dict[str, Vocabulary] = {}
+#: Part of the cache key: bump it when :class:`Vocabulary` or how it is built changes, so no process
+#: reads a vocabulary the old code cached.
+VOCABULARY_FORMAT = 2
 #: ``ts_stat`` over the products' texts parsed by the ``simple`` configuration (no stemming: the words as
 #: written; ``t-shirt`` and its parts), with the number of products each is in.
 _WORDS_SQL = (
@@ -284,7 +297,8 @@ def _vocabulary_key() -> str:
         RedisError, OSError: the cache is down.
     """
     newest = Product.objects.aggregate(m=Max("id"))["m"] or 0
-    return f"search:vocabulary:{connection.settings_dict['NAME']}:g{answer_cache.generation()}:p{newest}"
+    name = connection.settings_dict["NAME"]
+    return f"search:vocabulary:v{VOCABULARY_FORMAT}:{name}:g{answer_cache.generation()}:p{newest}"
 
 
 def vocabulary_forget() -> None:

@@ -333,8 +333,13 @@ SEARCH_POOL = env.int("SEARCH_POOL", default=200)
 SEARCH_WEAK_COSINE = env.float("SEARCH_WEAK_COSINE", default=0.36)
 #: When what a query says (type, colour, audience) and the shopper's filters leave at most this many
 #: products, search's vector ranking is exact (their distances computed and sorted) instead of an
-#: iterative HNSW scan, which on a selective filter walks much of the graph to find the few that pass.
+#: iterative HNSW scan, which on a selective filter walks much of the graph to find the few that pass
+#: (0: always the graph).
 SEARCH_EXACT_MAX_ROWS = env.int("SEARCH_EXACT_MAX_ROWS", default=1_000)
+#: A query word that more products than this say ("cotton") brings no product into the full-text
+#: ranking by itself (it still ranks those another word brings, or the vector ranking's): ranking every
+#: product that says it would cost more than the answer can use (0: every word brings its products).
+SEARCH_KEYWORD_MAX_ROWS = env.int("SEARCH_KEYWORD_MAX_ROWS", default=5_000)
 #: Hybrid search ranks the products whose full text has every free word of the query first.
 SEARCH_COVER_FIRST = env.bool("SEARCH_COVER_FIRST", default=True)
 #: An understood type, then colour, that as a filter leaves nothing is read as plain words instead

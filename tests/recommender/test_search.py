@@ -312,3 +312,36 @@ def test_a_query_of_only_understood_words_ranks_by_vector_within_its_filters(tra
     }
     lexical = search.product_search(query=query, k=10, mode="lexical")  # ranks by its words still
     assert lexical.hits
+
+
+def test_a_word_thousands_of_products_say_brings_none_into_the_full_text_ranking(
+    trained_catalog, settings, monkeypatch
+):
+    """A frequent word ranks what the vector ranking (or a rarer word) brings, instead of every product
+    that says it; the answer still puts what says every word first. (On the 160-product slice "frequent"
+    is scaled down: words of more than 10 products.)"""
+    from recommender import search_query
+
+    words = Counter(
+        w for p in Product.objects.all() for w in set(re.findall(r"[a-z]{5,}", p.description.lower()))
+    )
+    common = [w for w, n in words.most_common(40) if n > 10 and search_query.tokens(w) == [w]][:2]
+    query = " ".join(common)
+    monkeypatch.setattr(search_query, "FREQUENT_MIN_PRODUCTS", 1)
+    search_query.vocabulary_forget()
+    settings.SEARCH_KEYWORD_MAX_ROWS = 10
+
+    def fused(query: str) -> tuple[str, search.SearchAnswer]:
+        with CaptureQueriesContext(connection) as ctx:
+            answer = search.product_search(query=query, k=10)
+        return next(q["sql"] for q in ctx.captured_queries if q["sql"].startswith("WITH semantic AS")), answer
+
+    sql, answer = fused(query)
+    assert "SELECT id FROM semantic" in sql, query
+    assert answer.hits and not answer.weak
+    says = [all(w in h.product.text.lower() for w in common) for h in answer.hits]
+    assert says == sorted(says, reverse=True) and says[0], (query, says)
+    settings.SEARCH_KEYWORD_MAX_ROWS = 0  # the mechanism switched off
+    assert "SELECT id FROM semantic" not in fused(query)[0]
+    monkeypatch.undo()
+    search_query.vocabulary_forget()
