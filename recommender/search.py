@@ -153,9 +153,7 @@ def _few_products(parsed: ParsedQuery, filters: Filters) -> list[int] | None:
     cheaper than an HNSW scan that must walk past every product the filter rejects (pgvector's README,
     "Filtering"); a negation ("shirt without sleeves") can leave a few dozen of thousands."""
     limit = int(settings.SEARCH_EXACT_MAX_ROWS)
-    narrowed = bool(parsed.chips) or any(
-        v not in (None, "") for v in _facet_values(filters).values()
-    )
+    narrowed = bool(parsed.chips) or any(v not in (None, "") for v in _facet_values(filters).values())
     if limit <= 0 or not narrowed:
         return None
     qs = Product.objects.filter_facets(**_facet_values(filters))
