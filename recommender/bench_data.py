@@ -89,17 +89,35 @@ def bench_database_name(prefix: str, n: int) -> str:
 _HOME: dict[str, str] = {}
 
 
+def point_at(name: str) -> None:
+    """Point the default connection at the database ``name`` on the same server, and check it.
+
+    The connection pool (``OPTIONS["pool"]``, psycopg_pool) keeps the database it was opened with: it
+    is closed too, so the next connection opens a pool on ``name``. Without that, a benchmark's
+    ``TRUNCATE`` ran in the development database.
+
+    Raises:
+        RuntimeError: the connection still reaches another database.
+    """
+    connections.close_all()
+    connection.close_pool()
+    connection.settings_dict["NAME"] = name
+    with connection.cursor() as cur:
+        cur.execute("SELECT current_database()")
+        now = cur.fetchone()[0]
+    if now != name:
+        raise RuntimeError(f"the default connection reaches database {now!r}, not {name!r}")
+
+
 def use_database(name: str) -> None:
     """Create ``name`` on the default server if needed and point the default connection at it."""
     _HOME.setdefault("NAME", connection.settings_dict["NAME"])
-    connections.close_all()
-    connection.settings_dict["NAME"] = _HOME["NAME"]  # the server's main database runs CREATE DATABASE
+    point_at(_HOME["NAME"])  # the server's main database runs CREATE DATABASE
     with connection.cursor() as cur:
         cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name])
         if cur.fetchone() is None:
             cur.execute(f'CREATE DATABASE "{name}"')
-    connections.close_all()
-    connection.settings_dict["NAME"] = name
+    point_at(name)
     call_command("migrate", verbosity=0)
 
 

@@ -32,6 +32,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, connections
 
 from catalog.models import Product
+from recommender.bench_data import point_at
 
 logger = logging.getLogger("bench_http")
 RESULTS_DIR = Path(__file__).resolve().parents[3] / "ml" / "benchmarks" / "results"
@@ -73,8 +74,7 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
         url = database_url(opts["database"])
-        connections.close_all()
-        connection.settings_dict["NAME"] = opts["database"]
+        point_at(opts["database"])
 
         n = Product.objects.count()
         if n == 0:

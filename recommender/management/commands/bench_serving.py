@@ -41,6 +41,7 @@ import numpy as np
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
+from django.test.utils import override_settings
 
 from ml.benchmarks.queries import QUERY_WORDS
 from ml.heads import save_heads, zero_shot_heads
@@ -310,15 +311,35 @@ def measure(n, opts, version, ids, slots, fused, compat) -> dict:
         out["latency"] = lat
         out["skipped"] = ["complete-the-look", "compatibility"]
         return _text_e2e(out, opts, rng, k)
-    pairs = [[int(rng.choice(tops)), int(rng.choice(bottoms))] for _ in range(nq)]
+    # a look is one audience's (a men's shirt with men's trousers): each query's items share the
+    # audience group of its first, drawn at random (groups of mixed items leave only unisex picks)
+    group_of = dict(
+        ProductEmbedding.objects.filter(model_version=version).values_list("product_id", "audience_group")
+    )
+    groups = np.asarray([group_of[int(i)] for i in ids])
+
+    by_group: dict[tuple[int, str], np.ndarray] = {}
+
+    def same_group(first: int, pool: np.ndarray) -> int:
+        key = (id(pool), group_of[first])
+        if key not in by_group:
+            mine = pool[groups[np.searchsorted(ids, pool)] == group_of[first]]
+            by_group[key] = mine if len(mine) else pool
+        return int(rng.choice(by_group[key]))
+
+    def outfit(first_pool: np.ndarray, other_pools: list[np.ndarray]) -> list[int]:
+        first = int(rng.choice(first_pool))
+        return [first, *(same_group(first, p) for p in other_pools)]
+
+    pairs = [outfit(tops, [bottoms]) for _ in range(nq)]
     lat["complete-the-look, 2 items, 6 slots (selector)"] = percentiles(
         _timed(lambda p: looks.complete_the_look(product_ids=p, k=4), pairs)[0]
     )
-    one = [[int(rng.choice(tops)), int(rng.choice(bottoms))] for _ in range(nq)]
+    one = [outfit(tops, [bottoms]) for _ in range(nq)]
     lat["complete-the-look, 1 slot (selector)"] = percentiles(
         _timed(lambda p: looks.complete_the_look(product_ids=p, k=4, slots=["shoes"]), one)[0]
     )
-    quads = [ids[rng.integers(0, n, size=4)].tolist() for _ in range(nq)]
+    quads = [outfit(ids, [ids, ids, ids]) for _ in range(nq)]
     lat["compatibility, 4 items + replacement (selector)"] = percentiles(
         _timed(lambda p: looks.outfit_compatibility(product_ids=p), quads)[0]
     )
@@ -368,9 +389,16 @@ def shopper_search_latency(real_texts: bool) -> dict:
         lru.clear()
         return product_search(query=q, k=24)
 
+    def plain(q: str):  # the two levers of recommender.search switched off: exact ranking, frequent words
+        with override_settings(SEARCH_EXACT_MAX_ROWS=0, SEARCH_KEYWORD_MAX_ROWS=0):
+            return product_search(query=q, k=24)
+
     return {
         f"shopper search, hybrid, new query (tower + understanding + SQL){tag}": percentiles(
             _timed(cold, queries)[0]
+        ),
+        f"shopper search, hybrid, repeated query, no exact ranking of few, frequent words bring all{tag}": (
+            percentiles(_timed(plain, queries)[0])
         ),
         f"shopper search, hybrid, repeated query (tower cached){tag}": percentiles(
             _timed(lambda q: product_search(query=q, k=24), queries)[0]
