@@ -12,6 +12,7 @@ turns it off. Both re-rank each slot's candidates for hubness (:mod:`ml.hubness`
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,11 +20,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from django.conf import settings
+from django.core.cache import cache
+from django.db import connection
+from django.db.models import Count
 
 from catalog.models import Product
 from ml.audience import AUDIENCE_GROUPS, audience_fits
 from ml.hubness import rerank
 from ml.slots import BOTTOM, ONE_PIECE, SLOT_INDEX, TOP, missing_slots
+from recommender import answer_cache
 from recommender.model_cache import heads_for
 from recommender.models import ModelVersion, ProductEmbedding
 from recommender.selectors import Hit, NoActiveModel, UnknownProducts, active_version, ranked_many
@@ -130,7 +135,8 @@ def complete_the_look(
     ]
     given = [*(e.product_id for e in embs), *exclude_ids]
     groups = audience_filter([e.audience_group for e in embs]) if audience == "match" else None
-    jobs = []
+    counts = slot_audience_counts(version) if groups is not None else {}
+    jobs, exact = [], []
     for slot in targets:
         with torch.no_grad():
             q = heads.slot_query(f, s, SLOT_INDEX[slot]).numpy()  # (C,)
@@ -143,11 +149,14 @@ def complete_the_look(
         if groups is not None:
             qs = qs.filter(audience_group__in=groups)
         jobs.append((qs, q))
+        # a men's bag among 100k products: 150 rows, ranked exactly instead of walking the bag graph
+        rows, limit = sum(counts.get((slot, g), 0) for g in groups or ()), settings.LOOKS_EXACT_MAX_ROWS
+        exact.append(groups is not None and limit > 0 and rows <= limit)
     beta = settings.HUBNESS_PENALTY if reduce_hubs else 0.0
     # at least 3k rows per slot: room to drop colour variants of a pick
     pool = max(3 * k, settings.HUBNESS_POOL) if beta > 0 else 3 * k
     extra = ("hub_score", "product__variant_group")
-    ranked = ranked_many(jobs, "compat", pool, kind="complete", extra=extra)
+    ranked = ranked_many(jobs, "compat", pool, kind="complete", extra=extra, exact=exact)
     n = len(embs)
     chosen: list[list[tuple[int, float]]] = []
     for rows in ranked:
@@ -160,6 +169,31 @@ def complete_the_look(
         SlotPicks(slot, [Hit(products[pid], compat_to_unit(v, n)) for pid, v in picks if pid in products])
         for slot, picks in zip(targets, chosen, strict=True)
     ]
+
+
+def slot_audience_counts(version: ModelVersion) -> dict[tuple[str, str], int]:
+    """``{(slot, audience_group): rows}`` of the version's vectors, cached for
+    :data:`COUNTS_CACHE_SECONDS` (a stale count only chooses between an exact and an indexed ranking,
+    both correct; a cache that is down means counting every time)."""
+    key = f"looks:slot-audience:{connection.settings_dict['NAME']}:v{version.pk}"
+    with contextlib.suppress(*answer_cache.CACHE_ERRORS):
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+    rows = (
+        ProductEmbedding.objects.filter(model_version=version)
+        .values_list("slot", "audience_group")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    counts = {(slot, group): n for slot, group, n in rows}
+    with contextlib.suppress(*answer_cache.CACHE_ERRORS):
+        cache.set(key, counts, COUNTS_CACHE_SECONDS)
+    return counts
+
+
+#: How long :func:`slot_audience_counts` is cached.
+COUNTS_CACHE_SECONDS = 600
 
 
 def one_look(picks: Sequence[SlotPicks]) -> list[Hit]:

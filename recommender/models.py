@@ -180,4 +180,9 @@ class ProductEmbedding(models.Model):
                 for column in SLOT_INDEXED_COLUMNS
                 for slot in SLOTS
             ),
+            # The exact rankings of a slot that the outfit's audience leaves few rows in (men's bags:
+            # ``recommender.looks``): exactly those rows, in a B-tree range scan.
+            models.Index(
+                fields=["model_version", "slot", "audience_group"], name="emb_version_slot_audience"
+            ),
         ]

@@ -311,12 +311,8 @@ def search_settings_sql(pool: int) -> str:
     """The ``SET LOCAL`` statements of the fused statement: the vector rankings' own
     (:func:`recommender.selectors.ranking_settings_sql`, so the ``semantic`` part is an HNSW index scan),
     with bitmap scans allowed again: a GIN index is only ever read by a bitmap scan, and the vector part
-    still cannot use one (sorts stay off, and only the HNSW scan yields rows in distance order); no
-    parallel workers: starting them costs more than the few thousand rows a ranking reads."""
-    return (
-        ranking_settings_sql("search", pool)
-        + "; SET LOCAL enable_bitmapscan = on; SET LOCAL max_parallel_workers_per_gather = 0"
-    )
+    still cannot use one (sorts stay off, and only the HNSW scan yields rows in distance order)."""
+    return ranking_settings_sql("search", pool) + "; SET LOCAL enable_bitmapscan = on"
 
 
 def product_search(

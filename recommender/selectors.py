@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import FloatField, QuerySet
+from django.db.models import ExpressionWrapper, F, FloatField, QuerySet, Value
 from django.db.models.expressions import RawSQL
 from pgvector.django import MaxInnerProduct
 
@@ -142,6 +142,8 @@ def ranking_settings_sql(kind: str, k: int) -> str:
     sets += [
         f"SET LOCAL hnsw.iterative_scan = {settings.HNSW_ITERATIVE_SCAN}",
         f"SET LOCAL hnsw.max_scan_tuples = {int(settings.HNSW_MAX_SCAN_TUPLES)}",
+        # a ranking reads at most a few thousand rows: starting parallel workers costs more than that
+        "SET LOCAL max_parallel_workers_per_gather = 0",
     ]
     return "; ".join(sets)
 
@@ -154,9 +156,14 @@ def ranked_many(
     kind: str,
     vectors: bool = False,
     extra: Sequence[str] = (),
+    exact: Sequence[bool] = (),
 ) -> list[list[tuple]]:
     """Several rankings (one per ``(queryset, query)``) in one transaction with one set of HNSW
     settings (:func:`_ranked`), so complete-the-look pays the round trips once, not once per slot.
+
+    ``exact[i]`` true: job ``i`` computes the distance of every row its queryset allows and sorts them
+    (``d + 0`` is no index's expression), for a filter that leaves few rows, where an iterative HNSW
+    scan would walk past many it rejects.
 
     Returns:
         Per job, ``[(product_id, inner_product, *extra)]`` best first (``extra``: more columns of the
@@ -168,11 +175,13 @@ def ranked_many(
     with transaction.atomic(using=alias), connections[alias].cursor() as cur:
         cur.execute(ranking_settings_sql(kind, k))
         fields = ("product_id", "d", column) if vectors else ("product_id", "d", *extra)
-        for qs, query in jobs:
+        for i, (qs, query) in enumerate(jobs):
+            few = i < len(exact) and exact[i]
+            order = ExpressionWrapper(F("d") + Value(0.0), output_field=FloatField()) if few else F("d")
             rows = (
                 qs.using(alias)
                 .annotate(d=distance_expression(column, query))
-                .order_by("d")
+                .order_by(order)
                 .values_list(*fields)[:k]
             )
             if vectors:

@@ -345,6 +345,10 @@ SEARCH_COVER_FIRST = env.bool("SEARCH_COVER_FIRST", default=True)
 #: An understood type, then colour, that as a filter leaves nothing is read as plain words instead
 #: (``recommender.search.RELAXABLE``; the page says so); the audience always holds.
 SEARCH_RELAX = env.bool("SEARCH_RELAX", default=True)
+#: Complete-the-look ranks a slot exactly (every candidate's score computed and sorted) when the
+#: outfit's audience leaves at most this many rows in it (men's bags), instead of an iterative scan of
+#: the slot's HNSW graph that walks past the other audiences' rows (0: always the graph).
+LOOKS_EXACT_MAX_ROWS = env.int("LOOKS_EXACT_MAX_ROWS", default=1_000)
 #: MMR diversity: candidate pool = max(MMR_POOL_MIN, MMR_POOL_FACTOR * k) rows from the index.
 MMR_POOL_FACTOR = env.int("MMR_POOL_FACTOR", default=5)
 MMR_POOL_MIN = env.int("MMR_POOL_MIN", default=50)

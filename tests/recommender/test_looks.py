@@ -68,6 +68,35 @@ def test_menswear_gets_no_womens_or_kids_items_unless_the_toggle_is_off(trained_
     assert len(others) >= 5 and set(others) <= {"women", "kids"}, others
 
 
+def test_a_slot_the_audience_leaves_few_rows_in_is_ranked_exactly_with_the_same_picks(
+    trained_catalog, settings
+):
+    """Men's items of a slot are few (15 of the slice's 160): the slot is ranked exactly, through the
+    (version, slot, audience) B-tree, not by walking the slot's HNSW graph past the women's rows."""
+    shirt = _first("men", "top")
+
+    def run() -> tuple[list[list[int]], list[str]]:
+        with CaptureQueriesContext(connection) as ctx:
+            picks = looks.complete_the_look(product_ids=[shirt.pk], k=4)
+        sqls = [
+            q["sql"] for q in ctx.captured_queries if '"compat" <#>' in q["sql"] and "ORDER BY" in q["sql"]
+        ]
+        return [[h.product.pk for h in sp.hits] for sp in picks], sqls
+
+    def plan(sql: str) -> str:
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute(selectors.ranking_settings_sql("complete", 100))
+            cur.execute("EXPLAIN " + sql)
+            return "\n".join(r[0] for r in cur.fetchall())
+
+    exact_picks, exact_sqls = run()
+    assert exact_sqls and all("_hnsw" not in plan(s) for s in exact_sqls)
+    settings.LOOKS_EXACT_MAX_ROWS = 0  # the mechanism switched off: each slot's graph
+    graph_picks, graph_sqls = run()
+    assert any("_hnsw" in plan(s) for s in graph_sqls)  # (the planner may take the B-tree for a 1-row slot)
+    assert exact_picks == graph_picks  # on 160 rows the graphs' answers are exact too
+
+
 @pytest.mark.parametrize("group", ["women", "kids"])
 def test_womens_and_kids_items_get_their_own_audience(trained_catalog, group):
     top = _first(group, "top")
@@ -85,7 +114,8 @@ def _ranking_sqls(fn) -> list[str]:
     return [q["sql"] for q in ctx.captured_queries if "<#>" in q["sql"] and "ORDER BY" in q["sql"]]
 
 
-def test_the_audience_filter_runs_inside_each_slots_hnsw_scan(trained_catalog):
+def test_the_audience_filter_runs_inside_each_slots_hnsw_scan(trained_catalog, settings):
+    settings.LOOKS_EXACT_MAX_ROWS = 0  # the graph's path (the slice's few rows per slot are ranked exactly)
     shirt = _first("men", "top")
     sqls = _ranking_sqls(lambda: looks.complete_the_look(product_ids=[shirt.pk], k=4))
     assert len(sqls) == len(looks.missing_slots(["top"]))
@@ -93,6 +123,9 @@ def test_the_audience_filter_runs_inside_each_slots_hnsw_scan(trained_catalog):
         assert "\"audience_group\" IN ('men', 'unisex')" in sql, sql
         slot = re.search(r"\.\"slot\" = '([\w-]+)'", sql).group(1)
         with transaction.atomic(), connection.cursor() as cur:
+            # on 160 rows the planner reads a slot's one or two men's rows through the exact rankings'
+            # B-tree; without it (rolled back with the test), the graph path: at 100k the planner takes it
+            cur.execute("DROP INDEX IF EXISTS emb_version_slot_audience")
             cur.execute("ANALYZE recommender_productembedding")
             cur.execute(selectors.ranking_settings_sql("complete", 50))
             cur.execute("EXPLAIN " + sql)
