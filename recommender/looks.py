@@ -149,12 +149,11 @@ def complete_the_look(
         if groups is not None:
             qs = qs.filter(audience_group__in=groups)
         jobs.append((qs, q))
-        # a men's bag among 100k products: 150 rows, ranked exactly instead of walking the bag graph
-        rows, limit = sum(counts.get((slot, g), 0) for g in groups or ()), settings.LOOKS_EXACT_MAX_ROWS
-        exact.append(groups is not None and limit > 0 and rows <= limit)
+        exact.append(
+            groups is not None and _exact_is_cheaper(counts, slot, groups, pool_size(k, reduce_hubs))
+        )
     beta = settings.HUBNESS_PENALTY if reduce_hubs else 0.0
-    # at least 3k rows per slot: room to drop colour variants of a pick
-    pool = max(3 * k, settings.HUBNESS_POOL) if beta > 0 else 3 * k
+    pool = pool_size(k, reduce_hubs)
     extra = ("hub_score", "product__variant_group")
     ranked = ranked_many(jobs, "compat", pool, kind="complete", extra=extra, exact=exact)
     n = len(embs)
@@ -169,6 +168,31 @@ def complete_the_look(
         SlotPicks(slot, [Hit(products[pid], compat_to_unit(v, n)) for pid, v in picks if pid in products])
         for slot, picks in zip(targets, chosen, strict=True)
     ]
+
+
+def pool_size(k: int, reduce_hubs: bool) -> int:
+    """Rows each slot's ranking fetches: at least 3k (room to drop colour variants of a pick), and the
+    hub re-ranking's ``settings.HUBNESS_POOL`` when it is on."""
+    return max(3 * k, settings.HUBNESS_POOL) if reduce_hubs and settings.HUBNESS_PENALTY > 0 else 3 * k
+
+
+#: An HNSW tuple walked past a filter costs about this many exact rows (distance and sort: ~20 µs
+#: against ~8 µs a row at 100k products on 2 cores, docs/benchmarks.md).
+TUPLE_COST_IN_ROWS = 2.5
+
+
+def _exact_is_cheaper(
+    counts: dict[tuple[str, str], int], slot: str, groups: Sequence[str], pool: int
+) -> bool:
+    """Rank ``slot`` exactly for an outfit whose audience allows ``groups``? The iterative scan of the
+    slot's graph walks about ``pool / share`` tuples (``share``: the allowed rows' share of the slot) to
+    keep ``pool`` of them; the exact ranking reads the allowed rows. Exact when that is cheaper, and at
+    most ``settings.LOOKS_EXACT_MAX_ROWS`` rows (0: never): a men's bag among 100k products (150 rows of
+    5,000), not a women's (4,700 of 5,000, whose rows nearly all pass the filter)."""
+    limit = int(settings.LOOKS_EXACT_MAX_ROWS)
+    rows = sum(counts.get((slot, g), 0) for g in groups)
+    total = sum(n for (s, _), n in counts.items() if s == slot)
+    return limit > 0 and rows <= limit and rows * rows <= TUPLE_COST_IN_ROWS * pool * total
 
 
 def slot_audience_counts(version: ModelVersion) -> dict[tuple[str, str], int]:
