@@ -48,6 +48,7 @@ bench: venv migrate
 	$(PY) -m ml.benchmarks.bench_towers
 	$(PY) manage.py bench_pipeline
 	$(PY) manage.py bench_serving --sizes $(BENCH_SIZES)
+	$(PY) manage.py bench_serving --vectors texts --sizes 10000 100000
 	$(PY) manage.py bench_http
 	$(PY) manage.py bench_import
 
