@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
+from django.core.cache import cache
+from django.db import connection, transaction
 
 from catalog.models import Product
 from catalog.selectors import product_audience_group
@@ -157,6 +159,47 @@ def hub_scores_for(*, version: ModelVersion, product_ids: Sequence[int], compat:
         )
     out[keep] = cat.hub[: len(keep)]  # the written products come first in the catalog
     return out
+
+
+def hub_refresh_deferred(*, version: ModelVersion, rows: int) -> bool:
+    """Is a write of ``rows`` rows into ``version`` left unpriced until a refresh? When it is at most
+    ``settings.HUBNESS_DEFER_MAX_ROWS`` rows (0: never) and the version already holds more: pricing
+    reads and scores the whole catalog, about 1 s a write at 21,000 products (docs/benchmarks.md), and
+    one product's offset moves the others' little."""
+    limit = int(settings.HUBNESS_DEFER_MAX_ROWS)
+    if limit <= 0 or rows > limit or settings.HUBNESS_K <= 0:
+        return False
+    return ProductEmbedding.objects.filter(model_version=version)[: rows + 1].count() > rows
+
+
+def hub_refresh_key(version: ModelVersion) -> str:
+    """The cache key held while a refresh of ``version`` is pending (this database's)."""
+    return f"hubness:refresh:{connection.settings_dict['NAME']}:v{version.pk}"
+
+
+def hub_refresh_schedule(*, version: ModelVersion) -> bool:
+    """Queue one :func:`hub_scores_refresh` of ``version`` ``settings.HUBNESS_REFRESH_DELAY_S`` after the
+    current transaction commits, unless one is pending already (a cache key held for that delay), so a
+    bulk of uploads costs one pricing. Returns whether this call queued it; a cache or broker that is
+    down is logged and skipped (the next training run or ``audit_looks --refresh-hubs`` prices them)."""
+    delay = int(settings.HUBNESS_REFRESH_DELAY_S)
+    try:
+        if not cache.add(hub_refresh_key(version), 1, timeout=max(delay, 1)):
+            return False
+    except answer_cache.CACHE_ERRORS as exc:
+        logger.warning("hub offsets of version %s not scheduled (%s)", version.pk, exc)
+        return False
+
+    def send() -> None:
+        from recommender.tasks import refresh_hub_scores
+
+        try:
+            refresh_hub_scores.apply_async(kwargs={"version_id": version.pk}, countdown=delay)
+        except Exception as exc:  # broker down: the offsets wait for the next full pricing
+            logger.warning("hub offsets of version %s not queued (%s)", version.pk, exc)
+
+    transaction.on_commit(send)
+    return True
 
 
 def hub_scores_refresh(*, version: ModelVersion) -> int:

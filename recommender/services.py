@@ -20,7 +20,7 @@ from catalog.selectors import product_audience_group
 from ml.audience import UNISEX
 from recommender import answer_cache
 from recommender.celery import app
-from recommender.hubness import hub_scores_for
+from recommender.hubness import hub_refresh_deferred, hub_refresh_schedule, hub_scores_for
 from recommender.models import ModelVersion, ProductEmbedding, TrainingRun
 
 logger = logging.getLogger(__name__)
@@ -255,7 +255,9 @@ def embeddings_write(
     (kept for the benchmark). Each batch commits on its own, so a worker killed half-way keeps what
     it wrote and a re-run completes it. Each row's ``hub_score`` (its offset in complete-the-look,
     :func:`recommender.hubness.hub_scores_for`) is computed first, against these vectors and the
-    version's stored ones, and written with the vectors; so is its ``audience_group``
+    version's stored ones, and written with the vectors (a small write into a large version keeps the
+    stored offsets and schedules one refresh instead: :func:`recommender.hubness.hub_refresh_deferred`);
+    so is its ``audience_group``
     (:func:`product_audience_groups`), which complete-the-look filters on.
 
     Args:
@@ -286,9 +288,17 @@ def embeddings_write(
     order = sorted(last.values())
     write = _write_copy if method == "copy" else _write_bulk_create
     hub = np.zeros(n, dtype=np.float32)
-    hub[order] = hub_scores_for(
-        version=version, product_ids=[int(product_ids[i]) for i in order], compat=np.asarray(compat)[order]
-    )
+    ids = [int(product_ids[i]) for i in order]
+    if hub_refresh_deferred(version=version, rows=len(ids)):  # an upload: searchable now, priced later
+        stored = dict(
+            ProductEmbedding.objects.filter(model_version=version, product_id__in=ids).values_list(
+                "product_id", "hub_score"
+            )
+        )
+        hub[order] = [stored.get(pid, 0.0) for pid in ids]
+        hub_refresh_schedule(version=version)
+    else:
+        hub[order] = hub_scores_for(version=version, product_ids=ids, compat=np.asarray(compat)[order])
     written = 0
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]

@@ -164,6 +164,24 @@ def reconcile() -> dict[str, Any]:
 
 
 @shared_task(ignore_result=True, **EMBED_LIMITS, **RETRY)
+def refresh_hub_scores(version_id: int) -> dict[str, Any]:
+    """Price every row of a version again (:func:`recommender.hubness.hub_scores_refresh`): queued once
+    after a burst of uploads or edits, which are written with their stored offsets
+    (:func:`recommender.hubness.hub_refresh_schedule`). A deleted version is skipped."""
+    from recommender.hubness import hub_scores_refresh
+
+    version = ModelVersion.objects.filter(pk=version_id).first()
+    if version is None:
+        return {"refreshed": 0, "version": version_id}
+    t = time.perf_counter()
+    n = hub_scores_refresh(version=version)
+    logger.info(
+        "hub offsets of version %s refreshed: %d rows in %.1f s", version_id, n, time.perf_counter() - t
+    )
+    return {"refreshed": n, "version": version_id}
+
+
+@shared_task(ignore_result=True, **EMBED_LIMITS, **RETRY)
 def prune_model_versions(keep: int | None = None) -> dict[str, Any]:
     """Retention: delete vectors and artifacts of versions beyond the newest ``keep`` (``ML_KEEP_VERSIONS``),
     never the active one or the rollback target (:func:`recommender.services.model_versions_prune`)."""

@@ -366,6 +366,13 @@ HUBNESS_MAX_SHARE = env.float("HUBNESS_MAX_SHARE", default=0.02)
 HUBNESS_QUERIES = env.int("HUBNESS_QUERIES", default=5000)
 HUBNESS_PENALTY = env.float("HUBNESS_PENALTY", default=1.0)
 HUBNESS_POOL = env.int("HUBNESS_POOL", default=100)
+#: A write of at most HUBNESS_DEFER_MAX_ROWS rows into a version that holds more (an upload, an edit)
+#: is not priced at once: pricing reads and scores the whole catalog (about 1 s a write at 21,000
+#: products, against 50 ms for the vectors themselves). Such a row keeps its stored offset (a new one
+#: 0) and one refresh of the version runs HUBNESS_REFRESH_DELAY_S later, whatever the number of writes
+#: meanwhile (``recommender.hubness.hub_refresh_schedule``). 0: price every write at once.
+HUBNESS_DEFER_MAX_ROWS = env.int("HUBNESS_DEFER_MAX_ROWS", default=100)
+HUBNESS_REFRESH_DELAY_S = env.int("HUBNESS_REFRESH_DELAY_S", default=60)
 #: Seconds a hot recommendation answer stays in the cache (0 = no caching). Keys carry the active
 #: model version, so activating another version never serves stale answers.
 RECOMMENDATION_CACHE_SECONDS = env.int("RECOMMENDATION_CACHE_SECONDS", default=300)

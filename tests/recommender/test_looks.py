@@ -254,9 +254,12 @@ def test_offsets_are_prices_of_the_few_items_over_capacity(trained_catalog):
     assert rows.get(product_id=hub).hub_score > 0.03
 
 
-def test_a_partial_write_prices_the_product_against_the_stored_prices(trained_catalog):
-    """An upload or an edit re-embeds one product: its offset is found again with the others' kept."""
+def test_a_partial_write_prices_the_product_against_the_stored_prices(trained_catalog, settings):
+    """An upload or an edit re-embeds one product: its offset is found again with the others' kept
+    (priced at once: deferral off; the default defers it, next test)."""
     from recommender.services import embeddings_write
+
+    settings.HUBNESS_DEFER_MAX_ROWS = 0
 
     top = ProductEmbedding.objects.filter(model_version=trained_catalog).order_by("-hub_score").first()
     before = {e.pk: e.hub_score for e in ProductEmbedding.objects.filter(model_version=trained_catalog)}
@@ -269,6 +272,36 @@ def test_a_partial_write_prices_the_product_against_the_stored_prices(trained_ca
     assert after[top.pk] > 0.03  # priced again (alone, not necessarily at the same price)
     assert hubness.hub_scores_refresh(version=trained_catalog) == len(after)  # a full pricing again
     assert ProductEmbedding.objects.get(pk=top.pk).hub_score == pytest.approx(top.hub_score, abs=1e-6)
+
+
+def test_an_upload_is_written_at_once_and_priced_by_one_refresh_later(
+    trained_catalog, monkeypatch, django_capture_on_commit_callbacks
+):
+    """Pricing reads the whole catalog (about 1 s a write at 21,000 products): a small write keeps the
+    stored offsets and queues one refresh of the version, whatever the number of writes meanwhile."""
+    from django.core.cache import cache
+
+    from recommender import tasks
+    from recommender.services import embeddings_write
+
+    queued = []
+    monkeypatch.setattr(tasks.refresh_hub_scores, "apply_async", lambda **kw: queued.append(kw))
+    cache.delete(hubness.hub_refresh_key(trained_catalog))
+    rows = ProductEmbedding.objects.filter(model_version=trained_catalog)
+    top = rows.order_by("-hub_score").first()
+    plain = rows.filter(hub_score=0, slot=top.slot).first()
+    for e in (top, plain, top):  # three small writes, e.g. uploads and an edit
+        vec = {
+            c: np.asarray([getattr(top, c)], dtype=np.float32) for c in ("image", "text", "fused", "compat")
+        }
+        with django_capture_on_commit_callbacks(execute=True):
+            embeddings_write(version=trained_catalog, product_ids=[e.product_id], **vec)
+    assert rows.get(pk=top.pk).hub_score == pytest.approx(top.hub_score)  # its stored price, kept
+    assert rows.get(pk=plain.pk).hub_score == 0.0  # now the top's twin: unpriced until the refresh
+    assert queued == [{"kwargs": {"version_id": trained_catalog.pk}, "countdown": 60}]  # one refresh
+    tasks.refresh_hub_scores.run(version_id=trained_catalog.pk)
+    assert rows.get(pk=plain.pk).hub_score > 0  # the twin of a hub is priced too
+    cache.delete(hubness.hub_refresh_key(trained_catalog))
 
 
 def test_the_audit_tells_the_shares_a_ranking_could_spread(trained_catalog):

@@ -74,6 +74,17 @@ class Command(BaseCommand):
         parser.add_argument("--data", default=str(settings.HM_DATA_DIR), help="the H&M sample (HM_DATA_DIR)")
         parser.add_argument("--out", default=str(RESULTS))
         parser.add_argument(
+            "--worker-uploads",
+            type=int,
+            default=0,
+            help="also time this many uploads through 1 and then 2 embedding worker processes (0: skip)",
+        )
+        parser.add_argument(
+            "--only-workers",
+            action="store_true",
+            help="run only the worker measurement (--worker-uploads), merged into --out",
+        )
+        parser.add_argument(
             "--backends",
             default="torch,onnx",
             help="tower backends timed end to end in this run (ModelConfig.tower_backend), comma-separated; "
@@ -86,6 +97,17 @@ class Command(BaseCommand):
             raise CommandError(
                 "the database has no tables yet: run `make migrate` (python manage.py migrate) first"
             )
+        if opts["only_workers"]:
+            if opts["worker_uploads"] <= 0:
+                raise CommandError("--only-workers needs --worker-uploads N (N > 0)")
+            out = Path(opts["out"])
+            results = json.loads(out.read_text()) if out.exists() else {}
+            results["workers"] = self._worker_throughput(opts["worker_uploads"], Path(opts["data"]))
+            results["workers"]["load_avg"] = [round(x, 2) for x in os.getloadavg()]
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=2))
+            self.stdout.write(f"written to {out}")
+            return
 
         n = opts["items"]
         if Product.objects.count() < n:
@@ -246,6 +268,81 @@ class Command(BaseCommand):
                 f"photo {lat['own_nearest']}/{lat['n']}"
             )
         self.stdout.write(f"written to {opts['out']}")
+
+    def _worker_throughput(self, uploads: int, data: Path, processes: tuple[int, ...] = (1, 2)) -> dict:
+        """Uploads per second through the ``embedding`` queue with 1, then 2, worker processes.
+
+        For each count: a real worker (``-c`` processes, prefork), warmed by two uploads per process; then
+        ``uploads`` products are created through ``product_create`` (each commits and enqueues its own
+        embedding task, as a merchandiser's uploads do) and the clock runs from the first create until
+        every one has its vector row. The products are deleted after. Needs an active model version.
+
+        Raises:
+            CommandError: no active version, the worker does not start, or uploads are not embedded
+                within 10 minutes.
+        """
+        self.stdout.write(runtime.ensure_redis(settings.CELERY_BROKER_URL, settings.VAR_DIR))
+        active = ModelVersion.objects.filter(is_active=True).first()
+        if active is None:
+            raise CommandError("no active model version: run `make demo` (or train one) first")
+        articles, _ = read_articles(data)
+        out: dict = {"uploads": uploads, "version": active.pk, "per_processes": {}}
+        for n_proc in processes:
+            log = settings.VAR_DIR / "logs" / f"bench-worker-{n_proc}.log"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            runtime.purge_queues(app, ("embedding",))
+            proc = runtime.start_worker(
+                queues="embedding",
+                concurrency=n_proc,
+                logfile=log,
+                name=f"bench{n_proc}-{os.getpid()}",
+                env={"DATABASE_URL": runtime.database_url(connection.settings_dict)},
+            )
+            created: list[int] = []
+
+            def upload_all(batch, tag: str, log=log, created=created) -> float:
+                t0 = time.perf_counter()
+                ids = []
+                for art in batch:
+                    p = product_create(
+                        sku=f"BENCH-{tag}-{art.article_id}",
+                        title=art.title,
+                        slot=art.slot,
+                        image_bytes=art.image_path.read_bytes(),
+                        description=art.description,
+                        product_type=art.product_type,
+                        colour=art.colour,
+                    )
+                    ids.append(p.pk)
+                created.extend(ids)
+                deadline = t0 + 600
+                while ProductEmbedding.objects.filter(product_id__in=ids, model_version=active).count() < len(
+                    ids
+                ):
+                    if time.perf_counter() > deadline:
+                        raise CommandError(f"uploads not embedded within 10 min; see {log}")
+                    time.sleep(0.02)
+                return time.perf_counter() - t0
+
+            try:
+                if not runtime.wait_for_worker(app, timeout=120):
+                    raise CommandError(f"the benchmark worker did not start; see {log}")
+                upload_all(articles[: 2 * n_proc], f"W{n_proc}warm")  # each process loads the model
+                secs = upload_all(articles[2 * n_proc : 2 * n_proc + uploads], f"W{n_proc}")
+            finally:
+                runtime.stop_worker(proc)
+                for p in Product.objects.filter(pk__in=created):
+                    p.image.delete(save=False)
+                    p.thumbnail.delete(save=False)
+                    p.delete()
+            out["per_processes"][str(n_proc)] = {
+                "seconds": round(secs, 2),
+                "uploads_per_s": round(uploads / secs, 2),
+            }
+            self.stdout.write(f"{n_proc} worker process(es): {uploads} uploads embedded in {secs:.1f} s")
+        one, two = (out["per_processes"][str(n)]["uploads_per_s"] for n in processes[:2])
+        out["ratio_2_to_1"] = round(two / one, 2)
+        return out
 
     def _upload_latency(self, uploads: int, data: Path) -> dict:
         """Create ``uploads`` products through the service with a warm worker; time until searchable.
