@@ -64,6 +64,15 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def _stop_and_clean(worker, product_ids: list[int]) -> None:
+    """Stop the benchmark's worker and delete the products it created, with their files."""
+    runtime.stop_worker(worker)
+    for p in Product.objects.filter(pk__in=product_ids):
+        p.image.delete(save=False)
+        p.thumbnail.delete(save=False)
+        p.delete()
+
+
 class Command(BaseCommand):
     help = "Benchmark re-embedding (COPY vs ORM upsert), training, and upload-to-searchable latency."
 
@@ -330,11 +339,7 @@ class Command(BaseCommand):
                 upload_all(articles[: 2 * n_proc], f"W{n_proc}warm")  # each process loads the model
                 secs = upload_all(articles[2 * n_proc : 2 * n_proc + uploads], f"W{n_proc}")
             finally:
-                runtime.stop_worker(proc)
-                for p in Product.objects.filter(pk__in=created):
-                    p.image.delete(save=False)
-                    p.thumbnail.delete(save=False)
-                    p.delete()
+                _stop_and_clean(proc, created)
             out["per_processes"][str(n_proc)] = {
                 "seconds": round(secs, 2),
                 "uploads_per_s": round(uploads / secs, 2),
@@ -423,11 +428,7 @@ class Command(BaseCommand):
                 hits = selectors.photo_search(image=Image.open(art.image_path), k=1)
                 own_nearest += int(bool(hits) and hits[0].product.pk == p.pk)
         finally:
-            runtime.stop_worker(proc)
-            for p in Product.objects.filter(pk__in=created):
-                p.image.delete(save=False)
-                p.thumbnail.delete(save=False)
-                p.delete()
+            _stop_and_clean(proc, created)
             if temp_version is not None:
                 temp_version.delete()
         return {
