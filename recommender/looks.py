@@ -136,6 +136,7 @@ def complete_the_look(
     given = [*(e.product_id for e in embs), *exclude_ids]
     groups = audience_filter([e.audience_group for e in embs]) if audience == "match" else None
     counts = slot_audience_counts(version) if groups is not None else {}
+    pool = pool_size(k, reduce_hubs)
     jobs, exact = [], []
     for slot in targets:
         with torch.no_grad():
@@ -149,11 +150,8 @@ def complete_the_look(
         if groups is not None:
             qs = qs.filter(audience_group__in=groups)
         jobs.append((qs, q))
-        exact.append(
-            groups is not None and _exact_is_cheaper(counts, slot, groups, pool_size(k, reduce_hubs))
-        )
+        exact.append(groups is not None and _exact_is_cheaper(counts, slot, groups, pool))
     beta = settings.HUBNESS_PENALTY if reduce_hubs else 0.0
-    pool = pool_size(k, reduce_hubs)
     extra = ("hub_score", "product__variant_group")
     ranked = ranked_many(jobs, "compat", pool, kind="complete", extra=extra, exact=exact)
     n = len(embs)

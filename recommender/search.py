@@ -24,7 +24,7 @@ it does (:func:`recommender.search_query.spelling_corrected`, in ``SearchAnswer.
 from __future__ import annotations
 
 import json
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, namedtuple
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclass_fields
@@ -37,7 +37,6 @@ from django.db.models import (
     Case,
     Count,
     Exists,
-    ExpressionWrapper,
     F,
     FloatField,
     IntegerField,
@@ -62,7 +61,13 @@ from recommender.search_query import (
     tokens,
     vocabulary_build,
 )
-from recommender.selectors import NoActiveModel, active_version, distance_expression, ranking_settings_sql
+from recommender.selectors import (
+    NoActiveModel,
+    active_version,
+    distance_expression,
+    distance_order,
+    ranking_settings_sql,
+)
 
 MODES = ("hybrid", "lexical", "vector")
 #: The k of reciprocal rank fusion (the constant of Cormack et al. and of pgvector's example).
@@ -135,17 +140,14 @@ def _vector_sql(
 ):
     """The vector ranking: the ``pool`` products closest to ``query`` among those ``where`` and
     ``filters`` allow; from the HNSW index, or, given ``among`` (exactly those products, few), by
-    computing their distances and sorting (``product_id = ANY(...)`` read by the
-    ``(product, version)`` index; ``d + 0`` is no index's expression, so the planner cannot pick the
-    graph)."""
+    computing their distances and sorting (``product_id = ANY(...)`` read by the ``(product, version)``
+    index; :func:`recommender.selectors.distance_order`)."""
     if among is not None:  # exactly the products allowed: no filter to evaluate again
         qs = ProductEmbedding.objects.filter(model_version=version, product_id__in=among)
-        order = ExpressionWrapper(F("d") + Value(0.0), output_field=FloatField())
     else:
         qs = filters.apply(ProductEmbedding.objects.filter(model_version=version).filter(where))
-        order = F("d")
-    qs = qs.annotate(d=distance_expression("fused", query))
-    return qs.order_by(order).values_list("product_id", "d")[:pool].query.sql_with_params()
+    qs = qs.annotate(d=distance_expression("fused", query)).order_by(distance_order(exact=among is not None))
+    return qs.values_list("product_id", "d")[:pool].query.sql_with_params()
 
 
 def _few_products(parsed: ParsedQuery, filters: Filters) -> list[int] | None:
@@ -160,8 +162,7 @@ def _few_products(parsed: ParsedQuery, filters: Filters) -> list[int] | None:
     whose vector cannot steer the scan, measured slower at 100k: exact ranking costs ~8 µs a row.)
     """
     limit = int(settings.SEARCH_EXACT_MAX_ROWS)
-    narrowed = bool(parsed.chips) or any(v not in (None, "") for v in _facet_values(filters).values())
-    if limit <= 0 or not narrowed:
+    if limit <= 0 or not _narrows(parsed, filters):
         return None
     qs = Product.objects.filter_facets(**_facet_values(filters)).filter(_conditions(parsed, filters))
     qs = qs.order_by().values_list("id", flat=True)
@@ -169,6 +170,12 @@ def _few_products(parsed: ParsedQuery, filters: Filters) -> list[int] | None:
         return None
     ids = list(qs[: limit + 1])
     return ids if len(ids) <= limit else None
+
+
+def _narrows(parsed: ParsedQuery, filters: Filters) -> bool:
+    """Does the query (a chip: audience, colour, type, a negation) or a shopper's filter narrow the
+    catalog?"""
+    return bool(parsed.chips) or any(v not in (None, "") for v in _facet_values(filters).values())
 
 
 def _keyword_sql(
@@ -191,10 +198,11 @@ def _keyword_sql(
     frequent terms still count in ``m`` and ``ts_rank_cd``. Ranking every product that says "cotton"
     costs more than the answer can use: the vector ranking brings the closest of them anyway.
     """
-    queries = [SearchQuery(t, config=SEARCH_CONFIG) for t in dict.fromkeys(terms)]
+    unique = list(dict.fromkeys(terms))
+    queries = [SearchQuery(t, config=SEARCH_CONFIG) for t in unique]
     qs = Product.objects.filter_facets(**_facet_values(filters)).filter(where)
     frequent = set(frequent)
-    rare = [SearchQuery(t, config=SEARCH_CONFIG) for t in dict.fromkeys(terms) if t not in frequent]
+    rare = [sq for t, sq in zip(unique, queries, strict=True) if t not in frequent]
     if require and queries and rare and len(rare) < len(queries):
         bring = rare[0]
         for sq in rare[1:]:
@@ -386,8 +394,7 @@ def _search(
         q = embedder_for(version).embed_query_text(parsed.vector_text)
         where = _conditions(parsed, filters, "product__")
         among = _few_products(parsed, filters)
-        narrowed = bool(where) or any(v not in (None, "") for v in _facet_values(filters).values())
-        vpool = min(pool, int(settings.SEARCH_VECTOR_POOL)) if narrowed else pool
+        vpool = min(pool, int(settings.SEARCH_VECTOR_POOL)) if _narrows(parsed, filters) else pool
         if among != []:  # [] : what the query says leaves no product, nothing to rank
             parts.append(("semantic", *_vector_sql(version, q, where, filters, vpool, among=among)))
     positive = any(c.kind in ("audience", "colour", "type") for c in parsed.chips)
@@ -455,14 +462,8 @@ def _search(
     return SearchAnswer(hits=hits, parsed=parsed, facets=facets)
 
 
-@dataclass(frozen=True)
-class _Light:
-    """What grouping and facets read of a candidate product."""
-
-    variant_group: str
-    audience_group: str
-    colour: str
-    product_type: str
+#: What grouping and facets read of a candidate product: its variant group and the facets' fields.
+_Light = namedtuple("_Light", ["variant_group", *(attr for _, attr in FACETS)])
 
 
 def _facet_counts(values: Iterable[str | None]) -> list[tuple[str, int]]:

@@ -128,6 +128,13 @@ def _ranked(
     return ranked_many([(qs, query)], column, k, kind=kind, vectors=vectors)[0]
 
 
+def distance_order(*, exact: bool = False):
+    """What a ranking orders by: the annotated distance ``d`` (the HNSW index serves ``ORDER BY d``),
+    or with ``exact`` ``d + 0``, no index's expression, so the planner computes the distance of every
+    row the filter allows and sorts them (for a filter that leaves few rows)."""
+    return ExpressionWrapper(F("d") + Value(0.0), output_field=FloatField()) if exact else F("d")
+
+
 def ranking_settings_sql(kind: str, k: int) -> str:
     """The ``SET LOCAL`` statements of a ranking transaction (:func:`_ranked`), as one string (one round
     trip; integers and a validated setting, nothing to quote)."""
@@ -161,9 +168,8 @@ def ranked_many(
     """Several rankings (one per ``(queryset, query)``) in one transaction with one set of HNSW
     settings (:func:`_ranked`), so complete-the-look pays the round trips once, not once per slot.
 
-    ``exact[i]`` true: job ``i`` computes the distance of every row its queryset allows and sorts them
-    (``d + 0`` is no index's expression), for a filter that leaves few rows, where an iterative HNSW
-    scan would walk past many it rejects.
+    ``exact[i]`` true: job ``i`` is ranked exactly (:func:`distance_order`), for a filter that leaves
+    few rows, where an iterative HNSW scan would walk past many it rejects.
 
     Returns:
         Per job, ``[(product_id, inner_product, *extra)]`` best first (``extra``: more columns of the
@@ -176,12 +182,10 @@ def ranked_many(
         cur.execute(ranking_settings_sql(kind, k))
         fields = ("product_id", "d", column) if vectors else ("product_id", "d", *extra)
         for i, (qs, query) in enumerate(jobs):
-            few = i < len(exact) and exact[i]
-            order = ExpressionWrapper(F("d") + Value(0.0), output_field=FloatField()) if few else F("d")
             rows = (
                 qs.using(alias)
                 .annotate(d=distance_expression(column, query))
-                .order_by(order)
+                .order_by(distance_order(exact=i < len(exact) and exact[i]))
                 .values_list(*fields)[:k]
             )
             if vectors:
