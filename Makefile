@@ -5,6 +5,7 @@ EPOCHS  ?= 30
 ADDR    ?= 127.0.0.1:8000
 VAR_DIR ?= var
 BENCH_SIZES ?= 10000 100000 1000000
+LAYOUTS_SIZE ?= 1000000
 HM_DATA_DIR ?= ../shared/data/hm
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
@@ -43,12 +44,14 @@ format: venv
 	$(PY) -m ruff format .
 
 ## bench: throughput figures written to ml/benchmarks/results/{towers,pipeline,serving,http,import}.json (README "Benchmarks")
-## (the 1M-product serving size loads and indexes for ~20 min on 2 cores: BENCH_SIZES="10000 100000" skips it)
+## (the 1M-product serving size loads and indexes for ~20 min on 2 cores: BENCH_SIZES="10000 100000" skips it;
+## the vector layouts at LAYOUTS_SIZE, four graphs of 1M rows built one after the other, take ~55 min: LAYOUTS_SIZE=0 skips them)
 bench: venv migrate
 	$(PY) -m ml.benchmarks.bench_towers
 	$(PY) manage.py bench_pipeline
 	$(PY) manage.py bench_serving --sizes $(BENCH_SIZES)
 	$(PY) manage.py bench_serving --vectors texts --sizes 10000 100000
+	if [ "$(LAYOUTS_SIZE)" != 0 ]; then $(PY) manage.py bench_layouts --size $(LAYOUTS_SIZE); fi
 	$(PY) manage.py bench_http
 	$(PY) manage.py bench_import
 
