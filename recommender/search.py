@@ -172,6 +172,21 @@ def _few_products(parsed: ParsedQuery, filters: Filters) -> list[int] | None:
     return ids if len(ids) <= limit else None
 
 
+def _one_slot(parsed: ParsedQuery, filters: Filters, vocab: Vocabulary | None) -> str | None:
+    """The one slot whose vector rows hold every product of the understood types, when the shopper chose
+    no slot or type: the vector ranking then walks that slot's partial HNSW graph (migration 0004) instead
+    of the whole table's, where a type is a few percent of the rows and the scan walks past the rest
+    ("sleeveless top" at 100k: 2,172 rows visited for 100). The same rows pass either way. None when a
+    type has no vector rows yet or the types span slots."""
+    types = parsed.values("type")
+    if vocab is None or not types or filters.slot or filters.product_type:
+        return None
+    if any(t not in vocab.type_slots for t in types):
+        return None
+    slots = frozenset().union(*(vocab.type_slots[t] for t in types))
+    return next(iter(slots)) if len(slots) == 1 else None
+
+
 def _narrows(parsed: ParsedQuery, filters: Filters) -> bool:
     """Does the query (a chip: audience, colour, type, a negation) or a shopper's filter narrow the
     catalog?"""
@@ -393,6 +408,9 @@ def _search(
     if mode != "lexical":
         q = embedder_for(version).embed_query_text(parsed.vector_text)
         where = _conditions(parsed, filters, "product__")
+        slot = _one_slot(parsed, filters, vocab)
+        if slot is not None:
+            where &= Q(slot=slot)
         among = _few_products(parsed, filters)
         vpool = min(pool, int(settings.SEARCH_VECTOR_POOL)) if _narrows(parsed, filters) else pool
         if among != []:  # [] : what the query says leaves no product, nothing to rank

@@ -24,7 +24,7 @@ import difflib
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from django.core.cache import cache
 from django.db import connection
@@ -33,6 +33,7 @@ from django.db.models import Max
 from catalog.models import Product
 from ml.audience import UNISEX, audience_group
 from recommender import answer_cache
+from recommender.models import ProductEmbedding
 
 #: Shoppers' colour words → the catalog colour words they mean (used only where the catalog has them).
 COLOUR_SYNONYMS = {
@@ -111,6 +112,9 @@ class Vocabulary:
     #: products per word, for the words of at least FREQUENT_MIN_PRODUCTS products (full-text search
     #: reads how many products a word would bring: ``recommender.search``)
     frequent: Mapping[str, int] = field(default_factory=dict)
+    #: the slots of each product type's vector rows (``ProductEmbedding.slot``, every version kept): a type
+    #: in one slot lets the vector ranking walk that slot's graph (``recommender.search``)
+    type_slots: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     def products_with(self, word: str) -> int:
         """About how many products' texts have ``word`` (0 below :data:`FREQUENT_MIN_PRODUCTS`)."""
@@ -277,7 +281,7 @@ def _audience_words() -> list[str]:
 _LOCAL: dict[str, Vocabulary] = {}
 #: Part of the cache key: bump it when :class:`Vocabulary` or how it is built changes, so no process
 #: reads a vocabulary the old code cached.
-VOCABULARY_FORMAT = 2
+VOCABULARY_FORMAT = 3
 #: ``ts_stat`` over the products' texts parsed by the ``simple`` configuration (no stemming: the words as
 #: written; ``t-shirt`` and its parts), with the number of products each is in.
 _WORDS_SQL = (
@@ -310,7 +314,7 @@ def vocabulary_forget() -> None:
 
 
 def vocabulary_build() -> Vocabulary:
-    """The catalog's :class:`Vocabulary` from its distinct values (three indexed DISTINCT queries),
+    """The catalog's :class:`Vocabulary` from its distinct values (four DISTINCT queries),
     cached per catalog generation (:mod:`recommender.answer_cache`) in the Django cache; a cache that
     is down means building it every time, never an error."""
     try:
@@ -340,6 +344,10 @@ def vocabulary_build() -> Vocabulary:
         groups=distinct("audience_group"),
         word_counts=word_counts,
     )
+    type_slots: dict[str, set[str]] = defaultdict(set)
+    for ptype, slot in ProductEmbedding.objects.values_list("product__product_type", "slot").distinct():
+        type_slots[ptype].add(slot)
+    vocab = replace(vocab, type_slots={t: frozenset(s) for t, s in type_slots.items()})
     if key is not None:
         with contextlib.suppress(*answer_cache.CACHE_ERRORS):  # a cache that is down: built next time too
             cache.set(key, vocab, 600)

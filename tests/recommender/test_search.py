@@ -144,10 +144,42 @@ def test_a_selective_filter_ranks_exactly_with_the_same_answer(trained_catalog, 
     exact_sql, exact_ids = fused_sql()
     assert [c.kind for c in search.product_search(query=query, k=1).parsed.chips] == ["type"]
     assert "emb_fused_hnsw" not in plan(exact_sql)
-    settings.SEARCH_EXACT_MAX_ROWS = 0  # the mechanism switched off: the graph serves it
+    settings.SEARCH_EXACT_MAX_ROWS = 0  # the mechanism switched off: the graph serves it (its slot's)
     graph_sql, graph_ids = fused_sql()
-    assert "Index Scan using emb_fused_hnsw" in plan(graph_sql)
+    assert re.search(r"Index Scan using emb_fused_(\w+_)?hnsw", plan(graph_sql)), plan(graph_sql)
     assert exact_ids == graph_ids  # 160 rows: the graph's search is exact too
+
+
+def test_a_type_in_one_slot_walks_that_slots_graph_with_the_same_answer(
+    trained_catalog, settings, monkeypatch
+):
+    """Every product of an understood type in one slot: the vector ranking walks that slot's partial
+    graph, not the whole table's (where the type is a few percent of the rows), and answers the same."""
+    settings.SEARCH_EXACT_MAX_ROWS = 0  # the graphs, not the exact ranking of few rows
+    type_ = Counter(Product.objects.values_list("product_type", flat=True)).most_common(1)[0][0]
+    (slot,) = set(Product.objects.filter(product_type=type_).values_list("slot", flat=True))
+    query = _type_word(type_)
+
+    def run() -> tuple[str, list[int]]:
+        with CaptureQueriesContext(connection) as ctx:
+            ids = [h.product.pk for h in search.product_search(query=query, k=24).hits]
+        return next(q["sql"] for q in ctx.captured_queries if q["sql"].startswith("WITH semantic AS")), ids
+
+    def plan(sql: str) -> str:
+        from django.db import transaction
+
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute("DROP INDEX IF EXISTS emb_version_slot_audience")  # rolled back: see test_serving
+            cur.execute(search.search_settings_sql(100))
+            cur.execute("EXPLAIN " + sql)
+            return "\n".join(r[0] for r in cur.fetchall())
+
+    sql, ids = run()
+    assert f"Index Scan using emb_fused_{slot}_hnsw" in plan(sql), plan(sql)
+    monkeypatch.setattr(search, "_one_slot", lambda *args: None)  # the mechanism switched off
+    whole_sql, whole_ids = run()
+    assert "Index Scan using emb_fused_hnsw" in plan(whole_sql), plan(whole_sql)
+    assert ids == whole_ids and ids
 
 
 def test_nonsense_says_no_close_matches(trained_catalog, settings):

@@ -393,10 +393,14 @@ def shopper_search_latency(real_texts: bool) -> dict:
         with override_settings(SEARCH_EXACT_MAX_ROWS=0, SEARCH_KEYWORD_MAX_ROWS=0):
             return product_search(query=q, k=24)
 
+    new_ms = _timed(cold, queries)[0]
+    slowest = sorted(zip(new_ms, queries, strict=True), reverse=True)[:8]
+    logger.info("slowest new queries: %s", ", ".join(f"{q!r} {ms:.0f} ms" for ms, q in slowest))
     return {
-        f"shopper search, hybrid, new query (tower + understanding + SQL){tag}": percentiles(
-            _timed(cold, queries)[0]
-        ),
+        f"shopper search, hybrid, new query (tower + understanding + SQL){tag}": {
+            **percentiles(new_ms),
+            "slowest": [[q, round(ms, 1)] for ms, q in slowest],
+        },
         f"shopper search, hybrid, repeated query, no exact ranking of few, frequent words bring all{tag}": (
             percentiles(_timed(plain, queries)[0])
         ),
