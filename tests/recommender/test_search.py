@@ -11,7 +11,7 @@ import re
 from collections import Counter
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from catalog.models import Product
@@ -108,7 +108,6 @@ def test_hybrid_is_one_statement_served_by_the_hnsw_and_gin_indexes(trained_cata
     assert len(fused) == 1 and "keyword AS" in fused[0] and "exact AS" in fused[0]
     with connection.cursor() as cur:
         cur.execute("ANALYZE catalog_product; ANALYZE recommender_productembedding")
-    from django.db import transaction
 
     def plan(extra: str = "") -> str:
         with transaction.atomic(), connection.cursor() as cur:
@@ -122,31 +121,35 @@ def test_hybrid_is_one_statement_served_by_the_hnsw_and_gin_indexes(trained_cata
     assert "Bitmap Index Scan on product_search_gin" in plan("; SET LOCAL enable_indexscan = off")
 
 
+def _fused_search(query: str) -> tuple[str, list[int]]:
+    """The fused statement a search ran, and its hits' product ids."""
+    with CaptureQueriesContext(connection) as ctx:
+        ids = [h.product.pk for h in search.product_search(query=query, k=24).hits]
+    return next(q["sql"] for q in ctx.captured_queries if q["sql"].startswith("WITH semantic AS")), ids
+
+
+def _search_plan(sql: str) -> str:
+    """EXPLAIN the fused statement under its own settings, without the ``(version, slot, audience)``
+    B-tree (dropped, rolled back): on the slice's 160 rows the planner would read a slot's rows through it
+    (at 100k it keeps to the graphs: test_serving's ``_plan``)."""
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute("DROP INDEX IF EXISTS emb_version_slot_audience")
+        cur.execute(search.search_settings_sql(100))
+        cur.execute("EXPLAIN " + sql)
+        return "\n".join(r[0] for r in cur.fetchall())
+
+
 def test_a_selective_filter_ranks_exactly_with_the_same_answer(trained_catalog, settings):
     """A query whose type (or audience, colour) leaves few products ranks their vectors exactly instead
     of walking the HNSW graph past every product the filter rejects; the answer is the graph's."""
     type_ = Counter(Product.objects.values_list("product_type", flat=True)).most_common(1)[0][0]
     query = _type_word(type_)
-
-    def fused_sql() -> tuple[str, list[int]]:
-        with CaptureQueriesContext(connection) as ctx:
-            ids = [h.product.pk for h in search.product_search(query=query, k=24).hits]
-        return next(q["sql"] for q in ctx.captured_queries if q["sql"].startswith("WITH semantic AS")), ids
-
-    def plan(sql: str) -> str:
-        from django.db import transaction
-
-        with transaction.atomic(), connection.cursor() as cur:
-            cur.execute(search.search_settings_sql(100))
-            cur.execute("EXPLAIN " + sql)
-            return "\n".join(r[0] for r in cur.fetchall())
-
-    exact_sql, exact_ids = fused_sql()
+    exact_sql, exact_ids = _fused_search(query)
     assert [c.kind for c in search.product_search(query=query, k=1).parsed.chips] == ["type"]
-    assert "emb_fused_hnsw" not in plan(exact_sql)
+    assert "emb_fused_hnsw" not in _search_plan(exact_sql)
     settings.SEARCH_EXACT_MAX_ROWS = 0  # the mechanism switched off: the graph serves it (its slot's)
-    graph_sql, graph_ids = fused_sql()
-    assert re.search(r"Index Scan using emb_fused_(\w+_)?hnsw", plan(graph_sql)), plan(graph_sql)
+    graph_sql, graph_ids = _fused_search(query)
+    assert re.search(r"Index Scan using emb_fused_(\w+_)?hnsw", _search_plan(graph_sql))
     assert exact_ids == graph_ids  # 160 rows: the graph's search is exact too
 
 
@@ -159,26 +162,11 @@ def test_a_type_in_one_slot_walks_that_slots_graph_with_the_same_answer(
     type_ = Counter(Product.objects.values_list("product_type", flat=True)).most_common(1)[0][0]
     (slot,) = set(Product.objects.filter(product_type=type_).values_list("slot", flat=True))
     query = _type_word(type_)
-
-    def run() -> tuple[str, list[int]]:
-        with CaptureQueriesContext(connection) as ctx:
-            ids = [h.product.pk for h in search.product_search(query=query, k=24).hits]
-        return next(q["sql"] for q in ctx.captured_queries if q["sql"].startswith("WITH semantic AS")), ids
-
-    def plan(sql: str) -> str:
-        from django.db import transaction
-
-        with transaction.atomic(), connection.cursor() as cur:
-            cur.execute("DROP INDEX IF EXISTS emb_version_slot_audience")  # rolled back: see test_serving
-            cur.execute(search.search_settings_sql(100))
-            cur.execute("EXPLAIN " + sql)
-            return "\n".join(r[0] for r in cur.fetchall())
-
-    sql, ids = run()
-    assert f"Index Scan using emb_fused_{slot}_hnsw" in plan(sql), plan(sql)
+    sql, ids = _fused_search(query)
+    assert f"Index Scan using emb_fused_{slot}_hnsw" in _search_plan(sql), _search_plan(sql)
     monkeypatch.setattr(search, "_one_slot", lambda *args: None)  # the mechanism switched off
-    whole_sql, whole_ids = run()
-    assert "Index Scan using emb_fused_hnsw" in plan(whole_sql), plan(whole_sql)
+    whole_sql, whole_ids = _fused_search(query)
+    assert "Index Scan using emb_fused_hnsw" in _search_plan(whole_sql), _search_plan(whole_sql)
     assert ids == whole_ids and ids
 
 
