@@ -135,6 +135,8 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
         n, dim, cdim = opts["size"], settings.EMBEDDING_DIM, settings.COMPAT_DIM
+        if n <= K:
+            raise CommandError(f"--size must be more than {K} products (got {n})")
         if not 0 < opts["prefix"] < dim:
             raise CommandError(f"--prefix must be between 1 and {dim - 1} (got {opts['prefix']})")
         texts = opts["vectors"] == "texts"
