@@ -19,7 +19,7 @@ from django.core.management import call_command
 from django.db import connection, connections
 
 from catalog.models import Product
-from recommender.models import ProductEmbedding
+from recommender.models import ModelVersion, ProductEmbedding
 
 logger = logging.getLogger("bench_serving")
 
@@ -429,6 +429,45 @@ def load_catalog(table_rows: tuple, version_id: int):
                     logger.info("  loaded %d / %d embedding rows", stop, n)
             cp.write(struct.pack(">h", -1))
     return ids
+
+
+def fresh_bench_version(dim: int, cdim: int) -> ModelVersion:
+    """Empty the bench database for a load: every model version (and with them every vector row) goes,
+    the HNSW indexes are dropped (built again after the load, much faster than during it), ``image`` and
+    ``text`` may be NULL (the bench stores only ``fused`` and ``compat``); returns the new active
+    ``bench`` version, whose heads are the zero-shot identity heads of these dimensions."""
+    from django.conf import settings
+
+    from ml.heads import save_heads, zero_shot_heads
+    from recommender.ml_bridge import model_config
+
+    table = ProductEmbedding._meta.db_table
+    with connection.cursor() as cur:
+        cur.execute("TRUNCATE recommender_modelversion RESTART IDENTITY CASCADE")
+        cur.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexname LIKE 'emb\\_%%hnsw'", [table]
+        )
+        for (idx,) in cur.fetchall():
+            cur.execute(f"DROP INDEX {idx}")
+        cur.execute(f"ALTER TABLE {table} ALTER COLUMN image DROP NOT NULL, ALTER COLUMN text DROP NOT NULL")
+    art = Path(settings.VAR_DIR) / "bench-models" / "heads.pt"
+    save_heads(art, zero_shot_heads(dim, cdim), {"bench": True})
+    return ModelVersion.objects.create(
+        name="bench",
+        config={"model": model_config().to_dict()},
+        artifact_path=str(art),
+        status="ready",
+        is_active=True,
+    )
+
+
+def exact_topk(x: np.ndarray, q: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """Exact top-k rows of ``x`` (N, D) float32 by inner product with q (D,) float32 (NumPy brute force),
+    best first; ``rows`` maps them to catalog rows when ``x`` is one filter's pre-filtered partition."""
+    s = x @ q  # (N,)
+    top = np.argpartition(-s, k)[:k]
+    top = top[np.argsort(-s[top])]
+    return top if rows is None else rows[top]
 
 
 def prewarm(table: str) -> float | None:

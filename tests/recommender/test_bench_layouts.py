@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 from django.db import connection, transaction
 
-from recommender.management.commands.bench_layouts import K, _literal, layout_sql, layouts
+from recommender.management.commands.bench_layouts import (
+    K,
+    _literal,
+    layout_settings_sql,
+    layout_sql,
+    layouts,
+)
 from recommender.models import ProductEmbedding
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
-
-SETTINGS = (
-    "SET LOCAL hnsw.ef_search = {ef}; SET LOCAL enable_seqscan = off; SET LOCAL enable_bitmapscan = off; "
-    "SET LOCAL enable_sort = off; SET LOCAL hnsw.iterative_scan = off"
-)
 
 
 def _exact_top(version, q: np.ndarray) -> list[int]:
@@ -42,7 +43,7 @@ def test_each_layout_is_served_by_its_graph_and_reranking_is_exact(trained_catal
             f"({spec['expr']} {spec['ops']})"
         )
         ef = min(n, 1000)
-        cur.execute(SETTINGS.format(ef=ef))
+        cur.execute(layout_settings_sql(ef))
         sql = layout_sql(spec, ef)
         cur.execute("EXPLAIN " + sql, params)
         plan = "\n".join(r[0] for r in cur.fetchall())

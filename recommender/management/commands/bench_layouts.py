@@ -35,16 +35,17 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 
-from ml.heads import save_heads, zero_shot_heads
 from recommender.bench_data import (
     bench_catalog,
     bench_database_name,
     build_index,
+    exact_topk,
+    fresh_bench_version,
     load_catalog,
     percentiles,
+    prewarm,
     use_database,
 )
-from recommender.ml_bridge import model_config
 from recommender.model_cache import embedder_for
 from recommender.models import ModelVersion, ProductEmbedding
 
@@ -97,6 +98,18 @@ def layout_sql(spec: dict, candidates: int) -> str:
     )
 
 
+def layout_settings_sql(ef_search: int) -> str:
+    """The ``SET LOCAL`` statements of a layout's query: its ``hnsw.ef_search``, no iterative scan (a
+    re-ranked layout's graph must return its R candidates: ef_search = R), and, as the serving rankings
+    (``selectors.ranking_settings_sql``), no sequential or bitmap scan, sort or JIT, so the graph is the
+    planner's only way to produce rows in distance order (the outer re-ranking sort remains)."""
+    return (
+        f"SET LOCAL hnsw.ef_search = {int(ef_search)}; SET LOCAL enable_seqscan = off; "
+        "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; SET LOCAL jit = off; "
+        "SET LOCAL hnsw.iterative_scan = off; SET LOCAL max_parallel_workers_per_gather = 0"
+    )
+
+
 def _setting(name: str) -> str:
     with connection.cursor() as cur:
         cur.execute(f"SHOW {name}")
@@ -135,6 +148,8 @@ class Command(BaseCommand):
     def handle(self, *args, **opts):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
         n, dim, cdim = opts["size"], settings.EMBEDDING_DIM, settings.COMPAT_DIM
+        if opts["queries"] < 1:
+            raise CommandError(f"--queries must be at least 1 (got {opts['queries']})")
         if n <= K:
             raise CommandError(f"--size must be more than {K} products (got {n})")
         if not 0 < opts["prefix"] < dim:
@@ -171,8 +186,7 @@ class Command(BaseCommand):
         truth, exact_ms = [], []
         for q in qv:
             t0 = time.perf_counter()
-            s = fused @ q
-            top = np.argpartition(-s, K)[:K]
+            top = exact_topk(fused, q, K)
             exact_ms.append((time.perf_counter() - t0) * 1000)
             truth.append(set(ids[top].tolist()))
         res["exact_numpy"] = percentiles(exact_ms)
@@ -196,23 +210,7 @@ def load(n: int, dim: int, cdim: int, opts):
         ids = np.asarray(ProductEmbedding.objects.order_by("product_id").values_list("product_id", flat=True))
         logger.info("reusing %d rows", n)
         return version, ids, fused
-    with connection.cursor() as cur:
-        cur.execute("TRUNCATE recommender_modelversion RESTART IDENTITY CASCADE")
-        cur.execute(
-            "SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexname LIKE 'emb\\_%%hnsw'", [TABLE]
-        )
-        for (idx,) in cur.fetchall():
-            cur.execute(f"DROP INDEX {idx}")
-        cur.execute(f"ALTER TABLE {TABLE} ALTER COLUMN image DROP NOT NULL, ALTER COLUMN text DROP NOT NULL")
-    art = Path(settings.VAR_DIR) / "bench-models" / "heads.pt"
-    save_heads(art, zero_shot_heads(dim, cdim), {"bench": True})
-    version = ModelVersion.objects.create(
-        name="bench",
-        config={"model": model_config().to_dict()},
-        artifact_path=str(art),
-        status="ready",
-        is_active=True,
-    )
+    version = fresh_bench_version(dim, cdim)
     embedder = embedder_for(version) if opts["vectors"] == "texts" else None
     rows = bench_catalog(n, rng, dim, cdim, settings.HM_DATA_DIR, opts["vectors"], embedder)
     t0 = time.perf_counter()
@@ -244,15 +242,10 @@ def measure_layout(name: str, spec: dict, version, qv: np.ndarray, truth: list[s
             name,
             opts,
         )
+    warmed = prewarm(TABLE)  # the table, its vectors and its graph into the OS cache (None: no pg_prewarm)
     with connection.cursor() as cur:
-        cur.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
-        for rel in (TABLE, idx):  # into the OS cache, then as much as fits into shared buffers, index first
-            cur.execute("SELECT pg_prewarm(%s::regclass, 'read')", [rel])
-        cur.execute(
-            "SELECT pg_prewarm(reltoastrelid::regclass, 'read') FROM pg_class WHERE relname = %s AND reltoastrelid <> 0",
-            [TABLE],
-        )
-        cur.execute("SELECT pg_prewarm(%s::regclass, 'buffer')", [idx])
+        if warmed is not None:  # and as much of the graph as fits into shared buffers
+            cur.execute("SELECT pg_prewarm(%s::regclass, 'buffer')", [idx])
         cur.execute("SELECT pg_relation_size(%s::regclass)", [idx])
         index_mb = round(cur.fetchone()[0] / 2**20, 1)
     logger.info("%s: built in %s s, %.1f MB", name, build_s, index_mb)
@@ -271,19 +264,16 @@ def measure_layout(name: str, spec: dict, version, qv: np.ndarray, truth: list[s
     for ef, r in grid:
         sql = layout_sql(spec, r)
         ms, hits = [], []
-        for i, p in enumerate([*params[:20], *params]):  # 20 warm-up queries, not timed
+        warm = min(20, len(params))  # warm-up queries, not timed
+        for i, p in enumerate([*params[:warm], *params]):
             t0 = time.perf_counter()
             with transaction.atomic(), connection.cursor() as cur:
-                cur.execute(
-                    f"SET LOCAL hnsw.ef_search = {ef}; SET LOCAL enable_seqscan = off; "
-                    "SET LOCAL enable_bitmapscan = off; SET LOCAL jit = off; SET LOCAL hnsw.iterative_scan = off; "
-                    "SET LOCAL max_parallel_workers_per_gather = 0"
-                )
+                cur.execute(layout_settings_sql(ef))
                 cur.execute(sql, p)
                 got = {row[0] for row in cur.fetchall()}
-            if i >= 20:
+            if i >= warm:
                 ms.append((time.perf_counter() - t0) * 1000)
-                hits.append(len(got & truth[i - 20]) / K)
+                hits.append(len(got & truth[i - warm]) / K)
         run = {"ef_search": ef, "candidates": r if spec["rerank"] else None, **percentiles(ms)}
         run["recall_at_10"] = round(float(np.mean(hits)), 4)
         runs.append(run)
@@ -296,7 +286,8 @@ def measure_layout(name: str, spec: dict, version, qv: np.ndarray, truth: list[s
             run["p50_ms"],
             run["p95_ms"],
         )
-    with connection.cursor() as cur:
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(layout_settings_sql(grid[0][0]))
         cur.execute(f"EXPLAIN {layout_sql(spec, grid[0][1])}", params[0])
         plan = "\n".join(r[0] for r in cur.fetchall())
     if idx not in plan:

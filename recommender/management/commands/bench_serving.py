@@ -44,7 +44,6 @@ from django.db import connection
 from django.test.utils import override_settings
 
 from ml.benchmarks.queries import QUERY_WORDS
-from ml.heads import save_heads, zero_shot_heads
 from recommender import looks, selectors
 from recommender.bench_data import (
     ITEMS_PER_FINE,
@@ -53,6 +52,8 @@ from recommender.bench_data import (
     bench_catalog,
     bench_database_name,
     build_serving_indexes,
+    exact_topk,
+    fresh_bench_version,
     grouped_sizes,
     has_index,
     index_params,
@@ -62,7 +63,6 @@ from recommender.bench_data import (
     relation_sizes,
     use_database,
 )
-from recommender.ml_bridge import model_config
 from recommender.model_cache import embedder_for
 from recommender.models import ModelVersion, ProductEmbedding
 
@@ -185,27 +185,7 @@ def bench_size(n: int, opts) -> dict:
         res.update({k: before[k] for k in ("load_s", "build_s") if k in before})  # measured when loaded
         logger.info("reusing %d rows", n)
     else:
-        with connection.cursor() as cur:
-            cur.execute("TRUNCATE recommender_modelversion RESTART IDENTITY CASCADE")
-            cur.execute(
-                "SELECT indexname FROM pg_indexes WHERE tablename = %s AND indexname LIKE 'emb\\_%%hnsw'",
-                [table],
-            )
-            for (idx,) in cur.fetchall():  # every HNSW index: built again after the load, much faster
-                cur.execute(f"DROP INDEX {idx}")
-            cur.execute(
-                f"ALTER TABLE {table} ALTER COLUMN image DROP NOT NULL, ALTER COLUMN text DROP NOT NULL"
-            )
-        mcfg = model_config()
-        art = Path(settings.VAR_DIR) / "bench-models" / "heads.pt"
-        save_heads(art, zero_shot_heads(dim, cdim), {"bench": True})
-        version = ModelVersion.objects.create(
-            name="bench",
-            config={"model": mcfg.to_dict()},
-            artifact_path=str(art),
-            status="ready",
-            is_active=True,
-        )
+        version = fresh_bench_version(dim, cdim)
         t0 = time.perf_counter()
         slots, texts, fused, compat = rows = catalog(version)
         ids = load_catalog(rows, version.pk)
@@ -229,18 +209,6 @@ def _timed(fn, queries) -> tuple[list[float], list]:
         outs.append(fn(q))
         ms.append((time.perf_counter() - t0) * 1000)
     return ms, outs
-
-
-def exact_topk(x: np.ndarray, q: np.ndarray, k: int, rows: np.ndarray | None) -> np.ndarray:
-    """Exact top-k rows of ``x`` (N, D) float32 by inner product with q (D,) float32 (NumPy brute force).
-
-    ``rows`` maps the rows of ``x`` to catalog rows when ``x`` holds one filter's rows only (a
-    pre-filtered partition, as an exact search system would keep per slot).
-    """
-    s = x @ q  # (N,)
-    top = np.argpartition(-s, k)[:k]
-    top = top[np.argsort(-s[top])]
-    return top if rows is None else rows[top]
 
 
 def measure(n, opts, version, ids, slots, fused, compat) -> dict:
