@@ -279,9 +279,12 @@ def _facet_values(filters: Filters) -> dict:
     return {f.name: getattr(filters, f.name) for f in dataclass_fields(filters)}
 
 
-def _exact_sql(text: str):
-    """Products whose SKU or whole title (any case: the ``UPPER(title)`` index) is the query."""
-    qs = Product.objects.filter(Q(sku=text) | Q(title__iexact=text)).order_by()  # no sort: a BitmapOr
+def _exact_sql(text: str, filters: Filters):
+    """Products whose SKU or whole title (any case: the ``UPPER(title)`` index) is the query, among
+    those the shopper's explicit ``filters`` allow (what the query itself seems to say does not apply:
+    a title is no description)."""
+    exact = Product.objects.filter(Q(sku=text) | Q(title__iexact=text))
+    qs = exact.filter_facets(**_facet_values(filters)).order_by()  # no sort: a BitmapOr
     return qs.values_list("id")[:5].query.sql_with_params()
 
 
@@ -434,7 +437,7 @@ def _search(
         )
         parts.append(("keyword", sql, params))
     if mode != "vector":
-        parts.append(("exact", *_exact_sql(text)))
+        parts.append(("exact", *_exact_sql(text, filters)))
     # hybrid: what says every free word of the query ranks first ("sports leggings": leggings that say
     # sport before those the vector ranking finds close)
     cover = len(set(free)) if mode == "hybrid" and settings.SEARCH_COVER_FIRST else 0

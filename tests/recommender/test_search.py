@@ -16,6 +16,7 @@ from django.test.utils import CaptureQueriesContext
 
 from catalog.models import Product
 from recommender import search, selectors
+from recommender.filters import Filters
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
@@ -81,6 +82,18 @@ def test_a_sku_or_an_exact_title_ranks_first(trained_catalog):
     product = Product.objects.order_by("id").first()
     vector_only = selectors.text_search(query=product.sku, k=5)  # what the search did before
     assert [h.product for h in vector_only][:1] != [product]
+
+
+def test_a_sku_under_a_filter_that_excludes_it_is_not_shown(trained_catalog):
+    """The shopper's explicit filters hold for the exact SKU or title match too."""
+    product = Product.objects.exclude(audience_group="").order_by("id").first()
+    other = Product.objects.exclude(audience_group=product.audience_group).exclude(audience_group="")
+    elsewhere = Filters(audience_group=other.values_list("audience_group", flat=True).first())
+    answer = search.product_search(query=product.sku, k=24, filters=elsewhere)
+    assert product not in [h.product for h in answer.hits]
+    assert all(h.product.audience_group == elsewhere.audience_group for h in answer.hits)
+    mine = Filters(audience_group=product.audience_group)
+    assert search.product_search(query=product.sku, k=5, filters=mine).hits[0].product == product
 
 
 def test_one_product_per_variant_group_with_its_count(trained_catalog):
@@ -312,7 +325,6 @@ def test_a_large_catalogs_vocabulary_reads_a_sample_and_never_corrects_a_word_it
 def test_a_word_the_understood_filter_implies_is_no_full_text_term(kind, values, words, explicit, implied):
     """Every product of type Trousers has "trousers" in its full text: as a term it would rank every one
     of them (16,000 at 100k products) for nothing; a word the values do not all say stays a term."""
-    from recommender.filters import Filters
     from recommender.search_query import Chip, ParsedQuery
 
     chip = Chip(key=kind, kind=kind, label="", values=values, words=words)
