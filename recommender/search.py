@@ -329,8 +329,14 @@ def search_settings_sql(pool: int) -> str:
     """The ``SET LOCAL`` statements of the fused statement: the vector rankings' own
     (:func:`recommender.selectors.ranking_settings_sql`, so the ``semantic`` part is an HNSW index scan),
     with bitmap scans allowed again: a GIN index is only ever read by a bitmap scan, and the vector part
-    still cannot use one (sorts stay off, and only the HNSW scan yields rows in distance order)."""
-    return ranking_settings_sql("search", pool) + "; SET LOCAL enable_bitmapscan = on"
+    still cannot use one (sorts stay off, and only the HNSW scan yields rows in distance order).
+
+    The vector part's filtered scan stops after ``settings.SEARCH_MAX_SCAN_TUPLES`` graph tuples: past
+    a negation the query vector cannot steer ("sleeveless top": most tops near it mention sleeves) it
+    would otherwise walk thousands of rows to fill its pool, while the full-text part already brings
+    what says the wanted word. It then gives fewer rows, never others."""
+    budget = int(settings.SEARCH_MAX_SCAN_TUPLES)
+    return ranking_settings_sql("search", pool, max_scan_tuples=budget) + "; SET LOCAL enable_bitmapscan = on"
 
 
 def product_search(

@@ -135,9 +135,11 @@ def distance_order(*, exact: bool = False):
     return ExpressionWrapper(F("d") + Value(0.0), output_field=FloatField()) if exact else F("d")
 
 
-def ranking_settings_sql(kind: str, k: int) -> str:
+def ranking_settings_sql(kind: str, k: int, *, max_scan_tuples: int | None = None) -> str:
     """The ``SET LOCAL`` statements of a ranking transaction (:func:`_ranked`), as one string (one round
-    trip; integers and a validated setting, nothing to quote)."""
+    trip; integers and a validated setting, nothing to quote). ``max_scan_tuples``: the most tuples a
+    filtered iterative scan visits (default ``settings.HNSW_MAX_SCAN_TUPLES``)."""
+    budget = settings.HNSW_MAX_SCAN_TUPLES if max_scan_tuples is None else max_scan_tuples
     sets = [f"SET LOCAL hnsw.ef_search = {ef_search_for(kind, k)}"]
     if settings.HNSW_FORCE_INDEX:  # only an HNSW scan yields rows in distance order
         sets += [
@@ -148,7 +150,7 @@ def ranking_settings_sql(kind: str, k: int) -> str:
         ]
     sets += [
         f"SET LOCAL hnsw.iterative_scan = {settings.HNSW_ITERATIVE_SCAN}",
-        f"SET LOCAL hnsw.max_scan_tuples = {int(settings.HNSW_MAX_SCAN_TUPLES)}",
+        f"SET LOCAL hnsw.max_scan_tuples = {int(budget)}",
         # a ranking reads at most a few thousand rows: starting parallel workers costs more than that
         "SET LOCAL max_parallel_workers_per_gather = 0",
     ]

@@ -80,9 +80,15 @@ TEMPLATES = [
 if "DATABASE_URL" in os.environ:
     DATABASES = {"default": env.db("DATABASE_URL")}
 else:
-    from recommender.db import embedded_database_url
+    from recommender.db import embedded_database_url, shared_buffers_default
 
-    DATABASES = {"default": env.db_url_config(embedded_database_url(VAR_DIR))}
+    #: the embedded server's shared_buffers (a quarter of the memory, at most 4 GB; "" keeps its own)
+    EMBEDDED_PG_SHARED_BUFFERS = env.str("EMBEDDED_PG_SHARED_BUFFERS", default=shared_buffers_default())
+    DATABASES = {
+        "default": env.db_url_config(
+            embedded_database_url(VAR_DIR, shared_buffers=EMBEDDED_PG_SHARED_BUFFERS or None)
+        )
+    }
 if not DATABASES["default"].get("HOST") and "host" in DATABASES["default"].get("OPTIONS", {}):
     DATABASES["default"]["HOST"] = DATABASES["default"]["OPTIONS"].pop("host")  # a Unix socket folder
 # A bounded connection pool per process (psycopg_pool through Django's ``OPTIONS["pool"]``): a process
@@ -332,6 +338,10 @@ SEARCH_POOL = env.int("SEARCH_POOL", default=200)
 #: filters: an iterative HNSW scan walks further for each row past a filter (p95 at 100k products 67 ->
 #: 51 ms, P@10 unchanged on the demo catalog: docs/benchmarks.md).
 SEARCH_VECTOR_POOL = env.int("SEARCH_VECTOR_POOL", default=100)
+#: The most HNSW graph tuples search's filtered vector scan visits (``hnsw.max_scan_tuples`` of its
+#: statement; the other rankings keep HNSW_MAX_SCAN_TUPLES): the full-text ranking brings what a long
+#: scan past a negation would (docs/benchmarks.md, "Shoppers' search at 100k products").
+SEARCH_MAX_SCAN_TUPLES = env.int("SEARCH_MAX_SCAN_TUPLES", default=1_000)
 #: The threshold depends on the model: on the 2-epoch full-sample model nonsense scores 0.30-0.35 and
 #: plain queries 0.38 and up; on the tests' 160-article model nonsense 0.17-0.23 (docs/evaluation.md).
 SEARCH_WEAK_COSINE = env.float("SEARCH_WEAK_COSINE", default=0.36)

@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from PIL import Image
 
 from catalog.models import Product
-from recommender import looks, model_cache, selectors
+from recommender import looks, model_cache, search, selectors
 from recommender.models import ProductEmbedding
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
@@ -157,6 +157,12 @@ def test_ef_search_and_iterative_scan_come_from_settings_per_query_type(trained_
     ], sets
     settings.HNSW_FORCE_INDEX = False
     assert selectors.ranking_settings_sql("search", 10) == f"SET LOCAL hnsw.ef_search = 123; {scan}"
+    # the shoppers' search bounds its own filtered scan; the other rankings keep HNSW_MAX_SCAN_TUPLES
+    settings.SEARCH_MAX_SCAN_TUPLES = 700
+    with CaptureQueriesContext(connection) as ctx:
+        search.product_search(query="black dress", k=5)
+    fused = [q["sql"] for q in ctx.captured_queries if q["sql"].startswith("SET LOCAL")]
+    assert len(fused) == 1 and "SET LOCAL hnsw.max_scan_tuples = 700;" in fused[0], fused
 
 
 def test_halfvec_ranking_uses_the_expression_index_and_matches_full_precision(trained_catalog, settings):

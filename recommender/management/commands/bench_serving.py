@@ -138,6 +138,9 @@ class Command(BaseCommand):
             logger.info("=== size %d ===", n)
             use_database(bench_database_name(opts["database"], n))
             res = bench_size(n, opts)
+            with connection.cursor() as cur:  # the server's page cache: it sets how often a query reads disk
+                cur.execute("SHOW shared_buffers")
+                res["shared_buffers"] = cur.fetchone()[0]
             # re-read before writing: another size may have been measured meanwhile by a parallel run
             results = json.loads(out.read_text()) if out.exists() else {"sizes": {}}
             results["sizes"][str(n)] = res
@@ -146,6 +149,7 @@ class Command(BaseCommand):
                 "ef_search": settings.HNSW_EF_SEARCH_BY_QUERY,
                 "iterative_scan": settings.HNSW_ITERATIVE_SCAN,
                 "max_scan_tuples": settings.HNSW_MAX_SCAN_TUPLES,
+                "search_max_scan_tuples": settings.SEARCH_MAX_SCAN_TUPLES,
                 "noise": NOISE,
                 "coarse_centres": N_COARSE,
                 "items_per_fine_centre": ITEMS_PER_FINE,
