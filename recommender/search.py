@@ -24,6 +24,7 @@ it does (:func:`recommender.search_query.spelling_corrected`, in ``SearchAnswer.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter, defaultdict, namedtuple
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -288,6 +289,16 @@ def _exact_sql(text: str, filters: Filters):
     return qs.values_list("id")[:5].query.sql_with_params()
 
 
+#: One word with a digit in it: what a SKU looks like ("0316085001", "MNG-17064036").
+_IDENTIFIER = re.compile(r"[\w-]*\d[\w-]*")
+
+
+def _names_a_sku(text: str) -> bool:
+    """Is the query exactly some product's SKU (whatever the filters)? One index probe, only for a
+    query shaped like one."""
+    return bool(_IDENTIFIER.fullmatch(text)) and Product.objects.filter(sku=text).exists()
+
+
 def _in_full_text(word: str) -> bool:
     """Does any product's full text (``search_vector``, the GIN index) match ``word``?"""
     return Product.objects.filter(search_vector=SearchQuery(word, config=SEARCH_CONFIG)).exists()
@@ -411,10 +422,13 @@ def _search(
         parsed = query_parse(text, vocab=vocab, off=off)
     else:
         parsed = ParsedQuery(text=text, terms=tokens(text), vector_text=text)
-    version = active_version() if mode != "lexical" else None
+    # a SKU names one product: the answer is that product where the shopper's filters allow it, not what
+    # a vector or the full text of its digits happen to lie near (nothing, said so, where they do not)
+    sku = mode != "vector" and _names_a_sku(text)
+    version = active_version() if mode != "lexical" and not sku else None
     pool = int(settings.SEARCH_POOL)  # never k's: page 2 must continue the very ranking of page 1
     parts = []
-    if mode != "lexical":
+    if mode != "lexical" and not sku:
         q = embedder_for(version).embed_query_text(parsed.vector_text)
         where = _conditions(parsed, filters, "product__")
         slot = _one_slot(parsed, filters, vocab)
@@ -429,7 +443,7 @@ def _search(
     # nothing among what that filter allows, and matching it would rank every trouser
     implied = _implied(parsed, filters) if mode == "hybrid" else set()
     free = [t for t in parsed.terms if t not in implied]
-    if mode != "vector" and (free or (mode == "lexical" and positive)):
+    if mode != "vector" and not sku and (free or (mode == "lexical" and positive)):
         # lexical-only with an understood audience, colour or type ranks every product they allow
         require = mode == "hybrid" or not positive
         where = _conditions(parsed, filters)
@@ -462,7 +476,7 @@ def _search(
     best = max((cos for _, _, cos, _ in rows if cos is not None), default=None)
     # no word the catalog knows (nor a misspelling of one), or a vector match too weak: no close matches
     unknown = vocab is not None and not any(vocab.known(w) for w in parsed.terms)
-    weak = (
+    weak = (sku and not rows) or (
         mode == "hybrid"
         and not parsed.chips
         and not lexical
