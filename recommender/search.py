@@ -284,7 +284,7 @@ def _exact_sql(text: str, filters: Filters):
     """Products whose SKU or whole title (any case: the ``UPPER(title)`` index) is the query, among
     those the shopper's explicit ``filters`` allow (what the query itself seems to say does not apply:
     a title is no description)."""
-    exact = Product.objects.filter(Q(sku=text) | Q(title__iexact=text))
+    exact = Product.objects.filter(Q(sku__in=_sku_spellings(text)) | Q(title__iexact=text))
     qs = exact.filter_facets(**_facet_values(filters)).order_by()  # no sort: a BitmapOr
     return qs.values_list("id")[:5].query.sql_with_params()
 
@@ -293,10 +293,16 @@ def _exact_sql(text: str, filters: Filters):
 _IDENTIFIER = re.compile(r"[\w-]*\d[\w-]*")
 
 
+def _sku_spellings(text: str) -> list[str]:
+    """The query as typed and in capitals: a shopper types "mng-41085800-02" for MANGO's
+    "MNG-41085800-02" (both probe the SKU's unique index, unlike a case-folded comparison)."""
+    return list(dict.fromkeys([text, text.upper()]))
+
+
 def _names_a_sku(text: str) -> bool:
-    """Is the query exactly some product's SKU (whatever the filters)? One index probe, only for a
-    query shaped like one."""
-    return bool(_IDENTIFIER.fullmatch(text)) and Product.objects.filter(sku=text).exists()
+    """Is the query exactly some product's SKU (as typed or in capitals; whatever the filters)? One
+    index probe, only for a query shaped like one."""
+    return bool(_IDENTIFIER.fullmatch(text)) and Product.objects.filter(sku__in=_sku_spellings(text)).exists()
 
 
 def _in_full_text(word: str) -> bool:

@@ -79,6 +79,10 @@ def test_a_sku_or_an_exact_title_ranks_first(trained_catalog):
         assert [h.product for h in search.product_search(query=product.sku, k=5).hits] == [product]
         first = search.product_search(query=product.title.upper(), k=5).hits[0].product
         assert first.title.lower() == product.title.lower()
+    lettered = Product.objects.order_by("-id").first()
+    Product.objects.filter(pk=lettered.pk).update(sku="MNG-41085800-02")  # a MANGO SKU (rolled back after)
+    for typed in ("mng-41085800-02", "MNG-41085800-02"):  # as a shopper may type it
+        assert [h.product for h in search.product_search(query=typed, k=5).hits] == [lettered], typed
     product = Product.objects.order_by("id").first()
     vector_only = selectors.text_search(query=product.sku, k=5)  # what the search did before
     assert [h.product for h in vector_only][:1] != [product]
