@@ -325,6 +325,12 @@ HNSW_MAX_SCAN_TUPLES = env.int("HNSW_MAX_SCAN_TUPLES", default=20_000)
 #: Rankings switch sequential scans, bitmap scans, sorts and JIT off (SET LOCAL), so the planner serves
 #: them from an HNSW index at every catalog size (``recommender.selectors._ranked`` says why).
 HNSW_FORCE_INDEX = env.bool("HNSW_FORCE_INDEX", default=True)
+#: A write of at least this many rows into an empty vector table (a first training run) drops the HNSW
+#: graphs, loads the rows and builds the graphs afterwards in one transaction, as pgvector's README
+#: advises for an initial load (``recommender.vector_writes``); 0: always write through the graphs.
+HNSW_BUILD_AFTER_LOAD_MIN_ROWS = env.int("HNSW_BUILD_AFTER_LOAD_MIN_ROWS", default=1000)
+#: ``maintenance_work_mem`` of those builds: pgvector builds a graph in memory when it fits.
+HNSW_BUILD_MAINTENANCE_WORK_MEM = env.str("HNSW_BUILD_MAINTENANCE_WORK_MEM", default="512MB")
 #: Rank ``fused``/``compat`` in half precision (``halfvec``), through the expression HNSW indexes that
 #: migration 0003_serving creates when this is true at migrate time (half the index memory).
 PGVECTOR_HALFVEC = env.bool("PGVECTOR_HALFVEC", default=False)
