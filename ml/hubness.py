@@ -30,45 +30,83 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def top_k_shares(scores: np.ndarray, k: int) -> np.ndarray:
+def pooled(scores: np.ndarray, pool: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's ``pool`` best candidates, the rows complete-the-look re-ranks (``HUBNESS_POOL`` from
+    the index): prices computed on them see what serving sees, and each ascent step sorts P, not N, scores.
+
+    Args:
+        scores: (Q, N) float32, ``-inf`` where not allowed.
+        pool: candidates kept per query (P = min(pool, N)).
+
+    Returns:
+        (Q, P) float32 their scores and (Q, P) int64 their candidate indices, unordered within a row.
+
+    Raises:
+        ValueError: ``pool`` < 1.
+    """
+    if pool < 1:
+        raise ValueError(f"pool must be >= 1 (got {pool})")
+    q, n = scores.shape
+    p = min(pool, n)
+    if p == n or q == 0:
+        return scores, np.broadcast_to(np.arange(n), (q, n))
+    index = np.argpartition(-scores, p - 1, axis=1)[:, :p]
+    return np.take_along_axis(scores, index, axis=1), index
+
+
+def top_k_shares(
+    scores: np.ndarray, k: int, index: np.ndarray | None = None, n: int | None = None
+) -> np.ndarray:
     """The share of queries whose top k holds each candidate.
 
     Args:
-        scores: (Q, N) float32 score of each candidate for each query, ``-inf`` where a candidate is
+        scores: (Q, M) float32 score of each candidate for each query, ``-inf`` where a candidate is
             not allowed for that query (never counted).
         k: list length (fewer candidates than k: all allowed ones).
+        index: (Q, M) int, the candidate of each column per query (:func:`pooled`); default column j is
+            candidate j.
+        n: number of candidates when ``index`` is given.
 
     Returns:
         (N,) float64 shares in [0, 1] (0 for an empty query set).
     """
-    q, n = scores.shape
-    if q == 0 or n == 0:
+    q, m = scores.shape
+    n = m if index is None else int(n)
+    if q == 0 or m == 0:
         return np.zeros(n)
-    kk = min(k, n)
+    kk = min(k, m)
     part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]  # (Q, kk) unordered top kk
     valid = np.take_along_axis(scores, part, axis=1) > -np.inf
-    return np.bincount(part[valid], minlength=n) / q
+    cols = part if index is None else np.take_along_axis(index, part, axis=1)
+    return np.bincount(cols[valid], minlength=n) / q
 
 
-def even_spread_shares(scores: np.ndarray, k: int) -> np.ndarray:
+def even_spread_shares(
+    scores: np.ndarray, k: int, index: np.ndarray | None = None, n: int | None = None
+) -> np.ndarray:
     """The share of the queries' top-k lists each candidate fills when every query spreads its k picks
     evenly over the candidates it may get: ``(1/Q) Σ_{q allows c} min(1, k / m_q)``, ``m_q`` the number
     of candidates query ``q`` allows. Exact for a candidate whose queries allow at most k candidates
     (it is in all their lists, at any price); ``k/N`` for every candidate when all are allowed.
 
     Args:
-        scores: (Q, N) float32 scores, ``-inf`` where a candidate is not allowed for that query.
+        scores: (Q, M) float32 scores, ``-inf`` where a candidate is not allowed for that query.
         k: list length.
+        index, n: as in :func:`top_k_shares` (pooled scores: a query may get only its pool).
 
     Returns:
         (N,) float64 shares in [0, 1] (0 for an empty query set).
     """
-    q, n = scores.shape
-    if q == 0 or n == 0:
+    q, m = scores.shape
+    n = m if index is None else int(n)
+    if q == 0 or m == 0:
         return np.zeros(n)
-    allowed = scores > -np.inf  # (Q, N)
+    allowed = scores > -np.inf  # (Q, M)
     per_pick = np.minimum(1.0, k / np.maximum(allowed.sum(axis=1), 1))  # (Q,)
-    return (per_pick @ allowed) / q
+    if index is None:
+        return (per_pick @ allowed) / q
+    weights = np.broadcast_to(per_pick[:, None], allowed.shape)[allowed]
+    return np.bincount(np.asarray(index)[allowed], weights=weights, minlength=n) / q
 
 
 def capacity_offsets(
@@ -80,6 +118,7 @@ def capacity_offsets(
     start: np.ndarray | None = None,
     steps: int = 300,
     lr: float = 0.2,
+    index: np.ndarray | None = None,
 ) -> np.ndarray:
     """Prices ``b ≥ 0`` such that ranking by ``scores − b`` puts no candidate in more than ``cap`` of
     the queries' top-k lists, by projected dual ascent ``b ← max(0, b + lr·(share − cap))``.
@@ -93,19 +132,28 @@ def capacity_offsets(
         start: (N,) initial prices (default 0).
         steps: most ascent steps; stops early once no free candidate is over ``cap``.
         lr: step size (score units per unit of excess share).
+        index: (Q, M) int, the candidate of each column of ``scores`` (:func:`pooled`); then
+            ``scores`` is (Q, M) and the number of candidates is ``len(free)`` (required).
 
     Returns:
         (N,) float32 prices, 0 for candidates never over capacity: the first prices that bring every free
         candidate within its cap, else (caps the lists cannot meet) the prices of the step with the
         smallest largest excess over the caps, never worse than ``start``.
+
+    Raises:
+        ValueError: ``index`` given without ``free``.
     """
-    n = scores.shape[1]
+    if index is not None and free is None:
+        raise ValueError("pooled scores need free (one flag per candidate)")
+    n = scores.shape[1] if index is None else len(free)
     b = np.zeros(n, dtype=np.float64) if start is None else np.asarray(start, dtype=np.float64).copy()
     free = np.ones(n, dtype=bool) if free is None else np.asarray(free, dtype=bool)
     cap = np.broadcast_to(np.asarray(cap, dtype=np.float64), (n,))
     best, best_excess = b.copy(), np.inf
     for _ in range(steps):
-        excess = top_k_shares(scores - b[None].astype(np.float32), k) - cap  # (N,)
+        price = b.astype(np.float32)
+        lowered = scores - (price[None] if index is None else price[index])
+        excess = top_k_shares(lowered, k, index, n) - cap  # (N,)
         worst = float(excess[free].max(initial=0.0))
         if worst < best_excess:
             best, best_excess = b.copy(), worst

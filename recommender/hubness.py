@@ -26,7 +26,7 @@ from django.db import connection, transaction
 
 from catalog.models import Product
 from catalog.selectors import product_audience_group
-from ml.hubness import capacity_offsets, even_spread_shares
+from ml.hubness import capacity_offsets, even_spread_shares, pooled
 from ml.slots import OUTFIT_SLOTS, SLOT_INDEX, missing_slots
 from recommender import answer_cache
 from recommender.looks import audience_filter
@@ -148,14 +148,19 @@ def hub_scores_for(*, version: ModelVersion, product_ids: Sequence[int], compat:
             queries = np.sort(rng.sample(list(queries), settings.HUBNESS_QUERIES))
         if not len(queries):
             continue
-        scores = _slot_scores(cat, masks2, target, queries, cands)  # (Q, N_t)
-        cap = np.maximum(settings.HUBNESS_MAX_SHARE, 1.5 * even_spread_shares(scores, settings.HUBNESS_K))
+        # each query's HUBNESS_POOL best candidates: the rows complete-the-look re-ranks by the offsets
+        scores, index = pooled(_slot_scores(cat, masks2, target, queries, cands), settings.HUBNESS_POOL)
+        n = len(cands)
+        cap = np.maximum(
+            settings.HUBNESS_MAX_SHARE, 1.5 * even_spread_shares(scores, settings.HUBNESS_K, index, n)
+        )
         cat.hub[cands] = capacity_offsets(
             scores,
             k=settings.HUBNESS_K,
             cap=cap,
             free=cat.free[cands],
             start=cat.hub[cands],
+            index=index,
         )
     out[keep] = cat.hub[: len(keep)]  # the written products come first in the catalog
     return out
@@ -207,19 +212,27 @@ def hub_scores_refresh(*, version: ModelVersion) -> int:
     products were added one by one, or for vectors written before offsets existed); no tower runs.
 
     Returns:
-        The number of rows updated.
+        The number of rows priced (only those whose offset changed are written).
     """
     rows = list(
-        ProductEmbedding.objects.filter(model_version=version).values_list("pk", "product_id", "compat")
+        ProductEmbedding.objects.filter(model_version=version).values_list(
+            "pk", "product_id", "compat", "hub_score"
+        )
     )
     if not rows:
         return 0
-    compat = np.stack([np.asarray(v, dtype=np.float32) for _, _, v in rows])  # (N, C)
-    hub = hub_scores_for(version=version, product_ids=[pid for _, pid, _ in rows], compat=compat)
-    ProductEmbedding.objects.bulk_update(
-        [ProductEmbedding(pk=pk, hub_score=float(h)) for (pk, _, _), h in zip(rows, hub, strict=True)],
-        ["hub_score"],
-        batch_size=2000,
+    compat = np.stack([np.asarray(r[2], dtype=np.float32) for r in rows])  # (N, C)
+    hub = hub_scores_for(version=version, product_ids=[r[1] for r in rows], compat=compat)
+    # most offsets stay 0 and most others move little: only the changed rows are written (each update
+    # of a row is a new tuple in every HNSW graph of the table)
+    changed = [
+        ProductEmbedding(pk=r[0], hub_score=float(h))
+        for r, h in zip(rows, hub, strict=True)
+        if abs(float(h) - r[3]) > 1e-6
+    ]
+    ProductEmbedding.objects.bulk_update(changed, ["hub_score"], batch_size=2000)
+    logger.info(
+        "hub offsets of version %s priced again: %d of %d rows changed", version.pk, len(changed), len(rows)
     )
     if version.is_active:
         answer_cache.invalidate()  # the served order changes

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml.hubness import capacity_offsets, even_spread_shares, k_occurrence, rerank, top_k_shares
+from ml.hubness import capacity_offsets, even_spread_shares, k_occurrence, pooled, rerank, top_k_shares
 
 # Four queries, three candidates: every query's best is candidate 0, by margins 0.12, 0.22, 0.07, 0.17.
 SCORES = np.array(
@@ -73,3 +73,19 @@ def test_rerank_by_score_minus_beta_times_offset():
 
 def test_k_occurrence_counts_an_item_once_per_list():
     assert k_occurrence([[1, 2], [1, 1, 3], [4]]) == {1: 2 / 3, 2: 1 / 3, 3: 1 / 3, 4: 1 / 3}
+
+
+def test_pooled_prices_see_only_each_querys_pool():
+    scores, index = pooled(SCORES, 2)  # each query's two best: {0, 1}, {0, 1}, {0, 1} and {0, 2}
+    assert [sorted(row) for row in index.tolist()] == [[0, 1], [0, 1], [0, 1], [0, 2]]
+    assert top_k_shares(scores, 1, index, 3).tolist() == top_k_shares(SCORES, 1).tolist()
+    # a query spreads its pick over its pool only: candidate 2 is in one pool of four
+    assert even_spread_shares(scores, 1, index, 3) == pytest.approx([0.5, 0.375, 0.125])
+    # the hub's price comes from margins inside the pools, as over the whole matrix
+    b = capacity_offsets(scores, k=1, cap=0.5, lr=0.1, index=index, free=np.ones(3, dtype=bool))
+    assert b == pytest.approx(capacity_offsets(SCORES, k=1, cap=0.5, lr=0.1), abs=1e-6)
+    assert pooled(SCORES, 5)[0] is SCORES  # a pool as large as the slot: the whole matrix
+    with pytest.raises(ValueError, match="pool must be"):
+        pooled(SCORES, 0)
+    with pytest.raises(ValueError, match="free"):
+        capacity_offsets(scores, k=1, cap=0.5, index=index)
