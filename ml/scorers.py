@@ -68,10 +68,13 @@ class Scorer:
         pair: ``pair(a (P,), b (P,)) → (P,)`` float64 pair scores.
         summed: optional fast ``summed(given (K,), candidates (G,)) → (G,)`` float64; without it
             :meth:`items` sums ``pair`` over the given items.
+        every: optional batched form, ``every([given (K_b,) for b in B]) → (B, N)`` float64: the summed
+            score of every item of the catalog for each given set (:meth:`items_of_every`).
     """
 
     pair: PairFn
     summed: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+    every: Callable[[Sequence[np.ndarray]], np.ndarray] | None = None
 
     def items(self, given: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         """(G,) float64: ``Σ_i pair(given_i, c)`` for every candidate c."""
@@ -81,6 +84,14 @@ class Scorer:
         for g in given:
             total += self.pair(np.full(len(candidates), int(g), dtype=np.int64), candidates)
         return total
+
+    def items_of_every(self, givens: Sequence[np.ndarray], n: int) -> np.ndarray:
+        """(B, N) float64: :meth:`items` of every one of the N catalog items, for each given set (one
+        matrix product per slot where the scorer has ``every``, else one :meth:`items` call per set)."""
+        if self.every is not None:
+            return self.every(givens)
+        everything = np.arange(n, dtype=np.int64)
+        return np.stack([self.items(g, everything) for g in givens]) if givens else np.zeros((0, n))
 
 
 # -----------------------------------------------------------------------------
@@ -200,13 +211,15 @@ def heads_scorer(heads: RecommenderHeads, image: np.ndarray, text: np.ndarray, s
     f_by_slot = f[order]  # (N, C)
     bounds = np.searchsorted(item_slots[order], np.arange(m2.shape[0] + 1))  # (S + 1,)
 
-    def summed(given: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        # q[s] = Σ_i f_i ⊙ m²[s_i, s]: the serving's slot query for every slot s, (S, C)
-        q = np.einsum("kc,ksc->sc", f[given], m2[item_slots[given]])
-        every = np.empty(len(f))  # (N,) every item against its own slot's query
-        every[order] = np.concatenate(
-            [f_by_slot[bounds[s] : bounds[s + 1]] @ q[s] for s in range(len(bounds) - 1)]
-        )
-        return every[candidates]
+    def every(givens: Sequence[np.ndarray]) -> np.ndarray:
+        # q[b, s] = Σ_i f_i ⊙ m²[s_i, s]: the serving's slot query of given set b for every slot s
+        q = np.stack([np.einsum("kc,ksc->sc", f[g], m2[item_slots[g]]) for g in givens])  # (B, S, C)
+        out = np.empty((len(givens), len(f)))  # (B, N) every item against its own slot's query
+        for s in range(len(bounds) - 1):
+            out[:, order[bounds[s] : bounds[s + 1]]] = q[:, s, :] @ f_by_slot[bounds[s] : bounds[s + 1]].T
+        return out
 
-    return Scorer(pair, summed)
+    def summed(given: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        return every([given])[0][candidates]
+
+    return Scorer(pair, summed, every)

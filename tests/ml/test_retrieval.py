@@ -140,3 +140,16 @@ def test_heads_items_are_the_summed_pair_scores_and_the_serving_query() -> None:
         f = heads.compat(torch.from_numpy(image), torch.from_numpy(text))
         q = heads.slot_query(f[given], torch.from_numpy(slots[given]), int(slots[5]))
     assert scorer.items(given, np.array([5]))[0] == pytest.approx(float(q @ f[5]), abs=1e-5)
+    # the batched form: every item for several given sets at once, each row the summed pair scores
+    sets = [given, np.array([0]), np.array([4, 9, 28, 29])]
+    rows = scorer.items_of_every(sets, n)
+    assert rows.shape == (3, n)
+    for row, g in zip(rows, sets, strict=True):
+        assert np.allclose(row, sum(scorer.pair(np.full(n, x), cands) for x in g), atol=1e-5)
+
+
+def test_a_scorer_without_a_batched_form_scores_every_item_one_set_at_a_time() -> None:
+    pop = popularity_scorer(catalog())
+    rows = pop.items_of_every([np.array([0, 4]), np.array([1])], 10)
+    assert rows[0, [1, 2, 3]].tolist() == [4.0, 2.0, 0.0] and rows[1, 6] == 4.0
+    assert pop.items_of_every([], 10).shape == (0, 10)
