@@ -54,7 +54,8 @@ def embeddings_write(
     ``INSERT ... SELECT ... ON CONFLICT (product, version) DO UPDATE``; the join with the product table
     supplies ``slot`` and skips products deleted meanwhile. ``bulk_create`` is the Django ORM upsert
     (kept for the benchmark). Each batch commits on its own, so a worker killed half-way keeps what
-    it wrote and a re-run completes it. Each row's ``hub_score`` (its offset in complete-the-look,
+    it wrote and a re-run completes it; except a first load into an empty table, one transaction that
+    builds the HNSW graphs after the rows (:func:`_load_then_build_graphs`). Each row's ``hub_score`` (its offset in complete-the-look,
     :func:`recommender.hubness.hub_scores_for`) is computed first, against these vectors and the
     version's stored ones, and written with the vectors (a small write into a large version keeps the
     stored offsets and schedules one refresh instead: :func:`recommender.hubness.hub_refresh_deferred`);
@@ -65,7 +66,7 @@ def embeddings_write(
         product_ids: N product ids (a repeated id keeps its last vectors); deleted products are skipped.
         image, text, fused: (N, E) float32 unit vectors; compat: (N, C) float32 unit vectors.
         batch_size: rows per COPY + merge (one transaction each).
-        progress: called after each batch with (rows done, N).
+        progress: called after each batch with (rows done, N) (once, at the end, for a first load).
 
     Returns:
         Number of rows written (inserted or updated).
