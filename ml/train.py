@@ -38,7 +38,7 @@ from ml.metrics import fitb_accuracy_heads, text_to_image_recall
 from ml.objectives import compat_loss, general_loss, takes_generator
 from ml.protocols import validation_questions
 from ml.sampling import OutfitNegativeSampler, training_pairs
-from ml.seeding import rng_restore, rng_state, seed_everything
+from ml.seeding import deterministic_algorithms, rng_restore, rng_state, seed_everything
 from ml.slots import SLOTS
 from ml.views import PhotoViews, TextViews
 
@@ -375,7 +375,8 @@ def train(
     Args:
         data: features and outfits (see :class:`TrainData`); tower fine-tuning also needs
             ``data.image_paths`` and ``data.texts``.
-        cfg: hyper-parameters; ``cfg.seed`` makes the run reproducible.
+        cfg: hyper-parameters; ``cfg.seed`` makes the run reproducible (torch's deterministic
+            algorithms are on while it trains, :func:`ml.seeding.deterministic_algorithms`).
         progress: called after each epoch with ``{"epoch", "step", "progress" (0..1), "loss", ...}``.
         checkpoint_dir: if set, ``last.pt`` is written there each epoch (heads, losses, optimiser, RNG
             states, and the tower weights when tuned).
@@ -394,42 +395,43 @@ def train(
         ValueError: no products left for training; tower fine-tuning without image paths/texts, or with
             a model whose embed_dim differs from the features'.
     """
-    run = _Run(data, cfg, bundle)
-    if resume is not None:
-        run.resume(resume)
-    t0, samples = time.perf_counter(), 0
-    total_steps = cfg.max_steps or cfg.epochs * run.steps_per_epoch
-    for epoch in range(run.epoch + 1, cfg.epochs):
-        losses, done = run.train_epoch()
-        samples += 2 * run.batch_size * done  # images and texts
-        fitb, r10 = run.validate()
-        run.record_epoch(epoch, losses, fitb, r10)
-        h = run.history
-        logger.info(
-            "epoch %d step %d loss %.4f infonce %.4f compat %.4f val_fitb %.3f val_r10 %.3f",
-            *(epoch, run.step, h["loss"][-1], h["infonce"][-1], h["compat"][-1], fitb, r10),
-        )
-        if checkpoint_dir is not None:
-            run.save_checkpoint(checkpoint_dir)
-        if progress is not None:
-            progress(
-                {
-                    "epoch": epoch,
-                    "step": run.step,
-                    "progress": min(1.0, run.step / max(total_steps, 1)),
-                    "loss": h["loss"][-1],
-                    "val_fitb": fitb,
-                    "val_r10": r10,
-                    "history": h,
-                }
+    with deterministic_algorithms():  # several CPU threads: the same run twice gives the same heads
+        run = _Run(data, cfg, bundle)
+        if resume is not None:
+            run.resume(resume)
+        t0, samples = time.perf_counter(), 0
+        total_steps = cfg.max_steps or cfg.epochs * run.steps_per_epoch
+        for epoch in range(run.epoch + 1, cfg.epochs):
+            losses, done = run.train_epoch()
+            samples += 2 * run.batch_size * done  # images and texts
+            fitb, r10 = run.validate()
+            run.record_epoch(epoch, losses, fitb, r10)
+            h = run.history
+            logger.info(
+                "epoch %d step %d loss %.4f infonce %.4f compat %.4f val_fitb %.3f val_r10 %.3f",
+                *(epoch, run.step, h["loss"][-1], h["infonce"][-1], h["compat"][-1], fitb, r10),
             )
-        if run.stops_early() or (should_stop is not None and should_stop()):
-            break
-    heads = run.best_heads()
-    secs = time.perf_counter() - t0
-    return TrainResult(
-        heads, run.history, run.step, run.best_epoch, run.best_val, secs, samples / max(secs, 1e-9)
-    )
+            if checkpoint_dir is not None:
+                run.save_checkpoint(checkpoint_dir)
+            if progress is not None:
+                progress(
+                    {
+                        "epoch": epoch,
+                        "step": run.step,
+                        "progress": min(1.0, run.step / max(total_steps, 1)),
+                        "loss": h["loss"][-1],
+                        "val_fitb": fitb,
+                        "val_r10": r10,
+                        "history": h,
+                    }
+                )
+            if run.stops_early() or (should_stop is not None and should_stop()):
+                break
+        heads = run.best_heads()
+        secs = time.perf_counter() - t0
+        return TrainResult(
+            heads, run.history, run.step, run.best_epoch, run.best_val, secs, samples / max(secs, 1e-9)
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

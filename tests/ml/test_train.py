@@ -81,6 +81,16 @@ def test_same_seed_same_run(real_data):
     assert not np.allclose(a.history["loss"], c.history["loss"], rtol=1e-3, atol=0)
 
 
+def test_training_runs_torchs_deterministic_algorithms_and_restores_the_setting(real_data):
+    """With several CPU threads, some ops accumulated in a varying order: two demo trainings of the same
+    data and seed stopped early after 21 and 30 epochs. Training now holds torch's deterministic flag."""
+    seen = []
+    cfg = TrainConfig(epochs=1, batch_size=32, seed=0, patience=0)
+    train(real_data, cfg, progress=lambda info: seen.append(torch.are_deterministic_algorithms_enabled()))
+    assert seen == [True]
+    assert not torch.are_deterministic_algorithms_enabled()  # the process's own setting is back
+
+
 @pytest.mark.slow
 def test_checkpoint_resume_and_save_load(real_data, tmp_path):
     first = train(
