@@ -169,6 +169,8 @@ def outfit_create(*, product_ids: Sequence[int], name: str = "") -> Outfit:
         OutfitItem.objects.bulk_create(
             [OutfitItem(outfit=outfit, product_id=pid, position=i) for i, pid in enumerate(ids)]
         )
+        # complete-the-look lifts items outfits paired (recommender.looks.outfit_memory): answers change
+        products_changed_on_commit(product_ids=ids, change="updated", vectors_stale=False)
     return outfit
 
 
@@ -265,5 +267,8 @@ def product_delete(*, product: Product) -> None:
 
 
 def outfit_delete(*, outfit: Outfit) -> None:
-    """Delete an outfit (its products stay)."""
-    outfit.delete()
+    """Delete an outfit (its products stay; their complete-the-look answers may change)."""
+    with transaction.atomic():
+        ids = list(outfit.items.values_list("product_id", flat=True))
+        outfit.delete()
+        products_changed_on_commit(product_ids=ids, change="updated", vectors_stale=False)

@@ -59,6 +59,8 @@ from ml.scorers import (
     baseline_scorers,
     cooccurrence_log_prob,
     heads_scorer,
+    memory_first,
+    pair_memory_scorer,
 )
 from ml.slots import SLOTS
 
@@ -68,6 +70,8 @@ __all__ = [
     "COUNTS",
     "LOWER_IS_BETTER",
     "MARGIN",
+    "MEMORY_PICKS",
+    "MEMORY_SUFFIX",
     "METRICS",
     "REFERENCES",
     "TABLES",
@@ -86,6 +90,11 @@ __all__ = [
 ]
 
 ZERO_SHOT = "zero-shot"
+#: Name suffix of the memory row of :func:`evaluate_all` ("fine-tuned + memory").
+MEMORY_SUFFIX = " + memory"
+#: Remembered picks per slot of that row: the serving's default ``LOOKS_MEMORY_PICKS``
+#: (docs/evaluation.md has the trade-off measured for other values).
+MEMORY_PICKS = 3
 #: Rows a learned model is compared with ("which baseline is best"): the non-learned ones and zero-shot.
 REFERENCES: tuple[str, ...] = (*BASELINES, ZERO_SHOT)
 #: The margin by which a model must beat the best baseline to count as beating it (markdown tables).
@@ -241,6 +250,7 @@ def evaluate_all(
     heads_by_name: dict[str, RecommenderHeads],
     seed: int = PROTOCOL_SEED,
     features: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    memory_picks: int = MEMORY_PICKS,
 ) -> dict[str, dict[str, float | None]]:
     """Evaluate the baselines, the zero-shot model and every fine-tuned model on the same protocols.
 
@@ -250,20 +260,33 @@ def evaluate_all(
         seed: the protocol seed and the zero-shot MLP's seed.
         features: ``{row name: (image (N, E), text (N, E))}``: the features of a row whose heads come
             with their own fine-tuned towers (``heads.tower_state``); other rows use ``data``'s.
+        memory_picks: when > 0, add the row ``"<first model> + memory"`` (:data:`MEMORY_SUFFIX`):
+            complete-the-look as the site serves it with ``LOOKS_MEMORY_PICKS`` = ``memory_picks``, the
+            items the training outfits paired most often lifted first in each slot
+            (:func:`ml.scorers.memory_first`); its other metrics are the first model's.
 
     Returns:
         ``{model: {metric: value or None}}`` with every metric of :data:`METRICS` in each row; rows are
-        the baselines, ``"zero-shot"``, then ``heads_by_name`` in order. None means "not applicable".
+        the baselines, ``"zero-shot"``, then ``heads_by_name`` in order (the memory row after the first).
+        None means "not applicable".
     """
     held = held_out_protocols(data, seed)
     compat_dim = next(iter(heads_by_name.values())).compat_dim if heads_by_name else TrainConfig().compat_dim
     rows: dict[str, dict[str, float]] = dict(evaluate_baselines(data, seed, held))
     zero = zero_shot_heads(data.image.shape[1], compat_dim, seed)
     rows[ZERO_SHOT] = evaluate_heads(data, zero, seed, held)
-    for name, heads in heads_by_name.items():
+    for i, (name, heads) in enumerate(heads_by_name.items()):
         own = (features or {}).get(name)
         row_data = data if own is None else _with_features(data, *own)
         rows[name] = evaluate_heads(row_data, heads, seed, held)
+        if i == 0 and memory_picks > 0:
+            model = heads_scorer(heads, row_data.image, row_data.text, row_data.slots)
+            hybrid = memory_first(model, pair_memory_scorer(data), data.slots, memory_picks)
+            # the pair scores (both protocols) and the text metrics are the model's
+            rows[f"{name}{MEMORY_SUFFIX}"] = {
+                **rows[name],
+                **complementary_metrics(hybrid, held.ctl, seed=seed),
+            }
     return {name: {m: row.get(m) for m in METRICS} for name, row in rows.items()}
 
 
@@ -437,6 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="protocol seed (FITB questions, negatives, tie-breaks)",
     )
     p.add_argument(
+        "--memory-picks",
+        type=int,
+        default=MEMORY_PICKS,
+        help="remembered picks per slot of the '+ memory' row (the serving's LOOKS_MEMORY_PICKS; 0: no row)",
+    )
+    p.add_argument(
         "--feature-cache",
         type=Path,
         default=Path("var/features"),
@@ -473,7 +502,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float | None]
             features[name] = _tuned_features(heads, meta, data, args.feature_cache)
         if history is None and isinstance(meta.get("history"), dict):
             history = meta["history"]
-    results = evaluate_all(data, heads_by_name, seed=args.seed, features=features)
+    results = evaluate_all(
+        data, heads_by_name, seed=args.seed, features=features, memory_picks=args.memory_picks
+    )
     print(markdown_report(results))
     if args.out is not None:
         plot_heads: RecommenderHeads | None = next(iter(heads_by_name.values()), None)

@@ -17,6 +17,9 @@ Rows:
 * ``pair-memory``: how many training outfits hold both items (``summed``: the candidate's count with
   the given items): memorised pairs, what a collaborative model knows; scores 0 on every pair the
   matched protocol asks about (``ml.protocols.novel_subset``), so it sits at chance there.
+* ``<model> + memory`` (:func:`memory_first`): complete-the-look as the site serves it: in each slot
+  the few items training outfits paired most often with the given ones first, then the model's order;
+  its pair scores (both protocols) are the model's.
 * ``co-occurrence``: a category prior ``log P(type_b | type_a)`` from the training outfits
   (:func:`cooccurrence_log_prob`); no features.
 * heads (zero-shot or fine-tuned, :func:`heads_scorer`): the type-aware pair score
@@ -46,6 +49,7 @@ __all__ = [
     "cooccurrence_log_prob",
     "cooccurrence_scorer",
     "heads_scorer",
+    "memory_first",
     "pair_memory_scorer",
     "popularity_scorer",
 ]
@@ -129,10 +133,67 @@ def pair_memory_scorer(data: TrainData) -> Scorer:
     def pair(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.asarray(counts[np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)]).ravel()
 
-    def summed(given: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-        return np.asarray(counts[np.asarray(given, dtype=np.int64)].sum(0)).ravel()[candidates]
+    def every(givens: Sequence[np.ndarray]) -> np.ndarray:
+        # one sparse product: (B, N) given-item indicator @ (N, N) counts; a repeated item counts once
+        rows = np.concatenate([np.full(len(np.unique(g)), b) for b, g in enumerate(givens)] or [[]])
+        cols = np.concatenate([np.unique(np.asarray(g, dtype=np.int64)) for g in givens] or [[]])
+        pick = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(givens), n))
+        return (pick @ counts).toarray()
 
-    return Scorer(pair, summed)
+    def summed(given: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        return every([given])[0][candidates]
+
+    return Scorer(pair, summed, every)
+
+
+#: A remembered pick's lift in :func:`memory_first`: above any summed model score (a pair score is a
+#: cosine-like value in [-1, 1] and a query holds at most a few dozen items).
+MEMORY_WEIGHT = 1e4
+
+
+def memory_first(model: Scorer, memory: Scorer, slots: np.ndarray, picks: int) -> Scorer:
+    """Complete-the-look as the site serves it with ``LOOKS_MEMORY_PICKS = picks``: in each slot, the
+    ``picks`` items the training outfits paired most often with the given ones (the model's score
+    breaking ties) first, then every other item of the slot in the model's order.
+
+    Args:
+        model: the learned row's scorer (needs ``every``).
+        memory: :func:`pair_memory_scorer` of the training outfits (needs ``every``).
+        slots: (N,) int64 slot of every item.
+        picks: remembered items lifted per slot (0: the model alone).
+
+    Returns:
+        A :class:`Scorer` whose ``pair`` is the model's (an outfit's score stays the model's; the
+        protocols' rows equal the model's) and whose ``items`` / ``every`` rank as described.
+
+    Raises:
+        ValueError: ``model`` or ``memory`` has no batched ``every``, or ``picks`` < 0.
+    """
+    if model.every is None or memory.every is None:
+        raise ValueError("memory_first needs scorers with a batched `every`")
+    if picks < 0:
+        raise ValueError(f"picks must be >= 0 (got {picks})")
+    slots = np.asarray(slots, dtype=np.int64)
+    by_slot = [np.flatnonzero(slots == s) for s in np.unique(slots)]
+
+    def every(givens: Sequence[np.ndarray]) -> np.ndarray:
+        scores = model.every(givens)  # (B, N)
+        if picks == 0:
+            return scores
+        counts = memory.every(givens)  # (B, N) times paired in training outfits
+        lifted = scores.copy()
+        rows = np.arange(len(givens))[:, None]
+        for idx in by_slot:
+            order = counts[:, idx] * MEMORY_WEIGHT + scores[:, idx]  # (B, G) by count, then the model
+            m = min(picks, len(idx))
+            top = idx[np.argpartition(-order, m - 1, axis=1)[:, :m]]  # (B, m) each row's best m
+            lifted[rows, top] += np.where(counts[rows, top] > 0, MEMORY_WEIGHT * (1 + counts[rows, top]), 0.0)
+        return lifted
+
+    def summed(given: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        return every([given])[0][candidates]
+
+    return Scorer(model.pair, summed, every)
 
 
 def cooccurrence_log_prob(outfits: Sequence[np.ndarray], type_index: np.ndarray, n_types: int) -> np.ndarray:

@@ -8,6 +8,11 @@ Both keep to the outfit's audience by default: a pick's ``audience_group`` must 
 (:func:`audience_filter`, the table being :func:`ml.audience.audience_fits`: the same group, or unisex),
 a filter inside the indexed query (pgvector's iterative index scan keeps k rows coming); ``audience="any"``
 turns it off. Both re-rank each slot's candidates for hubness (:mod:`ml.hubness`).
+
+In each slot, at most ``settings.LOOKS_MEMORY_PICKS`` items that training outfits already paired with the
+given ones (:func:`outfit_memory`, under the same filters) come first, then the model's ranking: what a
+stylist or the shop's shoppers put together is the strongest evidence there is, and the model keeps the
+other places for what they never paired (``ml.scorers.memory_first`` is the same order in the evaluation).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from django.core.cache import cache
 from django.db import connection
 from django.db.models import Count
 
-from catalog.models import Product
+from catalog.models import Outfit, OutfitItem, Product
 from ml.audience import AUDIENCE_GROUPS, audience_fits
 from ml.hubness import rerank
 from ml.slots import BOTTOM, ONE_PIECE, SLOT_INDEX, TOP, missing_slots
@@ -32,6 +37,14 @@ from recommender import answer_cache
 from recommender.model_cache import heads_for
 from recommender.models import ModelVersion, ProductEmbedding
 from recommender.selectors import Hit, NoActiveModel, UnknownProducts, active_version, ranked_many
+
+
+@dataclass
+class LookHit(Hit):
+    """A complete-the-look pick: ``worn_with`` training outfits hold it with the given items (0: the
+    model's pick alone)."""
+
+    worn_with: int = 0
 
 
 def outfit_embeddings(version: ModelVersion, product_ids: Sequence[int]) -> list[ProductEmbedding]:
@@ -54,7 +67,7 @@ class SlotPicks:
     """Complete-the-look answer for one slot: the best pick and its alternates."""
 
     slot: str
-    hits: list[Hit] = field(default_factory=list)
+    hits: list[LookHit] = field(default_factory=list)
 
 
 #: ``audience`` of complete-the-look and the swap: ``match`` keeps to the outfit's audience, ``any`` mixes.
@@ -97,7 +110,9 @@ def complete_the_look(
     ``reduce_hubs`` the slot's top ``settings.HUBNESS_POOL`` rows are re-ranked by
     ``mean compatibility − settings.HUBNESS_PENALTY · hub_score`` (the item's offset,
     :mod:`recommender.hubness`), so an item compatible with everything (a hub) stops being everyone's
-    pick. With ``audience="match"``
+    pick. Then at most ``settings.LOOKS_MEMORY_PICKS`` items training outfits paired with the given
+    ones (:func:`outfit_memory`, same filters) are lifted to the top, the most often paired first and
+    the model's score among equals. With ``audience="match"``
     only items whose audience group fits every given item's are candidates (:func:`audience_filter`,
     ``audience_group IN (...)`` inside the indexed query).
 
@@ -110,8 +125,9 @@ def complete_the_look(
         reduce_hubs: re-rank for hubness (False: the plain compatibility order).
 
     Returns:
-        One :class:`SlotPicks` per missing slot (k hits each: the pick and k-1 alternates); scores
-        are mean pair compatibilities in [0, 1] (the re-ranking changes the order, not the scores).
+        One :class:`SlotPicks` per missing slot (k :class:`LookHit` each: the pick and k-1 alternates);
+        scores are mean pair compatibilities in [0, 1] (the re-ranking and the outfit memory change
+        the order, not the scores).
 
     Raises:
         ValueError: empty set or unknown audience mode; UnknownProducts; NoActiveModel.
@@ -137,35 +153,80 @@ def complete_the_look(
     groups = audience_filter([e.audience_group for e in embs]) if audience == "match" else None
     counts = slot_audience_counts(version) if groups is not None else {}
     pool = pool_size(k, reduce_hubs)
-    jobs, exact = [], []
+    candidates = (
+        ProductEmbedding.objects.filter(model_version=version)
+        .exclude(product_id__in=given)
+        .exclude(product__variant_group__in=variants)
+        .exclude(product__product_type__iexact="unknown")
+    )  # untyped source rows make poor picks
+    if groups is not None:
+        candidates = candidates.filter(audience_group__in=groups)
+    queries, jobs, exact = {}, [], []
     for slot in targets:
         with torch.no_grad():
-            q = heads.slot_query(f, s, SLOT_INDEX[slot]).numpy()  # (C,)
-        qs = (
-            ProductEmbedding.objects.filter(model_version=version, slot=slot)
-            .exclude(product_id__in=given)
-            .exclude(product__variant_group__in=variants)
-            .exclude(product__product_type__iexact="unknown")
-        )  # untyped source rows make poor picks
-        if groups is not None:
-            qs = qs.filter(audience_group__in=groups)
-        jobs.append((qs, q))
+            queries[slot] = heads.slot_query(f, s, SLOT_INDEX[slot]).numpy()  # (C,)
+        jobs.append((candidates.filter(slot=slot), queries[slot]))
         exact.append(groups is not None and _exact_is_cheaper(counts, slot, groups, pool))
     beta = settings.HUBNESS_PENALTY if reduce_hubs else 0.0
     extra = ("hub_score", "product__variant_group")
     ranked = ranked_many(jobs, "compat", pool, kind="complete", extra=extra, exact=exact)
+    lift = int(settings.LOOKS_MEMORY_PICKS)
+    memory = outfit_memory([e.product_id for e in embs]) if lift > 0 else {}
+    remembered = _remembered(candidates, memory, queries)
     n = len(embs)
-    chosen: list[list[tuple[int, float]]] = []
-    for rows in ranked:
+    chosen: list[list[tuple[int, float, int]]] = []
+    for slot, rows in zip(targets, ranked, strict=True):
         mean = np.asarray([v / n for _, v, _, _ in rows], dtype=np.float64)  # (P,) mean pair score
         order = rerank(scores=mean, hub=np.asarray([r[2] for r in rows]), beta=beta) if rows else []
-        picks = _distinct_variants([(rows[i][0], rows[i][1], rows[i][3]) for i in order])[:k]
-        chosen.append([(pid, v) for pid, v, _ in picks])
-    products = Product.objects.in_bulk([pid for picks in chosen for pid, _ in picks])  # k per slot
+        first = _distinct_variants([(pid, v, var) for pid, v, var, _ in remembered.get(slot, [])])[:lift]
+        model = [(rows[i][0], rows[i][1], rows[i][3]) for i in order]
+        picks = _distinct_variants(first + model)[:k]
+        worn = {pid: memory[pid] for pid, _, _ in first}
+        chosen.append([(pid, v, worn.get(pid, 0)) for pid, v, _ in picks])
+    products = Product.objects.in_bulk([pid for picks in chosen for pid, _, _ in picks])  # k per slot
     return [
-        SlotPicks(slot, [Hit(products[pid], compat_to_unit(v, n)) for pid, v in picks if pid in products])
+        SlotPicks(
+            slot,
+            [LookHit(products[pid], compat_to_unit(v, n), c) for pid, v, c in picks if pid in products],
+        )
         for slot, picks in zip(targets, chosen, strict=True)
     ]
+
+
+def outfit_memory(product_ids: Sequence[int]) -> dict[int, int]:
+    """How often the training outfits (``Outfit.split`` train; the held-out ones stay unseen, as in
+    training) paired each product with the given ones: ``{product_id: Σ_i outfits holding it and
+    product_ids[i]}``, the given products left out. ``ml.scorers.pair_memory_scorer`` is the same count
+    in the evaluation. One grouped query over ``catalog_outfititem``."""
+    ids = [int(i) for i in product_ids]
+    rows = (
+        OutfitItem.objects.filter(outfit__split=Outfit.Split.TRAIN, outfit__items__product_id__in=ids)
+        .exclude(product_id__in=ids)
+        .values_list("product_id")
+        .annotate(n=Count("pk"))
+        .order_by()
+    )
+    return dict(rows)
+
+
+def _remembered(
+    candidates, memory: dict[int, int], queries: dict[str, np.ndarray]
+) -> dict[str, list[tuple[int, float, str, int]]]:
+    """The remembered partners among ``candidates`` (the picks' filters), per target slot: ``[(product_id,
+    summed score <q_slot, f>, variant_group, times paired)]``, the most often paired first, then the
+    higher score."""
+    if not memory:
+        return {}
+    rows = candidates.filter(product_id__in=list(memory), slot__in=list(queries)).values_list(
+        "product_id", "slot", "compat", "product__variant_group"
+    )
+    out: dict[str, list[tuple[int, float, str, int]]] = {}
+    for pid, slot, vec, variant in rows:
+        score = float(np.dot(queries[slot], np.asarray(vec, dtype=np.float32)))
+        out.setdefault(slot, []).append((pid, score, variant, memory[pid]))
+    for picks in out.values():
+        picks.sort(key=lambda r: (-r[3], -r[1], r[0]))
+    return out
 
 
 def pool_size(k: int, reduce_hubs: bool) -> int:

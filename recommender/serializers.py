@@ -175,9 +175,16 @@ class ProductIdsSerializer(serializers.Serializer):
         return ids
 
 
+class LookHitSerializer(HitSerializer):
+    """A complete-the-look pick: ``worn_with`` counts the training outfits that hold it with the given
+    products (0: the model's own pick)."""
+
+    worn_with = serializers.IntegerField()
+
+
 class SlotPicksSerializer(serializers.Serializer):
     slot = serializers.CharField()
-    hits = HitSerializer(many=True)
+    hits = LookHitSerializer(many=True)
 
 
 class CompatibilitySerializer(serializers.Serializer):

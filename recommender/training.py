@@ -347,7 +347,7 @@ def _evaluate(
             name, heads, feats = incumbent
             heads_by_name[name] = heads
             own[name] = feats
-        results = evaluate_all(data, heads_by_name, features=own)
+        results = evaluate_all(data, heads_by_name, features=own, memory_picks=settings.LOOKS_MEMORY_PICKS)
         plot_data = replace(data, image=features[0], text=features[1])
         write_report(results, artifact.parent, history=result.history, data=plot_data, heads=result.heads)
         metrics = {"evaluation": results}

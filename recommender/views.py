@@ -84,7 +84,14 @@ def _hue(score: float) -> int:
 
 def _scored(hits: Sequence[Hit]) -> list[dict[str, Any]]:
     return [
-        {"product": h.product, "score": h.score, "pct": _pct(h.score), "hue": _hue(h.score)} for h in hits
+        {
+            "product": h.product,
+            "score": h.score,
+            "pct": _pct(h.score),
+            "hue": _hue(h.score),
+            "worn_with": getattr(h, "worn_with", 0),  # complete-the-look: outfits that held it with the item
+        }
+        for h in hits
     ]
 
 

@@ -276,13 +276,20 @@ def test_delete_product_asks_first_then_deletes(merch_client, hm_root, settings,
     assert r.status_code == 302 and not Product.objects.filter(pk=p.pk).exists()
 
 
-def test_save_list_and_delete_a_curated_outfit(merch_client, hm_root, settings, tmp_path):
+def test_save_list_and_delete_a_curated_outfit(
+    merch_client, hm_root, settings, tmp_path, django_capture_on_commit_callbacks
+):
     from catalog.models import Outfit
+    from recommender import answer_cache
 
     settings.MEDIA_ROOT = tmp_path
     a, b = _own_product(hm_root, "OUT-1"), _own_product(hm_root, "OUT-2")
     assert "Save as outfit" in merch_client.get("/outfit", {"ids": f"{a.pk},{b.pk}"}).content.decode()
-    r = merch_client.post("/manage/outfits/new", {"ids": f"{a.pk},{b.pk}", "name": "Test look"})
+    before = answer_cache.generation()
+    with django_capture_on_commit_callbacks(execute=True):
+        r = merch_client.post("/manage/outfits/new", {"ids": f"{a.pk},{b.pk}", "name": "Test look"})
+    # complete-the-look lifts items outfits paired: a new outfit retires the cached answers
+    assert answer_cache.generation() > before
     outfit = Outfit.objects.get(name="Test look")
     assert outfit.source == "curated" and [i.product_id for i in outfit.items.all()] == [a.pk, b.pk]
     html = merch_client.get(r["Location"]).content.decode()
@@ -291,8 +298,11 @@ def test_save_list_and_delete_a_curated_outfit(merch_client, hm_root, settings, 
     assert "The outfit was not saved: an outfit needs at least two distinct products." in (
         merch_client.get(r["Location"]).content.decode()
     )
-    merch_client.post(f"/manage/outfits/{outfit.pk}/delete")
+    before = answer_cache.generation()
+    with django_capture_on_commit_callbacks(execute=True):
+        merch_client.post(f"/manage/outfits/{outfit.pk}/delete")
     assert not Outfit.objects.filter(pk=outfit.pk).exists()
+    assert answer_cache.generation() > before
 
 
 def test_training_form_validates_every_parameter_like_the_api(merch_client):

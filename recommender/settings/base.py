@@ -369,6 +369,11 @@ SEARCH_RELAX = env.bool("SEARCH_RELAX", default=True)
 #: outfit's audience leaves at most this many rows in it (men's bags), instead of an iterative scan of
 #: the slot's HNSW graph that walks past the other audiences' rows (0: always the graph).
 LOOKS_EXACT_MAX_ROWS = env.int("LOOKS_EXACT_MAX_ROWS", default=1_000)
+#: Complete-the-look lifts to the top of each slot at most this many items the training outfits
+#: already paired with the given ones (stylists' outfits, baskets; the most often paired first), then
+#: the model's ranking (``recommender.looks.outfit_memory``; 0: the model's ranking only). The held-out
+#: evaluation's "+ memory" row uses the same number (``ml.evaluate.MEMORY_PICKS``, docs/evaluation.md).
+LOOKS_MEMORY_PICKS = env.int("LOOKS_MEMORY_PICKS", default=3)
 #: MMR diversity: candidate pool = max(MMR_POOL_MIN, MMR_POOL_FACTOR * k) rows from the index.
 MMR_POOL_FACTOR = env.int("MMR_POOL_FACTOR", default=5)
 MMR_POOL_MIN = env.int("MMR_POOL_MIN", default=50)

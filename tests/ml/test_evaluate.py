@@ -142,8 +142,23 @@ def test_evaluate_all_rows_and_determinism() -> None:
     data = make_data()
     tuned = zero_shot_heads(N, 16, seed=5)
     r = evaluate_all(data, {"tuned": tuned}, seed=1)
-    assert list(r) == ["popularity", "attribute-match", "pair-memory", "co-occurrence", "zero-shot", "tuned"]
+    assert list(r) == [
+        "popularity",
+        "attribute-match",
+        "pair-memory",
+        "co-occurrence",
+        "zero-shot",
+        "tuned",
+        "tuned + memory",
+    ]
     assert all(set(row) == set(METRICS) for row in r.values())
+    # the memory row is the model wherever no training outfit paired the items: the matched protocol
+    hybrid, tuned_row = r["tuned + memory"], r["tuned"]
+    assert (hybrid["fitb"], hybrid["auc"], hybrid["mrr"]) == (
+        tuned_row["fitb"],
+        tuned_row["auc"],
+        tuned_row["mrr"],
+    )
     assert r["co-occurrence"]["recall@1"] is None and r["attribute-match"]["p@10_type"] is None
     assert r["zero-shot"]["recall@1"] == pytest.approx(0.8)
     assert evaluate_all(data, {"tuned": tuned}, seed=1) == r

@@ -10,7 +10,14 @@ from ml.audience import AUDIENCE_GROUPS, audience_fits, audience_group, audience
 from ml.dataset import TrainData
 from ml.heads import zero_shot_heads
 from ml.retrieval import complementary_metrics, complementary_set
-from ml.scorers import Scorer, attribute_scorer, heads_scorer, popularity_scorer
+from ml.scorers import (
+    Scorer,
+    attribute_scorer,
+    heads_scorer,
+    memory_first,
+    pair_memory_scorer,
+    popularity_scorer,
+)
 from ml.slots import SLOT_INDEX, missing_slots
 
 TOP, BOTTOM, SHOES = SLOT_INDEX["top"], SLOT_INDEX["bottom"], SLOT_INDEX["shoes"]
@@ -153,3 +160,29 @@ def test_a_scorer_without_a_batched_form_scores_every_item_one_set_at_a_time() -
     rows = pop.items_of_every([np.array([0, 4]), np.array([1])], 10)
     assert rows[0, [1, 2, 3]].tolist() == [4.0, 2.0, 0.0] and rows[1, 6] == 4.0
     assert pop.items_of_every([], 10).shape == (0, 10)
+
+
+def test_memory_first_lifts_the_training_outfits_partners_then_the_model() -> None:
+    """Training outfits [1, 6], [1, 7], [2, 6]: given top 1, bottoms 6 and 7 are remembered once each;
+    with 2 picks per slot both come first (by the model's score between them), with 1 only 7; given
+    top 2 only 6 is remembered. The rest keeps the model's order, and pairs keep the model's score."""
+    data = catalog()
+    weight = np.array([0.5, 0.9, 0.1, 0.0, 0.7, 0.8, 0.3, 0.6, 0.95, 0.2])
+    model = Scorer(lambda a, b: weight[b], every=lambda gs: np.tile(weight, (len(gs), 1)))
+    memory = pair_memory_scorer(data)
+    bottoms = np.array([4, 5, 6, 7])
+
+    def order(hybrid: Scorer, given: int) -> list[int]:
+        return bottoms[np.argsort(-hybrid.items(np.array([given]), bottoms), kind="stable")].tolist()
+
+    two, one = memory_first(model, memory, data.slots, 2), memory_first(model, memory, data.slots, 1)
+    assert order(two, 1) == [7, 6, 5, 4] and order(one, 1) == [7, 5, 4, 6]
+    assert order(two, 2) == [6, 5, 4, 7] and order(one, 2) == [6, 5, 4, 7]
+    assert order(memory_first(model, memory, data.slots, 0), 1) == [5, 4, 7, 6]  # the model alone
+    tops = np.array([0, 1, 2, 3])  # given bottom 6: tops 1 and 2 are remembered, lifted in its own slot
+    assert tops[np.argsort(-two.items(np.array([6]), tops), kind="stable")].tolist() == [1, 2, 0, 3]
+    rows = two.items_of_every([np.array([1]), np.array([2])], 10)
+    assert np.allclose(rows[:, bottoms], [two.items(np.array([g]), bottoms) for g in (1, 2)])
+    assert two.pair(np.array([1, 3]), np.array([6, 6])).tolist() == [0.3, 0.3]  # the model's pair score
+    with pytest.raises(ValueError, match="batched"):
+        memory_first(Scorer(lambda a, b: weight[b]), memory, data.slots, 2)

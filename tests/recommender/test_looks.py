@@ -13,7 +13,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
-from catalog.models import Product
+from catalog.models import Outfit, OutfitItem, Product
 from catalog.selectors import product_audience_group
 from ml.hubness import k_occurrence
 from ml.slots import SLOT_INDEX
@@ -21,6 +21,13 @@ from recommender import hubness, looks, model_cache, selectors
 from recommender.models import ProductEmbedding
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def _model_ranking_only(settings):
+    """These tests check the model's rankings (the audience filter, exact paths, hub offsets): the
+    outfit memory's lifted picks are off unless a test turns them on (the last tests)."""
+    settings.LOOKS_MEMORY_PICKS = 0
 
 
 def _group(p: Product) -> str:
@@ -318,3 +325,72 @@ def test_the_audit_tells_the_shares_a_ranking_could_spread(trained_catalog):
             if item["audience"] != "women" and item["even_spread"] > 0.05:
                 assert item["share"] == pytest.approx(item["even_spread"], abs=0.02), item
     assert "items the lists could spread" in audit_table(report)
+
+
+def _pairs_in_training_outfits() -> list[tuple[Product, Product]]:
+    """(a, b) of every training outfit: other slots, the same audience group, b typed, other variants."""
+    out = []
+    for outfit in Outfit.objects.filter(split=Outfit.Split.TRAIN).prefetch_related("products"):
+        items = list(outfit.products.all())
+        for a in items:
+            for b in items:
+                if (
+                    a.slot != b.slot
+                    and _group(a) == _group(b)
+                    and b.product_type.lower() != "unknown"
+                    and (not a.variant_group or a.variant_group != b.variant_group)
+                ):
+                    out.append((a, b))
+    return out
+
+
+def test_items_the_training_outfits_paired_come_first_and_say_so(trained_catalog, settings):
+    """The model's own first pick is not the partner a training outfit holds; with the outfit memory
+    on, that partner comes first and counts its outfits; off, every pick is the model's."""
+    moved = 0
+    for a, b in _pairs_in_training_outfits()[:40]:
+        settings.LOOKS_MEMORY_PICKS = 0
+        off = looks.complete_the_look(product_ids=[a.pk], k=4, slots=[b.slot])[0].hits
+        assert all(h.worn_with == 0 for h in off)
+        settings.LOOKS_MEMORY_PICKS = 3
+        on = looks.complete_the_look(product_ids=[a.pk], k=4, slots=[b.slot])[0].hits
+        memory = looks.outfit_memory([a.pk])
+        assert on[0].worn_with == max(memory[h.product.pk] for h in on if h.product.pk in memory) >= 1
+        assert on[0].worn_with == memory[on[0].product.pk]
+        ranks = [h.worn_with for h in on]
+        assert ranks == sorted(ranks, reverse=True)  # remembered partners first, then the model's picks
+        moved += off[0].product.pk != on[0].product.pk
+    assert moved >= 5, moved
+
+
+def test_the_outfit_memory_holds_no_held_out_outfit(trained_catalog):
+    """A pair only a held-out outfit holds is not remembered (checked failing without the split filter)."""
+    checked = 0
+    for held in Outfit.objects.filter(split=Outfit.Split.TEST).prefetch_related("products")[:30]:
+        items = [p.pk for p in held.products.all()]
+        x = items[0]
+        trained_with = set(
+            OutfitItem.objects.filter(outfit__split=Outfit.Split.TRAIN, product_id=x).values_list(
+                "outfit__items__product_id", flat=True
+            )
+        )
+        memory = looks.outfit_memory([x])
+        assert set(memory) == trained_with - {x}
+        unseen = set(items[1:]) - trained_with
+        assert not unseen & set(memory)
+        checked += len(unseen)
+    assert checked >= 10, checked
+
+
+def test_the_api_and_the_product_page_say_which_picks_outfits_paired(trained_catalog, settings, client):
+    settings.LOOKS_MEMORY_PICKS = 3
+    api, shown = APIClient(), 0
+    for a, b in _pairs_in_training_outfits()[:10]:
+        body = api.post("/api/complete-the-look/", {"product_ids": [a.pk], "k": 4}, format="json").json()
+        hits = {h["product"]["id"]: h["worn_with"] for sp in body for h in sp["hits"]}
+        memory = looks.outfit_memory([a.pk])
+        assert all(n == 0 or n == memory[pid] for pid, n in hits.items())
+        shown += hits.get(b.pk, 0) >= 1
+    assert shown >= 5, shown
+    page = client.get(f"/products/{a.pk}").content.decode()
+    assert "Paired with this item in" in page

@@ -64,7 +64,8 @@ def test_filtered_similar_items_return_k_rows_of_the_filter(trained_catalog):
     assert len(hits) == 3 and {h.product.slot for h in hits} == {rare}
 
 
-def test_complete_the_look_never_returns_a_given_slot(trained_catalog):
+def test_complete_the_look_never_returns_a_given_slot(trained_catalog, settings):
+    settings.LOOKS_MEMORY_PICKS = 0  # the model's order alone (remembered picks come first)
     top = Product.objects.filter(slot="top").first()
     bottom = Product.objects.filter(slot="bottom").first()
     # the plain order (no hubness re-ranking) is by score; a top and a bottom of any audience

@@ -61,7 +61,9 @@ class Command(BaseCommand):
             own = ml_bridge.own_features(heads[name], model, products, base=(data.image, data.text))
             if own[0] is not data.image:
                 features[name] = own
-        results = evaluate_all(data, heads, seed=opts["seed"], features=features)
+        results = evaluate_all(
+            data, heads, seed=opts["seed"], features=features, memory_picks=settings.LOOKS_MEMORY_PICKS
+        )
         last = next(reversed(heads), None)
         plot_data = (
             replace(data, image=features[last][0], text=features[last][1]) if last in features else data
