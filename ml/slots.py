@@ -78,6 +78,17 @@ _TYPE_TO_SLOT: dict[str, str] = {
     for name in names.split("|")
 }
 
+#: Product groups (lower case) of things nobody wears: filed under ``accessory`` for want of a slot of
+#: their own, never suggested by complete-the-look (``recommender.looks``): a pillow case is no accessory.
+NOT_WORN_GROUPS: tuple[str, ...] = (
+    "cosmetic",
+    "items",
+    "stationery",
+    "garment and shoe care",
+    "home",
+    "beauty",
+)
+
 #: Groups that settle the slot before the type does: a "Pyjama jumpsuit/playsuit" is nightwear.
 _NOT_OUTFIT_GROUPS = {
     "underwear": UNDERWEAR_NIGHTWEAR,
@@ -100,9 +111,7 @@ _GROUP_TO_SLOT = {
     "dresses, jumpsuits and complete set": ONE_PIECE,
     "outerwear": OUTERWEAR,
     # not worn: cosmetics, phone cases, stationery, MANGO Home and Beauty (no slot of their own yet)
-    **dict.fromkeys(
-        ("cosmetic", "items", "stationery", "garment and shoe care", "home", "beauty"), ACCESSORY
-    ),
+    **dict.fromkeys(NOT_WORN_GROUPS, ACCESSORY),
 }
 #: Words of a product's name that make a top or bottom a one-piece: H&M files 27 jumpsuits, playsuits
 #: and dungarees as "Trousers" or "Shorts".

@@ -32,11 +32,14 @@ from django.db.models import Count
 from catalog.models import Outfit, OutfitItem, Product
 from ml.audience import AUDIENCE_GROUPS, audience_fits
 from ml.hubness import rerank
-from ml.slots import BOTTOM, ONE_PIECE, SLOT_INDEX, TOP, missing_slots
+from ml.slots import BOTTOM, NOT_WORN_GROUPS, ONE_PIECE, SLOT_INDEX, TOP, missing_slots
 from recommender import answer_cache
 from recommender.model_cache import heads_for
 from recommender.models import ModelVersion, ProductEmbedding
 from recommender.selectors import Hit, NoActiveModel, UnknownProducts, active_version, ranked_many
+
+#: ``product_group`` values (any case) complete-the-look never suggests (:data:`ml.slots.NOT_WORN_GROUPS`).
+NOT_WORN_PATTERN = "^(" + "|".join(NOT_WORN_GROUPS) + ")$"
 
 
 @dataclass
@@ -114,7 +117,8 @@ def complete_the_look(
     ones (:func:`outfit_memory`, same filters) are lifted to the top, the most often paired first and
     the model's score among equals. With ``audience="match"``
     only items whose audience group fits every given item's are candidates (:func:`audience_filter`,
-    ``audience_group IN (...)`` inside the indexed query).
+    ``audience_group IN (...)`` inside the indexed query). Never a product of unknown type or of a
+    group nobody wears (:data:`NOT_WORN_PATTERN`: home, beauty, stationery).
 
     Args:
         product_ids: the partial outfit (1..8 products).
@@ -157,8 +161,9 @@ def complete_the_look(
         ProductEmbedding.objects.filter(model_version=version)
         .exclude(product_id__in=given)
         .exclude(product__variant_group__in=variants)
-        .exclude(product__product_type__iexact="unknown")
-    )  # untyped source rows make poor picks
+        .exclude(product__product_type__iexact="unknown")  # untyped source rows make poor picks
+        .exclude(product__product_group__iregex=NOT_WORN_PATTERN)  # a pillow case is no accessory
+    )
     if groups is not None:
         candidates = candidates.filter(audience_group__in=groups)
     queries, jobs, exact = {}, [], []

@@ -394,3 +394,20 @@ def test_the_api_and_the_product_page_say_which_picks_outfits_paired(trained_cat
     assert shown >= 5, shown
     page = client.get(f"/products/{a.pk}").content.decode()
     assert "Paired with this item in" in page
+
+
+def test_nothing_nobody_wears_is_suggested(trained_catalog):
+    """A product of a group nobody wears (MANGO's Home: pillow cases, filed under accessory) is never a
+    pick: the slice's accessory pick (its one accessory, a belt), refiled as Home, drops out (rolled back
+    with the test)."""
+    top = _first("women", "top")
+
+    def accessories() -> list[int]:
+        picks = looks.complete_the_look(product_ids=[top.pk], k=4, slots=["accessory"])
+        return [h.product.pk for h in picks[0].hits]
+
+    first = accessories()[0]
+    Product.objects.filter(pk=first).update(product_group="Home")
+    assert first not in accessories()
+    Product.objects.filter(pk=first).update(product_group="HOME")  # any case
+    assert first not in accessories()
