@@ -302,11 +302,17 @@ class FeatureExtractor:
 
     # ------------------------------------------------------------------------------------------------ texts
 
-    def encode_texts(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+    def encode_texts(
+        self,
+        texts: Sequence[str],
+        progress: bool = False,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
         """Encode texts: N strings -> (N, E) float32, unnormalised.
 
         Texts are tokenised with ``bundle.tokenizer`` (truncated to its context length) and run in batches
         of similar length; for Hugging Face text towers, all-padding columns are trimmed off each batch.
+        ``on_batch(texts done, N)`` is called after each batch.
         """
         out = np.zeros((len(texts), self.embed_dim), dtype=np.float32)
         if not texts:
@@ -331,6 +337,8 @@ class FeatureExtractor:
                         y = self.model.encode_text(t.to(self.device))  # (B, E)
                     out[idx.numpy()] = y.float().cpu().numpy()
                 bar.update(len(idx))
+                if on_batch is not None:
+                    on_batch(bar.n, len(texts))
         return out
 
 
@@ -459,12 +467,29 @@ class FeatureCache:
             on_batch(n, n)
         return out
 
-    def get_or_compute_texts(self, extractor: FeatureExtractor, texts: Sequence[str]) -> np.ndarray:
-        """Text features from the cache, encoding only the misses: N texts -> (N, E) float32, unnormalised."""
+    def get_or_compute_texts(
+        self,
+        extractor: FeatureExtractor,
+        texts: Sequence[str],
+        progress: bool = False,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Text features from the cache, encoding only the misses: N texts -> (N, E) float32, unnormalised.
+        ``on_batch(texts done, N)`` as for :meth:`get_or_compute_images` (hits count as done)."""
         keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
-        return self._get_or_compute(
-            "text", extractor, keys, lambda idx: (extractor.encode_texts([texts[i] for i in idx]), []), False
-        )
+        n = len(texts)
+
+        def compute(idx: list[int]) -> tuple[np.ndarray, list[Failure]]:
+            hits = n - len(idx)
+            if on_batch is not None:
+                on_batch(hits, n)
+            done = (lambda k, _: on_batch(hits + k, n)) if on_batch is not None else None
+            return extractor.encode_texts([texts[i] for i in idx], progress=progress, on_batch=done), []
+
+        out = self._get_or_compute("text", extractor, keys, compute, False)
+        if on_batch is not None:
+            on_batch(n, n)
+        return out
 
     def _get_or_compute(
         self,

@@ -130,18 +130,22 @@ class Embedder:
     ):
         """Frozen tower outputs: ``(image (N, E), text (N, E), failed)`` float32, unnormalised.
 
-        ``on_batch(photos done, N)`` is called as the photos are read (cache) and encoded.
+        ``on_batch(inputs done, 2N)`` is called as the photos, then the texts, are read (cache) and
+        encoded: photos count 0..N, texts N..2N.
         """
+        n = len(image_paths)
+        on_img = on_txt = None
+        if on_batch is not None:
+            on_img = lambda done, _: on_batch(done, n + len(texts))  # noqa: E731
+            on_txt = lambda done, _: on_batch(n + done, n + len(texts))  # noqa: E731
         if self.cache is not None:
             img, failed = self.cache.get_or_compute_images(
-                self.extractor, list(image_paths), progress=progress, return_failed=True, on_batch=on_batch
+                self.extractor, list(image_paths), progress=progress, return_failed=True, on_batch=on_img
             )
-            txt = self.cache.get_or_compute_texts(self.extractor, list(texts))
+            txt = self.cache.get_or_compute_texts(self.extractor, list(texts), progress, on_txt)
         else:
-            img, failed = self.extractor.encode_images(
-                list(image_paths), progress=progress, on_batch=on_batch
-            )
-            txt = self.extractor.encode_texts(list(texts))
+            img, failed = self.extractor.encode_images(list(image_paths), progress=progress, on_batch=on_img)
+            txt = self.extractor.encode_texts(list(texts), progress=progress, on_batch=on_txt)
         return img, txt, failed
 
     @torch.no_grad()

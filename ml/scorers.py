@@ -92,10 +92,12 @@ class Scorer:
     def items_of_every(self, givens: Sequence[np.ndarray], n: int) -> np.ndarray:
         """(B, N) float64: :meth:`items` of every one of the N catalog items, for each given set (one
         matrix product per slot where the scorer has ``every``, else one :meth:`items` call per set)."""
+        if not givens:
+            return np.zeros((0, n))
         if self.every is not None:
             return self.every(givens)
         everything = np.arange(n, dtype=np.int64)
-        return np.stack([self.items(g, everything) for g in givens]) if givens else np.zeros((0, n))
+        return np.stack([self.items(g, everything) for g in givens])
 
 
 # -----------------------------------------------------------------------------
@@ -105,7 +107,11 @@ class Scorer:
 def popularity_scorer(data: TrainData) -> Scorer:
     """Popularity: ``pop[a] + pop[b]``, pop = number of training outfits (``data.outfits``) an item is in."""
     pop = item_popularity(data.outfits, len(data.types)).astype(np.float64)  # (N,)
-    return Scorer(lambda a, b: pop[a] + pop[b])
+
+    def every(givens: Sequence[np.ndarray]) -> np.ndarray:  # Σ_i pop[g_i] + K·pop[c]
+        return np.stack([pop[np.asarray(g)].sum() + len(g) * pop for g in givens])
+
+    return Scorer(lambda a, b: pop[a] + pop[b], every=every)
 
 
 def attribute_scorer(data: TrainData) -> Scorer | None:
@@ -113,7 +119,18 @@ def attribute_scorer(data: TrainData) -> Scorer | None:
     attrs = [np.asarray(data.attrs[k]) for k in ATTRIBUTE_KEYS if k in data.attrs]
     if not attrs:
         return None
-    return Scorer(lambda a, b: sum((v[a] == v[b]).astype(np.float64) for v in attrs))
+
+    def every(givens: Sequence[np.ndarray]) -> np.ndarray:
+        # Σ_i Σ_attr [v[c] == v[g_i]] = Σ_attr (how many given items share c's value)
+        out = np.zeros((len(givens), len(attrs[0])))
+        for v in attrs:
+            for b, g in enumerate(givens):
+                values, counts = np.unique(v[np.asarray(g)], return_counts=True)
+                hit = np.searchsorted(values, v).clip(0, len(values) - 1)
+                out[b] += np.where(values[hit] == v, counts[hit], 0)
+        return out
+
+    return Scorer(lambda a, b: sum((v[a] == v[b]).astype(np.float64) for v in attrs), every=every)
 
 
 def pair_memory_scorer(data: TrainData) -> Scorer:
@@ -223,7 +240,12 @@ def cooccurrence_scorer(data: TrainData) -> Scorer:
     _, type_index = np.unique(data.types, return_inverse=True)  # (N,) contiguous type ids
     type_index = type_index.reshape(-1).astype(np.int64)
     logp = cooccurrence_log_prob(data.outfits, type_index, int(type_index.max()) + 1)  # (T, T)
-    return Scorer(lambda a, b: logp[type_index[a], type_index[b]])
+
+    def every(givens: Sequence[np.ndarray]) -> np.ndarray:  # Σ_i logp[t(g_i), t(c)]
+        rows = np.stack([logp[type_index[np.asarray(g)]].sum(0) for g in givens])  # (B, T)
+        return rows[:, type_index]
+
+    return Scorer(lambda a, b: logp[type_index[a], type_index[b]], every=every)
 
 
 def baseline_scorers(data: TrainData) -> dict[str, Scorer]:

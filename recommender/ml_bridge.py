@@ -97,7 +97,7 @@ def tower_features(
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, str]]]:
     """Tower outputs of these products: ``(image (N, E) float32, text (N, E) float32, failed)``;
     ``failed`` lists ``(row, reason)`` for unreadable photos (see :meth:`ml.inference.Embedder.tower_features`).
-    ``on_batch(photos done, N)`` reports how far the photos are.
+    ``on_batch(inputs done, 2N)`` reports how far the photos (0..N), then the texts (N..2N), are.
     """
     paths, texts = product_inputs(products)
     return embedder.tower_features(paths, texts, progress=progress, on_batch=on_batch)

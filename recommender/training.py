@@ -245,8 +245,9 @@ def _features(r: _Run) -> tuple[Embedder, TrainData, list[tuple[int, str]]]:
 
 
 def _feature_progress(r: _Run):
-    """The callback ``on_batch(photos done, N)`` of the features phase: stores ``phase_progress``
-    ``{"phase": "features", "done", "total", "rate" (photos encoded per s), "eta_s"}`` and moves the
+    """The callback ``on_batch(done, 2N)`` of the features phase (photos count 0..N, then texts N..2N):
+    stores ``phase_progress`` ``{"phase": "features", "done", "total", "rate" (inputs encoded per s),
+    "eta_s"}`` and moves the
     run's % from ``PROGRESS["features"]`` towards ``PROGRESS["training"]``, at most every
     :data:`FEATURE_PROGRESS_EVERY_S` seconds (always the last call, done == N)."""
     start: list[float] = []  # (time, done) of the first call: cache hits do not count towards the rate

@@ -187,9 +187,9 @@ def test_feature_cache_computes_only_misses(
         calls.append(len(paths))
         return encode_images(paths, progress, on_batch)
 
-    def count_texts(texts, progress=False):
+    def count_texts(texts, progress=False, on_batch=None):
         calls.append(len(texts))
-        return encode_texts(texts, progress)
+        return encode_texts(texts, progress, on_batch)
 
     monkeypatch.setattr(extractor, "encode_images", count_images)
     monkeypatch.setattr(extractor, "encode_texts", count_texts)
@@ -220,8 +220,12 @@ def test_feature_cache_computes_only_misses(
 
     texts = cache.get_or_compute_texts(extractor, TEXTS[:2])
     calls.clear()
-    texts_again = cache.get_or_compute_texts(extractor, [TEXTS[1], TEXTS[2], TEXTS[0]])
+    reported.clear()
+    texts_again = cache.get_or_compute_texts(
+        extractor, [TEXTS[1], TEXTS[2], TEXTS[0]], on_batch=lambda done, total: reported.append((done, total))
+    )
     assert calls == [1]
+    assert reported[0] == (2, 3) and reported[-1] == (3, 3)  # the two hits count as done
     assert np.array_equal(texts_again[[2, 0]], texts)
 
 

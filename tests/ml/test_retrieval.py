@@ -13,6 +13,7 @@ from ml.retrieval import complementary_metrics, complementary_set
 from ml.scorers import (
     Scorer,
     attribute_scorer,
+    baseline_scorers,
     heads_scorer,
     memory_first,
     pair_memory_scorer,
@@ -156,7 +157,7 @@ def test_heads_items_are_the_summed_pair_scores_and_the_serving_query() -> None:
 
 
 def test_a_scorer_without_a_batched_form_scores_every_item_one_set_at_a_time() -> None:
-    pop = popularity_scorer(catalog())
+    pop = Scorer(popularity_scorer(catalog()).pair)
     rows = pop.items_of_every([np.array([0, 4]), np.array([1])], 10)
     assert rows[0, [1, 2, 3]].tolist() == [4.0, 2.0, 0.0] and rows[1, 6] == 4.0
     assert pop.items_of_every([], 10).shape == (0, 10)
@@ -186,3 +187,13 @@ def test_memory_first_lifts_the_training_outfits_partners_then_the_model() -> No
     assert two.pair(np.array([1, 3]), np.array([6, 6])).tolist() == [0.3, 0.3]  # the model's pair score
     with pytest.raises(ValueError, match="batched"):
         memory_first(Scorer(lambda a, b: weight[b]), memory, data.slots, 2)
+
+
+def test_every_baselines_batched_scores_are_its_summed_pair_scores() -> None:
+    data = catalog()
+    data.attrs["colour"] = np.array([0, 1, 1, 2, 0, 0, 1, 2, 2, 0])
+    sets = [np.array([0, 4]), np.array([1]), np.array([2, 6, 9])]
+    for name, scorer in baseline_scorers(data).items():
+        assert scorer.every is not None, name
+        slow = Scorer(scorer.pair).items_of_every(sets, 10)  # one pair call per given item
+        assert np.allclose(scorer.items_of_every(sets, 10), slow), name

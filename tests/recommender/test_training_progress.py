@@ -50,11 +50,12 @@ def test_features_phase_records_increasing_photo_counts(trained_catalog, merch, 
     run = TrainingRun.objects.get(pk=run_id)
     assert run.status == TrainingRun.Status.SUCCEEDED, run.error
 
-    total = len(ml_bridge.catalog_products())
+    total = 2 * len(ml_bridge.catalog_products())  # photos, then texts
     done = [s["done"] for s in seen]
     assert {s["phase"] for s in seen} == {"features"}
     assert {s["total"] for s in seen} == {total}
     assert len(set(done)) >= 3 and done == sorted(done) and done[-1] == total, seen
+    assert any(0 < d < total // 2 for d in done) and any(total // 2 < d < total for d in done), done
     assert [s["progress"] for s in seen] == sorted(s["progress"] for s in seen)
     assert training.PROGRESS["features"] <= seen[0]["progress"] < seen[-1]["progress"] < 20.0
     assert seen[-1]["rate"] > 0 and seen[-1]["eta_s"] == 0.0
