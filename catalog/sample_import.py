@@ -5,8 +5,10 @@ the summary, the upsert of one product with its photo, and the creation of outfi
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+import itertools
+from collections import Counter, deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 from django.db import transaction
 from tqdm import tqdm
 
-from catalog.images import ImageError, clean_image
+from catalog.images import CleanImage, ImageError, clean_image
 from catalog.models import Outfit, OutfitItem, Product
 from catalog.services import store_image
 
@@ -60,66 +62,89 @@ class SampleRow:
     where: str
 
 
+#: Threads that read, hash, decode and re-encode the next photos while the current product is written
+#: (Pillow releases the GIL while it decodes and encodes), and how many photos they may run ahead.
+PHOTO_THREADS = 2
+PHOTO_LOOKAHEAD = 16
+
+
+@dataclass(frozen=True)
+class _Photo:
+    """A row's photo, made ready off the writing thread: its SHA-256, the cleaned image when the row
+    needs one (new or changed photo), or why the row is skipped."""
+
+    sha: str = ""
+    img: CleanImage | None = None
+    error: str | None = None
+
+
+def _photo(row: SampleRow, existing: Product | None) -> _Photo:
+    """Read and hash the row's photo; decode and re-encode it (:func:`catalog.images.clean_image`) unless
+    ``existing`` already has this very photo. Never raises: a missing or broken photo is ``error``."""
+    try:
+        raw = row.image_path.read_bytes()
+    except OSError as exc:
+        return _Photo(error=f"image missing: {row.image_path} ({exc.strerror})")
+    sha = hashlib.sha256(raw).hexdigest()
+    if existing is not None and sha == existing.image_sha256 and existing.image:
+        return _Photo(sha=sha)
+    try:
+        return _Photo(sha=sha, img=clean_image(raw, name=str(row.image_path)))
+    except ImageError as exc:
+        return _Photo(sha=sha, error=f"broken image: {exc}")
+
+
 def products_upsert_from_files(rows: Sequence[SampleRow], *, summary: ImportSummary, progress: bool) -> None:
-    """Create or update (by SKU) the products of ``rows`` with their photos (:func:`_product_upsert_from_file`
-    each), one query for the existing ones, with a tqdm bar when ``progress``."""
+    """Create or update (by SKU) the products of ``rows`` with their photos (:func:`_product_upsert` each,
+    in order, on this thread), one query for the existing ones, with a tqdm bar when ``progress``.
+
+    The photos are read and cleaned up to :data:`PHOTO_LOOKAHEAD` rows ahead on :data:`PHOTO_THREADS`
+    threads (:func:`_photo`), so decoding overlaps the database writes."""
     existing = {p.sku: p for p in Product.objects.filter(sku__in=[r.sku for r in rows])}
-    for row in tqdm(rows, desc="import products", unit="item", disable=not progress):
-        _product_upsert_from_file(
-            sku=row.sku,
-            values=row.values,
-            image_path=row.image_path,
-            existing=existing.get(row.sku),
-            summary=summary,
-            where=row.where,
-        )
+    with ThreadPoolExecutor(max_workers=PHOTO_THREADS, thread_name_prefix="photo") as pool:
+        ahead: deque[Future[_Photo]] = deque()
+        pending = iter(rows)
+        for row in itertools.islice(pending, PHOTO_LOOKAHEAD):
+            ahead.append(pool.submit(_photo, row, existing.get(row.sku)))
+        for row in tqdm(rows, desc="import products", unit="item", disable=not progress):
+            photo = ahead.popleft().result()
+            nxt = next(pending, None)
+            if nxt is not None:
+                ahead.append(pool.submit(_photo, nxt, existing.get(nxt.sku)))
+            _product_upsert(row, photo, existing=existing.get(row.sku), summary=summary)
 
 
-def _product_upsert_from_file(
-    *,
-    sku: str,
-    values: dict[str, Any],
-    image_path: Path,
-    existing: Product | None,
-    summary: ImportSummary,
-    where: str,
+def _product_upsert(
+    row: SampleRow, photo: _Photo, *, existing: Product | None, summary: ImportSummary
 ) -> None:
-    """Create or update one product from a dataset row and its photo file; count it in ``summary``.
+    """Create or update one product from a dataset row and its prepared photo; count it in ``summary``.
 
-    Unchanged (every field of ``values`` equal and the same photo SHA-256) writes nothing. A new or
-    changed photo is decoded and re-encoded by :func:`catalog.images.clean_image`; a missing or broken
-    photo skips the row with its reason (``summary.skipped``). Created and updated ids are appended to
+    Unchanged (every field of ``row.values`` equal and the same photo SHA-256) writes nothing. A new or
+    changed photo was decoded and re-encoded by :func:`_photo`; a missing or broken photo skips the row
+    with its reason (``summary.skipped``). Created and updated ids are appended to
     ``summary.changed_ids`` (the caller announces them once).
     """
-    try:
-        raw = image_path.read_bytes()
-    except OSError as exc:
-        summary.skipped.append((where, f"image missing: {image_path} ({exc.strerror})"))
+    if photo.error is not None:
+        summary.skipped.append((row.where, photo.error))
         return
     product = existing
-    sha = hashlib.sha256(raw).hexdigest()
-    if product is not None and sha == product.image_sha256 and product.image:
-        if all(getattr(product, k) == v for k, v in values.items()):
+    if photo.img is None:  # the stored photo is this one
+        if all(getattr(product, k) == v for k, v in row.values.items()):
             summary.unchanged += 1
             return
-        for k, v in values.items():
+        for k, v in row.values.items():
             setattr(product, k, v)
         product.save()
         summary.updated += 1
         summary.changed_ids.append(product.pk)
         return
-    try:
-        img = clean_image(raw, name=str(image_path))
-    except ImageError as exc:
-        summary.skipped.append((where, f"broken image: {exc}"))
-        return
     with transaction.atomic():
         is_new = product is None
         if is_new:
-            product = Product(sku=sku)
-        for k, v in values.items():
+            product = Product(sku=row.sku)
+        for k, v in row.values.items():
             setattr(product, k, v)
-        store_image(product, img)
+        store_image(product, photo.img)
         product.save()
     summary.changed_ids.append(product.pk)
     if is_new:

@@ -70,20 +70,27 @@ class Command(BaseCommand):
         call_command("migrate", verbosity=0)
         phase("services+migrate", t)
 
-        t = time.perf_counter()
-        call_command("import_catalog", "hm", opts["data"], limit=opts["limit"] or None)
-        if opts["mango"] and (Path(opts["mango"]) / "products.csv").exists():
-            call_command("import_catalog", "mango", opts["mango"], limit=opts["limit"] or None)
-        elif opts["mango"]:
-            self.stdout.write(f"no MANGO sample at {opts['mango']}: training on the H&M baskets alone")
-        phase("import", t)
-
-        t = time.perf_counter()
+        # the worker starts (imports torch, connects) while the catalog is imported
         (var / "logs").mkdir(parents=True, exist_ok=True)
         worker = runtime.start_worker(
             queues="embedding,training", concurrency=1, logfile=var / "logs" / "worker.log"
         )
         (var / "worker.pid").write_text(str(worker.pid))
+
+        t = time.perf_counter()
+        try:
+            call_command("import_catalog", "hm", opts["data"], limit=opts["limit"] or None)
+            if opts["mango"] and (Path(opts["mango"]) / "products.csv").exists():
+                call_command("import_catalog", "mango", opts["mango"], limit=opts["limit"] or None)
+            elif opts["mango"]:
+                self.stdout.write(f"no MANGO sample at {opts['mango']}: training on the H&M baskets alone")
+        except BaseException:  # a failed or interrupted import leaves no worker behind
+            runtime.stop_worker(worker)
+            (var / "worker.pid").unlink(missing_ok=True)
+            raise
+        phase("import", t)
+
+        t = time.perf_counter()
         if not runtime.wait_for_worker(app, timeout=90):
             raise CommandError(f"the Celery worker did not come up; see {var / 'logs' / 'worker.log'}")
         phase("worker start", t)
