@@ -113,6 +113,7 @@ TABLES: dict[str, tuple[str, ...]] = {
         *CTL_METRICS,
         "n_ctl",
         "n_ctl_novel",
+        "n_ctl_open",
     ),
     "Text→item retrieval and similar items": (*_TEXT, "gallery_size"),
 }
@@ -281,7 +282,8 @@ def evaluate_all(
         rows[name] = evaluate_heads(row_data, heads, seed, held)
         if i == 0 and memory_picks > 0:
             model = heads_scorer(heads, row_data.image, row_data.text, row_data.slots)
-            hybrid = memory_first(model, pair_memory_scorer(data), data.slots, memory_picks)
+            variant = held.ctl.variant  # colour-variant groups, as the site's picks see them
+            hybrid = memory_first(model, pair_memory_scorer(data), data.slots, memory_picks, variant)
             # the pair scores (both protocols) and the text metrics are the model's
             rows[f"{name}{MEMORY_SUFFIX}"] = {
                 **rows[name],

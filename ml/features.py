@@ -322,6 +322,7 @@ class FeatureExtractor:
         pad_id = text_tower.config.pad_token_id if isinstance(text_tower, HFTextEncoder) else None
         lengths = (tokens != (0 if pad_id is None else pad_id)).sum(1)  # (N,)
         order = torch.argsort(lengths, descending=True, stable=True)
+        done = 0
         with tqdm(total=len(texts), unit="text", disable=not progress, desc="texts") as bar:
             for idx in _chunks(order, self.text_batch_size):
                 t = tokens[idx]  # (B, L)
@@ -337,8 +338,9 @@ class FeatureExtractor:
                         y = self.model.encode_text(t.to(self.device))  # (B, E)
                     out[idx.numpy()] = y.float().cpu().numpy()
                 bar.update(len(idx))
+                done += len(idx)  # (a disabled bar does not count)
                 if on_batch is not None:
-                    on_batch(bar.n, len(texts))
+                    on_batch(done, len(texts))
         return out
 
 

@@ -18,6 +18,9 @@ serving's ``<q_t, f_x>`` with ``q_t = Σ_i f_i ⊙ m_{s_i t}²``, ``ml.heads``).
   no training outfit ever paired with a query item (``ml.protocols.known_partners`` of the training
   outfits): the memorisation control of the matched protocol (``novel_subset``) applied here, where a
   pair-memory scorer has nothing to recall and what ranks the answer is content.
+* ``open_recall@10``, ``open_novel_recall@10``: Recall@10 over the *open* queries only, those whose
+  answer's slot the query items leave open (``missing_slots``): the queries complete-the-look answers.
+  The others ask for a second top next to a top, which the site never suggests.
 
 Ties (coarse baselines score many items alike) are broken at random: a rank is the expected rank of x
 among the items tied with it, a recall the expected share, and the items tied at the top-10 cut are
@@ -49,6 +52,8 @@ CTL_METRICS: tuple[str, ...] = (
     "slot_valid@10",
     "novel_recall@10",
     "novel_median_rank",
+    "open_recall@10",
+    "open_novel_recall@10",
 )
 _PICKS = 10
 #: Queries scored together (a (B, N) float64 block: 256 x 21k products is 43 MB).
@@ -67,6 +72,14 @@ class ComplementarySet:
         audience: (N,) int64 group ids (``ml.audience.AUDIENCE_GROUPS``), or None without the attribute.
         novel: (Q,) bool per query: no training outfit holds the answer with any query item.
     """
+
+    @property
+    def open(self) -> np.ndarray:
+        """(Q,) bool per query: the answer's slot is one the query items leave open."""
+        return np.asarray(
+            [bool(o[self.slots[t]]) for o, (_, t) in zip(self.open_slots, self.queries, strict=True)],
+            dtype=bool,
+        )
 
     queries: list[tuple[np.ndarray, int]]
     open_slots: list[np.ndarray]
@@ -142,7 +155,8 @@ def complementary_metrics(
     Returns:
         ``{"ctl_recall@k" for k in ks, "ctl_median_rank", "audience@10" (NaN without an audience
         attribute), "slot_valid@10", "novel_recall@10" (NaN unless 10 in ks), "novel_median_rank"
-        (NaN without a novel query), "n_ctl", "n_ctl_novel": float}``.
+        (NaN without a novel query), "open_recall@10", "open_novel_recall@10" (NaN unless 10 in ks or
+        without such a query), "n_ctl", "n_ctl_novel", "n_ctl_open": float}``.
     """
     rng = np.random.default_rng(seed)
     recalls = {k: [] for k in ks}
@@ -178,6 +192,11 @@ def complementary_metrics(
         float(np.mean(np.asarray(recalls[10])[novel])) if 10 in recalls and novel.any() else math.nan
     )
     out["novel_median_rank"] = float(np.median(np.asarray(ranks)[novel])) if novel.any() else math.nan
+    r10 = np.asarray(recalls[10]) if 10 in recalls else None
+    is_open = cset.open
+    for name, mask in (("open_recall@10", is_open), ("open_novel_recall@10", is_open & novel)):
+        out[name] = float(np.mean(r10[mask])) if r10 is not None and mask.any() else math.nan
     out["n_ctl"] = float(len(cset.queries))
     out["n_ctl_novel"] = float(novel.sum())
+    out["n_ctl_open"] = float(is_open.sum())
     return out

@@ -39,6 +39,7 @@ from scipy import sparse
 from ml.dataset import TrainData
 from ml.heads import RecommenderHeads
 from ml.protocols import PairFn, item_popularity
+from ml.slots import SLOT_INDEX, SLOTS, missing_slots
 
 __all__ = [
     "ATTRIBUTE_KEYS",
@@ -168,16 +169,20 @@ def pair_memory_scorer(data: TrainData) -> Scorer:
 MEMORY_WEIGHT = 1e4
 
 
-def memory_first(model: Scorer, memory: Scorer, slots: np.ndarray, picks: int) -> Scorer:
-    """Complete-the-look as the site serves it with ``LOOKS_MEMORY_PICKS = picks``: in each slot, the
-    ``picks`` items the training outfits paired most often with the given ones (the model's score
-    breaking ties) first, then every other item of the slot in the model's order.
+def memory_first(
+    model: Scorer, memory: Scorer, slots: np.ndarray, picks: int, variant: np.ndarray | None = None
+) -> Scorer:
+    """Complete-the-look as the site serves it with ``LOOKS_MEMORY_PICKS = picks``: in each slot the
+    given items still miss (``ml.slots.missing_slots``), the ``picks`` items the training outfits paired
+    most often with the given ones (the model's score breaking ties; never a given item or a colour
+    variant of one; one item per variant group) first, then every other item in the model's order.
 
     Args:
         model: the learned row's scorer (needs ``every``).
         memory: :func:`pair_memory_scorer` of the training outfits (needs ``every``).
-        slots: (N,) int64 slot of every item.
+        slots: (N,) int64 slot index (``ml.slots.SLOTS``) of every item.
         picks: remembered items lifted per slot (0: the model alone).
+        variant: (N,) int64 colour-variant group of every item (default: every item its own group).
 
     Returns:
         A :class:`Scorer` whose ``pair`` is the model's (an outfit's score stays the model's; the
@@ -191,7 +196,23 @@ def memory_first(model: Scorer, memory: Scorer, slots: np.ndarray, picks: int) -
     if picks < 0:
         raise ValueError(f"picks must be >= 0 (got {picks})")
     slots = np.asarray(slots, dtype=np.int64)
-    by_slot = [np.flatnonzero(slots == s) for s in np.unique(slots)]
+    variant = np.arange(len(slots)) if variant is None else np.asarray(variant, dtype=np.int64)
+
+    def lift(given: np.ndarray, counts: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """The items to lift for one given set, best first: (≤ picks · slots,) int64."""
+        given = np.asarray(given, dtype=np.int64)
+        open_slots = [SLOT_INDEX[x] for x in missing_slots(SLOTS[int(t)] for t in slots[given])]
+        known = np.flatnonzero(counts > 0)
+        known = known[~np.isin(variant[known], variant[given]) & np.isin(slots[known], open_slots)]
+        order = known[np.lexsort((-scores[known], -counts[known]))]  # by count, then the model
+        out, taken, seen = [], {}, set()
+        for item in order.tolist():
+            s = int(slots[item])
+            if taken.get(s, 0) < picks and int(variant[item]) not in seen:
+                seen.add(int(variant[item]))
+                taken[s] = taken.get(s, 0) + 1
+                out.append(item)
+        return np.asarray(out, dtype=np.int64)
 
     def every(givens: Sequence[np.ndarray]) -> np.ndarray:
         scores = model.every(givens)  # (B, N)
@@ -199,12 +220,9 @@ def memory_first(model: Scorer, memory: Scorer, slots: np.ndarray, picks: int) -
             return scores
         counts = memory.every(givens)  # (B, N) times paired in training outfits
         lifted = scores.copy()
-        rows = np.arange(len(givens))[:, None]
-        for idx in by_slot:
-            order = counts[:, idx] * MEMORY_WEIGHT + scores[:, idx]  # (B, G) by count, then the model
-            m = min(picks, len(idx))
-            top = idx[np.argpartition(-order, m - 1, axis=1)[:, :m]]  # (B, m) each row's best m
-            lifted[rows, top] += np.where(counts[rows, top] > 0, MEMORY_WEIGHT * (1 + counts[rows, top]), 0.0)
+        for b, given in enumerate(givens):
+            top = lift(given, counts[b], scores[b])
+            lifted[b, top] += MEMORY_WEIGHT * (1 + counts[b, top])
         return lifted
 
     def summed(given: np.ndarray, candidates: np.ndarray) -> np.ndarray:

@@ -81,12 +81,8 @@ _TYPE_TO_SLOT: dict[str, str] = {
 #: Product groups (lower case) of things nobody wears: filed under ``accessory`` for want of a slot of
 #: their own, never suggested by complete-the-look (``recommender.looks``): a pillow case is no accessory.
 NOT_WORN_GROUPS: tuple[str, ...] = (
-    "cosmetic",
-    "items",
-    "stationery",
-    "garment and shoe care",
-    "home",
-    "beauty",
+    *("cosmetic", "items", "stationery", "garment and shoe care", "home", "beauty"),
+    *("interior textile", "furniture"),  # in H&M's full catalog
 )
 
 #: Groups that settle the slot before the type does: a "Pyjama jumpsuit/playsuit" is nightwear.

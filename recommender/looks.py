@@ -21,6 +21,7 @@ import contextlib
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -39,13 +40,13 @@ from recommender.models import ModelVersion, ProductEmbedding
 from recommender.selectors import Hit, NoActiveModel, UnknownProducts, active_version, ranked_many
 
 #: ``product_group`` values (any case) complete-the-look never suggests (:data:`ml.slots.NOT_WORN_GROUPS`).
-NOT_WORN_PATTERN = "^(" + "|".join(NOT_WORN_GROUPS) + ")$"
+NOT_WORN_PATTERN = r"^\s*(" + "|".join(NOT_WORN_GROUPS) + r")\s*$"
 
 
 @dataclass
 class LookHit(Hit):
-    """A complete-the-look pick: ``worn_with`` training outfits hold it with the given items (0: the
-    model's pick alone)."""
+    """A complete-the-look pick: ``worn_with`` training outfits hold it and at least one of the given
+    items (0: none; with ``LOOKS_MEMORY_PICKS`` 0 always 0)."""
 
     worn_with: int = 0
 
@@ -186,8 +187,7 @@ def complete_the_look(
         first = _distinct_variants([(pid, v, var) for pid, v, var, _ in remembered.get(slot, [])])[:lift]
         model = [(rows[i][0], rows[i][1], rows[i][3]) for i in order]
         picks = _distinct_variants(first + model)[:k]
-        worn = {pid: memory[pid] for pid, _, _ in first}
-        chosen.append([(pid, v, worn.get(pid, 0)) for pid, v, _ in picks])
+        chosen.append([(pid, v, memory[pid].outfits if pid in memory else 0) for pid, v, _ in picks])
     products = Product.objects.in_bulk([pid for picks in chosen for pid, _, _ in picks])  # k per slot
     return [
         SlotPicks(
@@ -198,24 +198,32 @@ def complete_the_look(
     ]
 
 
-def outfit_memory(product_ids: Sequence[int]) -> dict[int, int]:
+class Paired(NamedTuple):
+    """How the training outfits paired a product with the given ones: ``pairs`` = Σ_i outfits holding
+    it and given item i (the order; ``ml.scorers.pair_memory_scorer`` in the evaluation), ``outfits`` =
+    outfits holding it and at least one given item (what the card says)."""
+
+    pairs: int
+    outfits: int
+
+
+def outfit_memory(product_ids: Sequence[int]) -> dict[int, Paired]:
     """How often the training outfits (``Outfit.split`` train; the held-out ones stay unseen, as in
-    training) paired each product with the given ones: ``{product_id: Σ_i outfits holding it and
-    product_ids[i]}``, the given products left out. ``ml.scorers.pair_memory_scorer`` is the same count
-    in the evaluation. One grouped query over ``catalog_outfititem``."""
+    training) paired each product with the given ones: ``{product_id: Paired}``, the given products
+    left out. One grouped query over ``catalog_outfititem``."""
     ids = [int(i) for i in product_ids]
     rows = (
         OutfitItem.objects.filter(outfit__split=Outfit.Split.TRAIN, outfit__items__product_id__in=ids)
         .exclude(product_id__in=ids)
         .values_list("product_id")
-        .annotate(n=Count("pk"))
+        .annotate(pairs=Count("pk"), outfits=Count("outfit_id", distinct=True))
         .order_by()
     )
-    return dict(rows)
+    return {pid: Paired(pairs, outfits) for pid, pairs, outfits in rows}
 
 
 def _remembered(
-    candidates, memory: dict[int, int], queries: dict[str, np.ndarray]
+    candidates, memory: dict[int, Paired], queries: dict[str, np.ndarray]
 ) -> dict[str, list[tuple[int, float, str, int]]]:
     """The remembered partners among ``candidates`` (the picks' filters), per target slot: ``[(product_id,
     summed score <q_slot, f>, variant_group, times paired)]``, the most often paired first, then the
@@ -228,7 +236,7 @@ def _remembered(
     out: dict[str, list[tuple[int, float, str, int]]] = {}
     for pid, slot, vec, variant in rows:
         score = float(np.dot(queries[slot], np.asarray(vec, dtype=np.float32)))
-        out.setdefault(slot, []).append((pid, score, variant, memory[pid]))
+        out.setdefault(slot, []).append((pid, score, variant, memory[pid].pairs))
     for picks in out.values():
         picks.sort(key=lambda r: (-r[3], -r[1], r[0]))
     return out

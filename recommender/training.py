@@ -249,7 +249,7 @@ def _feature_progress(r: _Run):
     stores ``phase_progress`` ``{"phase": "features", "done", "total", "rate" (inputs encoded per s),
     "eta_s"}`` and moves the
     run's % from ``PROGRESS["features"]`` towards ``PROGRESS["training"]``, at most every
-    :data:`FEATURE_PROGRESS_EVERY_S` seconds (always the last call, done == N)."""
+    :data:`FEATURE_PROGRESS_EVERY_S` seconds (always the last call, done == total)."""
     start: list[float] = []  # (time, done) of the first call: cache hits do not count towards the rate
     last = [float("-inf")]
     span = PROGRESS["training"] - PROGRESS["features"] - 1.0

@@ -189,6 +189,24 @@ def test_memory_first_lifts_the_training_outfits_partners_then_the_model() -> No
         memory_first(Scorer(lambda a, b: weight[b]), memory, data.slots, 2)
 
 
+def test_memory_first_lifts_only_what_the_site_could_suggest() -> None:
+    """Training outfits [1, 2, 4] and [1, 5, 6]: given top 1, top 2 is remembered but the look has a top
+    (no lift); bottoms 4 and 5 are one product in two colours (one lift, the more often paired first);
+    given bottom 4, its own colour variant 5 is never lifted."""
+    data = catalog()
+    data = TrainData(**{**data.__dict__, "outfits": [np.array([1, 2, 4]), np.array([1, 5, 6])]})
+    variant = np.asarray(data.attrs["variant"])
+    weight = np.array([0.5, 0.9, 0.1, 0.0, 0.7, 0.8, 0.3, 0.6, 0.95, 0.2])
+    model = Scorer(lambda a, b: weight[b], every=lambda gs: np.tile(weight, (len(gs), 1)))
+    hybrid = memory_first(model, pair_memory_scorer(data), data.slots, 3, variant)
+    row = hybrid.items_of_every([np.array([1])], 10)[0]
+    assert row[2] == weight[2] and row[3] == weight[3]  # tops: the model's scores, nothing lifted
+    lifted = [i for i in range(10) if row[i] > 1]
+    assert lifted == [5, 6]  # 5 (0.8) over its variant 4 (0.7), both paired once; 6 paired once
+    row4 = hybrid.items_of_every([np.array([4])], 10)[0]
+    assert row4[5] == weight[5]  # 4's own colour variant
+
+
 def test_every_baselines_batched_scores_are_its_summed_pair_scores() -> None:
     data = catalog()
     data.attrs["colour"] = np.array([0, 1, 1, 2, 0, 0, 1, 2, 2, 0])
@@ -197,3 +215,17 @@ def test_every_baselines_batched_scores_are_its_summed_pair_scores() -> None:
         assert scorer.every is not None, name
         slow = Scorer(scorer.pair).items_of_every(sets, 10)  # one pair call per given item
         assert np.allclose(scorer.items_of_every(sets, 10), slow), name
+
+
+def test_open_queries_are_those_whose_answer_slot_the_look_misses() -> None:
+    """Held-out outfit [0, 1, 4] (two tops and a bottom): asking for top 0 or top 1 next to the other
+    top is a question complete-the-look never answers (the look has a top); asking for bottom 4 is."""
+    data = catalog()
+    data.test_outfits[:] = [np.array([0, 1, 4])]
+    cset = complementary_set(data)
+    assert [t for _, t in cset.queries] == [0, 1, 4] and cset.open.tolist() == [False, False, True]
+    weight = np.array([0.5, 0.9, 0.1, 0.0, 0.2, 0.8, 0.3, 0.6, 0.95, 0.99])
+    m = complementary_metrics(Scorer(lambda a, b: weight[b]), cset, ks=(1, 10))
+    # tops 0 and 1 each rank first among the tops left (recall@1 1); bottom 4 (0.2) last of 4, 6, 7 (0)
+    assert m["ctl_recall@1"] == pytest.approx(2 / 3)
+    assert m["open_recall@10"] == 1.0 and m["n_ctl_open"] == 1  # the one open query, within 10

@@ -355,8 +355,8 @@ def test_items_the_training_outfits_paired_come_first_and_say_so(trained_catalog
         settings.LOOKS_MEMORY_PICKS = 3
         on = looks.complete_the_look(product_ids=[a.pk], k=4, slots=[b.slot])[0].hits
         memory = looks.outfit_memory([a.pk])
-        assert on[0].worn_with == max(memory[h.product.pk] for h in on if h.product.pk in memory) >= 1
-        assert on[0].worn_with == memory[on[0].product.pk]
+        assert on[0].worn_with == max(memory[h.product.pk].outfits for h in on if h.product.pk in memory) >= 1
+        assert on[0].worn_with == memory[on[0].product.pk].outfits
         ranks = [h.worn_with for h in on]
         assert ranks == sorted(ranks, reverse=True)  # remembered partners first, then the model's picks
         moved += off[0].product.pk != on[0].product.pk
@@ -382,6 +382,28 @@ def test_the_outfit_memory_holds_no_held_out_outfit(trained_catalog):
     assert checked >= 10, checked
 
 
+def test_the_outfit_memory_counts_pairs_and_outfits_by_hand(trained_catalog):
+    """Two given items: ``pairs`` sums each one's shared training outfits, ``outfits`` counts an outfit
+    holding both once (a join that multiplied rows would fail here)."""
+    train = {
+        o.pk: {p.pk for p in o.products.all()}
+        for o in Outfit.objects.filter(split=Outfit.Split.TRAIN).prefetch_related("products")
+    }
+    x, y = next((a, b) for items in train.values() if len(items) >= 3 for a, b in [sorted(items)[:2]])
+    pairs: Counter[int] = Counter()
+    outfits: Counter[int] = Counter()
+    for items in train.values():
+        held = items & {x, y}
+        for pid in items - {x, y}:
+            pairs[pid] += len(held)
+            outfits[pid] += bool(held)
+    memory = looks.outfit_memory([x, y])
+    assert {pid: (p.pairs, p.outfits) for pid, p in memory.items()} == {
+        pid: (pairs[pid], outfits[pid]) for pid in pairs if pairs[pid]
+    }
+    assert any(p.pairs > p.outfits for p in memory.values())  # an outfit with both counts twice in pairs
+
+
 def test_the_api_and_the_product_page_say_which_picks_outfits_paired(trained_catalog, settings, client):
     settings.LOOKS_MEMORY_PICKS = 3
     api, shown = APIClient(), 0
@@ -389,7 +411,7 @@ def test_the_api_and_the_product_page_say_which_picks_outfits_paired(trained_cat
         body = api.post("/api/complete-the-look/", {"product_ids": [a.pk], "k": 4}, format="json").json()
         hits = {h["product"]["id"]: h["worn_with"] for sp in body for h in sp["hits"]}
         memory = looks.outfit_memory([a.pk])
-        assert all(n == 0 or n == memory[pid] for pid, n in hits.items())
+        assert all(n == (memory[pid].outfits if pid in memory else 0) for pid, n in hits.items())
         shown += hits.get(b.pk, 0) >= 1
         if hits.get(b.pk, 0) >= 1:
             paired = a

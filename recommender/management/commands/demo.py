@@ -9,6 +9,7 @@ a bounded PostgreSQL pool per process) with ``DEBUG`` off unless ``--debug`` (lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -70,6 +71,9 @@ class Command(BaseCommand):
         call_command("migrate", verbosity=0)
         phase("services+migrate", t)
 
+        # a run an earlier demo left queued or running would start on the half-imported catalog
+        busy = TrainingRun.objects.filter(status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING])
+        busy.update(status=TrainingRun.Status.FAILED, error="abandoned: a new demo run started")
         # the worker starts (imports torch, connects) while the catalog is imported
         (var / "logs").mkdir(parents=True, exist_ok=True)
         worker = runtime.start_worker(
@@ -85,8 +89,9 @@ class Command(BaseCommand):
             elif opts["mango"]:
                 self.stdout.write(f"no MANGO sample at {opts['mango']}: training on the H&M baskets alone")
         except BaseException:  # a failed or interrupted import leaves no worker behind
-            runtime.stop_worker(worker)
-            (var / "worker.pid").unlink(missing_ok=True)
+            with contextlib.suppress(Exception):  # the import's error is the one to report
+                runtime.stop_worker(worker)
+                (var / "worker.pid").unlink(missing_ok=True)
             raise
         phase("import", t)
 
@@ -96,8 +101,6 @@ class Command(BaseCommand):
         phase("worker start", t)
 
         t = time.perf_counter()
-        busy = TrainingRun.objects.filter(status__in=[TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING])
-        busy.update(status=TrainingRun.Status.FAILED, error="abandoned: a new demo run started")
         run = training_run_start(params={"epochs": opts["epochs"]})
         self.stdout.write(
             f"training run {run.pk} queued on Celery; worker log: {var / 'logs' / 'worker.log'}"
