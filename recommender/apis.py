@@ -8,6 +8,7 @@ Views only validate input and call selectors/services; what every endpoint share
 
 from __future__ import annotations
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, status
 from rest_framework.exceptions import ValidationError
@@ -165,7 +166,8 @@ class CompleteTheLookApi(APIView):
                 raise unknown_ids_are_400(exc) from exc
             return s.SlotPicksSerializer(picks, many=True).data
 
-        params = {"ids": sorted(ids), "k": k, "audience": audience}
+        # the remembered picks change the answer: a changed LOOKS_MEMORY_PICKS never serves an older one
+        params = {"ids": sorted(ids), "k": k, "audience": audience, "memory": settings.LOOKS_MEMORY_PICKS}
         return Response(cached_answer(name="complete", params=params, compute=compute))
 
 
@@ -194,7 +196,7 @@ class CompatibilityApi(APIView):
                 raise unknown_ids_are_400(exc) from exc
             return s.CompatibilitySerializer(result).data
 
-        params = {"ids": ids, "audience": audience}
+        params = {"ids": ids, "audience": audience, "memory": settings.LOOKS_MEMORY_PICKS}  # the swap's picks
         return Response(cached_answer(name="compatibility", params=params, compute=compute))
 
 

@@ -436,3 +436,18 @@ def test_nothing_nobody_wears_is_suggested(trained_catalog):
     assert first not in accessories()
     Product.objects.filter(pk=first).update(product_group="HOME")  # any case
     assert first not in accessories()
+
+
+def test_a_changed_memory_setting_never_serves_a_cached_answer(trained_catalog, settings):
+    settings.RECOMMENDATION_CACHE_SECONDS = 60
+    a, _ = _pairs_in_training_outfits()[0]
+    api = APIClient()
+
+    def counts() -> list[int]:
+        body = api.post("/api/complete-the-look/", {"product_ids": [a.pk], "k": 4}, format="json").json()
+        return [h["worn_with"] for sp in body for h in sp["hits"]]
+
+    settings.LOOKS_MEMORY_PICKS = 3
+    assert any(counts())
+    settings.LOOKS_MEMORY_PICKS = 0  # cached under the other setting: computed again
+    assert not any(counts())

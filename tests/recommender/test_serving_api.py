@@ -194,7 +194,7 @@ def test_hot_answers_come_from_the_cache_keyed_by_model_version(trained_catalog,
         second = api.get(url, {"k": 3, "colour": "black"}).json()
     assert second == first
     assert len(warm) == 1 < len(cold)  # only the active-version lookup
-    params = {"ids": _ids(2), "audience": "match"}
+    params = {"ids": _ids(2), "audience": "match", "memory": settings.LOOKS_MEMORY_PICKS}
     key = apis._cache_key(version=trained_catalog, name="compatibility", params=params)
     cache.set(key, {"sentinel": True}, 60)  # proves the API answers from this key
     assert api.post("/api/compatibility/", {"product_ids": _ids(2)}, format="json").json() == {
