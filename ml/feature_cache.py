@@ -126,19 +126,13 @@ class FeatureCache:
             ``return_failed``: ``(features, failed)`` as in :meth:`ml.features.FeatureExtractor.encode_images`.
         """
         keys = [_file_sha256(p) for p in paths]  # None: unreadable, left to the extractor to report
-        n = len(paths)
 
-        def compute(idx: list[int]) -> tuple[np.ndarray, list[Failure]]:
-            hits = n - len(idx)  # cached or sharing a file content with an encoded one
-            if on_batch is not None:
-                on_batch(hits, n)
-            done = (lambda k, _: on_batch(hits + k, n)) if on_batch is not None else None
+        def compute(
+            idx: list[int], done: Callable[[int, int], None] | None
+        ) -> tuple[np.ndarray, list[Failure]]:
             return extractor.encode_images([paths[i] for i in idx], progress=progress, on_batch=done)
 
-        out = self._get_or_compute("image", extractor, keys, compute, return_failed)
-        if on_batch is not None:
-            on_batch(n, n)
-        return out
+        return self._get_or_compute("image", extractor, keys, compute, return_failed, on_batch)
 
     def get_or_compute_texts(
         self,
@@ -150,28 +144,27 @@ class FeatureCache:
         """Text features from the cache, encoding only the misses: N texts -> (N, E) float32, unnormalised.
         ``on_batch(texts done, N)`` as for :meth:`get_or_compute_images` (hits count as done)."""
         keys = [hashlib.sha256(t.encode("utf-8")).hexdigest() for t in texts]
-        n = len(texts)
 
-        def compute(idx: list[int]) -> tuple[np.ndarray, list[Failure]]:
-            hits = n - len(idx)
-            if on_batch is not None:
-                on_batch(hits, n)
-            done = (lambda k, _: on_batch(hits + k, n)) if on_batch is not None else None
+        def compute(
+            idx: list[int], done: Callable[[int, int], None] | None
+        ) -> tuple[np.ndarray, list[Failure]]:
             return extractor.encode_texts([texts[i] for i in idx], progress=progress, on_batch=done), []
 
-        out = self._get_or_compute("text", extractor, keys, compute, False)
-        if on_batch is not None:
-            on_batch(n, n)
-        return out
+        return self._get_or_compute("text", extractor, keys, compute, False, on_batch)
 
     def _get_or_compute(
         self,
         kind: str,
         extractor: TowerEncoder,
         keys: list[str | None],
-        compute: Callable[[list[int]], tuple[np.ndarray, list[Failure]]],
+        compute: Callable[[list[int], Callable[[int, int], None] | None], tuple[np.ndarray, list[Failure]]],
         return_failed: bool,
+        on_batch: Callable[[int, int], None] | None = None,
     ) -> np.ndarray | tuple[np.ndarray, list[Failure]]:
+        """Read the cache, ``compute(missing input indices, on encoded (k, _))`` the misses (each key once)
+        and store them. ``on_batch(done, N)``: once with the hits before encoding, after each encoded
+        batch, and (done == N) at the end."""
+        n = len(keys)
         dim = extractor.embed_dim
         out = np.zeros((len(keys), dim), dtype=np.float32)  # (N, E)
         cached = self.get(extractor.model_id, kind, [k for k in keys if k is not None], dim)
@@ -189,7 +182,12 @@ class FeatureCache:
         failed: list[Failure] = []
         todo = [members[0] for members in groups.values()] + unreadable
         if todo:
-            feats, bad = compute(todo)  # (len(todo), E), failures indexed into todo
+            hits = n - len(todo)  # cached or sharing a key with an encoded input
+            done = None
+            if on_batch is not None:
+                on_batch(hits, n)
+                done = lambda k, _: on_batch(hits + k, n)  # noqa: E731
+            feats, bad = compute(todo, done)  # (len(todo), E), failures indexed into todo
             reasons = dict(bad)
             new: dict[str, np.ndarray] = {}
             for j, i in enumerate(todo):
@@ -203,6 +201,8 @@ class FeatureCache:
                         new[k] = feats[j]
             self.put(extractor.model_id, kind, new)
         failed.sort()
+        if on_batch is not None:
+            on_batch(n, n)
         return (out, failed) if return_failed else out
 
 
