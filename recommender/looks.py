@@ -184,7 +184,7 @@ def complete_the_look(
     for slot, rows in zip(targets, ranked, strict=True):
         mean = np.asarray([v / n for _, v, _, _ in rows], dtype=np.float64)  # (P,) mean pair score
         order = rerank(scores=mean, hub=np.asarray([r[2] for r in rows]), beta=beta) if rows else []
-        first = _distinct_variants([(pid, v, var) for pid, v, var, _ in remembered.get(slot, [])])[:lift]
+        first = _distinct_variants(remembered.get(slot, []))[:lift]
         model = [(rows[i][0], rows[i][1], rows[i][3]) for i in order]
         picks = _distinct_variants(first + model)[:k]
         chosen.append([(pid, v, memory[pid].outfits if pid in memory else 0) for pid, v, _ in picks])
@@ -224,21 +224,21 @@ def outfit_memory(product_ids: Sequence[int]) -> dict[int, Paired]:
 
 def _remembered(
     candidates, memory: dict[int, Paired], queries: dict[str, np.ndarray]
-) -> dict[str, list[tuple[int, float, str, int]]]:
+) -> dict[str, list[tuple[int, float, str]]]:
     """The remembered partners among ``candidates`` (the picks' filters), per target slot: ``[(product_id,
-    summed score <q_slot, f>, variant_group, times paired)]``, the most often paired first, then the
+    summed score <q_slot, f>, variant_group)]``, the most often paired first (``Paired.pairs``), then the
     higher score."""
     if not memory:
         return {}
     rows = candidates.filter(product_id__in=list(memory), slot__in=list(queries)).values_list(
         "product_id", "slot", "compat", "product__variant_group"
     )
-    out: dict[str, list[tuple[int, float, str, int]]] = {}
+    out: dict[str, list[tuple[int, float, str]]] = {}
     for pid, slot, vec, variant in rows:
         score = float(np.dot(queries[slot], np.asarray(vec, dtype=np.float32)))
-        out.setdefault(slot, []).append((pid, score, variant, memory[pid].pairs))
+        out.setdefault(slot, []).append((pid, score, variant))
     for picks in out.values():
-        picks.sort(key=lambda r: (-r[3], -r[1], r[0]))
+        picks.sort(key=lambda r: (-memory[r[0]].pairs, -r[1], r[0]))
     return out
 
 
