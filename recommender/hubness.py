@@ -4,8 +4,11 @@ vectors are written, so that complete-the-look stops suggesting the same few ite
 
 For each outfit slot, every product of the catalog whose slot asks for it (a top asks for a bottom)
 is a query, scored against the slot's candidates as complete-the-look scores them (the type-aware pair
-score, the default audience rule, never a colour variant of the query); each candidate's offset is its
-price in "no candidate fills more than ``HUBNESS_MAX_SHARE`` of the top-``HUBNESS_K`` lists". A full
+score, the default audience rule, never a colour variant of the query, never a product nobody wears);
+each candidate's offset is its price in "no candidate fills more than ``HUBNESS_MAX_SHARE`` of the
+top-``HUBNESS_K`` lists". The items the outfit memory lifts above the model's order
+(``LOOKS_MEMORY_PICKS``, :func:`recommender.looks.outfit_memory`) hold their places in those lists at
+any price, so they count in the shares and the prices make room around them. A full
 write (a training run embeds the whole catalog) prices every product; a partial write (an upload, an
 edit) prices the written products against the stored prices of the others, which it leaves as they are
 until the next full write or :func:`hub_scores_refresh`.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +28,12 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db import connection, transaction
 
-from catalog.models import Product
+from catalog.models import Outfit, OutfitItem, Product
 from catalog.selectors import product_audience_group
 from ml.hubness import capacity_offsets, even_spread_shares, pooled
 from ml.slots import OUTFIT_SLOTS, SLOT_INDEX, missing_slots
 from recommender import answer_cache
-from recommender.looks import audience_filter
+from recommender.looks import NOT_WORN_PATTERN, audience_filter
 from recommender.model_cache import heads_for
 from recommender.models import ModelVersion, ProductEmbedding
 
@@ -44,7 +48,8 @@ class _Catalog:
     slot: np.ndarray  # (N,) str
     group: np.ndarray  # (N,) str audience group
     variant: np.ndarray  # (N,) str variant group (the product's own key when it has none)
-    typed: np.ndarray  # (N,) bool: product type known (untyped products are never picks)
+    pid: np.ndarray  # (N,) int64 product ids
+    typed: np.ndarray  # (N,) bool: a possible pick (type known, a group people wear)
     hub: np.ndarray  # (N,) float32 current offsets
     free: np.ndarray  # (N,) bool: the offsets being computed (the products being written)
 
@@ -62,9 +67,10 @@ def _catalog(
             written[int(product_ids[i])].slot,
             product_audience_group(product=written[int(product_ids[i])]),
             written[int(product_ids[i])].variant_group or f"pk-{product_ids[i]}",
-            written[int(product_ids[i])].product_type.lower() != "unknown",
+            _pickable(written[int(product_ids[i])].product_type, written[int(product_ids[i])].product_group),
             0.0,
             True,
+            int(product_ids[i]),
         )
         for i in keep
     ]
@@ -76,6 +82,7 @@ def _catalog(
         "hub_score",
         "product__variant_group",
         "product__product_type",
+        "product__product_group",
     )
     ids = {int(p) for p in product_ids}
     rows += [
@@ -84,11 +91,12 @@ def _catalog(
             slot,
             group,
             variant or f"pk-{pid}",
-            ptype.lower() != "unknown",
+            _pickable(ptype, pgroup),
             hub,
             False,
+            pid,
         )
-        for pid, vec, slot, group, hub, variant, ptype in stored
+        for pid, vec, slot, group, hub, variant, ptype, pgroup in stored
         if pid not in ids
     ]
     dim = compat.shape[1]
@@ -97,10 +105,66 @@ def _catalog(
         slot=np.asarray([r[1] for r in rows], dtype=object),
         group=np.asarray([r[2] for r in rows], dtype=object),
         variant=np.asarray([r[3] for r in rows], dtype=object),
+        pid=np.asarray([r[7] for r in rows], dtype=np.int64),
         typed=np.asarray([r[4] for r in rows], dtype=bool),
         hub=np.asarray([r[5] for r in rows], dtype=np.float32),
         free=np.asarray([r[6] for r in rows], dtype=bool),
     ), keep
+
+
+_NOT_WORN = re.compile(NOT_WORN_PATTERN, re.IGNORECASE)
+
+
+def _pickable(product_type: str, product_group: str) -> bool:
+    """May complete-the-look pick this product (its query's filters: a known type, a group people wear)?"""
+    return product_type.lower() != "unknown" and not _NOT_WORN.match(product_group or "")
+
+
+def training_pairs() -> dict[int, dict[int, int]]:
+    """``{a: {b: n}}``: the number of training outfits that hold both products a and b (a ≠ b), the
+    count :func:`recommender.looks.outfit_memory` orders one given item's remembered partners by."""
+    items, outfits = OutfitItem._meta.db_table, Outfit._meta.db_table
+    with connection.cursor() as cur:
+        cur.execute(
+            f"SELECT a.product_id, b.product_id, count(*) FROM {items} a"  # noqa: S608 (table names)
+            f" JOIN {items} b ON b.outfit_id = a.outfit_id AND b.product_id <> a.product_id"
+            f" JOIN {outfits} o ON o.id = a.outfit_id WHERE o.split = %s GROUP BY 1, 2",
+            [Outfit.Split.TRAIN],
+        )
+        out: dict[int, dict[int, int]] = {}
+        for a, b, n in cur.fetchall():
+            out.setdefault(a, {})[b] = n
+    return out
+
+
+#: The score a remembered pick stands in for: above any pair score less any offset.
+_REMEMBERED = np.float32(1e4)
+
+
+def _lift_remembered(
+    cat: _Catalog, scores: np.ndarray, queries: np.ndarray, cands: np.ndarray, pairs: dict, lift: int
+) -> np.ndarray:
+    """Put in each query's row of ``scores`` (Q, N_t) the partners complete-the-look lifts for it: at most
+    ``lift`` allowed candidates the training outfits paired with it, one per variant group, the most often
+    paired first, then the higher score (:func:`recommender.looks.complete_the_look`); scored
+    ``_REMEMBERED − rank``. Returns (N_t,) float64 the share of the queries each candidate is lifted for."""
+    lifted = np.zeros(len(cands))
+    if lift <= 0 or not pairs or not len(queries):
+        return lifted
+    column = {int(p): j for j, p in enumerate(cat.pid[cands])}
+    for row, q in enumerate(queries):
+        partners = [(n, column[b]) for b, n in pairs.get(int(cat.pid[q]), {}).items() if b in column]
+        partners = [(n, j) for n, j in partners if scores[row, j] > -np.inf]
+        partners.sort(key=lambda r: (-r[0], -float(scores[row, r[1]]), int(cat.pid[cands[r[1]]])))
+        seen: set[str] = set()
+        for _, j in partners:
+            if len(seen) == lift:
+                break
+            if cat.variant[cands[j]] not in seen:
+                seen.add(cat.variant[cands[j]])
+                scores[row, j] = _REMEMBERED - len(seen)
+                lifted[j] += 1
+    return lifted / len(queries)
 
 
 def _slot_scores(cat: _Catalog, masks2: np.ndarray, target: str, queries: np.ndarray, cands: np.ndarray):
@@ -139,6 +203,8 @@ def hub_scores_for(*, version: ModelVersion, product_ids: Sequence[int], compat:
     masks2 = heads_for(version).mask_table().detach().numpy()  # (S, S, C)
     cat, keep = _catalog(version, product_ids, np.asarray(compat, dtype=np.float32))
     rng = random.Random(version.pk)
+    lift = max(int(settings.LOOKS_MEMORY_PICKS), 0)
+    pairs = training_pairs() if lift else {}
     for target in OUTFIT_SLOTS:
         cands = np.flatnonzero((cat.slot == target) & cat.typed)
         if not cat.free[cands].any():
@@ -148,11 +214,17 @@ def hub_scores_for(*, version: ModelVersion, product_ids: Sequence[int], compat:
             queries = np.sort(rng.sample(list(queries), settings.HUBNESS_QUERIES))
         if not len(queries):
             continue
+        scores = _slot_scores(cat, masks2, target, queries, cands)
+        lifted = _lift_remembered(cat, scores, queries, cands, pairs, lift)  # shares no price lowers
         # each query's HUBNESS_POOL best candidates: the rows complete-the-look re-ranks by the offsets
-        scores, index = pooled(_slot_scores(cat, masks2, target, queries, cands), settings.HUBNESS_POOL)
+        scores, index = pooled(scores, settings.HUBNESS_POOL)
         n = len(cands)
-        cap = np.maximum(
-            settings.HUBNESS_MAX_SHARE, 1.5 * even_spread_shares(scores, settings.HUBNESS_K, index, n)
+        cap = np.maximum.reduce(
+            [
+                np.full(n, settings.HUBNESS_MAX_SHARE),
+                1.5 * even_spread_shares(scores, settings.HUBNESS_K, index, n),
+                lifted,
+            ]
         )
         cat.hub[cands] = capacity_offsets(
             scores,

@@ -267,6 +267,7 @@ def test_a_partial_write_prices_the_product_against_the_stored_prices(trained_ca
     from recommender.services import embeddings_write
 
     settings.HUBNESS_DEFER_MAX_ROWS = 0
+    settings.LOOKS_MEMORY_PICKS = 3  # the fixture's training priced the rows with the default memory
 
     top = ProductEmbedding.objects.filter(model_version=trained_catalog).order_by("-hub_score").first()
     before = {e.pk: e.hub_score for e in ProductEmbedding.objects.filter(model_version=trained_catalog)}
@@ -451,3 +452,60 @@ def test_a_changed_memory_setting_never_serves_a_cached_answer(trained_catalog, 
     assert any(counts())
     settings.LOOKS_MEMORY_PICKS = 0  # cached under the other setting: computed again
     assert not any(counts())
+
+
+def test_the_prices_see_the_partners_the_site_lifts(trained_catalog, settings):
+    """Pricing counts the outfit memory's lifted picks in the shares (they hold their places at any
+    price): for every product of the slice and each open slot, the items pricing lifts are the site's
+    first picks, in the site's order, and after fewer than LOOKS_MEMORY_PICKS of them comes a model pick."""
+    settings.LOOKS_MEMORY_PICKS = 3
+    version = trained_catalog
+    dim = len(ProductEmbedding.objects.filter(model_version=version).first().compat)
+    cat, _ = hubness._catalog(version, [], np.zeros((0, dim), dtype=np.float32))
+    masks2 = model_cache.heads_for(version).mask_table().detach().numpy()
+    pairs = hubness.training_pairs()
+    row_of = {int(p): i for i, p in enumerate(cat.pid)}
+    lifted_seen = 0
+    for pid in Product.objects.order_by("pk").values_list("pk", flat=True):
+        for sp in looks.complete_the_look(product_ids=[pid], k=5):
+            cands = np.flatnonzero((cat.slot == sp.slot) & cat.typed)
+            queries = np.asarray([row_of[pid]])
+            scores = hubness._slot_scores(cat, masks2, sp.slot, queries, cands)
+            hubness._lift_remembered(cat, scores, queries, cands, pairs, 3)
+            order = np.argsort(-scores[0])
+            lifted = [int(cat.pid[cands[j]]) for j in order if scores[0, j] > hubness._REMEMBERED - 10]
+            served = [h.product.pk for h in sp.hits]
+            assert served[: len(lifted)] == lifted, (pid, sp.slot)
+            if len(lifted) < 3 and len(served) > len(lifted):
+                assert sp.hits[len(lifted)].worn_with == 0
+            lifted_seen += len(lifted)
+    assert lifted_seen >= 50, lifted_seen
+
+
+def test_prices_leave_out_what_nobody_wears_and_make_room_for_lifted_picks(
+    trained_catalog, settings, monkeypatch
+):
+    """A Home product is no candidate of the pricing, as it is no pick. A bottom the memory lifts for
+    every top holds its place at any price: it is not priced, and the other hub bottoms still are (with
+    one cap for all, its share would stay over it and the ascent would keep its first step, no prices)."""
+    version = trained_catalog
+    rows = list(
+        ProductEmbedding.objects.filter(model_version=version).values_list("product_id", "compat", "slot")
+    )
+    ids = [r[0] for r in rows]
+    compat = np.stack([np.asarray(r[1], dtype=np.float32) for r in rows])
+    acc = next(pid for pid, _, slot in rows if slot == "accessory")
+    Product.objects.filter(pk=acc).update(product_group="Home")
+    cat, _ = hubness._catalog(version, ids, compat)
+    assert not cat.typed[ids.index(acc)]
+
+    settings.LOOKS_MEMORY_PICKS = 3
+    plain = hubness.hub_scores_for(version=version, product_ids=ids, compat=compat)
+    bottoms = [i for i, (_, _, slot) in enumerate(rows) if slot == "bottom"]
+    assert (plain[bottoms] > 0).sum() >= 2
+    everyone = ids[min(bottoms, key=lambda i: plain[i])]  # an unpriced bottom, lifted for every top
+    tops = [pid for pid, _, slot in rows if slot == "top"]
+    monkeypatch.setattr(hubness, "training_pairs", lambda: {t: {everyone: 5} for t in tops})
+    lifted = hubness.hub_scores_for(version=version, product_ids=ids, compat=compat)
+    assert lifted[ids.index(everyone)] == 0
+    assert (lifted[bottoms] > 0).sum() >= 1, "the other hub bottoms lost their prices"
