@@ -9,7 +9,9 @@ Activation passes a quality gate (:func:`quality_gate`): the new version is acti
 the active one on the popularity-matched protocol (FITB and AUC, both evaluated now on the same fixed
 held-out split, each on the features of its own towers), or, when none is active, the best baseline.
 Otherwise it stays inactive (status ready, every vector written) with the verdict in
-``metrics["gate"]``; a merchandiser can still activate it by hand.
+``metrics["gate"]``; a merchandiser can still activate it by hand. A run started with the parameter
+``serve_first`` (``make demo``) while no version is active embeds and activates its version before
+evaluating it, so a fresh install serves a few minutes sooner; the verdict is still recorded.
 """
 
 from __future__ import annotations
@@ -177,30 +179,38 @@ def training_run_execute(*, run: TrainingRun, task_id: str = "") -> dict[str, An
             log.end_cancelled()
             return {"cancelled": r.run_id}
         version, artifact = _register(r, result, snapshot)
-        metrics = _evaluate(r, version, data, result, artifact, features)
-        if (
-            log.cancelled()
-        ):  # cancelled during evaluation: do not embed the catalog for a version nobody wants
-            ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.RETIRED)
-            log.end_cancelled(
-                f"cancelled after evaluation; version {version.pk} kept for its metrics, not embedded"
-            )
-            return {"cancelled": r.run_id, "version": version.pk}
-        _embed(r, version, embedder, result, features, failed)
-        if log.cancelled():  # cancelled while embedding: keep the vectors, do not switch versions
-            ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.READY)
-            log.end_cancelled(f"cancelled; version {version.pk} kept inactive")
-            return {"cancelled": r.run_id, "version": version.pk}
-        gate = metrics["gate"]
-        if gate["passed"]:
+        # a first version asked to serve first (``make demo``) serves while it is evaluated
+        early = (
+            bool(run.params.get("serve_first")) and not ModelVersion.objects.filter(is_active=True).exists()
+        )
+        if early:
+            ModelVersion.objects.filter(pk=version.pk).update(artifact_path=str(artifact))  # hub pricing
+            version.artifact_path = str(artifact)
+            _embed(r, version, embedder, result, features, failed)
             model_version_activate(version=version)
-            outcome = f"version {version.pk} active ({gate['reason']})"
-        else:
-            ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.READY)
-            outcome = (
-                f"version {version.pk} kept inactive (ready): {gate['reason']}; "
-                "a merchandiser can still activate it by hand"
+            log.update(
+                phase="evaluation", log=f"version {version.pk} serving; evaluating on the held-out split"
             )
+        metrics = _evaluate(r, version, data, result, artifact, features)
+        if early:
+            if log.cancelled():
+                log.end_cancelled(f"cancelled during evaluation; version {version.pk} stays active")
+                return {"cancelled": r.run_id, "version": version.pk}
+            outcome = _early_outcome(version, metrics["gate"])
+        else:
+            # cancelled during evaluation: do not embed the catalog for a version nobody wants
+            if log.cancelled():
+                ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.RETIRED)
+                log.end_cancelled(
+                    f"cancelled after evaluation; version {version.pk} kept for its metrics, not embedded"
+                )
+                return {"cancelled": r.run_id, "version": version.pk}
+            _embed(r, version, embedder, result, features, failed)
+            if log.cancelled():  # cancelled while embedding: keep the vectors, do not switch versions
+                ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.READY)
+                log.end_cancelled(f"cancelled; version {version.pk} kept inactive")
+                return {"cancelled": r.run_id, "version": version.pk}
+            outcome = _gated_outcome(version, metrics["gate"])
         metrics["timings"] = r.timings
         ModelVersion.objects.filter(pk=version.pk).update(metrics=metrics)
         log.update(
@@ -213,8 +223,10 @@ def training_run_execute(*, run: TrainingRun, task_id: str = "") -> dict[str, An
         return {"run": r.run_id, "version": version.pk, "metrics": metrics}
     except Exception as exc:
         logger.exception("training run %s failed", r.run_id)
-        if version is not None:
-            ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.FAILED)
+        if version is not None:  # one serving already (evaluated after activation) keeps serving
+            ModelVersion.objects.filter(pk=version.pk, is_active=False).update(
+                status=ModelVersion.Status.FAILED
+            )
         log.update(
             status=TrainingRun.Status.FAILED,
             finished_at=timezone.now(),
@@ -242,6 +254,28 @@ def _features(r: _Run) -> tuple[Embedder, TrainData, list[tuple[int, str]]]:
     )
     data = ml_bridge.train_data(r.products, img, txt, val_fraction=r.cfg.val_fraction)
     return embedder, data, failed
+
+
+def _gated_outcome(version: ModelVersion, gate: dict[str, Any]) -> str:
+    """Activate ``version`` if the quality gate passed it, else keep it ready; the run's last log line."""
+    if gate["passed"]:
+        model_version_activate(version=version)
+        return f"version {version.pk} active ({gate['reason']})"
+    ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.READY)
+    return (
+        f"version {version.pk} kept inactive (ready): {gate['reason']}; "
+        "a merchandiser can still activate it by hand"
+    )
+
+
+def _early_outcome(version: ModelVersion, gate: dict[str, Any]) -> str:
+    """The last log line of a run whose version served before its evaluation (no version was active):
+    it stays active whatever the verdict, which is recorded (``metrics["gate"]``) and said."""
+    verdict = "passed" if gate["passed"] else "refused"
+    return (
+        f"version {version.pk} active since before its evaluation (no version was active); "
+        f"quality gate {verdict}: {gate['reason']}"
+    )
 
 
 def _feature_progress(r: _Run):

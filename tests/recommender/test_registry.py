@@ -481,6 +481,42 @@ def test_the_quality_gate_keeps_a_version_no_better_than_the_active_one_inactive
         model_version_activate(version=trained_catalog)
 
 
+def test_a_first_version_asked_to_serve_first_serves_while_it_is_evaluated(trained_catalog, monkeypatch):
+    """``make demo``'s run (``serve_first``) on an install with no active version: the version is embedded
+    and active before its evaluation starts, and stays active when the gate refuses it, saying so."""
+    from recommender import training
+    from recommender.tasks import train_model
+
+    real_evaluate = training._evaluate
+    seen = {}
+
+    def evaluate_then_refuse(r, version, *args, **kwargs):
+        seen["active"] = ModelVersion.objects.get(pk=version.pk).is_active
+        seen["rows"] = ProductEmbedding.objects.filter(model_version=version).count()
+        metrics = real_evaluate(r, version, *args, **kwargs)
+        metrics["gate"] = {"passed": False, "reason": "refused by the test"}
+        return metrics
+
+    monkeypatch.setattr(training, "_evaluate", evaluate_then_refuse)
+    ModelVersion.objects.filter(pk=trained_catalog.pk).update(
+        is_active=False, status=ModelVersion.Status.READY
+    )
+    run = TrainingRun.objects.create(
+        params={"epochs": 1, "max_steps": 2, "batch_size": 16, "serve_first": True}
+    )
+    try:
+        train_model.apply(kwargs={"run_id": run.pk}, throw=True)
+        run.refresh_from_db()
+        assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+        assert seen == {"active": True, "rows": Product.objects.count()}
+        version = run.model_version
+        assert version.is_active and version.metrics["gate"]["passed"] is False
+        assert "active since before its evaluation" in run.log_tail
+        assert "quality gate refused: refused by the test" in run.log_tail
+    finally:
+        model_version_activate(version=trained_catalog)
+
+
 def test_manage_py_evaluate_prints_the_matched_protocol_first(trained_catalog, tmp_path):
     import io
 

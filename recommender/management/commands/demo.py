@@ -53,6 +53,7 @@ class Command(BaseCommand):
 
         timings: dict[str, float] = {}
         var = Path(settings.VAR_DIR)
+        start = time.perf_counter()
 
         def phase(name: str, t0: float) -> None:
             timings[name] = round(time.perf_counter() - t0, 1)
@@ -101,40 +102,54 @@ class Command(BaseCommand):
         phase("worker start", t)
 
         t = time.perf_counter()
-        run = training_run_start(params={"epochs": opts["epochs"]})
+        # a fresh install serves its first version as soon as it is embedded; it is evaluated meanwhile
+        run = training_run_start(params={"epochs": opts["epochs"], "serve_first": True})
         self.stdout.write(
             f"training run {run.pk} queued on Celery; worker log: {var / 'logs' / 'worker.log'}"
         )
         bar = tqdm(total=100, desc="train on Celery", unit="%")
-        last = None
-        while True:
-            run.refresh_from_db()
-            pp = run.phase_progress or {}
-            state = (round(run.progress, 1), run.phase, run.step, pp.get("done"))
-            if state != last:  # redraw only on change, so a logged run stays readable
-                bar.n = state[0]
-                if pp.get("total"):  # e.g. features: photos through the towers
-                    eta = pp.get("eta_s")
-                    bar.set_postfix_str(
-                        f"{run.phase} {pp['done']}/{pp['total']}" + (f" ~{eta:.0f} s left" if eta else "")
+        last, web = None, None
+        try:
+            while True:
+                run.refresh_from_db()
+                if "serving" not in timings and _serving(run):
+                    timings["serving"] = round(time.perf_counter() - start, 1)
+                    bar.write(
+                        f"[serving] version {run.model_version_id} active {timings['serving']:.1f} s after the start"
                     )
-                else:
-                    bar.set_postfix_str(f"{run.phase} step {run.step} loss {run.loss or 0:.3f}")
-                last = state
-            if run.status in (
-                TrainingRun.Status.SUCCEEDED,
-                TrainingRun.Status.FAILED,
-                TrainingRun.Status.CANCELLED,
-            ):
-                break
-            if worker.poll() is not None:
-                raise CommandError(
-                    f"the worker exited (code {worker.returncode}); see {var / 'logs' / 'worker.log'}"
-                )
-            time.sleep(1.0)
-        bar.close()
-        if run.status != TrainingRun.Status.SUCCEEDED:
-            raise CommandError(f"training run {run.pk} {run.status}: {run.error[:2000]}")
+                    if not opts["no_serve"]:
+                        web = self._serve(opts, web_env, var)
+                pp = run.phase_progress or {}
+                state = (round(run.progress, 1), run.phase, run.step, pp.get("done"))
+                if state != last:  # redraw only on change, so a logged run stays readable
+                    bar.n = state[0]
+                    if pp.get("total"):  # e.g. features: photos through the towers
+                        eta = pp.get("eta_s")
+                        bar.set_postfix_str(
+                            f"{run.phase} {pp['done']}/{pp['total']}" + (f" ~{eta:.0f} s left" if eta else "")
+                        )
+                    else:
+                        bar.set_postfix_str(f"{run.phase} step {run.step} loss {run.loss or 0:.3f}")
+                    last = state
+                if run.status in (
+                    TrainingRun.Status.SUCCEEDED,
+                    TrainingRun.Status.FAILED,
+                    TrainingRun.Status.CANCELLED,
+                ):
+                    break
+                if worker.poll() is not None:
+                    raise CommandError(
+                        f"the worker exited (code {worker.returncode}); see {var / 'logs' / 'worker.log'}"
+                    )
+                time.sleep(1.0)
+            bar.close()
+            if run.status != TrainingRun.Status.SUCCEEDED:
+                raise CommandError(f"training run {run.pk} {run.status}: {run.error[:2000]}")
+        except BaseException:  # a failed run stops the server it started early
+            if web is not None:
+                runtime.stop_worker(web)
+                (var / "web.pid").unlink(missing_ok=True)
+            raise
         phase("train+evaluate+embed on Celery", t)
         version = run.model_version
         gate = version.metrics.get("gate") or {}
@@ -162,6 +177,22 @@ class Command(BaseCommand):
             (var / "worker.pid").unlink(missing_ok=True)
             return
 
+        if not opts["no_serve"] and web is None:
+            web = self._serve(opts, web_env, var)
+        try:
+            if web is not None:
+                web.wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if web is not None:
+                runtime.stop_worker(web)
+            runtime.stop_worker(worker)
+            for name in ("web.pid", "worker.pid"):  # `make stop` must never signal a reused pid
+                (var / name).unlink(missing_ok=True)
+
+    def _serve(self, opts, web_env, var: Path):
+        """Start gunicorn on the active version and warm it; returns the process."""
         t = time.perf_counter()
         call_command("collectstatic", interactive=False, verbosity=0)  # whitenoise serves STATIC_ROOT
         web = runtime.start_web(addr=opts["addr"], env=web_env, logfile=var / "logs" / "web.log")
@@ -172,22 +203,22 @@ class Command(BaseCommand):
             # each gunicorn process builds the query towers on its first text search: do it before a shopper
             for i in range(8):
                 runtime.wait_for_http(f"{base}/api/search/?q=warm+up+{i}&k=1", web)
-            self.stdout.write(
-                f"gunicorn up and warm in {time.perf_counter() - t:.1f} s; log: {var / 'logs' / 'web.log'}"
-            )
-            mode = "DEBUG on" if opts["debug"] else "DEBUG off"
-            self.stdout.write(
-                self.style.SUCCESS(
-                    f"serving at http://{opts['addr']}/  ({mode}; Ctrl-C or `make stop` stops it)"
-                )
-            )
-            web.wait()
-        except KeyboardInterrupt:
-            pass
         except RuntimeError as exc:
-            raise CommandError(f"{exc}; see {var / 'logs' / 'web.log'}") from exc
-        finally:
             runtime.stop_worker(web)
-            runtime.stop_worker(worker)
-            for name in ("web.pid", "worker.pid"):  # `make stop` must never signal a reused pid
-                (var / name).unlink(missing_ok=True)
+            raise CommandError(f"{exc}; see {var / 'logs' / 'web.log'}") from exc
+        self.stdout.write(
+            f"gunicorn up and warm in {time.perf_counter() - t:.1f} s; log: {var / 'logs' / 'web.log'}"
+        )
+        mode = "DEBUG on" if opts["debug"] else "DEBUG off"
+        self.stdout.write(
+            self.style.SUCCESS(f"serving at http://{opts['addr']}/  ({mode}; Ctrl-C or `make stop` stops it)")
+        )
+        return web
+
+
+def _serving(run: TrainingRun) -> bool:
+    """Is the run's version active already (a first version serves before its evaluation ends)?"""
+    return (
+        bool(run.model_version_id)
+        and ModelVersion.objects.filter(pk=run.model_version_id, is_active=True).exists()
+    )
