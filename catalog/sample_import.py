@@ -19,6 +19,7 @@ from tqdm import tqdm
 from catalog.images import CleanImage, ImageError, clean_image
 from catalog.models import Outfit, OutfitItem, Product
 from catalog.services import store_image
+from catalog.signals import products_changed_on_commit
 
 
 @dataclass
@@ -183,4 +184,8 @@ def outfits_create(
                 for pos, pid in enumerate(ids)
             ]
         )
+        # complete-the-look lifts items training outfits paired (recommender.looks.outfit_memory):
+        # cached answers change, as after outfit_create
+        paired = {pid for o, ids in new if o.split == Outfit.Split.TRAIN for pid in ids}
+        products_changed_on_commit(product_ids=sorted(paired), change="updated", vectors_stale=False)
     summary.outfits_created += len(new)

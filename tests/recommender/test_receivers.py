@@ -59,3 +59,25 @@ def test_a_deletion_retires_cached_answers_and_queues_nothing(
     with django_capture_on_commit_callbacks(execute=True):
         product_delete(product=product)
     assert queued == [] and answer_cache.generation() == before + 1
+
+
+def test_imported_training_outfits_retire_cached_answers_and_held_out_ones_do_not(
+    trained_catalog, queued, django_capture_on_commit_callbacks
+):
+    """Complete-the-look lifts items training outfits paired: a bulk import that adds training outfits,
+    and no product, retires cached answers; one adding only held-out outfits changes no answer."""
+    from catalog.models import Outfit
+    from catalog.sample_import import ImportSummary, outfits_create
+
+    a, b, c = Product.objects.order_by("pk").values_list("pk", flat=True)[:3]
+    before = answer_cache.generation()
+    with django_capture_on_commit_callbacks(execute=True):
+        outfits_create(
+            source=Outfit.Source.STYLIST, outfits=[("t-held", "", [a, b], True)], summary=ImportSummary()
+        )
+    assert answer_cache.generation() == before
+    with django_capture_on_commit_callbacks(execute=True):
+        outfits_create(
+            source=Outfit.Source.STYLIST, outfits=[("t-new", "", [a, c], False)], summary=ImportSummary()
+        )
+    assert queued == [] and answer_cache.generation() == before + 1
