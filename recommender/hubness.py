@@ -216,16 +216,12 @@ def hub_scores_for(*, version: ModelVersion, product_ids: Sequence[int], compat:
             continue
         scores = _slot_scores(cat, masks2, target, queries, cands)
         lifted = _lift_remembered(cat, scores, queries, cands, pairs, lift)  # shares no price lowers
+        # the even spread over all the items each query may get (its audience's), not over its pool:
+        # the items in the most pools are the hubs, and a pool-based spread raised their caps
+        even = even_spread_shares(scores, settings.HUBNESS_K)
         # each query's HUBNESS_POOL best candidates: the rows complete-the-look re-ranks by the offsets
         scores, index = pooled(scores, settings.HUBNESS_POOL)
-        n = len(cands)
-        cap = np.maximum.reduce(
-            [
-                np.full(n, settings.HUBNESS_MAX_SHARE),
-                1.5 * even_spread_shares(scores, settings.HUBNESS_K, index, n),
-                lifted,
-            ]
-        )
+        cap = np.maximum.reduce([np.full(len(cands), settings.HUBNESS_MAX_SHARE), 1.5 * even, lifted])
         cat.hub[cands] = capacity_offsets(
             scores,
             k=settings.HUBNESS_K,
@@ -309,3 +305,60 @@ def hub_scores_refresh(*, version: ModelVersion) -> int:
     if version.is_active:
         answer_cache.invalidate()  # the served order changes
     return len(rows)
+
+
+def population_shares(*, version: ModelVersion, goal: float = 0.05) -> dict[str, dict]:
+    """Hubness over **every** product of the catalog as a query, in the lists the offsets are priced on:
+    each product's top-``HUBNESS_K`` of every slot it leaves open (exact scores, default audience rule,
+    the outfit memory's lifted partners first, ranked by ``score − offset`` in each query's
+    ``HUBNESS_POOL``, one item per variant group, as served). ``audit_looks --population``: the shares a
+    sample of 300 products estimates, without its sampling noise.
+
+    Returns:
+        ``{slot: {"lists", "max_share", "max_item", "max_share_spreadable", "spreadable_item",
+        "over_goal_spreadable", "over_goal"}}``; an item is *spreadable* when 1.5× its even-spread share
+        (over the items its queries may get) is at most ``goal``, as in :mod:`recommender.looks_audit`.
+    """
+    k = settings.HUBNESS_K
+    dim = len(ProductEmbedding.objects.filter(model_version=version).values_list("compat", flat=True)[0])
+    cat, _ = _catalog(version, [], np.zeros((0, dim), dtype=np.float32))
+    masks2 = heads_for(version).mask_table().detach().numpy()
+    lift = max(int(settings.LOOKS_MEMORY_PICKS), 0)
+    pairs = training_pairs() if lift else {}
+    out: dict[str, dict] = {}
+    for target in OUTFIT_SLOTS:
+        cands = np.flatnonzero((cat.slot == target) & cat.typed)
+        queries = np.flatnonzero([target in missing_slots([s]) for s in cat.slot])
+        if not len(cands) or not len(queries):
+            continue
+        counts, even = np.zeros(len(cands)), np.zeros(len(cands))
+        for lo in range(0, len(queries), 4096):  # (4096, N_t) scores at a time
+            q = queries[lo : lo + 4096]
+            scores = _slot_scores(cat, masks2, target, q, cands)
+            _lift_remembered(cat, scores, q, cands, pairs, lift)
+            even += even_spread_shares(scores, k) * len(q)
+            scores, index = pooled(scores, settings.HUBNESS_POOL)
+            lowered = scores - cat.hub[cands][index]
+            for row, order in enumerate(np.argsort(-lowered, axis=1)):
+                seen: set[str] = set()
+                for col in order:  # not-allowed candidates (-inf) sort last
+                    if len(seen) == k or not np.isfinite(lowered[row, col]):
+                        break
+                    j = index[row, col]
+                    if cat.variant[cands[j]] not in seen:
+                        seen.add(cat.variant[cands[j]])
+                        counts[j] += 1
+        share, even = counts / len(queries), even / len(queries)
+        spreadable = 1.5 * even <= goal
+        best = int(np.argmax(share))
+        best_sp = int(np.argmax(np.where(spreadable, share, -1.0)))
+        out[target] = {
+            "lists": int(len(queries)),
+            "max_share": round(float(share[best]), 4),
+            "max_item": int(cat.pid[cands[best]]),
+            "max_share_spreadable": round(float(share[best_sp]), 4) if spreadable.any() else 0.0,
+            "spreadable_item": int(cat.pid[cands[best_sp]]) if spreadable.any() else None,
+            "over_goal": int((share > goal).sum()),
+            "over_goal_spreadable": int((share[spreadable] > goal).sum()),
+        }
+    return out

@@ -273,3 +273,17 @@ def _mean_line(report: dict[str, Any]) -> str:
         for name, c in report["configs"].items()
     }
     return "Mean over slots of the max share: " + ", ".join(f"{n} {m:.1%}" for n, m in means.items()) + "\n"
+
+
+def population_table(population: dict[str, dict]) -> str:
+    """:func:`recommender.hubness.population_shares` as a Markdown table, one row per slot."""
+    rows = [
+        f"| {slot} | {p['lists']:,} | {p['max_share']:.1%} (#{p['max_item']}) | {p['over_goal']} | "
+        f"{p['max_share_spreadable']:.1%} (#{p['spreadable_item']}) | {p['over_goal_spreadable']} |"
+        for slot, p in population.items()
+    ]
+    return (
+        "Every product as a query (exact scores, as the offsets are priced):\n\n"
+        f"| slot | lists | max share | items over {GOAL_SHARE:.0%} | max share, spreadable¹ | "
+        f"spreadable items over {GOAL_SHARE:.0%} |\n|---|---:|---:|---:|---:|---:|\n" + "\n".join(rows)
+    )

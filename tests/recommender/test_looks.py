@@ -249,6 +249,35 @@ def test_offsets_spread_the_picks_and_keep_them_relevant(trained_catalog, settin
     assert _lists() == plain
 
 
+def test_caps_come_from_the_audience_not_from_the_pool(trained_catalog, settings):
+    """An item's cap is raised to 1.5x its even-spread share over the items its queries may get (their
+    audience's), never over their pools: the hubs are in the most pools, and a pool-based spread gave the
+    biggest hub the biggest cap. With a pool of 10 that cap would be 0.75 (no price at all for the top
+    hub); priced on the audience, the most often suggested top loses over 60% of its share."""
+    plain = _lists(reduce_hubs=False)["top"]
+    settings.HUBNESS_POOL = 10
+    hubness.hub_scores_refresh(version=trained_catalog)
+    spread = _lists()["top"]
+    # 0.23 against 0.73 plain on the slice; 0.37 with the pool-based spread
+    assert max(k_occurrence(spread).values()) < 0.4 * max(k_occurrence(plain).values())
+
+
+@pytest.mark.parametrize("memory", [0, 3])
+def test_the_population_audit_counts_the_served_lists(trained_catalog, settings, memory):
+    """``audit_looks --population`` scores every product's lists in NumPy as the offsets are priced: on
+    the slice (exact rankings served) its shares are those of the lists complete-the-look serves, with
+    the outfit memory's lifted partners or without."""
+    settings.LOOKS_MEMORY_PICKS = memory
+    served = _lists()
+    population = hubness.population_shares(version=trained_catalog)
+    assert set(population) == {slot for slot, ls in served.items() if any(ls)}  # the slice has no bag
+    for slot, p in population.items():
+        occ = k_occurrence(served[slot])
+        assert p["lists"] == len(served[slot])
+        assert p["max_share"] == pytest.approx(max(occ.values()), abs=1e-4), slot
+        assert p["over_goal"] == sum(v > 0.05 for v in occ.values()), slot
+
+
 def test_offsets_are_prices_of_the_few_items_over_capacity(trained_catalog):
     rows = ProductEmbedding.objects.filter(model_version=trained_catalog)
     priced = rows.filter(hub_score__gt=0)

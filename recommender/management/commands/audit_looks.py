@@ -3,7 +3,8 @@
 Hubness (the share of one item across a slot's top-k lists), audience coherence, slot validity and
 relevance of complete-the-look for random products, before (plain ranking) and after the audience
 filter and the hubness re-ranking (:mod:`recommender.looks_audit`). Writes the JSON report and a
-Markdown table to ``--out``.
+Markdown table to ``--out``; ``--population`` adds the shares over every product as a query
+(:func:`recommender.hubness.population_shares`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from recommender.hubness import hub_scores_refresh
-from recommender.looks_audit import audit_table, looks_audit
+from recommender.hubness import hub_scores_refresh, population_shares
+from recommender.looks_audit import audit_table, looks_audit, population_table
 from recommender.selectors import NoActiveModel, active_version
 
 
@@ -34,6 +35,11 @@ class Command(BaseCommand):
             action="store_true",
             help="first recompute the active version's hub scores from its stored vectors",
         )
+        parser.add_argument(
+            "--population",
+            action="store_true",
+            help="also the shares over every product as a query (exact, as priced; no sampling noise)",
+        )
 
     def handle(self, *args, **opts):
         try:
@@ -50,10 +56,14 @@ class Command(BaseCommand):
             pairs=opts["pairs"],
             seed=opts["seed"],
         )
+        if opts["population"]:
+            report["population"] = population_shares(version=version)
         out = Path(opts["out"])
         out.mkdir(parents=True, exist_ok=True)
         (out / "looks_audit.json").write_text(json.dumps(report, indent=1))
         table = audit_table(report)
+        if opts["population"]:
+            table += "\n\n" + population_table(report["population"])
         (out / "looks_audit.md").write_text(table)
         self.stdout.write(table)
         self.stdout.write(f"report: {out / 'looks_audit.json'}, {out / 'looks_audit.md'}")
