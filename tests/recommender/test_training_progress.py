@@ -60,3 +60,15 @@ def test_features_phase_records_increasing_photo_counts(trained_catalog, merch, 
     assert training.PROGRESS["features"] <= seen[0]["progress"] < seen[-1]["progress"] < 20.0
     assert seen[-1]["rate"] > 0 and seen[-1]["eta_s"] == 0.0
     assert run.phase_progress == {}  # cleared when training started
+
+
+def test_the_time_left_counts_texts_at_their_own_rate():
+    """Photos 0..N then texts N..2N: before any text, the texts are priced at TEXT_COST of a photo's time;
+    once texts run, at their measured rate (the old estimate priced texts at the photos' rate)."""
+    n = 21_000
+    # 1,000 photos left at 60/s, then 21,000 texts at 0.3 of a photo's time
+    assert training.features_eta(n - 1_000, 2 * n, 60.0, None) == pytest.approx((1_000 + 0.3 * n) / 60)
+    assert training.features_eta(n + 1_000, 2 * n, 60.0, None) == pytest.approx(0.3 * 20_000 / 60)
+    assert training.features_eta(n + 1_000, 2 * n, 60.0, 200.0) == pytest.approx(20_000 / 200)
+    assert training.features_eta(2 * n, 2 * n, 60.0, 200.0) == 0.0
+    assert training.features_eta(10, 2 * n, None, None) is None
