@@ -11,7 +11,9 @@ answers the same questions.
   "how many training outfits hold this item" then solves the task (FITB 0.77 / AUC 0.98 under the random
   protocol, ahead of the fine-tuned model). Here every wrong FITB candidate (3 per question) and every
   item of a negative outfit is drawn like the item it stands for: the same product type (its slot when
-  the type has too few items), never the item's colour variant (same ``attrs["variant"]``), never an
+  the type has too few items) of the same catalog (``attrs["catalog"]`` when a file holds several: an
+  H&M answer among MANGO candidates is told apart by its shop, not its fit), never the item's colour
+  variant (same ``attrs["variant"]``), never an
   item of the outfit and never a *known partner* of the question items (an item that shares any
   outfit, of any split, with one of them); and by *popularity* (the number of training outfits it
   appears in) on a side drawn at random: the answer's popularity rank among the 4 candidates is
@@ -136,7 +138,9 @@ def variant_groups(data: TrainData) -> np.ndarray:
 
 
 class _Matcher:
-    """Draws items like a given one: same type (else slot), nearest popularity, never banned items."""
+    """Draws items like a given one: same type (else slot), nearest popularity, never banned items, and
+    of the same catalog when ``data.attrs`` has ``catalog`` (a file of several catalogs: otherwise the
+    candidate from the other shop's photos and words is a giveaway)."""
 
     def __init__(self, data: TrainData, rng: np.random.Generator) -> None:
         n = len(data.types)
@@ -146,6 +150,8 @@ class _Matcher:
         self.partners = known_partners(every, n)
         self.train_partners = known_partners(data.outfits, n)  # pairs a model could have memorised
         self.variant = variant_groups(data)
+        # several catalogs in one file (the site's H&M and MANGO): draw within the item's own catalog
+        self.catalog = np.asarray(data.attrs["catalog"]) if "catalog" in data.attrs else None
         self.types, self.slots, self.rng = data.types, data.slots, rng
         self.by_type = {int(t): np.flatnonzero(data.types == t) for t in np.unique(data.types)}
         self.by_slot = {int(s): np.flatnonzero(data.slots == s) for s in np.unique(data.slots)}
@@ -173,6 +179,8 @@ class _Matcher:
         try:
             n = n_above + n_below
             same_slot = self.by_slot[int(self.slots[like])]
+            if self.catalog is not None:
+                same_slot = same_slot[self.catalog[same_slot] == self.catalog[like]]
             by = {  # a product type may span slots (a "Trousers" that is a jumpsuit): the slot always holds
                 "type": np.intersect1d(self.by_type[int(self.types[like])], same_slot),
                 "slot": same_slot,

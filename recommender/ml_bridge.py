@@ -149,6 +149,9 @@ def train_data(
             # ones, and the evaluation's audience coherence reads them
             "audience": audience_ids(p.audience_group for p in products),
             "variant": category_ids([p.variant_group or f"sku-{p.sku}" for p in products]),
+            # which catalog (H&M, MANGO, uploads): matched negatives keep to the answer's, or "the item
+            # from the same shop as the rest" would answer the question (ml.protocols)
+            "catalog": category_ids([p.source for p in products]),
         },
         outfits=[
             (oid, np.asarray(items, dtype=np.int64), split == Outfit.Split.TEST)

@@ -44,3 +44,29 @@ def test_one_run_learns_from_baskets_and_stylist_outfits(hm_root, settings, tmp_
     assert (
         result.steps == 3 and np.isfinite(result.history["compat"][-1]) and result.history["compat"][-1] > 0
     )
+
+
+def test_matched_candidates_and_negatives_keep_to_the_answers_catalog(hm_root, settings, tmp_path):
+    """On a catalog of both shops, an H&M answer among MANGO candidates is told apart by its shop: the
+    matched protocol draws every wrong candidate and negative item from the item's own catalog (on the
+    demo's database, 659 of 1,493 questions had a candidate from the other one before)."""
+    from ml.protocols import matched_protocol
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    Outfit.objects.all().delete()
+    Product.objects.all().delete()
+    mango_root = Path(os.environ.get("MANGO_DATA_DIR", hm_root.parent / "mango"))
+    catalog_import_hm(root=hm_root, limit=400, progress=False)
+    catalog_import_mango(root=mango_root, limit=400, progress=False)
+    Outfit.objects.update(split=Outfit.Split.TEST)  # every outfit asks: enough questions of both shops
+    products = ml_bridge.catalog_products()
+    feats = np.zeros((len(products), 8), dtype=np.float32)
+    data = ml_bridge.train_data(products, feats, feats.copy(), val_fraction=0.0)
+    source = np.asarray([p.source for p in products])
+    protocol = matched_protocol(data)
+    asked = {source[c[0]] for _, c in protocol.questions}
+    assert asked == {"hm", "mango"}, asked
+    for question, candidates in protocol.questions:
+        assert set(source[candidates]) == set(source[question[:1]])
+    for pos, neg in zip(protocol.positives, protocol.negatives, strict=True):
+        assert (source[pos] == source[neg]).all()
