@@ -364,3 +364,28 @@ def protocol_metrics(pair_fn: PairFn, protocol: Protocol) -> dict[str, float]:
     out["n_fitb"] = float(len(protocol.questions))
     out["n_outfits"] = float(len(protocol.positives))
     return out
+
+
+def split_protocol(protocol: Protocol, groups: np.ndarray) -> dict[int, Protocol]:
+    """One protocol per group of items (e.g. per catalog, ``attrs["catalog"]``): each question goes with
+    its answer's group, each outfit (and its negative) with its first item's.
+
+    Args:
+        protocol: the questions and outfits to split.
+        groups: (N,) int64 group id of every item.
+
+    Returns:
+        ``{group id: Protocol}`` for every group that holds a question or an outfit, in id order.
+    """
+    out: dict[int, Protocol] = {}
+
+    def part(g: int) -> Protocol:
+        return out.setdefault(g, Protocol(protocol.name, [], [], []))
+
+    for question, candidates in protocol.questions:
+        part(int(groups[candidates[0]])).questions.append((question, candidates))
+    for pos, neg in zip(protocol.positives, protocol.negatives, strict=True):
+        p = part(int(groups[pos[0]]))
+        p.positives.append(pos)
+        p.negatives.append(neg)
+    return dict(sorted(out.items()))

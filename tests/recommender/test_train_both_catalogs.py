@@ -13,9 +13,11 @@ from catalog.mango_import import catalog_import_mango
 from catalog.models import Outfit, Product
 from ml.audience import AUDIENCE_GROUPS
 from ml.config import TrainConfig
+from ml.protocols import matched_protocol, split_protocol
 from ml.sampling import audience_mix
 from ml.train import _Run, train
 from recommender import ml_bridge
+from recommender.management.commands.evaluate import by_catalog
 
 pytestmark = pytest.mark.django_db
 
@@ -50,8 +52,6 @@ def test_matched_candidates_and_negatives_keep_to_the_answers_catalog(hm_root, s
     """On a catalog of both shops, an H&M answer among MANGO candidates is told apart by its shop: the
     matched protocol draws every wrong candidate and negative item from the item's own catalog (on the
     demo's database, 659 of 1,493 questions had a candidate from the other one before)."""
-    from ml.protocols import matched_protocol
-
     settings.MEDIA_ROOT = tmp_path / "media"
     Outfit.objects.all().delete()
     Product.objects.all().delete()
@@ -70,3 +70,12 @@ def test_matched_candidates_and_negatives_keep_to_the_answers_catalog(hm_root, s
         assert set(source[candidates]) == set(source[question[:1]])
     for pos, neg in zip(protocol.positives, protocol.negatives, strict=True):
         assert (source[pos] == source[neg]).all()
+    # manage.py evaluate reports each catalog on its own questions: the two parts are the whole protocol
+    parts = split_protocol(protocol, data.attrs["catalog"])
+    assert sum(len(p.questions) for p in parts.values()) == len(protocol.questions)
+    assert sum(len(p.positives) for p in parts.values()) == len(protocol.positives)
+    for p in parts.values():
+        assert len({source[c[0]] for _, c in p.questions} | {source[o[0]] for o in p.positives}) == 1
+    table = by_catalog(data, {}, {}, list(dict.fromkeys(source.tolist())), 0)
+    assert "hm (" in table and "mango (" in table
+    assert "| popularity |" in table and "| attribute-match |" in table

@@ -18,7 +18,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from ml.evaluate import evaluate_all, markdown_report, write_report
 from ml.heads import RecommenderHeads, load_heads
-from ml.protocols import PROTOCOL_SEED
+from ml.protocols import PROTOCOL_SEED, matched_protocol, protocol_metrics, split_protocol
+from ml.scorers import ATTRIBUTE_MATCH, POPULARITY, baseline_scorers, heads_scorer
 from recommender import ml_bridge
 from recommender.models import ModelVersion
 
@@ -70,4 +71,37 @@ class Command(BaseCommand):
         )
         paths = write_report(results, Path(opts["out"]), data=plot_data, heads=heads.get(last))
         self.stdout.write(markdown_report(results))
+        sources = list(dict.fromkeys(p.source for p in products))  # attrs["catalog"] ids, in this order
+        if len(sources) > 1:  # a combined figure can hide a catalog the model does not help
+            table = by_catalog(data, heads, features, sources, opts["seed"])
+            (Path(opts["out"]) / "by_catalog.md").write_text(table)
+            self.stdout.write(table)
         self.stdout.write(f"report: {', '.join(str(p) for p in paths.values())}")
+
+
+def by_catalog(
+    data,
+    heads: dict[str, RecommenderHeads],
+    features: dict[str, tuple[np.ndarray, np.ndarray]],
+    sources: list[str],
+    seed: int,
+) -> str:
+    """The popularity-matched FITB / AUC of the popularity and attribute-match baselines and of every
+    version on each catalog's own held-out questions and outfits (:func:`ml.protocols.split_protocol`),
+    as a Markdown table."""
+    scorers = {k: v for k, v in baseline_scorers(data).items() if k in (POPULARITY, ATTRIBUTE_MATCH)}
+    for name, h in heads.items():
+        image, text = features.get(name, (data.image, data.text))
+        scorers[name] = heads_scorer(h, image, text, data.slots)
+    parts = split_protocol(matched_protocol(data, seed), data.attrs["catalog"])
+    lines = [
+        "### Popularity-matched protocol by catalog (FITB / AUC)\n",
+        "| model | "
+        + " | ".join(f"{sources[g]} ({len(p.questions)} q, {len(p.positives)} o)" for g, p in parts.items())
+        + " |",
+        "|---|" + "---:|" * len(parts),
+    ]
+    for name, scorer in scorers.items():
+        cells = [protocol_metrics(scorer.pair, p) for p in parts.values()]
+        lines.append(f"| {name} | " + " | ".join(f"{c['fitb']:.3f} / {c['auc']:.3f}" for c in cells) + " |")
+    return "\n".join(lines) + "\n"
