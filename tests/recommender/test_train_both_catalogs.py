@@ -22,14 +22,19 @@ from recommender.management.commands.evaluate import by_catalog
 pytestmark = pytest.mark.django_db
 
 
-def test_one_run_learns_from_baskets_and_stylist_outfits(hm_root, settings, tmp_path):
+def _both_catalogs(hm_root: Path, settings, tmp_path: Path, *, hm: int, mango: int) -> list[Product]:
+    """A database of only the first ``hm`` H&M and ``mango`` MANGO products, with their outfits."""
     settings.MEDIA_ROOT = tmp_path / "media"
     Outfit.objects.all().delete()
     Product.objects.all().delete()
+    catalog_import_hm(root=hm_root, limit=hm, progress=False)
     mango_root = Path(os.environ.get("MANGO_DATA_DIR", hm_root.parent / "mango"))
-    catalog_import_hm(root=hm_root, limit=200, progress=False)
-    catalog_import_mango(root=mango_root, limit=120, progress=False)
-    products = ml_bridge.catalog_products()
+    catalog_import_mango(root=mango_root, limit=mango, progress=False)
+    return ml_bridge.catalog_products()
+
+
+def test_one_run_learns_from_baskets_and_stylist_outfits(hm_root, settings, tmp_path):
+    products = _both_catalogs(hm_root, settings, tmp_path, hm=200, mango=120)
     n = len(products)
     feats = (
         np.random.default_rng(0).standard_normal((n, 32)).astype(np.float32)
@@ -52,14 +57,8 @@ def test_matched_candidates_and_negatives_keep_to_the_answers_catalog(hm_root, s
     """On a catalog of both shops, an H&M answer among MANGO candidates is told apart by its shop: the
     matched protocol draws every wrong candidate and negative item from the item's own catalog (on the
     demo's database, 659 of 1,493 questions had a candidate from the other one before)."""
-    settings.MEDIA_ROOT = tmp_path / "media"
-    Outfit.objects.all().delete()
-    Product.objects.all().delete()
-    mango_root = Path(os.environ.get("MANGO_DATA_DIR", hm_root.parent / "mango"))
-    catalog_import_hm(root=hm_root, limit=400, progress=False)
-    catalog_import_mango(root=mango_root, limit=400, progress=False)
+    products = _both_catalogs(hm_root, settings, tmp_path, hm=400, mango=400)
     Outfit.objects.update(split=Outfit.Split.TEST)  # every outfit asks: enough questions of both shops
-    products = ml_bridge.catalog_products()
     feats = np.zeros((len(products), 8), dtype=np.float32)
     data = ml_bridge.train_data(products, feats, feats.copy(), val_fraction=0.0)
     source = np.asarray([p.source for p in products])
