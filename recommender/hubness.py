@@ -137,6 +137,23 @@ def training_pairs() -> dict[int, dict[int, int]]:
     return out
 
 
+def _served_memory() -> tuple[int, dict[int, dict[int, int]]]:
+    """How many remembered partners complete-the-look lifts per slot (``LOOKS_MEMORY_PICKS``) and, when
+    any, the training outfits' pairs (:func:`training_pairs`) to find them in."""
+    lift = max(int(settings.LOOKS_MEMORY_PICKS), 0)
+    return lift, (training_pairs() if lift else {})
+
+
+def _candidates(cat: _Catalog, target: str) -> np.ndarray:
+    """Catalog rows complete-the-look may pick for slot ``target``."""
+    return np.flatnonzero((cat.slot == target) & cat.typed)
+
+
+def _asking(cat: _Catalog, target: str) -> np.ndarray:
+    """Catalog rows whose slot leaves ``target`` open: the products that ask for it."""
+    return np.flatnonzero([target in missing_slots([s]) for s in cat.slot])
+
+
 #: The score a remembered pick stands in for: above any pair score less any offset.
 _REMEMBERED = np.float32(1e4)
 
@@ -203,13 +220,12 @@ def hub_scores_for(*, version: ModelVersion, product_ids: Sequence[int], compat:
     masks2 = heads_for(version).mask_table().detach().numpy()  # (S, S, C)
     cat, keep = _catalog(version, product_ids, np.asarray(compat, dtype=np.float32))
     rng = random.Random(version.pk)
-    lift = max(int(settings.LOOKS_MEMORY_PICKS), 0)
-    pairs = training_pairs() if lift else {}
+    lift, pairs = _served_memory()
     for target in OUTFIT_SLOTS:
-        cands = np.flatnonzero((cat.slot == target) & cat.typed)
+        cands = _candidates(cat, target)
         if not cat.free[cands].any():
             continue
-        queries = np.flatnonzero([target in missing_slots([s]) for s in cat.slot])
+        queries = _asking(cat, target)
         if len(queries) > settings.HUBNESS_QUERIES:  # shares estimated on a fixed sample of queries
             queries = np.sort(rng.sample(list(queries), settings.HUBNESS_QUERIES))
         if not len(queries):
@@ -307,7 +323,7 @@ def hub_scores_refresh(*, version: ModelVersion) -> int:
     return len(rows)
 
 
-def population_shares(*, version: ModelVersion, goal: float = 0.05) -> dict[str, dict]:
+def population_shares(*, version: ModelVersion, goal: float) -> dict[str, dict]:
     """Hubness over **every** product of the catalog as a query, in the lists the offsets are priced on:
     each product's top-``HUBNESS_K`` of every slot it leaves open (exact scores, default audience rule,
     the outfit memory's lifted partners first, ranked by ``score − offset`` in each query's
@@ -317,18 +333,17 @@ def population_shares(*, version: ModelVersion, goal: float = 0.05) -> dict[str,
     Returns:
         ``{slot: {"lists", "max_share", "max_item", "max_share_spreadable", "spreadable_item",
         "over_goal_spreadable", "over_goal"}}``; an item is *spreadable* when 1.5× its even-spread share
-        (over the items its queries may get) is at most ``goal``, as in :mod:`recommender.looks_audit`.
+        (over the items its queries may get) is at most ``goal`` (the audit's ``GOAL_SHARE``), as in
+        :mod:`recommender.looks_audit`.
     """
     k = settings.HUBNESS_K
     dim = len(ProductEmbedding.objects.filter(model_version=version).values_list("compat", flat=True)[0])
     cat, _ = _catalog(version, [], np.zeros((0, dim), dtype=np.float32))
     masks2 = heads_for(version).mask_table().detach().numpy()
-    lift = max(int(settings.LOOKS_MEMORY_PICKS), 0)
-    pairs = training_pairs() if lift else {}
+    lift, pairs = _served_memory()
     out: dict[str, dict] = {}
     for target in OUTFIT_SLOTS:
-        cands = np.flatnonzero((cat.slot == target) & cat.typed)
-        queries = np.flatnonzero([target in missing_slots([s]) for s in cat.slot])
+        cands, queries = _candidates(cat, target), _asking(cat, target)
         if not len(cands) or not len(queries):
             continue
         counts, even = np.zeros(len(cands)), np.zeros(len(cands))

@@ -269,7 +269,7 @@ def test_the_population_audit_counts_the_served_lists(trained_catalog, settings,
     the outfit memory's lifted partners or without."""
     settings.LOOKS_MEMORY_PICKS = memory
     served = _lists()
-    population = hubness.population_shares(version=trained_catalog)
+    population = hubness.population_shares(version=trained_catalog, goal=0.05)
     assert set(population) == {slot for slot, ls in served.items() if any(ls)}  # the slice has no bag
     for slot, p in population.items():
         occ = k_occurrence(served[slot])

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from recommender.hubness import hub_scores_refresh, population_shares
-from recommender.looks_audit import audit_table, looks_audit, population_table
+from recommender.looks_audit import GOAL_SHARE, audit_table, looks_audit, population_table
 from recommender.selectors import NoActiveModel, active_version
 
 
@@ -57,7 +57,7 @@ class Command(BaseCommand):
             seed=opts["seed"],
         )
         if opts["population"]:
-            report["population"] = population_shares(version=version)
+            report["population"] = population_shares(version=version, goal=GOAL_SHARE)
         out = Path(opts["out"])
         out.mkdir(parents=True, exist_ok=True)
         (out / "looks_audit.json").write_text(json.dumps(report, indent=1))
