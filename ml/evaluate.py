@@ -7,6 +7,8 @@ Everything is measured on the fixed held-out split of a features file: the outfi
 * ``popularity``: the number of training outfits an item appears in (no features);
 * ``attribute-match``: the number of shared section / department / colour / audience attributes;
 * ``co-occurrence``: a category prior, ``log P(type_b | type_a)`` from the training outfits;
+* ``attribute-pmi``: attribute co-occurrence, the summed PMI of the two items' section / department /
+  colour / audience values over the training outfits (which departments are bought or styled together);
 * ``zero-shot``: :func:`ml.heads.zero_shot_heads` (the towers' own space, untrained compatibility MLP);
 * each fine-tuned model (heads saved by :func:`ml.heads.save_heads`), on the features of its own towers.
 
@@ -314,12 +316,13 @@ def _fmt(metric: str, v: float | None) -> str:
     return f"{v:.1f}" if metric in LOWER_IS_BETTER else f"{v:.3f}"
 
 
-def best_reference(results: dict[str, dict[str, float | None]], metric: str) -> tuple[str, float] | None:
-    """The best of the :data:`REFERENCES` rows (baselines and zero-shot) on ``metric``: ``(row, value)``,
-    the highest (the lowest for :data:`LOWER_IS_BETTER`); None when none has a value."""
-    have = [
-        (n, float(results[n][metric])) for n in REFERENCES if not _is_missing(results.get(n, {}).get(metric))
-    ]
+def best_reference(
+    results: dict[str, dict[str, float | None]], metric: str, among: Sequence[str] = REFERENCES
+) -> tuple[str, float] | None:
+    """The best of the ``among`` rows (by default :data:`REFERENCES`: baselines and zero-shot) on
+    ``metric``: ``(row, value)``, the highest (the lowest for :data:`LOWER_IS_BETTER`); None when none
+    has a value."""
+    have = [(n, float(results[n][metric])) for n in among if not _is_missing(results.get(n, {}).get(metric))]
     if not have:
         return None
     pick = min if metric in LOWER_IS_BETTER else max

@@ -22,6 +22,10 @@ Rows:
   its pair scores (both protocols) are the model's.
 * ``co-occurrence``: a category prior ``log P(type_b | type_a)`` from the training outfits
   (:func:`cooccurrence_log_prob`); no features.
+* ``attribute-pmi``: attribute co-occurrence, ``Σ_k PMI_k(v_k[a], v_k[b])`` over :data:`ATTRIBUTE_KEYS`
+  with each PMI table counted on the training outfits (:func:`attribute_pmi_scorer`); no features. It
+  learns from the outfits, so it is the reference a model must beat to show it sees more than
+  attributes.
 * heads (zero-shot or fine-tuned, :func:`heads_scorer`): the type-aware pair score
   ``<f_a ⊙ m_ab², f_b>`` of :class:`ml.heads.RecommenderHeads`; ``items`` is the serving's query
   ``q_t = Σ_i f_i ⊙ m_{s_i t}²`` dotted with each candidate (``RecommenderHeads.slot_query``).
@@ -43,8 +47,11 @@ from ml.slots import SLOT_INDEX, SLOTS, missing_slots
 
 __all__ = [
     "ATTRIBUTE_KEYS",
+    "ATTRIBUTE_PMI",
     "BASELINES",
     "Scorer",
+    "attribute_pmi",
+    "attribute_pmi_scorer",
     "attribute_scorer",
     "baseline_scorers",
     "cooccurrence_log_prob",
@@ -56,9 +63,9 @@ __all__ = [
 ]
 
 POPULARITY, ATTRIBUTE_MATCH, COOCCURRENCE = "popularity", "attribute-match", "co-occurrence"
-PAIR_MEMORY = "pair-memory"
+PAIR_MEMORY, ATTRIBUTE_PMI = "pair-memory", "attribute-pmi"
 #: Row names of the non-learned baselines, in table order.
-BASELINES: tuple[str, ...] = (POPULARITY, ATTRIBUTE_MATCH, PAIR_MEMORY, COOCCURRENCE)
+BASELINES: tuple[str, ...] = (POPULARITY, ATTRIBUTE_MATCH, PAIR_MEMORY, COOCCURRENCE, ATTRIBUTE_PMI)
 #: ``TrainData.attrs`` keys the attribute-match baseline compares (missing keys are skipped).
 ATTRIBUTE_KEYS: tuple[str, ...] = ("section", "department", "colour", "audience")
 
@@ -266,6 +273,50 @@ def cooccurrence_scorer(data: TrainData) -> Scorer:
     return Scorer(lambda a, b: logp[type_index[a], type_index[b]], every=every)
 
 
+def attribute_pmi(outfits: Sequence[np.ndarray], values: np.ndarray, alpha: float = 1.0) -> np.ndarray:
+    """Pointwise mutual information of attribute values over training outfit pairs, add-α smoothed.
+
+    Args:
+        outfits: training outfits, each (K,) int64 item indices.
+        values: (N,) int64 contiguous attribute value of every item, in ``[0, V)``.
+        alpha: pseudo-count added to every (value, value) cell.
+
+    Returns:
+        (V, V) float64 ``log p(u, v) - log p(u) - log p(v)``, with ``p(u, v)`` the smoothed share of
+        ordered pairs of distinct outfit items whose values are (u, v) and ``p(u)`` its marginal
+        (Church & Hanks 1990).
+    """
+    v_n = int(values.max()) + 1 if len(values) else 1
+    counts = np.full((v_n, v_n), alpha, dtype=np.float64)  # (V, V)
+    for o in outfits:
+        t = values[np.asarray(o)]  # (K,)
+        i, j = np.meshgrid(np.arange(len(t)), np.arange(len(t)), indexing="ij")
+        keep = i != j
+        np.add.at(counts, (t[i[keep]], t[j[keep]]), 1.0)
+    p = counts / counts.sum()
+    marg = p.sum(1)  # (V,) symmetric counts: rows and columns agree
+    return np.log(p) - np.log(marg)[:, None] - np.log(marg)[None, :]
+
+
+def attribute_pmi_scorer(data: TrainData) -> Scorer | None:
+    """Attribute co-occurrence: ``Σ_k PMI_k(v_k[a], v_k[b])`` over :data:`ATTRIBUTE_KEYS`, each PMI table
+    learned from the training outfits (:func:`attribute_pmi`): which departments, sections, colours and
+    audiences are bought or styled together. None when ``data.attrs`` has none of the keys."""
+    tables = []
+    for k in ATTRIBUTE_KEYS:
+        if k in data.attrs:
+            _, v = np.unique(np.asarray(data.attrs[k]), return_inverse=True)
+            v = v.reshape(-1).astype(np.int64)
+            tables.append((v, attribute_pmi(data.outfits, v)))
+    if not tables:
+        return None
+
+    def every(givens: Sequence[np.ndarray]) -> np.ndarray:  # Σ_k Σ_i pmi_k[v(g_i), v(c)]
+        return sum(np.stack([pmi[v[np.asarray(g)]].sum(0) for g in givens])[:, v] for v, pmi in tables)
+
+    return Scorer(lambda a, b: sum(pmi[v[a], v[b]] for v, pmi in tables), every=every)
+
+
 def baseline_scorers(data: TrainData) -> dict[str, Scorer]:
     """The baselines of :data:`BASELINES` that ``data`` supports, in table order."""
     out = {POPULARITY: popularity_scorer(data)}
@@ -274,6 +325,9 @@ def baseline_scorers(data: TrainData) -> dict[str, Scorer]:
         out[ATTRIBUTE_MATCH] = attr
     out[PAIR_MEMORY] = pair_memory_scorer(data)
     out[COOCCURRENCE] = cooccurrence_scorer(data)
+    pmi = attribute_pmi_scorer(data)
+    if pmi is not None:
+        out[ATTRIBUTE_PMI] = pmi
     return out
 
 

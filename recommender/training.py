@@ -31,10 +31,11 @@ from django.utils import timezone
 from catalog.models import Product
 from ml.config import ModelConfig, TrainConfig
 from ml.dataset import TrainData
-from ml.evaluate import best_reference, evaluate_all, write_report
+from ml.evaluate import REFERENCES, best_reference, evaluate_all, write_report
 from ml.heads import RecommenderHeads, load_heads, save_heads
 from ml.inference import Embedder
 from ml.model import build_model
+from ml.scorers import ATTRIBUTE_PMI
 from ml.train import TrainResult, train
 from recommender import ml_bridge
 from recommender.models import ModelVersion, TrainingRun
@@ -443,13 +444,19 @@ def _incumbent(
     return f"active v{active.pk}", heads, feats
 
 
+#: Rows the first version must beat (no active version): every reference but the attribute co-occurrence.
+GATE_REFERENCES: tuple[str, ...] = tuple(n for n in REFERENCES if n != ATTRIBUTE_PMI)
+
+
 def quality_gate(results: dict[str, dict[str, Any]], *, incumbent: str | None) -> dict[str, Any]:
     """May the new version (row ``"fine-tuned"``) be activated automatically?
 
     It must beat, on every metric of :data:`GATE_METRICS` (popularity-matched FITB and AUC), the active
     version's row ``incumbent`` evaluated on the same protocol, or, when no version is active, the best
-    baseline of that metric (``ml.evaluate.best_reference``: popularity, attribute match, co-occurrence,
-    zero-shot). Strictly: a tie is not better.
+    baseline of that metric among :data:`GATE_REFERENCES` (popularity, attribute match, pair memory,
+    co-occurrence, zero-shot: no learning from the outfits; the attribute co-occurrence row, learned from
+    them, is reported beside the model but does not keep a shop's first version off). Strictly: a tie
+    is not better.
 
     Returns:
         ``{"passed": bool, "reason": str, "against": {metric: [reference row, value]},
@@ -459,7 +466,11 @@ def quality_gate(results: dict[str, dict[str, Any]], *, incumbent: str | None) -
     against: dict[str, list[Any]] = {}
     worse = []
     for m in GATE_METRICS:
-        ref = (incumbent, results[incumbent].get(m)) if incumbent else best_reference(results, m)
+        ref = (
+            (incumbent, results[incumbent].get(m))
+            if incumbent
+            else best_reference(results, m, GATE_REFERENCES)
+        )
         value = own.get(m)
         if ref is None or ref[1] is None or value is None or value != value:
             return {

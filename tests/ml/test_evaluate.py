@@ -35,6 +35,7 @@ from ml.evaluate import (
 )
 from ml.heads import save_heads, zero_shot_heads
 from ml.metrics import fitb_accuracy_heads
+from ml.scorers import attribute_pmi, attribute_pmi_scorer
 
 N = 12
 TOP, BOTTOM, SHOES = 0, 1, 4  # slot indices (ml.slots.SLOTS)
@@ -108,9 +109,26 @@ def test_cooccurrence_prior_by_hand() -> None:
     assert logp[4, 0] == logp[0, 4]
 
 
+def test_attribute_pmi_by_hand() -> None:
+    # Colours of the training outfits' items: 0, 4, 8 are colour 0, 9-11 colour 2. Ordered pairs of
+    # distinct items: (0, 0) 8 times ([0, 4] twice, [4, 8], [0, 8]), (2, 2) 6 times ([9, 10, 11]); with
+    # add-one smoothing of the 4 × 4 table, 30 counts: p(0, 0) = 9/30, p(0) = 12/30, p(2) = 10/30.
+    data = make_data()
+    pmi = attribute_pmi(data.outfits, data.attrs["colour"])
+    assert pmi.shape == (4, 4)
+    assert pmi[0, 0] == pytest.approx(math.log((9 / 30) / (12 / 30) ** 2))
+    assert pmi[0, 2] == pytest.approx(math.log((1 / 30) / (12 / 30 * 10 / 30)))
+    assert pmi[2, 0] == pytest.approx(pmi[0, 2])
+    # the scorer sums the tables of the attributes present (colour; section: one value, PMI 0)
+    scorer = attribute_pmi_scorer(data)
+    assert scorer.pair(np.array([0]), np.array([4]))[0] == pytest.approx(pmi[0, 0])
+    given = np.array([0, 4])
+    assert scorer.items(given, np.arange(N)) == pytest.approx(scorer.items_of_every([given], N)[0])
+
+
 def test_baselines_by_hand() -> None:
     b = evaluate_baselines(make_data(), seed=0)
-    assert list(b) == ["popularity", "attribute-match", "pair-memory", "co-occurrence"]
+    assert list(b) == ["popularity", "attribute-match", "pair-memory", "co-occurrence", "attribute-pmi"]
     # Popularity (training outfits: 0 and 4 in 3, 8 in 2, 9-11 in 1), random protocol. O1: every item
     # of it is more popular than the other items of its slot -> right; O2: items 1 and 5 are in no
     # training outfit and 0 (or 4) is among their candidates -> wrong: FITB 1/2. Outfit scores are the
@@ -147,6 +165,7 @@ def test_evaluate_all_rows_and_determinism() -> None:
         "attribute-match",
         "pair-memory",
         "co-occurrence",
+        "attribute-pmi",
         "zero-shot",
         "tuned",
         "tuned + memory",

@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 from ml.evaluate import evaluate_all, markdown_report, write_report
 from ml.heads import RecommenderHeads, load_heads
 from ml.protocols import PROTOCOL_SEED, matched_protocol, protocol_metrics, split_protocol
-from ml.scorers import ATTRIBUTE_MATCH, POPULARITY, baseline_scorers, heads_scorer
+from ml.scorers import ATTRIBUTE_MATCH, ATTRIBUTE_PMI, POPULARITY, baseline_scorers, heads_scorer
 from recommender import ml_bridge
 from recommender.models import ModelVersion
 
@@ -86,10 +86,12 @@ def by_catalog(
     sources: list[str],
     seed: int,
 ) -> str:
-    """The popularity-matched FITB / AUC of the popularity and attribute-match baselines and of every
+    """The popularity-matched FITB / AUC of the popularity, attribute-match and attribute co-occurrence
+    baselines and of every
     version on each catalog's own held-out questions and outfits (:func:`ml.protocols.split_protocol`),
     as a Markdown table."""
-    scorers = {k: v for k, v in baseline_scorers(data).items() if k in (POPULARITY, ATTRIBUTE_MATCH)}
+    shown = (POPULARITY, ATTRIBUTE_MATCH, ATTRIBUTE_PMI)
+    scorers = {k: v for k, v in baseline_scorers(data).items() if k in shown}
     for name, h in heads.items():
         image, text = features.get(name, (data.image, data.text))
         scorers[name] = heads_scorer(h, image, text, data.slots)
