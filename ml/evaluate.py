@@ -254,6 +254,7 @@ def evaluate_all(
     seed: int = PROTOCOL_SEED,
     features: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     memory_picks: int = MEMORY_PICKS,
+    held: HeldOut | None = None,
 ) -> dict[str, dict[str, float | None]]:
     """Evaluate the baselines, the zero-shot model and every fine-tuned model on the same protocols.
 
@@ -267,13 +268,15 @@ def evaluate_all(
             complete-the-look as the site serves it with ``LOOKS_MEMORY_PICKS`` = ``memory_picks``, the
             items the training outfits paired most often lifted first in each slot
             (:func:`ml.scorers.memory_first`); its other metrics are the first model's.
+        held: the protocols of ``data`` and ``seed`` (:func:`held_out_protocols`) when the caller has
+            them already; built here otherwise.
 
     Returns:
         ``{model: {metric: value or None}}`` with every metric of :data:`METRICS` in each row; rows are
         the baselines, ``"zero-shot"``, then ``heads_by_name`` in order (the memory row after the first).
         None means "not applicable".
     """
-    held = held_out_protocols(data, seed)
+    held = held if held is not None else held_out_protocols(data, seed)
     compat_dim = next(iter(heads_by_name.values())).compat_dim if heads_by_name else TrainConfig().compat_dim
     rows: dict[str, dict[str, float]] = dict(evaluate_baselines(data, seed, held))
     zero = zero_shot_heads(data.image.shape[1], compat_dim, seed)

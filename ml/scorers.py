@@ -58,6 +58,7 @@ __all__ = [
     "cooccurrence_scorer",
     "heads_scorer",
     "memory_first",
+    "outfit_pair_counts",
     "pair_memory_scorer",
     "popularity_scorer",
 ]
@@ -238,6 +239,24 @@ def memory_first(
     return Scorer(model.pair, summed, every)
 
 
+def outfit_pair_counts(outfits: Sequence[np.ndarray], labels: np.ndarray, n_labels: int) -> np.ndarray:
+    """(L, L) float64 counts of the labels of every ordered pair of distinct items of each outfit (each
+    unordered pair once in each direction, so the table is symmetric).
+
+    Args:
+        outfits: training outfits, each (K,) int64 item indices.
+        labels: (N,) int64 label of every item, in ``[0, n_labels)``.
+        n_labels: L.
+    """
+    counts = np.zeros((n_labels, n_labels), dtype=np.float64)  # (L, L)
+    for o in outfits:
+        t = labels[np.asarray(o)]  # (K,)
+        i, j = np.meshgrid(np.arange(len(t)), np.arange(len(t)), indexing="ij")
+        keep = i != j
+        np.add.at(counts, (t[i[keep]], t[j[keep]]), 1.0)
+    return counts
+
+
 def cooccurrence_log_prob(outfits: Sequence[np.ndarray], type_index: np.ndarray, n_types: int) -> np.ndarray:
     """Category co-occurrence prior ``log P(type_b | type_a)`` with add-one smoothing.
 
@@ -250,12 +269,7 @@ def cooccurrence_log_prob(outfits: Sequence[np.ndarray], type_index: np.ndarray,
         (T, T) float64 ``log((c_ab + 1) / (Σ_b c_ab + T))``, where ``c_ab`` counts every unordered pair
         of distinct outfit items once in each direction (symmetric counts).
     """
-    counts = np.zeros((n_types, n_types), dtype=np.float64)  # (T, T)
-    for o in outfits:
-        t = type_index[np.asarray(o)]  # (K,)
-        i, j = np.meshgrid(np.arange(len(t)), np.arange(len(t)), indexing="ij")
-        keep = i != j
-        np.add.at(counts, (t[i[keep]], t[j[keep]]), 1.0)
+    counts = outfit_pair_counts(outfits, type_index, n_types)  # (T, T)
     return np.log((counts + 1.0) / (counts.sum(1, keepdims=True) + n_types))
 
 
@@ -287,12 +301,7 @@ def attribute_pmi(outfits: Sequence[np.ndarray], values: np.ndarray, alpha: floa
         (Church & Hanks 1990).
     """
     v_n = int(values.max()) + 1 if len(values) else 1
-    counts = np.full((v_n, v_n), alpha, dtype=np.float64)  # (V, V)
-    for o in outfits:
-        t = values[np.asarray(o)]  # (K,)
-        i, j = np.meshgrid(np.arange(len(t)), np.arange(len(t)), indexing="ij")
-        keep = i != j
-        np.add.at(counts, (t[i[keep]], t[j[keep]]), 1.0)
+    counts = outfit_pair_counts(outfits, values, v_n) + alpha  # (V, V)
     p = counts / counts.sum()
     marg = p.sum(1)  # (V,) symmetric counts: rows and columns agree
     return np.log(p) - np.log(marg)[:, None] - np.log(marg)[None, :]

@@ -13,6 +13,7 @@ from catalog.mango_import import catalog_import_mango
 from catalog.models import Outfit, Product
 from ml.audience import AUDIENCE_GROUPS
 from ml.config import TrainConfig
+from ml.evaluate import held_out_protocols
 from ml.protocols import matched_protocol, split_protocol
 from ml.sampling import audience_mix
 from ml.train import _Run, train
@@ -75,6 +76,6 @@ def test_matched_candidates_and_negatives_keep_to_the_answers_catalog(hm_root, s
     assert sum(len(p.positives) for p in parts.values()) == len(protocol.positives)
     for p in parts.values():
         assert len({source[c[0]] for _, c in p.questions} | {source[o[0]] for o in p.positives}) == 1
-    table = by_catalog(data, {}, {}, list(dict.fromkeys(source.tolist())), 0)
+    table = by_catalog(data, {}, {}, list(dict.fromkeys(source.tolist())), held_out_protocols(data, 0))
     assert "hm (" in table and "mango (" in table
     assert "| popularity |" in table and "| attribute-match |" in table

@@ -16,9 +16,9 @@ import numpy as np
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from ml.evaluate import evaluate_all, markdown_report, write_report
+from ml.evaluate import HeldOut, evaluate_all, held_out_protocols, markdown_report, write_report
 from ml.heads import RecommenderHeads, load_heads
-from ml.protocols import PROTOCOL_SEED, matched_protocol, protocol_metrics, split_protocol
+from ml.protocols import PROTOCOL_SEED, protocol_metrics, split_protocol
 from ml.scorers import ATTRIBUTE_MATCH, ATTRIBUTE_PMI, POPULARITY, baseline_scorers, heads_scorer
 from recommender import ml_bridge
 from recommender.models import ModelVersion
@@ -62,8 +62,14 @@ class Command(BaseCommand):
             own = ml_bridge.own_features(heads[name], model, products, base=(data.image, data.text))
             if own[0] is not data.image:
                 features[name] = own
+        held = held_out_protocols(data, opts["seed"])  # every table below reads the same questions
         results = evaluate_all(
-            data, heads, seed=opts["seed"], features=features, memory_picks=settings.LOOKS_MEMORY_PICKS
+            data,
+            heads,
+            seed=opts["seed"],
+            features=features,
+            memory_picks=settings.LOOKS_MEMORY_PICKS,
+            held=held,
         )
         last = next(reversed(heads), None)
         plot_data = (
@@ -73,7 +79,7 @@ class Command(BaseCommand):
         self.stdout.write(markdown_report(results))
         sources = list(dict.fromkeys(p.source for p in products))  # attrs["catalog"] ids, in this order
         if len(sources) > 1:  # a combined figure can hide a catalog the model does not help
-            table = by_catalog(data, heads, features, sources, opts["seed"])
+            table = by_catalog(data, heads, features, sources, held)
             (Path(opts["out"]) / "by_catalog.md").write_text(table)
             self.stdout.write(table)
         self.stdout.write(f"report: {', '.join(str(p) for p in paths.values())}")
@@ -84,18 +90,17 @@ def by_catalog(
     heads: dict[str, RecommenderHeads],
     features: dict[str, tuple[np.ndarray, np.ndarray]],
     sources: list[str],
-    seed: int,
+    held: HeldOut,
 ) -> str:
     """The popularity-matched FITB / AUC of the popularity, attribute-match and attribute co-occurrence
-    baselines and of every
-    version on each catalog's own held-out questions and outfits (:func:`ml.protocols.split_protocol`),
-    as a Markdown table."""
+    baselines and of every version on each catalog's own held-out questions and outfits (``held.matched``
+    split by :func:`ml.protocols.split_protocol`), as a Markdown table."""
     shown = (POPULARITY, ATTRIBUTE_MATCH, ATTRIBUTE_PMI)
     scorers = {k: v for k, v in baseline_scorers(data).items() if k in shown}
     for name, h in heads.items():
         image, text = features.get(name, (data.image, data.text))
         scorers[name] = heads_scorer(h, image, text, data.slots)
-    parts = split_protocol(matched_protocol(data, seed), data.attrs["catalog"])
+    parts = split_protocol(held.matched, data.attrs["catalog"])
     lines = [
         "### Popularity-matched protocol by catalog (FITB / AUC)\n",
         "| model | "
