@@ -411,7 +411,7 @@ def _gate_results(fitb: float, auc: float, active: tuple[float, float] | None = 
         "attribute-match": {"fitb": 0.40, "auc": 0.62},
         "co-occurrence": {"fitb": 0.25, "auc": 0.49},
         "zero-shot": {"fitb": 0.30, "auc": 0.64},
-        # learned from the outfits: reported, but no bar for a shop's first version
+        # reported beside the model, but no bar for a shop's first version
         "attribute-pmi": {"fitb": 0.48, "auc": 0.75},
         "fine-tuned": {"fitb": fitb, "auc": auc},
     }
