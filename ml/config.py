@@ -122,6 +122,14 @@ class TrainConfig:
             or ``"off"``. Ignored on the CPU (float32).
         channels_last: run the image tower in channels_last memory format during tower fine-tuning.
         num_workers: DataLoader processes decoding JPEGs during tower fine-tuning (0 = in the main process).
+        cache_tower_prefix: compute the frozen part of the image tower (below the last
+            ``unfreeze_last_blocks`` blocks) once per photo and train only the suffix on those cached
+            activations (``ml.tower_prefix``; what makes image-tower tuning a CPU job). The text tower is
+            then read from the cached features unless ``unfreeze_text_layers`` > 0.
+        tuning_views: with ``cache_tower_prefix``, K phone-photo views (``ml.augment``) of
+            ``tuning_view_photos`` trained photos, cached as prefix activations, for ``w_view``'s NT-Xent
+            through the tuned tower (0 = none; ``w_view`` then reads view features, if any).
+        tuning_view_photos: how many training photos get those views.
     """
 
     epochs: int = 30
@@ -156,6 +164,9 @@ class TrainConfig:
     amp: str = "bf16"
     channels_last: bool = True
     num_workers: int = 0
+    cache_tower_prefix: bool = False
+    tuning_views: int = 0
+    tuning_view_photos: int = 1500
 
     def __post_init__(self) -> None:
         """Refuse unknown loss or miner names and combinations that cannot train, naming the field.
@@ -187,6 +198,18 @@ class TrainConfig:
             raise ValueError(
                 "learn_temperature: general_loss 'ntxent' has a fixed temperature; "
                 "set learn_temperature=False (or use 'clip' / 'infonce' to learn it)"
+            )
+        if self.cache_tower_prefix and self.unfreeze_last_blocks < 1:
+            raise ValueError(
+                "cache_tower_prefix needs unfreeze_last_blocks >= 1 (the prefix is what stays frozen)"
+            )
+        if self.tuning_views < 0 or self.tuning_view_photos < 0:
+            raise ValueError(
+                f"tuning_views / tuning_view_photos must be >= 0, got {self.tuning_views} / {self.tuning_view_photos}"
+            )
+        if self.tuning_views and not self.cache_tower_prefix:
+            raise ValueError(
+                "tuning_views needs cache_tower_prefix (the views are cached prefix activations)"
             )
         if self.general_loss == "angular" and not self.normalize:
             raise ValueError(

@@ -39,6 +39,7 @@ from ml.config import ModelConfig, TrainConfig
 from ml.dataset import TrainData
 from ml.features import ImageFiles
 from ml.model import ClipBundle, build_model
+from ml.tower_prefix import PrefixActivations, SplitImageTower, prefix_activations
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,10 @@ class TowerTuner:
         amp: ``"bf16"``, ``"fp16"`` or ``"off"``; autocast is used on CUDA only (CPU runs float32).
         channels_last: run the image tower in channels_last memory format (faster convs on GPU and CPU).
         num_workers: DataLoader processes decoding JPEGs (0 = in this process).
+        prefix: ``(split tower, cached activations)`` of ``ml.tower_prefix.prefix_activations``: the image
+            side then runs only the tower's suffix on the cached activations (no JPEG decoding).
+        text_bank: (N, E) float32 text-tower outputs, read instead of running the text tower when
+            ``text_layers`` is 0 and ``prefix`` is given (a frozen tower gives the same outputs).
 
     Raises:
         ValueError: lengths differ, a count is out of range, or ``amp`` is unknown.
@@ -131,6 +136,8 @@ class TowerTuner:
         amp: str = "bf16",
         channels_last: bool = True,
         num_workers: int = 0,
+        prefix: tuple[SplitImageTower, PrefixActivations] | None = None,
+        text_bank: torch.Tensor | None = None,
     ) -> None:
         if len(image_paths) != len(texts):
             raise ValueError(f"{len(image_paths)} image paths but {len(texts)} texts")
@@ -152,6 +159,8 @@ class TowerTuner:
         size = self.model.visual.preprocess_cfg["size"]
         h, w = (size, size) if isinstance(size, int) else tuple(size)
         self.images = ImageFiles(image_paths, bundle.preprocess, (3, int(h), int(w)))
+        self.split, self.prefix = prefix if prefix is not None else (None, None)
+        self.text_bank = text_bank if prefix is not None and text_layers == 0 else None
         self.tokens = bundle.tokenizer(list(texts))  # (N, L) int64
         pad_id = self.model.text.config.pad_token_id if isinstance(self.model.text, HFTextEncoder) else None
         self.pad_id = pad_id
@@ -198,6 +207,10 @@ class TowerTuner:
             ``(idx (B,) int64, image (B, E) float32, text (B, E) float32)``, unnormalised; rows whose
             photo could not be read are zeros (as in the cached features).
         """
+        if self.prefix is not None:  # cached prefix activations: no decoding, only the tower's top
+            for idx in batches:
+                yield idx, *self.encode_cached(idx)
+            return
         loader = DataLoader(
             self.images,
             batch_sampler=[b.tolist() for b in batches],
@@ -234,6 +247,30 @@ class TowerTuner:
             img = img * ok
         return img, txt
 
+    def encode_cached(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both towers' outputs ``(image (B, E), text (B, E))`` float32 for items ``idx`` (B,) int64 from the
+        cached prefix activations (image) and the text bank or the text tower; unreadable photos give zeros."""
+        img = self.split.suffix(self.prefix.clean[idx].to(self.device).float())
+        bad = self.prefix.failed[idx]
+        if bad.any():
+            img = img * (~bad).to(img.device, img.dtype)[:, None]
+        if self.text_bank is not None:
+            return img, self.text_bank[idx.to(self.text_bank.device)].to(self.device)
+        t = self.tokens[idx]
+        if self.pad_id is not None:
+            t = t[:, : max(int(self.lengths[idx].max()), 1)]
+        return img, self.model.encode_text(t.to(self.device)).float()
+
+    def view_features(self, vi: torch.Tensor, version: torch.Tensor) -> torch.Tensor:
+        """Image-tower outputs (B', E) float32, with gradients, of version ``version`` (B',) int64 (0: the
+        clean photo, j ≥ 1: phone-photo view j) of the view photos ``vi`` (B',) int64 (indices into
+        ``prefix.view_rows``), from the cached prefix activations."""
+        vi, version = vi.cpu(), version.cpu()
+        clean = self.prefix.clean[self.prefix.view_rows[vi]]  # (B', C, h, w)
+        views = self.prefix.views[vi, (version - 1).clamp(min=0)]
+        a = torch.where((version == 0)[:, None, None, None], clean, views)
+        return self.split.suffix(a.to(self.device).float())
+
     @torch.no_grad()
     def refresh(self, image: torch.Tensor, text: torch.Tensor, items: np.ndarray, batch_size: int) -> None:
         """Overwrite rows ``items`` of the feature banks ``image``/``text`` (N, E) float32 with the current
@@ -246,10 +283,14 @@ class TowerTuner:
             text[dev_idx] = txt.to(text.dtype)
 
 
-def tower_tuner(data: TrainData, cfg: TrainConfig, bundle: ClipBundle | None = None) -> TowerTuner:
+def tower_tuner(
+    data: TrainData, cfg: TrainConfig, bundle: ClipBundle | None = None, cache_dir: Path | None = None
+) -> TowerTuner:
     """The :class:`TowerTuner` of a training run (``ml.train``): the last ``cfg.unfreeze_last_blocks`` image
     blocks and ``cfg.unfreeze_text_layers`` text layers of ``bundle`` (default: a new
-    ``build_model(ModelConfig())``), fed with ``data.image_paths`` and ``data.texts``.
+    ``build_model(ModelConfig())``), fed with ``data.image_paths`` and ``data.texts``; with
+    ``cfg.cache_tower_prefix``, from prefix activations computed once (kept under ``cache_dir`` when given,
+    ``ml.tower_prefix``), with ``cfg.tuning_views`` phone-photo views.
 
     Raises:
         ValueError: the data has no image paths or texts, or the model's embed_dim is not the features' E.
@@ -263,8 +304,21 @@ def tower_tuner(data: TrainData, cfg: TrainConfig, bundle: ClipBundle | None = N
     e = data.image.shape[1]
     if bundle.embed_dim != e:
         raise ValueError(f"model {bundle.model_id} gives {bundle.embed_dim}-d features, the data has {e}-d")
+    prefix = None
+    if cfg.cache_tower_prefix:
+        prefix = prefix_activations(
+            data,
+            bundle,
+            cfg.unfreeze_last_blocks,
+            views=cfg.tuning_views,
+            view_photos=cfg.tuning_view_photos,
+            seed=cfg.seed,
+            cache_dir=cache_dir,
+        )
     return TowerTuner(
         bundle,
+        prefix=prefix,
+        text_bank=torch.from_numpy(np.ascontiguousarray(data.text, dtype=np.float32)),
         image_paths=data.image_paths,
         texts=data.texts,
         image_blocks=cfg.unfreeze_last_blocks,
@@ -273,6 +327,32 @@ def tower_tuner(data: TrainData, cfg: TrainConfig, bundle: ClipBundle | None = N
         channels_last=cfg.channels_last,
         num_workers=cfg.num_workers,
     )
+
+
+def tuned_features(
+    bundle: ClipBundle, data: TrainData, cfg: TrainConfig, cache_dir: Path | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both towers' outputs ``(image (N, E), text (N, E))`` float32 of every item of ``data`` with the
+    bundle's current (tuned) weights: with ``cfg.cache_tower_prefix`` the image side runs the tower's top on
+    the cached prefix activations (and the frozen text side is ``data.text``); else both towers run in full
+    (``ml.features.FeatureExtractor``).
+    """
+    if cfg.cache_tower_prefix:
+        split, acts = prefix_activations(data, bundle, cfg.unfreeze_last_blocks, cache_dir=cache_dir)
+        image = np.zeros_like(data.image, dtype=np.float32)
+        with torch.no_grad():
+            for s in range(0, len(image), 256):
+                a = acts.clean[s : s + 256].to(bundle.device).float()
+                image[s : s + len(a)] = split.suffix(a).float().cpu().numpy()
+        image[acts.failed.numpy()] = 0.0
+        if cfg.unfreeze_text_layers == 0:
+            return image, np.asarray(data.text, dtype=np.float32)
+    from ml.features import FeatureExtractor
+
+    ex = FeatureExtractor(bundle, batch_size=cfg.batch_size if bundle.device.type == "cuda" else 32)
+    if not cfg.cache_tower_prefix:
+        image, _ = ex.encode_images(data.image_paths, progress=True)
+    return image, ex.encode_texts(data.texts, progress=True)
 
 
 def load_tower_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -31,7 +31,7 @@ from ml.dataset import (
     training_rows,
 )
 from ml.evaluate import evaluate_all, markdown_report, write_report
-from ml.heads import RecommenderHeads, save_heads
+from ml.heads import RecommenderHeads, load_heads, save_heads
 from ml.losses import CenterLoss, SoftmaxClassificationLoss
 from ml.mango import train_data_from_mango
 from ml.metrics import fitb_accuracy_heads, text_to_image_recall
@@ -80,7 +80,7 @@ class _Run:
             starts at 0).
     """
 
-    def __init__(self, data: TrainData, cfg: TrainConfig, bundle: Any) -> None:
+    def __init__(self, data: TrainData, cfg: TrainConfig, bundle: Any, cache_dir: Any, init: Any) -> None:
         self.cfg = cfg
         self.gen = seed_everything(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
@@ -89,12 +89,14 @@ class _Run:
             # lazy: ml.towers imports open_clip (~3 s); only runs that tune the towers need it
             from ml.towers import tower_tuner
 
-            tuner = tower_tuner(data, cfg, bundle)
+            tuner = tower_tuner(data, cfg, bundle, cache_dir)
         self.tuner = tuner
         self.device = device = tuner.device if tuner is not None else torch.device("cpu")
         # the modules, drawn from the seeded global torch RNG in this order
         e = data.image.shape[1]
         heads = RecommenderHeads(e, cfg.compat_dim, num_slots=len(SLOTS), normalize=cfg.normalize)
+        if init is not None:  # continue from trained heads (their tower weights are the bundle's business)
+            heads.load_state_dict(init.state_dict())
         self.heads = heads.to(device)
         self.clip_loss, self.compat_loss = general_loss(cfg).to(device), compat_loss(cfg)
         n_types = int(data.types.max()) + 1 if len(data.types) else 1
@@ -110,7 +112,7 @@ class _Run:
         if tuner is not None:  # a private, writable feature bank (never the caller's arrays)
             self.image, self.text = self.image.to(device, copy=True), self.text.to(device, copy=True)
         self.slots = torch.from_numpy(data.slots.astype(np.int64)).to(device)
-        self.photo_views = PhotoViews(data, cfg, device) if cfg.w_view > 0 else None  # ml.views
+        self.photo_views = PhotoViews(data, cfg, device, tuner) if cfg.w_view > 0 else None  # ml.views
         self.text_views = TextViews(data, cfg, device) if cfg.p_text_view > 0 else None
         self.sampler = OutfitNegativeSampler(data.slots, data.outfits, self.rng)
         pairs = training_pairs(data.outfits, data.slots, data.attrs.get("audience"))
@@ -349,6 +351,8 @@ def train(
     resume: Path | None = None,
     should_stop: Callable[[], bool] | None = None,
     bundle: Any = None,
+    cache_dir: Path | None = None,
+    init_heads: RecommenderHeads | None = None,
 ) -> TrainResult:
     """Train :class:`~ml.heads.RecommenderHeads` on cached tower outputs (and, optionally, the towers' tops).
 
@@ -385,6 +389,8 @@ def train(
         bundle: tower fine-tuning only: the :class:`~ml.model.ClipBundle` whose towers are trained IN
             PLACE (default: a new ``build_model(ModelConfig())``); its device is the training device.
             It must be the model that computed ``data.image``/``data.text``.
+        cache_dir: with ``cfg.cache_tower_prefix``, where the prefix activations are kept (``ml.tower_prefix``).
+        init_heads: start from these trained heads (same dimensions) instead of a random initialisation.
 
     Returns:
         :class:`TrainResult` with the best heads by the validation metric (mean of val FITB accuracy
@@ -396,7 +402,7 @@ def train(
             a model whose embed_dim differs from the features'.
     """
     with deterministic_algorithms():  # several CPU threads: the same run twice gives the same heads
-        run = _Run(data, cfg, bundle)
+        run = _Run(data, cfg, bundle, cache_dir, init_heads)
         if resume is not None:
             run.resume(resume)
         t0, samples = time.perf_counter(), 0
@@ -464,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-cache", type=Path, default=Path("var/features"), help="feature cache folder")
     p.add_argument("--out", type=Path, default=Path("var/models/cli-run"), help="output folder")
     p.add_argument("--resume", type=Path, default=None, help="checkpoint last.pt to resume from")
+    p.add_argument("--init-heads", type=Path, default=None, help="heads.pt to start from (tower tuning)")
     p.add_argument("--model-name", default=ModelConfig.name, help="open_clip model (ModelConfig.name)")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint (ModelConfig)")
     p.add_argument(
@@ -510,7 +517,9 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     if args.text_views is not None:
         z = np.load(args.text_views)
         data = data.attach_views(z["item_ids"], z["views"], kind="text")
-    result = train(data, cfg, checkpoint_dir=args.out / "checkpoints", resume=args.resume, bundle=bundle)
+    init = load_heads(args.init_heads)[0] if args.init_heads is not None else None
+    kw = {"bundle": bundle, "cache_dir": args.feature_cache, "init_heads": init}
+    result = train(data, cfg, checkpoint_dir=args.out / "checkpoints", resume=args.resume, **kw)
     save_heads(
         args.out / "heads.pt",
         result.heads,
@@ -520,11 +529,9 @@ def main(argv: Sequence[str] | None = None) -> TrainResult:
     if data.test_outfits:  # held-out tables (ml.evaluate), on the tuned towers' features when tuned
         own = {}
         if result.heads.tower_state and bundle is not None and data.image_paths and data.texts:
-            from ml.features import FeatureExtractor  # lazy, as ml.model above: open_clip
+            from ml.towers import tuned_features  # lazy, as ml.model above: open_clip
 
-            ex = FeatureExtractor(bundle, batch_size=cfg.batch_size if bundle.device.type == "cuda" else 32)
-            img, _ = ex.encode_images(data.image_paths, progress=True)
-            own["fine-tuned"] = (img, ex.encode_texts(data.texts, progress=True))
+            own["fine-tuned"] = tuned_features(bundle, data, cfg, args.feature_cache)
         results = evaluate_all(data, {"fine-tuned": result.heads}, features=own)  # fixed protocol seed
         plot_data = replace(data, image=own["fine-tuned"][0], text=own["fine-tuned"][1]) if own else data
         write_report(results, args.out, history=result.history, data=plot_data, heads=result.heads)

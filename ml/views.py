@@ -9,6 +9,8 @@ seeded generator. Both are off by default (``TrainConfig.w_view``, ``TrainConfig
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import nn
@@ -18,26 +20,52 @@ from ml.dataset import TrainData
 from ml.heads import RecommenderHeads
 from ml.losses import NTXentLoss
 
+if TYPE_CHECKING:
+    from ml.towers import TowerTuner  # open_clip; the frozen-feature path never imports it
+
 __all__ = ["PhotoViews", "TextViews"]
 
 
 class PhotoViews:
-    """Each photo that has views: its clean tower features and its K phone-photo views, (M, 1 + K, E).
+    """Each photo that has views: its clean tower features and its K phone-photo views, (M, 1 + K, E); or,
+    with a ``tuner`` holding cached prefix activations of views (``ml.tower_prefix``), those photos'
+    versions through the tuned tower's top, with gradients.
 
     Raises:
-        ValueError: ``data`` has no phone-photo view features attached.
+        ValueError: neither view features are attached to ``data`` nor the tuner holds views.
     """
 
-    def __init__(self, data: TrainData, cfg: TrainConfig, device: torch.device) -> None:
-        if not len(data.view_rows):
-            raise ValueError("w_view > 0 needs phone-photo view features (TrainData.attach_views)")
+    def __init__(
+        self, data: TrainData, cfg: TrainConfig, device: torch.device, tuner: TowerTuner | None = None
+    ) -> None:
         self.cfg, self.device = cfg, device
         self.loss = NTXentLoss(cfg.view_temperature, normalize=cfg.normalize)
+        self.tuner = (
+            tuner if tuner is not None and tuner.prefix is not None and len(tuner.prefix.view_rows) else None
+        )
+        if self.tuner is not None:  # views as cached prefix activations, through the tuned tower's top
+            rows = self.tuner.prefix.view_rows.numpy()
+            self.n_views = 1 + self.tuner.prefix.views.shape[1]
+        elif len(data.view_rows):  # views as frozen-tower features
+            rows = data.view_rows
+            clean = data.image[data.view_rows][:, None, :]  # (M, 1, E)
+            self.bank = torch.from_numpy(np.concatenate([clean, data.view_image], axis=1)).float().to(device)
+            self.n_views = self.bank.shape[1]
+        else:
+            raise ValueError(
+                "w_view > 0 needs phone-photo views: view features (TrainData.attach_views) or, when tuning "
+                "the image tower from cached activations, tuning_views > 0"
+            )
         self.view_of = torch.full((len(data.image),), -1, dtype=torch.int64)  # (N,) bank index, -1: none
-        self.view_of[torch.from_numpy(data.view_rows)] = torch.arange(len(data.view_rows))
-        self.rows = torch.from_numpy(data.view_rows)  # (M,) bank index -> data row
-        clean = data.image[data.view_rows][:, None, :]  # (M, 1, E)
-        self.bank = torch.from_numpy(np.concatenate([clean, data.view_image], axis=1)).float().to(device)
+        self.view_of[torch.from_numpy(rows)] = torch.arange(len(rows))
+        self.rows = torch.from_numpy(rows)  # (M,) bank index -> data row
+
+    def features(self, vi: torch.Tensor, version: torch.Tensor) -> torch.Tensor:
+        """(B', E) float32 image-tower outputs of version ``version`` (B',) int64 (0 = clean photo) of the
+        view photos ``vi`` (B',) int64: from the feature bank, or through the tuned tower (with gradients)."""
+        if self.tuner is not None:
+            return self.tuner.view_features(vi, version)
+        return self.bank[vi.to(self.device), version.to(self.device)]
 
     def batch_loss(
         self,
@@ -57,12 +85,11 @@ class PhotoViews:
         vi = vi[vi >= 0]  # (B',)
         if len(vi) < 2:
             return torch.zeros((), device=self.device)
-        n_views = self.bank.shape[1]
+        n_views = self.n_views
         first = torch.randint(n_views, (len(vi),), generator=gen)
         second = (first + torch.randint(1, n_views, (len(vi),), generator=gen)) % n_views  # != first
-        vi, first, second = vi.to(self.device), first.to(self.device), second.to(self.device)
-        z1 = heads.image_vec(self.bank[vi, first])  # (B', E)
-        z2 = heads.image_vec(self.bank[vi, second])
+        z1 = heads.image_vec(self.features(vi, first))  # (B', E)
+        z2 = heads.image_vec(self.features(vi, second))
         loss = self.loss(z1, z2)
         if cfg.view_type_loss and cfg.w_type > 0:  # the views' product types, weighted as w_type
             t = types[self.rows[vi].to(self.device)]

@@ -361,6 +361,7 @@ def _fit(r: _Run, data: TrainData) -> TrainResult:
         checkpoint_dir=Path(settings.ML_ARTIFACTS_DIR) / f"run-{r.run_id}" / "checkpoints",
         should_stop=r.log.cancelled,
         bundle=build_model(r.mcfg) if r.cfg.tunes_towers else None,  # a private model to fine-tune
+        cache_dir=Path(settings.ML_FEATURE_CACHE_DIR),  # prefix activations (cache_tower_prefix)
     )
     r.timings["training_s"] = time.perf_counter() - t
     return result
