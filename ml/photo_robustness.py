@@ -30,7 +30,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,11 @@ logger = logging.getLogger(__name__)
 #: The seed of the evaluation's phone photos (training views use seeds 0..K-1).
 EVAL_SEED = 1000
 K = 10
+#: How many best matches vote for the product type that ranks first (:func:`type_vote`): 1, the best
+#: match's own type, is what photo search serves (``recommender.selectors.photo_search``, ``type_first``);
+#: chosen on the validation products' phone photos (``evaluate --queries val --vote-k ...``), never on
+#: the held-out queries.
+TYPE_VOTE_K = 1
 
 
 @dataclass
@@ -58,7 +63,8 @@ class PhotoCatalog:
     Attributes:
         keys: (N,) article ids (str); paths: N photo paths; types: (N,) ``product_type_name`` (str);
         heldout: (H,) int64 rows kept out of the image↔text loss (the queries); train: (T,) int64 rows
-        the image↔text loss trains on (neither held out nor validation).
+        the image↔text loss trains on (neither held out nor validation); val: (V,) int64 the trainer's
+        validation rows (queries for choosing query-time settings such as :data:`TYPE_VOTE_K`).
     """
 
     keys: list[str]
@@ -66,6 +72,7 @@ class PhotoCatalog:
     types: np.ndarray
     heldout: np.ndarray
     train: np.ndarray
+    val: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 def photo_catalog(
@@ -84,6 +91,7 @@ def photo_catalog(
         types=np.asarray([a.product_type for a in arts]),
         heldout=heldout,
         train=np.flatnonzero(~excluded).astype(np.int64),
+        val=np.asarray(val, dtype=np.int64),
     )
 
 
@@ -215,7 +223,7 @@ def view_features(
 # the evaluation
 
 
-def type_vote(scores: np.ndarray, gallery_types: np.ndarray, k: int = 20) -> np.ndarray:
+def type_vote(scores: np.ndarray, gallery_types: np.ndarray, k: int = TYPE_VOTE_K) -> np.ndarray:
     """Query-time product-type re-ranking (pseudo-relevance feedback): each query's top ``k`` gallery items
     vote for a product type, weighted by their score; items of the winning type then rank first, each
     group in score order.
@@ -244,7 +252,7 @@ def search_metrics(
     query_rows: np.ndarray,
     gallery_types: np.ndarray,
     *,
-    vote: bool = False,
+    vote: int = 0,
 ) -> dict[str, float]:
     """P@10 of the same product type and exact-product Recall@10 of photo queries against a gallery.
 
@@ -252,14 +260,14 @@ def search_metrics(
         query_vec: (Q, D) float32 query vectors; gallery_vec: (G, D) float32 (unit norm: dot = cosine).
         query_rows: (Q,) int64, each query's own product's gallery row.
         gallery_types: (G,) product types.
-        vote: re-rank by :func:`type_vote` first.
+        vote: re-rank by :func:`type_vote` of the top ``vote`` first (0 = no re-ranking).
 
     Returns:
         ``{"p@10_type", "recall@10"}``.
     """
     scores = query_vec @ gallery_vec.T  # (Q, G)
     if vote:
-        scores = type_vote(scores, gallery_types)
+        scores = type_vote(scores, gallery_types, vote)
     return {
         "p@10_type": precision_at_k_by_label(scores, gallery_types[query_rows], gallery_types, K),
         "recall@10": recall_at_k(scores, query_rows, ks=(K,))[K],
@@ -302,11 +310,13 @@ def evaluate_photo_search(
     *,
     seed: int = EVAL_SEED,
     features: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    vote_ks: Sequence[int] = (),
 ) -> dict[str, dict[str, float]]:
     """The table: baselines, then per embedding (``heads``: name → ``RecommenderHeads`` or None for the
     pretrained tower alone) the whole phone photo, ``+crop`` (its garment crop), ``+crop+full`` (the mean
-    of both unit vectors, renormalised), ``+crop+full+type vote`` (that, re-ranked by :func:`type_vote`)
-    and, for reference, the clean catalog photo itself as the query.
+    of both unit vectors, renormalised), ``+type first (served)`` (the whole photo re-ranked by
+    :func:`type_vote` of :data:`TYPE_VOTE_K`, what the site serves), ``+crop+full+type first`` and, for
+    reference, the clean catalog photo itself as the query.
 
     Args:
         gallery: (N, E) float32 clean catalog photos' tower features; types: (N,) product types.
@@ -314,6 +324,7 @@ def evaluate_photo_search(
         query_rows: (Q,) int64 each query's product's row in the gallery.
         features: ``{name: (gallery, queries)}`` of the same shapes for the heads whose towers are tuned
             (their own tower's features; the others read ``gallery`` and ``queries``).
+        vote_ks: extra rows ``+type vote k=K``: the whole photo re-ranked by :func:`type_vote` of its top K.
 
     Returns:
         ``{row name: {"p@10_type", "recall@10"}}``.
@@ -328,7 +339,10 @@ def evaluate_photo_search(
         both = full + crop
         both /= np.linalg.norm(both, axis=1, keepdims=True)
         results[f"{name}+crop+full"] = search_metrics(both, g, query_rows, types)
-        results[f"{name}+crop+full+type vote"] = search_metrics(both, g, query_rows, types, vote=True)
+        results[f"{name}+type first (served)"] = search_metrics(full, g, query_rows, types, vote=TYPE_VOTE_K)
+        results[f"{name}+crop+full+type first"] = search_metrics(both, g, query_rows, types, vote=TYPE_VOTE_K)
+        for k in vote_ks:
+            results[f"{name}+type vote k={k}"] = search_metrics(full, g, query_rows, types, vote=k)
         results[f"{name} (clean photo)"] = search_metrics(g[query_rows], g, query_rows, types)
     return results
 
@@ -381,6 +395,13 @@ def main(argv: Sequence[str] | None = None, *, extractor_factory: Callable[..., 
     e.add_argument("--seed", type=int, default=EVAL_SEED)
     e.add_argument("--limit", type=int, default=0, help="first N held-out products only (0 = all)")
     e.add_argument("--query-cache", type=Path, default=Path("var/photo/queries.npz"))
+    e.add_argument(
+        "--queries",
+        choices=("heldout", "val"),
+        default="heldout",
+        help="held-out (default) or validation products",
+    )
+    e.add_argument("--vote-k", type=int, action="append", default=[], help="extra type-vote row (repeatable)")
     for sp in (v, e):
         sp.add_argument("--hm-root", type=Path, default=Path("../shared/data/hm"))
         sp.add_argument("--feature-cache", type=Path, default=Path("var/features"))
@@ -396,6 +417,9 @@ def main(argv: Sequence[str] | None = None, *, extractor_factory: Callable[..., 
         print(f"wrote {args.out}: {out['views'].shape}")
         return out
     gallery = catalog_image_features(cat, ex, args.feature_cache)
+    if args.queries == "val":  # choosing query-time settings: the validation products, a cache of their own
+        cat = replace(cat, heldout=cat.val)
+        args.query_cache = args.query_cache.with_name(f"{args.query_cache.stem}-val.npz")
     rows, queries = query_features(cat, ex, seed=args.seed, limit=args.limit, cache=args.query_cache)
     heads: dict[str, Any] = {"pretrained tower": None}
     own: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -413,8 +437,16 @@ def main(argv: Sequence[str] | None = None, *, extractor_factory: Callable[..., 
             q_cache = args.query_cache.with_name(f"{args.query_cache.stem}-towers-{fp}.npz")
             q = query_features(cat, tex, seed=args.seed, limit=args.limit, cache=q_cache)[1]
             own[name] = (catalog_image_features(cat, tex, args.feature_cache), q)
-    results = evaluate_photo_search(gallery, queries, rows, cat.types, heads, seed=args.seed, features=own)
-    report = {"queries": len(rows), "gallery": len(cat.keys), "seed": args.seed, "results": results}
+    results = evaluate_photo_search(
+        gallery, queries, rows, cat.types, heads, seed=args.seed, features=own, vote_ks=args.vote_k
+    )
+    report = {
+        "queries": len(rows),
+        "query_set": args.queries,
+        "gallery": len(cat.keys),
+        "seed": args.seed,
+        "results": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"{len(rows)} phone photos of held-out products against {len(cat.keys)} catalog photos")

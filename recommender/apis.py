@@ -138,8 +138,10 @@ class PhotoSearchApi(APIView):
             clean = clean_upload(upload, name="photo")
         except ImageError as exc:
             raise ValidationError({"image": [str(exc)]}) from exc
-        hits = selectors.photo_search(image=clean.image, k=d["k"], filters=Filters.from_params(d))
-        return Response(s.HitSerializer(hits, many=True).data)
+        answer = selectors.photo_search(
+            image=clean.image, k=d["k"], filters=Filters.from_params(d), type_first=d["type_first"]
+        )
+        return Response(s.HitSerializer(answer.hits, many=True).data)
 
 
 class CompleteTheLookApi(APIView):

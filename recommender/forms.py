@@ -58,6 +58,7 @@ class PhotoSearchForm(forms.Form):
         error_messages={"required": "choose a photo to upload"},
         widget=forms.FileInput(attrs={"accept": "image/*"}),
     )
+    type_first = forms.BooleanField(required=False, initial=True, label="Same kind of item first")
 
     def clean_image(self) -> CleanImage:
         try:

@@ -131,7 +131,11 @@ def photo_search_page(request: HttpRequest) -> HttpResponse:
         clean = photo_form.cleaned_data["image"]
         context["photo_preview"] = "data:image/jpeg;base64," + base64.b64encode(clean.thumbnail).decode()
         try:
-            context["results"] = [{"product": h.product} for h in photo_search(image=clean.image, k=SEARCH_K)]
+            answer = photo_search(
+                image=clean.image, k=SEARCH_K, type_first=photo_form.cleaned_data["type_first"]
+            )
+            context["results"] = [{"product": h.product} for h in answer.hits]
+            context["photo_type"] = answer.product_type
         except NoActiveModel:
             context["notice"] = NO_MODEL
     return render(request, "recommender/search.html", context)

@@ -300,8 +300,25 @@ def text_search(
     return _hits(_ranked(qs, "fused", q, k, kind="search"))
 
 
-def photo_search(*, image, k: int = 24, filters: Filters | None = None) -> list[Hit]:
+@dataclass(frozen=True)
+class PhotoAnswer:
+    """Photo search results: ``hits`` best first; ``product_type``, the best match's product type when its
+    items were ranked first (None when that was off, a type filter was given, or nothing matched)."""
+
+    hits: list[Hit]
+    product_type: str | None = None
+
+
+def photo_search(
+    *, image, k: int = 24, filters: Filters | None = None, type_first: bool = True
+) -> PhotoAnswer:
     """Search by a shopper's photo (a PIL image): nearest products by image vector.
+
+    With ``type_first`` the products of the best match's product type come first (each group in
+    similarity order), then the rest: a phone photo's nearest catalog photos drift to other kinds of
+    garment after the first few, while the very best match usually has the right kind (the same
+    re-ranking as ``ml.photo_robustness.type_vote`` with k = 1, chosen on validation products' phone
+    photos; docs/evaluation.md#photo-search-on-phone-photos). The best match itself never moves.
 
     Raises:
         NoActiveModel.
@@ -310,7 +327,13 @@ def photo_search(*, image, k: int = 24, filters: Filters | None = None) -> list[
     q = embedder_for(version).embed_query_image(image)
     filters = filters or Filters()
     qs = filters.apply(ProductEmbedding.objects.filter(model_version=version))
-    return _hits(_ranked(qs, "image", q, k, kind="photo"))
+    hits = _hits(_ranked(qs, "image", q, k, kind="photo"))
+    guess = hits[0].product.product_type if hits else ""
+    if not type_first or filters.product_type or not guess:
+        return PhotoAnswer(hits)
+    same = _hits(_ranked(qs.filter(product__product_type=guess), "image", q, k, kind="photo"))
+    ids = {h.product.pk for h in same}
+    return PhotoAnswer((same + [h for h in hits if h.product.pk not in ids])[:k], guess)
 
 
 @dataclass(frozen=True)

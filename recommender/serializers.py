@@ -125,6 +125,12 @@ class SearchPageSerializer(serializers.Serializer):
 class PhotoSearchSerializer(FilterSerializer):
     image = serializers.FileField(help_text="JPEG/PNG/WebP photo, at most 10 MB")
     k = serializers.IntegerField(required=False, default=24, min_value=1, max_value=100)
+    type_first = serializers.BooleanField(
+        required=False,
+        default=True,
+        help_text="rank the products of the best match's product type first (the default); false: by "
+        "image similarity alone",
+    )
 
 
 class HitPageSerializer(serializers.Serializer):

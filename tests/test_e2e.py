@@ -94,6 +94,6 @@ def test_import_train_on_worker_query_and_upload(worker, hm_root):
     )
     from PIL import Image
 
-    hits = selectors.photo_search(image=Image.open(io.BytesIO(photo)), k=3)
+    hits = selectors.photo_search(image=Image.open(io.BytesIO(photo)), k=3).hits
     assert hits[0].product.pk == pid
     assert api.get(f"/api/products/{pid}/similar/", {"k": 3}).status_code == 200

@@ -320,7 +320,7 @@ class TestWithAWarmWorker:
             "the upload's embedding task",
             every=0.05,
         )
-        hits = selectors.photo_search(image=Image.open(io.BytesIO(photo)), k=3)
+        hits = selectors.photo_search(image=Image.open(io.BytesIO(photo)), k=3).hits
         assert hits[0].product.pk == pid and hits[0].score > 0.99
 
     def test_activation_is_atomic_during_a_re_embed(self, catalog, warm, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from ml.augment import PHONE_SIZE, foreground_mask, garment_crop, item_rng, phone_photo
-from ml.photo_robustness import evaluate_photo_search, phone_photo_features, photo_catalog
+from ml.photo_robustness import evaluate_photo_search, phone_photo_features, photo_catalog, type_vote
 
 REPO = Path(__file__).resolve().parents[2]
 HM_ROOT = Path(os.environ.get("HM_DATA_DIR", REPO.parent / "shared" / "data" / "hm"))
@@ -70,7 +70,9 @@ def test_photo_search_metrics_on_a_slice(catalog) -> None:
         crop=True,
         progress=False,
     )  # (Q, 2, E)
-    res = evaluate_photo_search(gallery, queries, rows, catalog.types[:SLICE], {"tower": None}, seed=1000)
+    res = evaluate_photo_search(
+        gallery, queries, rows, catalog.types[:SLICE], {"tower": None}, seed=1000, vote_ks=(20,)
+    )
     assert len(rows) == 24
     # a clean photo finds itself
     assert res["tower (clean photo)"]["recall@10"] == 1.0
@@ -80,7 +82,22 @@ def test_photo_search_metrics_on_a_slice(catalog) -> None:
     assert res["tower+crop"]["recall@10"] == pytest.approx(21 / 24)
     assert res["random"]["p@10_type"] == pytest.approx(0.058, abs=0.001)
     assert res["type-majority"]["p@10_type"] == pytest.approx(4 / 24)
+    # the served re-ranking (the best match's type first) adds 0.175 and loses no exact match here;
+    # a 20-item vote loses 7 of the 19 exact matches
+    assert res["tower+type first (served)"]["p@10_type"] == pytest.approx(0.625)
+    assert res["tower+type first (served)"]["recall@10"] == pytest.approx(19 / 24)
+    assert res["tower+type vote k=20"]["p@10_type"] == pytest.approx(0.5125)
+    assert res["tower+type vote k=20"]["recall@10"] == pytest.approx(12 / 24)
     # far above the trivial rankings on the same queries
     assert (
         res["tower"]["p@10_type"] > max(res["random"]["p@10_type"], res["type-majority"]["p@10_type"]) + 0.25
     )
+
+
+def test_type_first_ranks_the_best_matchs_type_first() -> None:
+    scores = np.array([[0.9, 0.8, 0.7, 0.1]], dtype=np.float32)  # one query, four catalog photos
+    types = np.array(["Hat/beanie", "Socks", "Socks", "Hat/beanie"])
+    # k = 1 (served): the best match's type first, each group in score order; the best match stays first
+    assert np.argsort(-type_vote(scores, types, 1)[0], kind="stable").tolist() == [0, 3, 1, 2]
+    # k = 3: the top three vote by score (Socks 1.5 against Hat 0.9), so socks come first
+    assert np.argsort(-type_vote(scores, types, 3)[0], kind="stable").tolist() == [1, 2, 0, 3]

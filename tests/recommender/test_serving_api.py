@@ -10,6 +10,7 @@ from django.contrib.auth.models import Permission, User
 from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils.html import escape
 from PIL import Image
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rest_framework.test import APIClient
@@ -182,6 +183,48 @@ def test_photo_search_takes_k_and_filters(trained_catalog, api, hm_root):
     assert r.status_code == 200, r.content
     n_shoes = Product.objects.filter(slot="shoes").count()
     assert len(r.json()) == min(3, n_shoes) >= 2 and {h["product"]["slot"] for h in r.json()} == {"shoes"}
+
+
+def test_photo_search_ranks_the_best_matchs_type_first(trained_catalog, api, hm_root):
+    """A photo's nearest products drift to other kinds after the first few: by default the best match's
+    product type comes first (each group by similarity); ``type_first=false`` ranks by similarity alone."""
+    for path in sorted((hm_root / "images").glob("*/*.jpg"))[:80]:  # a photo whose neighbours mix kinds
+        plain = selectors.photo_search(image=Image.open(path), k=12, type_first=False)
+        kinds = [h.product.product_type for h in plain.hits]
+        other = next((i for i, t in enumerate(kinds) if t != kinds[0]), len(kinds))
+        if kinds[0] in kinds[other:]:  # another kind ranks before one of the best match's kind
+            break
+    else:
+        pytest.fail("no photo among the first 80 whose nearest products put another kind before its own")
+    typed = selectors.photo_search(image=Image.open(path), k=12)
+    n_same = min(12, Product.objects.filter(product_type=kinds[0]).count())
+    assert typed.product_type == kinds[0] and typed.hits[0].product.pk == plain.hits[0].product.pk
+    assert [h.product.product_type for h in typed.hits[:n_same]] == [kinds[0]] * n_same
+    assert plain.product_type is None and [h.product.product_type for h in plain.hits] != [
+        h.product.product_type for h in typed.hits
+    ]
+
+    def ids(**extra):
+        r = api.post(
+            "/api/search/photo/",
+            {"image": io.BytesIO(path.read_bytes()), "k": 12, **extra},
+            format="multipart",
+            REMOTE_ADDR="10.9.0.2",
+        )
+        assert r.status_code == 200, r.content
+        return [h["product"]["id"] for h in r.json()]
+
+    assert ids() == [h.product.pk for h in typed.hits]
+    assert ids(type_first="false") == [h.product.pk for h in plain.hits]
+
+    def page(**extra):  # the page's form sends the ticked box as "on", an unticked one not at all
+        body = {"image": io.BytesIO(path.read_bytes()), **extra}
+        return api.post("/search/photo", body, format="multipart").content.decode()
+
+    ticked, unticked = page(type_first="on"), page()
+    note = f"looks most like a <strong>{escape(kinds[0])}</strong>"
+    assert note in ticked and 'name="type_first" checked' in ticked
+    assert note not in unticked and 'name="type_first" checked' not in unticked
 
 
 def test_hot_answers_come_from_the_cache_keyed_by_model_version(trained_catalog, api, settings):

@@ -425,7 +425,7 @@ class Command(BaseCommand):
                 if i == 0:
                     continue  # the first one warms the worker (loads the model)
                 latencies.append(took)
-                hits = selectors.photo_search(image=Image.open(art.image_path), k=1)
+                hits = selectors.photo_search(image=Image.open(art.image_path), k=1).hits
                 own_nearest += int(bool(hits) and hits[0].product.pk == p.pk)
         finally:
             _stop_and_clean(proc, created)
