@@ -254,6 +254,15 @@ class TrainingRunCreateSerializer(serializers.Serializer):
     unfreeze_text_layers = serializers.IntegerField(required=False, min_value=0, max_value=6)
     tower_lr = serializers.FloatField(required=False, min_value=1e-8, max_value=1e-2)
     amp = serializers.ChoiceField(choices=["bf16", "fp16", "off"], required=False)
+    # ... on the CPU: the image tower's top on cached prefix activations, with phone-photo views (ml.tower_prefix)
+    cache_tower_prefix = serializers.BooleanField(required=False)
+    tuning_views = serializers.IntegerField(required=False, min_value=0, max_value=8)
+    tuning_view_photos = serializers.IntegerField(required=False, min_value=0, max_value=1_000_000)
+    w_view = serializers.FloatField(required=False, min_value=0.0, max_value=10.0)
+    view_type_loss = serializers.BooleanField(required=False)
+    init_from_active = serializers.BooleanField(
+        required=False, help_text="start from the active version's heads (not a TrainConfig field)"
+    )
 
     def validate(self, attrs):
         """Refuse fields this serializer does not know (``{"params": {...}}``, a misspelt ``epoch``):
@@ -269,7 +278,7 @@ class TrainingRunCreateSerializer(serializers.Serializer):
                 {f: [f"unknown field; the parameters are: {known}"] for f in unknown}
             )
         try:  # the combination: what ml.config.TrainConfig refuses, with its message
-            TrainConfig(**attrs)
+            TrainConfig(**{k: v for k, v in attrs.items() if k != "init_from_active"})
         except ValueError as exc:
             field, sep, reason = str(exc).partition(": ")
             if sep and field in self.fields:

@@ -128,6 +128,7 @@ class _Run:
     log: RunLog
     products: list[Product] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    init_from_active: bool = False  # start from the active version's heads (e.g. to tune the image tower)
 
 
 def training_run_claim(*, run_id: int) -> TrainingRun | str:
@@ -165,6 +166,7 @@ def training_run_execute(*, run: TrainingRun, task_id: str = "") -> dict[str, An
         cfg=TrainConfig(**{k: v for k, v in run.params.items() if k in known}),
         mcfg=ml_bridge.model_config(),
         log=log,
+        init_from_active=bool(run.params.get("init_from_active")),
     )
     version = None
     try:
@@ -353,6 +355,15 @@ def _fit(r: _Run, data: TrainData) -> TrainResult:
             f"val FITB {info['val_fitb']:.3f} val R@10 {info['val_r10']:.3f}",
         )
 
+    init = None
+    if r.init_from_active:
+        active = ModelVersion.objects.filter(is_active=True).first()
+        init = load_heads(active.artifact_path)[0] if active is not None else None
+        if init is None or init.tower_state:
+            raise ValueError(
+                "init_from_active: no active version, or it has tuned towers (start from heads only)"
+            )
+        r.log.update(log=f"starting from the heads of version {active.pk}")
     t = time.perf_counter()
     result = train(
         data,
@@ -362,6 +373,7 @@ def _fit(r: _Run, data: TrainData) -> TrainResult:
         should_stop=r.log.cancelled,
         bundle=build_model(r.mcfg) if r.cfg.tunes_towers else None,  # a private model to fine-tune
         cache_dir=Path(settings.ML_FEATURE_CACHE_DIR),  # prefix activations (cache_tower_prefix)
+        init_heads=init,
     )
     r.timings["training_s"] = time.perf_counter() - t
     return result

@@ -11,6 +11,7 @@ from PIL import Image
 
 from ml.config import ModelConfig, TrainConfig
 from ml.dataset import TrainData
+from ml.slots import SLOTS
 from ml.tower_prefix import PrefixEncoder, SplitImageTower
 from ml.train import train
 from tests.ml.conftest import fresh_bundle
@@ -84,3 +85,13 @@ def test_tuning_from_cached_activations_trains_the_image_top_on_views_and_serves
     served = FeatureExtractor(tuned_bundle(ModelConfig(device="cpu"), result.heads.tower_state), trace=False)
     full, _ = served.encode_images(data.image_paths)
     assert _cosine(full, image).min() > 0.999
+
+
+def test_training_starts_from_the_given_heads(small_data):
+    from ml.heads import RecommenderHeads
+
+    init = RecommenderHeads(512, 128, num_slots=len(SLOTS))
+    with torch.no_grad():
+        init.image_proj.weight.fill_(0.01)
+    start = train(small_data, TrainConfig(epochs=0, batch_size=8, patience=0), init_heads=init)
+    assert all(torch.equal(v, init.state_dict()[k]) for k, v in start.heads.state_dict().items())

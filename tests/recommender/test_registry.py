@@ -337,6 +337,45 @@ def test_api_training_run_with_tower_fine_tuning_serves_the_tuned_towers(trained
         model_version_activate(version=trained_catalog)
 
 
+def test_api_run_tunes_the_image_top_from_cached_activations_starting_from_the_active_heads(
+    trained_catalog, merch
+):
+    """The CPU route to a better photo search through the site: the image tower's top trained on cached
+    prefix activations with phone-photo views, from the active version's heads; the catalog vectors then
+    come from the whole tuned tower, and the text tower stays the base one."""
+    from recommender.model_cache import embedder_for
+    from recommender.tasks import train_model
+
+    body = {
+        "epochs": 1, "max_steps": 2, "batch_size": 16, "unfreeze_last_blocks": 2, "tower_lr": 1e-3,
+        "cache_tower_prefix": True, "tuning_views": 1, "tuning_view_photos": 8, "w_view": 1.0,
+        "view_type_loss": True, "init_from_active": True,
+    }  # fmt: skip
+    r = merch.post("/api/training-runs/", body, format="json")
+    assert r.status_code == 202, r.json()
+    run = TrainingRun.objects.get(pk=r.json()["id"])
+    try:
+        train_model.apply(kwargs={"run_id": run.pk}, throw=True)
+        run.refresh_from_db()
+        assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+        assert f"starting from the heads of version {trained_catalog.pk}" in run.log_tail
+        activate_if_gated(run)
+        tuned = ModelVersion.objects.get(is_active=True)
+        state = embedder_for(tuned).heads.tower_state
+        assert state and all(k.startswith("visual.") for k in state)  # only the image tower's top
+        p = Product.objects.order_by("pk").first()
+        stored = ProductEmbedding.objects.get(product=p, model_version=tuned)
+        base = ProductEmbedding.objects.get(product=p, model_version=trained_catalog)
+        again = embedder_for(tuned).embed_items([p.image.path], [p.text])
+        assert np.allclose(np.asarray(stored.image), again.image[0], atol=1e-4)
+        assert not np.allclose(np.asarray(stored.image), np.asarray(base.image), atol=1e-3)
+    finally:
+        run.refresh_from_db()
+        if run.status not in (TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED):
+            TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.FAILED)
+        model_version_activate(version=trained_catalog)
+
+
 @pytest.mark.django_db
 def test_a_training_run_with_unknown_parameters_is_refused_not_started_with_defaults(merch):
     before = TrainingRun.objects.count()
