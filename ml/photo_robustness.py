@@ -21,6 +21,10 @@ CLI::
     python -m ml.photo_robustness evaluate --hm-root ../shared/data/hm \\
         --heads fine-tuned=var/photo/today/heads.pt --heads simclr=var/photo/simclr/heads.pt \\
         --out var/photo/results.json
+
+Heads that carry tuned tower weights are evaluated on their own tower's gallery and query features.
+``--queries val`` searches with the validation products' phone photos instead, to choose query-time
+settings (``--vote-k``) without looking at the held-out queries.
 """
 
 from __future__ import annotations
