@@ -20,6 +20,9 @@ trainable layer). On CUDA the forward runs under ``torch.autocast`` (bf16 by def
 ``GradScaler`` in ``ml.train``) and in channels_last memory format.
 
 :func:`tuned_bundle` rebuilds a model with saved tower weights, for serving (``ml.inference.Embedder``).
+
+On the CPU, ``TrainConfig.cache_tower_prefix`` feeds the tuner with the frozen part of the image tower
+computed once per photo (``ml.tower_prefix``): each step then runs only the trained top.
 """
 
 from __future__ import annotations

@@ -222,7 +222,7 @@ def test_photo_search_ranks_the_best_matchs_type_first(trained_catalog, api, hm_
         return api.post("/search/photo", body, format="multipart").content.decode()
 
     ticked, unticked = page(type_first="on"), page()
-    note = f"looks most like a <strong>{escape(kinds[0])}</strong>"
+    note = f"Best match is of type <strong>{escape(kinds[0])}</strong>"
     assert note in ticked and 'name="type_first" checked' in ticked
     assert note not in unticked and 'name="type_first" checked' not in unticked
 
