@@ -12,17 +12,22 @@ distortion, Gaussian blur), plus the background and compression a phone adds.
 Every random draw comes from the ``numpy.random.Generator`` passed in, so the same generator state
 gives the same photo (:func:`item_rng` seeds one per (seed, item key), independent of order).
 :func:`garment_crop` is the query-time counterpart: crop a photo to its foreground box.
+:func:`phone_photo_features` makes phone photos of catalog photos and runs them through an encoder (the
+photo-search evaluation's queries, SimCLR view features, cached tower-prefix activations of views).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 from scipy import ndimage
+from tqdm.auto import tqdm
 
 #: Output size (width, height) of :func:`phone_photo`: a 3:4 phone frame.
 PHONE_SIZE = (300, 400)
@@ -242,3 +247,86 @@ def phone_photo(
     buf.seek(0)
     with Image.open(buf) as im:
         return im.convert("RGB")
+
+
+# -----------------------------------------------------------------------------
+# phone photos of catalog photos, through an encoder
+
+
+def donor_photos(paths: Sequence[str], n: int, seed: int) -> list[Image.Image]:
+    """``n`` photos drawn (seeded) from ``paths``, decoded, for the collage backgrounds."""
+    pick = np.random.default_rng(seed).choice(len(paths), size=min(n, len(paths)), replace=False)
+    out = []
+    for i in sorted(pick):
+        with Image.open(paths[i]) as im:
+            out.append(im.convert("RGB"))
+    return out
+
+
+def _phone_photos(
+    paths: Sequence[str], keys: Sequence[str], seeds: Sequence[int], donors: Sequence[Image.Image], crop: bool
+) -> Iterator[tuple[int, list[Image.Image]]]:
+    """Per item i: ``(i, [phone photo of seed s for s in seeds] (+ their garment crops when crop))``,
+    in item order, made in two threads (Pillow and NumPy release the GIL) one chunk of 16 items ahead
+    of the caller (bounded memory)."""
+
+    def make(i: int) -> list[Image.Image]:
+        with Image.open(paths[i]) as im:
+            src = im.convert("RGB")
+        views = [phone_photo(src, item_rng(s, f"{keys[i]}"), donors=donors) for s in seeds]
+        return views + ([garment_crop(v) for v in views] if crop else [])
+
+    chunks = [range(s, min(s + 16, len(paths))) for s in range(0, len(paths), 16)]
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="phone") as pool:
+        ahead = [pool.submit(lambda c=c: [make(i) for i in c]) for c in chunks[:1]]
+        for j, chunk in enumerate(chunks):
+            if j + 1 < len(chunks):
+                ahead.append(pool.submit(lambda c=chunks[j + 1]: [make(i) for i in c]))
+            yield from zip(chunk, ahead.pop(0).result(), strict=True)
+
+
+def phone_photo_features(
+    extractor: Any,
+    paths: Sequence[str],
+    keys: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    donors: Sequence[Image.Image] = (),
+    crop: bool = False,
+    progress: bool = True,
+    desc: str = "phone photos",
+) -> np.ndarray:
+    """Image-tower features of phone photos (:func:`ml.augment.phone_photo`) of N catalog photos.
+
+    Args:
+        extractor: an ``ml.features.FeatureExtractor`` (its ``encode_pil``).
+        paths, keys: N photo files and their stable keys (article ids; with the seed they fix each photo).
+        seeds: V seeds, one view each (``ml.augment.item_rng(seed, key)``).
+        donors: photos for the collage backgrounds.
+        crop: also encode each view cropped to its garment (:func:`ml.augment.garment_crop`).
+
+    Returns:
+        (N, V, E) float32 unnormalised features, or (N, 2V, E) with ``crop`` (the V crops after the V views).
+    """
+    n_out = len(seeds) * (2 if crop else 1)
+    out = np.zeros((len(paths), n_out, extractor.embed_dim), dtype=np.float32)
+    batch: list[Image.Image] = []
+    rows: list[int] = []
+    bs = extractor.batch_size
+
+    def flush() -> None:
+        feats = extractor.encode_pil(batch)  # (len(batch), E)
+        out.reshape(-1, out.shape[2])[rows] = feats
+        batch.clear()
+        rows.clear()
+
+    with tqdm(total=len(paths), unit="photo", desc=desc, disable=not progress) as bar:
+        for i, imgs in _phone_photos(paths, keys, seeds, donors, crop):
+            batch.extend(imgs)
+            rows.extend(i * n_out + j for j in range(n_out))
+            if len(batch) >= bs:
+                flush()
+            bar.update(1)
+        if batch:
+            flush()
+    return out

@@ -32,18 +32,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from tqdm.auto import tqdm
 
-from ml.augment import garment_crop, item_rng, phone_photo
+from ml.augment import donor_photos, phone_photo_features
 from ml.dataset import hm_articles, split_items
 from ml.metrics import precision_at_k_by_label, recall_at_k
 
@@ -97,85 +94,6 @@ def photo_catalog(
         train=np.flatnonzero(~excluded).astype(np.int64),
         val=np.asarray(val, dtype=np.int64),
     )
-
-
-def donor_photos(paths: Sequence[str], n: int, seed: int) -> list[Image.Image]:
-    """``n`` photos drawn (seeded) from ``paths``, decoded, for the collage backgrounds."""
-    pick = np.random.default_rng(seed).choice(len(paths), size=min(n, len(paths)), replace=False)
-    out = []
-    for i in sorted(pick):
-        with Image.open(paths[i]) as im:
-            out.append(im.convert("RGB"))
-    return out
-
-
-def _phone_photos(
-    paths: Sequence[str], keys: Sequence[str], seeds: Sequence[int], donors: Sequence[Image.Image], crop: bool
-) -> Iterator[tuple[int, list[Image.Image]]]:
-    """Per item i: ``(i, [phone photo of seed s for s in seeds] (+ their garment crops when crop))``,
-    in item order, made in two threads (Pillow and NumPy release the GIL) one chunk of 16 items ahead
-    of the caller (bounded memory)."""
-
-    def make(i: int) -> list[Image.Image]:
-        with Image.open(paths[i]) as im:
-            src = im.convert("RGB")
-        views = [phone_photo(src, item_rng(s, f"{keys[i]}"), donors=donors) for s in seeds]
-        return views + ([garment_crop(v) for v in views] if crop else [])
-
-    chunks = [range(s, min(s + 16, len(paths))) for s in range(0, len(paths), 16)]
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="phone") as pool:
-        ahead = [pool.submit(lambda c=c: [make(i) for i in c]) for c in chunks[:1]]
-        for j, chunk in enumerate(chunks):
-            if j + 1 < len(chunks):
-                ahead.append(pool.submit(lambda c=chunks[j + 1]: [make(i) for i in c]))
-            yield from zip(chunk, ahead.pop(0).result(), strict=True)
-
-
-def phone_photo_features(
-    extractor: Any,
-    paths: Sequence[str],
-    keys: Sequence[str],
-    seeds: Sequence[int],
-    *,
-    donors: Sequence[Image.Image] = (),
-    crop: bool = False,
-    progress: bool = True,
-    desc: str = "phone photos",
-) -> np.ndarray:
-    """Image-tower features of phone photos (:func:`ml.augment.phone_photo`) of N catalog photos.
-
-    Args:
-        extractor: an ``ml.features.FeatureExtractor`` (its ``encode_pil``).
-        paths, keys: N photo files and their stable keys (article ids; with the seed they fix each photo).
-        seeds: V seeds, one view each (``ml.augment.item_rng(seed, key)``).
-        donors: photos for the collage backgrounds.
-        crop: also encode each view cropped to its garment (:func:`ml.augment.garment_crop`).
-
-    Returns:
-        (N, V, E) float32 unnormalised features, or (N, 2V, E) with ``crop`` (the V crops after the V views).
-    """
-    n_out = len(seeds) * (2 if crop else 1)
-    out = np.zeros((len(paths), n_out, extractor.embed_dim), dtype=np.float32)
-    batch: list[Image.Image] = []
-    rows: list[int] = []
-    bs = extractor.batch_size
-
-    def flush() -> None:
-        feats = extractor.encode_pil(batch)  # (len(batch), E)
-        out.reshape(-1, out.shape[2])[rows] = feats
-        batch.clear()
-        rows.clear()
-
-    with tqdm(total=len(paths), unit="photo", desc=desc, disable=not progress) as bar:
-        for i, imgs in _phone_photos(paths, keys, seeds, donors, crop):
-            batch.extend(imgs)
-            rows.extend(i * n_out + j for j in range(n_out))
-            if len(batch) >= bs:
-                flush()
-            bar.update(1)
-        if batch:
-            flush()
-    return out
 
 
 def _extractor(bundle: Any = None) -> Any:

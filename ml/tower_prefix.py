@@ -108,7 +108,7 @@ class PrefixEncoder:
     """Prefix activations of photos through a :class:`SplitImageTower`, in batches, without gradients.
 
     ``encode_pil`` / ``embed_dim`` / ``batch_size`` follow ``ml.features.FeatureExtractor`` so that
-    ``ml.photo_robustness.phone_photo_features`` can make phone photos of catalog photos with it
+    ``ml.augment.phone_photo_features`` can make phone photos of catalog photos with it
     (each row then holds the flattened (C · h · w) activations).
     """
 
@@ -211,8 +211,8 @@ def prefix_activations(
     if len(rows):
         if data.item_ids is None:
             raise ValueError("phone-photo views need TrainData.item_ids (the photos' seeds are keyed by id)")
-        # lazy: ml.photo_robustness pulls in the augmentation and evaluation code
-        from ml.photo_robustness import donor_photos, phone_photo_features
+        # lazy: scipy and the augmentation code, only for runs with views
+        from ml.augment import donor_photos, phone_photo_features
 
         keys = [str(data.item_ids[r]) for r in rows]
         vkey = _cache_key(bundle, k, [paths[r] for r in rows], f"views {views} seed {seed} keys {keys}")
