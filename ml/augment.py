@@ -254,12 +254,16 @@ def phone_photo(
 
 
 def donor_photos(paths: Sequence[str], n: int, seed: int) -> list[Image.Image]:
-    """``n`` photos drawn (seeded) from ``paths``, decoded, for the collage backgrounds."""
+    """``n`` photos drawn (seeded) from ``paths``, decoded, for the collage backgrounds; a file that cannot
+    be read is skipped (fewer donors, never an error)."""
     pick = np.random.default_rng(seed).choice(len(paths), size=min(n, len(paths)), replace=False)
     out = []
     for i in sorted(pick):
-        with Image.open(paths[i]) as im:
-            out.append(im.convert("RGB"))
+        try:
+            with Image.open(paths[i]) as im:
+                out.append(im.convert("RGB"))
+        except OSError:  # missing, truncated or not an image: one background fewer
+            continue
     return out
 
 

@@ -147,10 +147,11 @@ class PrefixEncoder:
         return out, failed
 
 
-def view_rows(data: TrainData, photos: int, seed: int) -> np.ndarray:
+def view_rows(data: TrainData, photos: int, seed: int, usable: np.ndarray | None = None) -> np.ndarray:
     """(M,) sorted int64 rows drawn (seeded) among the rows trained on: never the held-out or validation
-    products (the photo-search evaluation queries the held-out ones)."""
-    keep = np.ones(len(data.image), dtype=bool)
+    products (the photo-search evaluation queries the held-out ones), nor rows not ``usable`` ((N,) bool:
+    e.g. False for photos that could not be read)."""
+    keep = np.ones(len(data.image), dtype=bool) if usable is None else np.asarray(usable, dtype=bool).copy()
     keep[data.heldout_items] = keep[data.val_items] = False
     train = np.flatnonzero(keep)
     rng = np.random.default_rng(seed)
@@ -205,7 +206,8 @@ def prefix_activations(
     key = _cache_key(bundle, k, paths, "clean")
     where = (lambda name: cache_dir / "prefix" / name) if cache_dir is not None else (lambda name: None)
     clean, failed = _cached(where(f"{key}.npz"), lambda: enc.encode_paths(paths, progress=progress))
-    rows = view_rows(data, view_photos, seed) if views and view_photos else np.zeros(0, np.int64)
+    readable = ~failed if failed is not None else None  # a photo that cannot be read gets no views
+    rows = view_rows(data, view_photos, seed, readable) if views and view_photos else np.zeros(0, np.int64)
     shape = clean.shape[1:]
     view_acts = np.zeros((0, max(views, 1), *shape), dtype=np.float16)
     if len(rows):
@@ -218,7 +220,7 @@ def prefix_activations(
         vkey = _cache_key(bundle, k, [paths[r] for r in rows], f"views {views} seed {seed} keys {keys}")
 
         def compute() -> tuple[np.ndarray, None]:
-            pool = [paths[r] for r in view_rows(data, len(data.image), seed)]
+            pool = [paths[r] for r in view_rows(data, len(data.image), seed, readable)]
             flat = phone_photo_features(
                 enc,
                 [paths[r] for r in rows],

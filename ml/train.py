@@ -80,14 +80,15 @@ class _Run:
             starts at 0).
     """
 
-    def __init__(self, data: TrainData, cfg: TrainConfig, bundle: Any, cache_dir: Any, init: Any) -> None:
+    def __init__(
+        self, data: TrainData, cfg: TrainConfig, bundle: Any, cache_dir: Any = None, init: Any = None
+    ) -> None:
         self.cfg = cfg
         self.gen = seed_everything(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         tuner = None
         if cfg.tunes_towers:
-            # lazy: ml.towers imports open_clip (~3 s); only runs that tune the towers need it
-            from ml.towers import tower_tuner
+            from ml.towers import tower_tuner  # lazy: open_clip (~3 s), only for runs that tune the towers
 
             tuner = tower_tuner(data, cfg, bundle, cache_dir)
         self.tuner = tuner

@@ -53,8 +53,8 @@ class PhotoViews:
             self.n_views = self.bank.shape[1]
         else:
             raise ValueError(
-                "w_view > 0 needs phone-photo views: view features (TrainData.attach_views) or, when tuning "
-                "the image tower from cached activations, tuning_views > 0"
+                "w_view > 0 needs phone-photo view features (TrainData.attach_views) or, when tuning the "
+                "image tower from cached activations, tuning_views > 0"
             )
         self.view_of = torch.full((len(data.image),), -1, dtype=torch.int64)  # (N,) bank index, -1: none
         self.view_of[torch.from_numpy(rows)] = torch.arange(len(rows))

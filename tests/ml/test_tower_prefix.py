@@ -95,3 +95,21 @@ def test_training_starts_from_the_given_heads(small_data):
         init.image_proj.weight.fill_(0.01)
     start = train(small_data, TrainConfig(epochs=0, batch_size=8, patience=0), init_heads=init)
     assert all(torch.equal(v, init.state_dict()[k]) for k, v in start.heads.state_dict().items())
+
+
+def test_an_unreadable_photo_gets_no_views_and_stops_nothing(small_data, tmp_path):
+    from ml.tower_prefix import prefix_activations
+
+    paths = list(small_data.image_paths)
+    paths[5] = str(tmp_path / "deleted.jpg")  # a product whose photo file is gone
+    data = replace(
+        small_data,
+        image_paths=paths,
+        item_ids=np.arange(108000, 108016),
+        heldout_items=np.array([0, 1]),
+        val_items=np.array([2, 3]),
+    )
+    _, acts = prefix_activations(data, fresh_bundle(), 2, views=1, view_photos=16, progress=False)
+    assert acts.failed.tolist() == [i == 5 for i in range(16)]
+    assert acts.view_rows.tolist() == [4, *range(6, 16)]  # trained rows with a readable photo
+    assert acts.views.shape[:2] == (11, 1)  # the unreadable row's output is zeroed by its failed flag
