@@ -113,6 +113,22 @@ def _choices(names: tuple[str, ...]) -> list[tuple[str, str]]:
     return [(n, n) for n in names]
 
 
+#: The run that tunes the image tower's top for phone photos on the CPU, from the active version's heads
+#: (docs/evaluation.md, "The served photo search"; docs/model.md, "On the CPU").
+PHOTO_TUNING: dict[str, Any] = {
+    "unfreeze_last_blocks": 4,
+    "tower_lr": 3e-4,
+    "lr": 1e-4,
+    "cache_tower_prefix": True,
+    "tuning_views": 2,
+    "tuning_view_photos": 2000,
+    "w_view": 1.0,
+    "view_type_loss": True,
+    "epochs": 8,
+    "init_from_active": True,
+}
+
+
 class TrainingStartForm(PageForm):
     """``POST /models/train``: the training parameters the models page offers, with the API's limits
     (``TrainingRunCreateSerializer``; a test keeps them equal). Fields left empty keep their
@@ -173,10 +189,16 @@ class TrainingStartForm(PageForm):
     w_center = forms.FloatField(
         label="Center loss weight", required=False, min_value=0.0, max_value=10.0, error_messages=_NUMBER
     )
+    photo_tuning = forms.BooleanField(
+        label="Tune the image tower for phone photos (from the active model; about half an hour per "
+        "10,000 photos on 2 CPU cores)",
+        required=False,
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         defaults = TrainConfig()
-        kwargs.setdefault("initial", {name: getattr(defaults, name) for name in self.base_fields})
+        names = [n for n in self.base_fields if hasattr(defaults, n)]
+        kwargs.setdefault("initial", {name: getattr(defaults, name) for name in names})
         super().__init__(*args, **kwargs)
 
     def clean(self) -> dict[str, Any]:
@@ -184,14 +206,16 @@ class TrainingStartForm(PageForm):
         cleaned = super().clean()
         if not self.errors:
             try:
-                TrainConfig(**self.params())
+                TrainConfig(**{k: v for k, v in self.params().items() if k != "init_from_active"})
             except ValueError as exc:
                 self.add_service_error(exc)
         return cleaned
 
     def params(self) -> dict[str, Any]:
-        """The parameters given (the run's ``params``); the others keep the training defaults."""
-        return {k: v for k, v in self.cleaned_data.items() if v not in (None, "")}
+        """The parameters given (the run's ``params``); the others keep the training defaults. With
+        ``photo_tuning``, :data:`PHOTO_TUNING` under the fields given."""
+        given = {k: v for k, v in self.cleaned_data.items() if v not in (None, "")}
+        return {**PHOTO_TUNING, **given} if given.pop("photo_tuning", False) else given
 
 
 class SignInForm(AuthenticationForm):

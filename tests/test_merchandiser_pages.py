@@ -333,6 +333,17 @@ def test_training_form_validates_every_parameter_like_the_api(merch_client):
     }
 
 
+def test_the_models_page_starts_the_phone_photo_tuning_run(merch_client):
+    from recommender.forms import PHOTO_TUNING
+
+    TrainingRun.objects.filter(status__in=["queued", "running"]).update(status="cancelled")
+    assert "Tune the image tower for phone photos" in merch_client.get("/models").content.decode()
+    merch_client.post("/models/train", {"photo_tuning": "on", "epochs": "3"})
+    run = TrainingRun.objects.latest("id")
+    assert run.params == {**PHOTO_TUNING, "epochs": 3}  # the preset, under the fields given
+    assert run.params["init_from_active"] is True and run.params["cache_tower_prefix"] is True
+
+
 def _version(name, fitb, active=False, **kw):
     from django.utils import timezone
 

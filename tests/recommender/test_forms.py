@@ -7,14 +7,16 @@ from rest_framework import serializers
 
 from catalog.serializers import FilterSerializer
 from recommender.filters import Filters
-from recommender.forms import SearchForm, TrainingStartForm
+from recommender.forms import PHOTO_TUNING, SearchForm, TrainingStartForm
 from recommender.serializers import TrainingRunCreateSerializer
 
 
 def test_the_training_form_has_the_api_limits():
     api = TrainingRunCreateSerializer().fields
     for name, field in TrainingStartForm.base_fields.items():
-        if hasattr(field, "min_value"):
+        if name == "photo_tuning":  # a preset of API fields (PHOTO_TUNING), not one itself
+            assert set(PHOTO_TUNING) <= set(api), set(PHOTO_TUNING) - set(api)
+        elif hasattr(field, "min_value"):
             assert (field.min_value, field.max_value) == (api[name].min_value, api[name].max_value), name
         elif isinstance(field, forms.NullBooleanField):  # a select: default / on / off
             assert isinstance(api[name], serializers.BooleanField), name
