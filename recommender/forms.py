@@ -189,11 +189,7 @@ class TrainingStartForm(PageForm):
     w_center = forms.FloatField(
         label="Center loss weight", required=False, min_value=0.0, max_value=10.0, error_messages=_NUMBER
     )
-    photo_tuning = forms.BooleanField(
-        label="Tune the image tower for phone photos (from the active model; about half an hour per "
-        "10,000 photos on 2 CPU cores)",
-        required=False,
-    )
+    photo_tuning = forms.BooleanField(label="Tune the image tower for phone photos (slow)", required=False)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         defaults = TrainConfig()
@@ -213,9 +209,14 @@ class TrainingStartForm(PageForm):
 
     def params(self) -> dict[str, Any]:
         """The parameters given (the run's ``params``); the others keep the training defaults. With
-        ``photo_tuning``, :data:`PHOTO_TUNING` under the fields given."""
+        ``photo_tuning``, :data:`PHOTO_TUNING` replaces every field left at its default (the page
+        pre-fills the defaults); a field set to another value keeps it."""
         given = {k: v for k, v in self.cleaned_data.items() if v not in (None, "")}
-        return {**PHOTO_TUNING, **given} if given.pop("photo_tuning", False) else given
+        if not given.pop("photo_tuning", False):
+            return given
+        defaults = TrainConfig()
+        changed = {k: v for k, v in given.items() if v != getattr(defaults, k, None)}
+        return {**PHOTO_TUNING, **changed}
 
 
 class SignInForm(AuthenticationForm):

@@ -338,10 +338,15 @@ def test_the_models_page_starts_the_phone_photo_tuning_run(merch_client):
 
     TrainingRun.objects.filter(status__in=["queued", "running"]).update(status="cancelled")
     assert "Tune the image tower for phone photos" in merch_client.get("/models").content.decode()
-    merch_client.post("/models/train", {"photo_tuning": "on", "epochs": "3"})
+    page_defaults = {"epochs": "30", "batch_size": "256", "lr": "0.001", "w_type": "0.5"}  # pre-filled
+    merch_client.post("/models/train", {**page_defaults, "photo_tuning": "on"})
     run = TrainingRun.objects.latest("id")
-    assert run.params == {**PHOTO_TUNING, "epochs": 3}  # the preset, under the fields given
-    assert run.params["init_from_active"] is True and run.params["cache_tower_prefix"] is True
+    assert run.params == PHOTO_TUNING  # the preset replaces the fields left at their defaults
+    assert run.params["epochs"] == 8 and run.params["lr"] == 1e-4 and run.params["init_from_active"] is True
+    run.status = "cancelled"
+    run.save()
+    merch_client.post("/models/train", {**page_defaults, "epochs": "3", "photo_tuning": "on"})
+    assert TrainingRun.objects.latest("id").params == {**PHOTO_TUNING, "epochs": 3}  # a changed field wins
 
 
 def _version(name, fitb, active=False, **kw):
