@@ -101,6 +101,26 @@ def active_trained_slice(hm_root: Path):
     return active
 
 
+def run_through_api(merch, body: dict):
+    """Start a training run with ``POST /api/training-runs/`` as ``merch`` (an API client with the
+    merchandiser permission), execute it here (no worker) and return it, refreshed, after checking it
+    succeeded. A run that raised is marked failed, so the next test can start one."""
+    from recommender.models import TrainingRun
+    from recommender.tasks import train_model
+
+    r = merch.post("/api/training-runs/", body, format="json")
+    assert r.status_code == 202, r.json()
+    run = TrainingRun.objects.get(pk=r.json()["id"])
+    try:
+        train_model.apply(kwargs={"run_id": run.pk}, throw=True)
+    finally:
+        run.refresh_from_db()
+        if run.status in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING):
+            TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.FAILED)
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+    return run
+
+
 def activate_if_gated(run) -> None:
     """A finished run's version serves: the quality gate (``recommender.training.quality_gate``) may have
     kept it inactive (a few epochs on a small slice need not beat the baselines); then activate it by hand,

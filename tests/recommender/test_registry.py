@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 from catalog.models import Product
 from recommender.models import ModelVersion, ProductEmbedding, TrainingRun
 from recommender.services import VersionNotReady, embeddings_write, model_version_activate
-from tests.conftest import activate_if_gated
+from tests.conftest import activate_if_gated, run_through_api
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
@@ -287,53 +287,27 @@ def test_api_training_run_with_tower_fine_tuning_serves_the_tuned_towers(trained
     """A run started through the API with the tower switches trains the towers' last blocks, saves their
     weights with the heads, and the new version's vectors come from the tuned towers (not the base ones)."""
     from recommender.model_cache import embedder_for
-    from recommender.tasks import train_model
 
-    r = merch.post(
-        "/api/training-runs/",
-        {
-            "epochs": 1,
-            "max_steps": 2,
-            "batch_size": 16,
-            "unfreeze_last_blocks": 1,
-            "unfreeze_text_layers": 1,
-            "tower_lr": 1e-3,
-        },
-        format="json",
-    )
-    assert r.status_code == 202, r.json()
-    run = TrainingRun.objects.get(pk=r.json()["id"])
-    assert run.params["unfreeze_last_blocks"] == 1 and run.params["tower_lr"] == 1e-3
+    body = {
+        "epochs": 1, "max_steps": 2, "batch_size": 16, "unfreeze_last_blocks": 1, "unfreeze_text_layers": 1,
+        "tower_lr": 1e-3,
+    }  # fmt: skip
     try:
-        train_model.apply(kwargs={"run_id": run.pk}, throw=True)
-        run.refresh_from_db()
-        assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+        run = run_through_api(merch, body)
+        assert run.params["unfreeze_last_blocks"] == 1 and run.params["tower_lr"] == 1e-3
         # evaluated on its own tuned towers' features, beside the active version on the base ones
         assert "fine-tuned" in run.model_version.metrics["evaluation"]
         activate_if_gated(run)  # 2 steps need not beat the active version
         tuned = ModelVersion.objects.get(is_active=True)
         assert tuned.pk != trained_catalog.pk
-        embedder = embedder_for(tuned)
-        state = embedder.heads.tower_state
+        state = embedder_for(tuned).heads.tower_state
         assert (
             state
             and any(k.startswith("visual.") for k in state)
             and any(k.startswith("text.") for k in state)
         )
-        p = Product.objects.order_by("pk").first()
-        stored = np.asarray(ProductEmbedding.objects.get(product=p, model_version=tuned).image)
-        again = embedder.embed_items([p.image.path], [p.text]).image[0]
-        assert np.allclose(stored, again, atol=1e-4)
-        base = np.asarray(ProductEmbedding.objects.get(product=p, model_version=trained_catalog).image)
-        assert not np.allclose(stored, base, atol=1e-3)
+        _assert_vectors_from_the_tuned_towers(tuned, trained_catalog)
     finally:
-        run.refresh_from_db()
-        if run.status not in (
-            TrainingRun.Status.SUCCEEDED,
-            TrainingRun.Status.FAILED,
-            TrainingRun.Status.CANCELLED,
-        ):
-            TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.FAILED)
         model_version_activate(version=trained_catalog)
 
 
@@ -344,36 +318,35 @@ def test_api_run_tunes_the_image_top_from_cached_activations_starting_from_the_a
     prefix activations with phone-photo views, from the active version's heads; the catalog vectors then
     come from the whole tuned tower, and the text tower stays the base one."""
     from recommender.model_cache import embedder_for
-    from recommender.tasks import train_model
 
     body = {
         "epochs": 1, "max_steps": 2, "batch_size": 16, "unfreeze_last_blocks": 2, "tower_lr": 1e-3,
         "cache_tower_prefix": True, "tuning_views": 1, "tuning_view_photos": 8, "w_view": 1.0,
         "view_type_loss": True, "init_from_active": True,
     }  # fmt: skip
-    r = merch.post("/api/training-runs/", body, format="json")
-    assert r.status_code == 202, r.json()
-    run = TrainingRun.objects.get(pk=r.json()["id"])
     try:
-        train_model.apply(kwargs={"run_id": run.pk}, throw=True)
-        run.refresh_from_db()
-        assert run.status == TrainingRun.Status.SUCCEEDED, run.error
+        run = run_through_api(merch, body)
         assert f"starting from the heads of version {trained_catalog.pk}" in run.log_tail
         activate_if_gated(run)
         tuned = ModelVersion.objects.get(is_active=True)
         state = embedder_for(tuned).heads.tower_state
         assert state and all(k.startswith("visual.") for k in state)  # only the image tower's top
-        p = Product.objects.order_by("pk").first()
-        stored = ProductEmbedding.objects.get(product=p, model_version=tuned)
-        base = ProductEmbedding.objects.get(product=p, model_version=trained_catalog)
-        again = embedder_for(tuned).embed_items([p.image.path], [p.text])
-        assert np.allclose(np.asarray(stored.image), again.image[0], atol=1e-4)
-        assert not np.allclose(np.asarray(stored.image), np.asarray(base.image), atol=1e-3)
+        _assert_vectors_from_the_tuned_towers(tuned, trained_catalog)
     finally:
-        run.refresh_from_db()
-        if run.status not in (TrainingRun.Status.SUCCEEDED, TrainingRun.Status.FAILED):
-            TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.FAILED)
         model_version_activate(version=trained_catalog)
+
+
+def _assert_vectors_from_the_tuned_towers(tuned: ModelVersion, base: ModelVersion) -> None:
+    """A product's stored image vector is what the tuned version's embedder computes, not the base one."""
+    from recommender.model_cache import embedder_for
+
+    p = Product.objects.order_by("pk").first()
+    stored = np.asarray(ProductEmbedding.objects.get(product=p, model_version=tuned).image)
+    again = embedder_for(tuned).embed_items([p.image.path], [p.text]).image[0]
+    assert np.allclose(stored, again, atol=1e-4)
+    assert not np.allclose(
+        stored, np.asarray(ProductEmbedding.objects.get(product=p, model_version=base).image), atol=1e-3
+    )
 
 
 @pytest.mark.django_db

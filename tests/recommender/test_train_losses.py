@@ -9,8 +9,9 @@ from rest_framework.test import APIClient
 
 from catalog.models import Product
 from ml.config import COMPAT_LOSSES, GENERAL_LOSSES, MINERS
-from recommender.models import ProductEmbedding, TrainingRun
+from recommender.models import ProductEmbedding
 from recommender.services import model_version_activate
+from tests.conftest import run_through_api
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
@@ -44,25 +45,14 @@ def merch() -> APIClient:
 
 @pytest.mark.parametrize("losses", RUNS, ids=[r["general_loss"] for r in RUNS])
 def test_a_run_with_each_loss_writes_its_versions_vectors(trained_catalog, merch, losses):
-    from recommender.tasks import train_model
-
     body = {"epochs": 1, "max_steps": 2, "batch_size": 16, "margin": 0.5, **losses}
     if losses["general_loss"] == "ntxent":
         body["learn_temperature"] = False
     if losses["general_loss"] == "angular":
         body["w_center"] = 0.1
-    r = merch.post("/api/training-runs/", body, format="json")
-    assert r.status_code == 202, r.json()
-    run = TrainingRun.objects.get(pk=r.json()["id"])
     try:
-        train_model.apply(kwargs={"run_id": run.pk}, throw=True)
-        run.refresh_from_db()
-        assert run.status == TrainingRun.Status.SUCCEEDED, run.error
-        version = run.model_version
+        version = run_through_api(merch, body).model_version
         assert {k: version.config["train"][k] for k in losses} == losses
         assert ProductEmbedding.objects.filter(model_version=version).count() == Product.objects.count()
     finally:
-        run.refresh_from_db()
-        if run.status in (TrainingRun.Status.QUEUED, TrainingRun.Status.RUNNING):
-            TrainingRun.objects.filter(pk=run.pk).update(status=TrainingRun.Status.FAILED)
         model_version_activate(version=trained_catalog)
