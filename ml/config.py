@@ -6,7 +6,7 @@ Everything a run needs is in these dataclasses, so a run is reproducible from it
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 #: The default open_clip model: timm ``tf_efficientnet_lite0`` image tower (ImageNet weights from the
@@ -215,6 +215,17 @@ class TrainConfig:
             raise ValueError(
                 "general_loss 'angular' needs normalize=True: its angle is defined on the unit sphere"
             )
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> TrainConfig:
+        """The config of a training run's ``params``: its own fields; the run's other options
+        (``serve_first``, ``init_from_active``) are not hyper-parameters and are left out.
+
+        Raises:
+            ValueError: as the constructor, for a combination that cannot train.
+        """
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in params.items() if k in names})
 
     @property
     def tunes_towers(self) -> bool:

@@ -202,7 +202,7 @@ class TrainingStartForm(PageForm):
         cleaned = super().clean()
         if not self.errors:
             try:
-                TrainConfig(**{k: v for k, v in self.params().items() if k != "init_from_active"})
+                TrainConfig.from_params(self.params())
             except ValueError as exc:
                 self.add_service_error(exc)
         return cleaned

@@ -278,7 +278,7 @@ class TrainingRunCreateSerializer(serializers.Serializer):
                 {f: [f"unknown field; the parameters are: {known}"] for f in unknown}
             )
         try:  # the combination: what ml.config.TrainConfig refuses, with its message
-            TrainConfig(**{k: v for k, v in attrs.items() if k != "init_from_active"})
+            TrainConfig.from_params(attrs)
         except ValueError as exc:
             field, sep, reason = str(exc).partition(": ")
             if sep and field in self.fields:

@@ -160,10 +160,9 @@ def training_run_execute(*, run: TrainingRun, task_id: str = "") -> dict[str, An
         ``{"run", "version", "metrics"}``, or ``{"cancelled": run id, ...}``.
     """
     log = RunLog(run.pk)
-    known = {f.name for f in TrainConfig.__dataclass_fields__.values()}
     r = _Run(
         run_id=run.pk,
-        cfg=TrainConfig(**{k: v for k, v in run.params.items() if k in known}),
+        cfg=TrainConfig.from_params(run.params),
         mcfg=ml_bridge.model_config(),
         log=log,
         init_from_active=bool(run.params.get("init_from_active")),
