@@ -334,3 +334,30 @@ def phone_photo_features(
         if batch:
             flush()
     return out
+
+
+def training_view_features(
+    extractor: Any,
+    paths: Sequence[str],
+    keys: Sequence[str],
+    donor_pool: Sequence[str],
+    *,
+    views: int,
+    seed: int = 0,
+    donors: int = 200,
+    progress: bool = True,
+    desc: str = "training views",
+) -> np.ndarray:
+    """The training recipe of phone-photo views: :func:`phone_photo_features` of ``views`` views per photo
+    (seeds ``seed`` .. ``seed + views - 1``; the evaluation's queries use another seed) on collage
+    backgrounds from ``donors`` photos of ``donor_pool`` (drawn with ``seed + 7``): (N, views, D) float32.
+    """
+    return phone_photo_features(
+        extractor,
+        paths,
+        keys,
+        list(range(seed, seed + views)),
+        donors=donor_photos(donor_pool, donors, seed + 7),
+        progress=progress,
+        desc=desc,
+    )

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.augment import donor_photos, phone_photo_features
+from ml.augment import donor_photos, phone_photo_features, training_view_features
 from ml.dataset import hm_articles, split_items
 from ml.metrics import precision_at_k_by_label, recall_at_k
 
@@ -130,14 +130,8 @@ def view_features(
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(cat.train, size=min(photos, len(cat.train)), replace=False))
     donor_pool = [cat.paths[i] for i in cat.train]
-    feats = phone_photo_features(
-        extractor,
-        [cat.paths[i] for i in rows],
-        [cat.keys[i] for i in rows],
-        list(range(seed, seed + views)),
-        donors=donor_photos(donor_pool, donors, seed + 7),
-        desc="training views",
-    )
+    paths, keys = [cat.paths[i] for i in rows], [cat.keys[i] for i in rows]
+    feats = training_view_features(extractor, paths, keys, donor_pool, views=views, seed=seed, donors=donors)
     return {"item_ids": np.asarray([int(cat.keys[i]) for i in rows], dtype=np.int64), "views": feats}
 
 

@@ -104,6 +104,19 @@ class PrefixActivations:
     views: torch.Tensor
 
 
+def suffix_features(
+    split: SplitImageTower, acts: PrefixActivations, idx: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """Image-tower outputs (B, E) float32 on ``device`` of rows ``idx`` (B,) int64 from their cached prefix
+    activations (with gradients when enabled); rows whose photo could not be read are zeros, as in the
+    feature cache."""
+    img = split.suffix(acts.clean[idx].to(device).float())
+    bad = acts.failed[idx]
+    if bad.any():
+        img = img * (~bad).to(img.device, img.dtype)[:, None]
+    return img
+
+
 class PrefixEncoder:
     """Prefix activations of photos through a :class:`SplitImageTower`, in batches, without gradients.
 
@@ -214,21 +227,15 @@ def prefix_activations(
         if data.item_ids is None:
             raise ValueError("phone-photo views need TrainData.item_ids (the photos' seeds are keyed by id)")
         # lazy: scipy and the augmentation code, only for runs with views
-        from ml.augment import donor_photos, phone_photo_features
+        from ml.augment import training_view_features
 
         keys = [str(data.item_ids[r]) for r in rows]
         vkey = _cache_key(bundle, k, [paths[r] for r in rows], f"views {views} seed {seed} keys {keys}")
 
         def compute() -> tuple[np.ndarray, None]:
             pool = [paths[r] for r in view_rows(data, len(data.image), seed, readable)]
-            flat = phone_photo_features(
-                enc,
-                [paths[r] for r in rows],
-                keys,
-                list(range(seed, seed + views)),
-                donors=donor_photos(pool, 200, seed + 7),
-                progress=progress,
-                desc="phone-photo views",
+            flat = training_view_features(
+                enc, [paths[r] for r in rows], keys, pool, views=views, seed=seed, progress=progress
             )  # (M, V, C·h·w) float32
             return flat.reshape(len(rows), views, *shape).astype(np.float16), None
 

@@ -42,7 +42,13 @@ from ml.config import ModelConfig, TrainConfig
 from ml.dataset import TrainData
 from ml.features import ImageFiles
 from ml.model import ClipBundle, build_model
-from ml.tower_prefix import PrefixActivations, SplitImageTower, prefix_activations
+from ml.tower_prefix import (
+    PrefixActivations,
+    SplitImageTower,
+    prefix_activations,
+    suffix_features,
+    trunk_blocks,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +76,11 @@ def tower_modules(model: nn.Module, *, image_blocks: int, text_layers: int) -> d
     names = {m: n for n, m in model.named_modules()}
     chosen: list[nn.Module] = []
     if image_blocks:
-        trunk = getattr(model.visual, "trunk", None)
-        if trunk is None or not hasattr(trunk, "blocks"):
-            raise ValueError(
-                f"unfreeze_last_blocks={image_blocks}: the image tower {type(model.visual).__name__} has no "
-                "timm trunk with .blocks (supported: timm EfficientNet/MobileNet-style towers)"
-            )
-        blocks = [
-            b for stage in trunk.blocks for b in (stage if isinstance(stage, nn.Sequential) else [stage])
-        ]
+        try:
+            blocks = trunk_blocks(model)
+        except ValueError as exc:
+            raise ValueError(f"unfreeze_last_blocks={image_blocks}: {exc}") from exc
+        trunk = model.visual.trunk
         if image_blocks > len(blocks):
             raise ValueError(
                 f"unfreeze_last_blocks={image_blocks}, but the image trunk has {len(blocks)} blocks"
@@ -253,10 +255,7 @@ class TowerTuner:
     def encode_cached(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both towers' outputs ``(image (B, E), text (B, E))`` float32 for items ``idx`` (B,) int64 from the
         cached prefix activations (image) and the text bank or the text tower; unreadable photos give zeros."""
-        img = self.split.suffix(self.prefix.clean[idx].to(self.device).float())
-        bad = self.prefix.failed[idx]
-        if bad.any():
-            img = img * (~bad).to(img.device, img.dtype)[:, None]
+        img = suffix_features(self.split, self.prefix, idx, self.device)
         if self.text_bank is not None:
             return img, self.text_bank[idx.to(self.text_bank.device)].to(self.device)
         t = self.tokens[idx]
@@ -345,9 +344,8 @@ def tuned_features(
         image = np.zeros_like(data.image, dtype=np.float32)
         with torch.no_grad():
             for s in range(0, len(image), 256):
-                a = acts.clean[s : s + 256].to(bundle.device).float()
-                image[s : s + len(a)] = split.suffix(a).float().cpu().numpy()
-        image[acts.failed.numpy()] = 0.0
+                idx = torch.arange(s, min(s + 256, len(image)))
+                image[s : s + len(idx)] = suffix_features(split, acts, idx, bundle.device).cpu().numpy()
         if cfg.unfreeze_text_layers == 0:
             return image, np.asarray(data.text, dtype=np.float32)
     from ml.features import FeatureExtractor
