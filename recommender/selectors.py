@@ -331,6 +331,8 @@ def photo_search(
     guess = hits[0].product.product_type if hits else ""
     if not type_first or filters.product_type or not guess:
         return PhotoAnswer(hits)
+    if all(h.product.product_type == guess for h in hits):  # already in that order (always so for k = 1)
+        return PhotoAnswer(hits, guess)
     same = _hits(_ranked(qs.filter(product__product_type=guess), "image", q, k, kind="photo"))
     ids = {h.product.pk for h in same}
     return PhotoAnswer((same + [h for h in hits if h.product.pk not in ids])[:k], guess)

@@ -203,6 +203,10 @@ def test_photo_search_ranks_the_best_matchs_type_first(trained_catalog, api, hm_
     assert plain.product_type is None and [h.product.product_type for h in plain.hits] != [
         h.product.product_type for h in typed.hits
     ]
+    with CaptureQueriesContext(connection) as ctx:  # one match is in order already: one ranking query
+        one = selectors.photo_search(image=Image.open(path), k=1)
+    assert [h.product.pk for h in one.hits] == [plain.hits[0].product.pk] and one.product_type == kinds[0]
+    assert sum("<#>" in q["sql"] for q in ctx.captured_queries) == 1
 
     def ids(**extra):
         r = api.post(
