@@ -103,6 +103,32 @@ class FeatureCache:
         finally:
             db.close()
 
+    def put_computed(
+        self,
+        model_id: str,
+        paths: Sequence[str | Path],
+        texts: Sequence[str],
+        image: np.ndarray,
+        text: np.ndarray,
+        skip: Sequence[int] = (),
+    ) -> None:
+        """Store features computed elsewhere under the keys the ``get_or_compute_*`` methods read (the
+        photo files' and texts' SHA-256), so that those find them: e.g. a tuned tower's features computed
+        from cached prefix activations (``ml.towers.tuned_features``).
+
+        Args:
+            image, text: (N, E) float32 features of ``paths`` and ``texts`` (N each).
+            skip: rows whose photo is not stored (unreadable: their zeros are no feature).
+        """
+        skipped = set(skip)
+        photos = {k: image[i] for i, p in enumerate(paths) if i not in skipped and (k := _file_sha256(p))}
+        self.put(model_id, "image", photos)
+        self.put(
+            model_id,
+            "text",
+            {hashlib.sha256(t.encode("utf-8")).hexdigest(): text[i] for i, t in enumerate(texts)},
+        )
+
     def get_or_compute_images(
         self,
         extractor: TowerEncoder,

@@ -16,7 +16,7 @@ from django.conf import settings
 
 from catalog.models import Outfit, Product
 from ml.audience import audience_ids
-from ml.config import ModelConfig
+from ml.config import ModelConfig, TrainConfig
 from ml.dataset import TrainData, category_ids, train_data_from_items
 from ml.heads import RecommenderHeads, zero_shot_heads
 from ml.inference import Embedder
@@ -101,6 +101,32 @@ def tower_features(
     """
     paths, texts = product_inputs(products)
     return embedder.tower_features(paths, texts, progress=progress, on_batch=on_batch)
+
+
+def tuned_tower_features(
+    embedder: Embedder,
+    cfg: TrainConfig,
+    data: TrainData,
+    products: Sequence[Product],
+    failed: Sequence[tuple[int, str]] = (),
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(image (N, E), text (N, E))`` float32 features of ``products`` through the embedder's tuned towers,
+    right after the run that tuned them (``data``: its :class:`ml.dataset.TrainData`, rows in the order of
+    ``products``). With ``cfg.cache_tower_prefix`` only the tuned top runs, on the prefix activations the
+    run cached (:func:`ml.towers.tuned_features`), instead of the whole image tower over every photo; the
+    features go into the feature cache under the tuned towers' id, where :func:`own_features` and the
+    embedding tasks find them (rows in ``failed``, unreadable photos, are not stored)."""
+    if not cfg.cache_tower_prefix:
+        return tower_features(embedder, products, progress=True)[:2]
+    from ml.towers import tuned_features  # lazy: ml.towers builds open_clip models
+
+    image, text = tuned_features(embedder.bundle, data, cfg, settings.ML_FEATURE_CACHE_DIR)
+    if embedder.cache is not None:
+        paths, texts = product_inputs(products)
+        embedder.cache.put_computed(
+            embedder.extractor.model_id, paths, texts, image, text, skip=[r for r, _ in failed]
+        )
+    return image, text
 
 
 def train_data(

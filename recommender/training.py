@@ -176,7 +176,7 @@ def training_run_execute(*, run: TrainingRun, task_id: str = "") -> dict[str, An
         features = (data.image, data.text)  # of the towers the new heads go with
         if result.heads.tower_state:  # features of the tuned towers for evaluation and the catalog vectors
             embedder = Embedder(r.mcfg, result.heads, cache_dir=settings.ML_FEATURE_CACHE_DIR)
-            features = ml_bridge.tower_features(embedder, r.products, progress=True)[:2]
+            features = ml_bridge.tuned_tower_features(embedder, r.cfg, data, r.products, failed)
         if log.cancelled():
             log.end_cancelled()
             return {"cancelled": r.run_id}

@@ -312,12 +312,25 @@ def test_api_training_run_with_tower_fine_tuning_serves_the_tuned_towers(trained
 
 
 def test_api_run_tunes_the_image_top_from_cached_activations_starting_from_the_active_heads(
-    trained_catalog, merch
+    trained_catalog, merch, monkeypatch, settings, tmp_path
 ):
     """The CPU route to a better photo search through the site: the image tower's top trained on cached
     prefix activations with phone-photo views, from the active version's heads; the catalog vectors then
-    come from the whole tuned tower, and the text tower stays the base one."""
+    come from the tuned top on those activations (the whole tuned tower never runs over the catalog, and
+    serving's whole tower agrees with them), and the text tower stays the base one."""
+    from ml.features import FeatureExtractor
+    from ml.inference import Embedder
     from recommender.model_cache import embedder_for
+
+    encoded: list[tuple[str, int]] = []  # (model id, photos) of every whole-tower image batch
+    real_encode = FeatureExtractor.encode_images
+
+    def encode_images(self, paths, *args, **kwargs):
+        encoded.append((self.model_id, len(paths)))
+        return real_encode(self, paths, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureExtractor, "encode_images", encode_images)
+    settings.ML_FEATURE_CACHE_DIR = tmp_path  # an earlier run's tuned features would be cache hits
 
     body = {
         "epochs": 1, "max_steps": 2, "batch_size": 16, "unfreeze_last_blocks": 2, "tower_lr": 1e-3,
@@ -331,7 +344,13 @@ def test_api_run_tunes_the_image_top_from_cached_activations_starting_from_the_a
         tuned = ModelVersion.objects.get(is_active=True)
         state = embedder_for(tuned).heads.tower_state
         assert state and all(k.startswith("visual.") for k in state)  # only the image tower's top
+        assert not [e for e in encoded if "+towers-" in e[0]], encoded  # no whole tuned tower in the run
         _assert_vectors_from_the_tuned_towers(tuned, trained_catalog)
+        p = Product.objects.order_by("pk").first()
+        served = embedder_for(tuned)
+        whole = Embedder(served.model_cfg, served.heads).embed_items([p.image.path], [p.text]).image[0]
+        stored = np.asarray(ProductEmbedding.objects.get(product=p, model_version=tuned).image)
+        assert float(stored @ whole) > 0.999  # unit vectors: the float16 activations cost next to nothing
     finally:
         model_version_activate(version=trained_catalog)
 
@@ -452,7 +471,7 @@ def test_quality_gate_verdicts():
 
 
 def test_the_quality_gate_keeps_a_version_no_better_than_the_active_one_inactive(
-    trained_catalog, merch, monkeypatch
+    trained_catalog, merch, monkeypatch, settings, tmp_path
 ):
     """A run whose heads are the active version's own (so it scores every pair exactly as the active
     version does, whatever the slice makes of either) does not strictly beat it on the matched protocol:
