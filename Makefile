@@ -90,10 +90,11 @@ beat: venv
 serve: venv
 	$(PY) manage.py runserver $(ADDR)
 
-## stop: stop the demo's web server (gunicorn), its worker and the embedded PostgreSQL
+## stop: stop the demo's web server (gunicorn), its workers and the embedded PostgreSQL
 stop:
 	-pid=$$(cat $(VAR_DIR)/web.pid 2>/dev/null) && ps -o args= -p "$$pid" | grep -q gunicorn && kill -TERM -"$$pid" && echo "stopped the web server"; rm -f $(VAR_DIR)/web.pid
 	-pid=$$(cat $(VAR_DIR)/worker.pid 2>/dev/null) && ps -o args= -p "$$pid" | grep -q celery && kill -TERM -"$$pid" && echo "stopped the worker"; rm -f $(VAR_DIR)/worker.pid
+	-pid=$$(cat $(VAR_DIR)/embedder.pid 2>/dev/null) && ps -o args= -p "$$pid" | grep -q celery && kill -TERM -"$$pid" && echo "stopped the embedding worker"; rm -f $(VAR_DIR)/embedder.pid
 	-$(PY) -c "from pathlib import Path; from recommender.db import stop_embedded; print('stopped embedded PostgreSQL' if stop_embedded(Path('$(VAR_DIR)')) else 'embedded PostgreSQL not running')"
 
 clean: stop

@@ -4,7 +4,9 @@ Starts Redis if none answers, migrates, imports the H&M sample, starts a real Ce
 on it (fine-tune → evaluate → embed → activate when the quality gate lets it), prints how long each phase took, then serves the
 site at http://127.0.0.1:8000 through gunicorn (``gunicorn.conf.py``, as compose does: threaded workers,
 a bounded PostgreSQL pool per process) with ``DEBUG`` off unless ``--debug`` (loopback only);
-``--no-serve`` stops before serving. ``make stop`` stops the server and the worker it leaves running.
+``--no-serve`` stops before serving. Once serving, it queues a second run that tunes the image tower for
+phone photos (``--no-photo-tuning`` skips it) and starts a worker for uploads' embeddings beside the one
+that trains. ``make stop`` stops the server and the workers it leaves running.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tqdm import tqdm
 from recommender import runtime
 from recommender.celery import app
 from recommender.models import ModelVersion, TrainingRun
-from recommender.services import model_version_activate, training_run_start
+from recommender.services import TrainingRunBusy, model_version_activate, training_run_start
 
 
 class Command(BaseCommand):
@@ -46,6 +48,11 @@ class Command(BaseCommand):
         parser.add_argument("--no-serve", action="store_true")
         parser.add_argument(
             "--debug", action="store_true", help="serve with DEBUG on (tracebacks; loopback addresses only)"
+        )
+        parser.add_argument(
+            "--no-photo-tuning",
+            action="store_true",
+            help="do not queue the second run that tunes the image tower for phone photos once the site serves",
         )
 
     def handle(self, *args, **opts):
@@ -179,6 +186,9 @@ class Command(BaseCommand):
 
         if not opts["no_serve"] and web is None:
             web = self._serve(opts, web_env, var)
+        embedder = None
+        if not opts["no_photo_tuning"]:
+            embedder = self._queue_photo_tuning(var)
         try:
             if web is not None:
                 web.wait()
@@ -187,9 +197,36 @@ class Command(BaseCommand):
         finally:
             if web is not None:
                 runtime.stop_worker(web)
+            if embedder is not None:
+                runtime.stop_worker(embedder)
             runtime.stop_worker(worker)
-            for name in ("web.pid", "worker.pid"):  # `make stop` must never signal a reused pid
+            # `make stop` must never signal a reused pid
+            for name in ("web.pid", "worker.pid", "embedder.pid"):
                 (var / name).unlink(missing_ok=True)
+
+    def _queue_photo_tuning(self, var: Path):
+        """Queue the run of the models page's "Tune the image tower for phone photos" box
+        (:data:`recommender.forms.PHOTO_TUNING`: the last image-tower blocks tuned on phone-photo views,
+        from the active version's heads) and start a second worker for the ``embedding`` queue, so that
+        uploads are embedded while the first worker trains. Returns that worker's process, or None when
+        another run is queued or running (nothing is queued then)."""
+        from recommender.forms import PHOTO_TUNING
+
+        try:
+            run = training_run_start(params=dict(PHOTO_TUNING))
+        except TrainingRunBusy as exc:
+            self.stdout.write(f"photo tuning not queued: training run {exc.run.pk} is {exc.run.status}")
+            return None
+        embedder = runtime.start_worker(
+            queues="embedding", concurrency=1, logfile=var / "logs" / "embedder.log", name="embedder"
+        )
+        (var / "embedder.pid").write_text(str(embedder.pid))
+        self.stdout.write(
+            f"training run {run.pk} queued: it tunes the image tower for shoppers' phone photos (tens of "
+            "minutes on a CPU; progress on /models). The quality gate activates it when it beats the "
+            "version serving now."
+        )
+        return embedder
 
     def _serve(self, opts, web_env, var: Path):
         """Start gunicorn on the active version and warm it; returns the process."""
