@@ -5,10 +5,11 @@ evaluation → embedding (progress % and items/s) → activation. The active ver
 the new one has every vector. Rows are read through :mod:`recommender.ml_bridge`, the model is
 trained by :func:`ml.train.train`, and everything is written through :mod:`recommender.services`.
 
-Activation passes a quality gate (:func:`quality_gate`): the new version is activated only when it beats
-the active one on the popularity-matched protocol (FITB and AUC, both evaluated now on the same fixed
-held-out split, each on the features of its own towers), or, when none is active, the best baseline.
-Otherwise it stays inactive (status ready, every vector written) with the verdict in
+Activation passes a quality gate (:mod:`recommender.gate`): the new version is activated only when it
+beats the active one on the popularity-matched protocol (FITB and AUC, both evaluated now on the same
+fixed held-out split, each on the features of its own towers), or, when none is active, the best
+baseline; a version that tuned the image tower, when it improves photo search and keeps compatibility
+within a tolerance. Otherwise it stays inactive (status ready, every vector written) with the verdict in
 ``metrics["gate"]``; a merchandiser can still activate it by hand. A run started with the parameter
 ``serve_first`` (``make demo``) while no version is active embeds and activates its version before
 evaluating it, so a fresh install serves a few minutes sooner; the verdict is still recorded.
@@ -31,13 +32,12 @@ from django.utils import timezone
 from catalog.models import Product
 from ml.config import ModelConfig, TrainConfig
 from ml.dataset import TrainData
-from ml.evaluate import REFERENCES, best_reference, evaluate_all, write_report
-from ml.heads import RecommenderHeads, load_heads, save_heads
+from ml.evaluate import evaluate_all, write_report
+from ml.heads import load_heads, save_heads
 from ml.inference import Embedder
 from ml.model import build_model
-from ml.scorers import ATTRIBUTE_PMI
 from ml.train import TrainResult, train
-from recommender import ml_bridge
+from recommender import gate, ml_bridge
 from recommender.models import ModelVersion, TrainingRun
 from recommender.services import (
     catalog_snapshot,
@@ -49,8 +49,6 @@ from recommender.services import (
 
 logger = logging.getLogger(__name__)
 
-#: The popularity-matched metrics a new version must improve to be activated automatically.
-GATE_METRICS = ("fitb", "auc")
 #: Progress (%) at which each phase starts.
 PROGRESS = {"features": 1.0, "training": 20.0, "evaluation": 72.0, "embedding": 80.0, "done": 100.0}
 #: Least seconds between two writes of the features phase's progress (the last one is always written).
@@ -193,7 +191,7 @@ def training_run_execute(*, run: TrainingRun, task_id: str = "") -> dict[str, An
             log.update(
                 phase="evaluation", log=f"version {version.pk} serving; evaluating on the held-out split"
             )
-        metrics = _evaluate(r, version, data, result, artifact, features)
+        metrics = _evaluate(r, version, data, result, artifact, (embedder, features, failed))
         if early:
             if log.cancelled():
                 log.end_cancelled(f"cancelled during evaluation; version {version.pk} stays active")
@@ -400,31 +398,44 @@ def _evaluate(
     data: TrainData,
     result: TrainResult,
     artifact: Path,
-    features: tuple[np.ndarray, np.ndarray],
+    towers: tuple[Embedder, tuple[np.ndarray, np.ndarray], list[tuple[int, str]]],
 ) -> dict[str, Any]:
     """Held-out evaluation against the baselines and the active version, its report beside the artifact,
-    and the quality gate's verdict (:func:`quality_gate`); metrics stored.
+    and the quality gate's verdict (:mod:`recommender.gate`); metrics stored.
 
-    ``data`` holds the base towers' features (the baselines' and zero-shot's), ``features`` those of the
-    towers the new heads go with; the active version is evaluated on its own towers' features
-    (:func:`_incumbent`).
+    ``data`` holds the base towers' features (the baselines' and zero-shot's); ``towers`` is
+    ``(embedder, features, failed)`` of the towers the new heads go with (``failed``: unreadable photos'
+    rows); the active version is evaluated on its own towers' features (:func:`recommender.gate.incumbent`).
+    A version that tuned the image tower is also measured on photo search against the active one.
     """
     t = time.perf_counter()
+    embedder, features, failed = towers
     metrics: dict[str, Any] = {}
-    incumbent = None
     if data.test_outfits:
         heads_by_name = {"fine-tuned": result.heads}
         own = {"fine-tuned": features}
-        incumbent = _incumbent(r, version, data)
-        if incumbent is not None:
-            name, heads, feats = incumbent
-            heads_by_name[name] = heads
-            own[name] = feats
+        active = gate.incumbent(version, r.products, (data.image, data.text))
+        if active is not None:
+            heads_by_name[active[0]] = active[1]
+            own[active[0]] = active[2]
         results = evaluate_all(data, heads_by_name, features=own, memory_picks=settings.LOOKS_MEMORY_PICKS)
         plot_data = replace(data, image=features[0], text=features[1])
         write_report(results, artifact.parent, history=result.history, data=plot_data, heads=result.heads)
         metrics = {"evaluation": results}
-        metrics["gate"] = quality_gate(results, incumbent=incumbent[0] if incumbent else None)
+        metrics["gate"] = gate.quality_gate(results, incumbent=active[0] if active else None)
+        if active is not None and gate.tunes_photos(result.heads):
+            r.log.update(log="measuring photo search with phone photos against the active version")
+            photo = gate.photo_search_check(
+                data,
+                {
+                    "fine-tuned": (result.heads, embedder, features[0]),
+                    active[0]: (active[1], active[3], active[2][0]),
+                },
+                skip=[row for row, _ in failed],
+            )
+            for name, row in photo.items():
+                results[name].update(row)
+            metrics["gate"] = gate.photo_gate(results, photo, incumbent=active[0])
     else:
         metrics["gate"] = {"passed": False, "reason": "no held-out outfits to evaluate on"}
     r.timings["evaluation_s"] = time.perf_counter() - t
@@ -439,75 +450,6 @@ def _evaluate(
     )
     ModelVersion.objects.filter(pk=version.pk).update(artifact_path=str(artifact), metrics=metrics)
     return metrics
-
-
-def _incumbent(
-    r: _Run, version: ModelVersion, data: TrainData
-) -> tuple[str, RecommenderHeads, tuple[np.ndarray, np.ndarray]] | None:
-    """The active version to beat: ``(row name, heads, features of its own towers)``, or None when no
-    version is active. Its towers are the base ones (``data``'s features) unless it was trained with
-    another model or fine-tuned towers; then their features are computed (feature cache)."""
-    active = ModelVersion.objects.filter(is_active=True).exclude(pk=version.pk).first()
-    if active is None or not active.artifact_path or not Path(active.artifact_path).exists():
-        return None
-    heads, meta = load_heads(active.artifact_path)
-    model = meta.get("model") or (active.config or {}).get("model") or {}
-    feats = ml_bridge.own_features(heads, model, r.products, base=(data.image, data.text))
-    return f"active v{active.pk}", heads, feats
-
-
-#: Rows the first version must beat (no active version): every reference but the attribute co-occurrence,
-#: which a basket-only shop's model may not beat (docs/evaluation.md) and which serves nothing itself.
-GATE_REFERENCES: tuple[str, ...] = tuple(n for n in REFERENCES if n != ATTRIBUTE_PMI)
-
-
-def quality_gate(results: dict[str, dict[str, Any]], *, incumbent: str | None) -> dict[str, Any]:
-    """May the new version (row ``"fine-tuned"``) be activated automatically?
-
-    It must beat, on every metric of :data:`GATE_METRICS` (popularity-matched FITB and AUC), the active
-    version's row ``incumbent`` evaluated on the same protocol, or, when no version is active, the best
-    baseline of that metric among :data:`GATE_REFERENCES` (popularity, attribute match, pair memory,
-    co-occurrence, zero-shot; the attribute co-occurrence row is reported beside the model but does not
-    keep a shop's first version off: a shop whose outfits tell little beyond the attributes, such as
-    co-purchase baskets, would otherwise get no active version at all). Strictly: a tie is not better.
-
-    Returns:
-        ``{"passed": bool, "reason": str, "against": {metric: [reference row, value]},
-        "model": {metric: value}}``.
-    """
-    own = results["fine-tuned"]
-    against: dict[str, list[Any]] = {}
-    worse = []
-    for m in GATE_METRICS:
-        ref = (
-            (incumbent, results[incumbent].get(m))
-            if incumbent
-            else best_reference(results, m, GATE_REFERENCES)
-        )
-        value = own.get(m)
-        if ref is None or ref[1] is None or value is None or value != value:
-            return {
-                "passed": False,
-                "reason": f"matched {m} could not be measured",
-                "against": {},
-                "model": {},
-            }
-        against[m] = [ref[0], float(ref[1])]
-        if not value > ref[1]:
-            worse.append(f"{m} {value:.3f} ≤ {ref[1]:.3f} ({ref[0]})")
-    shown = ", ".join(f"{m} {own[m]:.3f} vs {v:.3f} ({n})" for m, (n, v) in against.items())
-    target = incumbent or "the best baseline"
-    reason = (
-        f"beats {target} on the matched protocol: {shown}"
-        if not worse
-        else f"does not beat {target} on the matched protocol: " + "; ".join(worse)
-    )
-    return {
-        "passed": not worse,
-        "reason": reason,
-        "against": against,
-        "model": {m: own[m] for m in GATE_METRICS},
-    }
 
 
 def _embed(

@@ -122,7 +122,7 @@ def run_through_api(merch, body: dict):
 
 
 def activate_if_gated(run) -> None:
-    """A finished run's version serves: the quality gate (``recommender.training.quality_gate``) may have
+    """A finished run's version serves: the quality gate (``recommender.gate.quality_gate``) may have
     kept it inactive (a few epochs on a small slice need not beat the baselines); then activate it by hand,
     as a merchandiser can. Its verdict is stored either way."""
     from recommender.services import model_version_activate

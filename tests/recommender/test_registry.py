@@ -345,6 +345,13 @@ def test_api_run_tunes_the_image_top_from_cached_activations_starting_from_the_a
         state = embedder_for(tuned).heads.tower_state
         assert state and all(k.startswith("visual.") for k in state)  # only the image tower's top
         assert not [e for e in encoded if "+towers-" in e[0]], encoded  # no whole tuned tower in the run
+        # the tuned version was measured on photo search against the active one, and gated on it
+        ev, verdict = run.model_version.metrics["evaluation"], run.model_version.metrics["gate"]
+        for row in ("fine-tuned", f"active v{trained_catalog.pk}"):
+            assert 0.0 <= ev[row]["photo_p@10_type"] <= 1.0 and 0.0 <= ev[row]["photo_recall@10"] <= 1.0
+        assert "photo_p@10_type" not in ev["popularity"]
+        assert verdict["against"]["photo_p@10_type"][0] == f"active v{trained_catalog.pk}"
+        assert verdict["reason"].startswith("a tuned image tower that")
         _assert_vectors_from_the_tuned_towers(tuned, trained_catalog)
         p = Product.objects.order_by("pk").first()
         served = embedder_for(tuned)
@@ -452,7 +459,7 @@ def _gate_results(fitb: float, auc: float, active: tuple[float, float] | None = 
 
 
 def test_quality_gate_verdicts():
-    from recommender.training import quality_gate
+    from recommender.gate import quality_gate
 
     first = quality_gate(_gate_results(0.45, 0.70), incumbent=None)  # beats attribute-match and zero-shot
     assert first["passed"] and first["against"] == {
@@ -468,6 +475,34 @@ def test_quality_gate_verdicts():
     )
     assert quality_gate(_gate_results(0.51, 0.66, active=(0.50, 0.65)), incumbent="active v3")["passed"]
     assert not quality_gate(_gate_results(float("nan"), 0.9), incumbent=None)["passed"]
+
+
+def test_photo_gate_verdicts():
+    """A tuned image tower passes on better photo search only while compatibility stays within the
+    tolerance of the active version's, and never without better photo search."""
+    from recommender.gate import PHOTO_COMPAT_TOLERANCE, photo_gate
+
+    results = _gate_results(0.495, 0.761, active=(0.50, 0.765))  # a little behind, within 0.01
+    better = {"fine-tuned": {"photo_p@10_type": 0.84}, "active v3": {"photo_p@10_type": 0.56}}
+    ok = photo_gate(results, better, incumbent="active v3")
+    assert ok["passed"] and ok["reason"].startswith(
+        "a tuned image tower that improves photo search on active v3: P@10 same type 0.840 vs 0.560"
+    )
+    assert ok["against"]["photo_p@10_type"] == ["active v3", 0.56] and ok["model"]["fitb"] == 0.495
+    assert _refused_by_quality_gate(results)  # the compatibility gate alone would keep it off
+    drop = _gate_results(0.50 - PHOTO_COMPAT_TOLERANCE - 0.005, 0.77, active=(0.50, 0.765))
+    lost = photo_gate(drop, better, incumbent="active v3")
+    assert not lost["passed"] and "fitb 0.485 < 0.500 − 0.01" in lost["reason"]
+    same = {"fine-tuned": {"photo_p@10_type": 0.56}, "active v3": {"photo_p@10_type": 0.56}}
+    flat = photo_gate(_gate_results(0.52, 0.78, active=(0.50, 0.765)), same, incumbent="active v3")
+    assert not flat["passed"] and "photo search P@10 same type 0.560 ≤ 0.560" in flat["reason"]
+    assert not photo_gate(results, {}, incumbent="active v3")["passed"]
+
+
+def _refused_by_quality_gate(results) -> bool:
+    from recommender.gate import quality_gate
+
+    return not quality_gate(results, incumbent="active v3")["passed"]
 
 
 def test_the_quality_gate_keeps_a_version_no_better_than_the_active_one_inactive(
