@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -299,6 +299,7 @@ def phone_photo_features(
     crop: bool = False,
     progress: bool = True,
     desc: str = "phone photos",
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Image-tower features of phone photos (:func:`ml.augment.phone_photo`) of N catalog photos.
 
@@ -308,6 +309,7 @@ def phone_photo_features(
         seeds: V seeds, one view each (``ml.augment.item_rng(seed, key)``).
         donors: photos for the collage backgrounds.
         crop: also encode each view cropped to its garment (:func:`ml.augment.garment_crop`).
+        on_batch: called with ``(photos done, N)`` after each encoded batch.
 
     Returns:
         (N, V, E) float32 unnormalised features, or (N, 2V, E) with ``crop`` (the V crops after the V views).
@@ -330,9 +332,13 @@ def phone_photo_features(
             rows.extend(i * n_out + j for j in range(n_out))
             if len(batch) >= bs:
                 flush()
+                if on_batch is not None:
+                    on_batch(i + 1, len(paths))
             bar.update(1)
         if batch:
             flush()
+    if on_batch is not None:
+        on_batch(len(paths), len(paths))
     return out
 
 
@@ -347,10 +353,12 @@ def training_view_features(
     donors: int = 200,
     progress: bool = True,
     desc: str = "training views",
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """The training recipe of phone-photo views: :func:`phone_photo_features` of ``views`` views per photo
     (seeds ``seed`` .. ``seed + views - 1``; the evaluation's queries use another seed) on collage
     backgrounds from ``donors`` photos of ``donor_pool`` (drawn with ``seed + 7``): (N, views, D) float32.
+    ``on_batch(photos done, N)`` as for :func:`phone_photo_features`.
     """
     return phone_photo_features(
         extractor,
@@ -360,4 +368,5 @@ def training_view_features(
         donors=donor_photos(donor_pool, donors, seed + 7),
         progress=progress,
         desc=desc,
+        on_batch=on_batch,
     )

@@ -144,9 +144,16 @@ class PrefixEncoder:
         x = torch.stack([self.bundle.preprocess(im.convert("RGB")) for im in images])
         return self._run(x).reshape(len(images), -1).numpy()
 
-    def encode_paths(self, paths: Sequence[str], *, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def encode_paths(
+        self,
+        paths: Sequence[str],
+        *,
+        progress: bool = True,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """N photo files -> ``((N, C, h, w) float16 activations, (N,) bool failed)``; decoding runs one
-        batch ahead in a thread; an unreadable file gives zeros and ``failed`` (never raises)."""
+        batch ahead in a thread; an unreadable file gives zeros and ``failed`` (never raises).
+        ``on_batch(photos done, N)`` after each batch."""
         out = np.zeros((len(paths), *self.shape), dtype=np.float16)
         failed = np.zeros(len(paths), dtype=bool)
         files = ImageFiles(paths, self.bundle.preprocess, self.input_size)
@@ -157,6 +164,8 @@ class PrefixEncoder:
                 failed[start : start + len(x)] = [bool(e) for e in errors]
                 start += len(x)
                 bar.update(len(x))
+                if on_batch is not None:
+                    on_batch(start, len(paths))
         return out, failed
 
 
@@ -203,10 +212,13 @@ def prefix_activations(
     seed: int = 0,
     cache_dir: Path | None = None,
     progress: bool = True,
+    on_batch: Callable[[str, int, int], None] | None = None,
 ) -> tuple[SplitImageTower, PrefixActivations]:
     """The split tower and the prefix activations of every clean photo of ``data`` and of ``views``
     phone-photo views (seeds ``seed`` .. ``seed + views - 1``, ``ml.augment``) of ``view_photos`` trained
     rows (:func:`view_rows`), read from ``cache_dir`` when computed before with the same inputs.
+    ``on_batch(what, photos done, N)`` reports the computing (``what``: ``"tower prefix"``, then
+    ``"phone-photo views"``); nothing is reported for what the cache holds.
 
     Raises:
         ValueError: ``data`` has no ``image_paths`` (or ``item_ids`` with views), or ``k`` is out of range.
@@ -218,7 +230,11 @@ def prefix_activations(
     paths = [str(p) for p in data.image_paths]
     key = _cache_key(bundle, k, paths, "clean")
     where = (lambda name: cache_dir / "prefix" / name) if cache_dir is not None else (lambda name: None)
-    clean, failed = _cached(where(f"{key}.npz"), lambda: enc.encode_paths(paths, progress=progress))
+    report = (lambda what: lambda d, n: on_batch(what, d, n)) if on_batch is not None else (lambda what: None)
+    clean, failed = _cached(
+        where(f"{key}.npz"),
+        lambda: enc.encode_paths(paths, progress=progress, on_batch=report("tower prefix")),
+    )
     readable = ~failed if failed is not None else None  # a photo that cannot be read gets no views
     rows = view_rows(data, view_photos, seed, readable) if views and view_photos else np.zeros(0, np.int64)
     shape = clean.shape[1:]
@@ -235,7 +251,14 @@ def prefix_activations(
         def compute() -> tuple[np.ndarray, None]:
             pool = [paths[r] for r in view_rows(data, len(data.image), seed, readable)]
             flat = training_view_features(
-                enc, [paths[r] for r in rows], keys, pool, views=views, seed=seed, progress=progress
+                enc,
+                [paths[r] for r in rows],
+                keys,
+                pool,
+                views=views,
+                seed=seed,
+                progress=progress,
+                on_batch=report("phone-photo views"),
             )  # (M, V, C·h·w) float32
             return flat.reshape(len(rows), views, *shape).astype(np.float16), None
 

@@ -14,6 +14,7 @@ while each compatibility metric stays within :data:`PHOTO_COMPAT_TOLERANCE` of t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,7 @@ class _Towers:
         self.embed_dim = sum(e.embed_dim for e in extractors)
         self.batch_size = extractors[0].batch_size
 
-    def encode_pil(self, images: list[Any]) -> np.ndarray:
+    def encode_pil(self, images: Sequence[Any]) -> np.ndarray:
         return np.concatenate([e.encode_pil(images) for e in self.extractors], axis=1)
 
 
@@ -133,7 +134,7 @@ def photo_search_check(
     data: TrainData,
     versions: dict[str, tuple[RecommenderHeads, Embedder, np.ndarray]],
     *,
-    skip: list[int] = (),
+    skip: Sequence[int] = (),
     queries: int = PHOTO_QUERIES,
     seed: int = EVAL_SEED,
 ) -> dict[str, dict[str, float]]:

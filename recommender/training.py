@@ -362,18 +362,64 @@ def _fit(r: _Run, data: TrainData) -> TrainResult:
             )
         r.log.update(log=f"starting from the heads of version {active.pk}")
     t = time.perf_counter()
+    bundle = build_model(r.mcfg) if r.cfg.tunes_towers else None  # a private model to fine-tune
+    if r.cfg.cache_tower_prefix:
+        _cache_prefix(r, data, bundle)
     result = train(
         data,
         r.cfg,
         progress=on_epoch,
         checkpoint_dir=Path(settings.ML_ARTIFACTS_DIR) / f"run-{r.run_id}" / "checkpoints",
         should_stop=r.log.cancelled,
-        bundle=build_model(r.mcfg) if r.cfg.tunes_towers else None,  # a private model to fine-tune
+        bundle=bundle,
         cache_dir=Path(settings.ML_FEATURE_CACHE_DIR),  # prefix activations (cache_tower_prefix)
         init_heads=init,
     )
     r.timings["training_s"] = time.perf_counter() - t
     return result
+
+
+def _cache_prefix(r: _Run, data: TrainData, bundle: Any) -> None:
+    """Compute the image tower's prefix activations of every photo and of the phone-photo views
+    (``ml.tower_prefix.prefix_activations``) into the feature cache before training reads them, with
+    their progress on the run (tens of minutes on a CPU the first time; read from the cache after)."""
+    from ml.tower_prefix import prefix_activations  # lazy: scipy and the augmentation code
+
+    cfg = r.cfg
+    r.log.update(
+        log=f"image tower prefix activations of {len(data.image)} photos and {cfg.tuning_views} phone-photo "
+        f"views of up to {cfg.tuning_view_photos} of them (cached for the next run)"
+    )
+    t, last = time.perf_counter(), [float("-inf"), "", 0.0]
+
+    def on_batch(what: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if what != last[1]:  # a new phase: its rate counts from here
+            last[1:] = [what, now]
+        if done < total and now - last[0] < FEATURE_PROGRESS_EVERY_S:
+            return
+        last[0] = now
+        rate = done / max(now - last[2], 1e-9)
+        r.log.update(
+            items_per_s=rate,
+            phase_progress={
+                "phase": what, "done": done, "total": total, "rate": rate,
+                "eta_s": (total - done) / rate if rate > 0 else None,
+            },
+        )  # fmt: skip
+
+    prefix_activations(
+        data,
+        bundle,
+        cfg.unfreeze_last_blocks,
+        views=cfg.tuning_views,
+        view_photos=cfg.tuning_view_photos,
+        seed=cfg.seed,
+        cache_dir=Path(settings.ML_FEATURE_CACHE_DIR),
+        on_batch=on_batch,
+    )
+    r.timings["tower_prefix_s"] = time.perf_counter() - t
+    r.log.update(phase_progress={}, items_per_s=None)
 
 
 def _register(r: _Run, result: TrainResult, snapshot: dict[str, Any]) -> tuple[ModelVersion, Path]:

@@ -331,6 +331,17 @@ def test_api_run_tunes_the_image_top_from_cached_activations_starting_from_the_a
 
     monkeypatch.setattr(FeatureExtractor, "encode_images", encode_images)
     settings.ML_FEATURE_CACHE_DIR = tmp_path  # an earlier run's tuned features would be cache hits
+    from recommender import training
+
+    shown: list[tuple[str, int, int]] = []  # the progress the models page showed
+    real_update = training.RunLog.update
+
+    def update(self, **fields):
+        if (pp := fields.get("phase_progress")) and pp.get("phase") != "features":
+            shown.append((pp["phase"], pp["done"], pp["total"]))
+        return real_update(self, **fields)
+
+    monkeypatch.setattr(training.RunLog, "update", update)
 
     body = {
         "epochs": 1, "max_steps": 2, "batch_size": 16, "unfreeze_last_blocks": 2, "tower_lr": 1e-3,
@@ -345,6 +356,9 @@ def test_api_run_tunes_the_image_top_from_cached_activations_starting_from_the_a
         state = embedder_for(tuned).heads.tower_state
         assert state and all(k.startswith("visual.") for k in state)  # only the image tower's top
         assert not [e for e in encoded if "+towers-" in e[0]], encoded  # no whole tuned tower in the run
+        n = Product.objects.count()
+        assert f"image tower prefix activations of {n} photos and 1 phone-photo views" in run.log_tail
+        assert ("tower prefix", n, n) in shown and ("phone-photo views", 8, 8) in shown, shown
         # the tuned version was measured on photo search against the active one, and gated on it
         ev, verdict = run.model_version.metrics["evaluation"], run.model_version.metrics["gate"]
         for row in ("fine-tuned", f"active v{trained_catalog.pk}"):
