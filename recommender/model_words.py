@@ -21,6 +21,10 @@ METRIC_HELP: dict[str, str] = {
     "mrr": "Mean reciprocal rank of the product's own photo for its text (1 = always first).",
     "p@10_type": "Similar items: the share of the 10 nearest items of the same product type as the item. "
     "Chance: that type's share of the catalog.",
+    "photo_p@10_type": "Photo search with phone photos of held-out products (measured for a version that "
+    "tuned the image tower, and for the active one on the same photos): the share of the first 10 results "
+    "of the photographed product's type.",
+    "photo_recall@10": "The same photos: how often the photographed product itself is among the first 10 results.",
     "n_fitb": "Number of fill-in-the-blank questions asked (more = a steadier figure).",
     "n_outfits": "Number of held-out outfits scored.",
 }
