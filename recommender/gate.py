@@ -10,6 +10,8 @@ second run of ``make demo``) is there for photo search, and it starts from the a
 compatibility scores move little either way. Its gate (:func:`photo_gate`) asks instead that photo search
 improves on the same phone photos (:func:`photo_search_check`: the served ranking, best match's type first)
 while each compatibility metric stays within :data:`PHOTO_COMPAT_TOLERANCE` of the active version's.
+While the active version has a tuned image tower, a version without one must also keep its photo search
+(:func:`photo_kept`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ GATE_REFERENCES: tuple[str, ...] = tuple(n for n in REFERENCES if n != ATTRIBUTE
 #: How far below the active version's each matched compatibility metric an image-tower tuning version
 #: may score and still be activated for its better photo search (:func:`photo_gate`).
 PHOTO_COMPAT_TOLERANCE = 0.01
+#: How much photo search's P@10 of the same type a version without a tuned image tower may lose against an
+#: active version with one (:func:`photo_kept`).
+PHOTO_KEEP_TOLERANCE = 0.02
 #: Held-out products whose phone photos query the photo-search check (a seeded sample).
 PHOTO_QUERIES = 1000
 #: The evaluation row names of the photo-search check's two metrics.
@@ -220,3 +225,32 @@ def photo_gate(
             f"within {PHOTO_COMPAT_TOLERANCE} ({compat})"
         )
     return {"passed": not lost, "reason": reason, "against": against, "model": model}
+
+
+def photo_kept(
+    verdict: dict[str, Any], photo: dict[str, dict[str, float]], *, incumbent: str
+) -> dict[str, Any]:
+    """The gate of a version without a tuned image tower while the active one has one: ``verdict`` (of
+    :func:`quality_gate`) stands only if the served photo search's P@10 of the same type (``photo``, rows
+    ``"fine-tuned"`` and ``incumbent``) stays above the active version's less :data:`PHOTO_KEEP_TOLERANCE`;
+    a retrain of the heads alone would otherwise undo the photo tuning unnoticed.
+
+    Returns:
+        ``verdict``, refused with the reason when photo search would be lost.
+    """
+    p_own, p_ref = (photo.get(n, {}).get("photo_p@10_type") for n in ("fine-tuned", incumbent))
+    if not verdict["passed"] or (
+        p_own is not None and p_ref is not None and p_own > p_ref - PHOTO_KEEP_TOLERANCE
+    ):
+        return verdict
+    lost = (
+        "could not be measured"
+        if p_own is None or p_ref is None
+        else f"P@10 same type {p_own:.3f} vs {p_ref:.3f}"
+    )
+    return {
+        **verdict,
+        "passed": False,
+        "reason": f"{verdict['reason']}; but it loses {incumbent}'s tuned photo search ({lost}): "
+        "train it with the image tower tuned for phone photos",
+    }

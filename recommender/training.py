@@ -9,7 +9,7 @@ Activation passes a quality gate (:mod:`recommender.gate`): the new version is a
 beats the active one on the popularity-matched protocol (FITB and AUC, both evaluated now on the same
 fixed held-out split, each on the features of its own towers), or, when none is active, the best
 baseline; a version that tuned the image tower, when it improves photo search and keeps compatibility
-within a tolerance. Otherwise it stays inactive (status ready, every vector written) with the verdict in
+within a tolerance (one without, when it also keeps a tuned active version's photo search). Otherwise it stays inactive (status ready, every vector written) with the verdict in
 ``metrics["gate"]``; a merchandiser can still activate it by hand. A run started with the parameter
 ``serve_first`` (``make demo``) while no version is active embeds and activates its version before
 evaluating it, so a fresh install serves a few minutes sooner; the verdict is still recorded.
@@ -452,7 +452,7 @@ def _evaluate(
     ``data`` holds the base towers' features (the baselines' and zero-shot's); ``towers`` is
     ``(embedder, features, failed)`` of the towers the new heads go with (``failed``: unreadable photos'
     rows); the active version is evaluated on its own towers' features (:func:`recommender.gate.incumbent`).
-    A version that tuned the image tower is also measured on photo search against the active one.
+    When either version tuned the image tower, both are also measured on photo search.
     """
     t = time.perf_counter()
     embedder, features, failed = towers
@@ -469,7 +469,8 @@ def _evaluate(
         write_report(results, artifact.parent, history=result.history, data=plot_data, heads=result.heads)
         metrics = {"evaluation": results}
         metrics["gate"] = gate.quality_gate(results, incumbent=active[0] if active else None)
-        if active is not None and gate.tunes_photos(result.heads):
+        tuned = gate.tunes_photos(result.heads)
+        if active is not None and (tuned or gate.tunes_photos(active[1])):
             r.log.update(log="measuring photo search with phone photos against the active version")
             photo = gate.photo_search_check(
                 data,
@@ -481,7 +482,10 @@ def _evaluate(
             )
             for name, row in photo.items():
                 results[name].update(row)
-            metrics["gate"] = gate.photo_gate(results, photo, incumbent=active[0])
+            if tuned:
+                metrics["gate"] = gate.photo_gate(results, photo, incumbent=active[0])
+            else:
+                metrics["gate"] = gate.photo_kept(metrics["gate"], photo, incumbent=active[0])
     else:
         metrics["gate"] = {"passed": False, "reason": "no held-out outfits to evaluate on"}
     r.timings["evaluation_s"] = time.perf_counter() - t

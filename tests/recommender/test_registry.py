@@ -513,6 +513,24 @@ def test_photo_gate_verdicts():
     assert not photo_gate(results, {}, incumbent="active v3")["passed"]
 
 
+def test_a_heads_only_version_must_keep_the_tuned_photo_search():
+    from recommender.gate import photo_kept, quality_gate
+
+    results = _gate_results(0.52, 0.78, active=(0.50, 0.765))
+    verdict = quality_gate(results, incumbent="active v3")
+    assert verdict["passed"]
+    tuned = {"fine-tuned": {"photo_p@10_type": 0.56}, "active v3": {"photo_p@10_type": 0.84}}
+    lost = photo_kept(verdict, tuned, incumbent="active v3")
+    assert not lost["passed"] and lost["reason"].endswith(
+        "but it loses active v3's tuned photo search (P@10 same type 0.560 vs 0.840): "
+        "train it with the image tower tuned for phone photos"
+    )
+    close = {"fine-tuned": {"photo_p@10_type": 0.83}, "active v3": {"photo_p@10_type": 0.84}}
+    assert photo_kept(verdict, close, incumbent="active v3") is verdict
+    refused = quality_gate(_gate_results(0.45, 0.70, active=(0.50, 0.765)), incumbent="active v3")
+    assert photo_kept(refused, close, incumbent="active v3") is refused
+
+
 def _refused_by_quality_gate(results) -> bool:
     from recommender.gate import quality_gate
 
