@@ -16,6 +16,7 @@ from catalog.images import CleanImage, ImageError, clean_upload
 from ml.config import COMPAT_LOSSES, GENERAL_LOSSES, MINERS, TrainConfig
 from recommender import login_guard
 from recommender.serializers import MAX_WINDOW
+from recommender.services import init_from_active_refusal
 
 #: Results per search page.
 SEARCH_K = 24
@@ -205,6 +206,8 @@ class TrainingStartForm(PageForm):
                 TrainConfig.from_params(self.params())
             except ValueError as exc:
                 self.add_service_error(exc)
+            if self.params().get("init_from_active") and (why := init_from_active_refusal()):
+                self.add_error("photo_tuning", why)
         return cleaned
 
     def params(self) -> dict[str, Any]:

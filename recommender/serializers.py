@@ -9,6 +9,7 @@ from catalog.serializers import FilterSerializer, ProductSerializer
 from ml.config import COMPAT_LOSSES, GENERAL_LOSSES, MINERS, TrainConfig
 from recommender.looks import AUDIENCE_MODES
 from recommender.models import ModelVersion, TrainingRun
+from recommender.services import init_from_active_refusal
 
 
 class HitSerializer(serializers.Serializer):
@@ -277,6 +278,8 @@ class TrainingRunCreateSerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 {f: [f"unknown field; the parameters are: {known}"] for f in unknown}
             )
+        if attrs.get("init_from_active") and (why := init_from_active_refusal()):  # now, not in the worker
+            raise serializers.ValidationError({"init_from_active": [why]})
         try:  # the combination: what ml.config.TrainConfig refuses, with its message
             TrainConfig.from_params(attrs)
         except ValueError as exc:

@@ -93,6 +93,21 @@ def training_run_send(*, run: TrainingRun) -> bool:
     return True
 
 
+def init_from_active_refusal() -> str | None:
+    """Why a run cannot start from the active version's heads (``init_from_active``), or None when it can:
+    there must be an active version, with base towers (heads trained with tuned towers go with them)."""
+    active = ModelVersion.objects.filter(is_active=True).first()
+    if active is None:
+        return "no version is active: a run starts from the heads of an active version"
+    train = (active.config or {}).get("train") or {}
+    if train.get("unfreeze_last_blocks") or train.get("unfreeze_text_layers"):
+        return (
+            f"the active version v{active.pk} has tuned towers: a run starts from the heads of an active "
+            "version with base towers (activate one on this page first)"
+        )
+    return None
+
+
 def training_run_start(*, params: dict[str, Any] | None = None, user=None) -> TrainingRun:
     """Create a queued :class:`TrainingRun` and send ``recommender.tasks.train_model`` once the row is committed.
 

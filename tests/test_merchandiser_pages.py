@@ -335,10 +335,23 @@ def test_training_form_validates_every_parameter_like_the_api(merch_client):
 
 def test_the_models_page_starts_the_phone_photo_tuning_run(merch_client):
     from recommender.forms import PHOTO_TUNING
+    from recommender.models import ModelVersion
 
     TrainingRun.objects.filter(status__in=["queued", "running"]).update(status="cancelled")
-    assert "Tune the image tower for phone photos" in merch_client.get("/models").content.decode()
     page_defaults = {"epochs": "30", "batch_size": "256", "lr": "0.001", "w_type": "0.5"}  # pre-filled
+    before = TrainingRun.objects.count()
+    ModelVersion.objects.filter(is_active=True).update(is_active=False)
+    page = merch_client.post("/models/train", {**page_defaults, "photo_tuning": "on"}, follow=True)
+    assert "no version is active: a run starts from the heads of an active version" in page.content.decode()
+    tuned = ModelVersion.objects.create(
+        name="tuned", config={"train": {"unfreeze_last_blocks": 4}}, is_active=True, status="ready"
+    )
+    page = merch_client.post("/models/train", {**page_defaults, "photo_tuning": "on"}, follow=True)
+    assert f"the active version v{tuned.pk} has tuned towers" in page.content.decode()
+    assert TrainingRun.objects.count() == before  # refused on the page, not failed later in the worker
+    tuned.delete()
+    ModelVersion.objects.create(name="base", config={"train": {}}, is_active=True, status="ready")
+    assert "Tune the image tower for phone photos" in merch_client.get("/models").content.decode()
     merch_client.post("/models/train", {**page_defaults, "photo_tuning": "on"})
     run = TrainingRun.objects.latest("id")
     assert run.params == PHOTO_TUNING  # the preset replaces the fields left at their defaults

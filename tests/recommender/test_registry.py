@@ -629,3 +629,15 @@ def test_manage_py_evaluate_prints_the_matched_protocol_first(trained_catalog, t
     row = f"| v{trained_catalog.pk} {trained_catalog.name} |"
     assert row in text and "| popularity |" in text and "| *best baseline* |" in text
     assert (tmp_path / "report.md").exists() and (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.django_db
+def test_init_from_active_is_refused_by_the_api_without_an_active_base_version(merch):
+    ModelVersion.objects.filter(is_active=True).update(is_active=False)
+    before = TrainingRun.objects.count()
+    r = merch.post("/api/training-runs/", {"epochs": 2, "init_from_active": True}, format="json")
+    assert r.status_code == 400, r.content
+    assert r.json()["error"]["details"]["init_from_active"] == [
+        "no version is active: a run starts from the heads of an active version"
+    ]
+    assert TrainingRun.objects.count() == before
