@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -306,17 +306,7 @@ def tower_tuner(
     e = data.image.shape[1]
     if bundle.embed_dim != e:
         raise ValueError(f"model {bundle.model_id} gives {bundle.embed_dim}-d features, the data has {e}-d")
-    prefix = None
-    if cfg.cache_tower_prefix:
-        prefix = prefix_activations(
-            data,
-            bundle,
-            cfg.unfreeze_last_blocks,
-            views=cfg.tuning_views,
-            view_photos=cfg.tuning_view_photos,
-            seed=cfg.seed,
-            cache_dir=cache_dir,
-        )
+    prefix = run_prefix(data, cfg, bundle, cache_dir) if cfg.cache_tower_prefix else None
     return TowerTuner(
         bundle,
         prefix=prefix,
@@ -328,6 +318,28 @@ def tower_tuner(
         amp=cfg.amp,
         channels_last=cfg.channels_last,
         num_workers=cfg.num_workers,
+    )
+
+
+def run_prefix(
+    data: TrainData,
+    cfg: TrainConfig,
+    bundle: ClipBundle,
+    cache_dir: Path | None,
+    on_batch: Callable[[str, int, int], None] | None = None,
+) -> tuple[SplitImageTower, PrefixActivations]:
+    """The prefix activations a run of ``cfg`` trains on (``ml.tower_prefix.prefix_activations`` of the
+    last ``cfg.unfreeze_last_blocks`` blocks, with ``cfg.tuning_views`` views of ``cfg.tuning_view_photos``
+    photos seeded by ``cfg.seed``), through the cache under ``cache_dir``; ``on_batch`` as there."""
+    return prefix_activations(
+        data,
+        bundle,
+        cfg.unfreeze_last_blocks,
+        views=cfg.tuning_views,
+        view_photos=cfg.tuning_view_photos,
+        seed=cfg.seed,
+        cache_dir=cache_dir,
+        on_batch=on_batch,
     )
 
 

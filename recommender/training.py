@@ -381,9 +381,9 @@ def _fit(r: _Run, data: TrainData) -> TrainResult:
 
 def _cache_prefix(r: _Run, data: TrainData, bundle: Any) -> None:
     """Compute the image tower's prefix activations of every photo and of the phone-photo views
-    (``ml.tower_prefix.prefix_activations``) into the feature cache before training reads them, with
+    (``ml.towers.run_prefix``) into the feature cache before training reads them, with
     their progress on the run (tens of minutes on a CPU the first time; read from the cache after)."""
-    from ml.tower_prefix import prefix_activations  # lazy: scipy and the augmentation code
+    from ml.towers import run_prefix  # lazy: open_clip, scipy and the augmentation code
 
     cfg = r.cfg
     r.log.update(
@@ -408,16 +408,7 @@ def _cache_prefix(r: _Run, data: TrainData, bundle: Any) -> None:
             },
         )  # fmt: skip
 
-    prefix_activations(
-        data,
-        bundle,
-        cfg.unfreeze_last_blocks,
-        views=cfg.tuning_views,
-        view_photos=cfg.tuning_view_photos,
-        seed=cfg.seed,
-        cache_dir=Path(settings.ML_FEATURE_CACHE_DIR),
-        on_batch=on_batch,
-    )
+    run_prefix(data, cfg, bundle, Path(settings.ML_FEATURE_CACHE_DIR), on_batch)
     r.timings["tower_prefix_s"] = time.perf_counter() - t
     r.log.update(phase_progress={}, items_per_s=None)
 
