@@ -105,6 +105,7 @@ def tower_features(
 
 def tuned_tower_features(
     embedder: Embedder,
+    trained: Any,
     cfg: TrainConfig,
     data: TrainData,
     products: Sequence[Product],
@@ -112,15 +113,17 @@ def tuned_tower_features(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(image (N, E), text (N, E))`` float32 features of ``products`` through the embedder's tuned towers,
     right after the run that tuned them (``data``: its :class:`ml.dataset.TrainData`, rows in the order of
-    ``products``). With ``cfg.cache_tower_prefix`` only the tuned top runs, on the prefix activations the
-    run cached (:func:`ml.towers.tuned_features`), instead of the whole image tower over every photo; the
-    features go into the feature cache under the tuned towers' id, where :func:`own_features` and the
-    embedding tasks find them (rows in ``failed``, unreadable photos, are not stored)."""
+    ``products``; ``trained``: the run's own :class:`ml.model.ClipBundle`, holding the same best weights
+    under the base model's id). With ``cfg.cache_tower_prefix`` only the tuned top runs, on the prefix
+    activations the run cached under that id (:func:`ml.towers.tuned_features`), instead of the whole
+    image tower over every photo; the features go into the feature cache under the tuned towers' id,
+    where :func:`own_features` and the embedding tasks find them (rows in ``failed``, unreadable photos,
+    are not stored)."""
     if not cfg.cache_tower_prefix:
         return tower_features(embedder, products, progress=True)[:2]
     from ml.towers import tuned_features  # lazy: ml.towers builds open_clip models
 
-    image, text = tuned_features(embedder.bundle, data, cfg, settings.ML_FEATURE_CACHE_DIR)
+    image, text = tuned_features(trained, data, cfg, settings.ML_FEATURE_CACHE_DIR)
     if embedder.cache is not None:
         paths, texts = product_inputs(products)
         embedder.cache.put_computed(

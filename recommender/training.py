@@ -127,6 +127,7 @@ class _Run:
     products: list[Product] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     init_from_active: bool = False  # start from the active version's heads (e.g. to tune the image tower)
+    bundle: Any = None  # the model whose towers the run tuned (their best weights after training)
 
 
 def training_run_claim(*, run_id: int) -> TrainingRun | str:
@@ -174,7 +175,7 @@ def training_run_execute(*, run: TrainingRun, task_id: str = "") -> dict[str, An
         features = (data.image, data.text)  # of the towers the new heads go with
         if result.heads.tower_state:  # features of the tuned towers for evaluation and the catalog vectors
             embedder = Embedder(r.mcfg, result.heads, cache_dir=settings.ML_FEATURE_CACHE_DIR)
-            features = ml_bridge.tuned_tower_features(embedder, r.cfg, data, r.products, failed)
+            features = ml_bridge.tuned_tower_features(embedder, r.bundle, r.cfg, data, r.products, failed)
         if log.cancelled():
             log.end_cancelled()
             return {"cancelled": r.run_id}
@@ -362,7 +363,7 @@ def _fit(r: _Run, data: TrainData) -> TrainResult:
             )
         r.log.update(log=f"starting from the heads of version {active.pk}")
     t = time.perf_counter()
-    bundle = build_model(r.mcfg) if r.cfg.tunes_towers else None  # a private model to fine-tune
+    bundle = r.bundle = build_model(r.mcfg) if r.cfg.tunes_towers else None  # a private model to fine-tune
     if r.cfg.cache_tower_prefix:
         _cache_prefix(r, data, bundle)
     result = train(

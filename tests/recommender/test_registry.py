@@ -356,6 +356,8 @@ def test_api_run_tunes_the_image_top_from_cached_activations_starting_from_the_a
         state = embedder_for(tuned).heads.tower_state
         assert state and all(k.startswith("visual.") for k in state)  # only the image tower's top
         assert not [e for e in encoded if "+towers-" in e[0]], encoded  # no whole tuned tower in the run
+        # nor a second pass of the prefix: the catalog features read the activations the training read
+        assert len(list((tmp_path / "prefix").glob("*.npz"))) == 2  # clean photos, views
         n = Product.objects.count()
         assert f"image tower prefix activations of {n} photos and 1 phone-photo views" in run.log_tail
         assert ("tower prefix", n, n) in shown and ("phone-photo views", 8, 8) in shown, shown
