@@ -222,9 +222,9 @@ class Command(BaseCommand):
         )
         (var / "embedder.pid").write_text(str(embedder.pid))
         self.stdout.write(
-            f"training run {run.pk} queued: it tunes the image tower for shoppers' phone photos (tens of "
-            "minutes on a CPU; progress on /models). The quality gate activates it when it beats the "
-            "version serving now."
+            f"training run {run.pk} queued: it tunes the image tower for shoppers' phone photos (about an "
+            "hour on a 2-core CPU; progress on /models). The quality gate activates it when its photo search beats the "
+            "serving version's."
         )
         return embedder
 
