@@ -198,6 +198,15 @@ class TrainingStartForm(PageForm):
         kwargs.setdefault("initial", {name: getattr(defaults, name) for name in names})
         super().__init__(*args, **kwargs)
 
+    def check_photo_tuning(self) -> TrainingStartForm:
+        """For the page: turn the phone-photo tuning box off, saying why in its label, when a run could not
+        start from the active version's heads (:func:`recommender.services.init_from_active_refusal`)."""
+        if why := init_from_active_refusal():
+            field = self.fields["photo_tuning"]
+            field.disabled = True
+            field.label = f"{field.label}: unavailable, {why}"
+        return self
+
     def clean(self) -> dict[str, Any]:
         """Refuse a combination :class:`ml.config.TrainConfig` refuses (its message, on its field)."""
         cleaned = super().clean()

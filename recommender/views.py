@@ -402,7 +402,7 @@ def models_page(request: HttpRequest) -> HttpResponse:
         "runs": runs,
         "can_train": can_train,
         "can_rollback": can_train and ModelVersion.objects.filter(activated_at__isnull=False).count() > 1,
-        "train_form": TrainingStartForm(),
+        "train_form": TrainingStartForm().check_photo_tuning() if can_train else None,
         "metric_help": METRIC_HELP,
         "expected_duration": expected_duration(last.finished_at - last.started_at if last else None),
     }

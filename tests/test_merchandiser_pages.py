@@ -346,6 +346,9 @@ def test_the_models_page_starts_the_phone_photo_tuning_run(merch_client):
     tuned = ModelVersion.objects.create(
         name="tuned", config={"train": {"unfreeze_last_blocks": 4}}, is_active=True, status="ready"
     )
+    page = merch_client.get("/models").content.decode()
+    assert f"unavailable, the active version v{tuned.pk} has tuned towers" in page  # said before a click
+    assert '<input type="checkbox" name="photo_tuning" disabled id="id_photo_tuning">' in page
     page = merch_client.post("/models/train", {**page_defaults, "photo_tuning": "on"}, follow=True)
     assert f"the active version v{tuned.pk} has tuned towers" in page.content.decode()
     assert TrainingRun.objects.count() == before  # refused on the page, not failed later in the worker
