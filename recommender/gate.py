@@ -159,6 +159,9 @@ def photo_search_check(
     Returns:
         ``{row name: {"photo_p@10_type": P@10 of the query's product type, "photo_recall@10": the share
         of queries whose own product is in the top 10}}``; ``{}`` when no held-out photo can be read.
+
+    Raises:
+        ValueError: ``data`` has no ``image_paths``.
     """
     if data.image_paths is None:
         raise ValueError("photo_search_check needs data.image_paths")
