@@ -211,11 +211,12 @@ class TrainingStartForm(PageForm):
         """Refuse a combination :class:`ml.config.TrainConfig` refuses (its message, on its field)."""
         cleaned = super().clean()
         if not self.errors:
+            params = self.params()
             try:
-                TrainConfig.from_params(self.params())
+                TrainConfig.from_params(params)
             except ValueError as exc:
                 self.add_service_error(exc)
-            if self.params().get("init_from_active") and (why := init_from_active_refusal()):
+            if params.get("init_from_active") and (why := init_from_active_refusal()):
                 self.add_error("photo_tuning", why)
         return cleaned
 

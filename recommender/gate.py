@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -32,7 +32,6 @@ from ml.inference import Embedder
 from ml.photo_robustness import EVAL_SEED, TYPE_VOTE_K, search_metrics
 from ml.scorers import ATTRIBUTE_PMI
 from recommender import ml_bridge
-from recommender.model_cache import embedder_for
 from recommender.models import ModelVersion
 
 #: The popularity-matched metrics a new version must improve to be activated automatically.
@@ -52,20 +51,28 @@ PHOTO_QUERIES = 1000
 PHOTO_METRICS = ("photo_p@10_type", "photo_recall@10")
 
 
+class Incumbent(NamedTuple):
+    """The active version a new one is measured against."""
+
+    name: str  # its row in the evaluation table, "active v<pk>"
+    version: ModelVersion
+    heads: RecommenderHeads
+    features: tuple[np.ndarray, np.ndarray]  # (N, E) float32 image and text features of its own towers
+
+
 def incumbent(
     version: ModelVersion, products: list[Product], base: tuple[np.ndarray, np.ndarray]
-) -> tuple[str, RecommenderHeads, tuple[np.ndarray, np.ndarray], Embedder] | None:
-    """The active version to beat: ``(row name, heads, features of its own towers, its embedder)``, or None
-    when no version other than ``version`` is active. Its towers are the base ones (``base``: (N, E)
-    float32 image and text features of ``products``) unless it was trained with another model or tuned
-    towers; then their features are computed (feature cache). The embedder is the one serving it."""
+) -> Incumbent | None:
+    """The active version to beat, or None when no version other than ``version`` is active. Its towers
+    are the base ones (``base``: (N, E) float32 image and text features of ``products``) unless it was
+    trained with another model or tuned towers; then their features are computed (feature cache)."""
     active = ModelVersion.objects.filter(is_active=True).exclude(pk=version.pk).first()
     if active is None or not active.artifact_path or not Path(active.artifact_path).exists():
         return None
     heads, meta = load_heads(active.artifact_path)
     model = meta.get("model") or (active.config or {}).get("model") or {}
     feats = ml_bridge.own_features(heads, model, products, base=base)
-    return f"active v{active.pk}", heads, feats, embedder_for(active)
+    return Incumbent(f"active v{active.pk}", active, heads, feats)
 
 
 def quality_gate(results: dict[str, dict[str, Any]], *, incumbent: str | None) -> dict[str, Any]:

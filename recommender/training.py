@@ -38,10 +38,12 @@ from ml.inference import Embedder
 from ml.model import build_model
 from ml.train import TrainResult, train
 from recommender import gate, ml_bridge
+from recommender.model_cache import embedder_for
 from recommender.models import ModelVersion, TrainingRun
 from recommender.services import (
     catalog_snapshot,
     embeddings_write,
+    init_from_active_refusal,
     model_version_activate,
     model_version_create,
     training_run_heartbeat,
@@ -354,13 +356,11 @@ def _fit(r: _Run, data: TrainData) -> TrainResult:
         )
 
     init = None
-    if r.init_from_active:
-        active = ModelVersion.objects.filter(is_active=True).first()
-        init = load_heads(active.artifact_path)[0] if active is not None else None
-        if init is None or init.tower_state:
-            raise ValueError(
-                "init_from_active: no active version, or it has tuned towers (start from heads only)"
-            )
+    if r.init_from_active:  # checked when the run started; the active version may have changed since
+        if why := init_from_active_refusal():
+            raise ValueError(f"init_from_active: {why}")
+        active = ModelVersion.objects.get(is_active=True)
+        init = load_heads(active.artifact_path)[0]
         r.log.update(log=f"starting from the heads of version {active.pk}")
     t = time.perf_counter()
     bundle = r.bundle = build_model(r.mcfg) if r.cfg.tunes_towers else None  # a private model to fine-tune
@@ -454,30 +454,30 @@ def _evaluate(
         own = {"fine-tuned": features}
         active = gate.incumbent(version, r.products, (data.image, data.text))
         if active is not None:
-            heads_by_name[active[0]] = active[1]
-            own[active[0]] = active[2]
+            heads_by_name[active.name] = active.heads
+            own[active.name] = active.features
         results = evaluate_all(data, heads_by_name, features=own, memory_picks=settings.LOOKS_MEMORY_PICKS)
         plot_data = replace(data, image=features[0], text=features[1])
         write_report(results, artifact.parent, history=result.history, data=plot_data, heads=result.heads)
         metrics = {"evaluation": results}
-        metrics["gate"] = gate.quality_gate(results, incumbent=active[0] if active else None)
+        metrics["gate"] = gate.quality_gate(results, incumbent=active.name if active else None)
         tuned = gate.tunes_photos(result.heads)
-        if active is not None and (tuned or gate.tunes_photos(active[1])):
+        if active is not None and (tuned or gate.tunes_photos(active.heads)):
             r.log.update(log="measuring photo search with phone photos against the active version")
             photo = gate.photo_search_check(
                 data,
                 {
                     "fine-tuned": (result.heads, embedder, features[0]),
-                    active[0]: (active[1], active[3], active[2][0]),
+                    active.name: (active.heads, embedder_for(active.version), active.features[0]),
                 },
                 skip=[row for row, _ in failed],
             )
             for name, row in photo.items():
                 results[name].update(row)
             if tuned:
-                metrics["gate"] = gate.photo_gate(results, photo, incumbent=active[0])
+                metrics["gate"] = gate.photo_gate(results, photo, incumbent=active.name)
             else:
-                metrics["gate"] = gate.photo_kept(metrics["gate"], photo, incumbent=active[0])
+                metrics["gate"] = gate.photo_kept(metrics["gate"], photo, incumbent=active.name)
     else:
         metrics["gate"] = {"passed": False, "reason": "no held-out outfits to evaluate on"}
     r.timings["evaluation_s"] = time.perf_counter() - t
