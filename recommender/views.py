@@ -325,12 +325,23 @@ def _learned_row(version: ModelVersion | None) -> tuple[str, dict[str, float]] |
 
 
 def _reference(version: ModelVersion) -> tuple[str, dict[str, float]] | None:
-    """What a version is compared with: the active version's learned row, or for the active version
-    (or when none is active) its own zero-shot row."""
+    """What a version is compared with: the active version's learned row (completed by the metrics this
+    version's run measured the active version on and it lacks, such as photo search), or for the active
+    version (or when none is active) its own zero-shot row."""
     active = ModelVersion.objects.filter(is_active=True).first()
     if active is not None and active.pk != version.pk:
         own = _learned_row(active)
-        return (f"active v{active.pk}", own[1]) if own else None
+        if not own:
+            return None
+        # metrics the active version was measured on only in this version's run (e.g. photo search)
+        name = f"active v{active.pk}"
+        same_run = ((version.metrics or {}).get("evaluation") or {}).get(name)
+        extra = {
+            k: float(v)
+            for k, v in (same_run if isinstance(same_run, dict) else {}).items()
+            if k not in own[1] and isinstance(v, int | float) and v == v
+        }
+        return name, {**own[1], **extra}
     zero = ((version.metrics or {}).get("evaluation") or {}).get(ZERO_SHOT)
     if isinstance(zero, dict):
         return ZERO_SHOT, {k: float(v) for k, v in zero.items() if isinstance(v, int | float)}

@@ -391,6 +391,16 @@ def test_models_page_compares_with_the_active_version_and_refuses_incomplete_act
     assert f"v{new.pk} against active v{active.pk}" in html
     assert '<th scope="row">fitb</th><td>0.550</td><td>0.400</td><td class="delta-up">+0.150</td>' in html
     assert '<th scope="row">fitb</th><td>0.400</td><td>0.250</td><td class="delta-up">+0.150</td>' in html
+    # a metric the active version was measured on only in the new version's run is compared too
+    new.metrics["evaluation"]["fine-tuned"]["photo_p@10_type"] = 0.763
+    new.metrics["evaluation"][f"active v{active.pk}"] = {"fitb": 0.41, "photo_p@10_type": 0.457}
+    new.save()
+    html = merch_client.get("/models").content.decode()
+    assert (
+        '<th scope="row">photo_p@10_type</th><td>0.763</td><td>0.457</td><td class="delta-up">+0.306</td>'
+        in html
+    )
+    assert '<th scope="row">fitb</th><td>0.550</td><td>0.400</td>' in html  # its own row still wins
     png = merch_client.get(f"/models/{new.pk}/compare.png")
     assert png["Content-Type"] == "image/png" and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     r = merch_client.post(f"/models/{new.pk}/activate")
