@@ -234,3 +234,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+#: The ``TrainConfig`` overrides that tune the image tower's top for phone photos on the CPU: the last 4
+#: blocks trained on cached prefix activations, with NT-Xent and the type loss on 2 phone-photo views of
+#: 2,000 training photos (docs/evaluation.md, "The served photo search"). The models page's preset
+#: (``recommender.forms.PHOTO_TUNING``) adds its start from the active heads; ``ml.department_holdout``
+#: trains it from scratch.
+PHOTO_TUNING_CONFIG: dict[str, Any] = {
+    "unfreeze_last_blocks": 4,
+    "tower_lr": 3e-4,
+    "cache_tower_prefix": True,
+    "tuning_views": 2,
+    "tuning_view_photos": 2000,
+    "w_view": 1.0,
+    "view_type_loss": True,
+}

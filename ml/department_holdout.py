@@ -16,7 +16,9 @@ Rows:
   at chance too: without trained heads there is no shared text↔photo space;
 * one row per training variant: ``today`` (the default ``TrainConfig``) and the improvements asked for
   (:data:`VARIANTS`): text-side augmentation with paraphrases built from the attributes
-  (:func:`paraphrases`, ``TrainConfig.p_text_view``), and combinations.
+  (:func:`paraphrases`, ``TrainConfig.p_text_view``), and ``tuned-top``: the image tower's last blocks
+  trained with the heads (``ml.config.PHOTO_TUNING_CONFIG``, the run that tunes photo search; the
+  group's photos are then encoded by the tuned tower, and none of them is among its phone-photo views).
 
 CLI (``--features``: a ``TrainData.save`` file with ``texts`` and ``item_ids``, e.g. from
 ``python -m ml.train --hm-root ../shared/data/hm --save-features var/hm_full.npz``)::
@@ -24,6 +26,8 @@ CLI (``--features``: a ``TrainData.save`` file with ``texts`` and ``item_ids``, 
     python -m ml.department_holdout paraphrases --features var/hm_full.npz --out var/dept/paraphrases.npz
     python -m ml.department_holdout evaluate --features var/hm_full.npz \\
         --text-views var/dept/paraphrases.npz --out var/dept/results.json
+    python -m ml.department_holdout evaluate --features var/hm_full.npz --variant today \\
+        --variant tuned-top --feature-cache var/features --out var/dept/tuned.json
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.config import ModelConfig, TrainConfig
+from ml.config import PHOTO_TUNING_CONFIG, ModelConfig, TrainConfig
 from ml.data import HMArticle, product_text
 from ml.dataset import TrainData, hm_articles
 from ml.heads import RecommenderHeads, zero_shot_heads
@@ -51,6 +55,7 @@ logger = logging.getLogger(__name__)
 VARIANTS: dict[str, dict[str, Any]] = {
     "today": {},
     "paraphrases": {"p_text_view": 0.5},
+    "tuned-top": PHOTO_TUNING_CONFIG,
 }
 
 
@@ -160,13 +165,19 @@ def run(
     *,
     base: TrainConfig | None = None,
     seed: int = 0,
+    cache_dir: Path | None = None,
 ) -> dict[str, dict[str, float]]:
     """Train each variant without ``rows`` and measure text→photo retrieval on them.
 
     Args:
-        data: all products (with the paraphrase features attached for variants that read them).
+        data: all products (with the paraphrase features attached for variants that read them;
+            ``image_paths`` and ``texts`` for a variant that tunes the towers).
         rows: (G,) int64 the held-out group's rows.
-        variants: name → ``TrainConfig`` overrides of ``base`` (default ``TrainConfig()``).
+        variants: name → ``TrainConfig`` overrides of ``base`` (default ``TrainConfig()``). A variant that
+            tunes the towers trains a new ``build_model(ModelConfig())`` (the model that computed
+            ``data.image``) and is measured on that tuned model's features of every row
+            (``ml.towers.tuned_features``).
+        cache_dir: where a tuning variant keeps its prefix activations (``ml.tower_prefix``).
 
     Returns:
         ``{row: {"recall@10", "mrr", "in_domain_recall@10", ...}}`` with ``random`` and ``zero-shot`` first;
@@ -193,10 +204,20 @@ def run(
     for name, overrides in variants.items():
         cfg = replace(base, **overrides)
         logger.info("variant %s: %s", name, overrides)
-        res = train(train_data, cfg)
+        own = data
+        if cfg.tunes_towers:
+            from ml.model import build_model  # lazy: open_clip, for tuning variants only
+            from ml.towers import tuned_features
+
+            bundle = build_model(ModelConfig())
+            res = train(train_data, cfg, bundle=bundle, cache_dir=cache_dir)  # tunes bundle in place
+            image, text = tuned_features(bundle, data, cfg, cache_dir)
+            own = replace(data, image=image, text=text)
+        else:
+            res = train(train_data, cfg)
         out[name] = {
-            **text_to_photo(res.heads, data, rows),
-            "in_domain_recall@10": text_to_photo(res.heads, data, in_domain)["recall@10"],
+            **text_to_photo(res.heads, own, rows),
+            "in_domain_recall@10": text_to_photo(res.heads, own, in_domain)["recall@10"],
             "val_fitb": res.history["val_fitb"][res.best_epoch] if res.history["val_fitb"] else float("nan"),
             "best_epoch": res.best_epoch,
             "seconds": res.seconds,
@@ -243,6 +264,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sp.add_argument("--hm-root", type=Path, default=Path("../shared/data/hm"))
         sp.add_argument("--group", default="Menswear", help="index_group_name held out")
         sp.add_argument("--out", type=Path, required=True)
+    ev.add_argument(
+        "--feature-cache",
+        type=Path,
+        default=Path("var/features"),
+        help="prefix activations of tuning variants",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     data = TrainData.load(args.features)
@@ -272,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         rows,
         {n: VARIANTS[n] for n in names},
         base=TrainConfig(epochs=args.epochs, w_compat=args.w_compat),
+        cache_dir=args.feature_cache,
     )
     report = {
         "group": args.group,

@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 
 from catalog.forms import PageForm, ProductFilterForm, QueryTextField, split_ids
 from catalog.images import CleanImage, ImageError, clean_upload
-from ml.config import COMPAT_LOSSES, GENERAL_LOSSES, MINERS, TrainConfig
+from ml.config import COMPAT_LOSSES, GENERAL_LOSSES, MINERS, PHOTO_TUNING_CONFIG, TrainConfig
 from recommender import login_guard
 from recommender.serializers import MAX_WINDOW
 from recommender.services import init_from_active_refusal
@@ -116,18 +116,7 @@ def _choices(names: tuple[str, ...]) -> list[tuple[str, str]]:
 
 #: The run that tunes the image tower's top for phone photos on the CPU, from the active version's heads
 #: (docs/evaluation.md, "The served photo search"; docs/model.md, "On the CPU").
-PHOTO_TUNING: dict[str, Any] = {
-    "unfreeze_last_blocks": 4,
-    "tower_lr": 3e-4,
-    "lr": 1e-4,
-    "cache_tower_prefix": True,
-    "tuning_views": 2,
-    "tuning_view_photos": 2000,
-    "w_view": 1.0,
-    "view_type_loss": True,
-    "epochs": 8,
-    "init_from_active": True,
-}
+PHOTO_TUNING: dict[str, Any] = {**PHOTO_TUNING_CONFIG, "lr": 1e-4, "epochs": 8, "init_from_active": True}
 
 
 class TrainingStartForm(PageForm):

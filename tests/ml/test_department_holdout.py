@@ -43,3 +43,45 @@ def test_paraphrases_drop_the_house_division_words() -> None:
     assert full.startswith("TD Hugo slim fit Stretch PQ. White. Shirt. Shirt in a stretch")
     assert "Menswear" not in full and "Men Suits" not in full
     assert short == "White shirt: td hugo slim fit stretch pq"
+
+
+@pytest.mark.slow
+def test_a_tuning_variant_is_measured_on_its_own_tuned_photos(small_data, tmp_path, monkeypatch) -> None:
+    """The ``tuned-top`` row searches the group's photos as the tuned image tower encodes them, not the
+    frozen features the other rows read; and the group gives none of the phone-photo views."""
+    from dataclasses import replace
+
+    import ml.department_holdout as dh
+    from ml.config import PHOTO_TUNING_CONFIG, TrainConfig
+
+    data = replace(
+        small_data,
+        item_ids=np.arange(108000, 108016),
+        heldout_items=np.array([0, 1]),
+        val_items=np.array([2, 3]),
+    )
+    rows = np.array([4, 5, 6, 7])
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    real = dh.text_to_photo
+    monkeypatch.setattr(dh, "text_to_photo", lambda h, d, r: seen.append((d.image, r)) or real(h, d, r))
+    tuning = {**PHOTO_TUNING_CONFIG, "unfreeze_last_blocks": 2, "tuning_view_photos": 6}
+    out = dh.run(
+        data,
+        rows,
+        {"today": {}, "tuned-top": tuning},
+        base=TrainConfig(epochs=1, batch_size=8),
+        cache_dir=tmp_path,
+    )
+    assert set(out) == {"random", "zero-shot", "today", "tuned-top"}
+    (zs, _), _, (today, _), _, (tuned, r), _ = seen  # zero-shot, today, tuned-top: group then in-domain
+    assert today is data.image and zs is data.image
+    np.testing.assert_array_equal(r, rows)
+    moved = 1 - (tuned * data.image).sum(1) / np.linalg.norm(tuned, axis=1) / np.linalg.norm(
+        data.image, axis=1
+    )
+    assert moved.max() > 1e-3  # the tuned top encodes every photo anew
+    assert PHOTO_TUNING_CONFIG["view_type_loss"] and dh.VARIANTS["tuned-top"] is PHOTO_TUNING_CONFIG
+    held = dh.without_rows(data, rows)
+    from ml.tower_prefix import view_rows
+
+    assert not set(view_rows(held, 6, 0)) & set(rows)  # the views are drawn among trained rows only
