@@ -129,14 +129,16 @@ class ColumnMapping:
     group_by: str = ""
     fill_down: tuple[str, ...] = ()
     name: str = ""
+    optional: tuple[str, ...] = ()  # columns a file may lack: their fields are then empty
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``{"name", "fields": {target: rule}, "group_by", "fill_down"}``."""
+        """JSON-ready: ``{"name", "fields": {target: rule}, "group_by", "fill_down", "optional"}``."""
         return {
             "name": self.name,
             "fields": {t: r.as_dict() for t, r in self.fields.items()},
             "group_by": self.group_by,
             "fill_down": list(self.fill_down),
+            "optional": list(self.optional),
         }
 
     @classmethod
@@ -181,6 +183,7 @@ class ColumnMapping:
             group_by=str(data.get("group_by", "")),
             fill_down=tuple(str(c) for c in data.get("fill_down", ())),
             name=str(data.get("name", "")),
+            optional=tuple(str(c) for c in data.get("optional", ())),
         )
 
     def columns_used(self) -> set[str]:
@@ -270,6 +273,7 @@ PRESETS: dict[str, tuple[str, frozenset[str], ColumnMapping]] = {
         ColumnMapping(
             name="This site's own CSV format",
             fields={t: _rule(t) for t in TARGETS if t not in ("product_group", "hints")},
+            optional=tuple(t for t in TARGETS if t not in ("sku", "title", "slot", "image")),
         ),
     ),
 }
@@ -483,7 +487,9 @@ def mapping_rows(
 
 def _optional(mapping: ColumnMapping, column: str) -> bool:
     """Columns a rule may lack: all but the first of several, those inside a template of several
-    placeholders, and a preset's optional ones (Shopify's Google Shopping columns, ``Variant Image``)."""
+    placeholders, and a mapping's ``optional`` ones (our own format's columns past the four it needs)."""
+    if column in {c.lower() for c in mapping.optional}:
+        return True
     for rule in mapping.fields.values():
         if column in [c.lower() for c in rule.columns[1:]] or (
             len(rule.columns) > 1 and column == rule.columns[0].lower()

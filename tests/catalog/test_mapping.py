@@ -285,3 +285,20 @@ def test_mapping_page_requires_the_sku_and_title_columns(merch_client):
     assert "Choose the column that holds the SKU (unique product id)." in html
     job.refresh_from_db()
     assert job.status == ImportJob.Status.DRAFT
+
+
+def test_our_own_format_preset_needs_only_its_four_columns(hm_root):
+    """The page's "This site's own CSV format" choice reads a file with only sku, title, slot and image
+    (the others are optional, as with no mapping), also after the job stores it as JSON."""
+    z = io.BytesIO()
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("tee.jpg", _hm_photo(hm_root, "0111565001"))
+    stored = ColumnMapping.from_dict(json.loads(json.dumps(PRESETS["outfitlab"][2].as_dict())))
+    result = product_import_csv(
+        csv_bytes=b"sku,title,slot,image\nOWN-1,Strap top,top,tee.jpg\n", zip_bytes=z.getvalue(), mapping=stored
+    )
+    assert (result.total, result.created, result.rejections) == (1, 1, [])
+    top = Product.objects.get(sku="OWN-1")
+    assert (top.title, top.slot, top.colour, top.price) == ("Strap top", "top", "", None)
+    with pytest.raises(ValueError, match=r"reads column\(s\) 'slot'"):  # a column it needs is still needed
+        product_import_csv(csv_bytes=b"sku,title,image\nOWN-2,Tee,tee.jpg\n", mapping=stored)
