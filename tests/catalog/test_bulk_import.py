@@ -180,7 +180,9 @@ def test_import_job_records_progress_counts_and_rejections(articles, django_user
     assert import_job_run(job_id=job.pk).created == 1  # a second delivery of the task changes nothing
 
 
-def test_import_job_with_a_non_zip_fails_with_the_file_error():
+def test_import_job_with_a_non_zip_fails_with_the_file_error(client):
+    from django.contrib.auth.models import Permission, User
+
     job = import_job_create(
         csv_upload=SimpleUploadedFile("p.csv", b"sku,title,slot,image\nA1,x,top,a.jpg\n"),
         zip_upload=SimpleUploadedFile("photos.zip", b"GIF89a not a zip"),
@@ -189,6 +191,14 @@ def test_import_job_with_a_non_zip_fails_with_the_file_error():
     assert job.status == ImportJob.Status.FAILED
     assert job.file_error == "images zip: not a zip archive (File is not a zip file)"
     assert not Product.objects.filter(sku="A1").exists()
+    user = User.objects.create_user("refused", password="pw")
+    user.user_permissions.add(Permission.objects.get(codename="add_product"))
+    client.force_login(user)
+    page = client.get(f"/manage/import/{job.pk}").content.decode()
+    assert "The file was refused, nothing was imported:" in page
+    # no full green bar nor "Import finished" beside the refusal (both were shown)
+    assert 'role="progressbar"' not in page
+    assert '<div data-field="done" hidden>' in page
 
 
 def test_management_command_writes_the_rejection_report(articles, tmp_path):
