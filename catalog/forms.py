@@ -20,6 +20,7 @@ from catalog.images import ImageError
 from catalog.imports import IMPORT_MAX_CSV_BYTES, IMPORT_MAX_ZIP_BYTES
 from catalog.mapping import PRESETS, TARGET_LABELS
 from catalog.models import PRODUCT_FIELDS, PRODUCT_FILTER_LOOKUPS, ImportMapping, Product
+from catalog.serializers import AUDIENCE_UNKNOWN
 from catalog.vocabulary import (
     VOCABULARY_FIELDS,
     Term,
@@ -29,7 +30,7 @@ from catalog.vocabulary import (
     vocabulary,
     vocabulary_canonical,
 )
-from ml.audience import AUDIENCE_GROUPS
+from ml.audience import AUDIENCE_GROUPS, names_audience
 from ml.slots import SLOT_INDEX, SLOTS
 
 
@@ -170,8 +171,8 @@ class VocabularyField(forms.MultiValueField):
     length of a new value is the service's to check (its message says the real length).
     :meth:`set_terms` gives the choices (the form does, from the database)."""
 
-    def __init__(self, *, field: str, noun: str, label: str) -> None:
-        self.vocab_field, self.noun, self.known = field, noun, {}
+    def __init__(self, *, field: str, noun: str, label: str, empty_label: str = "—") -> None:
+        self.vocab_field, self.noun, self.known, self.empty_label = field, noun, {}, empty_label
         parts = (forms.CharField(required=False), forms.CharField(required=False))
         super().__init__(
             fields=parts,
@@ -186,7 +187,7 @@ class VocabularyField(forms.MultiValueField):
         """The catalog's values of the field, shown as ``"Black (1,204)"``, then "Add a new …"."""
         self.known = {vocab_key(t.value): t.value for t in terms}
         self.widget.widgets[0].choices = [
-            ("", "—"),
+            ("", self.empty_label),
             *((t.value, f"{t.value} ({t.count:,})") for t in terms),
             (NEW_VALUE, f"Add a new {self.noun}…"),
         ]
@@ -226,7 +227,9 @@ class ProductForm(PageForm):
     slot = forms.ChoiceField(label="Outfit slot", choices=[(s, s) for s in SLOTS])
     colour = VocabularyField(field="colour", noun="colour", label="Colour")
     product_type = VocabularyField(field="product_type", noun="product type", label="Product type")
-    audience = VocabularyField(field="audience", noun="audience", label="Audience")
+    audience = VocabularyField(
+        field="audience", noun="audience", label="Audience", empty_label="— (none: for everyone, unisex)"
+    )
     price = PriceField(label="Price")
     description = forms.CharField(
         label="Description", required=False, widget=forms.Textarea(attrs={"rows": 4, "maxlength": 5000})
@@ -248,6 +251,13 @@ class ProductForm(PageForm):
             current = self.initial.get(name)
             if current:  # a product's value in another spelling is shown as the catalog's
                 self.initial[name] = field.known.get(vocab_key(current), current)
+
+    def clean_audience(self) -> str:
+        """A new audience must say who it is for, as the API's (:func:`ml.audience.names_audience`)."""
+        value = self.cleaned_data["audience"]
+        if not names_audience(value):
+            raise ValidationError(AUDIENCE_UNKNOWN.format(value=value))
+        return value
 
     def product_data(self) -> dict[str, Any]:
         """The cleaned :data:`~catalog.models.PRODUCT_FIELDS` this form has (all but the photo)."""

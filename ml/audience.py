@@ -104,6 +104,15 @@ def audience_group(raw: str, section: str = "", department: str = "") -> str:
     return _DEFAULTS.get(key, UNISEX)
 
 
+def names_audience(raw: str) -> bool:
+    """Does a free-text audience value say who the product is for? True for an empty value (nobody in
+    particular: unisex), a value :func:`audience_group` knows by name ("Divided", "Sport") and one whose
+    words name an audience ("Women", "Girls", "Unisex Adult"); False for one that names none ("Martians"),
+    which would otherwise be taken as unisex and shown beside every audience's items."""
+    key = (raw or "").strip().lower()
+    return not key or key in _DEFINITE or key in _DEFAULTS or _group_of_words(key) is not None
+
+
 def audience_ids(values: Iterable[str | tuple[str, ...]]) -> np.ndarray:
     """(N,) int64 indices into :data:`AUDIENCE_GROUPS`: of :func:`audience_group` of each value, a raw
     audience or a ``(raw, section, department)`` tuple (a group name maps onto itself)."""

@@ -50,6 +50,10 @@ def test_over_long_fields_are_refused_with_their_real_length_not_cut(merch_clien
     for fields, message in (
         ({"title": "t" * 5000}, "title: 5000 characters is over the limit of 255"),
         ({"colour": "__new__", "colour_new": "c" * 1000}, "colour: 1000 characters is over the limit of 64"),
+        (
+            {"audience": "__new__", "audience_new": "Martians"},
+            "“Martians” does not say who the product is for",
+        ),
     ):
         with photo.open("rb") as f:
             r = merch_client.post(

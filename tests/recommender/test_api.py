@@ -158,4 +158,17 @@ def test_upload_rejects_unsafe_sku_and_negative_price(trained_catalog, api, hm_r
         data = {"sku": sku, "title": "T", "slot": "top", "price": price, "image": io.BytesIO(_jpeg(hm_root))}
         r = api.post("/api/products/", data, format="multipart")
         assert r.status_code == 400 and field in r.json()["error"]["details"], r.content
+    # an audience that names nobody would be taken as unisex and shown beside kids' items
+    data = {
+        "sku": "OK-2",
+        "title": "T",
+        "slot": "top",
+        "audience": "Martians",
+        "image": io.BytesIO(_jpeg(hm_root)),
+    }
+    r = api.post("/api/products/", data, format="multipart")
+    assert r.status_code == 400, r.content
+    assert r.json()["error"]["details"]["audience"][0].startswith(
+        "“Martians” does not say who the product is for"
+    )
     assert not Product.objects.filter(title="T").exists()
