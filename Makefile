@@ -10,7 +10,7 @@ HM_DATA_DIR ?= ../shared/data/hm
 export HF_HUB_OFFLINE = 1
 export TRANSFORMERS_OFFLINE = 1
 
-.PHONY: venv demo test test-fast fuzz soak lint format bench bench-load backup restore worker beat serve migrate import train stop clean
+.PHONY: venv demo test test-fast fuzz soak lint format bench bench-load backup restore worker beat serve migrate import train stop clean merchandiser
 
 venv: .venv/.installed
 
@@ -89,6 +89,10 @@ beat: venv
 
 serve: venv
 	$(PY) manage.py runserver $(ADDR)
+
+## merchandiser: a user who may sign in to the upload, import and models pages (VAR_DIR's database)
+merchandiser: venv
+	VAR_DIR=$(VAR_DIR) $(PY) manage.py createsuperuser
 
 ## stop: stop the demo's web server (gunicorn), its workers and the embedded PostgreSQL
 stop:

@@ -483,8 +483,12 @@ def test_quality_gate_verdicts():
         "auc": ["zero-shot", 0.64],
     }
     assert first["reason"].startswith("beats the best baseline on the matched protocol: fitb 0.450 vs 0.400")
+    # the table's best baseline (attribute-pmi, 0.48) is named as left out, not silently skipped
+    assert first["reason"].endswith(
+        "(attribute-pmi, in the table, is not a gate baseline: docs/evaluation.md#quality-gate)"
+    )
     worse = quality_gate(_gate_results(0.45, 0.60), incumbent=None)
-    assert not worse["passed"] and worse["reason"].endswith("auc 0.600 ≤ 0.640 (zero-shot)")
+    assert not worse["passed"] and "auc 0.600 ≤ 0.640 (zero-shot) (attribute-pmi" in worse["reason"]
     tie = quality_gate(_gate_results(0.50, 0.70, active=(0.50, 0.65)), incumbent="active v3")
     assert not tie["passed"] and tie["reason"] == (
         "does not beat active v3 on the matched protocol: fitb 0.500 ≤ 0.500 (active v3)"

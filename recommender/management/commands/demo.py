@@ -250,6 +250,11 @@ class Command(BaseCommand):
         self.stdout.write(
             self.style.SUCCESS(f"serving at http://{opts['addr']}/  ({mode}; Ctrl-C or `make stop` stops it)")
         )
+        at = "" if var == Path("var") else f" VAR_DIR={var}"
+        self.stdout.write(
+            f"merchandiser pages (/manage/upload, /manage/import, /models) need a sign-in: `make merchandiser{at}`"
+            f" creates one; other commands on this database: `VAR_DIR={var} .venv/bin/python manage.py ...`"
+        )
         return web
 
 
