@@ -174,6 +174,11 @@ def test_missing_product_is_a_404_page(client, products):
     assert response.status_code == 404
     assert "There is no product with id 987654321." in _text(response)
     assert client.get("/products/99999999999999999999999").status_code == 404  # beyond bigint
+    # a path no view answers gets the site's own page too (with the search bar), not Django's bare one
+    for path in ("/nonexistent", "/products/abc"):
+        response = client.get(path)
+        assert response.status_code == 404 and "There is no page at <code>" + path in _text(response)
+        assert 'id="site-q"' in response.content.decode()
 
 
 @pytest.mark.django_db
