@@ -477,11 +477,16 @@ def _search(
             rows = cur.fetchall()
     # a lexical match counts when it covers half the query's words ("lorem ipsum dolor" matching
     # "Dolores" does not), or a SKU or title matched exactly
-    need = (len(set(parsed.terms)) + 1) // 2
-    lexical = any((lex or 0) >= max(need, 1) for *_, lex in rows) or any(score >= 1 for _, score, *_ in rows)
+    # one- and two-digit numbers alone say nothing ("' OR 1=1 --" matched every "1 pack"): they never
+    # make a match count
+    said = [t for t in parsed.terms if not (t.isdigit() and len(t) < 3)]
+    need = (len(set(said)) + 1) // 2
+    lexical = (bool(said) and any((lex or 0) >= max(need, 1) for *_, lex in rows)) or any(
+        score >= 1 for _, score, *_ in rows
+    )
     best = max((cos for _, _, cos, _ in rows if cos is not None), default=None)
     # no word the catalog knows (nor a misspelling of one), or a vector match too weak: no close matches
-    unknown = vocab is not None and not any(vocab.known(w) for w in parsed.terms)
+    unknown = vocab is not None and not any(vocab.known(w) for w in said)
     weak = (sku and not rows) or (
         mode == "hybrid"
         and not parsed.chips

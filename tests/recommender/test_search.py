@@ -195,6 +195,9 @@ def test_nonsense_says_no_close_matches(trained_catalog, settings):
     settings.SEARCH_WEAK_COSINE = -1.0
     assert search.product_search(query="xyzzy plugh frobozz", k=10).weak
     assert not search.product_search(query="black dress", k=10).weak
+    # an injection attempt's digits are no words ("1" is in many texts: "1 pack", "Size 1")
+    assert search.product_search(query="' OR 1=1 --", k=10).weak
+    assert not search.product_search(query="2 pack socks", k=10).weak
 
 
 def test_a_misspelled_word_is_searched_as_the_catalog_word_it_is_closest_to(trained_catalog, client):
