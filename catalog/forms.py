@@ -206,7 +206,8 @@ class VocabularyField(forms.MultiValueField):
         if vocab_key(chosen) in self.known:
             return self.known[vocab_key(chosen)]
         raise ValidationError(
-            f"“{chosen}” is not a {self.noun} of the catalog: choose one, or choose “Add a new {self.noun}” and type it."
+            f"“{chosen}” is not {'an' if self.noun[0] in 'aeiou' else 'a'} {self.noun} of the catalog: choose one, "
+            f"or choose “Add a new {self.noun}” and type it."
         )
 
 

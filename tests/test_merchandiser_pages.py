@@ -132,6 +132,8 @@ def test_a_new_vocabulary_value_only_through_the_explicit_option(merch_client, h
 
     r = upload("VOC-A", colour="Navy")  # not a catalog value, not added explicitly
     assert r.status_code == 200 and "Navy” is not a colour of the catalog" in r.content.decode()
+    r = upload("VOC-A", audience="Martians")
+    assert "Martians” is not an audience of the catalog" in r.content.decode()
     r = upload("VOC-B", colour="", colour_new="Navy")  # typed without choosing "Add a new colour"
     assert r.status_code == 200 and "choose “Add a new colour” first" in r.content.decode()
     r = upload("VOC-C", colour="__new__", colour_new="  ")
@@ -405,6 +407,10 @@ def test_models_page_compares_with_the_active_version_and_refuses_incomplete_act
         in html
     )
     assert '<th scope="row">fitb</th><td>0.550</td><td>0.400</td>' in html  # its own row still wins
+    assert f'aria-label="Activate v{new.pk}"' in html
+    ModelVersion.objects.filter(pk=new.pk).update(status="embedding")  # no button the server would refuse
+    assert f'aria-label="Activate v{new.pk}"' not in merch_client.get("/models").content.decode()
+    ModelVersion.objects.filter(pk=new.pk).update(status="ready")
     png = merch_client.get(f"/models/{new.pk}/compare.png")
     assert png["Content-Type"] == "image/png" and png.content[:8] == b"\x89PNG\r\n\x1a\n"
     r = merch_client.post(f"/models/{new.pk}/activate")
