@@ -11,6 +11,7 @@ from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, status
 from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -44,11 +45,20 @@ class UnknownProduct(NotFound):
         self.details = {"ids": [pk]}
 
 
+class ProductPages(PageNumberPagination):
+    """``?page=`` and ``?page_size=`` (1–100, default 24)."""
+
+    page_size_query_param = "page_size"
+    max_page_size = 100
+
+
 class ProductListApi(generics.ListAPIView):
-    """Products, filterable by ``slot``, ``colour``, ``audience``, ``product_type`` and price. POST
-    (merchandisers, multipart) creates a product from a photo and its details and queues its embedding."""
+    """Products, filterable by ``slot``, ``colour``, ``audience``, ``product_type`` and price, paged by
+    ``page`` and ``page_size``. POST (merchandisers, multipart) creates a product from a photo and its
+    details and queues its embedding."""
 
     serializer_class = ProductSerializer
+    pagination_class = ProductPages
     parser_classes = [MultiPartParser]
     throttle_scope = "upload"
 

@@ -15,7 +15,15 @@ class ProductSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Product
-        fields = ["id", *PRODUCT_FIELDS, "image_url", "thumbnail_url", "created_at", "updated_at"]
+        fields = [
+            "id",
+            *PRODUCT_FIELDS,
+            "audience_group",
+            "image_url",
+            "thumbnail_url",
+            "created_at",
+            "updated_at",
+        ]
 
     def get_image_url(self, obj: Product) -> str | None:
         return obj.image.url if obj.image else None

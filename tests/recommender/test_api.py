@@ -25,6 +25,12 @@ def test_product_list_filters_by_slot(trained_catalog, api):
     body = r.json()
     assert body["count"] == Product.objects.filter(slot="bottom").count() > 0
     assert {p["slot"] for p in body["results"]} == {"bottom"}
+    assert len(body["results"]) == 24  # the default page
+    five = api.get("/api/products/", {"slot": "bottom", "page_size": 5}).json()["results"]
+    assert [p["id"] for p in five] == [p["id"] for p in body["results"][:5]]
+    assert len(api.get("/api/products/", {"page_size": 1000}).json()["results"]) == 100  # the cap
+    assert {p["audience_group"] for p in body["results"]} <= {"women", "men", "kids", "baby", "unisex"}
+    assert {p["audience_group"] for p in body["results"]} >= {"women", "men"}
 
 
 def test_unknown_product_is_404_with_json_error(trained_catalog, api):
