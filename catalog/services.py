@@ -155,7 +155,8 @@ def outfit_create(*, product_ids: Sequence[int], name: str = "") -> Outfit:
     """Create a curated outfit (training data) from at least two distinct existing products.
 
     Raises:
-        ValueError: fewer than two distinct ids, or unknown ids (listed in the message).
+        ValueError: fewer than two distinct ids, unknown ids (listed in the message), or a curated outfit
+            of exactly these products exists already (a second would count its pairs twice in training).
     """
     ids = list(dict.fromkeys(int(i) for i in product_ids))
     if len(ids) < 2:
@@ -164,6 +165,14 @@ def outfit_create(*, product_ids: Sequence[int], name: str = "") -> Outfit:
     unknown = [i for i in ids if i not in found]
     if unknown:
         raise ValueError(f"unknown product id(s): {unknown}")
+    same = (
+        Outfit.objects.filter(source=Outfit.Source.CURATED)
+        .annotate(n=Count("items"), hit=Count("items", filter=Q(items__product_id__in=ids)))
+        .filter(n=len(ids), hit=len(ids))
+        .first()
+    )
+    if same is not None:
+        raise ValueError(f"these products are a curated outfit already: {same}")
     with transaction.atomic():
         outfit = Outfit.objects.create(name=name, source=Outfit.Source.CURATED)
         OutfitItem.objects.bulk_create(

@@ -300,6 +300,11 @@ def test_save_list_and_delete_a_curated_outfit(
     assert outfit.source == "curated" and [i.product_id for i in outfit.items.all()] == [a.pk, b.pk]
     html = merch_client.get(r["Location"]).content.decode()
     assert "Saved “Test look” (2 items)" in html and f"?ids={a.pk},{b.pk}" in html
+    r = merch_client.post("/manage/outfits/new", {"ids": f"{b.pk},{a.pk}", "name": "Again"})  # pressed twice
+    assert f"The outfit was not saved: these products are a curated outfit already: {outfit}." in (
+        merch_client.get(r["Location"]).content.decode()
+    )
+    assert Outfit.objects.filter(items__product=a).count() == 1
     r = merch_client.post("/manage/outfits/new", {"ids": f"{a.pk}"})
     assert "The outfit was not saved: an outfit needs at least two distinct products." in (
         merch_client.get(r["Location"]).content.decode()
