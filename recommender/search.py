@@ -477,13 +477,10 @@ def _search(
             rows = cur.fetchall()
     # a lexical match counts when it covers half the query's words ("lorem ipsum dolor" matching
     # "Dolores" does not), or a SKU or title matched exactly
-    # one- and two-digit numbers alone say nothing ("' OR 1=1 --" matched every "1 pack"): they never
-    # make a match count
-    said = [t for t in parsed.terms if not (t.isdigit() and len(t) < 3)]
+    said = [t for t in parsed.terms if not (t.isdigit() and len(t) < 3)]  # "' OR 1=1 --": "1" says nothing
     need = (len(set(said)) + 1) // 2
-    lexical = (bool(said) and any((lex or 0) >= max(need, 1) for *_, lex in rows)) or any(
-        score >= 1 for _, score, *_ in rows
-    )
+    lexical = bool(said) and any((lex or 0) >= max(need, 1) for *_, lex in rows)
+    lexical = lexical or any(score >= 1 for _, score, *_ in rows)
     best = max((cos for _, _, cos, _ in rows if cos is not None), default=None)
     # no word the catalog knows (nor a misspelling of one), or a vector match too weak: no close matches
     unknown = vocab is not None and not any(vocab.known(w) for w in said)
@@ -508,7 +505,7 @@ def _search(
     page = ranked[:k]
     products = Product.objects.in_bulk([pid for pid, _, _ in page])
     page = [(products[pid], score) for pid, _, score in page if pid in products]
-    counts = _variant_counts([p for p, _ in page]) if group_variants else {}
+    counts = variant_counts([p for p, _ in page]) if group_variants else {}
     hits = [SearchHit(p, s, counts.get(p.variant_group, 1)) for p, s in page]
     facets = {name: _facet_counts(getattr(row, attr) for _, row, _ in ranked) for name, attr in FACETS}
     return SearchAnswer(hits=hits, parsed=parsed, facets=facets)
@@ -542,7 +539,8 @@ def _one_per_group(ranked: list[tuple[int, _Light, float]]) -> list[tuple[int, _
     return out
 
 
-def _variant_counts(products: list[Product]) -> dict[str, int]:
+def variant_counts(products: list[Product]) -> dict[str, int]:
+    """``{variant_group: products in it}`` of the given products' groups (one query)."""
     groups = {p.variant_group for p in products if p.variant_group}
     rows = Product.objects.filter(variant_group__in=groups).values("variant_group").annotate(n=Count("id"))
     return {r["variant_group"]: r["n"] for r in rows}

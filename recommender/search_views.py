@@ -17,7 +17,7 @@ from django.views.decorators.http import require_safe
 from recommender.filters import Filters
 from recommender.forms import SEARCH_K, PhotoSearchForm, SearchForm
 from recommender.replicas import replica_reads
-from recommender.search import SearchAnswer, product_search
+from recommender.search import SearchAnswer, product_search, variant_counts
 from recommender.selectors import NoActiveModel, photo_search
 from recommender.views import NO_MODEL
 
@@ -132,9 +132,16 @@ def photo_search_page(request: HttpRequest) -> HttpResponse:
         context["photo_preview"] = "data:image/jpeg;base64," + base64.b64encode(clean.thumbnail).decode()
         try:
             answer = photo_search(
-                image=clean.image, k=SEARCH_K, type_first=photo_form.cleaned_data["type_first"]
+                image=clean.image,
+                k=SEARCH_K,
+                type_first=photo_form.cleaned_data["type_first"],
+                group_variants=True,
             )
-            context["results"] = [{"product": h.product} for h in answer.hits]
+            counts = variant_counts([h.product for h in answer.hits])
+            context["results"] = [
+                {"product": h.product, "variants": counts.get(h.product.variant_group, 1)}
+                for h in answer.hits
+            ]
             context["photo_type"] = answer.product_type
         except NoActiveModel:
             context["notice"] = NO_MODEL

@@ -310,7 +310,12 @@ class PhotoAnswer:
 
 
 def photo_search(
-    *, image, k: int = 24, filters: Filters | None = None, type_first: bool = True
+    *,
+    image,
+    k: int = 24,
+    filters: Filters | None = None,
+    type_first: bool = True,
+    group_variants: bool = False,
 ) -> PhotoAnswer:
     """Search by a shopper's photo (a PIL image): nearest products by image vector.
 
@@ -319,6 +324,8 @@ def photo_search(
     garment after the first few, while the very best match usually has the right kind (the same
     re-ranking as ``ml.photo_robustness.type_vote`` with k = 1, chosen on validation products' phone
     photos; docs/evaluation.md#photo-search-on-phone-photos). The best match itself never moves.
+    With ``group_variants`` (the search page), one product per variant group, its best-ranked one, from
+    3 k candidates: a photo's colour variants look alike and would fill the page.
 
     Raises:
         NoActiveModel.
@@ -327,15 +334,32 @@ def photo_search(
     q = embedder_for(version).embed_query_image(image)
     filters = filters or Filters()
     qs = filters.apply(ProductEmbedding.objects.filter(model_version=version))
-    hits = _hits(_ranked(qs, "image", q, k, kind="photo"))
+    n = 3 * k if group_variants else k
+
+    def answer(hits: list[Hit], guess: str | None = None) -> PhotoAnswer:
+        return PhotoAnswer((_one_per_variant_group(hits) if group_variants else hits)[:k], guess)
+
+    hits = _hits(_ranked(qs, "image", q, n, kind="photo"))
     guess = hits[0].product.product_type if hits else ""
     if not type_first or filters.product_type or not guess:
-        return PhotoAnswer(hits)
+        return answer(hits)
     if all(h.product.product_type == guess for h in hits):  # already in that order (always so for k = 1)
-        return PhotoAnswer(hits, guess)
-    same = _hits(_ranked(qs.filter(product__product_type=guess), "image", q, k, kind="photo"))
+        return answer(hits, guess)
+    same = _hits(_ranked(qs.filter(product__product_type=guess), "image", q, n, kind="photo"))
     ids = {h.product.pk for h in same}
-    return PhotoAnswer((same + [h for h in hits if h.product.pk not in ids])[:k], guess)
+    return answer(same + [h for h in hits if h.product.pk not in ids], guess)
+
+
+def _one_per_variant_group(hits: list[Hit]) -> list[Hit]:
+    """The first hit of each variant group (a product without one is its own), in order."""
+    seen: set[str] = set()
+    out = []
+    for h in hits:
+        group = h.product.variant_group or f"#{h.product.pk}"
+        if group not in seen:
+            seen.add(group)
+            out.append(h)
+    return out
 
 
 @dataclass(frozen=True)

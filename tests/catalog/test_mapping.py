@@ -295,7 +295,9 @@ def test_our_own_format_preset_needs_only_its_four_columns(hm_root):
         zf.writestr("tee.jpg", _hm_photo(hm_root, "0111565001"))
     stored = ColumnMapping.from_dict(json.loads(json.dumps(PRESETS["outfitlab"][2].as_dict())))
     result = product_import_csv(
-        csv_bytes=b"sku,title,slot,image\nOWN-1,Strap top,top,tee.jpg\n", zip_bytes=z.getvalue(), mapping=stored
+        csv_bytes=b"sku,title,slot,image\nOWN-1,Strap top,top,tee.jpg\n",
+        zip_bytes=z.getvalue(),
+        mapping=stored,
     )
     assert (result.total, result.created, result.rejections) == (1, 1, [])
     top = Product.objects.get(sku="OWN-1")

@@ -231,6 +231,32 @@ def test_photo_search_ranks_the_best_matchs_type_first(trained_catalog, api, hm_
     assert note not in unticked and 'name="type_first" checked' not in unticked
 
 
+def test_the_photo_search_page_shows_one_product_per_variant_group(trained_catalog, api):
+    """A photo's colour variants look alike: the page shows each variant group once, with "N colours"."""
+    import re
+
+    from django.db.models import Count
+
+    groups = Product.objects.exclude(variant_group="").values("variant_group").annotate(n=Count("id"))
+    for g in groups.filter(n__gte=2).order_by("-n", "variant_group")[:20]:
+        raw = Product.objects.filter(variant_group=g["variant_group"]).order_by("pk").first().image.read()
+        plain = selectors.photo_search(image=Image.open(io.BytesIO(raw)), k=24)
+        listed = [h.product.variant_group for h in plain.hits if h.product.variant_group]
+        if len(listed) > len(set(listed)):  # a variant group twice in the plain ranking
+            break
+    else:
+        pytest.fail("no product among 20 variant groups whose photo's top 24 holds a group twice")
+    grouped = selectors.photo_search(image=Image.open(io.BytesIO(raw)), k=24, group_variants=True)
+    keys = [h.product.variant_group or h.product.pk for h in grouped.hits]
+    assert len(keys) == len(set(keys)) == 24 and grouped.hits[0].product == plain.hits[0].product
+    body = {"image": io.BytesIO(raw), "type_first": "on"}
+    html = api.post("/search/photo", body, format="multipart").content.decode()
+    assert [int(i) for i in re.findall(r'class="card-link" href="/products/(\d+)"', html)] == [
+        h.product.pk for h in grouped.hits
+    ]
+    assert f'<p class="card-variants">{g["n"]} colours</p>' in html
+
+
 def test_hot_answers_come_from_the_cache_keyed_by_model_version(trained_catalog, api, settings):
     settings.RECOMMENDATION_CACHE_SECONDS = 60
     pid = _ids(3)[2]
