@@ -112,6 +112,11 @@ _GROUP_TO_SLOT = {
 #: Words of a product's name that make a top or bottom a one-piece: H&M files 27 jumpsuits, playsuits
 #: and dungarees as "Trousers" or "Shorts".
 _ONE_PIECE_NAME = re.compile(r"\b(jumpsuit|playsuit|dungarees?|boiler ?suit|romper|onesie)\b", re.IGNORECASE)
+#: Words of a bottom's name that make it hosiery: H&M files "30 den 1p Tights" and "1p Stay Up" under
+#: "Leggings/Tights" beside leggings and sports tights ("HAVANA HW tights", which stay bottoms).
+_HOSIERY_NAME = re.compile(
+    r"\b(\d+ ?den(ier)?|\d+ ?p(ack)? (tights|stay ?ups?)|stay ?ups?|stockings?|pantyhose)\b", re.IGNORECASE
+)
 #: For a product of unknown type and group ("Unknown" in the H&M sample): words of its name,
 #: department, garment group or section, most telling first.
 _HINT_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
@@ -228,6 +233,8 @@ def slot_with_evidence(product_group: str, product_type: str, *hints: str) -> tu
                 break
     if slot in (TOP, BOTTOM) and hints and _ONE_PIECE_NAME.search(hints[0] or ""):
         return ONE_PIECE, how
+    if slot == BOTTOM and hints and _HOSIERY_NAME.search(hints[0] or ""):
+        return SOCKS_TIGHTS, how
     return slot, how
 
 

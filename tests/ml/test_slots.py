@@ -64,9 +64,10 @@ def test_every_hm_type(hm_table):
         "outerwear": 2,
         "bag": 1,
     }
+    # and 11 pairs of hosiery ("30 den 1p Tights", "1p Stay Up") beside leggings and sports tights
+    assert hm_table[("Garment Lower body", "Leggings/Tights")] == {"bottom": 208, "socks-tights": 11}
     known = {
         ("Garment Full body", "Jumpsuit/Playsuit"): "one-piece",
-        ("Garment Lower body", "Leggings/Tights"): "bottom",
         ("Garment Upper body", "Cardigan"): "outerwear",
         ("Nightwear", "Pyjama jumpsuit/playsuit"): "underwear-nightwear",
         ("Accessories", "Hair ties"): "accessory",
@@ -142,6 +143,10 @@ def test_name_only_overrides_tops_and_bottoms():
     assert slot_for("Unknown", "Unknown", "", "Jumpsuit dept") == "one-piece"  # hint of unknown type
     assert slot_for("Garment Lower body", "Trousers", "", "Jumpsuit dept") == "bottom"  # only the name
     assert slot_for("", "", "") == "accessory"
+    tights = ("Control Top 30 den 1p Tights", "Nouvelle 1p Stay Up", "Box 4p Tights", "Fleece 1 p tights")
+    assert {slot_for("Garment Lower body", "Leggings/Tights", t) for t in tights} == {"socks-tights"}
+    assert slot_for("Garment Lower body", "Leggings/Tights", "SPORT Havana HW tights") == "bottom"
+    assert slot_for("Garment Lower body", "Leggings/Tights", "2P Jersey leggings") == "bottom"
 
 
 def test_a_broad_group_without_a_type_is_refined_by_the_title_then_the_description():
