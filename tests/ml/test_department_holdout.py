@@ -72,10 +72,13 @@ def test_a_tuning_variant_is_measured_on_its_own_tuned_photos(small_data, tmp_pa
         base=TrainConfig(epochs=1, batch_size=8),
         cache_dir=tmp_path,
     )
-    assert set(out) == {"random", "zero-shot", "today", "tuned-top"}
-    (zs, _), _, (today, _), _, (tuned, r), _ = seen  # zero-shot, today, tuned-top: group then in-domain
-    assert today is data.image and zs is data.image
+    assert list(out) == ["random", "zero-shot", "today", "tuned-top", "today, other half trained"]
+    # zero-shot, today, tuned-top: the group, the in-domain products, the probe half; then the ceiling
+    (zs, _), _, _, (today, _), _, _, (tuned, r), _, (_, probe), (ceiling, probe2) = seen
+    assert today is data.image and zs is data.image and ceiling is data.image
     np.testing.assert_array_equal(r, rows)
+    assert len(probe) == 2 and set(probe) < set(rows) and probe2 is probe
+    assert out["today, other half trained"]["half_recall@10"] == 1.0  # 2 photos: both in any top 10
     moved = 1 - (tuned * data.image).sum(1) / np.linalg.norm(tuned, axis=1) / np.linalg.norm(
         data.image, axis=1
     )
