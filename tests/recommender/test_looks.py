@@ -227,8 +227,9 @@ def test_offsets_spread_the_picks_and_keep_them_relevant(trained_catalog, settin
     # the top's share by over half (0.73 -> 0.28 on CI's machine, 0.66 -> 0.2 on another: float order
     # differs between CPUs, so the bound is relative to the plain share of the same run)
     assert share(plain, "top") > 0.5 and share(spread, "top") < share(plain, "top") / 2
-    # bottoms (fewer, and offsets priced on the whole catalog's lists) lose at least a quarter of the share
-    assert share(plain, "bottom") > 0.5 and share(spread, "bottom") < 0.75 * share(plain, "bottom")
+    # bottoms (fewer, and offsets priced on the whole catalog's lists) lose at least a fifth of the share
+    # (0.59 -> 0.46; a quarter before the slice's hosiery left the bottoms for socks-tights)
+    assert share(plain, "bottom") > 0.5 and share(spread, "bottom") < 0.8 * share(plain, "bottom")
     assert len(k_occurrence(spread["bottom"])) > len(k_occurrence(plain["bottom"]))
     for slot in ("outerwear", "one-piece"):  # 18 and 13 items: a high floor, still lower
         assert share(spread, slot) < share(plain, slot)
