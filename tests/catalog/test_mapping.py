@@ -57,7 +57,10 @@ def fashion_images_files(hm_root: Path, n: int = 8) -> tuple[bytes, bytes, list]
     }
     chosen = []
     for group, cats in groups.items():
-        chosen += [(a, cats) for a in arts if a.product_group == group][:2]
+        # real trousers for "Trousers" (the group's first two are "30 den 1p Tights": hosiery by name)
+        chosen += [
+            (a, cats) for a in arts if a.product_group == group and a.product_type != "Leggings/Tights"
+        ][:2]
     buf, z = io.StringIO(), io.BytesIO()
     w = csv.writer(buf)
     cols = ["id", "gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "year"]

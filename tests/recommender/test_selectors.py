@@ -85,7 +85,8 @@ def test_complete_the_look_ranking_equals_summed_pair_scores(trained_catalog):
     import torch
 
     heads = model_cache.heads_for(trained_catalog)
-    given = list(Product.objects.filter(slot__in=["top", "bottom"]).values_list("pk", flat=True)[:2])
+    women = Product.objects.filter(audience_group="women").order_by("pk")  # shoes fit their audience
+    given = [women.filter(slot=s).first().pk for s in ("top", "bottom")]
     picks = looks.complete_the_look(product_ids=given, k=2, slots=["shoes"])
     best = picks[0].hits[0].product
     embs = {
