@@ -9,7 +9,7 @@ import itertools
 from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from catalog.images import CleanImage, ImageError, clean_image
 from catalog.models import Outfit, OutfitItem, Product
 from catalog.services import store_image
 from catalog.signals import products_changed_on_commit
+from catalog.vocabulary import canonical_spellings, vocab_key
 
 
 @dataclass
@@ -100,7 +101,11 @@ def products_upsert_from_files(rows: Sequence[SampleRow], *, summary: ImportSumm
     in order, on this thread), one query for the existing ones, with a tqdm bar when ``progress``.
 
     The photos are read and cleaned up to :data:`PHOTO_LOOKAHEAD` rows ahead on :data:`PHOTO_THREADS`
-    threads (:func:`_photo`), so decoding overlaps the database writes."""
+    threads (:func:`_photo`), so decoding overlaps the database writes. Colours and product types take
+    the catalog's spelling of the same value (:func:`catalog.vocabulary.canonical_spellings`, or the first
+    row's of this import), as a bulk import's do: MANGO's "red" and "Earrings" become H&M's "Red" and
+    "Earring" when H&M's sample came first."""
+    rows = _canonical_rows(rows)
     existing = {p.sku: p for p in Product.objects.filter(sku__in=[r.sku for r in rows])}
     with ThreadPoolExecutor(max_workers=PHOTO_THREADS, thread_name_prefix="photo") as pool:
         ahead: deque[Future[_Photo]] = deque()
@@ -113,6 +118,18 @@ def products_upsert_from_files(rows: Sequence[SampleRow], *, summary: ImportSumm
             if nxt is not None:
                 ahead.append(pool.submit(_photo, nxt, existing.get(nxt.sku)))
             _product_upsert(row, photo, existing=existing.get(row.sku), summary=summary)
+
+
+def _canonical_rows(rows: Sequence[SampleRow]) -> list[SampleRow]:
+    known = {f: canonical_spellings(f) for f in ("colour", "product_type")}
+    out = []
+    for row in rows:
+        values = dict(row.values)
+        for f, spellings in known.items():
+            if values.get(f):
+                values[f] = spellings.setdefault(vocab_key(values[f]), values[f])
+        out.append(replace(row, values=values))
+    return out
 
 
 def _product_upsert(

@@ -67,6 +67,15 @@ def test_hm_and_mango_live_in_one_catalog(empty_catalog, hm_root, mango_root):
     # no outfit mixes the two catalogs
     for o in Outfit.objects.prefetch_related("items__product"):
         assert len({i.product.source for i in o.items.all()}) == 1
+    # one spelling per colour and type: MANGO's "black" takes H&M's "Black" (cards and facets agree)
+    from collections import Counter
+
+    from ml.vocab import vocab_key
+
+    for f in ("colour", "product_type"):
+        spellings = Counter(vocab_key(v) for v in set(Product.objects.values_list(f, flat=True)) - {""})
+        assert max(spellings.values()) == 1, [k for k, n in spellings.items() if n > 1]
+    assert Product.objects.filter(source="mango", colour="Black").exists()
 
 
 def test_broken_and_missing_photos_are_skipped(empty_catalog, mango_root, tmp_path):
