@@ -57,7 +57,7 @@ def catalog_import_mango(
                 "slot": m.slot,
                 "product_type": m.product_type,
                 "product_group": m.category,
-                "colour": m.colour,
+                "colour": m.colour.title(),  # H&M's casing ("Light Grey Marl"), shown side by side
                 "audience": m.audience,
                 "audience_group": m.audience_group,
                 "department": m.family,

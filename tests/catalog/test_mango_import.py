@@ -76,6 +76,8 @@ def test_hm_and_mango_live_in_one_catalog(empty_catalog, hm_root, mango_root):
         spellings = Counter(vocab_key(v) for v in set(Product.objects.values_list(f, flat=True)) - {""})
         assert max(spellings.values()) == 1, [k for k, n in spellings.items() if n > 1]
     assert Product.objects.filter(source="mango", colour="Black").exists()
+    colours = set(Product.objects.filter(source="mango").values_list("colour", flat=True)) - {""}
+    assert colours and all(c == c.title() for c in colours), colours  # "Taupe" beside H&M's "Dark Blue"
 
 
 def test_broken_and_missing_photos_are_skipped(empty_catalog, mango_root, tmp_path):
