@@ -139,7 +139,11 @@ class PhotoSearchApi(APIView):
         except ImageError as exc:
             raise ValidationError({"image": [str(exc)]}) from exc
         answer = selectors.photo_search(
-            image=clean.image, k=d["k"], filters=Filters.from_params(d), type_first=d["type_first"]
+            image=clean.image,
+            k=d["k"],
+            filters=Filters.from_params(d),
+            type_first=d["type_first"],
+            group_variants=d["group_variants"],
         )
         return Response(s.HitSerializer(answer.hits, many=True).data)
 

@@ -132,6 +132,11 @@ class PhotoSearchSerializer(FilterSerializer):
         help_text="rank the products of the best match's product type first (the default); false: by "
         "image similarity alone",
     )
+    group_variants = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="one product per variant group (its best-ranked colour), as the search page shows",
+    )
 
 
 class HitPageSerializer(serializers.Serializer):

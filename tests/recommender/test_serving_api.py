@@ -255,6 +255,10 @@ def test_the_photo_search_page_shows_one_product_per_variant_group(trained_catal
         h.product.pk for h in grouped.hits
     ]
     assert f'<p class="card-variants">{g["n"]} colours</p>' in html
+    for extra, want in (({"group_variants": "true"}, grouped), ({}, plain)):  # the API: asked for, or not
+        body = {"image": io.BytesIO(raw), "k": 24, **extra}
+        r = api.post("/api/search/photo/", body, format="multipart", REMOTE_ADDR="10.9.0.3")
+        assert [h["product"]["id"] for h in r.json()] == [h.product.pk for h in want.hits]
 
 
 def test_hot_answers_come_from_the_cache_keyed_by_model_version(trained_catalog, api, settings):
