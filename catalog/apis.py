@@ -51,6 +51,14 @@ class ProductPages(PageNumberPagination):
     page_size_query_param = "page_size"
     max_page_size = 100
 
+    def paginate_queryset(self, queryset, request, view=None):
+        """As DRF's, but a page that is no number is a 400 naming it (DRF answers 404 "Invalid page.",
+        as for a page past the last)."""
+        raw = request.query_params.get(self.page_query_param, "1")
+        if raw not in self.last_page_strings and not raw.isdigit():
+            raise ValidationError({self.page_query_param: [f"{raw!r} is not a page number"]})
+        return super().paginate_queryset(queryset, request, view)
+
 
 class ProductListApi(generics.ListAPIView):
     """Products, filterable by ``slot``, ``colour``, ``audience``, ``product_type`` and price, paged by

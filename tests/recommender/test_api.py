@@ -29,6 +29,8 @@ def test_product_list_filters_by_slot(trained_catalog, api):
     five = api.get("/api/products/", {"slot": "bottom", "page_size": 5}).json()["results"]
     assert [p["id"] for p in five] == [p["id"] for p in body["results"][:5]]
     assert len(api.get("/api/products/", {"page_size": 1000}).json()["results"]) == 100  # the cap
+    r = api.get("/api/products/", {"page": "abc"})
+    assert r.status_code == 400 and r.json()["error"]["details"] == {"page": ["'abc' is not a page number"]}
     assert {p["audience_group"] for p in body["results"]} <= {"women", "men", "kids", "baby", "unisex"}
     assert {p["audience_group"] for p in body["results"]} >= {"women", "men"}
 
