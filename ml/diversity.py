@@ -1,4 +1,5 @@
-"""Diversity re-ranking for retrieval results: Maximal Marginal Relevance. No Django.
+"""Diversity re-ranking for retrieval results: Maximal Marginal Relevance, and one item per group
+(:func:`first_of_each`: a product's colour variants are alternatives of one product). No Django.
 
 Carbonell & Goldstein (1998), "The use of MMR, diversity-based reranking for reordering documents and
 producing summaries", SIGIR: pick items one at a time, each maximising
@@ -11,7 +12,25 @@ over the candidates d not yet chosen, S the items chosen so far. λ = 1 is the p
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable, Iterable
+from typing import TypeVar
+
 import numpy as np
+
+T = TypeVar("T")
+
+
+def first_of_each(items: Iterable[T], key: Callable[[T], Hashable]) -> list[T]:
+    """The first item of each ``key`` value, in the given order (e.g. the best-ranked product of each
+    variant group, with the key a product's group or, without one, its own id)."""
+    seen: set[Hashable] = set()
+    out = []
+    for item in items:
+        k = key(item)
+        if k not in seen:
+            seen.add(k)
+            out.append(item)
+    return out
 
 
 def mmr(*, relevance: np.ndarray, vectors: np.ndarray, k: int, lambda_: float) -> list[int]:

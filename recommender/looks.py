@@ -32,6 +32,7 @@ from django.db.models import Count
 
 from catalog.models import Outfit, OutfitItem, Product
 from ml.audience import AUDIENCE_GROUPS, audience_fits
+from ml.diversity import first_of_each
 from ml.hubness import rerank
 from ml.slots import BOTTOM, NOT_WORN_GROUPS, ONE_PIECE, SLOT_INDEX, TOP, missing_slots
 from recommender import answer_cache
@@ -313,14 +314,7 @@ def one_look(picks: Sequence[SlotPicks]) -> list[Hit]:
 def _distinct_variants(rows: list[tuple[int, float, str]]) -> list[tuple[int, float, str]]:
     """Keep the first ``(product_id, score, variant_group)`` of each variant group (colour variants are
     alternatives of one product)."""
-    seen: set[str] = set()
-    out = []
-    for row in rows:
-        key = row[2] or f"pk-{row[0]}"
-        if key not in seen:
-            seen.add(key)
-            out.append(row)
-    return out
+    return first_of_each(rows, lambda row: row[2] or f"pk-{row[0]}")
 
 
 @dataclass

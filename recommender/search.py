@@ -49,6 +49,7 @@ from django.db.models import (
 from django.db.models.expressions import RawSQL
 
 from catalog.models import SEARCH_CONFIG, Product
+from ml.diversity import first_of_each
 from recommender.filters import Filters
 from recommender.model_cache import embedder_for
 from recommender.models import ModelVersion, ProductEmbedding
@@ -501,7 +502,7 @@ def _search(
     }
     ranked = [(pid, light[pid], float(score)) for pid, score, _, _ in rows if pid in light]
     if group_variants:
-        ranked = _one_per_group(ranked)
+        ranked = first_of_each(ranked, lambda r: r[1].variant_group or f"#{r[0]}")  # best of each group
     page = ranked[:k]
     products = Product.objects.in_bulk([pid for pid, _, _ in page])
     page = [(products[pid], score) for pid, _, score in page if pid in products]
@@ -524,19 +525,6 @@ def _facet_counts(values: Iterable[str | None]) -> list[tuple[str, int]]:
             spellings[v.casefold()][v] += 1
     merged = [(c.most_common(1)[0][0], sum(c.values())) for c in spellings.values()]
     return sorted(merged, key=lambda vc: -vc[1])
-
-
-def _one_per_group(ranked: list[tuple[int, _Light, float]]) -> list[tuple[int, _Light, float]]:
-    """The best-ranked product of each variant group (products without a group are their own)."""
-    seen: set[str] = set()
-    out = []
-    for pid, row, score in ranked:
-        if row.variant_group:
-            if row.variant_group in seen:
-                continue
-            seen.add(row.variant_group)
-        out.append((pid, row, score))
-    return out
 
 
 def variant_counts(products: list[Product]) -> dict[str, int]:

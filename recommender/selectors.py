@@ -25,7 +25,7 @@ from django.db.models.expressions import RawSQL
 from pgvector.django import MaxInnerProduct
 
 from catalog.models import Product
-from ml.diversity import mmr
+from ml.diversity import first_of_each, mmr
 from recommender.filters import Filters
 from recommender.model_cache import embedder_for
 from recommender.models import ModelVersion, ProductEmbedding
@@ -337,7 +337,9 @@ def photo_search(
     n = 3 * k if group_variants else k
 
     def answer(hits: list[Hit], guess: str | None = None) -> PhotoAnswer:
-        return PhotoAnswer((_one_per_variant_group(hits) if group_variants else hits)[:k], guess)
+        if group_variants:  # colour variants look alike: the best-ranked of each group
+            hits = first_of_each(hits, lambda h: h.product.variant_group or f"#{h.product.pk}")
+        return PhotoAnswer(hits[:k], guess)
 
     hits = _hits(_ranked(qs, "image", q, n, kind="photo"))
     guess = hits[0].product.product_type if hits else ""
@@ -348,18 +350,6 @@ def photo_search(
     same = _hits(_ranked(qs.filter(product__product_type=guess), "image", q, n, kind="photo"))
     ids = {h.product.pk for h in same}
     return answer(same + [h for h in hits if h.product.pk not in ids], guess)
-
-
-def _one_per_variant_group(hits: list[Hit]) -> list[Hit]:
-    """The first hit of each variant group (a product without one is its own), in order."""
-    seen: set[str] = set()
-    out = []
-    for h in hits:
-        group = h.product.variant_group or f"#{h.product.pk}"
-        if group not in seen:
-            seen.add(group)
-            out.append(h)
-    return out
 
 
 @dataclass(frozen=True)
