@@ -14,7 +14,7 @@ from typing import Any
 DEFAULT_MODEL_NAME = "hm-effnetlite0-minilm"
 
 #: ``ModelConfig.tower_backend`` values (``ml.onnx_towers``).
-TOWER_BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+TOWER_BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16")
 #: The default backend: ONNX Runtime float32, the same features as PyTorch to ~2e-6 and faster on the CPU
 #: (image tower 2.8x, text tower 1.9x in one run; ``ml/benchmarks/results/towers.json``).
 DEFAULT_TOWER_BACKEND = "onnx"

@@ -107,9 +107,11 @@ class FeatureExtractor:
             towers; on a CPU with native bf16 (:func:`cpu_has_bf16`) the text tower only; else ignored
             (and ignored under an ONNX backend).
         backend: ``ModelConfig.tower_backend`` (:data:`ml.config.TOWER_BACKENDS`): ``"torch"``, or on
-            the CPU ``"onnx"`` / ``"onnx-int8"``: both towers in ONNX Runtime (any batch size), exported on
-            first use into ``onnx_dir``. When onnxruntime is missing or the export fails or disagrees with
-            PyTorch, a warning is logged and PyTorch runs (:attr:`backend` says which runs).
+            the CPU ``"onnx"`` / ``"onnx-int8"`` (both towers in ONNX Runtime) or ``"openvino"`` /
+            ``"openvino-bf16"`` (OpenVINO), any batch size, exported on first use into ``onnx_dir``
+            (:mod:`ml.onnx_towers`). When the runtime is missing or the export fails or disagrees with
+            PyTorch, a warning is logged and the next one runs: OpenVINO → ONNX Runtime → PyTorch
+            (:attr:`backend` says which runs).
         onnx_dir: the export cache (default :func:`ml.onnx_towers.default_onnx_dir`).
     """
 
@@ -149,15 +151,19 @@ class FeatureExtractor:
         if backend != "torch" and self.device.type != "cpu":
             logger.info("tower_backend %r is for the CPU; %s runs PyTorch", backend, self.device)
         elif backend != "torch":
-            try:
-                self.onnx = onnx_towers(bundle, backend, Path(onnx_dir) if onnx_dir is not None else None)
-            except Exception as e:  # ONNX is an optimisation; any failure means PyTorch
-                logger.warning(
-                    "tower_backend %r unavailable (%s: %s); running the towers with PyTorch",
-                    backend,
-                    type(e).__name__,
-                    e,
-                )
+            root = Path(onnx_dir) if onnx_dir is not None else None
+            for b in (backend, "onnx") if backend.startswith("openvino") else (backend,):
+                try:
+                    self.onnx = onnx_towers(bundle, b, root)
+                    break
+                except Exception as e:  # an optimisation; any failure means the next backend
+                    logger.warning(
+                        "tower_backend %r unavailable (%s: %s); running the towers with %s",
+                        b,
+                        type(e).__name__,
+                        e,
+                        "ONNX Runtime" if b != "onnx" else "PyTorch",
+                    )
         #: the backend actually running the towers (``"torch"`` after a fallback)
         self.backend = self.onnx.backend if self.onnx is not None else "torch"
         if self.onnx is not None:

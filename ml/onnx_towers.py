@@ -12,9 +12,16 @@
   (ONNX Runtime dynamic quantisation; activations quantised on the fly). Its features differ from
   float32 beyond 1e-4, so its feature-cache key is ``model_id`` + :func:`backend_suffix`. The image tower
   stays float32: static int8 quantisation (QDQ, per channel, calibrated on real H&M photos) puts its
-  features at cosine ~0.93 to float32 (``ml/benchmarks/results/towers.json``), under the 0.995 bar.
+  features at cosine ~0.93 to float32 (``ml/benchmarks/results/towers.json``), under the 0.995 bar;
+* ``"openvino"``: the same exported files compiled by OpenVINO's CPU plugin at float32
+  (``INFERENCE_PRECISION_HINT=f32``): PyTorch's features to ~1e-6, the same feature-cache key;
+* ``"openvino-bf16"``: OpenVINO with bfloat16 inference precision, on CPUs that compute in bf16
+  (AVX512-BF16 or AMX; :func:`ov_supports_bf16`). Features at cosine ~0.999 to float32 on real photos,
+  so a feature-cache key of their own (``+ov-bf16``). Where the CPU has no bf16 it runs as ``"openvino"``
+  (:attr:`OnnxTowers.backend` says so, and the cache key follows).
 
 ONNX Runtime: https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html.
+OpenVINO: https://docs.openvino.ai/2026/openvino-workflow/running-inference/optimize-inference/precision-control.html.
 The exported files are built on first use under :func:`default_onnx_dir` in a folder keyed by the
 bundle's ``model_id`` (name, weights source, weights fingerprint, preprocessing) and the torch and ONNX
 Runtime versions, written atomically, and reused by every later process.
@@ -40,16 +47,18 @@ from ml.model import ClipBundle
 logger = logging.getLogger(__name__)
 
 #: Backends whose features differ from PyTorch float32 beyond 1e-4: their own feature-cache key.
-_OWN_FEATURES = {"onnx-int8": "+onnx-int8"}
+_OWN_FEATURES = {"onnx-int8": "+onnx-int8", "openvino-bf16": "+ov-bf16"}
 #: ONNX opset of the exports (17: LayerNormalization; every op of the two towers is in it).
 ONNX_OPSET = 17
 #: Outputs of an export must match PyTorch's to this fraction of their largest magnitude.
 EXPORT_TOLERANCE = 1e-3
+#: A bf16 backend's outputs must have at least this cosine to PyTorch's, item by item (the check batch).
+BF16_MIN_COSINE = 0.99
 
 
 def backend_suffix(backend: str) -> str:
     """What ``backend`` adds to a model_id in the feature cache: ``""`` when its features are PyTorch's
-    float32 ones to ~1e-6 (``"torch"``, ``"onnx"``), else e.g. ``"+onnx-int8"``.
+    float32 ones to ~1e-6 (``"torch"``, ``"onnx"``, ``"openvino"``), else e.g. ``"+onnx-int8"``.
 
     Raises:
         ValueError: ``backend`` is not one of :data:`TOWER_BACKENDS`.
@@ -193,14 +202,59 @@ def ort_session(path: Path, threads: int | None = None):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+def ov_supports_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin computes in bfloat16 on this CPU (AVX512-BF16 or AMX).
+
+    Raises:
+        ImportError: openvino is not installed.
+    """
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OvSession:
+    """An ONNX file compiled by OpenVINO for the CPU, called like an ONNX Runtime session.
+
+    Args:
+        path: the ``.onnx`` file (dynamic axes kept).
+        precision: ``"f32"`` or ``"bf16"`` (OpenVINO's ``INFERENCE_PRECISION_HINT``).
+        threads: inference threads (default :func:`cpu_threads`).
+
+    One stream (``PERFORMANCE_HINT=LATENCY``): a batch uses every thread. Each :meth:`run` makes its own
+    infer request, so threads may share a session.
+    """
+
+    def __init__(self, path: Path, precision: str, threads: int | None = None):
+        import openvino as ov
+
+        core = ov.Core()
+        self.compiled = core.compile_model(
+            core.read_model(str(path)),
+            "CPU",
+            {
+                "INFERENCE_PRECISION_HINT": precision,
+                "INFERENCE_NUM_THREADS": threads or cpu_threads(),
+                "PERFORMANCE_HINT": "LATENCY",
+            },
+        )
+
+    def run(self, _outputs, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """``feeds`` (one input by name) -> ``[output]``, as ``InferenceSession.run(None, feeds)``."""
+        (x,) = feeds.values()
+        out = self.compiled.create_infer_request().infer([x])
+        return [np.array(out[0], dtype=np.float32)]  # a copy: the request's buffer is reused
+
+
 @dataclass
 class OnnxTowers:
     """The two towers as ONNX Runtime sessions.
 
     Attributes:
-        image: session of the image tower, input ``pixels`` (B, 3, H, W) float32 -> (B, E) float32.
+        image: session of the image tower, input ``pixels`` (B, 3, H, W) float32 -> (B, E) float32
+            (an ONNX Runtime ``InferenceSession`` or an :class:`OvSession`).
         text: session of the text tower, input ``input_ids`` (B, L) int64 -> (B, E) float32.
-        backend: ``"onnx"`` or ``"onnx-int8"``.
+        backend: the backend running: ``"onnx"``, ``"onnx-int8"``, ``"openvino"`` or ``"openvino-bf16"``.
         folder: where the files are.
     """
 
@@ -225,7 +279,8 @@ def onnx_towers(
 
     Args:
         bundle: the model (CPU).
-        backend: ``"onnx"`` or ``"onnx-int8"``.
+        backend: ``"onnx"``, ``"onnx-int8"``, ``"openvino"`` or ``"openvino-bf16"`` (run as
+            ``"openvino"`` where :func:`ov_supports_bf16` is false).
         root: the export cache (default :func:`default_onnx_dir`).
         threads: intra-op threads (default :func:`cpu_threads`).
 
@@ -235,26 +290,36 @@ def onnx_towers(
     Raises:
         ValueError: ``backend`` is ``"torch"`` or unknown.
         RuntimeError: an exported float32 tower's output differs from PyTorch's by more than
-            :data:`EXPORT_TOLERANCE` of its scale (the check runs on every load).
-        ImportError, OSError, Exception: onnxruntime missing, the folder not writable, the export failing.
+            :data:`EXPORT_TOLERANCE` of its scale, or a bf16 one's cosine is under
+            :data:`BF16_MIN_COSINE` (the check runs on every load).
+        ImportError, OSError, Exception: onnxruntime (or openvino) missing, the folder not writable, the
+            export failing.
     """
     if check_backend(backend) == "torch":
         raise ValueError("onnx_towers: backend 'torch' has no ONNX sessions")
     folder = export_folder(root or default_onnx_dir(), bundle.model_id)
     files = export_towers(bundle, folder, int8_text=backend == "onnx-int8")
-    towers = OnnxTowers(
-        image=ort_session(files["image"], threads),
-        text=ort_session(files["text"], threads),
-        backend=backend,
-        folder=folder,
-    )
-    _check_against_torch(bundle, towers, check_text=backend == "onnx")
+    if backend.startswith("openvino"):
+        if backend == "openvino-bf16" and not ov_supports_bf16():
+            logger.info(
+                "this CPU computes no bf16 in OpenVINO: tower_backend 'openvino-bf16' runs as 'openvino'"
+            )
+            backend = "openvino"
+        precision = "bf16" if backend == "openvino-bf16" else "f32"
+        image, text = (OvSession(files[k], precision, threads) for k in ("image", "text"))
+    else:
+        image, text = (ort_session(files[k], threads) for k in ("image", "text"))
+    towers = OnnxTowers(image=image, text=text, backend=backend, folder=folder)
+    _check_against_torch(bundle, towers, check_text=backend != "onnx-int8", bf16=backend == "openvino-bf16")
     return towers
 
 
-def _check_against_torch(bundle: ClipBundle, towers: OnnxTowers, *, check_text: bool) -> None:
+def _check_against_torch(
+    bundle: ClipBundle, towers: OnnxTowers, *, check_text: bool, bf16: bool = False
+) -> None:
     """Run a seeded random image batch (and a padded text batch) through both; raise RuntimeError when
-    the largest difference exceeds :data:`EXPORT_TOLERANCE` of the largest PyTorch output magnitude."""
+    the largest difference exceeds :data:`EXPORT_TOLERANCE` of the largest PyTorch output magnitude
+    (``bf16``: when an item's cosine to PyTorch's output is under :data:`BF16_MIN_COSINE`)."""
     model = bundle.model
     size = model.visual.preprocess_cfg["size"]
     h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -270,6 +335,15 @@ def _check_against_torch(bundle: ClipBundle, towers: OnnxTowers, *, check_text: 
         with torch.inference_mode():
             ref = ref_fn(inp).float().numpy()  # (B, E)
         got = ort_fn(inp.numpy())
+        if bf16 and got.shape == ref.shape:
+            cos = (got * ref).sum(1) / np.maximum(
+                np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1), 1e-12
+            )
+            if float(cos.min()) < BF16_MIN_COSINE:
+                raise RuntimeError(
+                    f"the bf16 {name} tower in {towers.folder} has cosine {float(cos.min()):.4f} to PyTorch"
+                )
+            continue
         scale = max(float(np.abs(ref).max()), 1e-6)
         err = float(np.abs(got - ref).max()) / scale if got.shape == ref.shape else float("inf")
         if err > EXPORT_TOLERANCE:

@@ -290,14 +290,16 @@ def interleaved(fns: dict[str, Callable[[], object]], n_items: int, rounds: int)
 
 
 def bench_backends(bundle, args: argparse.Namespace) -> dict:
-    """Today's PyTorch path against ONNX Runtime (float32, int8) for both towers, in one run.
+    """Today's PyTorch path against ONNX Runtime (float32, int8) and OpenVINO (float32, bf16) for both
+    towers, in one run.
 
     Image tower, on ``--images`` real H&M photos decoded once (tower alone, batches of B): PyTorch traced +
     frozen channels_last (B = 32, today's path), ONNX Runtime float32 at B in ``--onnx-batches``, and ONNX
     Runtime int8 static quantisation (QDQ, per-channel weights, calibrated on ``--calib-images`` other real
     photos). Then ``FeatureExtractor.encode_images`` end to end (JPEG decode included) under "torch" and
     "onnx". Text tower: ``encode_texts`` on ``--texts`` real H&M texts under "torch" (batches of 32),
-    "onnx" at batches of 16 / 32 / 64 and "onnx-int8" (dynamic int8). Each variant's features are compared
+    "onnx" at batches of 16 / 32 / 64 and "onnx-int8" (dynamic int8). "openvino" and "openvino-bf16"
+    (batches of 32; bf16 only where the CPU computes it) in all three. Each variant's features are compared
     with today's by cosine (mean, 1st percentile, min). Exports go to a fresh temporary folder, so their
     cost is measured too.
     """
@@ -328,6 +330,11 @@ def bench_backends(bundle, args: argparse.Namespace) -> dict:
         t = time.perf_counter()
         int8_fx = FeatureExtractor(bundle, batch_size=32, backend="onnx-int8", onnx_dir=tmp)
         int8_text_s = time.perf_counter() - t
+        ov_fxs = {
+            b: FeatureExtractor(bundle, batch_size=32, backend=b, onnx_dir=tmp)
+            for b in ("openvino", "openvino-bf16")
+        }
+        ov_fxs = {b: fx for b, fx in ov_fxs.items() if fx.backend == b}  # no bf16 CPU: bf16 not measured
 
         def batched(fn: Callable[[torch.Tensor], np.ndarray], b: int) -> Callable[[], np.ndarray]:
             return lambda: np.concatenate([fn(x[s : s + b]) for s in range(0, len(x), b)])
@@ -344,21 +351,30 @@ def bench_backends(bundle, args: argparse.Namespace) -> dict:
         image_fns["onnx_int8_static_b32"] = batched(
             lambda xb: int8_image.run(None, {"pixels": xb.numpy()})[0], 32
         )
+        for b, fx in ov_fxs.items():
+            image_fns[f"{b.replace('-', '_')}_b32"] = batched(
+                lambda xb, fx=fx: fx.onnx.encode_image(xb.numpy()), 32
+            )
         print(f"image tower: {len(image_fns)} variants on {len(x)} photos, {args.text_rounds} rounds ...")
         ref = image_fns["torch_traced_frozen_b32"]()
         image = interleaved(image_fns, len(x), args.text_rounds)
         for name, fn in image_fns.items():
             image[name].update(cosine_stats(ref, fn()))
-        print("encode_images end to end (decode included), torch vs onnx ...", flush=True)
+        print("encode_images end to end (decode included), per backend ...", flush=True)
         e2e = interleaved(
             {
                 "torch": lambda: torch_fx.encode_images(paths),
                 "onnx": lambda: onnx_fx.encode_images(paths),
+                **{b: (lambda fx=fx: fx.encode_images(paths)) for b, fx in ov_fxs.items()},
             },
             len(paths),
             args.text_rounds,
         )
-        text_fxs = {"torch_b32": torch_fx, "onnx_int8_dynamic_b32": int8_fx}
+        text_fxs = {
+            "torch_b32": torch_fx,
+            "onnx_int8_dynamic_b32": int8_fx,
+            **{f"{b.replace('-', '_')}_b32": fx for b, fx in ov_fxs.items()},
+        }
         for b in (16, 32, 64):
             text_fxs[f"onnx_fp32_b{b}"] = FeatureExtractor(
                 bundle, batch_size=32, text_batch_size=b, backend="onnx", onnx_dir=tmp
@@ -383,13 +399,18 @@ def bench_backends(bundle, args: argparse.Namespace) -> dict:
         "export_s": export_s,
         "int8_static_quantisation_s": quant_s,
         "int8_text_quantisation_s": int8_text_s,
+        "openvino_bf16_measured": "openvino-bf16" in ov_fxs,
         "calibration_photos": len(cal),
         "image_tower": image,
         "image_end_to_end": e2e,
         "text_tower": text,
         "ratios_to_torch": {  # best rounds
             **{f"image_{k}": v["best_items_per_s"] / base_i for k, v in image.items()},
-            "image_end_to_end_onnx": e2e["onnx"]["best_items_per_s"] / e2e["torch"]["best_items_per_s"],
+            **{
+                f"image_end_to_end_{k}": v["best_items_per_s"] / e2e["torch"]["best_items_per_s"]
+                for k, v in e2e.items()
+                if k != "torch"
+            },
             **{f"text_{k}": v["best_items_per_s"] / base_t for k, v in text.items()},
         },
     }

@@ -1,4 +1,5 @@
-"""The ONNX Runtime tower backend (ml.onnx_towers, ``ModelConfig.tower_backend``) on real H&M photos and texts.
+"""The ONNX Runtime and OpenVINO tower backends (ml.onnx_towers, ``ModelConfig.tower_backend``) on real H&M
+photos and texts.
 
 Plain PyTorch + ONNX Runtime, no Django: ``.venv/bin/python -m pytest tests/ml/test_onnx_towers.py -q``.
 The towers are exported once per module into a temporary folder (~10 s with the int8 text tower).
@@ -16,10 +17,11 @@ import numpy as np
 import pytest
 import torch
 
+import ml.onnx_towers
 from ml.config import ModelConfig
 from ml.features import FeatureCache, FeatureExtractor
 from ml.model import ClipBundle, build_model
-from ml.onnx_towers import export_folder
+from ml.onnx_towers import export_folder, ov_supports_bf16
 
 REPO = Path(__file__).resolve().parents[2]
 HM_ROOT = Path(os.environ.get("HM_DATA_DIR", REPO.parent / "shared" / "data" / "hm"))
@@ -72,7 +74,10 @@ def onnx_fx(bundle: ClipBundle, onnx_dir: Path) -> FeatureExtractor:
 
 
 def test_unknown_backend_is_refused() -> None:
-    with pytest.raises(ValueError, match="tower_backend 'tensorrt': expected one of torch, onnx, onnx-int8"):
+    with pytest.raises(
+        ValueError,
+        match="tower_backend 'tensorrt': expected one of torch, onnx, onnx-int8, openvino, openvino-bf16",
+    ):
         ModelConfig(tower_backend="tensorrt")
 
 
@@ -166,3 +171,77 @@ def test_failed_export_falls_back_to_torch_with_a_warning(
     want, _ = torch_fx.encode_images(paths[:4])
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     assert fx.model_id == torch_fx.model_id
+
+
+@pytest.mark.slow
+def test_openvino_float32_gives_pytorchs_features(
+    bundle: ClipBundle, torch_fx: FeatureExtractor, onnx_dir: Path, hm_slice: tuple[list[Path], list[str]]
+) -> None:
+    paths, texts = hm_slice
+    fx = FeatureExtractor(bundle, batch_size=4, backend="openvino", onnx_dir=onnx_dir)
+    assert fx.backend == "openvino", "OpenVINO did not load (see the log)"
+    got, failed = fx.encode_images(paths)
+    want, _ = torch_fx.encode_images(paths)
+    assert not failed and _cosines(got, want).min() > SAME_FEATURES_COS
+    assert _cosines(fx.encode_texts(texts), torch_fx.encode_texts(texts)).min() > SAME_FEATURES_COS
+    assert fx.model_id == torch_fx.model_id  # same features, same cache key
+
+
+@pytest.mark.slow
+def test_openvino_bf16_features_are_close_with_their_own_cache_key(
+    bundle: ClipBundle,
+    torch_fx: FeatureExtractor,
+    onnx_dir: Path,
+    hm_slice: tuple[list[Path], list[str]],
+    tmp_path: Path,
+) -> None:
+    if not ov_supports_bf16():
+        pytest.skip("this CPU computes no bf16 in OpenVINO (the fallback is tested below)")
+    paths, texts = hm_slice
+    fx = FeatureExtractor(bundle, batch_size=4, backend="openvino-bf16", onnx_dir=onnx_dir)
+    assert fx.backend == "openvino-bf16"
+    want, _ = torch_fx.encode_images(paths)
+    got, _ = fx.encode_images(paths)
+    cos = _cosines(got, want)
+    assert cos.mean() > 0.995 and cos.min() > 0.985  # issue 17's bar for a backend with its own features
+    assert cos.mean() < SAME_FEATURES_COS  # bf16 rounding shows: not PyTorch's features
+    assert _cosines(fx.encode_texts(texts), torch_fx.encode_texts(texts)).min() > 0.995
+    assert fx.model_id == torch_fx.model_id + "+ov-bf16"
+
+    cache = FeatureCache(tmp_path / "features")
+    cache.get_or_compute_images(torch_fx, paths)
+    np.testing.assert_allclose(cache.get_or_compute_images(fx, paths), got, rtol=1e-5, atol=1e-6)
+    assert cache.misses == 2 * len(paths) and cache.hits == 0  # never served the float32 rows
+
+
+@pytest.mark.slow
+def test_openvino_bf16_runs_float32_on_a_cpu_without_bf16(
+    bundle: ClipBundle,
+    torch_fx: FeatureExtractor,
+    onnx_dir: Path,
+    hm_slice: tuple[list[Path], list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ml.onnx_towers, "ov_supports_bf16", lambda: False)
+    fx = FeatureExtractor(bundle, batch_size=4, backend="openvino-bf16", onnx_dir=onnx_dir)
+    assert fx.backend == "openvino" and fx.model_id == torch_fx.model_id
+    paths, _ = hm_slice
+    got, _ = fx.encode_images(paths[:4])
+    want, _ = torch_fx.encode_images(paths[:4])
+    assert _cosines(got, want).min() > SAME_FEATURES_COS
+
+
+@pytest.mark.slow
+def test_openvino_missing_falls_back_to_onnx_runtime(
+    bundle: ClipBundle,
+    onnx_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    with caplog.at_level(logging.WARNING, logger="ml.features"):
+        fx = FeatureExtractor(bundle, batch_size=4, backend="openvino-bf16", onnx_dir=onnx_dir)
+    assert fx.backend == "onnx"
+    (record,) = [r for r in caplog.records if r.name == "ml.features"]
+    assert "tower_backend 'openvino-bf16' unavailable" in record.getMessage()
+    assert "running the towers with ONNX Runtime" in record.getMessage()

@@ -11,7 +11,7 @@ Measured in one run on this machine (``make bench``):
   (``bulk_create(update_conflicts=True)``, the old path) and once with binary ``COPY`` into a temporary
   table + one ``INSERT ... ON CONFLICT DO UPDATE`` (the current path): items/s, and each write alone
   in rows/s (the HNSW index inserts dominate both);
-* tower backends (``--backends``, default torch and onnx; ``ModelConfig.tower_backend``): decode + both
+* tower backends (``--backends``, default torch, onnx and openvino-bf16; ``ModelConfig.tower_backend``): decode + both
   towers + heads + the ``COPY`` write per backend, items/s and the ratio to torch in this run (the
   settings' ``ML_TOWER_BACKEND`` gives the main figures above);
 * training: heads on the tower features of those products, samples/s;
@@ -95,7 +95,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--backends",
-            default="torch,onnx",
+            default="torch,onnx,openvino-bf16",
             help="tower backends timed end to end in this run (ModelConfig.tower_backend), comma-separated; "
             "the settings' ML_TOWER_BACKEND gives the main figures",
         )
