@@ -15,9 +15,10 @@ DEFAULT_MODEL_NAME = "hm-effnetlite0-minilm"
 
 #: ``ModelConfig.tower_backend`` values (``ml.onnx_towers``).
 TOWER_BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16")
-#: The default backend: ONNX Runtime float32, the same features as PyTorch to ~2e-6 and faster on the CPU
-#: (image tower 2.8x, text tower 1.9x in one run; ``ml/benchmarks/results/towers.json``).
-DEFAULT_TOWER_BACKEND = "onnx"
+#: The default backend: OpenVINO computing in bf16 where the CPU does (features at cosine ~0.999 to
+#: float32, their own cache key), else OpenVINO float32 (PyTorch's features); both towers ~2.5x / ~1.9x
+#: ONNX Runtime float32 on a bf16 CPU in one run (``ml/benchmarks/results/towers.json``).
+DEFAULT_TOWER_BACKEND = "openvino-bf16"
 
 
 @dataclass

@@ -77,8 +77,9 @@ def test_serving_embeds_with_the_tuned_towers(small_data, tmp_path):
     save_heads(tmp_path / "heads.pt", result.heads, {"note": "tuned"})
     heads, meta = load_heads(tmp_path / "heads.pt")
     assert meta == {"note": "tuned"} and set(heads.tower_state) == set(result.heads.tower_state)
-    tuned = Embedder(ModelConfig(device="cpu"), heads)
-    frozen = Embedder(ModelConfig(device="cpu"), zero_shot_heads(512, 128))
+    cfg = ModelConfig(device="cpu", tower_backend="torch")  # the backend small_data's features come from
+    tuned = Embedder(cfg, heads)
+    frozen = Embedder(cfg, zero_shot_heads(512, 128))
     state = tuned.bundle.model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in heads.tower_state.items())
     assert tuned.bundle.model_id != frozen.bundle.model_id and "+towers-" in tuned.bundle.model_id
