@@ -110,8 +110,11 @@ _GROUP_TO_SLOT = {
     **dict.fromkeys(NOT_WORN_GROUPS, ACCESSORY),
 }
 #: Words of a product's name that make a top or bottom a one-piece: H&M files 27 jumpsuits, playsuits
-#: and dungarees as "Trousers" or "Shorts".
-_ONE_PIECE_NAME = re.compile(r"\b(jumpsuit|playsuit|dungarees?|boiler ?suit|romper|onesie)\b", re.IGNORECASE)
+#: and dungarees as "Trousers" or "Shorts", and a baby's "onepiece" as a "Sweater".
+_ONE_PIECE_NAME = re.compile(
+    r"\b(jumpsuit|playsuit|dungarees?|boiler ?suit|romper|onesie|one[- ]?piece|all[- ]in[- ]one)\b",
+    re.IGNORECASE,
+)
 #: Words of a bottom's name that make it hosiery: H&M files "30 den 1p Tights" and "1p Stay Up" under
 #: "Leggings/Tights" beside leggings and sports tights ("HAVANA HW tights", which stay bottoms).
 _HOSIERY_NAME = re.compile(

@@ -139,6 +139,8 @@ def test_outfit_slots_of_both_samples_cover_the_garments(hm_table, mango_table):
 def test_name_only_overrides_tops_and_bottoms():
     assert slot_for("Garment Lower body", "Trousers", "Noora jumpsuit") == "one-piece"
     assert slot_for("Garment Lower body", "Trousers", "Cargo trousers") == "bottom"
+    # a baby's jumpsuit H&M files as a "Sweater": no bottom goes with it
+    assert slot_for("Garment Upper body", "Sweater", "MORRIS onepiece BB") == "one-piece"
     assert slot_for("Nightwear", "Pyjama bottom", "Pyjama jumpsuit") == "underwear-nightwear"
     assert slot_for("Unknown", "Unknown", "", "Jumpsuit dept") == "one-piece"  # hint of unknown type
     assert slot_for("Garment Lower body", "Trousers", "", "Jumpsuit dept") == "bottom"  # only the name
