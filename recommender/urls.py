@@ -37,6 +37,7 @@ api = [
 ]
 
 handler500 = server_error  # no internals, whatever DEBUG says
+handler404 = "recommender.views.page_not_found"  # "/products/12/" redirects to "/products/12"
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),

@@ -16,9 +16,10 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.views import LoginView
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponsePermanentRedirect
 from django.shortcuts import redirect, render
-from django.urls import reverse
+from django.urls import Resolver404, resolve, reverse
+from django.views import defaults
 from django.views.decorators.http import require_safe
 
 from catalog.forms import ConfirmForm
@@ -492,3 +493,19 @@ class SignInView(LoginView):
 
     authentication_form = SignInForm
     redirect_authenticated_user = True
+
+
+def page_not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """The site's 404 (``handler404``): a page's address typed with a trailing slash (``/products/12/``)
+    is a permanent redirect to the page (``/products/12``, query string kept) on GET and HEAD; anything
+    else is ``templates/404.html`` (Django's own APPEND_SLASH only ever adds a slash)."""
+    path = request.path
+    if request.method in ("GET", "HEAD") and len(path) > 1 and path.endswith("/"):
+        try:
+            resolve(path.rstrip("/"))
+        except Resolver404:
+            pass
+        else:
+            query = request.META.get("QUERY_STRING", "")
+            return HttpResponsePermanentRedirect(path.rstrip("/") + ("?" + query if query else ""))
+    return defaults.page_not_found(request, exception)

@@ -179,6 +179,14 @@ def test_missing_product_is_a_404_page(client, products):
         response = client.get(path)
         assert response.status_code == 404 and "There is no page at <code>" + path in _text(response)
         assert 'id="site-q"' in response.content.decode()
+    # a page typed with a trailing slash goes to the page, its query kept; other paths stay 404
+    response = client.get(f"/products/{products['top'].pk}/?audience=any")
+    assert (
+        response.status_code == 301 and response["Location"] == f"/products/{products['top'].pk}?audience=any"
+    )
+    assert client.get("/search/").headers["Location"] == "/search"
+    assert client.get("/nonexistent/").status_code == 404
+    assert client.post(f"/products/{products['top'].pk}/").status_code == 404  # a POST is not redirected
 
 
 @pytest.mark.django_db
