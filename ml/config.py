@@ -15,9 +15,9 @@ DEFAULT_MODEL_NAME = "hm-effnetlite0-minilm"
 
 #: ``ModelConfig.tower_backend`` values (``ml.onnx_towers``).
 TOWER_BACKENDS: tuple[str, ...] = ("torch", "onnx", "onnx-int8", "openvino", "openvino-bf16")
-#: The default backend: OpenVINO computing in bf16 where the CPU does (features at cosine ~0.999 to
-#: float32, their own cache key), else OpenVINO float32 (PyTorch's features); both towers ~2.5x / ~1.9x
-#: ONNX Runtime float32 on a bf16 CPU in one run (``ml/benchmarks/results/towers.json``).
+#: The default backend: OpenVINO computing in bf16 where the CPU does (features within the 0.995 cosine
+#: bar of float32, their own cache key), else OpenVINO float32 (PyTorch's features); the fastest of the
+#: backends measured (``ml/benchmarks/results/towers.json``, docs/benchmarks.md#tower-backends).
 DEFAULT_TOWER_BACKEND = "openvino-bf16"
 
 

@@ -1,4 +1,5 @@
-"""The frozen towers exported to ONNX and run with ONNX Runtime on the CPU (``ModelConfig.tower_backend``).
+"""The frozen towers exported to ONNX and run with ONNX Runtime or OpenVINO on the CPU
+(``ModelConfig.tower_backend``).
 
 ``tower_backend`` names how :class:`~ml.features.FeatureExtractor` runs the towers on the CPU:
 
@@ -16,8 +17,8 @@
 * ``"openvino"``: the same exported files compiled by OpenVINO's CPU plugin at float32
   (``INFERENCE_PRECISION_HINT=f32``): PyTorch's features to ~1e-6, the same feature-cache key;
 * ``"openvino-bf16"``: OpenVINO with bfloat16 inference precision, on CPUs that compute in bf16
-  (AVX512-BF16 or AMX; :func:`ov_supports_bf16`). Features at cosine ~0.999 to float32 on real photos,
-  so a feature-cache key of their own (``+ov-bf16``). Where the CPU has no bf16 it runs as ``"openvino"``
+  (AVX512-BF16 or AMX; :func:`ov_supports_bf16`). Features within the 0.995 cosine bar of float32 but
+  not equal to them, so a feature-cache key of their own (``+ov-bf16``). Where the CPU has no bf16 it runs as ``"openvino"``
   (:attr:`OnnxTowers.backend` says so, and the cache key follows).
 
 ONNX Runtime: https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html.
