@@ -152,7 +152,8 @@ class FeatureExtractor:
             logger.info("tower_backend %r is for the CPU; %s runs PyTorch", backend, self.device)
         elif backend != "torch":
             root = Path(onnx_dir) if onnx_dir is not None else None
-            for b in (backend, "onnx") if backend.startswith("openvino") else (backend,):
+            chain = (backend, "onnx") if backend.startswith("openvino") else (backend,)
+            for i, b in enumerate(chain):
                 try:
                     self.onnx = onnx_towers(bundle, b, root)
                     break
@@ -162,7 +163,7 @@ class FeatureExtractor:
                         b,
                         type(e).__name__,
                         e,
-                        "ONNX Runtime" if b != "onnx" else "PyTorch",
+                        "ONNX Runtime" if i + 1 < len(chain) else "PyTorch",
                     )
         #: the backend actually running the towers (``"torch"`` after a fallback)
         self.backend = self.onnx.backend if self.onnx is not None else "torch"

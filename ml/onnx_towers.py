@@ -18,8 +18,8 @@
   (``INFERENCE_PRECISION_HINT=f32``): PyTorch's features to ~1e-6, the same feature-cache key;
 * ``"openvino-bf16"``: OpenVINO with bfloat16 inference precision, on CPUs that compute in bf16
   (AVX512-BF16 or AMX; :func:`ov_supports_bf16`). Features within the 0.995 cosine bar of float32 but
-  not equal to them, so a feature-cache key of their own (``+ov-bf16``). Where the CPU has no bf16 it runs as ``"openvino"``
-  (:attr:`OnnxTowers.backend` says so, and the cache key follows).
+  not equal to them, so a feature-cache key of their own (``+ov-bf16``). Where the CPU has no bf16 it
+  runs as ``"openvino"`` (:attr:`OnnxTowers.backend` says so, and the cache key follows).
 
 ONNX Runtime: https://onnxruntime.ai/docs/performance/model-optimizations/quantization.html.
 OpenVINO: https://docs.openvino.ai/2026/openvino-workflow/running-inference/optimize-inference/precision-control.html.
@@ -209,9 +209,24 @@ def ov_supports_bf16() -> bool:
     Raises:
         ImportError: openvino is not installed.
     """
+    return "BF16" in _ov_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+_OV_CORE = None
+
+
+def _ov_core():
+    """The process's one ``openvino.Core`` (plugin discovery once, not per session or check).
+
+    Raises:
+        ImportError: openvino is not installed (checked on every call).
+    """
+    global _OV_CORE
     import openvino as ov
 
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if _OV_CORE is None:
+        _OV_CORE = ov.Core()
+    return _OV_CORE
 
 
 class OvSession:
@@ -227,9 +242,7 @@ class OvSession:
     """
 
     def __init__(self, path: Path, precision: str, threads: int | None = None):
-        import openvino as ov
-
-        core = ov.Core()
+        core = _ov_core()
         self.compiled = core.compile_model(
             core.read_model(str(path)),
             "CPU",
