@@ -54,6 +54,7 @@ from recommender.filters import Filters
 from recommender.model_cache import embedder_for
 from recommender.models import ModelVersion, ProductEmbedding
 from recommender.replicas import read_alias
+from recommender.search_probes import Probes, less_word, query_probes
 from recommender.search_query import (
     Chip,
     ParsedQuery,
@@ -120,15 +121,9 @@ def _conditions(parsed: ParsedQuery, filters: Filters, prefix: str = "") -> Q:
         q &= ~Q(**{f"{p}product_type__in": parsed.values("not_type")})
     for words in sorted(parsed.values("not_words")):
         said = SearchQuery(words, search_type="phrase", config=SEARCH_CONFIG)
-        less = SearchQuery(_less(words), config=SEARCH_CONFIG)  # "sleeveless" is no mention of sleeves
+        less = SearchQuery(less_word(words), config=SEARCH_CONFIG)  # "sleeveless" is no mention of sleeves
         q &= ~Q(**{f"{p}search_vector": said}) | Q(**{f"{p}search_vector": less})
     return q
-
-
-def _less(words: str) -> str:
-    """The "-less" word of a negated word: ``sleeves`` → ``sleeveless``, ``print`` → ``printless``."""
-    base = words[:-1] if words.endswith("s") and " " not in words else words
-    return f"{base}less"
 
 
 def _vector_sql(
@@ -139,15 +134,19 @@ def _vector_sql(
     pool: int,
     *,
     among: list[int] | None = None,
+    probes: Probes | None = None,
 ):
     """The vector ranking: the ``pool`` products closest to ``query`` among those ``where`` and
     ``filters`` allow; from the HNSW index, or, given ``among`` (exactly those products, few), by
     computing their distances and sorting (``product_id = ANY(...)`` read by the ``(product, version)``
-    index; :func:`recommender.selectors.distance_order`)."""
+    index; :func:`recommender.selectors.distance_order`). ``probes`` leave out the rows whose photo
+    shows a negated word (:mod:`recommender.search_probes`)."""
     if among is not None:  # exactly the products allowed: no filter to evaluate again
         qs = ProductEmbedding.objects.filter(model_version=version, product_id__in=among)
     else:
         qs = filters.apply(ProductEmbedding.objects.filter(model_version=version).filter(where))
+    if probes is not None:
+        qs = qs.filter(probes.vector_rows_q())
     qs = qs.annotate(d=distance_expression("fused", query)).order_by(distance_order(exact=among is not None))
     return qs.values_list("product_id", "d")[:pool].query.sql_with_params()
 
@@ -205,6 +204,7 @@ def _keyword_sql(
     require: bool,
     frequent: Iterable[str] = (),
     semantic: bool = False,
+    probes: Probes | None = None,
 ):
     """The full-text ranking: products matching any term (every product passing ``where`` unless
     ``require``), by matched terms then ``ts_rank_cd``; the ``pool`` best, as ``(id, m, r)`` rows.
@@ -229,6 +229,8 @@ def _keyword_sql(
         qs = qs.filter(id__in=RawSQL("SELECT id FROM semantic", ()))
     if version is not None:  # only what the active model serves
         qs = qs.filter(Exists(ProductEmbedding.objects.filter(product=OuterRef("pk"), model_version=version)))
+        if probes is not None:  # and whose photo shows no negated word (or whose text says its "-less")
+            qs = qs.filter(probes.products_q(version))
     if not queries:  # nothing but understood words ("men"): what the filters allow, in catalog order
         qs = qs.annotate(m=Value(0), r=Value(0.0, output_field=FloatField()))
         return qs.order_by("id").values_list("id", "m", "r")[:pool].query.sql_with_params()
@@ -435,6 +437,8 @@ def _search(
     version = active_version() if mode != "lexical" and not sku else None
     pool = int(settings.SEARCH_POOL)  # never k's: page 2 must continue the very ranking of page 1
     parts = []
+    # negated words that the photos tell (recommender.search_probes): "without sleeves"
+    probes = query_probes(parsed.values("not_words"), version) if settings.SEARCH_PHOTO_NEGATION else None
     if mode != "lexical" and not sku:
         q = embedder_for(version).embed_query_text(parsed.vector_text)
         where = _conditions(parsed, filters, "product__")
@@ -444,7 +448,8 @@ def _search(
         among = _few_products(parsed, filters)
         vpool = min(pool, int(settings.SEARCH_VECTOR_POOL)) if _narrows(parsed, filters) else pool
         if among != []:  # [] : what the query says leaves no product, nothing to rank
-            parts.append(("semantic", *_vector_sql(version, q, where, filters, vpool, among=among)))
+            vector = _vector_sql(version, q, where, filters, vpool, among=among, probes=probes)
+            parts.append(("semantic", *vector))
     positive = any(c.kind in ("audience", "colour", "type") for c in parsed.chips)
     # hybrid: a word the understood type or colour filter implies ("trousers" with type Trousers) ranks
     # nothing among what that filter allows, and matching it would rank every trouser
@@ -455,13 +460,14 @@ def _search(
         require = mode == "hybrid" or not positive
         where = _conditions(parsed, filters)
         # a product that says "sleeveless" is known to have none; one silent on sleeves may have them
-        terms = free + [_less(w) for w in sorted(parsed.values("not_words")) if " " not in w]
+        terms = free + [less_word(w) for w in sorted(parsed.values("not_words")) if " " not in w]
         limit = int(settings.SEARCH_KEYWORD_MAX_ROWS)
         frequent = [t for t in terms if vocab is not None and limit and vocab.products_with(t) > limit]
         semantic = any(name == "semantic" for name, *_ in parts)
         sql, params = _keyword_sql(
-            terms, where, filters, version, pool, require=require, frequent=frequent, semantic=semantic
-        )
+            terms, where, filters, version, pool, require=require, frequent=frequent, semantic=semantic,
+            probes=probes,
+        )  # fmt: skip
         parts.append(("keyword", sql, params))
     if mode != "vector":
         parts.append(("exact", *_exact_sql(text, filters)))

@@ -366,6 +366,9 @@ SEARCH_COVER_FIRST = env.bool("SEARCH_COVER_FIRST", default=True)
 #: An understood type, then colour, that as a filter leaves nothing is read as plain words instead
 #: (``recommender.search.RELAXABLE``; the page says so); the audience always holds.
 SEARCH_RELAX = env.bool("SEARCH_RELAX", default=True)
+#: A negated word the catalog's texts also name in a "-less" word ("without sleeves") excludes the
+#: products whose photo shows it too, by a probe on the image vectors (``recommender.search_probes``).
+SEARCH_PHOTO_NEGATION = env.bool("SEARCH_PHOTO_NEGATION", default=True)
 #: Complete-the-look ranks a slot exactly (every candidate's score computed and sorted) when the
 #: outfit's audience leaves at most this many rows in it (men's bags), instead of an iterative scan of
 #: the slot's HNSW graph that walks past the other audiences' rows (0: always the graph).

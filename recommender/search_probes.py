@@ -1,0 +1,209 @@
+"""What a product's photo says that its text does not: linear probes on the image vectors for the words a
+shopper negates ("men shirt without sleeves").
+
+A negated word excludes the products whose text says it (:mod:`recommender.search`). A product whose
+text is silent passed until now, though its photo may show what the shopper does not want: an Oxford
+shirt whose description never mentions its long sleeves. Where the catalog's own texts name the word
+both ways, said (``sleeves``) and its "-less" opposite (``sleeveless``), in enough products, a logistic
+regression on the active version's image vectors (``ProductEmbedding.image``, the photo in the shared
+image–text space) learns to tell the two apart, and a silent product whose photo the probe reads as the
+said side (probability above :data:`PROBE_EXCLUDE_P`) is excluded too. The labels are the catalog's own
+texts: no hand-made list of attributes, no extra model.
+
+A probe is used only when its cross-validated balanced accuracy (5 folds) reaches
+:data:`PROBE_MIN_ACCURACY`; otherwise the negation stays text-only, as before. Probes are cached per
+model version and word (``PROBE_CACHE_SECONDS``): a new product is judged by the cached probe in the
+SQL condition itself, so the cache needs no invalidation on catalog changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from django.contrib.postgres.search import SearchQuery
+from django.core.cache import cache
+from django.db.models import Exists, OuterRef, Q, Value
+from django.db.models.lookups import LessThan
+from pgvector.django import MaxInnerProduct
+
+from catalog.models import SEARCH_CONFIG
+from recommender.answer_cache import CACHE_ERRORS
+from recommender.models import ModelVersion, ProductEmbedding
+
+logger = logging.getLogger(__name__)
+
+#: Products each side must have (said, and its "-less" word) before a probe is fitted.
+PROBE_MIN_PRODUCTS = 30
+#: Products read per side at most (the first by id): enough for a linear probe, quick to read.
+PROBE_MAX_PER_SIDE = 2000
+#: Cross-validated balanced accuracy a probe needs to be used.
+PROBE_MIN_ACCURACY = 0.85
+#: A silent product is excluded when the probe gives the said side more than this probability (the
+#: classes weighted to equal priors).
+PROBE_EXCLUDE_P = 0.5
+PROBE_CACHE_SECONDS = 24 * 3600
+_CACHE_PREFIX = "search:probe:v1"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A linear probe on image vectors: ``x · weights + bias > 0`` reads as "shows ``word``".
+
+    Attributes:
+        word: the negated word (``sleeves``); ``opposite`` its "-less" word (``sleeveless``).
+        weights: (D,) float32, in the image vectors' space; ``bias`` float.
+        accuracy: cross-validated balanced accuracy on the labelled products (0..1).
+        n_said, n_opposite: labelled products per side it was fitted on.
+    """
+
+    word: str
+    opposite: str
+    weights: np.ndarray
+    bias: float
+    accuracy: float
+    n_said: int
+    n_opposite: int
+
+    @property
+    def usable(self) -> bool:
+        return self.accuracy >= PROBE_MIN_ACCURACY
+
+
+def probe_fit(said: np.ndarray, opposite: np.ndarray, *, seed: int = 0) -> tuple[np.ndarray, float, float]:
+    """Fit a class-balanced logistic regression telling ``said`` from ``opposite`` vectors.
+
+    Args:
+        said: (N, D) float32 vectors of products whose text says the word.
+        opposite: (M, D) float32 vectors of products whose text says its opposite.
+        seed: the folds' shuffle.
+
+    Returns:
+        ``(weights (D,) float32, bias, balanced accuracy)``; the accuracy is 5-fold cross-validated
+        (scikit-learn's ``cross_val_score``), the weights fitted on all rows, then shifted so that
+        ``x · weights + bias > 0`` means probability above :data:`PROBE_EXCLUDE_P`.
+
+    Raises:
+        ValueError: a side with fewer than 5 rows (too few to cross-validate), or D differs.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    said, opposite = np.asarray(said, np.float32), np.asarray(opposite, np.float32)
+    if min(len(said), len(opposite)) < 5:
+        raise ValueError(f"a probe needs 5 or more products per side (got {len(said)} and {len(opposite)})")
+    if said.shape[1] != opposite.shape[1]:
+        raise ValueError(f"vector sizes differ: {said.shape[1]} and {opposite.shape[1]}")
+    x = np.concatenate([said, opposite])
+    y = np.concatenate([np.ones(len(said), int), np.zeros(len(opposite), int)])
+    model = LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000)
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    accuracy = float(cross_val_score(model, x, y, cv=folds, scoring="balanced_accuracy").mean())
+    model.fit(x, y)
+    logit = float(np.log(PROBE_EXCLUDE_P / (1.0 - PROBE_EXCLUDE_P)))
+    return model.coef_[0].astype(np.float32), float(model.intercept_[0]) - logit, accuracy
+
+
+def _said(word: str) -> SearchQuery:
+    return SearchQuery(word, search_type="phrase", config=SEARCH_CONFIG)
+
+
+def _vectors(version: ModelVersion, q: Q) -> np.ndarray:
+    rows = (
+        ProductEmbedding.objects.filter(model_version=version)
+        .filter(q)
+        .order_by("product_id")
+        .values_list("image", flat=True)[:PROBE_MAX_PER_SIDE]
+    )
+    return np.array([np.asarray(v, np.float32) for v in rows], np.float32)
+
+
+def probe_build(version: ModelVersion, word: str, opposite: str) -> Probe | None:
+    """Fit the probe of ``word`` against ``opposite`` on ``version``'s image vectors of the products
+    whose texts say one and not the other. None when a side has fewer than :data:`PROBE_MIN_PRODUCTS`.
+    """
+    said_q, opp_q = _said(word), _said(opposite)
+    said = _vectors(version, Q(product__search_vector=said_q) & ~Q(product__search_vector=opp_q))
+    opp = _vectors(version, Q(product__search_vector=opp_q))
+    if min(len(said), len(opp)) < PROBE_MIN_PRODUCTS:
+        return None
+    weights, bias, accuracy = probe_fit(said, opp)
+    return Probe(word, opposite, weights, bias, accuracy, len(said), len(opp))
+
+
+def probe_for(version: ModelVersion, word: str, opposite: str) -> Probe | None:
+    """The usable probe of ``word`` for ``version`` (cached), or None: too few labelled products, or
+    below :data:`PROBE_MIN_ACCURACY` (the negation then stays text-only)."""
+    key = f"{_CACHE_PREFIX}:{version.pk}:{word}:{opposite}"
+    try:
+        cached = cache.get(key)
+    except CACHE_ERRORS as exc:
+        logger.warning("probe cache unavailable (%s)", exc)
+        cached = None
+    if cached is not None:
+        probe = cached or None  # False: known to have no probe
+    else:
+        probe = probe_build(version, word, opposite)
+        if probe is not None:
+            logger.info(
+                "probe %r vs %r on version %s: balanced accuracy %.3f (%d / %d products)%s",
+                word, opposite, version.pk, probe.accuracy, probe.n_said, probe.n_opposite,
+                "" if probe.usable else ", not used",
+            )  # fmt: skip
+        with contextlib.suppress(*CACHE_ERRORS):
+            cache.set(key, probe or False, PROBE_CACHE_SECONDS)
+    return probe if probe is not None and probe.usable else None
+
+
+def less_word(words: str) -> str:
+    """The "-less" word of a negated word: ``sleeves`` → ``sleeveless``, ``print`` → ``printless``."""
+    base = words[:-1] if words.endswith("s") and " " not in words else words
+    return f"{base}less"
+
+
+@dataclass(frozen=True)
+class Probes:
+    """The usable probes of a query's negated words, ``{word: Probe}``, as conditions of the search."""
+
+    probes: dict[str, Probe]
+
+    def _shows(self, probe: Probe):
+        # x · w + b > 0  ⟺  (image <#> w) < b   (pgvector's <#> is the negative inner product)
+        return LessThan(MaxInnerProduct("image", probe.weights.tolist()), Value(probe.bias))
+
+    def vector_rows_q(self) -> Q:
+        """On ``ProductEmbedding`` rows: for every probe, the text says its "-less" word or the photo
+        does not show the word (the row's own ``image``: one inner product per row, no join)."""
+        q = Q()
+        for probe in self.probes.values():
+            q &= Q(product__search_vector=_said(probe.opposite)) | ~Q(self._shows(probe))
+        return q
+
+    def products_q(self, version: ModelVersion) -> Q:
+        """The same on ``Product`` rows, through their ``version`` vector row (``EXISTS``)."""
+        rows = ProductEmbedding.objects.filter(product=OuterRef("pk"), model_version=version)
+        for probe in self.probes.values():
+            rows = rows.filter(~Q(self._shows(probe)))
+        q = Q(Exists(rows))
+        for probe in self.probes.values():
+            q |= Q(search_vector=_said(probe.opposite))
+        return q
+
+
+def query_probes(negated: Iterable[str], version: ModelVersion | None) -> Probes | None:
+    """The usable probes of the negated one-word phrases (``sleeves``, against ``sleeveless``) for
+    ``version``; None without a model or without any usable probe."""
+    if version is None:
+        return None
+    found = {}
+    for words in negated:
+        probe = probe_for(version, words, less_word(words)) if " " not in words else None
+        if probe is not None:
+            found[words] = probe
+    return Probes(found) if found else None
+
+
+__all__ = ["Probe", "Probes", "less_word", "probe_build", "probe_fit", "probe_for", "query_probes"]
