@@ -27,7 +27,7 @@ import json
 import re
 from collections import Counter, defaultdict, namedtuple
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from dataclasses import fields as dataclass_fields
 
 import numpy as np
@@ -179,13 +179,9 @@ def _one_slot(parsed: ParsedQuery, filters: Filters, vocab: Vocabulary | None) -
     of the whole table's, where a type is a few percent of the rows and the scan walks past the rest
     ("sleeveless top" at 100k: 2,172 rows visited for 100). The same rows pass either way. None when a
     type has no vector rows yet or the types span slots."""
-    types = parsed.values("type")
-    if vocab is None or not types or filters.slot or filters.product_type:
+    if vocab is None or filters.slot or filters.product_type:
         return None
-    if any(t not in vocab.type_slots for t in types):
-        return None
-    slots = frozenset().union(*(vocab.type_slots[t] for t in types))
-    return next(iter(slots)) if len(slots) == 1 else None
+    return vocab.slot_of(parsed.values("type"))
 
 
 def _narrows(parsed: ParsedQuery, filters: Filters) -> bool:
@@ -405,10 +401,21 @@ def product_search(
             continue
         relaxed += chips
         off = [*off, *(c.key for c in chips)]
-        answer = _search(text, k, filters, off, mode, vocab, group_variants)
+        kept = _slot_kept(chips, filters, vocab) if kind == "type" else filters  # men's tops, not trousers
+        answer = _search(text, k, kept, off, mode, vocab, group_variants)
+        if kept is not filters and not answer.hits:  # nothing of its kind either ("men dress"): any kind
+            answer = _search(text, k, filters, off, mode, vocab, group_variants)
     answer.relaxed = relaxed if answer.hits else []
     answer.corrected = corrected
     return answer
+
+
+def _slot_kept(chips: list[Chip], filters: Filters | None, vocab: Vocabulary | None) -> Filters | None:
+    """``filters`` with the one slot of the relaxed type chips' types (the shopper chose no slot or type):
+    a type that gives way keeps to its kind of garment. ``filters`` itself when there is none."""
+    chosen = filters is not None and bool(filters.slot or filters.product_type)
+    slot = None if vocab is None or chosen else vocab.slot_of(t for c in chips for t in c.values)
+    return replace(filters or Filters(), slot=slot) if slot else filters
 
 
 #: Chip kinds read as plain words when, as filters, they leave no product: the least certain first.

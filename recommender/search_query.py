@@ -116,6 +116,15 @@ class Vocabulary:
     #: in one slot lets the vector ranking walk that slot's graph (``recommender.search``)
     type_slots: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
+    def slot_of(self, types: Iterable[str]) -> str | None:
+        """The one slot whose vector rows hold every product of ``types``; None when there are none,
+        a type has no vector rows yet or the types span slots."""
+        types = list(types)
+        if not types or any(t not in self.type_slots for t in types):
+            return None
+        slots = frozenset().union(*(self.type_slots[t] for t in types))
+        return next(iter(slots)) if len(slots) == 1 else None
+
     def products_with(self, word: str) -> int:
         """About how many products' texts have ``word`` (0 below :data:`FREQUENT_MIN_PRODUCTS`)."""
         return self.frequent.get(word, 0)

@@ -383,3 +383,21 @@ def test_a_word_thousands_of_products_say_brings_none_into_the_full_text_ranking
     assert "SELECT id FROM semantic" not in fused(query)[0]
     monkeypatch.undo()
     search_query.vocabulary_forget()
+
+
+def test_a_type_that_gives_way_keeps_to_its_slot(trained_catalog, monkeypatch):
+    """ "men <a type only women have>" answers men's items of the type's slot (men's tops for a women's
+    top type), not whatever men's items lie near the words."""
+    rows = list(Product.objects.values_list("product_type", "audience_group", "slot"))
+    men = {t for t, g, _ in rows if g == "men"}
+    men_slots = Counter(s for _, g, s in rows if g == "men")
+    slot_of = {t: s for t, _, s in rows}
+    women_only = Counter(t for t, g, _ in rows if g == "women" and t not in men and "/" not in t)
+    type_ = next(t for t, _ in women_only.most_common() if men_slots[slot_of[t]] >= 3)
+    query = f"men {_type_word(type_)}"
+    answer = search.product_search(query=query, k=24)
+    assert [c.kind for c in answer.relaxed] == ["type"] and answer.hits, query
+    assert {h.product.slot for h in answer.hits} == {slot_of[type_]}, query
+    monkeypatch.setattr(search, "_slot_kept", lambda chips, filters, vocab: filters)  # the mechanism off
+    plain = search.product_search(query=query, k=24)
+    assert {h.product.slot for h in plain.hits} - {slot_of[type_]}, "the guard could not fail"
