@@ -40,6 +40,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
 from ml.config import DEFAULT_MODEL_NAME, ModelConfig
+from ml.preprocess import letterbox_for
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +220,7 @@ def build_model(cfg: ModelConfig) -> ClipBundle:
     model.eval()
 
     preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+    preprocess = letterbox_for(preprocess) or preprocess  # the same tensors, one pass (ml.preprocess)
     tokenizer = open_clip.get_tokenizer(name)
     with torch.inference_mode():
         embed_dim = int(model.encode_text(tokenizer(["a"])).shape[-1])
