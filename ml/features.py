@@ -108,7 +108,7 @@ class FeatureExtractor:
             (and ignored under an ONNX backend).
         backend: ``ModelConfig.tower_backend`` (:data:`ml.config.TOWER_BACKENDS`): ``"torch"``, or on
             the CPU ``"onnx"`` / ``"onnx-int8"`` (both towers in ONNX Runtime) or ``"openvino"`` /
-            ``"openvino-bf16"`` (OpenVINO), any batch size, exported on first use into ``onnx_dir``
+            ``"openvino-bf16"`` / ``"openvino-text-bf16"`` (OpenVINO), any batch size, exported on first use into ``onnx_dir``
             (:mod:`ml.onnx_towers`). When the runtime is missing or the export fails or disagrees with
             PyTorch, a warning is logged and the next one runs: OpenVINO → ONNX Runtime → PyTorch
             (:attr:`backend` says which runs).

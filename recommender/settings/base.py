@@ -300,8 +300,9 @@ ML_MODEL_NAME = env("ML_MODEL_NAME", default="hm-effnetlite0-minilm")
 ML_PRETRAINED = env("ML_PRETRAINED", default=None)
 ML_DEVICE = env("ML_DEVICE", default="auto")
 #: How the frozen towers run on the CPU: "torch", "onnx" (ONNX Runtime float32, same features),
-#: "onnx-int8", "openvino" (float32, same features) or "openvino-bf16" (the default; bf16 where the CPU
-#: computes it) (``ml.config.ModelConfig.tower_backend``); exports are cached in $ML_ONNX_DIR.
+#: "onnx-int8", "openvino" (float32, same features), "openvino-bf16" (both towers in bf16 where the CPU
+#: computes it) or "openvino-text-bf16" (the default: the text tower in bf16, the image tower float32)
+#: (``ml.config.ModelConfig.tower_backend``); exports are cached in $ML_ONNX_DIR.
 ML_TOWER_BACKEND = env("ML_TOWER_BACKEND", default=ModelConfig().tower_backend)
 ML_ARTIFACTS_DIR = Path(env("ML_ARTIFACTS_DIR", default=str(VAR_DIR / "models")))
 ML_FEATURE_CACHE_DIR = Path(env("ML_FEATURE_CACHE_DIR", default=str(VAR_DIR / "features")))

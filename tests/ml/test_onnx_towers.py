@@ -76,7 +76,7 @@ def onnx_fx(bundle: ClipBundle, onnx_dir: Path) -> FeatureExtractor:
 def test_unknown_backend_is_refused() -> None:
     with pytest.raises(
         ValueError,
-        match="tower_backend 'tensorrt': expected one of torch, onnx, onnx-int8, openvino, openvino-bf16",
+        match="tower_backend 'tensorrt': expected one of torch, onnx, onnx-int8, openvino, openvino-bf16, openvino-text-bf16",
     ):
         ModelConfig(tower_backend="tensorrt")
 
@@ -215,6 +215,27 @@ def test_openvino_bf16_features_are_close_with_their_own_cache_key(
 
 
 @pytest.mark.slow
+def test_openvino_text_bf16_keeps_the_image_features_and_rounds_only_the_texts(
+    bundle: ClipBundle,
+    torch_fx: FeatureExtractor,
+    onnx_dir: Path,
+    hm_slice: tuple[list[Path], list[str]],
+) -> None:
+    """The default backend: PyTorch's image features (float32), bf16 text features close to float32's,
+    and a cache key of its own (the text rows differ)."""
+    if not ov_supports_bf16():
+        pytest.skip("this CPU computes no bf16 in OpenVINO (the fallback is tested below)")
+    paths, texts = hm_slice
+    fx = FeatureExtractor(bundle, batch_size=4, backend="openvino-text-bf16", onnx_dir=onnx_dir)
+    assert fx.backend == "openvino-text-bf16" and fx.model_id == torch_fx.model_id + "+ov-bf16text"
+    got, _ = fx.encode_images(paths)
+    want, _ = torch_fx.encode_images(paths)
+    assert _cosines(got, want).min() > SAME_FEATURES_COS  # float32: the image tower is not rounded
+    text_cos = _cosines(fx.encode_texts(texts), torch_fx.encode_texts(texts))
+    assert text_cos.min() > 0.995 and text_cos.mean() < 0.999999  # bf16 rounding shows, slightly
+
+
+@pytest.mark.slow
 def test_openvino_bf16_runs_float32_on_a_cpu_without_bf16(
     bundle: ClipBundle,
     torch_fx: FeatureExtractor,
@@ -225,6 +246,8 @@ def test_openvino_bf16_runs_float32_on_a_cpu_without_bf16(
     monkeypatch.setattr(ml.onnx_towers, "ov_supports_bf16", lambda: False)
     fx = FeatureExtractor(bundle, batch_size=4, backend="openvino-bf16", onnx_dir=onnx_dir)
     assert fx.backend == "openvino" and fx.model_id == torch_fx.model_id
+    default = FeatureExtractor(bundle, batch_size=4, backend="openvino-text-bf16", onnx_dir=onnx_dir)
+    assert default.backend == "openvino" and default.model_id == torch_fx.model_id
     paths, _ = hm_slice
     got, _ = fx.encode_images(paths[:4])
     want, _ = torch_fx.encode_images(paths[:4])
