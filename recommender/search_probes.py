@@ -12,7 +12,8 @@ texts: no hand-made list of attributes, no extra model.
 
 A probe is used only when its cross-validated balanced accuracy (5 folds) reaches
 :data:`PROBE_MIN_ACCURACY`; otherwise the negation stays text-only, as before. Probes are cached per
-model version and word (``PROBE_CACHE_SECONDS``): a new product is judged by the cached probe in the
+model version and word (``PROBE_CACHE_SECONDS``; the first negated query of a word per version fits it,
+about 2–3 s on the demo catalog): a new product is judged by the cached probe in the
 SQL condition itself, so the cache needs no invalidation on catalog changes.
 """
 
@@ -45,7 +46,10 @@ PROBE_MIN_ACCURACY = 0.85
 #: A silent product is excluded when the probe gives the said side more than this probability (the
 #: classes weighted to equal priors).
 PROBE_EXCLUDE_P = 0.5
-PROBE_CACHE_SECONDS = 24 * 3600
+#: How long a fitted probe is kept (a version's vectors of the labelled products do not change), and how
+#: long "no usable probe" is (the catalog may gain the labelled products it lacked).
+PROBE_CACHE_SECONDS = 30 * 24 * 3600
+NO_PROBE_CACHE_SECONDS = 3600
 _CACHE_PREFIX = "search:probe:v1"
 
 
@@ -154,7 +158,7 @@ def probe_for(version: ModelVersion, word: str, opposite: str) -> Probe | None:
                 "" if probe.usable else ", not used",
             )  # fmt: skip
         with contextlib.suppress(*CACHE_ERRORS):
-            cache.set(key, probe or False, PROBE_CACHE_SECONDS)
+            cache.set(key, probe or False, PROBE_CACHE_SECONDS if probe else NO_PROBE_CACHE_SECONDS)
     return probe if probe is not None and probe.usable else None
 
 
