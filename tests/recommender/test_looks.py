@@ -263,15 +263,17 @@ def test_offsets_spread_the_picks_and_keep_them_relevant(trained_catalog, settin
 def test_caps_come_from_the_audience_not_from_the_pool(trained_catalog, settings):
     """An item's cap is raised to 1.5x its even-spread share over the items its queries may get (their
     audience's), never over their pools: the hubs are in the most pools, and a pool-based spread gave the
-    biggest hub the biggest cap. With a pool of 10 that cap would be 0.75 (no price at all for the top
-    hub); priced on the audience, the most often suggested top loses over 55% of its share."""
+    biggest hub the biggest cap. With a pool of 10 that cap leaves the top hub unpriced (checked on the
+    slice: its share stays where it was); priced on the audience, it loses over a quarter of it."""
     plain = _lists(reduce_hubs=False)["top"]
     settings.HUBNESS_POOL = 10
     hubness.hub_scores_refresh(version=trained_catalog)
     spread = _lists()["top"]
-    # 0.23 against 0.73 plain on the slice (0.27 against 0.61 on bf16 tower features); 0.37 against
-    # 0.73 with the pool-based spread
-    assert max(k_occurrence(spread).values()) < 0.45 * max(k_occurrence(plain).values())
+    # the slice's shares move with the tower features the slice is trained on (the fixed-step ascent,
+    # docs/recommendations.md "The ascent's step"): 0.23 against 0.73 plain on float32 features, 0.27
+    # against 0.61 with both towers in bf16, 0.37 against 0.60 on the default (photos float32, texts
+    # bf16); with the pool-based spread 0.60 against 0.60, no price at all
+    assert max(k_occurrence(spread).values()) < 0.75 * max(k_occurrence(plain).values())
 
 
 @pytest.mark.parametrize("memory", [0, 3])
