@@ -39,10 +39,11 @@ class ModelConfig:
             file, or ``None`` (the default model loads its towers from the PyPI packages).
         embed_dim: output dimension of the model (and of the general vectors stored in pgvector).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
-        tower_backend: how the frozen towers run on the CPU (``ml.onnx_towers``): ``"torch"`` (PyTorch,
-            image tower traced + frozen), ``"onnx"`` (default; ONNX Runtime float32, same features to ~1e-6, same
-            feature-cache key) or ``"onnx-int8"`` (int8 text tower; features of their own cache key).
-            Falls back to ``"torch"`` with a warning when ONNX Runtime cannot run the towers.
+        tower_backend: how the frozen towers run on the CPU (``ml.onnx_towers``, :data:`TOWER_BACKENDS`):
+            ``"torch"`` (PyTorch, image tower traced + frozen), ``"onnx"`` / ``"openvino"`` (float32, the
+            same features to ~1e-6 and feature-cache key), ``"onnx-int8"``, ``"openvino-bf16"`` or
+            :data:`DEFAULT_TOWER_BACKEND` (features of their own cache key). Falls back OpenVINO →
+            ONNX Runtime → PyTorch with a warning when a runtime cannot run the towers.
     """
 
     name: str = DEFAULT_MODEL_NAME

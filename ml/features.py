@@ -12,10 +12,10 @@ a CPU with native bf16 (AMX / AVX512-BF16) runs the text tower under bf16 autoca
 texts/s; cosine to float32 > 0.9999; the image tower gains nothing from bf16 on the CPU and stays float32).
 Figures: ``ml/benchmarks/results/towers.json`` (``python -m ml.benchmarks.bench_towers``).
 
-``backend="onnx"`` (``ModelConfig.tower_backend``, the default of :class:`~ml.inference.Embedder` and
-:func:`tower_features`; :class:`FeatureExtractor` itself defaults to ``"torch"``) runs both towers in ONNX
-Runtime instead (``ml.onnx_towers``): the same features to ~2e-6, 2.8x the traced image tower and 1.9x the
-text tower in one run (``towers.json`` ``backends``).
+``backend="onnx"`` / ``"openvino"`` / ``"openvino-text-bf16"`` (``ModelConfig.tower_backend``; the last is
+the default of :class:`~ml.inference.Embedder` and :func:`tower_features`, :class:`FeatureExtractor` itself
+defaults to ``"torch"``) run the towers in ONNX Runtime or OpenVINO instead (``ml.onnx_towers``; figures in
+``towers.json`` ``backends`` and docs/benchmarks.md#tower-backends).
 
 :class:`FeatureCache` stores features on disk keyed by (model_id, SHA-256 of the image bytes or text), so
 re-indexing a catalogue only encodes new or changed items.

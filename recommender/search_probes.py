@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from django.contrib.postgres.search import SearchQuery
 from django.core.cache import cache
+from django.db import connection
 from django.db.models import Exists, OuterRef, Q, Value
 from django.db.models.lookups import LessThan
 from pgvector.django import MaxInnerProduct
@@ -53,7 +54,7 @@ NO_PROBE_CACHE_SECONDS = 3600
 _CACHE_PREFIX = "search:probe:v1"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Probe:
     """A linear probe on image vectors: ``x · weights + bias > 0`` reads as "shows ``word``".
 
@@ -91,12 +92,14 @@ def probe_fit(said: np.ndarray, opposite: np.ndarray, *, seed: int = 0) -> tuple
         ``x · weights + bias > 0`` means probability above :data:`PROBE_EXCLUDE_P`.
 
     Raises:
-        ValueError: a side with fewer than 5 rows (too few to cross-validate), or D differs.
+        ValueError: a side with fewer than 5 rows (too few to cross-validate), or not 2-D with the same D.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
     said, opposite = np.asarray(said, np.float32), np.asarray(opposite, np.float32)
+    if said.ndim != 2 or opposite.ndim != 2:
+        raise ValueError(f"vectors must be (N, D) arrays (got shapes {said.shape} and {opposite.shape})")
     if min(len(said), len(opposite)) < 5:
         raise ValueError(f"a probe needs 5 or more products per side (got {len(said)} and {len(opposite)})")
     if said.shape[1] != opposite.shape[1]:
@@ -141,7 +144,9 @@ def probe_build(version: ModelVersion, word: str, opposite: str) -> Probe | None
 def probe_for(version: ModelVersion, word: str, opposite: str) -> Probe | None:
     """The usable probe of ``word`` for ``version`` (cached), or None: too few labelled products, or
     below :data:`PROBE_MIN_ACCURACY` (the negation then stays text-only)."""
-    key = f"{_CACHE_PREFIX}:{version.pk}:{word}:{opposite}"
+    # a rebuilt database reuses version ids: the database and the version's creation time name it
+    created = int(version.created_at.timestamp() * 1e6) if version.created_at else 0
+    key = f"{_CACHE_PREFIX}:{connection.settings_dict['NAME']}:{version.pk}.{created}:{word}:{opposite}"
     try:
         cached = cache.get(key)
     except CACHE_ERRORS as exc:
@@ -158,7 +163,8 @@ def probe_for(version: ModelVersion, word: str, opposite: str) -> Probe | None:
                 "" if probe.usable else ", not used",
             )  # fmt: skip
         with contextlib.suppress(*CACHE_ERRORS):
-            cache.set(key, probe or False, PROBE_CACHE_SECONDS if probe else NO_PROBE_CACHE_SECONDS)
+            seconds = PROBE_CACHE_SECONDS if probe is not None and probe.usable else NO_PROBE_CACHE_SECONDS
+            cache.set(key, probe or False, seconds)
     return probe if probe is not None and probe.usable else None
 
 
@@ -168,7 +174,7 @@ def less_word(words: str) -> str:
     return f"{base}less"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Probes:
     """The usable probes of a query's negated words, ``{word: Probe}``, as conditions of the search."""
 
@@ -187,13 +193,12 @@ class Probes:
         return q
 
     def products_q(self, version: ModelVersion) -> Q:
-        """The same on ``Product`` rows, through their ``version`` vector row (``EXISTS``)."""
+        """The same on ``Product`` rows: for every probe, the text says its "-less" word or the photo
+        of the product's ``version`` vector row does not show the word (an ``EXISTS`` per probe)."""
         rows = ProductEmbedding.objects.filter(product=OuterRef("pk"), model_version=version)
+        q = Q()
         for probe in self.probes.values():
-            rows = rows.filter(~Q(self._shows(probe)))
-        q = Q(Exists(rows))
-        for probe in self.probes.values():
-            q |= Q(search_vector=_said(probe.opposite))
+            q &= Q(search_vector=_said(probe.opposite)) | Q(Exists(rows.filter(~Q(self._shows(probe)))))
         return q
 
 

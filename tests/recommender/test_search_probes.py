@@ -89,3 +89,59 @@ def test_without_sleeves_leaves_out_silent_products_whose_photo_shows_sleeves(
     settings.SEARCH_PHOTO_NEGATION = False  # the mechanism switched off: text alone lets them through
     plain = {h.product.pk for h in search.product_search(query=query, k=48).hits}
     assert plain & shown, (query, "the guard could not fail")
+
+
+@pytest.mark.django_db
+@pytest.mark.slow
+def test_the_conditions_keep_what_says_the_less_word_and_hold_for_every_probe(trained_catalog):
+    """On both kinds of rows, for each probe: kept when the text says its "-less" word, else only when
+    the photo does not show the word; two probes must both hold (a product passing one is not enough)."""
+    version = trained_catalog
+    rows = ProductEmbedding.objects.filter(model_version=version)
+    image = {pid: np.asarray(v, np.float32) for pid, v in rows.values_list("product_id", "image")}
+    ids = sorted(image)
+    rng = np.random.default_rng(0)
+
+    less = set(
+        Product.objects.filter(search_vector=search_probes._said("sleeveless")).values_list("pk", flat=True)
+    )
+    assert less, "the slice says sleeveless nowhere: the test could not fail"
+    target = min(less & set(ids))  # says "sleeveless"; both probes below read its photo as showing
+
+    def probe(word: str, noise: float) -> search_probes.Probe:  # about half the products show the word
+        w = image[target] + noise * rng.standard_normal(len(image[target])).astype(np.float32)
+        bias = -float(np.median([image[p] @ w for p in ids]))
+        return search_probes.Probe(word, search_probes.less_word(word), w, bias, 1.0, 0, 0)
+
+    sleeves, straps = probe("sleeves", 0.02), probe("straps", 0.02)
+    shows = {p: {q.word: float(image[p] @ q.weights) + q.bias > 0 for q in (sleeves, straps)} for p in ids}
+    assert shows[target] == {"sleeves": True, "straps": True}
+
+    probes = search_probes.Probes({"sleeves": sleeves, "straps": straps})
+    want = {p for p in ids if (p in less or not shows[p]["sleeves"]) and not shows[p]["straps"]}
+    on_products = set(Product.objects.filter(probes.products_q(version)).values_list("pk", flat=True))
+    on_vectors = set(rows.filter(probes.vector_rows_q()).values_list("product_id", flat=True))
+    assert on_products == want and on_vectors == want
+    assert want < set(ids)
+
+
+@pytest.mark.django_db
+def test_probe_for_caches_and_uses_only_probes_above_the_bar(trained_catalog, monkeypatch):
+    """A probe under ``PROBE_MIN_ACCURACY`` is never used; each is fitted once (then cached); a phrase of
+    several words gets no probe."""
+    calls = []
+
+    def build(version, word, opposite):
+        calls.append(word)
+        accuracy = 0.6 if word == "weak" else 0.95
+        return search_probes.Probe(word, opposite, np.zeros(4, np.float32), 0.0, accuracy, 10, 10)
+
+    monkeypatch.setattr(search_probes, "probe_build", build)
+    monkeypatch.setattr(
+        search_probes, "_CACHE_PREFIX", f"test:probe:{np.random.default_rng().integers(1 << 30)}"
+    )
+    assert search_probes.probe_for(trained_catalog, "weak", "weakless") is None
+    assert search_probes.probe_for(trained_catalog, "good", "goodless").accuracy == 0.95
+    probes = search_probes.query_probes(["good", "weak", "long sleeves"], trained_catalog)
+    assert set(probes.probes) == {"good"} and calls == ["weak", "good"]  # both cached, no phrase fitted
+    assert search_probes.query_probes(["good"], None) is None  # no model: text only
