@@ -35,6 +35,7 @@ from pgvector.django import MaxInnerProduct
 from catalog.models import SEARCH_CONFIG
 from recommender.answer_cache import CACHE_ERRORS
 from recommender.models import ModelVersion, ProductEmbedding
+from recommender.search_query import less_stem, vocabulary_build
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +142,16 @@ def probe_build(version: ModelVersion, word: str, opposite: str) -> Probe | None
     return Probe(word, opposite, weights, bias, accuracy, len(said), len(opp))
 
 
+def _key(version: ModelVersion, word: str, opposite: str) -> str:
+    # a rebuilt database reuses version ids: the database and the version's creation time name it
+    created = int(version.created_at.timestamp() * 1e6) if version.created_at else 0
+    return f"{_CACHE_PREFIX}:{connection.settings_dict['NAME']}:{version.pk}.{created}:{word}:{opposite}"
+
+
 def probe_for(version: ModelVersion, word: str, opposite: str) -> Probe | None:
     """The usable probe of ``word`` for ``version`` (cached), or None: too few labelled products, or
     below :data:`PROBE_MIN_ACCURACY` (the negation then stays text-only)."""
-    # a rebuilt database reuses version ids: the database and the version's creation time name it
-    created = int(version.created_at.timestamp() * 1e6) if version.created_at else 0
-    key = f"{_CACHE_PREFIX}:{connection.settings_dict['NAME']}:{version.pk}.{created}:{word}:{opposite}"
+    key = _key(version, word, opposite)
     try:
         cached = cache.get(key)
     except CACHE_ERRORS as exc:
@@ -202,6 +207,21 @@ class Probes:
         return q
 
 
+def probes_warm(version: ModelVersion) -> dict[str, float]:
+    """Fit and cache the probes of the words the catalog's own "-less" words negate (``sleeves`` for
+    ``sleeveless``), so that no shopper's first negated query after an activation waits for a fit.
+
+    Returns:
+        ``{word: balanced accuracy}`` of the usable probes.
+    """
+    usable = {}
+    for stem in sorted(filter(None, map(less_stem, vocabulary_build().words))):
+        probe = probe_for(version, stem, less_word(stem))
+        if probe is not None:
+            usable[stem] = probe.accuracy
+    return usable
+
+
 def query_probes(negated: Iterable[str], version: ModelVersion | None) -> Probes | None:
     """The usable probes of the negated one-word phrases (``sleeves``, against ``sleeveless``) for
     ``version``; None without a model or without any usable probe."""
@@ -215,4 +235,13 @@ def query_probes(negated: Iterable[str], version: ModelVersion | None) -> Probes
     return Probes(found) if found else None
 
 
-__all__ = ["Probe", "Probes", "less_word", "probe_build", "probe_fit", "probe_for", "query_probes"]
+__all__ = [
+    "Probe",
+    "Probes",
+    "less_word",
+    "probe_build",
+    "probe_fit",
+    "probe_for",
+    "probes_warm",
+    "query_probes",
+]

@@ -470,8 +470,8 @@ def query_parse(text: str, *, vocab: Vocabulary, off: Iterable[str] = ()) -> Par
             kept.extend(words[i : i + n])
             i += n
             continue
-        if w.endswith("less") and len(w) > 6 and w not in _NOT_LESS:  # "sleeveless": no sleeves
-            stem = w[:-4] + "s"  # what its text would say: "sleeves"
+        stem = less_stem(w)  # "sleeveless": no sleeves, what its text would say
+        if stem is not None:
             chip = _chip("not_words", [stem], stem)
             if chip.key not in off:
                 negated.append(chip)
@@ -487,6 +487,12 @@ def query_parse(text: str, *, vocab: Vocabulary, off: Iterable[str] = ()) -> Par
             seen.add(c.key)
             chips.append(c)
     return ParsedQuery(text=text, chips=chips, terms=terms, vector_text=" ".join(kept) or text.strip())
+
+
+def less_stem(word: str) -> str | None:
+    """What a "-less" word negates, as the query reads it (``sleeveless`` → ``sleeves``), or None when
+    ``word`` is no such negation (``timeless``)."""
+    return word[:-4] + "s" if word.endswith("less") and len(word) > 6 and word not in _NOT_LESS else None
 
 
 def _negation(

@@ -37,7 +37,7 @@ from ml.heads import load_heads, save_heads
 from ml.inference import Embedder
 from ml.model import build_model
 from ml.train import TrainResult, train
-from recommender import gate, ml_bridge
+from recommender import gate, ml_bridge, search_probes
 from recommender.model_cache import embedder_for
 from recommender.models import ModelVersion, TrainingRun
 from recommender.services import (
@@ -190,7 +190,7 @@ def training_run_execute(*, run: TrainingRun, task_id: str = "") -> dict[str, An
             ModelVersion.objects.filter(pk=version.pk).update(artifact_path=str(artifact))  # hub pricing
             version.artifact_path = str(artifact)
             _embed(r, version, embedder, result, features, failed)
-            model_version_activate(version=version)
+            _activate(version)
             log.update(
                 phase="evaluation", log=f"version {version.pk} serving; evaluating on the held-out split"
             )
@@ -259,10 +259,22 @@ def _features(r: _Run) -> tuple[Embedder, TrainData, list[tuple[int, str]]]:
     return embedder, data, failed
 
 
+def _activate(version: ModelVersion) -> None:
+    """Serve ``version``, then fit the search's photo probes for it (``recommender.search_probes``), so
+    that shoppers' first negated queries need not; a failure there only costs that wait."""
+    model_version_activate(version=version)
+    try:
+        logger.info(
+            "photo probes of version %s: %s", version.pk, search_probes.probes_warm(version) or "none"
+        )
+    except Exception:
+        logger.warning("photo probes of version %s not fitted ahead", version.pk, exc_info=True)
+
+
 def _gated_outcome(version: ModelVersion, gate: dict[str, Any]) -> str:
     """Activate ``version`` if the quality gate passed it, else keep it ready; the run's last log line."""
     if gate["passed"]:
-        model_version_activate(version=version)
+        _activate(version)
         return f"version {version.pk} active ({gate['reason']})"
     ModelVersion.objects.filter(pk=version.pk).update(status=ModelVersion.Status.READY)
     return (

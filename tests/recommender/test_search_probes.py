@@ -145,3 +145,25 @@ def test_probe_for_caches_and_uses_only_probes_above_the_bar(trained_catalog, mo
     probes = search_probes.query_probes(["good", "weak", "long sleeves"], trained_catalog)
     assert set(probes.probes) == {"good"} and calls == ["weak", "good"]  # both cached, no phrase fitted
     assert search_probes.query_probes(["good"], None) is None  # no model: text only
+
+
+@pytest.mark.django_db
+def test_probes_warm_fits_the_words_the_catalogs_less_words_negate(trained_catalog, monkeypatch):
+    """Run at activation: every "-less" word of the catalog's texts ("sleeveless" on the slice) has its
+    stem's probe fitted and cached before a shopper asks."""
+    calls = []
+
+    def build(version, word, opposite):
+        calls.append((word, opposite))
+        return search_probes.Probe(word, opposite, np.zeros(4, np.float32), 0.0, 0.95, 10, 10)
+
+    monkeypatch.setattr(search_probes, "probe_build", build)
+    monkeypatch.setattr(
+        search_probes, "_CACHE_PREFIX", f"test:probe:{np.random.default_rng().integers(1 << 30)}"
+    )
+    warmed = search_probes.probes_warm(trained_catalog)
+    assert ("sleeves", "sleeveless") in calls and warmed["sleeves"] == 0.95
+    assert all(opposite.endswith("less") and opposite != "timeless" for _, opposite in calls)
+    n = len(calls)
+    search_probes.query_probes(["sleeves"], trained_catalog)
+    assert len(calls) == n  # the shopper's query found it cached
