@@ -108,8 +108,8 @@ class FeatureExtractor:
             (and ignored under an ONNX backend).
         backend: ``ModelConfig.tower_backend`` (:data:`ml.config.TOWER_BACKENDS`): ``"torch"``, or on
             the CPU ``"onnx"`` / ``"onnx-int8"`` (both towers in ONNX Runtime) or ``"openvino"`` /
-            ``"openvino-bf16"`` / ``"openvino-text-bf16"`` (OpenVINO), any batch size, exported on first use into ``onnx_dir``
-            (:mod:`ml.onnx_towers`). When the runtime is missing or the export fails or disagrees with
+            ``"openvino-bf16"`` / ``"openvino-text-bf16"`` (OpenVINO), any batch size, exported on first
+            use into ``onnx_dir`` (:mod:`ml.onnx_towers`). When the runtime is missing or the export fails or disagrees with
             PyTorch, a warning is logged and the next one runs: OpenVINO → ONNX Runtime → PyTorch
             (:attr:`backend` says which runs).
         onnx_dir: the export cache (default :func:`ml.onnx_towers.default_onnx_dir`).

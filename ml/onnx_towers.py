@@ -321,20 +321,18 @@ def onnx_towers(
         raise ValueError("onnx_towers: backend 'torch' has no ONNX sessions")
     folder = export_folder(root or default_onnx_dir(), bundle.model_id)
     files = export_towers(bundle, folder, int8_text=backend == "onnx-int8")
+    if backend in _BF16_TOWERS and not ov_supports_bf16():
+        logger.info("this CPU computes no bf16 in OpenVINO: tower_backend %r runs as 'openvino'", backend)
+        backend = "openvino"
+    bf16 = _BF16_TOWERS.get(backend, ())  # the towers checked by cosine, not by difference
     if backend.startswith("openvino"):
-        if backend in _BF16_TOWERS and not ov_supports_bf16():
-            logger.info("this CPU computes no bf16 in OpenVINO: tower_backend %r runs as 'openvino'", backend)
-            backend = "openvino"
-        bf16 = _BF16_TOWERS.get(backend, ())
         image, text = (
             OvSession(files[k], "bf16" if k in bf16 else "f32", threads) for k in ("image", "text")
         )
     else:
         image, text = (ort_session(files[k], threads) for k in ("image", "text"))
     towers = OnnxTowers(image=image, text=text, backend=backend, folder=folder)
-    _check_against_torch(
-        bundle, towers, check_text=backend != "onnx-int8", bf16=_BF16_TOWERS.get(backend, ())
-    )
+    _check_against_torch(bundle, towers, check_text=backend != "onnx-int8", bf16=bf16)
     return towers
 
 

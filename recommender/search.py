@@ -54,7 +54,7 @@ from recommender.filters import Filters
 from recommender.model_cache import embedder_for
 from recommender.models import ModelVersion, ProductEmbedding
 from recommender.replicas import read_alias
-from recommender.search_probes import Probes, less_word, query_probes
+from recommender.search_probes import Probes, less_word, query_probes, says
 from recommender.search_query import (
     Chip,
     ParsedQuery,
@@ -120,9 +120,8 @@ def _conditions(parsed: ParsedQuery, filters: Filters, prefix: str = "") -> Q:
     if parsed.values("not_type"):
         q &= ~Q(**{f"{p}product_type__in": parsed.values("not_type")})
     for words in sorted(parsed.values("not_words")):
-        said = SearchQuery(words, search_type="phrase", config=SEARCH_CONFIG)
-        less = SearchQuery(less_word(words), config=SEARCH_CONFIG)  # "sleeveless" is no mention of sleeves
-        q &= ~Q(**{f"{p}search_vector": said}) | Q(**{f"{p}search_vector": less})
+        less = says(less_word(words))  # "sleeveless" is no mention of sleeves
+        q &= ~Q(**{f"{p}search_vector": says(words)}) | Q(**{f"{p}search_vector": less})
     return q
 
 

@@ -12,9 +12,10 @@ texts: no hand-made list of attributes, no extra model.
 
 A probe is used only when its cross-validated balanced accuracy (5 folds) reaches
 :data:`PROBE_MIN_ACCURACY`; otherwise the negation stays text-only, as before. Probes are cached per
-model version and word (``PROBE_CACHE_SECONDS``; the first negated query of a word per version fits it,
-about 2–3 s on the demo catalog): a new product is judged by the cached probe in the
-SQL condition itself, so the cache needs no invalidation on catalog changes.
+model version and word (``PROBE_CACHE_SECONDS``). A training run fits them when it activates its version
+(:func:`probes_warm`); otherwise the first negated query of a word fits it (about 2–3 s on the demo
+catalog). A new product is judged by the cached probe in the SQL condition itself, so the cache needs no
+invalidation on catalog changes.
 """
 
 from __future__ import annotations
@@ -115,8 +116,9 @@ def probe_fit(said: np.ndarray, opposite: np.ndarray, *, seed: int = 0) -> tuple
     return model.coef_[0].astype(np.float32), float(model.intercept_[0]) - logit, accuracy
 
 
-def _said(word: str) -> SearchQuery:
-    return SearchQuery(word, search_type="phrase", config=SEARCH_CONFIG)
+def says(words: str) -> SearchQuery:
+    """The full-text query "the product's text says ``words``" (a phrase in ``SEARCH_CONFIG``)."""
+    return SearchQuery(words, search_type="phrase", config=SEARCH_CONFIG)
 
 
 def _vectors(version: ModelVersion, q: Q) -> np.ndarray:
@@ -133,7 +135,7 @@ def probe_build(version: ModelVersion, word: str, opposite: str) -> Probe | None
     """Fit the probe of ``word`` against ``opposite`` on ``version``'s image vectors of the products
     whose texts say one and not the other. None when a side has fewer than :data:`PROBE_MIN_PRODUCTS`.
     """
-    said_q, opp_q = _said(word), _said(opposite)
+    said_q, opp_q = says(word), says(opposite)
     said = _vectors(version, Q(product__search_vector=said_q) & ~Q(product__search_vector=opp_q))
     opp = _vectors(version, Q(product__search_vector=opp_q))
     if min(len(said), len(opp)) < PROBE_MIN_PRODUCTS:
@@ -159,6 +161,7 @@ def probe_for(version: ModelVersion, word: str, opposite: str) -> Probe | None:
         cached = None
     if cached is not None:
         probe = cached or None  # False: known to have no probe
+        usable = probe is not None and probe.usable
     else:
         probe = probe_build(version, word, opposite)
         if probe is not None:
@@ -167,10 +170,10 @@ def probe_for(version: ModelVersion, word: str, opposite: str) -> Probe | None:
                 word, opposite, version.pk, probe.accuracy, probe.n_said, probe.n_opposite,
                 "" if probe.usable else ", not used",
             )  # fmt: skip
+        usable = probe is not None and probe.usable
         with contextlib.suppress(*CACHE_ERRORS):
-            seconds = PROBE_CACHE_SECONDS if probe is not None and probe.usable else NO_PROBE_CACHE_SECONDS
-            cache.set(key, probe or False, seconds)
-    return probe if probe is not None and probe.usable else None
+            cache.set(key, probe or False, PROBE_CACHE_SECONDS if usable else NO_PROBE_CACHE_SECONDS)
+    return probe if usable else None
 
 
 def less_word(words: str) -> str:
@@ -194,7 +197,7 @@ class Probes:
         does not show the word (the row's own ``image``: one inner product per row, no join)."""
         q = Q()
         for probe in self.probes.values():
-            q &= Q(product__search_vector=_said(probe.opposite)) | ~Q(self._shows(probe))
+            q &= Q(product__search_vector=says(probe.opposite)) | ~Q(self._shows(probe))
         return q
 
     def products_q(self, version: ModelVersion) -> Q:
@@ -203,7 +206,7 @@ class Probes:
         rows = ProductEmbedding.objects.filter(product=OuterRef("pk"), model_version=version)
         q = Q()
         for probe in self.probes.values():
-            q &= Q(search_vector=_said(probe.opposite)) | Q(Exists(rows.filter(~Q(self._shows(probe)))))
+            q &= Q(search_vector=says(probe.opposite)) | Q(Exists(rows.filter(~Q(self._shows(probe)))))
         return q
 
 
@@ -244,4 +247,5 @@ __all__ = [
     "probe_for",
     "probes_warm",
     "query_probes",
+    "says",
 ]

@@ -103,7 +103,7 @@ def test_the_conditions_keep_what_says_the_less_word_and_hold_for_every_probe(tr
     rng = np.random.default_rng(0)
 
     less = set(
-        Product.objects.filter(search_vector=search_probes._said("sleeveless")).values_list("pk", flat=True)
+        Product.objects.filter(search_vector=search_probes.says("sleeveless")).values_list("pk", flat=True)
     )
     assert less, "the slice says sleeveless nowhere: the test could not fail"
     target = min(less & set(ids))  # says "sleeveless"; both probes below read its photo as showing
