@@ -20,7 +20,6 @@ from catalog.images import ImageError
 from catalog.imports import IMPORT_MAX_CSV_BYTES, IMPORT_MAX_ZIP_BYTES
 from catalog.mapping import PRESETS, TARGET_LABELS
 from catalog.models import PRODUCT_FIELDS, PRODUCT_FILTER_LOOKUPS, ImportMapping, Product
-from catalog.serializers import AUDIENCE_UNKNOWN
 from catalog.vocabulary import (
     VOCABULARY_FIELDS,
     Term,
@@ -30,7 +29,7 @@ from catalog.vocabulary import (
     vocabulary,
     vocabulary_canonical,
 )
-from ml.audience import AUDIENCE_GROUPS, names_audience
+from ml.audience import AUDIENCE_GROUPS
 from ml.slots import SLOT_INDEX, SLOTS
 
 
@@ -252,13 +251,6 @@ class ProductForm(PageForm):
             current = self.initial.get(name)
             if current:  # a product's value in another spelling is shown as the catalog's
                 self.initial[name] = field.known.get(vocab_key(current), current)
-
-    def clean_audience(self) -> str:
-        """A new audience must say who it is for, as the API's (:func:`ml.audience.names_audience`)."""
-        value = self.cleaned_data["audience"]
-        if not names_audience(value):
-            raise ValidationError(AUDIENCE_UNKNOWN.format(value=value))
-        return value
 
     def product_data(self) -> dict[str, Any]:
         """The cleaned :data:`~catalog.models.PRODUCT_FIELDS` this form has (all but the photo)."""

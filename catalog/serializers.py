@@ -5,7 +5,7 @@ from __future__ import annotations
 from rest_framework import serializers
 
 from catalog.models import PRODUCT_FIELDS, ImportJob, Product
-from ml.audience import AUDIENCE_GROUPS, names_audience
+from ml.audience import AUDIENCE_GROUPS
 from ml.slots import SLOTS
 
 
@@ -33,11 +33,6 @@ class ProductSerializer(serializers.ModelSerializer):
 
 
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
-#: Said by the API and the upload page of an audience that names nobody.
-AUDIENCE_UNKNOWN = (
-    "“{value}” does not say who the product is for: use words such as women, men, kids, baby, girls, boys"
-    " or unisex (e.g. “Ladieswear”, “Kids”), or leave it empty for a product for everyone."
-)
 
 
 class ProductCreateSerializer(serializers.Serializer):
@@ -57,12 +52,6 @@ class ProductCreateSerializer(serializers.Serializer):
     description = serializers.CharField(required=False, allow_blank=True, default="", max_length=5000)
     variant_group = serializers.CharField(required=False, allow_blank=True, default="", max_length=64)
     image = serializers.FileField()
-
-    def validate_audience(self, value: str) -> str:
-        """Refuse a value that names no audience (it would become unisex: :func:`ml.audience.names_audience`)."""
-        if not names_audience(value):
-            raise serializers.ValidationError(AUDIENCE_UNKNOWN.format(value=value))
-        return value
 
 
 class FilterSerializer(serializers.Serializer):

@@ -20,7 +20,7 @@ from django.db.models import Count, Q
 from catalog.images import CleanImage, clean_image
 from catalog.models import PRODUCT_FIELDS, Outfit, OutfitItem, Product
 from catalog.signals import products_changed_on_commit
-from ml.audience import audience_group
+from ml.audience import audience_group, names_audience
 from ml.slots import SLOTS
 
 #: SKUs: 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit.
@@ -90,6 +90,24 @@ def product_validate(
             raise ValueError(f"{name}: {len(value)} characters is over the limit of {limit}")
 
 
+#: Said of an audience that names nobody (by the upload page, the API and the bulk import alike).
+AUDIENCE_UNKNOWN = (
+    "“{value}” does not say who the product is for: use words such as women, men, kids, baby, girls, boys"
+    " or unisex (e.g. “Ladieswear”, “Kids”), or leave it empty for a product for everyone."
+)
+
+
+def audience_validate(audience: str) -> None:
+    """Refuse a new audience that names nobody ("Martians"): it would be taken as unisex and shown beside
+    every audience's items (:func:`ml.audience.names_audience`; an empty value, for everyone, is fine).
+
+    Raises:
+        ValueError: ``"audience: <what is wrong>"``.
+    """
+    if not names_audience(audience):
+        raise ValueError("audience: " + AUDIENCE_UNKNOWN.format(value=audience))
+
+
 def product_create(
     *,
     sku: str,
@@ -113,7 +131,8 @@ def product_create(
 
     Raises:
         ImageError: the photo is empty, not an image, truncated or too large (nothing is created).
-        ValueError: a field fails :func:`product_validate`, or the SKU exists already.
+        ValueError: a field fails :func:`product_validate` or :func:`audience_validate`, or the SKU exists
+            already.
     """
     sku = sku.strip()
     product_validate(
@@ -127,6 +146,7 @@ def product_create(
         audience=audience,
         variant_group=variant_group,
     )
+    audience_validate(audience)
     if Product.objects.filter(sku=sku).exists():
         raise ValueError(f"sku: a product with SKU {sku!r} exists already")
     img = clean_image(image_bytes, name=image_name or sku)  # validate before anything is written
@@ -214,7 +234,8 @@ def product_update(
         normalised audience follows a new ``audience``); empty when nothing did.
 
     Raises:
-        ValueError: an unknown field, or a value failing :func:`product_validate` (nothing is written).
+        ValueError: an unknown field, a value failing :func:`product_validate`, or a new audience failing
+            :func:`audience_validate` (nothing is written).
         ImageError: the new photo is not usable (nothing is written).
     """
     unknown = sorted(set(data) - set(EDITABLE_FIELDS))
@@ -229,6 +250,8 @@ def product_update(
     product_validate(
         sku=product.sku, title=values["title"], slot=values["slot"], price=values["price"], **texts
     )
+    if values["audience"] != product.audience:  # a value stored before this check stays editable
+        audience_validate(values["audience"])
     img = clean_image(image_bytes, name=image_name or product.sku) if image_bytes is not None else None
     changed = [f for f in EDITABLE_FIELDS if getattr(product, f) != values[f]]
     group = audience_group(values["audience"], product.section, product.department)

@@ -112,6 +112,28 @@ def test_valid_rows_are_kept_and_each_bad_row_is_reported(articles):
         assert not Product.objects.filter(sku=sku).exists()  # nothing half-written
 
 
+def test_an_audience_that_names_nobody_rejects_its_row_and_keeps_the_others(articles):
+    """A row whose audience names nobody would be imported as unisex, beside every audience's items."""
+    a = articles[:3]
+    photos = _zip({f"photos/{x.article_id}.jpg": x.image_path.read_bytes() for x in a})
+    header = [*HEADER, "audience"]
+    rows = [_row(a[0]) + ["Martians"], _row(a[1]) + ["Menswear"], _row(a[2]) + [""]]
+    result = product_import_csv(csv_bytes=_csv(rows, header), zip_bytes=photos)
+    got = [(r.row, r.sku, r.field) for r in result.rejections]
+    assert got == [(2, f"IMP-{a[0].article_id}", "audience")]
+    assert result.rejections[0].message.startswith("“Martians” does not say who the product is for")
+    assert (result.created, result.updated) == (2, 0)
+    assert not Product.objects.filter(sku=f"IMP-{a[0].article_id}").exists()
+    assert Product.objects.get(sku=f"IMP-{a[1].article_id}").audience_group == "men"
+    assert Product.objects.get(sku=f"IMP-{a[2].article_id}").audience_group == "unisex"
+    # a product stored with such an audience before the check stays editable in its other fields
+    Product.objects.filter(sku=f"IMP-{a[1].article_id}").update(audience="Martians", audience_group="unisex")
+    kept = Product.objects.get(sku=f"IMP-{a[1].article_id}")
+    assert product_update(product=kept, data={"title": "Renamed"}, embed=False) == ["title"]
+    with pytest.raises(ValueError, match="^audience: “Venusians” does not say"):
+        product_update(product=kept, data={"audience": "Venusians"}, embed=False)
+
+
 def test_second_import_updates_changed_rows_and_skips_unchanged(articles):
     a = articles[:2]
     photos = _zip({f"photos/{x.article_id}.jpg": x.image_path.read_bytes() for x in a})
