@@ -115,6 +115,9 @@ _ONE_PIECE_NAME = re.compile(
     r"\b(jumpsuit|playsuit|dungarees?|boiler ?suit|romper|onesie|one[- ]?piece|all[- ]in[- ]one)\b",
     re.IGNORECASE,
 )
+#: Words of a garment set's name that make it an accessory: H&M files a kids' "SET 2PCS KNIT BEANIE
+#: SCARF" under "Garment Set" beside its top-and-trousers sets (one-pieces).
+_ACCESSORY_SET_NAME = re.compile(r"\b(beanie|hat|cap|scarf|snood|mittens?|gloves?)\b", re.IGNORECASE)
 #: Words of a bottom's name that make it hosiery: H&M files "30 den 1p Tights" and "1p Stay Up" under
 #: "Leggings/Tights" beside leggings and sports tights ("HAVANA HW tights", which stay bottoms).
 _HOSIERY_NAME = re.compile(
@@ -236,6 +239,8 @@ def slot_with_evidence(product_group: str, product_type: str, *hints: str) -> tu
                 break
     if slot in (TOP, BOTTOM) and hints and _ONE_PIECE_NAME.search(hints[0] or ""):
         return ONE_PIECE, how
+    if slot == ONE_PIECE and ptype == "garment set" and hints and _ACCESSORY_SET_NAME.search(hints[0] or ""):
+        return ACCESSORY, how
     if slot == BOTTOM and hints and _HOSIERY_NAME.search(hints[0] or ""):
         return SOCKS_TIGHTS, how
     return slot, how
@@ -265,7 +270,8 @@ def slot_for(product_group: str, product_type: str, *hints: str) -> str:
         product_type: H&M ``product_type_name`` ("Jacket") or MANGO ``des_product_type`` ("Jeans").
         hints: free texts, the product's name first, then e.g. its department, garment group and
             section ("Noora jumpsuit", "Trouser"): the name turns a top or bottom called a jumpsuit,
-            playsuit or dungarees into a one-piece; all of them place a product of unknown type.
+            playsuit or dungarees into a one-piece, a garment set called a beanie and scarf into an
+            accessory; all of them place a product of unknown type.
 
     Returns:
         The slot: an underwear, nightwear, swimwear or socks group settles it; else the type (every

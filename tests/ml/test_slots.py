@@ -141,6 +141,9 @@ def test_name_only_overrides_tops_and_bottoms():
     assert slot_for("Garment Lower body", "Trousers", "Cargo trousers") == "bottom"
     # a baby's jumpsuit H&M files as a "Sweater": no bottom goes with it
     assert slot_for("Garment Upper body", "Sweater", "MORRIS onepiece BB") == "one-piece"
+    # a set of a hat and a scarf is worn as accessories; a top-and-trousers set stays a one-piece
+    assert slot_for("Garment Full body", "Garment Set", "SET 2PCS KNIT BEANIE SCARF") == "accessory"
+    assert slot_for("Garment Full body", "Garment Set", "DANTE set 3pcs", "Set with a ... hat") == "one-piece"
     assert slot_for("Nightwear", "Pyjama bottom", "Pyjama jumpsuit") == "underwear-nightwear"
     assert slot_for("Unknown", "Unknown", "", "Jumpsuit dept") == "one-piece"  # hint of unknown type
     assert slot_for("Garment Lower body", "Trousers", "", "Jumpsuit dept") == "bottom"  # only the name
