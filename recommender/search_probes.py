@@ -53,6 +53,9 @@ PROBE_EXCLUDE_P = 0.5
 #: long "no usable probe" is (the catalog may gain the labelled products it lacked).
 PROBE_CACHE_SECONDS = 30 * 24 * 3600
 NO_PROBE_CACHE_SECONDS = 3600
+#: How long one process may hold the right to fit a probe (a fit takes seconds; a crashed holder's
+#: right lapses after this).
+PROBE_FIT_LOCK_SECONDS = 120
 _CACHE_PREFIX = "search:probe:v2"
 
 
@@ -151,19 +154,28 @@ def _key(version: ModelVersion, word: str, opposite: str) -> str:
 
 
 def probe_for(version: ModelVersion, word: str, opposite: str) -> Probe | None:
-    """The usable probe of ``word`` for ``version`` (cached), or None: too few labelled products, or
-    below :data:`PROBE_MIN_ACCURACY` (the negation then stays text-only)."""
+    """The usable probe of ``word`` for ``version`` (cached), or None: too few labelled products, below
+    :data:`PROBE_MIN_ACCURACY`, or being fitted by another process right now (the negation then stays
+    text-only; one process fits a probe at a time, holding a cache lock for at most
+    :data:`PROBE_FIT_LOCK_SECONDS`)."""
     key = _key(version, word, opposite)
     try:
         cached = cache.get(key)
+        locked = cached is None and not cache.add(f"{key}:fitting", 1, PROBE_FIT_LOCK_SECONDS)
     except CACHE_ERRORS as exc:
         logger.warning("probe cache unavailable (%s)", exc)
-        cached = None
+        cached, locked = None, False
+    if locked:
+        return None  # another process is fitting it: this query goes without
     if cached is not None:
         probe = cached or None  # False: known to have no probe
         usable = probe is not None and probe.usable
     else:
-        probe = probe_build(version, word, opposite)
+        try:
+            probe = probe_build(version, word, opposite)
+        finally:
+            with contextlib.suppress(*CACHE_ERRORS):
+                cache.delete(f"{key}:fitting")
         if probe is not None:
             logger.info(
                 "probe %r vs %r on version %s: balanced accuracy %.3f (%d / %d products)%s",

@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 import pytest
+from django.core.cache import cache
 
 from catalog.models import Product
 from ml.data import read_articles
@@ -145,6 +146,30 @@ def test_probe_for_caches_and_uses_only_probes_above_the_bar(trained_catalog, mo
     probes = search_probes.query_probes(["good", "weak", "long sleeves"], trained_catalog)
     assert set(probes.probes) == {"good"} and calls == ["weak", "good"]  # both cached, no phrase fitted
     assert search_probes.query_probes(["good"], None) is None  # no model: text only
+
+
+@pytest.mark.django_db
+def test_a_probe_another_process_is_fitting_is_not_fitted_again(trained_catalog, monkeypatch):
+    """Two shoppers' first negated queries after an activation: the second goes without the probe
+    (text-only) instead of fitting it a second time; once the first has cached it, everyone uses it."""
+    calls = []
+
+    def build(version, word, opposite):
+        calls.append(word)
+        return search_probes.Probe(word, opposite, np.zeros(4, np.float32), 0.0, 0.95, 10, 10)
+
+    monkeypatch.setattr(search_probes, "probe_build", build)
+    monkeypatch.setattr(
+        search_probes, "_CACHE_PREFIX", f"test:probe:{np.random.default_rng().integers(1 << 30)}"
+    )
+    key = search_probes._key(trained_catalog, "good", "goodless")
+    cache.add(f"{key}:fitting", 1, 60)  # the first shopper's process holds the fit
+    assert search_probes.probe_for(trained_catalog, "good", "goodless") is None and calls == []
+    cache.delete(f"{key}:fitting")  # it finished (and, here, cached nothing)
+    assert search_probes.probe_for(trained_catalog, "good", "goodless").accuracy == 0.95
+    assert calls == ["good"] and cache.get(f"{key}:fitting") is None  # the lock is given back
+    assert search_probes.probe_for(trained_catalog, "good", "goodless").accuracy == 0.95
+    assert calls == ["good"]  # cached
 
 
 @pytest.mark.django_db
