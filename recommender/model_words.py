@@ -1,10 +1,14 @@
-"""The models page in plain words: what each metric means (with its chance baseline), why a run stopped
-before its epochs, and how long a new run is expected to take."""
+"""The models page in plain words: what each metric means (with its chance baseline), the order of its
+columns, whether a version beats its baselines, why a run stopped before its epochs, and how long a new
+run is expected to take."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
+
+from ml.evaluate import BASELINES, ZERO_SHOT
 
 #: One line per metric of the held-out evaluation, with what chance (a random model) scores.
 METRIC_HELP: dict[str, str] = {
@@ -49,3 +53,53 @@ def expected_duration(last: timedelta | None) -> str:
         return "unknown (no run has finished yet)"
     minutes = max(1, round(last.total_seconds() / 60))
     return f"about {minutes} minute{'s' if minutes != 1 else ''}"
+
+
+#: The models page's first columns: the popularity-matched protocol (the quality gate's), then
+#: complementary-item retrieval and audience coherence (docs/evaluation.md).
+HEADLINE_METRICS = ("fitb", "auc", "open_recall@10", "ctl_recall@10", "novel_recall@10", "audience@10")
+
+
+def metric_order(key: str) -> tuple:
+    """Sort metric names: :data:`HEADLINE_METRICS` first, the random protocol's (``*_random``) after the
+    rest, counts (``n_*``, sizes) last; naturally within each (recall@5 before recall@10).
+
+    JSONB does not keep key order, so the columns are ordered here.
+    """
+    is_count = key.startswith("n_") or key.endswith("_size")
+    rank = (
+        HEADLINE_METRICS.index(key)
+        if key in HEADLINE_METRICS
+        else len(HEADLINE_METRICS) + key.endswith("_random")
+    )
+    return (is_count, rank, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)])
+
+
+def verdict(evaluation: dict[str, Any]) -> str | None:
+    """In words, whether a version's own row (``fine-tuned``, else its last learned row) beats the best
+    baseline or zero-shot row on the popularity-matched FITB and AUC; None without those figures."""
+    learned = [
+        n for n, row in evaluation.items() if isinstance(row, dict) and n not in (*BASELINES, ZERO_SHOT)
+    ]
+    if not learned:
+        return None
+    name = "fine-tuned" if "fine-tuned" in learned else learned[-1]
+    parts, wins = [], []
+    for metric, shown in (("fitb", "FITB"), ("auc", "AUC")):
+        own = evaluation[name].get(metric)
+        others = {
+            n: row[metric]
+            for n, row in evaluation.items()
+            if n in (*BASELINES, ZERO_SHOT)
+            and isinstance(row, dict)
+            and isinstance(row.get(metric), int | float)
+        }
+        if not isinstance(own, int | float) or not others:
+            continue
+        best = max(others, key=others.get)
+        wins.append(own > others[best])
+        parts.append(f"{shown} {own:.3f} against {others[best]:.3f} ({best})")
+    if not parts:
+        return None
+    says = "beats" if all(wins) else ("does not beat" if not any(wins) else "beats only in part")
+    return f"{name.capitalize()} {says} the best baseline on the popularity-matched protocol: {', '.join(parts)}."

@@ -8,7 +8,6 @@ still render, with a notice instead of recommendations. The catalog's own pages 
 
 from __future__ import annotations
 
-import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +38,7 @@ from recommender.forms import (
     TrainingStartForm,
 )
 from recommender.looks import audience_filter, complete_the_look, one_look, outfit_compatibility
-from recommender.model_words import METRIC_HELP, early_stop_note, expected_duration
+from recommender.model_words import METRIC_HELP, early_stop_note, expected_duration, metric_order, verdict
 from recommender.models import ModelVersion, TrainingRun
 from recommender.selectors import (
     Hit,
@@ -283,15 +282,6 @@ def _flatten(metrics: Any, prefix: str = "") -> list[tuple[str, str]]:
     return [(prefix, _fmt(metrics))]
 
 
-def _metric_order(key: str) -> tuple:
-    """Sort metric names naturally (recall@5 before recall@10), counts (``n_*``, sizes) last.
-
-    JSONB does not keep key order, so the columns are ordered here.
-    """
-    is_count = key.startswith("n_") or key.endswith("_size")
-    return (is_count, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)])
-
-
 def _evaluation(evaluation: Any) -> dict[str, Any] | None:
     """``metrics["evaluation"]`` for the template: a table (a row per evaluated model, a column per
     metric, counts last) when it maps model names to flat metric dicts, else flat ``key: value`` pairs.
@@ -301,9 +291,9 @@ def _evaluation(evaluation: Any) -> dict[str, Any] | None:
     by_model = isinstance(evaluation, dict) and all(isinstance(v, dict) for v in evaluation.values())
     if by_model and not any(isinstance(x, dict) for v in evaluation.values() for x in v.values()):
         keys = list(dict.fromkeys(k for v in evaluation.values() for k in v))
-        keys.sort(key=_metric_order)
+        keys.sort(key=metric_order)
         rows = [(name, [_fmt(m.get(k)) for k in keys]) for name, m in evaluation.items()]
-        return {"columns": keys, "rows": rows}
+        return {"columns": keys, "rows": rows, "verdict": verdict(evaluation)}
     return {"pairs": _flatten(evaluation)}
 
 
@@ -322,7 +312,7 @@ def _learned_row(version: ModelVersion | None) -> tuple[str, dict[str, float]] |
         for k, v in evaluation[name].items()
         if isinstance(v, int | float) and k not in COUNTS and not k.startswith("n_") and v == v
     }
-    return name, dict(sorted(row.items(), key=lambda kv: _metric_order(kv[0])))
+    return name, dict(sorted(row.items(), key=lambda kv: metric_order(kv[0])))
 
 
 def _reference(version: ModelVersion) -> tuple[str, dict[str, float]] | None:

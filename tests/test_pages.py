@@ -301,18 +301,23 @@ def test_models_page_lists_versions_metrics_and_runs(client):
     html = _text(client.get("/models"))
     assert version.name in html and "✓ active" in html
     header = re.search(r"<thead><tr><th scope=\"col\">model</th>(.*?)</tr></thead>", html).group(1)
+    # the quality gate's protocol first, then the rest naturally, counts last
     assert re.findall(r"<th scope=\"col\">(.*?)</th>", header) == [
-        "auc",
         "fitb",
+        "auc",
         "recall@5",
         "recall@10",
         "n_fitb",
     ]
     assert (
-        '<th scope="row">fine-tuned</th><td>0.662</td><td>0.445</td><td>0.990</td><td>1.000</td><td>321</td>'
+        '<th scope="row">fine-tuned</th><td>0.445</td><td>0.662</td><td>0.990</td><td>1.000</td><td>321</td>'
         in html
     )
-    assert '<th scope="row">co-occurrence</th><td>0.637</td><td>0.253</td><td>—</td><td>—</td>' in html
+    assert '<th scope="row">co-occurrence</th><td>0.253</td><td>0.637</td><td>—</td><td>—</td>' in html
+    assert (  # in words, against the best other row of each metric
+        '<p class="verdict">Fine-tuned beats the best baseline on the popularity-matched protocol: '
+        "FITB 0.445 against 0.255 (zero-shot), AUC 0.662 against 0.637 (co-occurrence).</p>" in html
+    )
     assert 'aria-valuenow="40"' in html and "40% · loss 0.6123" in html
     assert re.search(r"<pre class=\"log\" data-field=\"log\">epoch 1 step 10 loss 0.6123\nepoch 2", html)
 
