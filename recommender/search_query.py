@@ -215,6 +215,18 @@ def spelling_corrected(
     return out, fixes
 
 
+#: A first word that this many several-word types share names them all, even when it is a type itself.
+TYPE_FAMILY_MIN = 3
+#: Words a shopper names a whole outfit slot with: each answers to every type of that slot
+#: (:func:`vocabulary_build`), so "shoes" is sneakers, boots and sandals, not only a type called Shoes.
+SLOT_WORDS: dict[str, tuple[str, ...]] = {
+    "shoes": ("shoe", "shoes", "footwear"),
+    "bag": ("bag", "bags"),
+    "jewellery": ("jewellery", "jewelry"),
+    "outerwear": ("outerwear",),
+}
+
+
 def _plural_forms(word: str) -> set[str]:
     """The word and its plurals (never a singular made up: "shorts" must not answer to "short")."""
     return {word} if word.endswith("s") else {word, word + "s", word + "es"}
@@ -231,7 +243,8 @@ def vocabulary_from_values(
 
     A colour value answers to its own words and its last word names the family (``blue``: every value
     ending in Blue); a type to its name, each ``/``-separated part, and their plurals; the first word of a
-    several-word type (``pyjama``) to every type starting with it, unless it is a type itself. Values such
+    several-word type (``pyjama``) to every type starting with it, unless it is a type itself that fewer
+    than :data:`TYPE_FAMILY_MIN` types start with ("belt" is not "Belt bag"). Values such
     as "Other", "Unknown", "Other accessories" are no words a shopper uses and are left out.
     ``word_counts`` (``{word: number of products whose text has it}``) are the words spelling correction
     knows.
@@ -261,8 +274,8 @@ def vocabulary_from_values(
                 for head in _plural_forms(words[0]):
                     heads[head].add(value)
     for head, values in heads.items():
-        if (head,) not in kinds:
-            kinds[(head,)] = values
+        if (head,) not in kinds or len(values) >= TYPE_FAMILY_MIN:  # "pyjama": Pyjama and the ten Pyjama …
+            kinds[(head,)] |= values
     present = set(groups)
     audience = {}
     words = _audience_words()
@@ -290,7 +303,7 @@ def _audience_words() -> list[str]:
 _LOCAL: dict[str, Vocabulary] = {}
 #: Part of the cache key: bump it when :class:`Vocabulary` or how it is built changes, so no process
 #: reads a vocabulary the old code cached.
-VOCABULARY_FORMAT = 3
+VOCABULARY_FORMAT = 5
 #: ``ts_stat`` over the products' texts parsed by the ``simple`` configuration (no stemming: the words as
 #: written; ``t-shirt`` and its parts), with the number of products each is in.
 _WORDS_SQL = (
@@ -356,7 +369,17 @@ def vocabulary_build() -> Vocabulary:
     type_slots: dict[str, set[str]] = defaultdict(set)
     for ptype, slot in ProductEmbedding.objects.values_list("product__product_type", "slot").distinct():
         type_slots[ptype].add(slot)
-    vocab = replace(vocab, type_slots={t: frozenset(s) for t, s in type_slots.items()})
+    slot_types: dict[str, set[str]] = defaultdict(set)
+    for ptype, slots in type_slots.items():
+        if not ptype or ptype.lower().startswith(("other", "unknown")):  # no type a shopper names
+            continue
+        for slot in slots & SLOT_WORDS.keys():
+            slot_types[slot].add(ptype)
+    kinds = dict(vocab.type)
+    for slot, said in SLOT_WORDS.items():
+        for word in said if slot_types.get(slot) else ():
+            kinds[(word,)] = frozenset(kinds.get((word,), frozenset()) | slot_types[slot])
+    vocab = replace(vocab, type=kinds, type_slots={t: frozenset(s) for t, s in type_slots.items()})
     if key is not None:
         with contextlib.suppress(*answer_cache.CACHE_ERRORS):  # a cache that is down: built next time too
             cache.set(key, vocab, 600)

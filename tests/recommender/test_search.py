@@ -385,6 +385,29 @@ def test_a_word_thousands_of_products_say_brings_none_into_the_full_text_ranking
     search_query.vocabulary_forget()
 
 
+@pytest.mark.django_db
+def test_a_slot_word_means_every_type_of_that_slot(trained_catalog):
+    """ "shoes" is sneakers, boots and sandals, not only a type called Shoes; "bag" every kind of bag."""
+    from recommender import search_query
+    from recommender.models import ProductEmbedding
+    from recommender.search_query import SLOT_WORDS
+
+    search_query._LOCAL.clear()
+    vocab = search_query.vocabulary_build()
+    rows = ProductEmbedding.objects.filter(model_version=trained_catalog).values_list(
+        "product__product_type", "slot"
+    )
+    for slot, words in SLOT_WORDS.items():
+        want = {t for t, s in rows if s == slot and t and not t.lower().startswith(("other", "unknown"))}
+        if not want:
+            continue
+        for word in words:
+            assert want <= vocab.type[(word,)], (word, want - vocab.type.get((word,), frozenset()))
+    answer = search.product_search(query="shoes", k=20)
+    assert answer.hits and {h.product.slot for h in answer.hits} == {"shoes"}
+    assert len({h.product.product_type for h in answer.hits}) > 1
+
+
 def test_a_type_that_gives_way_keeps_to_its_slot(trained_catalog, monkeypatch):
     """ "men <a type only women have>" answers men's items of the type's slot (men's tops for a women's
     top type), not whatever men's items lie near the words."""

@@ -88,6 +88,11 @@ def test_two_catalogs_words_mean_both_spellings(hm_root, mango_root):
     assert "Dark Blue" in navy and "navy" in {v.lower() for v in navy}
     jeans = set(_chips(query_parse("men slim jeans", vocab=both))["type"])
     assert {"Trousers", "Jeans"} <= jeans
+    # a first word ten types share is their family although MANGO has a type of that name; one two
+    # types share is not ("belt" is not "Belt bag")
+    pyjamas = set(_chips(query_parse("kids pyjamas", vocab=both))["type"])
+    assert {"Pyjama", "Pyjama set", "Pyjama bottom", "Pyjama jumpsuit/playsuit"} <= pyjamas
+    assert set(_chips(query_parse("black belt", vocab=both))["type"]) == {"Belt"}
     # a hyphenated colour belongs to its last word's family: "not white" leaves out MANGO's off-white
     not_white = query_parse("shirt not white", vocab=both).values("not_colour")
     assert {"White", "Off White", "off-white"} <= not_white
