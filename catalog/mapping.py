@@ -420,8 +420,11 @@ def _mean_len(values: Sequence[str]) -> float:
 
 
 def _unique_codes(values: Sequence[str]) -> bool:
+    """Values that look like SKUs: every one given, all different, no spaces, and most with a digit (a
+    short file's category column, "Shirts" / "Shoes", is unique too, and must not become the SKU)."""
     vals = [v.strip() for v in values]
-    return all(vals) and len(set(vals)) == len(vals) and not any(" " in v for v in vals)
+    unique = all(vals) and len(set(vals)) == len(vals) and not any(" " in v for v in vals)
+    return unique and _share(vals, lambda v: any(c.isdigit() for c in v)) >= 0.8
 
 
 @dataclass

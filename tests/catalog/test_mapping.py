@@ -132,6 +132,18 @@ def test_a_csv_of_unknown_layout_is_mapped_by_name_and_by_content():
     }
 
 
+def test_a_short_files_category_column_is_not_taken_for_the_sku():
+    """Two rows of "Shirts" and "Shoes" are unique words, not codes: no SKU is proposed (the page then asks
+    for one) rather than products whose SKU is their category."""
+    header = ["handle", "name", "category", "picture", "cost", "gender"]
+    rows = [
+        ["qa-foreign-1", "Linen shirt white", "Shirts", "a1.jpg", "39.90", "Men"],
+        ["qa-foreign-2", "Leather loafer brown", "Shoes", "a2.jpg", "89.00", "Men"],
+    ]
+    fields = mapping_propose(header, rows).mapping.fields
+    assert "sku" not in fields and fields["variant_group"].columns == ("handle",)
+
+
 def test_mapping_json_round_trips_and_bad_specs_name_the_problem():
     m = PRESETS["mango"][2]
     assert ColumnMapping.from_dict(json.loads(json.dumps(m.as_dict()))) == m
