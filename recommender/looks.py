@@ -179,7 +179,11 @@ def complete_the_look(
     ranked = ranked_many(jobs, "compat", pool, kind="complete", extra=extra, exact=exact)
     lift = int(settings.LOOKS_MEMORY_PICKS)
     memory = outfit_memory([e.product_id for e in embs]) if lift > 0 else {}
-    remembered = _remembered(candidates, memory, queries)
+    # a remembered partner of an audience that does not fit was bought for someone else (training drops
+    # such pairs too): never lifted, even when the shopper asked for every audience
+    fit = audience_filter([e.audience_group for e in embs])
+    kept = candidates.filter(audience_group__in=fit) if groups is None and fit is not None else candidates
+    remembered = _remembered(kept, memory, queries)
     n = len(embs)
     chosen: list[list[tuple[int, float, int]]] = []
     for slot, rows in zip(targets, ranked, strict=True):

@@ -407,6 +407,32 @@ def test_items_the_training_outfits_paired_come_first_and_say_so(trained_catalog
     assert moved >= 5, moved
 
 
+def test_a_partner_of_another_audience_is_never_lifted_even_for_every_audience(trained_catalog, settings):
+    """A men's item that a training basket holds with a women's one (a shopper buying for two): with
+    ``audience=any`` the women's item may be a pick on its score, but is never lifted as remembered:
+    no pick of the other audience ranks higher with the memory on than off (checked failing without)."""
+    checked = 0
+    for outfit in Outfit.objects.filter(split=Outfit.Split.TRAIN).prefetch_related("products"):
+        items = list(outfit.products.all())
+        for a in items:
+            for b in items:
+                if a.slot == b.slot or {_group(a), _group(b)} != {"men", "women"}:
+                    continue
+                if b.product_type.lower() == "unknown" or checked >= 10:
+                    continue
+                ranked = []
+                for lift in (0, 3):
+                    settings.LOOKS_MEMORY_PICKS = lift
+                    look = looks.complete_the_look(product_ids=[a.pk], k=4, slots=[b.slot], audience="any")
+                    ranked.append([h.product for h in look[0].hits])
+                off = [p.pk for p in ranked[0]]
+                for i, p in enumerate(ranked[1]):
+                    if _group(p) != _group(a):
+                        assert p.pk in off and off.index(p.pk) <= i, (a, b, p)
+                checked += 1
+    assert checked >= 3, checked
+
+
 def test_the_outfit_memory_holds_no_held_out_outfit(trained_catalog):
     """A pair only a held-out outfit holds is not remembered (checked failing without the split filter)."""
     checked = 0
