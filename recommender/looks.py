@@ -156,7 +156,8 @@ def complete_the_look(
         if v
     ]
     given = [*(e.product_id for e in embs), *exclude_ids]
-    groups = audience_filter([e.audience_group for e in embs]) if audience == "match" else None
+    fit = audience_filter([e.audience_group for e in embs])  # None: the given items are unisex
+    groups = fit if audience == "match" else None
     counts = slot_audience_counts(version) if groups is not None else {}
     pool = pool_size(k, reduce_hubs)
     candidates = (
@@ -181,7 +182,6 @@ def complete_the_look(
     memory = outfit_memory([e.product_id for e in embs]) if lift > 0 else {}
     # a remembered partner of an audience that does not fit was bought for someone else (training drops
     # such pairs too): never lifted, even when the shopper asked for every audience
-    fit = audience_filter([e.audience_group for e in embs])
     kept = candidates.filter(audience_group__in=fit) if groups is None and fit is not None else candidates
     remembered = _remembered(kept, memory, queries)
     n = len(embs)

@@ -75,15 +75,23 @@ def metric_order(key: str) -> tuple:
     return (is_count, rank, [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", key)])
 
 
-def verdict(evaluation: dict[str, Any]) -> str | None:
-    """In words, whether a version's own row (``fine-tuned``, else its last learned row) beats the best
-    baseline or zero-shot row on the popularity-matched FITB and AUC; None without those figures."""
+def learned_row_name(evaluation: dict[str, Any]) -> str | None:
+    """The name of a version's own row of its held-out evaluation: ``"fine-tuned"``, else the last row
+    that is not a baseline or zero-shot; None when there is none."""
     learned = [
         n for n, row in evaluation.items() if isinstance(row, dict) and n not in (*BASELINES, ZERO_SHOT)
     ]
     if not learned:
         return None
-    name = "fine-tuned" if "fine-tuned" in learned else learned[-1]
+    return "fine-tuned" if "fine-tuned" in learned else learned[-1]
+
+
+def verdict(evaluation: dict[str, Any]) -> str | None:
+    """In words, whether a version's own row (:func:`learned_row_name`) beats the best baseline or
+    zero-shot row on the popularity-matched FITB and AUC; None without those figures."""
+    name = learned_row_name(evaluation)
+    if name is None:
+        return None
     parts, wins = [], []
     for metric, shown in (("fitb", "FITB"), ("auc", "AUC")):
         own = evaluation[name].get(metric)

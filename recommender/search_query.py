@@ -227,6 +227,11 @@ SLOT_WORDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _names_a_type(value: str) -> bool:
+    """Is a product type value one a shopper names? Not empty, "Other …" or "Unknown"."""
+    return bool(value) and not value.lower().startswith(("other", "unknown"))
+
+
 def _plural_forms(word: str) -> set[str]:
     """The word and its plurals (never a singular made up: "shorts" must not answer to "short")."""
     return {word} if word.endswith("s") else {word, word + "s", word + "es"}
@@ -262,7 +267,7 @@ def vocabulary_from_values(
     kinds: dict[tuple[str, ...], set[str]] = defaultdict(set)
     heads: dict[str, set[str]] = defaultdict(set)
     for value in types:
-        if not value or value.lower().startswith(("other", "unknown")):
+        if not _names_a_type(value):
             continue
         for part in [value, *value.split("/")] if "/" in value else [value]:
             words = tokens(part)
@@ -371,7 +376,7 @@ def vocabulary_build() -> Vocabulary:
         type_slots[ptype].add(slot)
     slot_types: dict[str, set[str]] = defaultdict(set)
     for ptype, slots in type_slots.items():
-        if not ptype or ptype.lower().startswith(("other", "unknown")):  # no type a shopper names
+        if not _names_a_type(ptype):
             continue
         for slot in slots & SLOT_WORDS.keys():
             slot_types[slot].add(ptype)

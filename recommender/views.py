@@ -28,7 +28,7 @@ from catalog.selectors import product_audience_group, product_get
 from catalog.views import not_found
 from ml.audience import UNISEX
 from ml.config import TrainConfig
-from ml.evaluate import BASELINES, COUNTS, ZERO_SHOT
+from ml.evaluate import COUNTS, ZERO_SHOT
 from ml.plots import plot_metric_bars
 from recommender.filters import Filters
 from recommender.forms import (
@@ -38,7 +38,14 @@ from recommender.forms import (
     TrainingStartForm,
 )
 from recommender.looks import audience_filter, complete_the_look, one_look, outfit_compatibility
-from recommender.model_words import METRIC_HELP, early_stop_note, expected_duration, metric_order, verdict
+from recommender.model_words import (
+    METRIC_HELP,
+    early_stop_note,
+    expected_duration,
+    learned_row_name,
+    metric_order,
+    verdict,
+)
 from recommender.models import ModelVersion, TrainingRun
 from recommender.selectors import (
     Hit,
@@ -303,10 +310,9 @@ def _learned_row(version: ModelVersion | None) -> tuple[str, dict[str, float]] |
     evaluation = ((version.metrics or {}).get("evaluation") if version else None) or {}
     if not isinstance(evaluation, dict):
         return None
-    names = [n for n, row in evaluation.items() if isinstance(row, dict) and n not in (*BASELINES, ZERO_SHOT)]
-    if not names:
+    name = learned_row_name(evaluation)
+    if name is None:
         return None
-    name = "fine-tuned" if "fine-tuned" in names else names[-1]
     row = {
         k: float(v)
         for k, v in evaluation[name].items()
